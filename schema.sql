@@ -1,0 +1,77 @@
+-- media-registry schema, version 1 (PRAGMA user_version).
+-- Times are UTC ISO-8601 text ("2026-11-25T06:18:52Z"), so they sort and compare as text.
+
+-- One row per distinct content (the bytes), keyed by their sha256 in hex.
+CREATE TABLE IF NOT EXISTS contents (
+    sha256        TEXT PRIMARY KEY,
+    mime_type     TEXT NOT NULL,
+    size_bytes    INTEGER NOT NULL,
+    first_seen_at TEXT NOT NULL,
+    -- Set by delete: refresh never uploads this content again; an explicit upload clears it.
+    deleted_at    TEXT
+);
+
+-- Media IDs issued by the Graph API, per content and phone number.
+-- state: 'current' (served while expires_at is far enough away),
+--        'superseded' (replaced by a refresh, kept until it expires, never served),
+--        'deleting' (remote DELETE still owed; purge retries it).
+CREATE TABLE IF NOT EXISTS media (
+    media_id        TEXT PRIMARY KEY,
+    sha256          TEXT NOT NULL REFERENCES contents (sha256),
+    phone_number_id TEXT NOT NULL,
+    state           TEXT NOT NULL DEFAULT 'current'
+                    CHECK (state IN ('current', 'superseded', 'deleting')),
+    uploaded_at     TEXT NOT NULL,
+    expires_at      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS media_by_content
+    ON media (sha256, phone_number_id, state, expires_at);
+CREATE INDEX IF NOT EXISTS media_by_expiry ON media (state, expires_at);
+
+-- Source files pointing at contents. The fingerprint (size, mtime, inode) lets a cache hit
+-- skip hashing: one stat and one indexed query.
+CREATE TABLE IF NOT EXISTS paths (
+    path       TEXT PRIMARY KEY,
+    sha256     TEXT NOT NULL REFERENCES contents (sha256),
+    size_bytes INTEGER NOT NULL,
+    mtime_ns   INTEGER NOT NULL,
+    inode      INTEGER NOT NULL,
+    seen_at    TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS paths_by_content ON paths (sha256);
+
+-- Single flight: whoever holds the lease for (sha256, phone_number_id) uploads; others wait.
+-- owner is "host:pid:thread:nonce"; a lease past expires_at, or whose process is gone, is free.
+CREATE TABLE IF NOT EXISTS leases (
+    sha256          TEXT NOT NULL,
+    phone_number_id TEXT NOT NULL,
+    owner           TEXT NOT NULL,
+    expires_at      TEXT NOT NULL,
+    PRIMARY KEY (sha256, phone_number_id)
+);
+
+-- What happened, for people reading the registry: upload, refresh, delete, purge, download.
+CREATE TABLE IF NOT EXISTS events (
+    id              INTEGER PRIMARY KEY,
+    at              TEXT NOT NULL,
+    action          TEXT NOT NULL,
+    sha256          TEXT,
+    media_id        TEXT,
+    phone_number_id TEXT,
+    path            TEXT,
+    detail          TEXT
+);
+CREATE INDEX IF NOT EXISTS events_by_content ON events (sha256);
+
+-- Media IDs that are current and not yet expired, with their content.
+CREATE VIEW IF NOT EXISTS live_media AS
+SELECT m.media_id, m.phone_number_id, m.sha256, c.mime_type, c.size_bytes,
+       m.uploaded_at, m.expires_at
+FROM media AS m JOIN contents AS c USING (sha256)
+WHERE m.state = 'current' AND m.expires_at > strftime('%Y-%m-%dT%H:%M:%SZ', 'now');
+
+-- Live media IDs that expire within three days (the default refresh window).
+CREATE VIEW IF NOT EXISTS expiring_soon AS
+SELECT * FROM live_media
+WHERE expires_at <= strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '+3 days')
+ORDER BY expires_at;

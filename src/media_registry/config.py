@@ -1,0 +1,89 @@
+"""Settings: read from the environment once, validated, overridable by arguments."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
+
+DEFAULT_API_BASE = "https://graph.facebook.com/v21.0"
+
+
+def _env(name: str) -> Any:
+    return Field(validation_alias=AliasChoices(name, name.lower()))
+
+
+class Settings(BaseSettings):
+    """Every setting media-registry reads, with its environment variable and default.
+
+    Durations take seconds (``86400``) or ISO 8601 (``P1D``, ``PT12H``).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MEDIA_REGISTRY_", extra="ignore")
+
+    token: SecretStr | None = _env("WHATSAPP_TOKEN")
+    phone_number_id: str | None = _env("WHATSAPP_PHONE_NUMBER_ID")
+    api_base: str = Field(DEFAULT_API_BASE, validation_alias=AliasChoices("WHATSAPP_API_BASE"))
+    db: Path = Path("media-registry.db")
+    blob_dir: Path = Path("media-blobs")
+    ttl: timedelta = timedelta(days=30)
+    min_validity: timedelta = timedelta(days=1)
+    refresh_before: timedelta = timedelta(days=3)
+    user_agent: str = "media-registry/0.1 (+https://pypi.org/project/media-registry/)"
+    timeout: float = Field(60.0, gt=0)
+    max_retries: int = Field(4, ge=0, le=20)
+    # Seconds between lease heartbeats is a third of this; a dead owner frees it after this.
+    lease_seconds: float = Field(60.0, gt=0)
+
+    @field_validator("api_base")
+    @classmethod
+    def _check_api_base(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must start with https:// (or http:// for a local test server)")
+        return value.rstrip("/")
+
+    @field_validator("phone_number_id")
+    @classmethod
+    def _check_phone_number_id(cls, value: str | None) -> str | None:
+        if value is not None and not value.isdigit():
+            raise ValueError("must be the digits of the phone number ID from Meta's app dashboard")
+        return value
+
+    @field_validator("ttl", "min_validity", "refresh_before")
+    @classmethod
+    def _check_positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be a positive duration")
+        return value
+
+
+_ENV_NAMES = {
+    "token": "WHATSAPP_TOKEN",
+    "phone_number_id": "WHATSAPP_PHONE_NUMBER_ID",
+    "api_base": "WHATSAPP_API_BASE",
+}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment, apply non-None overrides, and validate everything once.
+
+    A bad value raises ConfigError naming the environment variable (or argument) at fault.
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        settings = Settings(**{_ENV_NAMES.get(k, k): v for k, v in given.items()})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        name = _ENV_NAMES.get(field.lower(), f"MEDIA_REGISTRY_{field.upper()}")
+        raise ConfigError(f"invalid {name}: {error['msg']}; fix the variable or argument") from None
+    if settings.min_validity >= settings.ttl:
+        raise ConfigError(
+            "MEDIA_REGISTRY_MIN_VALIDITY must be shorter than MEDIA_REGISTRY_TTL; lower it"
+        )
+    return settings

@@ -1,0 +1,186 @@
+"""Every failure media-registry raises, in one hierarchy.
+
+    MediaRegistryError
+    ├── InputError              bad input from the caller; nothing was sent anywhere
+    │   ├── SourceNotFound      the file is missing, unreadable or not a regular file
+    │   ├── SourceChanged       the file changed while it was read
+    │   ├── UnsupportedMedia    a type WhatsApp does not take, or an empty file
+    │   ├── MislabelledMedia    the given MIME type contradicts the bytes
+    │   ├── MediaTooLarge       over WhatsApp's limit for that kind
+    │   └── ConfigError         a missing or invalid setting
+    ├── GraphAPIError           the Graph API refused, failed or could not be reached
+    │   ├── AuthError           the token is missing, expired or invalid (code 190, HTTP 401)
+    │   ├── RateLimited         HTTP 429 or codes 4, 80007, 130429
+    │   ├── MediaNotFound       unknown, expired or deleted media ID (code 100, subcode 33)
+    │   └── APIUnreachable      connection failed or timed out after every retry
+    ├── RegistryError           the SQLite registry file
+    │   ├── RegistryLocked      another writer held the lock past the busy timeout
+    │   ├── RegistryCorrupt     the file is not a media-registry database
+    │   └── SchemaTooNew        written by a newer media-registry
+    └── DownloadError           inbound media
+        ├── UnsafeDownloadURL   a download URL outside the allowed hosts
+        └── IntegrityError      the bytes do not match the size or sha256 announced
+
+Every message is one line: what went wrong, with which file, and what to do about it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MediaRegistryError(Exception):
+    """Base of every error media-registry raises."""
+
+
+class InputError(MediaRegistryError):
+    """The caller's input is unusable; no request was made."""
+
+
+class SourceNotFound(InputError):
+    """The source file is missing, unreadable or not a regular file."""
+
+
+class SourceChanged(InputError):
+    """The source file changed while it was being hashed or uploaded."""
+
+
+class UnsupportedMedia(InputError):
+    """The content is of a type WhatsApp does not accept, or empty."""
+
+
+class MislabelledMedia(InputError):
+    """The MIME type the caller gave contradicts what the bytes are."""
+
+
+class MediaTooLarge(InputError):
+    """The content exceeds WhatsApp's size limit for its kind."""
+
+
+class ConfigError(InputError):
+    """A setting is missing or invalid."""
+
+
+class GraphAPIError(MediaRegistryError):
+    """The Graph API answered with an error, or could not be reached.
+
+    Carries Graph's error fields when the response had an error envelope.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: int | None = None,
+        subcode: int | None = None,
+        fbtrace_id: str | None = None,
+        is_transient: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.subcode = subcode
+        self.fbtrace_id = fbtrace_id
+        self.is_transient = is_transient
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the same request may succeed if sent again later."""
+        return self.is_transient or (self.status is not None and self.status >= 500)
+
+
+class AuthError(GraphAPIError):
+    """The access token is missing, expired or invalid; retrying cannot help."""
+
+
+class RateLimited(GraphAPIError):
+    """The Graph API asked to slow down."""
+
+    @property
+    def retryable(self) -> bool:
+        """Rate limits always pass with time."""
+        return True
+
+
+class MediaNotFound(GraphAPIError):
+    """The media ID is unknown to the Graph API: never issued, expired or deleted."""
+
+
+class APIUnreachable(GraphAPIError):
+    """The Graph API could not be reached (connection error or timeout)."""
+
+    @property
+    def retryable(self) -> bool:
+        """Network trouble may pass."""
+        return True
+
+
+class RegistryError(MediaRegistryError):
+    """The registry database cannot be used."""
+
+
+class RegistryLocked(RegistryError):
+    """Another writer held the registry past the busy timeout."""
+
+
+class RegistryCorrupt(RegistryError):
+    """The file at the registry path is not a usable media-registry database."""
+
+
+class SchemaTooNew(RegistryError):
+    """The registry was written by a newer version of media-registry."""
+
+
+class DownloadError(MediaRegistryError):
+    """Inbound media could not be fetched safely."""
+
+
+class UnsafeDownloadURL(DownloadError):
+    """A download URL points outside the hosts allowed to receive the token."""
+
+
+class IntegrityError(DownloadError):
+    """Downloaded bytes do not match the announced size or sha256."""
+
+
+RATE_LIMIT_CODES = frozenset({4, 80007, 130429})
+
+
+def from_graph_response(status: int, payload: Any, retry_after: float | None) -> GraphAPIError:
+    """Map a Graph API error response (status and decoded JSON, if any) onto the hierarchy."""
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(error, dict):
+        error = {}
+    code = error.get("code")
+    subcode = error.get("error_subcode")
+    fields: dict[str, Any] = {
+        "status": status,
+        "code": code,
+        "subcode": subcode,
+        "fbtrace_id": error.get("fbtrace_id"),
+        "is_transient": bool(error.get("is_transient")),
+        "retry_after": retry_after,
+    }
+    detail = error.get("message") or f"HTTP {status} without an error message"
+    tag = f" (code {code}" + (f", subcode {subcode}" if subcode else "") + ")" if code else ""
+    if code == 190 or status == 401:
+        return AuthError(
+            f"Graph API rejected the access token: {detail}{tag}; "
+            "set a valid WHATSAPP_TOKEN (a system-user token does not expire)",
+            **fields,
+        )
+    if status == 429 or code in RATE_LIMIT_CODES:
+        return RateLimited(
+            f"Graph API rate limit: {detail}{tag}; wait and try again, or send less often",
+            **fields,
+        )
+    if code == 100 and subcode == 33:
+        return MediaNotFound(
+            f"Graph API does not know this media ID: {detail}{tag}; "
+            "it expired or was deleted, upload the file again",
+            **fields,
+        )
+    return GraphAPIError(f"Graph API error: {detail}{tag}", **fields)

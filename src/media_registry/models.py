@@ -1,0 +1,77 @@
+"""Data shapes: what the registry hands back, and what the Graph API sends."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+
+class MediaEvent(BaseModel):
+    """One line of a content's history (upload, refresh, delete, purge, download)."""
+
+    at: datetime
+    action: str
+    media_id: str | None = None
+    phone_number_id: str | None = None
+    path: str | None = None
+    detail: str | None = None
+
+
+class MediaRecord(BaseModel):
+    """A content known to the registry, with its current media ID for one phone number."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sha256: str
+    mime_type: str
+    size_bytes: int
+    phone_number_id: str | None = None
+    media_id: str | None = None
+    uploaded_at: datetime | None = None
+    expires_at: datetime | None = None
+    deleted_at: datetime | None = None
+    paths: tuple[str, ...] = ()
+    history: tuple[MediaEvent, ...] = ()
+
+
+class MediaMetadata(BaseModel):
+    """The Graph API's answer to ``GET /{media_id}``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    url: str
+    mime_type: str
+    sha256: str
+    # The spec types it as a string, real responses send an integer: pydantic takes both.
+    file_size: int
+    messaging_product: str = "whatsapp"
+
+    @field_validator("sha256")
+    @classmethod
+    def _normalise_sha256(cls, value: str) -> str:
+        return sha256_hex(value)
+
+
+def sha256_hex(digest: str) -> str:
+    """A sha256 given as hex or base64 (Meta uses both), as lower-case hex.
+
+    Raises ValueError when it is neither.
+    """
+    text = digest.strip()
+    if len(text) == 64:
+        try:
+            bytes.fromhex(text)
+            return text.lower()
+        except ValueError:
+            pass
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raw = b""
+    if len(raw) != 32:
+        raise ValueError(f"not a sha256 in hex or base64: {digest!r}")
+    return raw.hex()

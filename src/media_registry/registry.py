@@ -1,0 +1,238 @@
+"""MediaRegistry: the one object senders use. It orchestrates the store and the Graph client."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from . import hashing, media_types
+from .config import Settings, load_settings
+from .errors import ConfigError, MediaRegistryError
+from .graph import GraphClient
+from .models import MediaEvent, MediaRecord
+from .store import Store, iso, new_owner, parse_iso
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """The current time in UTC (the default clock)."""
+    return datetime.now(timezone.utc)
+
+
+class MediaRegistry:
+    """Media IDs that are valid now, uploading each content only once.
+
+    Build it from the environment with :meth:`from_env`, or pass settings as arguments
+    (``db``, ``token``, ``phone_number_id``, ``api_base``, ``ttl``, ``min_validity``, ...,
+    the names of :class:`~media_registry.config.Settings`). Thread-safe; use one per process.
+    ``transport`` swaps the HTTP transport (tests); ``clock`` swaps the time source.
+    """
+
+    def __init__(
+        self,
+        db: str | os.PathLike[str] | None = None,
+        *,
+        token: str | None = None,
+        phone_number_id: str | None = None,
+        settings: Settings | None = None,
+        transport: httpx.BaseTransport | None = None,
+        clock: Clock = utc_now,
+        **overrides: Any,
+    ) -> None:
+        self.settings = settings or load_settings(
+            db=db, token=token, phone_number_id=phone_number_id, **overrides
+        )
+        self._clock = clock
+        self.store = Store(self.settings.db)
+        token_value = self.settings.token.get_secret_value() if self.settings.token else None
+        self.graph = GraphClient(
+            token=token_value,
+            api_base=self.settings.api_base,
+            user_agent=self.settings.user_agent,
+            timeout=self.settings.timeout,
+            max_retries=self.settings.max_retries,
+            transport=transport,
+        )
+        self._lease_for = timedelta(seconds=self.settings.lease_seconds)
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> MediaRegistry:
+        """A registry configured from the environment; keyword arguments override it."""
+        return cls(**overrides)
+
+    def __enter__(self) -> MediaRegistry:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the registry's database connections and HTTP connection pool."""
+        self.graph.close()
+        self.store.close()
+
+    # -- sending ------------------------------------------------------------------------
+
+    def get_or_upload(
+        self, path: str | os.PathLike[str], *, phone_number_id: str | None = None,
+        mime_type: str | None = None,
+    ) -> str:
+        """A media ID for the file's content that stays valid for at least ``min_validity``.
+
+        Served from the registry when possible (an unchanged file costs one ``stat`` and one
+        query); otherwise the file is sniffed, checked against WhatsApp's limits, hashed and
+        uploaded once, however many threads and processes ask at the same moment.
+        """
+        return self._get_or_upload(path, phone_number_id, mime_type)[0]
+
+    def _get_or_upload(
+        self, path: str | os.PathLike[str], phone_number_id: str | None, mime_type: str | None,
+    ) -> tuple[str, bool]:
+        """(media ID, True if this call uploaded it)."""
+        phone = self._phone(phone_number_id)
+        fp = hashing.fingerprint(path)
+        valid_until = iso(self._clock() + self.settings.min_validity)
+        hit = self.store.fast_lookup(fp, phone, valid_until)
+        if hit is not None and hit.media_id is not None and mime_type is None:
+            return hit.media_id, False
+        with hashing.open_source(fp.path) as file:
+            head = file.read(media_types.SNIFF_BYTES)
+            media_type = media_types.check(Path(path), head, fp.size, mime_type)
+            if hit is not None:
+                sha256 = hit.sha256
+            else:
+                file.seek(0)
+                sha256 = hashing.sha256_file(file)
+                hashing.ensure_unchanged(fp)
+                self.store.remember_path(fp, sha256, media_type.mime_type, self._clock())
+        if hit is not None and hit.media_id is not None:
+            return hit.media_id, False
+        return self._single_flight(fp, sha256, phone, media_type.mime_type)
+
+    def _single_flight(
+        self, fp: hashing.Fingerprint, sha256: str, phone: str, mime_type: str
+    ) -> tuple[str, bool]:
+        owner = new_owner()
+        delay = 0.02
+        while True:
+            now = self._clock()
+            valid_until = iso(now + self.settings.min_validity)
+            outcome = self.store.take_lease(sha256, phone, owner, now, valid_until, self._lease_for)
+            if outcome.media_id is not None:
+                return outcome.media_id, False
+            if outcome.acquired:
+                return self._upload_holding_lease(fp, sha256, phone, mime_type, owner), True
+            time.sleep(delay)  # another thread or process is uploading these bytes
+            delay = min(delay * 1.5, 0.25)
+
+    def _upload_holding_lease(
+        self, fp: hashing.Fingerprint, sha256: str, phone: str, mime_type: str, owner: str
+    ) -> str:
+        with _LeaseKeeper(self, sha256, phone, owner):
+            try:
+                media_id = self.graph.upload(fp.path, mime_type, phone)
+                # Bytes that changed under the upload must not be recorded under the old hash.
+                hashing.ensure_unchanged(fp)
+            except BaseException:
+                self.store.release_lease(sha256, phone, owner)
+                raise
+            uploaded_at = self._clock()
+            self.store.record_upload(
+                sha256=sha256, phone_number_id=phone, media_id=media_id,
+                uploaded_at=uploaded_at, expires_at=uploaded_at + self.settings.ttl,
+                path=fp.path, owner=owner,
+            )
+        return media_id
+
+    def _phone(self, phone_number_id: str | None) -> str:
+        phone = phone_number_id or self.settings.phone_number_id
+        if not phone:
+            raise ConfigError(
+                "no phone number ID: set WHATSAPP_PHONE_NUMBER_ID or pass phone_number_id="
+            )
+        return phone
+
+    # -- reading ------------------------------------------------------------------------
+
+    def lookup(self, target: str | os.PathLike[str], *, phone_number_id: str | None = None) -> MediaRecord | None:
+        """The record for a path, sha256 or media ID, with its paths and history, or None.
+
+        Only a path the registry has seen is found; a new file is not hashed here.
+        """
+        sha256 = self.store.resolve(os.fspath(target))
+        if sha256 is None:
+            return None
+        rows = self.store.content_rows(sha256)
+        wanted = phone_number_id or self.settings.phone_number_id
+        row = next((r for r in rows if r["phone_number_id"] == wanted), rows[0])
+        history = tuple(MediaEvent(**event) for event in self.store.events(sha256))
+        return _record(row, history)
+
+    def records(self, *, expiring_within: timedelta | None = None) -> list[MediaRecord]:
+        """Every content with its current media ID per phone number (one record each).
+
+        ``expiring_within`` keeps only IDs that expire within that time from now.
+        """
+        before = iso(self._clock() + expiring_within) if expiring_within is not None else None
+        return [_record(row) for row in self.store.content_rows(expiring_before=before)]
+
+    def stats(self) -> dict[str, Any]:
+        """Counts of contents, paths and media IDs by state, for health checks."""
+        now = self._clock()
+        counts: dict[str, Any] = self.store.stats(iso(now), iso(now + self.settings.refresh_before))
+        counts["db"] = str(self.settings.db)
+        counts["db_bytes"] = sum(
+            p.stat().st_size for p in self.settings.db.parent.glob(self.settings.db.name + "*")
+        )
+        return counts
+
+
+def _record(row: dict[str, Any], history: tuple[MediaEvent, ...] = ()) -> MediaRecord:
+    return MediaRecord(
+        sha256=row["sha256"],
+        mime_type=row["mime_type"],
+        size_bytes=row["size_bytes"],
+        phone_number_id=row["phone_number_id"],
+        media_id=row["media_id"],
+        uploaded_at=parse_iso(row["uploaded_at"]),
+        expires_at=parse_iso(row["expires_at"]),
+        deleted_at=parse_iso(row["deleted_at"]),
+        paths=tuple(row["paths"].split("\n")) if row["paths"] else (),
+        history=history,
+    )
+
+
+class _LeaseKeeper:
+    """Renews an upload lease from a background thread while the (slow) upload runs, so a
+    live owner keeps it and a killed one loses it within ``lease_seconds``."""
+
+    def __init__(self, registry: MediaRegistry, sha256: str, phone: str, owner: str) -> None:
+        self._registry = registry
+        self._key = (sha256, phone, owner)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="media-registry-lease")
+
+    def _run(self) -> None:
+        interval = self._registry.settings.lease_seconds / 3
+        while not self._stop.wait(interval):
+            expires_at = self._registry._clock() + self._registry._lease_for
+            try:
+                self._registry.store.renew_lease(*self._key, expires_at)
+            except MediaRegistryError:
+                pass  # a busy registry: the next beat tries again, well before expiry
+
+    def __enter__(self) -> _LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -1,0 +1,385 @@
+"""FakeGraphAPI: a real local HTTP server that behaves like the Graph API's media endpoints.
+
+It serves upload, get, delete and 5-minute download URLs that need the token, answers with
+Graph's error envelopes, lets media IDs expire after 30 days on its own adjustable clock,
+injects faults, and counts what it received. Use it as a context manager::
+
+    with FakeGraphAPI() as api:
+        reg = MediaRegistry(db="t.db", token=api.token, phone_number_id=api.phone_number_id,
+                            api_base=api.base_url)
+
+or through the ``fake_graph_api`` pytest fixture that media-registry registers.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import json
+import re
+import secrets
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from .media_types import KIND_BY_MIME, supported_types
+
+UPLOAD_PATH = re.compile(r"^/(?P<version>v[\d.]+)/(?P<phone>\d+)/media$")
+MEDIA_PATH = re.compile(r"^/(?P<version>v[\d.]+)/(?P<media_id>[^/]+)$")
+DOWNLOAD_PATH = re.compile(r"^/download/(?P<media_id>\d+)/(?P<nonce>\w+)$")
+
+
+@dataclass
+class Fault:
+    """A scripted failure for the next ``times`` requests that match ``method`` and ``path``.
+
+    ``status`` answers with a Graph error envelope (``code``, ``subcode``, ``transient``,
+    ``retry_after``); ``reset`` drops the connection; ``delay`` stalls before either (or
+    before the normal answer when neither is set); ``body`` replaces the answer's body.
+    """
+
+    status: int | None = None
+    code: int | None = None
+    subcode: int | None = None
+    message: str = "An unexpected error has occurred. Please retry your request later."
+    transient: bool = False
+    retry_after: str | None = None
+    reset: bool = False
+    delay: float = 0.0
+    body: bytes | None = None
+    times: int = 1
+    method: str | None = None
+    path: str | None = None
+
+    def matches(self, method: str, path: str) -> bool:
+        """Whether this fault applies to a request."""
+        return (self.method in (None, method)) and (self.path is None or self.path in path)
+
+
+@dataclass
+class StoredMedia:
+    """A media object the fake holds."""
+
+    data: bytes
+    mime_type: str
+    phone_number_id: str
+    uploaded_at: datetime
+    deleted: bool = False
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request the fake received."""
+
+    method: str
+    path: str
+    headers: dict[str, str] = field(repr=False)
+
+    @property
+    def authorized(self) -> bool:
+        """Whether the request carried an Authorization header."""
+        return "authorization" in self.headers
+
+
+class FakeGraphAPI:
+    """A threaded local Graph API on a random loopback port.
+
+    ``sha256_encoding`` ("hex" or "base64") and ``file_size_as_string`` pick between the
+    shapes seen in Meta's spec and in real responses; ``delete_answer`` is ``"success"``
+    (the spec) or ``"deleted"`` (the seed page).
+    """
+
+    def __init__(
+        self,
+        *,
+        token: str = "fake-token-for-tests",
+        phone_number_id: str = "106540352242922",
+        version: str = "v21.0",
+        ttl: timedelta = timedelta(days=30),
+        url_lifetime: timedelta = timedelta(minutes=5),
+        sha256_encoding: str = "hex",
+        file_size_as_string: bool = False,
+        delete_answer: str = "success",
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.token = token
+        self.phone_number_id = phone_number_id
+        self.version = version
+        self.ttl = ttl
+        self.url_lifetime = url_lifetime
+        self.sha256_encoding = sha256_encoding
+        self.file_size_as_string = file_size_as_string
+        self.delete_answer = delete_answer
+        self.media: dict[str, StoredMedia] = {}
+        self.received: list[Received] = []
+        self._urls: dict[str, datetime] = {}
+        self._faults: list[Fault] = []
+        self._offset = timedelta()
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1_000_000_000_000_000 + secrets.randbelow(10**12))
+        self._server = ThreadingHTTPServer((host, 0), _handler_for(self))
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def origin(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def base_url(self) -> str:
+        """The API base to configure (``WHATSAPP_API_BASE``), e.g. ``http://127.0.0.1:PORT/v21.0``."""
+        return f"{self.origin}/{self.version}"
+
+    def start(self) -> FakeGraphAPI:
+        """Serve in a background thread."""
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> FakeGraphAPI:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- the clock ----------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        """The fake's time: the real (or frozen) UTC time plus what :meth:`advance` added."""
+        return datetime.now(timezone.utc) + self._offset
+
+    def advance(self, **delta: float) -> None:
+        """Move the fake's clock forward, e.g. ``advance(days=28)``."""
+        self._offset += timedelta(**delta)
+
+    # -- scripting and counting ---------------------------------------------------------
+
+    def fail(self, **fault: Any) -> Fault:
+        """Queue a :class:`Fault` (same keywords); faults apply in the order queued."""
+        scripted = Fault(**fault)
+        with self._lock:
+            self._faults.append(scripted)
+        return scripted
+
+    def add_media(self, data: bytes, mime_type: str, phone_number_id: str | None = None) -> str:
+        """Store media as if a customer had sent it; return its media ID."""
+        with self._lock:
+            media_id = str(next(self._ids))
+            self.media[media_id] = StoredMedia(
+                data, mime_type, phone_number_id or self.phone_number_id, self.now()
+            )
+        return media_id
+
+    def count(self, method: str | None = None, path: str | None = None) -> int:
+        """How many requests matched ``method`` and a ``path`` substring."""
+        return sum(
+            1 for r in list(self.received)
+            if method in (None, r.method) and (path is None or path in r.path)
+        )
+
+    @property
+    def uploads(self) -> int:
+        """How many uploads succeeded."""
+        return len(self.media)
+
+    def live(self, media_id: str) -> bool:
+        """Whether a media ID exists, is not deleted and has not expired on the fake's clock."""
+        media = self.media.get(media_id)
+        return bool(media and not media.deleted and self.now() < media.uploaded_at + self.ttl)
+
+    def _next_fault(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.matches(method, path):
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        self._faults.remove(fault)
+                    return fault
+        return None
+
+
+def _handler_for(api: FakeGraphAPI) -> type[BaseHTTPRequestHandler]:
+    class Handler(_GraphHandler):
+        fake = api
+
+    return Handler
+
+
+class _GraphHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    fake: FakeGraphAPI
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's name
+        """Silence the default stderr log."""
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib's naming
+        self._handle("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._handle("POST")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._handle("DELETE")
+
+    # -- dispatch -----------------------------------------------------------------------
+
+    def _handle(self, method: str) -> None:
+        path = self.path.split("?")[0]
+        self.fake.received.append(
+            Received(method, path, {k.lower(): v for k, v in self.headers.items()})
+        )
+        fault = self.fake._next_fault(method, path)
+        if fault is not None and fault.delay:
+            time.sleep(fault.delay)
+        if fault is not None and fault.reset:
+            self._reset()
+            return
+        body = self._read_body()
+        if fault is not None and fault.body is not None:
+            self._send(fault.status or 200, fault.body, "application/json")
+            return
+        if fault is not None and fault.status:
+            extra = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+            self._error(fault.status, fault.code or 1, fault.message, fault.subcode,
+                        transient=fault.transient, headers=extra)
+            return
+        if not self._authorized():
+            return
+        if method == "POST" and (match := UPLOAD_PATH.match(path)):
+            self._upload(match["phone"], body)
+        elif method in ("GET", "DELETE") and (match := MEDIA_PATH.match(path)):
+            self._media(method, match["media_id"])
+        elif method == "GET" and (match := DOWNLOAD_PATH.match(path)):
+            self._download(match["media_id"], match["nonce"])
+        else:
+            self._error(400, 100, f"Unknown path components: {path}", None)
+
+    def _authorized(self) -> bool:
+        if self.headers.get("Authorization") == f"Bearer {self.fake.token}":
+            return True
+        self._error(401, 190, "Invalid OAuth access token - Cannot parse access token",
+                    None, kind="OAuthException")
+        return False
+
+    # -- endpoints ----------------------------------------------------------------------
+
+    def _upload(self, phone: str, body: bytes) -> None:
+        fields = _multipart(self.headers.get("Content-Type", ""), body)
+        if fields.get("messaging_product", (b"",))[0] != b"whatsapp":
+            self._error(400, 100, "The parameter messaging_product is required.", None)
+            return
+        if "file" not in fields or "type" not in fields:
+            self._error(400, 100, "The parameter file is required.", None)
+            return
+        data, part_type = fields["file"]
+        declared = fields["type"][0].decode()
+        if declared not in KIND_BY_MIME or part_type != declared:
+            self._error(400, 100, "Param file must be a file with one of the following types: "
+                        f"{supported_types()}. Received file of type '{part_type}'.", None)
+            return
+        with self.fake._lock:
+            media_id = str(next(self.fake._ids))
+            self.fake.media[media_id] = StoredMedia(data, declared, phone, self.fake.now())
+        self._json(200, {"id": media_id})
+
+    def _media(self, method: str, media_id: str) -> None:
+        if not self.fake.live(media_id):
+            self._error(400, 100, f"Unsupported {method.lower()} request. Object with ID "
+                        f"'{media_id}' does not exist, cannot be loaded due to missing "
+                        "permissions, or does not support this operation.", 33,
+                        kind="GraphMethodException")
+            return
+        media = self.fake.media[media_id]
+        if method == "DELETE":
+            media.deleted = True
+            self._json(200, {self.fake.delete_answer: True})
+            return
+        nonce = secrets.token_hex(8)
+        self.fake._urls[nonce] = self.fake.now()
+        digest = hashlib.sha256(media.data).digest()
+        size = len(media.data)
+        self._json(200, {
+            "messaging_product": "whatsapp",
+            "url": f"{self.fake.origin}/download/{media_id}/{nonce}",
+            "mime_type": media.mime_type,
+            "sha256": digest.hex() if self.fake.sha256_encoding == "hex"
+            else base64.b64encode(digest).decode(),
+            "file_size": str(size) if self.fake.file_size_as_string else size,
+            "id": media_id,
+        })
+
+    def _download(self, media_id: str, nonce: str) -> None:
+        issued = self.fake._urls.get(nonce)
+        media = self.fake.media.get(media_id)
+        if issued is None or media is None or self.fake.now() > issued + self.fake.url_lifetime:
+            self._send(404, b"URL expired or unknown", "text/plain")
+            return
+        self._send(200, media.data, media.mime_type)
+
+    # -- wire helpers -------------------------------------------------------------------
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _error(
+        self, status: int, code: int, message: str, subcode: int | None, *,
+        kind: str = "OAuthException", transient: bool = False, headers: dict[str, str] | None = None,
+    ) -> None:
+        error: dict[str, Any] = {"message": message, "type": kind, "code": code,
+                                 "fbtrace_id": "A" + secrets.token_urlsafe(16)}
+        if subcode is not None:
+            error["error_subcode"] = subcode
+        if transient:
+            error["is_transient"] = True
+        self._json(status, {"error": error}, headers)
+
+    def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(payload).encode(), "application/json", headers)
+
+    def _send(self, status: int, body: bytes, content_type: str,
+              headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _reset(self) -> None:
+        # SO_LINGER with a zero timeout makes close() send RST: a connection reset.
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        self.connection.close()
+
+
+def _multipart(content_type: str, body: bytes) -> dict[str, tuple[bytes, str | None]]:
+    """Parse multipart/form-data into {name: (value, part content type)}."""
+    match = re.search(r'boundary="?([^";]+)"?', content_type)
+    if not match:
+        return {}
+    fields: dict[str, tuple[bytes, str | None]] = {}
+    for part in body.split(b"--" + match[1].encode())[1:-1]:
+        head, _, value = part[2:].partition(b"\r\n\r\n")
+        headers = head.decode("latin-1")
+        name = re.search(r'name="([^"]*)"', headers)
+        part_type = re.search(r"(?im)^content-type:\s*([^\r\n;]+)", headers)
+        if name:
+            fields[name[1]] = (value[:-2], part_type[1].strip() if part_type else None)
+    return fields
