@@ -13,6 +13,7 @@ from .errors import (
     MediaRegistryError,
     MediaTooLarge,
     MislabelledMedia,
+    NotInRegistry,
     RateLimited,
     RegistryCorrupt,
     RegistryError,
@@ -23,7 +24,7 @@ from .errors import (
     UnsafeDownloadURL,
     UnsupportedMedia,
 )
-from .models import MediaEvent, MediaRecord
+from .models import LifecycleAction, MediaEvent, MediaRecord, Report
 from .registry import MediaRegistry
 
 __version__ = "0.1.0"
@@ -36,6 +37,7 @@ __all__ = [
     "GraphAPIError",
     "InputError",
     "IntegrityError",
+    "LifecycleAction",
     "MediaEvent",
     "MediaNotFound",
     "MediaRecord",
@@ -43,10 +45,12 @@ __all__ = [
     "MediaRegistryError",
     "MediaTooLarge",
     "MislabelledMedia",
+    "NotInRegistry",
     "RateLimited",
     "RegistryCorrupt",
     "RegistryError",
     "RegistryLocked",
+    "Report",
     "SchemaTooNew",
     "Settings",
     "SourceChanged",

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     user_agent: str = "media-registry/0.1 (+https://pypi.org/project/media-registry/)"
     timeout: float = Field(60.0, gt=0)
     max_retries: int = Field(4, ge=0, le=20)
+    retry_backoff: float = Field(0.5, ge=0)
+    refresh_concurrency: int = Field(4, ge=1, le=64)
     # Seconds between lease heartbeats is a third of this; a dead owner frees it after this.
     lease_seconds: float = Field(60.0, gt=0)
 

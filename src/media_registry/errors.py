@@ -7,6 +7,7 @@
     │   ├── UnsupportedMedia    a type WhatsApp does not take, or an empty file
     │   ├── MislabelledMedia    the given MIME type contradicts the bytes
     │   ├── MediaTooLarge       over WhatsApp's limit for that kind
+    │   ├── NotInRegistry       a path, sha256 or media ID the registry does not know
     │   └── ConfigError         a missing or invalid setting
     ├── GraphAPIError           the Graph API refused, failed or could not be reached
     │   ├── AuthError           the token is missing, expired or invalid (code 190, HTTP 401)
@@ -55,6 +56,10 @@ class MislabelledMedia(InputError):
 
 class MediaTooLarge(InputError):
     """The content exceeds WhatsApp's size limit for its kind."""
+
+
+class NotInRegistry(InputError):
+    """The path, sha256 or media ID named is not in the registry."""
 
 
 class ConfigError(InputError):

@@ -74,8 +74,9 @@ class MediaType:
 
 
 def supported_types() -> str:
-    """The MIME types WhatsApp accepts, as one comma-separated line for messages."""
-    return ", ".join(sorted(KIND_BY_MIME))
+    """What WhatsApp accepts, in words, for messages."""
+    return ("JPEG or PNG images, WebP stickers, AAC, AMR, MP3, M4A or Opus audio, MP4 or 3GP "
+            "video, PDF, Word, Excel, PowerPoint or plain-text documents")
 
 
 def sniff(path: Path, head: bytes) -> str | None:
@@ -149,7 +150,7 @@ def _resolve(path: Path, sniffed: str | None, declared: str | None) -> str:
         declared = declared.split(";")[0].strip().lower()
         if declared not in KIND_BY_MIME:
             raise UnsupportedMedia(
-                f"{path}: WhatsApp does not accept {declared}; use one of: {supported_types()}"
+                f"{path}: WhatsApp does not accept {declared}; it takes {supported_types()}"
             )
         if sniffed == "application/x-ole-storage" and declared in OLE2_BY_SUFFIX.values():
             return declared
@@ -167,8 +168,8 @@ def _resolve(path: Path, sniffed: str | None, declared: str | None) -> str:
     if sniffed not in KIND_BY_MIME:
         found = sniffed or "of an unrecognised type"
         raise UnsupportedMedia(
-            f"{path}: content is {found}, which WhatsApp does not accept; convert it to one "
-            f"of: {supported_types()}"
+            f"{path}: content is {found}, which WhatsApp does not accept; convert it to "
+            f"{supported_types()}"
         )
     return sniffed
 

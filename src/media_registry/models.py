@@ -37,6 +37,32 @@ class MediaRecord(BaseModel):
     history: tuple[MediaEvent, ...] = ()
 
 
+class LifecycleAction(BaseModel):
+    """One thing refresh, delete or purge did (or, in a dry run, would do).
+
+    ``action`` is one of: refreshed, deleted, pending (remote delete owed, retried by purge),
+    vanished (all sources gone), expired (row dropped), failed, skipped.
+    """
+
+    action: str
+    sha256: str
+    phone_number_id: str | None = None
+    media_id: str | None = None
+    new_media_id: str | None = None
+    detail: str | None = None
+
+
+class Report(BaseModel):
+    """What a refresh, delete or purge did."""
+
+    dry_run: bool = False
+    actions: list[LifecycleAction] = []
+
+    def count(self, action: str) -> int:
+        """How many actions of one kind the report holds."""
+        return sum(1 for a in self.actions if a.action == action)
+
+
 class MediaMetadata(BaseModel):
     """The Graph API's answer to ``GET /{media_id}``."""
 

@@ -4,22 +4,37 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
 from . import hashing, media_types
 from .config import Settings, load_settings
-from .errors import ConfigError, MediaRegistryError
+from .errors import (
+    ConfigError,
+    GraphAPIError,
+    MediaNotFound,
+    MediaRegistryError,
+    NotInRegistry,
+    SourceNotFound,
+)
 from .graph import GraphClient
-from .models import MediaEvent, MediaRecord
+from .models import LifecycleAction, MediaEvent, MediaRecord, Report
 from .store import Store, iso, new_owner, parse_iso
 
 Clock = Callable[[], datetime]
+
+
+class Outcome(NamedTuple):
+    """A media ID and whether the call that produced it uploaded the file."""
+
+    media_id: str
+    uploaded: bool
 
 
 def utc_now() -> datetime:
@@ -59,9 +74,11 @@ class MediaRegistry:
             user_agent=self.settings.user_agent,
             timeout=self.settings.timeout,
             max_retries=self.settings.max_retries,
+            backoff=self.settings.retry_backoff,
             transport=transport,
         )
         self._lease_for = timedelta(seconds=self.settings.lease_seconds)
+        self._stopping = threading.Event()
 
     @classmethod
     def from_env(cls, **overrides: Any) -> MediaRegistry:
@@ -91,18 +108,21 @@ class MediaRegistry:
         query); otherwise the file is sniffed, checked against WhatsApp's limits, hashed and
         uploaded once, however many threads and processes ask at the same moment.
         """
-        return self._get_or_upload(path, phone_number_id, mime_type)[0]
+        return self.get_or_upload_with_status(
+            path, phone_number_id=phone_number_id, mime_type=mime_type
+        ).media_id
 
-    def _get_or_upload(
-        self, path: str | os.PathLike[str], phone_number_id: str | None, mime_type: str | None,
-    ) -> tuple[str, bool]:
-        """(media ID, True if this call uploaded it)."""
+    def get_or_upload_with_status(
+        self, path: str | os.PathLike[str], *, phone_number_id: str | None = None,
+        mime_type: str | None = None,
+    ) -> Outcome:
+        """Like :meth:`get_or_upload`, also telling whether this call uploaded the file."""
         phone = self._phone(phone_number_id)
         fp = hashing.fingerprint(path)
         valid_until = iso(self._clock() + self.settings.min_validity)
         hit = self.store.fast_lookup(fp, phone, valid_until)
         if hit is not None and hit.media_id is not None and mime_type is None:
-            return hit.media_id, False
+            return Outcome(hit.media_id, uploaded=False)
         with hashing.open_source(fp.path) as file:
             head = file.read(media_types.SNIFF_BYTES)
             media_type = media_types.check(Path(path), head, fp.size, mime_type)
@@ -114,27 +134,32 @@ class MediaRegistry:
                 hashing.ensure_unchanged(fp)
                 self.store.remember_path(fp, sha256, media_type.mime_type, self._clock())
         if hit is not None and hit.media_id is not None:
-            return hit.media_id, False
+            return Outcome(hit.media_id, uploaded=False)
         return self._single_flight(fp, sha256, phone, media_type.mime_type)
 
     def _single_flight(
-        self, fp: hashing.Fingerprint, sha256: str, phone: str, mime_type: str
-    ) -> tuple[str, bool]:
+        self, fp: hashing.Fingerprint, sha256: str, phone: str, mime_type: str,
+        valid_for: timedelta | None = None, action: str = "upload",
+    ) -> Outcome:
+        """Serve an ID valid for ``valid_for`` (default ``min_validity``) if one exists or
+        appears while waiting; else take the lease and upload, exactly once across processes."""
         owner = new_owner()
         delay = 0.02
         while True:
             now = self._clock()
-            valid_until = iso(now + self.settings.min_validity)
+            valid_until = iso(now + (valid_for or self.settings.min_validity))
             outcome = self.store.take_lease(sha256, phone, owner, now, valid_until, self._lease_for)
             if outcome.media_id is not None:
-                return outcome.media_id, False
+                return Outcome(outcome.media_id, uploaded=False)
             if outcome.acquired:
-                return self._upload_holding_lease(fp, sha256, phone, mime_type, owner), True
+                media_id = self._upload_holding_lease(fp, sha256, phone, mime_type, owner, action)
+                return Outcome(media_id, uploaded=True)
             time.sleep(delay)  # another thread or process is uploading these bytes
             delay = min(delay * 1.5, 0.25)
 
     def _upload_holding_lease(
-        self, fp: hashing.Fingerprint, sha256: str, phone: str, mime_type: str, owner: str
+        self, fp: hashing.Fingerprint, sha256: str, phone: str, mime_type: str, owner: str,
+        action: str,
     ) -> str:
         with _LeaseKeeper(self, sha256, phone, owner):
             try:
@@ -148,7 +173,7 @@ class MediaRegistry:
             self.store.record_upload(
                 sha256=sha256, phone_number_id=phone, media_id=media_id,
                 uploaded_at=uploaded_at, expires_at=uploaded_at + self.settings.ttl,
-                path=fp.path, owner=owner,
+                path=fp.path, owner=owner, action=action,
             )
         return media_id
 
@@ -159,6 +184,109 @@ class MediaRegistry:
                 "no phone number ID: set WHATSAPP_PHONE_NUMBER_ID or pass phone_number_id="
             )
         return phone
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def refresh_expiring(self, *, dry_run: bool = False) -> Report:
+        """Upload again every current ID with less than ``refresh_before`` left whose content
+        still sits in a known source file; the new ID is recorded (and served) before the old
+        one is retired. Content whose sources all vanished is skipped: purge deletes it.
+        Runs ``refresh_concurrency`` uploads at a time; stops early after :meth:`stop`.
+        """
+        now = self._clock()
+        rows = self.store.expiring_media(iso(now + self.settings.refresh_before))
+
+        def refresh_one(row: dict[str, Any]) -> LifecycleAction:
+            found = {k: row[k] for k in ("sha256", "phone_number_id", "media_id")}
+            source = self._find_source(row["sha256"], row["mime_type"])
+            if source is None:
+                return LifecycleAction(action="skipped", detail="no source file left", **found)
+            if dry_run or self._stopping.is_set():
+                why = f"would upload {source.path}" if dry_run else "stopping"
+                return LifecycleAction(action="refreshed" if dry_run else "skipped", detail=why, **found)
+            try:
+                outcome = self._single_flight(
+                    source, row["sha256"], row["phone_number_id"], row["mime_type"],
+                    self.settings.refresh_before, action="refresh",
+                )
+            except MediaRegistryError as exc:
+                return LifecycleAction(action="failed", detail=str(exc), **found)
+            if not outcome.uploaded:
+                return LifecycleAction(action="skipped", detail="already refreshed", **found)
+            return LifecycleAction(action="refreshed", new_media_id=outcome.media_id, **found)
+
+        with ThreadPoolExecutor(max_workers=self.settings.refresh_concurrency) as pool:
+            return Report(dry_run=dry_run, actions=list(pool.map(refresh_one, rows)))
+
+    def delete(self, target: str | os.PathLike[str]) -> Report:
+        """Forget a content (named by path, sha256 or media ID): its IDs are no longer served
+        or refreshed, and each is DELETEd remotely now; any the API could not delete stay
+        marked, and :meth:`purge` retries them."""
+        sha256 = self.store.resolve(os.fspath(target))
+        if sha256 is None:
+            raise NotInRegistry(
+                f"{target}: not in the registry; check the path, sha256 or media ID (see: ls)"
+            )
+        self.store.mark_deleted(sha256, self._clock(), reason=f"delete {target}")
+        pending = [row for row in self.store.pending_deletes() if row["sha256"] == sha256]
+        return Report(actions=[self._delete_remotely(row) for row in pending])
+
+    def purge(self, *, dry_run: bool = False) -> Report:
+        """Clean up: contents whose source files all vanished are deleted (remotely too);
+        rows of expired IDs are dropped; remote DELETEs still owed are retried."""
+        report = Report(dry_run=dry_run)
+        for sha256, mime_type in self.store.sourced_contents():
+            if self._find_source(sha256, mime_type) is None:
+                report.actions.append(LifecycleAction(
+                    action="vanished", sha256=sha256, detail="all source files vanished"))
+                if not dry_run:
+                    self.store.mark_deleted(sha256, self._clock(), reason="sources vanished")
+        for row in self.store.expired_media(iso(self._clock())):
+            report.actions.append(LifecycleAction(
+                action="expired", sha256=row["sha256"], phone_number_id=row["phone_number_id"],
+                media_id=row["media_id"]))
+            if not dry_run:
+                self.store.forget_media(row["media_id"], self._clock(), "expired")
+        for row in self.store.pending_deletes():
+            if dry_run:
+                report.actions.append(LifecycleAction(
+                    action="deleted", sha256=row["sha256"], media_id=row["media_id"],
+                    phone_number_id=row["phone_number_id"], detail="would DELETE"))
+            else:
+                report.actions.append(self._delete_remotely(row))
+        return report
+
+    def stop(self) -> None:
+        """Ask a running refresh to finish its current uploads and start no new ones."""
+        self._stopping.set()
+
+    def _delete_remotely(self, row: dict[str, Any]) -> LifecycleAction:
+        found = {k: row[k] for k in ("sha256", "phone_number_id", "media_id")}
+        try:
+            self.graph.delete(row["media_id"], row["phone_number_id"])
+            detail = None
+        except MediaNotFound:
+            detail = "already gone from the API"
+        except GraphAPIError as exc:
+            return LifecycleAction(action="pending", detail=str(exc), **found)
+        self.store.forget_media(row["media_id"], self._clock(), "deleted", detail)
+        return LifecycleAction(action="deleted", detail=detail, **found)
+
+    def _find_source(self, sha256: str, mime_type: str) -> hashing.Fingerprint | None:
+        """A recorded source file that still holds the content, or None."""
+        for recorded in self.store.source_paths(sha256):
+            try:
+                current = hashing.fingerprint(recorded.path)
+                if current == recorded:
+                    return current
+                # Touched or copied over: only the bytes can say whether it still holds them.
+                with hashing.open_source(current.path) as file:
+                    if hashing.sha256_file(file) == sha256:
+                        self.store.remember_path(current, sha256, mime_type, self._clock())
+                        return current
+            except SourceNotFound:
+                continue
+        return None
 
     # -- reading ------------------------------------------------------------------------
 

@@ -287,6 +287,79 @@ class Store:
                  phone_number_id=phone_number_id, path=path)
             _release(con, sha256, phone_number_id, owner)
 
+    # -- lifecycle ----------------------------------------------------------------------
+
+    @_mapped
+    def expiring_media(self, before: str) -> list[dict[str, Any]]:
+        """Current media IDs expiring before ``before`` whose content is not deleted."""
+        cursor = self._connection().execute(
+            "SELECT m.media_id, m.sha256, m.phone_number_id, m.expires_at, c.mime_type "
+            "FROM media AS m JOIN contents AS c USING (sha256) "
+            "WHERE m.state = 'current' AND m.expires_at <= ? AND c.deleted_at IS NULL "
+            "ORDER BY m.expires_at",
+            (before,),
+        )
+        return _dicts(cursor)
+
+    @_mapped
+    def source_paths(self, sha256: str) -> list[Fingerprint]:
+        """The recorded source files of a content, with the fingerprints last seen."""
+        rows = self._connection().execute(
+            "SELECT path, size_bytes, mtime_ns, inode FROM paths WHERE sha256 = ? ORDER BY seen_at DESC",
+            (sha256,),
+        ).fetchall()
+        return [Fingerprint(*row) for row in rows]
+
+    @_mapped
+    def sourced_contents(self) -> list[tuple[str, str]]:
+        """(sha256, mime type) of contents not deleted that have a recorded source path."""
+        rows = self._connection().execute(
+            "SELECT DISTINCT c.sha256, c.mime_type FROM contents AS c JOIN paths AS p USING (sha256) "
+            "WHERE c.deleted_at IS NULL"
+        ).fetchall()
+        return [(row[0], row[1]) for row in rows]
+
+    def mark_deleted(self, sha256: str, now: datetime, reason: str) -> None:
+        """Forget a content's paths, stop serving and refreshing its IDs, and mark them as
+        owing a remote DELETE; one transaction."""
+        with self.transaction() as con:
+            con.execute("UPDATE contents SET deleted_at = ? WHERE sha256 = ?", (iso(now), sha256))
+            con.execute("UPDATE media SET state = 'deleting' WHERE sha256 = ?", (sha256,))
+            con.execute("DELETE FROM paths WHERE sha256 = ?", (sha256,))
+            _log(con, now, "delete", sha256=sha256, detail=reason)
+
+    @_mapped
+    def pending_deletes(self) -> list[dict[str, Any]]:
+        """Media IDs owing a remote DELETE."""
+        cursor = self._connection().execute(
+            "SELECT media_id, sha256, phone_number_id, expires_at FROM media "
+            "WHERE state = 'deleting' ORDER BY sha256"
+        )
+        return _dicts(cursor)
+
+    def forget_media(self, media_id: str, now: datetime, action: str, detail: str | None = None) -> None:
+        """Drop a media row (deleted remotely, or expired), and its content once nothing of
+        it is left that the registry needs; record why."""
+        with self.transaction() as con:
+            row = con.execute(
+                "SELECT sha256, phone_number_id FROM media WHERE media_id = ?", (media_id,)
+            ).fetchone()
+            if row is None:
+                return
+            con.execute("DELETE FROM media WHERE media_id = ?", (media_id,))
+            _log(con, now, action, sha256=row[0], media_id=media_id, phone_number_id=row[1],
+                 detail=detail)
+            _drop_if_orphaned(con, row[0])
+
+    @_mapped
+    def expired_media(self, now: str) -> list[dict[str, Any]]:
+        """Media rows whose ID has expired (whatever their state)."""
+        cursor = self._connection().execute(
+            "SELECT media_id, sha256, phone_number_id, expires_at FROM media WHERE expires_at <= ?",
+            (now,),
+        )
+        return _dicts(cursor)
+
     # -- reading for people -------------------------------------------------------------
 
     @_mapped
@@ -366,6 +439,15 @@ def _current_media_id(
         (sha256, phone_number_id, valid_until),
     ).fetchone()
     return row[0] if row else None
+
+
+def _drop_if_orphaned(con: sqlite3.Connection, sha256: str) -> None:
+    # A deleted content goes once its last media row is gone; its events stay as history.
+    con.execute(
+        "DELETE FROM contents WHERE sha256 = ? AND deleted_at IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM media WHERE sha256 = ?)",
+        (sha256, sha256),
+    )
 
 
 def _release(con: sqlite3.Connection, sha256: str, phone_number_id: str, owner: str) -> None:

@@ -1,0 +1,208 @@
+"""The ``media-registry`` command: argument parsing and printing only.
+
+Every command is a thin wrapper over a :class:`~media_registry.MediaRegistry` method.
+Exit status: 0 ok, 1 an operation failed, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from . import __version__
+from .errors import MediaRegistryError
+from .models import MediaRecord
+from .registry import MediaRegistry
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except MediaRegistryError as exc:
+        if args.debug:
+            raise
+        _error(str(exc))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one line, not a traceback, even for the unforeseen
+        if args.debug:
+            raise
+        _error(f"unexpected {exc.__class__.__name__}: {exc}; rerun with --debug and report it")
+    return 1
+
+
+def _error(message: str) -> None:
+    print(f"media-registry: error: {message}", file=sys.stderr)
+
+
+def _open(args: argparse.Namespace) -> MediaRegistry:
+    return MediaRegistry.from_env(db=args.db)
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+def _upload(args: argparse.Namespace) -> int:
+    failed = 0
+    with _open(args) as reg:
+        for path in args.paths:
+            try:
+                media_id, uploaded = reg.get_or_upload_with_status(
+                    path, phone_number_id=args.phone_number_id, mime_type=args.mime_type
+                )
+            except MediaRegistryError as exc:
+                if args.debug:
+                    raise
+                _error(str(exc))
+                failed += 1
+                continue
+            status = "uploaded" if uploaded else "cached"
+            if args.json:
+                print(json.dumps({"media_id": media_id, "status": status, "path": path}), flush=True)
+            else:
+                print(f"{media_id}\t{status}\t{path}", flush=True)
+    return 1 if failed else 0
+
+
+def _ls(args: argparse.Namespace) -> int:
+    within = timedelta(days=args.expiring) if args.expiring is not None else None
+    with _open(args) as reg:
+        records = reg.records(expiring_within=within)
+    if args.json:
+        for record in records:
+            print(record.model_dump_json(exclude={"history"}))
+        return 0
+    rows = [
+        (r.sha256[:12], r.media_id or "-", r.mime_type, _size(r.size_bytes),
+         _when(r.uploaded_at), _when(r.expires_at), ", ".join(r.paths) or "-")
+        for r in records
+    ]
+    _table(("SHA256", "MEDIA ID", "TYPE", "SIZE", "UPLOADED", "EXPIRES", "PATHS"), rows)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    with _open(args) as reg:
+        record = reg.lookup(args.target)
+    if record is None:
+        _error(f"{args.target}: not in the registry; upload it first, or check the path, "
+               "sha256 or media ID")
+        return 1
+    if args.json:
+        print(record.model_dump_json())
+        return 0
+    _print_record(record)
+    return 0
+
+
+def _print_record(record: MediaRecord) -> None:
+    fields = {
+        "sha256": record.sha256,
+        "type": record.mime_type,
+        "size": _size(record.size_bytes),
+        "phone number": record.phone_number_id or "-",
+        "media ID": record.media_id or "-",
+        "uploaded": _when(record.uploaded_at),
+        "expires": _when(record.expires_at),
+        "deleted": _when(record.deleted_at),
+    }
+    for name, value in fields.items():
+        print(f"{name + ':':14}{value}")
+    for path in record.paths:
+        print(f"{'path:':14}{path}")
+    print("history:")
+    for event in record.history:
+        parts = [_when(event.at), event.action, event.media_id, event.path, event.detail]
+        print("  " + "  ".join(p for p in parts if p))
+
+
+def _stats(args: argparse.Namespace) -> int:
+    with _open(args) as reg:
+        counts = reg.stats()
+    if args.json:
+        print(json.dumps(counts))
+    else:
+        for name, value in counts.items():
+            print(f"{name + ':':18}{value}")
+    return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    with _open(args) as reg:
+        print(f"registry ready at {reg.settings.db}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo  # the demo pulls in the local server; only load it here
+
+    for line in run_demo():
+        print(line, flush=True)
+    return 0
+
+
+# -- formatting -------------------------------------------------------------------------
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M") if moment else "-"
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "KB", "MB"):
+        if size < 1000:
+            return f"{size:g} {unit}"
+        size = round(size / 1000, 1)  # type: ignore[assignment]
+    return f"{size:g} GB"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    for row in (header, *rows):
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+# -- parser -----------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="media-registry",
+        description="Media IDs for the WhatsApp Cloud API that are valid now, uploaded once.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--db", help="registry file (default: $MEDIA_REGISTRY_DB or ./media-registry.db)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    def command(name: str, run: Command, help_text: str, json_flag: bool = True) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(run=run)
+        if json_flag:
+            sub.add_argument("--json", action="store_true", help="JSON lines instead of text")
+        return sub
+
+    upload = command("upload", _upload, "get or upload each file; print '<media_id> <status> <path>'")
+    upload.add_argument("paths", nargs="+", metavar="PATH")
+    upload.add_argument("--phone-number-id", help="default: $WHATSAPP_PHONE_NUMBER_ID")
+    upload.add_argument("--mime-type", help="assert the type (it must agree with the bytes)")
+
+    ls = command("ls", _ls, "list contents with their current media IDs")
+    ls.add_argument("--expiring", type=float, metavar="DAYS", help="only IDs expiring within DAYS")
+
+    show = command("show", _show, "one content with its paths and history")
+    show.add_argument("target", metavar="PATH|SHA256|MEDIA_ID")
+
+    command("stats", _stats, "counts and health of the registry")
+    command("init", _init, "create the registry file", json_flag=False)
+    command("demo", _demo, "run the main job end to end on a built-in local Graph API",
+            json_flag=False)
+    return parser
