@@ -1,0 +1,97 @@
+"""Shared fixtures: a FakeGraphAPI (from media-registry's pytest plugin), registries on real
+SQLite files in tmp_path, sample media files, and the CLI run as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from media_registry import MediaRegistry
+from media_registry.testing import FakeGraphAPI, sample_media
+
+CLI = Path(sys.executable).with_name("media-registry")
+PNG = "image/png"
+PDF = "application/pdf"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees the developer's own WhatsApp or registry settings."""
+    for name in list(os.environ):
+        if name.startswith(("WHATSAPP_", "MEDIA_REGISTRY_")):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def api(fake_graph_api: FakeGraphAPI) -> FakeGraphAPI:
+    """The local Graph API every test talks to."""
+    return fake_graph_api
+
+
+@pytest.fixture
+def make_registry(tmp_path: Path, api: FakeGraphAPI) -> Iterator[Callable[..., MediaRegistry]]:
+    """Build registries on ``tmp_path/registry.db`` pointed at the fake API; closed after."""
+    made: list[MediaRegistry] = []
+
+    def make(**overrides: Any) -> MediaRegistry:
+        settings: dict[str, Any] = {
+            "db": tmp_path / "registry.db", "token": api.token,
+            "phone_number_id": api.phone_number_id, "api_base": api.base_url,
+            "retry_backoff": 0.01, "max_retries": 2,
+        }
+        registry = MediaRegistry(**{**settings, **overrides})
+        made.append(registry)
+        return registry
+
+    yield make
+    for registry in made:
+        registry.close()
+
+
+@pytest.fixture
+def registry(make_registry: Callable[..., MediaRegistry]) -> MediaRegistry:
+    """A registry with the default settings, on the fake API."""
+    return make_registry()
+
+
+@pytest.fixture
+def make_file(tmp_path: Path) -> Callable[..., Path]:
+    """Write sample media: ``make_file("a.png", PNG, salt="1")``."""
+
+    def make(name: str, mime_type: str = PNG, **kwargs: Any) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(sample_media(mime_type, salt=kwargs.pop("salt", name), **kwargs))
+        return path
+
+    return make
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, api: FakeGraphAPI) -> dict[str, str]:
+    """Environment for CLI subprocesses: the fake API and a registry in tmp_path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WHATSAPP_", "MEDIA_REGISTRY_"))}
+    env.update(
+        WHATSAPP_TOKEN=api.token,
+        WHATSAPP_PHONE_NUMBER_ID=api.phone_number_id,
+        WHATSAPP_API_BASE=api.base_url,
+        MEDIA_REGISTRY_DB=str(tmp_path / "registry.db"),
+        MEDIA_REGISTRY_RETRY_BACKOFF="0.01",
+        MEDIA_REGISTRY_MAX_RETRIES="1",
+    )
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: Path | None = None,
+            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``media-registry`` console script as a real process."""
+    return subprocess.run(
+        [str(CLI), *args],
+        env=env, cwd=cwd, input=stdin, capture_output=True, text=True, timeout=60,
+    )
