@@ -86,6 +86,8 @@ class GraphClient:
         self._max_retries = max_retries
         self._backoff = backoff
         self._max_wait = max_wait
+        # "Full jitter": a random wait up to backoff * 2**attempt, so retrying senders spread out.
+        self._exponential = tenacity.wait_random_exponential(multiplier=backoff, max=max_wait)
         self._sleep = sleep
         auth = BearerAuth(token, self.api_base, media_host_suffixes) if token else None
         self._http = httpx.Client(
@@ -99,6 +101,12 @@ class GraphClient:
     def close(self) -> None:
         """Close the underlying connection pool."""
         self._http.close()
+
+    def __enter__(self) -> GraphClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     # -- the endpoints ------------------------------------------------------------------
 
@@ -197,8 +205,7 @@ class GraphClient:
         hinted = getattr(exc, "retry_after", None)
         if hinted is not None:
             return min(hinted, self._max_wait)
-        exponential = tenacity.wait_exponential_jitter(initial=self._backoff, max=self._max_wait)
-        return exponential(state)
+        return self._exponential(state)
 
 
 def retry_after(value: str | None) -> float | None:

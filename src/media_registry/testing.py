@@ -22,6 +22,7 @@ import re
 import secrets
 import socket
 import struct
+import sys
 import threading
 import time
 import zipfile
@@ -127,7 +128,7 @@ class FakeGraphAPI:
         self._offset = timedelta()
         self._lock = threading.Lock()
         self._ids = itertools.count(1_000_000_000_000_000 + secrets.randbelow(10**12))
-        self._server = ThreadingHTTPServer((host, 0), _handler_for(self))
+        self._server = _QuietServer((host, 0), _handler_for(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -217,6 +218,13 @@ class FakeGraphAPI:
                         self._faults.remove(fault)
                     return fault
         return None
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up (timeouts, resets under test) is not worth a traceback."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def _handler_for(api: FakeGraphAPI) -> type[BaseHTTPRequestHandler]:
