@@ -14,8 +14,9 @@ from .errors import ConfigError
 DEFAULT_API_BASE = "https://graph.facebook.com/v21.0"
 
 
-def _env(name: str) -> Any:
-    return Field(validation_alias=AliasChoices(name, name.lower()))
+def _env(name: str, default: Any = None) -> Any:
+    """A field read from ``name`` itself rather than the MEDIA_REGISTRY_ prefix."""
+    return Field(default, validation_alias=AliasChoices(name, name.lower()))
 
 
 class Settings(BaseSettings):
@@ -28,7 +29,7 @@ class Settings(BaseSettings):
 
     token: SecretStr | None = _env("WHATSAPP_TOKEN")
     phone_number_id: str | None = _env("WHATSAPP_PHONE_NUMBER_ID")
-    api_base: str = Field(DEFAULT_API_BASE, validation_alias=AliasChoices("WHATSAPP_API_BASE"))
+    api_base: str = _env("WHATSAPP_API_BASE", DEFAULT_API_BASE)
     db: Path = Path("media-registry.db")
     blob_dir: Path = Path("media-blobs")
     ttl: timedelta = timedelta(days=30)
@@ -39,6 +40,8 @@ class Settings(BaseSettings):
     max_retries: int = Field(4, ge=0, le=20)
     retry_backoff: float = Field(0.5, ge=0)
     refresh_concurrency: int = Field(4, ge=1, le=64)
+    # How long to wait for another writer before RegistryLocked.
+    busy_timeout: float = Field(10.0, gt=0)
     # Seconds between lease heartbeats is a third of this; a dead owner frees it after this.
     lease_seconds: float = Field(60.0, gt=0)
 
@@ -81,8 +84,8 @@ def load_settings(**overrides: Any) -> Settings:
         settings = Settings(**{_ENV_NAMES.get(k, k): v for k, v in given.items()})
     except ValidationError as exc:
         error = exc.errors()[0]
-        field = str(error["loc"][0]) if error["loc"] else "?"
-        name = _ENV_NAMES.get(field.lower(), f"MEDIA_REGISTRY_{field.upper()}")
+        field = str(error["loc"][0]).upper() if error["loc"] else "?"
+        name = field if field.startswith("WHATSAPP_") else f"MEDIA_REGISTRY_{field}"
         raise ConfigError(f"invalid {name}: {error['msg']}; fix the variable or argument") from None
     if settings.min_validity >= settings.ttl:
         raise ConfigError(

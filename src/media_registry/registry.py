@@ -66,7 +66,7 @@ class MediaRegistry:
             db=db, token=token, phone_number_id=phone_number_id, **overrides
         )
         self._clock = clock
-        self.store = Store(self.settings.db)
+        self.store = Store(self.settings.db, busy_timeout=self.settings.busy_timeout)
         token_value = self.settings.token.get_secret_value() if self.settings.token else None
         self.graph = GraphClient(
             token=token_value,

@@ -1,0 +1,136 @@
+"""The installed ``media-registry`` command, run as real processes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from media_registry.testing import FakeGraphAPI
+
+from conftest import CLI, PDF, run_cli
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("media-registry: error: ")
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_upload_prints_the_media_id_first(cli_env: dict[str, str], api: FakeGraphAPI,
+                                          make_file: Callable[..., Path]) -> None:
+    path = make_file("banner.png")
+    first = run_cli("upload", str(path), env=cli_env)
+    assert first.returncode == 0, first.stderr
+    media_id, status, printed = first.stdout.strip().split("\t")
+    assert (status, printed) == ("uploaded", str(path)) and api.live(media_id)
+    second = run_cli("upload", str(path), env=cli_env)
+    assert second.stdout == f"{media_id}\tcached\t{path}\n"
+    assert api.uploads == 1
+
+
+def test_upload_json_lines(cli_env: dict[str, str], make_file: Callable[..., Path]) -> None:
+    paths = [make_file("a.png"), make_file("b.pdf", PDF)]
+    result = run_cli("upload", "--json", *map(str, paths), env=cli_env)
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["path"] for line in lines] == [str(p) for p in paths]
+    assert all(line["status"] == "uploaded" and line["media_id"].isdigit() for line in lines)
+
+
+def test_one_bad_file_does_not_stop_the_others(cli_env: dict[str, str], make_file: Callable[..., Path],
+                                               tmp_path: Path) -> None:
+    good = make_file("good.png")
+    result = run_cli("upload", str(tmp_path / "missing.png"), str(good), env=cli_env)
+    assert result.returncode == 1
+    assert result.stdout.endswith(f"\tuploaded\t{good}\n")
+    assert_one_line_error(result, "missing.png: no such file")
+
+
+def test_errors_are_one_line_without_traceback(cli_env: dict[str, str], tmp_path: Path,
+                                               make_file: Callable[..., Path]) -> None:
+    not_a_db = tmp_path / "notes.db"
+    not_a_db.write_text("not sqlite")
+    assert_one_line_error(run_cli("--db", str(not_a_db), "ls", env=cli_env), "not an SQLite database")
+    bad_token = {**cli_env, "WHATSAPP_TOKEN": "EAAbadtoken"}
+    result = run_cli("upload", str(make_file("a.png")), env=bad_token)
+    assert_one_line_error(result, "WHATSAPP_TOKEN")
+    assert "EAAbadtoken" not in result.stdout + result.stderr
+    bad_env = {**cli_env, "MEDIA_REGISTRY_TTL": "soon"}
+    assert_one_line_error(run_cli("ls", env=bad_env), "MEDIA_REGISTRY_TTL")
+
+
+def test_debug_shows_the_traceback(cli_env: dict[str, str], tmp_path: Path) -> None:
+    result = run_cli("--debug", "upload", str(tmp_path / "missing.png"), env=cli_env)
+    assert result.returncode == 1 and "Traceback" in result.stderr
+
+
+def test_usage_errors_exit_2(cli_env: dict[str, str]) -> None:
+    assert run_cli(env=cli_env).returncode == 2
+    assert run_cli("upload", env=cli_env).returncode == 2
+    assert run_cli("frobnicate", env=cli_env).returncode == 2
+
+
+def test_ls_show_stats_and_init(cli_env: dict[str, str], make_file: Callable[..., Path],
+                                tmp_path: Path) -> None:
+    init = run_cli("init", env=cli_env)
+    assert init.returncode == 0 and "registry ready" in init.stdout
+    path = make_file("brochure.pdf", PDF)
+    media_id = run_cli("upload", str(path), env=cli_env).stdout.split("\t")[0]
+
+    listing = run_cli("ls", env=cli_env).stdout.splitlines()
+    assert listing[0].split()[:4] == ["SHA256", "MEDIA", "ID", "TYPE"]
+    assert media_id in listing[1] and "application/pdf" in listing[1] and str(path) in listing[1]
+    records = [json.loads(line) for line in run_cli("ls", "--json", env=cli_env).stdout.splitlines()]
+    assert records[0]["media_id"] == media_id and records[0]["paths"] == [str(path)]
+    assert run_cli("ls", "--expiring", "1", env=cli_env).stdout.count("\n") == 1  # header only
+
+    for target in (str(path), media_id, records[0]["sha256"]):
+        shown = run_cli("show", target, env=cli_env)
+        assert shown.returncode == 0 and f"media ID:     {media_id}" in shown.stdout
+        assert "upload" in shown.stdout.split("history:")[1]
+    assert_one_line_error(run_cli("show", "nothing-like-this", env=cli_env), "not in the registry")
+
+    stats = json.loads(run_cli("stats", "--json", env=cli_env).stdout)
+    assert (stats["contents"], stats["live_ids"], stats["uploads"]) == (1, 1, 1)
+
+
+def test_six_processes_uploading_the_same_file_make_one_upload(
+    cli_env: dict[str, str], api: FakeGraphAPI, make_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = make_file("same.png")
+    run_cli("init", env=cli_env)
+    api.fail(delay=0.5, method="POST")  # the winner's upload is still in flight as others ask
+    processes = [
+        subprocess.Popen([str(CLI), "upload", str(path)], env=cli_env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
+    outputs = [process.communicate(timeout=60) for process in processes]
+    assert [p.returncode for p in processes] == [0] * 6, outputs
+    ids = {out.split("\t")[0] for out, _ in outputs}
+    statuses = sorted(out.split("\t")[1] for out, _ in outputs)
+    assert len(ids) == 1 and statuses == ["cached"] * 5 + ["uploaded"]
+    assert api.uploads == 1 and api.count("POST") == 1
+
+    # The same bytes through a copy and through the Python API give the same ID.
+    copy = tmp_path / "copy-of-same.png"
+    shutil.copy(path, copy)
+    assert run_cli("upload", str(copy), env=cli_env).stdout.startswith(ids.pop())
+    with sqlite3.connect(cli_env["MEDIA_REGISTRY_DB"]) as con:
+        assert con.execute("SELECT count(*) FROM media").fetchone() == (1,)
+
+
+def test_demo_runs_end_to_end_in_its_own_registry(tmp_path: Path) -> None:
+    result = subprocess.run([str(CLI), "demo"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "uploaded  brochure.pdf as application/pdf" in result.stdout
+    assert "logo.jpg as image/png" in result.stdout
+    assert "refused" in result.stdout and "image/gif" in result.stdout
+    assert "refreshed" in result.stdout and "vanished" in result.stdout
+    assert list(tmp_path.iterdir()) == []  # nothing written where it ran

@@ -1,0 +1,197 @@
+"""Every error a user can cause: one clear line, no request where none is needed, and the
+registry intact afterwards."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from media_registry import (
+    APIUnreachable,
+    AuthError,
+    ConfigError,
+    MediaRegistry,
+    MediaTooLarge,
+    MislabelledMedia,
+    RegistryCorrupt,
+    RegistryLocked,
+    SchemaTooNew,
+    SourceNotFound,
+    UnsupportedMedia,
+)
+from media_registry.testing import FakeGraphAPI, sample_media
+
+from conftest import PNG
+
+
+def assert_intact(registry: MediaRegistry, make_file: Callable[..., Path]) -> None:
+    with sqlite3.connect(registry.settings.db) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert con.execute("SELECT count(*) FROM leases").fetchone() == (0,)
+    assert registry.get_or_upload(make_file("afterwards.png"))
+
+
+def test_missing_file(registry: MediaRegistry, api: FakeGraphAPI, tmp_path: Path,
+                      make_file: Callable[..., Path]) -> None:
+    with pytest.raises(SourceNotFound, match=r"nope\.png: no such file; check the path"):
+        registry.get_or_upload(tmp_path / "nope.png")
+    assert api.count() == 0
+    assert_intact(registry, make_file)
+
+
+def test_directory(registry: MediaRegistry, api: FakeGraphAPI, tmp_path: Path) -> None:
+    with pytest.raises(SourceNotFound, match="is a directory; pass a file"):
+        registry.get_or_upload(tmp_path)
+    assert api.count() == 0
+
+
+def test_empty_file(registry: MediaRegistry, api: FakeGraphAPI, tmp_path: Path) -> None:
+    (tmp_path / "empty.pdf").touch()
+    with pytest.raises(UnsupportedMedia, match="empty.pdf: the file is empty"):
+        registry.get_or_upload(tmp_path / "empty.pdf")
+    assert api.count() == 0
+
+
+def test_unsupported_type(registry: MediaRegistry, api: FakeGraphAPI, tmp_path: Path,
+                          make_file: Callable[..., Path]) -> None:
+    (tmp_path / "anim.gif").write_bytes(b"GIF89a" + bytes(100))
+    with pytest.raises(UnsupportedMedia, match="anim.gif: content is image/gif, which WhatsApp does not accept"):
+        registry.get_or_upload(tmp_path / "anim.gif")
+    assert api.count() == 0
+    assert_intact(registry, make_file)
+
+
+def test_mislabelled_type(registry: MediaRegistry, api: FakeGraphAPI, make_file: Callable[..., Path]) -> None:
+    path = make_file("logo.png")
+    with pytest.raises(MislabelledMedia, match="declared image/jpeg but the bytes are image/png"):
+        registry.get_or_upload(path, mime_type="image/jpeg")
+    assert api.count() == 0
+
+
+def test_too_large(registry: MediaRegistry, api: FakeGraphAPI, tmp_path: Path) -> None:
+    path = tmp_path / "huge.png"
+    path.write_bytes(sample_media(PNG))
+    with open(path, "r+b") as file:
+        file.truncate(5_000_001)  # sparse: no need to write 5 MB
+    with pytest.raises(MediaTooLarge, match="5,000,001 bytes is over WhatsApp's 5,000,000-byte limit for image"):
+        registry.get_or_upload(path)
+    assert api.count() == 0
+
+
+def test_bad_token(make_registry: Callable[..., MediaRegistry], api: FakeGraphAPI,
+                   make_file: Callable[..., Path]) -> None:
+    registry = make_registry(token="EAAwrongtoken123")
+    with pytest.raises(AuthError, match="rejected the access token.*set a valid WHATSAPP_TOKEN") as caught:
+        registry.get_or_upload(make_file("a.png"))
+    assert "EAAwrongtoken123" not in str(caught.value)
+    assert api.count() == 1  # never retried
+    assert_intact(make_registry(), make_file)
+
+
+def test_no_token_fails_only_when_an_upload_is_needed(
+    make_registry: Callable[..., MediaRegistry], make_file: Callable[..., Path]
+) -> None:
+    path = make_file("a.png")
+    media_id = make_registry().get_or_upload(path)
+    tokenless = make_registry(token=None)
+    assert tokenless.get_or_upload(path) == media_id
+    with pytest.raises(AuthError, match="no access token: set WHATSAPP_TOKEN"):
+        tokenless.get_or_upload(make_file("b.png"))
+
+
+def test_no_phone_number(make_registry: Callable[..., MediaRegistry], make_file: Callable[..., Path]) -> None:
+    with pytest.raises(ConfigError, match="set WHATSAPP_PHONE_NUMBER_ID"):
+        make_registry(phone_number_id=None).get_or_upload(make_file("a.png"))
+
+
+def test_api_unreachable(make_registry: Callable[..., MediaRegistry], make_file: Callable[..., Path]) -> None:
+    registry = make_registry(api_base="http://127.0.0.1:9/v21.0", max_retries=1)
+    with pytest.raises(APIUnreachable, match="cannot reach the Graph API.*check the network"):
+        registry.get_or_upload(make_file("a.png"))
+    with sqlite3.connect(registry.settings.db) as con:
+        assert con.execute("SELECT count(*) FROM media").fetchone() == (0,)
+        assert con.execute("SELECT count(*) FROM leases").fetchone() == (0,)
+
+
+def test_a_non_sqlite_file_at_the_db_path_is_left_untouched(
+    make_registry: Callable[..., MediaRegistry], tmp_path: Path
+) -> None:
+    db = tmp_path / "notes.txt"
+    db.write_bytes(b"my precious notes\n" * 100)
+    before = db.read_bytes()
+    with pytest.raises(RegistryCorrupt, match="is not an SQLite database \\(left untouched\\)"):
+        make_registry(db=db)
+    assert db.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_a_registry_from_a_newer_version(make_registry: Callable[..., MediaRegistry], tmp_path: Path) -> None:
+    db = tmp_path / "future.db"
+    with sqlite3.connect(db) as con:
+        con.execute("PRAGMA user_version = 99")
+    with pytest.raises(SchemaTooNew, match="schema version 99.*pip install -U media-registry"):
+        make_registry(db=db)
+
+
+def test_a_registry_locked_by_a_writer(make_registry: Callable[..., MediaRegistry],
+                                       make_file: Callable[..., Path], tmp_path: Path) -> None:
+    registry = make_registry(busy_timeout=0.2)
+    path = make_file("a.png")
+    holder = sqlite3.connect(tmp_path / "registry.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(RegistryLocked, match="locked by another writer for over 0.2 s"):
+            registry.get_or_upload(path)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert registry.get_or_upload(path)
+
+
+def test_a_missing_db_folder(make_registry: Callable[..., MediaRegistry], tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="does not exist; create it first"):
+        make_registry(db=tmp_path / "no" / "such" / "registry.db")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("WHATSAPP_PHONE_NUMBER_ID", "+1 555", "invalid WHATSAPP_PHONE_NUMBER_ID: .*digits"),
+        ("WHATSAPP_API_BASE", "graph.facebook.com", "invalid WHATSAPP_API_BASE: .*https://"),
+        ("MEDIA_REGISTRY_TTL", "banana", "invalid MEDIA_REGISTRY_TTL"),
+        ("MEDIA_REGISTRY_MIN_VALIDITY", "P40D", "MIN_VALIDITY must be shorter than MEDIA_REGISTRY_TTL"),
+        ("MEDIA_REGISTRY_MAX_RETRIES", "-1", "invalid MEDIA_REGISTRY_MAX_RETRIES"),
+    ],
+)
+def test_bad_environment_values_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=message):
+        MediaRegistry.from_env(db=tmp_path / "r.db")
+
+
+def test_threads_hitting_errors_leave_no_lease(registry: MediaRegistry, api: FakeGraphAPI,
+                                               make_file: Callable[..., Path]) -> None:
+    path = make_file("contended.png")
+    api.fail(status=400, code=100, message="Invalid parameter", times=100)
+    errors: list[Exception] = []
+
+    def send() -> None:
+        try:
+            registry.get_or_upload(path)
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(errors) == 8 and all("Invalid parameter" in str(e) for e in errors)
+    with sqlite3.connect(registry.settings.db) as con:
+        assert con.execute("SELECT count(*) FROM leases").fetchone() == (0,)
