@@ -85,7 +85,7 @@ def _ls(args: argparse.Namespace) -> int:
          _when(r.uploaded_at), _when(r.expires_at), ", ".join(r.paths) or "-")
         for r in records
     ]
-    _table(("SHA256", "MEDIA ID", "TYPE", "SIZE", "UPLOADED", "EXPIRES", "PATHS"), rows)
+    _table(("SHA256", "MEDIA ID", "TYPE", "SIZE", "UPLOADED (UTC)", "EXPIRES (UTC)", "PATHS"), rows)
     return 0
 
 

@@ -42,7 +42,8 @@ def run_demo() -> Iterator[str]:
             yield from _first_sends(registry, root, api)
             yield from _cache_hits(registry, root, api)
             yield from _four_weeks_later(registry, root, api)
-        yield f"\nDone: {api.uploads} uploads served every send above. Try it on your own files:"
+        sends = len(SAMPLES) + HITS + 2
+        yield f"\nDone: {api.uploads} uploads for {sends:,} sends. Try it on your own files:"
         yield "  export WHATSAPP_TOKEN=... WHATSAPP_PHONE_NUMBER_ID=...; media-registry upload FILE"
 
 
@@ -52,7 +53,7 @@ def _first_sends(registry: MediaRegistry, root: Path, api: FakeGraphAPI) -> Iter
         try:
             outcome = registry.get_or_upload_with_status(root / name)
         except MediaRegistryError as exc:
-            yield f"   refused   {exc}"
+            yield f"   refused   {str(exc).replace(f'{root}/', '')}"
             continue
         mime_type = api.media[outcome.media_id].mime_type
         yield f"   {outcome.media_id}  uploaded  {name} as {mime_type}"

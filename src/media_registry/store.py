@@ -31,7 +31,7 @@ T = TypeVar("T")
 
 def iso(moment: datetime) -> str:
     """A datetime as the registry writes it: UTC ISO-8601 to the second, e.g. 2026-11-25T06:18:52Z."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(timezone.utc).isoformat(timespec="seconds")[:19] + "Z"
 
 
 def parse_iso(text: str | None) -> datetime | None:
@@ -104,12 +104,15 @@ class Store:
                 "move it away or point MEDIA_REGISTRY_DB (or --db) elsewhere"
             )
 
-    @_mapped
     def _connection(self) -> sqlite3.Connection:
         con: sqlite3.Connection | None = getattr(self._local, "con", None)
         # A connection must not cross a fork: the child opens its own.
         if con is not None and self._local.pid == os.getpid():
             return con
+        return self._open()
+
+    @_mapped
+    def _open(self) -> sqlite3.Connection:
         con = sqlite3.connect(
             self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
