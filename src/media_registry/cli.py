@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
 from . import __version__
 from .errors import MediaRegistryError
-from .models import MediaRecord
+from .models import MediaRecord, Report
 from .registry import MediaRegistry
 
 Command = Callable[[argparse.Namespace], int]
@@ -70,6 +72,63 @@ def _upload(args: argparse.Namespace) -> int:
             else:
                 print(f"{media_id}\t{status}\t{path}", flush=True)
     return 1 if failed else 0
+
+
+def _refresh(args: argparse.Namespace) -> int:
+    with _open(args) as reg, _progress("refreshing") as advance:
+        report = reg.refresh_expiring(dry_run=args.dry_run, on_action=advance)
+    _print_report(report, args.json)
+    return 1 if report.count("failed") else 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    with _open(args) as reg:
+        report = reg.delete(args.target)
+    _print_report(report, args.json)
+    if report.count("pending"):
+        _error("the API could not delete every ID now; `media-registry purge` retries them")
+    return 0
+
+
+def _purge(args: argparse.Namespace) -> int:
+    with _open(args) as reg, _progress("purging") as advance:
+        report = reg.purge(dry_run=args.dry_run, on_action=advance)
+    _print_report(report, args.json)
+    return 0
+
+
+def _daemon(args: argparse.Namespace) -> int:
+    from .scheduler import run_daemon  # APScheduler is only needed here
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    with MediaRegistry.from_env(db=args.db, refresh_interval=args.refresh_every,
+                                purge_interval=args.purge_every) as reg:
+        run_daemon(reg)
+    return 0
+
+
+def _print_report(report: Report, as_json: bool) -> None:
+    for action in report.actions:
+        print(action.model_dump_json() if as_json else action.describe())
+    if not report.actions and not as_json:
+        print("nothing to do")
+
+
+@contextmanager
+def _progress(what: str) -> Iterator[Callable[[object], None]]:
+    """A rich progress counter on stderr when it is a terminal; a no-op otherwise."""
+    if not sys.stderr.isatty():
+        yield lambda _action: None
+        return
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (SpinnerColumn(), TextColumn("{task.description} {task.completed} done"),
+               TimeElapsedColumn())
+    with Progress(*columns, transient=True, console=Console(stderr=True)) as progress:
+        task = progress.add_task(what, total=None)
+        yield lambda _action: progress.advance(task)
 
 
 def _ls(args: argparse.Namespace) -> int:
@@ -200,6 +259,22 @@ def _parser() -> argparse.ArgumentParser:
 
     show = command("show", _show, "one content with its paths and history")
     show.add_argument("target", metavar="PATH|SHA256|MEDIA_ID")
+
+    refresh = command("refresh", _refresh, "upload again the IDs that expire within refresh_before")
+    refresh.add_argument("--dry-run", action="store_true", help="only say what would be uploaded")
+
+    delete = command("delete", _delete, "forget a content and delete its media IDs at the API")
+    delete.add_argument("target", metavar="PATH|SHA256|MEDIA_ID")
+
+    purge = command("purge", _purge, "delete vanished and deleted content remotely; drop expired IDs")
+    purge.add_argument("--dry-run", action="store_true", help="only say what would be done")
+
+    daemon = command("daemon", _daemon, "run refresh and purge on a schedule until SIGTERM/SIGINT",
+                     json_flag=False)
+    daemon.add_argument("--refresh-every", metavar="DURATION",
+                        help="seconds or ISO 8601 (default: $MEDIA_REGISTRY_REFRESH_INTERVAL or PT1H)")
+    daemon.add_argument("--purge-every", metavar="DURATION",
+                        help="seconds or ISO 8601 (default: $MEDIA_REGISTRY_PURGE_INTERVAL or PT1H)")
 
     command("stats", _stats, "counts and health of the registry")
     command("init", _init, "create the registry file", json_flag=False)

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     max_retries: int = Field(4, ge=0, le=20)
     retry_backoff: float = Field(0.5, ge=0)
     refresh_concurrency: int = Field(4, ge=1, le=64)
+    refresh_interval: timedelta = timedelta(hours=1)
+    purge_interval: timedelta = timedelta(hours=1)
     # How long to wait for another writer before RegistryLocked.
     busy_timeout: float = Field(10.0, gt=0)
     # Seconds between lease heartbeats is a third of this; a dead owner frees it after this.
@@ -59,7 +61,7 @@ class Settings(BaseSettings):
             raise ValueError("must be the digits of the phone number ID from Meta's app dashboard")
         return value
 
-    @field_validator("ttl", "min_validity", "refresh_before")
+    @field_validator("ttl", "min_validity", "refresh_before", "refresh_interval", "purge_interval")
     @classmethod
     def _check_positive(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):
@@ -87,8 +89,9 @@ def load_settings(**overrides: Any) -> Settings:
         field = str(error["loc"][0]).upper() if error["loc"] else "?"
         name = field if field.startswith("WHATSAPP_") else f"MEDIA_REGISTRY_{field}"
         raise ConfigError(f"invalid {name}: {error['msg']}; fix the variable or argument") from None
-    if settings.min_validity >= settings.ttl:
-        raise ConfigError(
-            "MEDIA_REGISTRY_MIN_VALIDITY must be shorter than MEDIA_REGISTRY_TTL; lower it"
-        )
+    for name in ("min_validity", "refresh_before"):
+        if getattr(settings, name) >= settings.ttl:
+            raise ConfigError(
+                f"MEDIA_REGISTRY_{name.upper()} must be shorter than MEDIA_REGISTRY_TTL; lower it"
+            )
     return settings

@@ -78,9 +78,8 @@ def _four_weeks_later(registry: MediaRegistry, root: Path, api: FakeGraphAPI) ->
     yield "\n3. 28 days later: media IDs die at 30 days. refresh uploads again what expires within 3 days."
     (root / "voice-note.ogg").unlink()
     for action in registry.refresh_expiring().actions:
-        change = f"-> {action.new_media_id}" if action.new_media_id else f"({action.detail})"
-        yield f"   {action.action:9} {action.media_id} {change}"
+        yield f"   {action.describe()}"
     yield f"   now sending logo.jpg uses {registry.get_or_upload(root / 'logo.jpg')}"
     yield "\n4. purge: the voice note's file is gone, so its ID is deleted at the API too."
     for action in registry.purge().actions:
-        yield f"   {action.action:9} {action.media_id or action.sha256[:12]} {action.detail or ''}".rstrip()
+        yield f"   {action.describe()}"

@@ -170,7 +170,8 @@ def from_graph_response(status: int, payload: Any, retry_after: float | None) ->
         "retry_after": retry_after,
     }
     detail = error.get("message") or f"HTTP {status} without an error message"
-    tag = f" (code {code}" + (f", subcode {subcode}" if subcode else "") + ")" if code else ""
+    tag = f" (HTTP {status}" + (f", code {code}" if code else "") + (
+        f", subcode {subcode}" if subcode else "") + ")"
     if code == 190 or status == 401:
         return AuthError(
             f"Graph API rejected the access token: {detail}{tag}; "
@@ -188,4 +189,5 @@ def from_graph_response(status: int, payload: Any, retry_after: float | None) ->
             "it expired or was deleted, upload the file again",
             **fields,
         )
-    return GraphAPIError(f"Graph API error: {detail}{tag}", **fields)
+    advice = "; try again later" if status >= 500 or fields["is_transient"] else ""
+    return GraphAPIError(f"Graph API error: {detail}{tag}{advice}", **fields)

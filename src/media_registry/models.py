@@ -51,6 +51,13 @@ class LifecycleAction(BaseModel):
     new_media_id: str | None = None
     detail: str | None = None
 
+    def describe(self) -> str:
+        """One line for people: ``refreshed 1234 -> 5678``, ``pending 1234 (why)``."""
+        line = f"{self.action:9} {self.media_id or self.sha256[:12]}"
+        if self.new_media_id:
+            line += f" -> {self.new_media_id}"
+        return f"{line} ({self.detail})" if self.detail else line
+
 
 class Report(BaseModel):
     """What a refresh, delete or purge did."""

@@ -28,6 +28,7 @@ from .models import LifecycleAction, MediaEvent, MediaRecord, Report
 from .store import Store, iso, new_owner, parse_iso
 
 Clock = Callable[[], datetime]
+OnAction = Callable[[LifecycleAction], None]
 
 
 class Outcome(NamedTuple):
@@ -187,17 +188,18 @@ class MediaRegistry:
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    def refresh_expiring(self, *, dry_run: bool = False) -> Report:
+    def refresh_expiring(self, *, dry_run: bool = False, on_action: OnAction | None = None) -> Report:
         """Upload again every current ID with less than ``refresh_before`` left whose content
         still sits in a known source file; the new ID is recorded (and served) before the old
         one is retired. Content whose sources all vanished is skipped: purge deletes it.
         Runs ``refresh_concurrency`` uploads at a time; stops early after :meth:`stop`.
+        ``on_action`` is called with each action as it completes (progress, logs).
         """
         now = self._clock()
         rows = self.store.expiring_media(iso(now + self.settings.refresh_before))
 
         def refresh_one(row: dict[str, Any]) -> LifecycleAction:
-            found = {k: row[k] for k in ("sha256", "phone_number_id", "media_id")}
+            found = _ids(row)
             source = self._find_source(row["sha256"], row["mime_type"])
             if source is None:
                 return LifecycleAction(action="skipped", detail="no source file left", **found)
@@ -215,8 +217,11 @@ class MediaRegistry:
                 return LifecycleAction(action="skipped", detail="already refreshed", **found)
             return LifecycleAction(action="refreshed", new_media_id=outcome.media_id, **found)
 
+        report = Report(dry_run=dry_run)
         with ThreadPoolExecutor(max_workers=self.settings.refresh_concurrency) as pool:
-            return Report(dry_run=dry_run, actions=list(pool.map(refresh_one, rows)))
+            for action in pool.map(refresh_one, rows):
+                _add(report, action, on_action)
+        return report
 
     def delete(self, target: str | os.PathLike[str]) -> Report:
         """Forget a content (named by path, sha256 or media ID): its IDs are no longer served
@@ -231,29 +236,28 @@ class MediaRegistry:
         pending = [row for row in self.store.pending_deletes() if row["sha256"] == sha256]
         return Report(actions=[self._delete_remotely(row) for row in pending])
 
-    def purge(self, *, dry_run: bool = False) -> Report:
+    def purge(self, *, dry_run: bool = False, on_action: OnAction | None = None) -> Report:
         """Clean up: contents whose source files all vanished are deleted (remotely too);
-        rows of expired IDs are dropped; remote DELETEs still owed are retried."""
+        rows of expired IDs are dropped; remote DELETEs still owed are retried.
+        ``on_action`` is called with each action as it completes."""
         report = Report(dry_run=dry_run)
         for sha256, mime_type in self.store.sourced_contents():
             if self._find_source(sha256, mime_type) is None:
-                report.actions.append(LifecycleAction(
-                    action="vanished", sha256=sha256, detail="all source files vanished"))
+                vanished = LifecycleAction(action="vanished", sha256=sha256,
+                                           detail="all source files vanished")
+                _add(report, vanished, on_action)
                 if not dry_run:
                     self.store.mark_deleted(sha256, self._clock(), reason="sources vanished")
         for row in self.store.expired_media(iso(self._clock())):
-            report.actions.append(LifecycleAction(
-                action="expired", sha256=row["sha256"], phone_number_id=row["phone_number_id"],
-                media_id=row["media_id"]))
+            _add(report, LifecycleAction(action="expired", **_ids(row)), on_action)
             if not dry_run:
                 self.store.forget_media(row["media_id"], self._clock(), "expired")
         for row in self.store.pending_deletes():
             if dry_run:
-                report.actions.append(LifecycleAction(
-                    action="deleted", sha256=row["sha256"], media_id=row["media_id"],
-                    phone_number_id=row["phone_number_id"], detail="would DELETE"))
+                action = LifecycleAction(action="deleted", detail="would DELETE", **_ids(row))
             else:
-                report.actions.append(self._delete_remotely(row))
+                action = self._delete_remotely(row)
+            _add(report, action, on_action)
         return report
 
     def stop(self) -> None:
@@ -261,7 +265,7 @@ class MediaRegistry:
         self._stopping.set()
 
     def _delete_remotely(self, row: dict[str, Any]) -> LifecycleAction:
-        found = {k: row[k] for k in ("sha256", "phone_number_id", "media_id")}
+        found = _ids(row)
         try:
             self.graph.delete(row["media_id"], row["phone_number_id"])
             detail = None
@@ -321,6 +325,16 @@ class MediaRegistry:
             p.stat().st_size for p in self.settings.db.parent.glob(self.settings.db.name + "*")
         )
         return counts
+
+
+def _ids(row: dict[str, Any]) -> dict[str, Any]:
+    return {key: row[key] for key in ("sha256", "phone_number_id", "media_id")}
+
+
+def _add(report: Report, action: LifecycleAction, on_action: OnAction | None) -> None:
+    report.actions.append(action)
+    if on_action is not None:
+        on_action(action)
 
 
 def _record(row: dict[str, Any], history: tuple[MediaEvent, ...] = ()) -> MediaRecord:
