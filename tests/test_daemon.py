@@ -1,0 +1,162 @@
+"""The lifecycle through real processes: the daemon under signals, kill -9 in mid-refresh,
+and the CLI with the system clock shifted by libfaketime."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from freezegun import freeze_time
+
+from media_registry import MediaRegistry
+from media_registry.testing import FakeGraphAPI
+
+from conftest import CLI, PDF, run_cli
+
+
+def age_ids(db: str | Path, days_left: float) -> None:
+    """Make every current ID look as if it had been uploaded long ago (test setup)."""
+    now = datetime.now(timezone.utc)
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE media SET uploaded_at = ?, expires_at = ?",
+                    ((now - timedelta(days=30 - days_left)).strftime(fmt),
+                     (now + timedelta(days=days_left)).strftime(fmt)))
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def start_daemon(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen([str(CLI), "daemon"], env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def states(db: str) -> list[tuple[str, str]]:
+    with sqlite3.connect(db) as con:
+        return con.execute("SELECT media_id, state FROM media ORDER BY uploaded_at, media_id").fetchall()
+
+
+def test_sigterm_lets_the_upload_in_flight_finish_and_be_recorded(
+    cli_env: dict[str, str], api: FakeGraphAPI, make_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = make_file("menu.pdf", PDF)
+    old_id = run_cli("upload", str(path), env=cli_env).stdout.split("\t")[0]
+    age_ids(cli_env["MEDIA_REGISTRY_DB"], days_left=2)
+    api.fail(delay=1.5, method="POST")
+    log = tmp_path / "daemon.log"
+    daemon = start_daemon(cli_env, log)
+    wait_for(lambda: api.count("POST") == 2, "the refresh upload to start")
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(timeout=30) == 0
+    text = log.read_text()
+    assert "SIGTERM received" in text and f"refreshed {old_id} -> " in text and "daemon stopped" in text
+    new_id = text.split(f"refreshed {old_id} -> ")[1].split()[0]
+    assert states(cli_env["MEDIA_REGISTRY_DB"]) == [(old_id, "superseded"), (new_id, "current")]
+    assert "Traceback" not in text
+
+
+def test_only_one_daemon_per_registry(cli_env: dict[str, str], tmp_path: Path) -> None:
+    run_cli("init", env=cli_env)
+    first = start_daemon(cli_env, tmp_path / "first.log")
+    lock = Path(cli_env["MEDIA_REGISTRY_DB"] + ".daemon-lock")
+    wait_for(lambda: lock.exists() and lock.read_text() == str(first.pid), "the first daemon's lock")
+    second = run_cli("daemon", env=cli_env)
+    assert second.returncode == 1
+    assert f"another media-registry daemon (pid {first.pid}) already serves" in second.stderr
+    first.send_signal(signal.SIGINT)
+    assert first.wait(timeout=30) == 0
+
+
+def test_an_api_outage_is_logged_and_does_not_stop_the_daemon(
+    cli_env: dict[str, str], api: FakeGraphAPI, make_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    run_cli("upload", str(make_file("a.pdf", PDF)), env=cli_env)
+    age_ids(cli_env["MEDIA_REGISTRY_DB"], days_left=2)
+    api.fail(status=503, times=100)
+    log = tmp_path / "daemon.log"
+    daemon = start_daemon(cli_env, log)
+    wait_for(lambda: "refresh done: 1 failed" in log.read_text(), "the failed refresh to be logged")
+    assert daemon.poll() is None
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(timeout=30) == 0
+    assert "WARNING failed" in log.read_text() and "HTTP 503" in log.read_text()
+
+
+def test_kill_9_during_refresh_loses_nothing_and_serves_nothing_dead(
+    cli_env: dict[str, str], api: FakeGraphAPI, make_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = make_file("price-list.pdf", PDF)
+    old_id = run_cli("upload", str(path), env=cli_env).stdout.split("\t")[0]
+    db = cli_env["MEDIA_REGISTRY_DB"]
+    age_ids(db, days_left=2)
+    api.fail(delay=20, method="POST")  # stall the refresh's upload, then kill it
+    refresh = subprocess.Popen([str(CLI), "refresh"], env=cli_env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    wait_for(lambda: api.count("POST") == 2, "the refresh upload to start")
+    refresh.send_signal(signal.SIGKILL)
+    refresh.wait(timeout=10)
+
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert con.execute("SELECT count(*) FROM leases").fetchone() == (1,)  # left by the dead
+    assert states(db) == [(old_id, "current")]  # nothing recorded was lost
+
+    with MediaRegistry(db=db, token=api.token, phone_number_id=api.phone_number_id,
+                       api_base=api.base_url) as registry:
+        assert registry.get_or_upload(path) == old_id  # two days left: still served
+        started = time.monotonic()
+        report = registry.refresh_expiring()
+        assert report.count("refreshed") == 1
+        assert time.monotonic() - started < 10  # the dead owner's lease did not block
+        new_id = report.actions[0].new_media_id
+        with freeze_time(datetime.now(timezone.utc) + timedelta(days=3)):
+            assert registry.get_or_upload(path) == new_id  # never the dead old one
+
+
+needs_faketime = pytest.mark.skipif(
+    shutil.which("faketime") is None, reason="needs libfaketime (apt-get install faketime)"
+)
+
+
+def cli_at(hours: float, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The installed CLI in a process whose system clock runs ``hours`` ahead."""
+    return subprocess.run(["faketime", "-f", f"+{hours}h", str(CLI), *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+@needs_faketime
+def test_the_whole_life_through_the_cli_with_a_shifted_clock(
+    cli_env: dict[str, str], make_file: Callable[..., Path]
+) -> None:
+    path = make_file("catalogue.pdf", PDF)
+    first_id = cli_at(0, "upload", str(path), env=cli_env).stdout.split("\t")[0]
+    assert cli_at(10 * 24, "refresh", env=cli_env).stdout == "nothing to do\n"
+    day_27_5 = cli_at(27.5 * 24, "refresh", env=cli_env)
+    assert day_27_5.returncode == 0, day_27_5.stderr
+    assert day_27_5.stdout.startswith(f"refreshed {first_id} -> ")
+    new_id = day_27_5.stdout.split("-> ")[1].strip()
+    assert cli_at(28 * 24, "upload", str(path), env=cli_env).stdout == f"{new_id}\tcached\t{path}\n"
+    assert cli_at(31 * 24, "upload", str(path), env=cli_env).stdout == f"{new_id}\tcached\t{path}\n"
+
+
+@needs_faketime
+def test_on_day_31_without_a_refresh_the_cli_uploads_again(
+    cli_env: dict[str, str], api: FakeGraphAPI, make_file: Callable[..., Path]
+) -> None:
+    path = make_file("catalogue.pdf", PDF)
+    first_id = cli_at(0, "upload", str(path), env=cli_env).stdout.split("\t")[0]
+    media_id, status, _ = cli_at(31 * 24, "upload", str(path), env=cli_env).stdout.split("\t")
+    assert status == "uploaded" and media_id != first_id and api.uploads == 2
