@@ -102,6 +102,8 @@ def _daemon(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
+    for chatty in ("apscheduler", "httpx"):  # one line per action is ours to write
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     with MediaRegistry.from_env(db=args.db, refresh_interval=args.refresh_every,
                                 purge_interval=args.purge_every) as reg:
         run_daemon(reg)

@@ -44,7 +44,7 @@ def run_daemon(registry: MediaRegistry) -> None:
         for name, (job, interval) in jobs.items():
             scheduler.add_job(
                 _run_job, "interval", args=(name, job), seconds=interval.total_seconds(),
-                id=name, next_run_time=start,
+                id=name, name=name, next_run_time=start,
             )
 
         def stop(signum: int, _frame: Any) -> None:
