@@ -63,6 +63,17 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_content ON events (sha256);
 
+-- Media customers sent, downloaded and verified.
+CREATE TABLE IF NOT EXISTS inbound (
+    media_id        TEXT PRIMARY KEY,
+    sha256          TEXT NOT NULL,
+    mime_type       TEXT NOT NULL,
+    size_bytes      INTEGER NOT NULL,
+    path            TEXT NOT NULL,
+    downloaded_at   TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS inbound_by_content ON inbound (sha256);
+
 -- Media IDs that are current and not yet expired, with their content.
 CREATE VIEW IF NOT EXISTS live_media AS
 SELECT m.media_id, m.phone_number_id, m.sha256, c.mime_type, c.size_bytes,

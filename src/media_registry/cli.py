@@ -13,10 +13,11 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import MediaRegistryError
+from .errors import InputError, MediaRegistryError
 from .models import MediaRecord, Report
 from .registry import MediaRegistry
 
@@ -131,6 +132,43 @@ def _progress(what: str) -> Iterator[Callable[[object], None]]:
     with Progress(*columns, transient=True, console=Console(stderr=True)) as progress:
         task = progress.add_task(what, total=None)
         yield lambda _action: progress.advance(task)
+
+
+def _download(args: argparse.Namespace) -> int:
+    if not args.media_ids and args.webhook is None:
+        _error("name at least one MEDIA_ID, or a webhook payload with --webhook FILE (- for stdin)")
+        return 2
+    failed = 0
+    with _open(args) as reg:
+        results = []
+        if args.webhook is not None:
+            payload = _read_json(args.webhook)
+            results.extend(reg.download_webhook(payload, args.out))
+        for media_id in args.media_ids:
+            try:
+                results.append(reg.download(media_id, args.out))
+            except MediaRegistryError as exc:
+                if args.debug:
+                    raise
+                _error(str(exc))
+                failed += 1
+    for result in results:
+        status = "downloaded" if result.fetched else "present"
+        if args.json:
+            print(result.model_dump_json())
+        else:
+            print(f"{result.media_id}\t{status}\t{result.path}")
+    return 1 if failed else 0
+
+
+def _read_json(source: str) -> Any:
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+        return json.loads(text)
+    except OSError as exc:
+        raise InputError(f"{source}: cannot read the webhook payload ({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{source}: the webhook payload is not JSON ({exc.msg}, line {exc.lineno})") from None
 
 
 def _ls(args: argparse.Namespace) -> int:
@@ -270,6 +308,11 @@ def _parser() -> argparse.ArgumentParser:
 
     purge = command("purge", _purge, "delete vanished and deleted content remotely; drop expired IDs")
     purge.add_argument("--dry-run", action="store_true", help="only say what would be done")
+
+    download = command("download", _download, "fetch inbound media, verified, written atomically")
+    download.add_argument("media_ids", nargs="*", metavar="MEDIA_ID")
+    download.add_argument("--out", metavar="DIR", help="folder (default: $MEDIA_REGISTRY_BLOB_DIR)")
+    download.add_argument("--webhook", metavar="FILE", help="download the media of a webhook payload (- for stdin)")
 
     daemon = command("daemon", _daemon, "run refresh and purge on a schedule until SIGTERM/SIGINT",
                      json_flag=False)

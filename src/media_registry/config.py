@@ -10,6 +10,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
+from .graph import MEDIA_HOST_SUFFIXES
 
 DEFAULT_API_BASE = "https://graph.facebook.com/v21.0"
 
@@ -39,6 +40,8 @@ class Settings(BaseSettings):
     timeout: float = Field(60.0, gt=0)
     max_retries: int = Field(4, ge=0, le=20)
     retry_backoff: float = Field(0.5, ge=0)
+    # Host suffixes that may receive the token over https for downloads, besides the API base.
+    media_hosts: tuple[str, ...] = MEDIA_HOST_SUFFIXES
     refresh_concurrency: int = Field(4, ge=1, le=64)
     refresh_interval: timedelta = timedelta(hours=1)
     purge_interval: timedelta = timedelta(hours=1)

@@ -20,6 +20,7 @@
     │   └── SchemaTooNew        written by a newer media-registry
     └── DownloadError           inbound media
         ├── UnsafeDownloadURL   a download URL outside the allowed hosts
+        ├── DownloadURLExpired  the short-lived download URL expired (fetched again)
         └── IntegrityError      the bytes do not match the size or sha256 announced
 
 Every message is one line: what went wrong, with which file, and what to do about it.
@@ -145,6 +146,10 @@ class DownloadError(MediaRegistryError):
 
 class UnsafeDownloadURL(DownloadError):
     """A download URL points outside the hosts allowed to receive the token."""
+
+
+class DownloadURLExpired(DownloadError):
+    """The download URL (valid about 5 minutes) has expired; get the media again."""
 
 
 class IntegrityError(DownloadError):

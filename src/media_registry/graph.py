@@ -11,17 +11,29 @@ from __future__ import annotations
 import email.utils
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
 import httpx
 import tenacity
 
-from .errors import APIUnreachable, AuthError, GraphAPIError, MediaRegistryError, from_graph_response
+from .errors import (
+    APIUnreachable,
+    AuthError,
+    DownloadURLExpired,
+    GraphAPIError,
+    IntegrityError,
+    MediaRegistryError,
+    UnsafeDownloadURL,
+    from_graph_response,
+)
 from .models import MediaMetadata
 
 MEDIA_HOST_SUFFIXES = (".fbsbx.com", ".whatsapp.net", ".facebook.com", ".fbcdn.net")
+MAX_REDIRECTS = 5
+CHUNK_SIZE = 1 << 20
 
 
 def origin(url: httpx.URL) -> tuple[str, str, int | None]:
@@ -89,9 +101,9 @@ class GraphClient:
         # "Full jitter": a random wait up to backoff * 2**attempt, so retrying senders spread out.
         self._exponential = tenacity.wait_random_exponential(multiplier=backoff, max=max_wait)
         self._sleep = sleep
-        auth = BearerAuth(token, self.api_base, media_host_suffixes) if token else None
+        self._auth = BearerAuth(token, self.api_base, media_host_suffixes) if token else None
         self._http = httpx.Client(
-            auth=auth,
+            auth=self._auth,
             transport=transport,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             headers={"User-Agent": user_agent},
@@ -149,6 +161,39 @@ class GraphClient:
         if not (payload.get("success") or payload.get("deleted")):
             raise GraphAPIError(f"Graph API did not confirm deleting media {media_id}; try again")
 
+    @contextmanager
+    def open_download(self, url: str) -> Iterator[Iterator[bytes]]:
+        """Stream a media download URL (with the token), following redirects only within the
+        allowlist. Raises UnsafeDownloadURL before sending anything elsewhere, and
+        DownloadURLExpired when the URL has lived out its few minutes."""
+        if self._auth is None:
+            raise AuthError("no access token: set WHATSAPP_TOKEN (or pass token=...)")
+        target = httpx.URL(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            if not self._auth.allows(target):
+                raise UnsafeDownloadURL(
+                    f"refusing to download from {target.scheme}://{target.host}: not the API's "
+                    "origin nor a Meta media host over https; the token was not sent (extend "
+                    "MEDIA_REGISTRY_MEDIA_HOSTS only if you trust that host)"
+                )
+            request = self._http.build_request("GET", target)
+            response = self._send(lambda: self._http.send(request, stream=True))
+            if not response.is_redirect:
+                break
+            response.close()
+            target = target.join(response.headers["Location"])
+        else:
+            raise UnsafeDownloadURL(f"more than {MAX_REDIRECTS} redirects from {url}; refusing")
+        try:
+            if response.status_code in (403, 404, 410):
+                raise DownloadURLExpired(f"download URL answered HTTP {response.status_code}")
+            if not response.is_success:
+                response.read()
+                raise self._error(response)
+            yield _body(response)
+        finally:
+            response.close()
+
     # -- plumbing -----------------------------------------------------------------------
 
     def _call(self, send: Callable[[], httpx.Response]) -> dict[str, Any]:
@@ -196,7 +241,15 @@ class GraphClient:
                     status=response.status_code,
                 )
             return payload
-        raise from_graph_response(
+        raise self._error(response, payload)
+
+    def _error(self, response: httpx.Response, payload: Any = None) -> GraphAPIError:
+        if payload is None:
+            try:
+                payload = response.json()
+            except ValueError:
+                payload = None
+        return from_graph_response(
             response.status_code, payload, retry_after(response.headers.get("Retry-After"))
         )
 
@@ -206,6 +259,16 @@ class GraphClient:
         if hinted is not None:
             return min(hinted, self._max_wait)
         return self._exponential(state)
+
+
+def _body(response: httpx.Response) -> Iterator[bytes]:
+    try:
+        yield from response.iter_bytes(CHUNK_SIZE)
+    except httpx.TransportError as exc:
+        raise IntegrityError(
+            f"the download broke off after {response.num_bytes_downloaded:,} bytes "
+            f"({exc.__class__.__name__}); nothing was kept"
+        ) from None
 
 
 def retry_after(value: str | None) -> float | None:

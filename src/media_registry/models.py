@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import datetime
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
@@ -68,6 +69,33 @@ class Report(BaseModel):
     def count(self, action: str) -> int:
         """How many actions of one kind the report holds."""
         return sum(1 for a in self.actions if a.action == action)
+
+
+class InboundMedia(BaseModel):
+    """A media item a customer sent, as a webhook describes it."""
+
+    media_id: str
+    kind: str
+    mime_type: str | None = None
+    sha256: str | None = None  # hex, whatever encoding the webhook used
+    caption: str | None = None
+    filename: str | None = None
+    animated: bool | None = None
+    voice: bool | None = None
+    sender: str | None = None
+    message_id: str | None = None
+    phone_number_id: str | None = None
+
+
+class DownloadedMedia(BaseModel):
+    """Inbound media written to disk, verified against the API's size and sha256."""
+
+    media_id: str
+    sha256: str
+    mime_type: str
+    size_bytes: int
+    path: Path
+    fetched: bool  # False when the same content was already on disk
 
 
 class MediaMetadata(BaseModel):

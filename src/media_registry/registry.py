@@ -13,10 +13,14 @@ from typing import Any, NamedTuple
 
 import httpx
 
-from . import hashing, media_types
+import tenacity
+
+from . import blobs, hashing, media_types
 from .config import Settings, load_settings
 from .errors import (
     ConfigError,
+    DownloadURLExpired,
+    IntegrityError,
     GraphAPIError,
     MediaNotFound,
     MediaRegistryError,
@@ -24,7 +28,8 @@ from .errors import (
     SourceNotFound,
 )
 from .graph import GraphClient
-from .models import LifecycleAction, MediaEvent, MediaRecord, Report
+from .models import DownloadedMedia, LifecycleAction, MediaEvent, MediaRecord, Report
+from .webhooks import media_in_webhook
 from .store import Store, iso, new_owner, parse_iso
 
 Clock = Callable[[], datetime]
@@ -76,6 +81,7 @@ class MediaRegistry:
             timeout=self.settings.timeout,
             max_retries=self.settings.max_retries,
             backoff=self.settings.retry_backoff,
+            media_host_suffixes=self.settings.media_hosts,
             transport=transport,
         )
         self._lease_for = timedelta(seconds=self.settings.lease_seconds)
@@ -291,6 +297,63 @@ class MediaRegistry:
             except SourceNotFound:
                 continue
         return None
+
+    # -- inbound media ------------------------------------------------------------------
+
+    def download(
+        self, media_id: str, dest_dir: str | os.PathLike[str] | None = None, *,
+        phone_number_id: str | None = None,
+    ) -> DownloadedMedia:
+        """Fetch inbound media: fresh metadata, then the bytes, streamed into a temporary file
+        while hashing, checked against the API's size and sha256, and renamed into place as
+        ``<sha256>.<ext>`` in ``dest_dir`` (default: ``blob_dir``). Content already on disk is
+        not fetched again. An expired URL or a bad transfer is retried with backoff (fresh
+        metadata each time), then ends in one clear error with no partial file left.
+        """
+        folder = Path(dest_dir) if dest_dir is not None else self.settings.blob_dir
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.settings.max_retries + 1),
+            wait=tenacity.wait_random_exponential(multiplier=self.settings.retry_backoff, max=30),
+            retry=tenacity.retry_if_exception_type((IntegrityError, DownloadURLExpired)),
+            reraise=True,
+        )
+        try:
+            return retrying(self._download_once, media_id, folder, phone_number_id)
+        except DownloadURLExpired:
+            raise DownloadURLExpired(
+                f"media {media_id}: every download URL had expired before it was fetched; "
+                "check the clock of this machine, then try again"
+            ) from None
+
+    def _download_once(self, media_id: str, folder: Path, phone_number_id: str | None) -> DownloadedMedia:
+        metadata = self.graph.get_media(media_id, phone_number_id)
+        mime_type = metadata.mime_type.split(";")[0].strip()
+        destination = folder / blobs.file_name(metadata.sha256, mime_type)
+        fetched = not (destination.is_file() and destination.stat().st_size == metadata.file_size)
+        if fetched:
+            with self.graph.open_download(metadata.url) as chunks:
+                blobs.write_verified(chunks, destination, metadata.file_size, metadata.sha256)
+        self.store.record_inbound(media_id, metadata.sha256, mime_type, metadata.file_size,
+                                  str(destination.resolve()), self._clock(),
+                                  None if fetched else "already on disk")
+        return DownloadedMedia(media_id=media_id, sha256=metadata.sha256, mime_type=mime_type,
+                               size_bytes=metadata.file_size, path=destination, fetched=fetched)
+
+    def download_webhook(
+        self, payload: dict[str, Any], dest_dir: str | os.PathLike[str] | None = None
+    ) -> list[DownloadedMedia]:
+        """Download every media item a webhook payload carries (see :func:`media_in_webhook`);
+        a webhook's own sha256 must agree with what was fetched."""
+        downloaded = []
+        for item in media_in_webhook(payload):
+            result = self.download(item.media_id, dest_dir, phone_number_id=item.phone_number_id)
+            if item.sha256 and item.sha256 != result.sha256:
+                raise IntegrityError(
+                    f"media {item.media_id}: the webhook's sha256 differs from the API's; "
+                    f"kept {result.path} as the API describes it, check the webhook's source"
+                )
+            downloaded.append(result)
+        return downloaded
 
     # -- reading ------------------------------------------------------------------------
 

@@ -363,6 +363,20 @@ class Store:
         )
         return _dicts(cursor)
 
+    # -- inbound media ------------------------------------------------------------------
+
+    def record_inbound(self, media_id: str, sha256: str, mime_type: str, size: int, path: str,
+                       now: datetime, detail: str | None = None) -> None:
+        """Record a verified download (or one found already on disk) and log it."""
+        with self.transaction() as con:
+            con.execute(
+                "INSERT OR REPLACE INTO inbound "
+                "(media_id, sha256, mime_type, size_bytes, path, downloaded_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (media_id, sha256, mime_type, size, path, iso(now)),
+            )
+            _log(con, now, "download", sha256=sha256, media_id=media_id, path=path, detail=detail)
+
     # -- reading for people -------------------------------------------------------------
 
     @_mapped

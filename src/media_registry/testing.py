@@ -46,7 +46,11 @@ class Fault:
 
     ``status`` answers with a Graph error envelope (``code``, ``subcode``, ``transient``,
     ``retry_after``); ``reset`` drops the connection; ``delay`` stalls before either (or
-    before the normal answer when neither is set); ``body`` replaces the answer's body.
+    before the normal answer when neither is set); ``body`` replaces the answer's body;
+    ``headers`` are added to the answer (e.g. ``Location`` with ``status=302``);
+    ``advance`` moves the fake's clock by that many seconds first (e.g. past a URL's life);
+    ``truncate`` sends only that many bytes of a download but announces them all;
+    ``corrupt`` flips a byte of a download.
     """
 
     status: int | None = None
@@ -58,6 +62,10 @@ class Fault:
     reset: bool = False
     delay: float = 0.0
     body: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    advance: float = 0.0
+    truncate: int | None = None
+    corrupt: bool = False
     times: int = 1
     method: str | None = None
     path: str | None = None
@@ -97,7 +105,8 @@ class FakeGraphAPI:
 
     ``sha256_encoding`` ("hex" or "base64") and ``file_size_as_string`` pick between the
     shapes seen in Meta's spec and in real responses; ``delete_answer`` is ``"success"``
-    (the spec) or ``"deleted"`` (the seed page).
+    (the spec) or ``"deleted"`` (the seed page). ``download_origin`` (settable) makes the
+    download URLs point at another server, as a hostile or broken API might.
     """
 
     def __init__(
@@ -121,6 +130,7 @@ class FakeGraphAPI:
         self.sha256_encoding = sha256_encoding
         self.file_size_as_string = file_size_as_string
         self.delete_answer = delete_answer
+        self.download_origin: str | None = None
         self.media: dict[str, StoredMedia] = {}
         self.received: list[Received] = []
         self._urls: dict[str, datetime] = {}
@@ -236,6 +246,9 @@ def _handler_for(api: FakeGraphAPI) -> type[BaseHTTPRequestHandler]:
 
 class _GraphHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    _fault: Fault | None = None
+    # Headers and body go out in separate writes; with Nagle on, delayed ACKs add ~40 ms.
+    disable_nagle_algorithm = True
     fake: FakeGraphAPI
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's name
@@ -258,6 +271,9 @@ class _GraphHandler(BaseHTTPRequestHandler):
             Received(method, path, {k.lower(): v for k, v in self.headers.items()})
         )
         fault = self.fake._next_fault(method, path)
+        self._fault = fault
+        if fault is not None and fault.advance:
+            self.fake.advance(seconds=fault.advance)
         if fault is not None and fault.delay:
             time.sleep(fault.delay)
         if fault is not None and fault.reset:
@@ -270,7 +286,7 @@ class _GraphHandler(BaseHTTPRequestHandler):
         if fault is not None and fault.status:
             extra = {"Retry-After": fault.retry_after} if fault.retry_after else {}
             self._error(fault.status, fault.code or 1, fault.message, fault.subcode,
-                        transient=fault.transient, headers=extra)
+                        transient=fault.transient, headers={**extra, **fault.headers})
             return
         if not self._authorized():
             return
@@ -329,7 +345,7 @@ class _GraphHandler(BaseHTTPRequestHandler):
         size = len(media.data)
         self._json(200, {
             "messaging_product": "whatsapp",
-            "url": f"{self.fake.origin}/download/{media_id}/{nonce}",
+            "url": f"{self.fake.download_origin or self.fake.origin}/download/{media_id}/{nonce}",
             "mime_type": media.mime_type,
             "sha256": digest.hex() if self.fake.sha256_encoding == "hex"
             else base64.b64encode(digest).decode(),
@@ -343,7 +359,15 @@ class _GraphHandler(BaseHTTPRequestHandler):
         if issued is None or media is None or self.fake.now() > issued + self.fake.url_lifetime:
             self._send(404, b"URL expired or unknown", "text/plain")
             return
-        self._send(200, media.data, media.mime_type)
+        data = media.data
+        fault = self._fault
+        if fault is not None and fault.corrupt:
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
+        if fault is not None and fault.truncate is not None:
+            self._send(200, data[: fault.truncate], media.mime_type, length=len(data))
+            self.close_connection = True
+            return
+        self._send(200, data, media.mime_type)
 
     # -- wire helpers -------------------------------------------------------------------
 
@@ -367,10 +391,10 @@ class _GraphHandler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(payload).encode(), "application/json", headers)
 
     def _send(self, status: int, body: bytes, content_type: str,
-              headers: dict[str, str] | None = None) -> None:
+              headers: dict[str, str] | None = None, length: int | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(len(body) if length is None else length))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
