@@ -120,10 +120,17 @@ def bench_memory(api: FakeGraphAPI, folder: Path, size: int) -> list[Row]:
     small.write_bytes(sample_media(PDF, size=10_000, salt="small"))
     big = folder / "upload-big.pdf"
     big.write_bytes(sample_media(PDF, size=size, salt="upload-big"))
-    small_mb = peak_rss_mb([cli, "upload", str(small)], env)
-    big_mb = peak_rss_mb([cli, "upload", str(big)], env)
-    return [(f"peak RSS, CLI upload of {size / 1e6:.0f} MB", f"{big_mb:.1f} MB",
-             f"{small_mb:.1f} MB (10 KB upload)", f"+{big_mb - small_mb:.1f} MB")]
+    rows = []
+    for verb, small_args, big_args in (
+        ("upload", [str(small)], [str(big)]),
+        ("download", [api.add_media(small.read_bytes(), PDF), "--out", str(folder / "in")],
+         [api.add_media(big.read_bytes(), PDF), "--out", str(folder / "in")]),
+    ):
+        small_mb = peak_rss_mb([cli, verb, *small_args], env)
+        big_mb = peak_rss_mb([cli, verb, *big_args], env)
+        rows.append((f"peak RSS, CLI {verb} of {size / 1e6:.0f} MB", f"{big_mb:.1f} MB",
+                     f"{small_mb:.1f} MB (10 KB {verb})", f"{big_mb - small_mb:+.1f} MB"))
+    return rows
 
 
 def bench_refresh(folder: Path, count: int, latency: float, concurrency: int) -> list[Row]:

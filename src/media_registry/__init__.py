@@ -6,6 +6,7 @@ from .errors import (
     AuthError,
     ConfigError,
     DownloadError,
+    DownloadURLExpired,
     GraphAPIError,
     InputError,
     IntegrityError,
@@ -24,18 +25,22 @@ from .errors import (
     UnsafeDownloadURL,
     UnsupportedMedia,
 )
-from .models import LifecycleAction, MediaEvent, MediaRecord, Report
-from .registry import MediaRegistry
+from .models import DownloadedMedia, InboundMedia, LifecycleAction, MediaEvent, MediaRecord, Report
+from .registry import AsyncMediaRegistry, MediaRegistry, Outcome
 
 __version__ = "0.1.0"
 
 __all__ = [
     "APIUnreachable",
+    "AsyncMediaRegistry",
     "AuthError",
     "ConfigError",
     "DownloadError",
+    "DownloadURLExpired",
+    "DownloadedMedia",
     "GraphAPIError",
     "InputError",
+    "InboundMedia",
     "IntegrityError",
     "LifecycleAction",
     "MediaEvent",
@@ -46,6 +51,7 @@ __all__ = [
     "MediaTooLarge",
     "MislabelledMedia",
     "NotInRegistry",
+    "Outcome",
     "RateLimited",
     "RegistryCorrupt",
     "RegistryError",

@@ -6,7 +6,6 @@ import hashlib
 import mimetypes
 import os
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import IntegrityError
@@ -30,38 +29,58 @@ def file_name(sha256: str, mime_type: str) -> str:
     return sha256 + (EXTENSIONS.get(bare) or mimetypes.guess_extension(bare) or ".bin")
 
 
-def write_verified(chunks: Iterable[bytes], destination: Path, size: int, sha256: str) -> None:
-    """Stream ``chunks`` into ``destination`` through a temporary file in the same folder,
-    checking size and sha256 (hex) before an atomic rename. On any failure nothing is left
-    behind: neither the temporary file nor a partial destination."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    received = 0
-    handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=".partial-")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            for chunk in chunks:
-                received += len(chunk)
-                if received > size:
-                    raise IntegrityError(
-                        f"{destination.name}: received more than the {size:,} bytes announced; "
-                        "the download was discarded"
-                    )
-                digest.update(chunk)
-                file.write(chunk)
-            file.flush()
-            os.fsync(file.fileno())
-        if received != size:
+class VerifiedFile:
+    """A file written whole or not at all: bytes go to a temporary file in the destination's
+    folder while being hashed; on a clean exit, size and sha256 (hex) are checked and the file
+    is renamed into place atomically. On any failure nothing is left behind."""
+
+    def __init__(self, destination: Path, size: int, sha256: str) -> None:
+        self.destination = destination
+        self._size = size
+        self._sha256 = sha256
+        self._digest = hashlib.sha256()
+        self._received = 0
+
+    def __enter__(self) -> VerifiedFile:
+        self.destination.parent.mkdir(parents=True, exist_ok=True)
+        handle, self._temporary = tempfile.mkstemp(dir=self.destination.parent, prefix=".partial-")
+        self._file = os.fdopen(handle, "wb")
+        return self
+
+    def write(self, chunk: bytes) -> None:
+        """Append a chunk; more bytes than announced fail at once."""
+        self._received += len(chunk)
+        if self._received > self._size:
             raise IntegrityError(
-                f"{destination.name}: received {received:,} of {size:,} bytes (truncated); "
+                f"{self.destination.name}: received more than the {self._size:,} bytes announced; "
                 "the download was discarded"
             )
-        if digest.hexdigest() != sha256:
+        self._digest.update(chunk)
+        self._file.write(chunk)
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        try:
+            if exc_type is None:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            self._file.close()
+            if exc_type is None:
+                self._verify()
+                os.replace(self._temporary, self.destination)
+        except BaseException:
+            os.unlink(self._temporary)
+            raise
+        if exc_type is not None:
+            os.unlink(self._temporary)
+
+    def _verify(self) -> None:
+        if self._received != self._size:
             raise IntegrityError(
-                f"{destination.name}: sha256 of the bytes does not match the API's; "
+                f"{self.destination.name}: received {self._received:,} of {self._size:,} bytes "
+                "(truncated); the download was discarded"
+            )
+        if self._digest.hexdigest() != self._sha256:
+            raise IntegrityError(
+                f"{self.destination.name}: sha256 of the bytes does not match the API's; "
                 "the download was discarded"
             )
-        os.replace(temporary, destination)
-    except BaseException:
-        os.unlink(temporary)
-        raise
