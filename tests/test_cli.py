@@ -84,7 +84,7 @@ def test_ls_show_stats_and_init(cli_env: dict[str, str], make_file: Callable[...
     media_id = run_cli("upload", str(path), env=cli_env).stdout.split("\t")[0]
 
     listing = run_cli("ls", env=cli_env).stdout.splitlines()
-    assert listing[0].split()[:4] == ["SHA256", "MEDIA", "ID", "TYPE"]
+    assert listing[0].split()[:5] == ["PHONE", "NUMBER", "SHA256", "MEDIA", "ID"]
     assert media_id in listing[1] and "application/pdf" in listing[1] and str(path) in listing[1]
     records = [json.loads(line) for line in run_cli("ls", "--json", env=cli_env).stdout.splitlines()]
     assert records[0]["media_id"] == media_id and records[0]["paths"] == [str(path)]

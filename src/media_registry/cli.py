@@ -180,11 +180,12 @@ def _ls(args: argparse.Namespace) -> int:
             print(record.model_dump_json(exclude={"history"}))
         return 0
     rows = [
-        (r.sha256[:12], r.media_id or "-", r.mime_type, _size(r.size_bytes),
-         _when(r.uploaded_at), _when(r.expires_at), ", ".join(r.paths) or "-")
+        (r.phone_number_id or "-", r.sha256[:12], r.media_id or "-", r.mime_type,
+         _size(r.size_bytes), _when(r.uploaded_at), _when(r.expires_at), ", ".join(r.paths) or "-")
         for r in records
     ]
-    _table(("SHA256", "MEDIA ID", "TYPE", "SIZE", "UPLOADED (UTC)", "EXPIRES (UTC)", "PATHS"), rows)
+    _table(("PHONE NUMBER", "SHA256", "MEDIA ID", "TYPE", "SIZE", "UPLOADED (UTC)",
+            "EXPIRES (UTC)", "PATHS"), rows)
     return 0
 
 
@@ -229,8 +230,12 @@ def _stats(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(counts))
     else:
+        by_phone = counts.pop("by_phone_number")
         for name, value in counts.items():
             print(f"{name + ':':18}{value}")
+        for phone, numbers in by_phone.items():
+            print(f"{'number ' + phone + ':':18}{numbers['live_ids']} live, "
+                  f"{numbers['expiring_ids']} expiring")
     return 0
 
 

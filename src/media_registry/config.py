@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     db: Path = Path("media-registry.db")
     blob_dir: Path = Path("media-blobs")
     ttl: timedelta = timedelta(days=30)
+    # Numbers in No-Storage mode keep media a shorter time, asked for at upload (ttl_minutes).
+    ttl_by_phone_number: dict[str, timedelta] = {}
     min_validity: timedelta = timedelta(days=1)
     refresh_before: timedelta = timedelta(days=3)
     user_agent: str = "media-registry/0.1 (+https://pypi.org/project/media-registry/)"
@@ -71,6 +73,43 @@ class Settings(BaseSettings):
             raise ValueError("must be a positive duration")
         return value
 
+
+    @field_validator("ttl_by_phone_number")
+    @classmethod
+    def _check_ttls(cls, value: dict[str, timedelta]) -> dict[str, timedelta]:
+        for phone, ttl in value.items():
+            if not phone.isdigit():
+                raise ValueError(f"{phone!r} is not a phone number ID (digits)")
+            if not MIN_UPLOAD_TTL <= ttl <= MAX_UPLOAD_TTL or ttl.total_seconds() % 60:
+                raise ValueError(f"TTL for {phone} must be whole minutes from 60 to 43200")
+        return value
+
+    def windows(self, phone_number_id: str) -> Windows:
+        """The TTL and validity windows that apply to one number.
+
+        A number with its own (shorter) TTL gets ``min_validity`` and ``refresh_before``
+        shrunk in proportion: with the defaults, a 1-hour TTL serves an ID until 2 minutes
+        before its end and refreshes it 6 minutes before.
+        """
+        ttl = self.ttl_by_phone_number.get(phone_number_id)
+        if ttl is None:
+            return Windows(self.ttl, self.min_validity, self.refresh_before, None)
+        scale = min(1.0, ttl / self.ttl)
+        return Windows(ttl, self.min_validity * scale, self.refresh_before * scale,
+                       int(ttl.total_seconds() // 60))
+
+
+class Windows(NamedTuple):
+    """How long a number's media IDs live and when they stop being served or get refreshed."""
+
+    ttl: timedelta
+    min_validity: timedelta
+    refresh_before: timedelta
+    ttl_minutes: int | None  # sent with the upload when the number has its own TTL
+
+
+MIN_UPLOAD_TTL = timedelta(minutes=60)
+MAX_UPLOAD_TTL = timedelta(minutes=43200)
 
 _ENV_NAMES = {
     "token": "WHATSAPP_TOKEN",

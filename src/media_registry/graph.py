@@ -104,10 +104,12 @@ class _GraphBase:
 
     # -- request shapes and answers -----------------------------------------------------
 
-    def _upload_request(self, path: str | os.PathLike[str], mime_type: str, phone_number_id: str
-                        ) -> tuple[str, dict[str, str], tuple[str, str]]:
+    def _upload_request(self, path: str | os.PathLike[str], mime_type: str, phone_number_id: str,
+                        ttl_minutes: int | None) -> tuple[str, dict[str, str], tuple[str, str]]:
         """URL, form fields, and (file name, MIME type) of the file part."""
         data = {"messaging_product": "whatsapp", "type": mime_type}
+        if ttl_minutes is not None:  # No-Storage numbers: how long Meta keeps the media
+            data["ttl_minutes"] = str(ttl_minutes)
         return f"{self.api_base}/{phone_number_id}/media", data, (os.path.basename(path), mime_type)
 
     def _media_url(self, media_id: str) -> str:
@@ -247,9 +249,10 @@ class GraphClient(_GraphBase):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def upload(self, path: str | os.PathLike[str], mime_type: str, phone_number_id: str) -> str:
+    def upload(self, path: str | os.PathLike[str], mime_type: str, phone_number_id: str,
+               ttl_minutes: int | None = None) -> str:
         """POST the file as streamed multipart to ``/{phone_number_id}/media``; return its ID."""
-        url, data, (name, part_type) = self._upload_request(path, mime_type, phone_number_id)
+        url, data, (name, part_type) = self._upload_request(path, mime_type, phone_number_id, ttl_minutes)
 
         def send() -> httpx.Response:
             with open(path, "rb") as file:  # reopened per attempt: a retry starts at byte 0
@@ -323,9 +326,10 @@ class AsyncGraphClient(_GraphBase):
         """Close the underlying connection pool."""
         await self._http.aclose()
 
-    async def upload(self, path: str | os.PathLike[str], mime_type: str, phone_number_id: str) -> str:
+    async def upload(self, path: str | os.PathLike[str], mime_type: str, phone_number_id: str,
+                     ttl_minutes: int | None = None) -> str:
         """POST the file as streamed multipart; return its media ID."""
-        url, data, (name, part_type) = self._upload_request(path, mime_type, phone_number_id)
+        url, data, (name, part_type) = self._upload_request(path, mime_type, phone_number_id, ttl_minutes)
 
         async def send() -> httpx.Response:
             with open(path, "rb") as file:  # reopened per attempt: a retry starts at byte 0

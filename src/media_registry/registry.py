@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, TypeVar
 import httpx
 
 from . import blobs, hashing, media_types
-from .config import Settings, load_settings
+from .config import Settings, Windows, load_settings
 from .errors import (
     ConfigError,
     DownloadURLExpired,
@@ -101,6 +101,7 @@ class _RegistryCore:
         self.store = Store(self.settings.db, busy_timeout=self.settings.busy_timeout)
         self._lease_for = timedelta(seconds=self.settings.lease_seconds)
         self._stopping = threading.Event()
+        self._windows_by_phone: dict[str, Windows] = {}
 
     def _graph_options(self) -> dict[str, Any]:
         settings = self.settings
@@ -130,7 +131,8 @@ class _RegistryCore:
                 "no phone number ID: set WHATSAPP_PHONE_NUMBER_ID or pass phone_number_id="
             )
         fp = hashing.fingerprint(path)
-        hit = self.store.fast_lookup(fp, phone, iso(self._clock() + self.settings.min_validity))
+        valid_until = iso(self._clock() + self._windows(phone).min_validity)
+        hit = self.store.fast_lookup(fp, phone, valid_until)
         if hit is not None and hit.media_id is not None and mime_type is None:
             return Outcome(hit.media_id, uploaded=False), fp, hit, phone
         return None, fp, hit, phone
@@ -167,9 +169,10 @@ class _RegistryCore:
         appears while waiting; else take the lease and upload, exactly once across processes."""
         owner = new_owner()
         delay = 0.02
+        valid_for = valid_for or self._windows(phone).min_validity
         while True:
             now = self._clock()
-            valid_until = iso(now + (valid_for or self.settings.min_validity))
+            valid_until = iso(now + valid_for)
             outcome = yield _blocking(
                 self.store.take_lease, sha256, phone, owner, now, valid_until, self._lease_for
             )
@@ -186,15 +189,16 @@ class _RegistryCore:
         action: str,
     ) -> Flow[str]:
         keeper = _LeaseKeeper(self, sha256, phone, owner)
+        windows = self._windows(phone)
         try:
-            media_id = yield _graph("upload", fp.path, mime_type, phone)
+            media_id = yield _graph("upload", fp.path, mime_type, phone, windows.ttl_minutes)
             # Bytes that changed under the upload must not be recorded under the old hash.
             yield _blocking(hashing.ensure_unchanged, fp)
             uploaded_at = self._clock()
             yield _blocking(functools.partial(
                 self.store.record_upload, sha256=sha256, phone_number_id=phone,
                 media_id=media_id, uploaded_at=uploaded_at,
-                expires_at=uploaded_at + self.settings.ttl, path=fp.path, owner=owner,
+                expires_at=uploaded_at + windows.ttl, path=fp.path, owner=owner,
                 action=action,
             ))
         except BaseException:  # errors, cancellation, Ctrl-C: nobody may wait on our lease
@@ -206,8 +210,18 @@ class _RegistryCore:
 
     # -- lifecycle ----------------------------------------------------------------------
 
+    def _windows(self, phone: str) -> Windows:
+        windows = self._windows_by_phone.get(phone)
+        if windows is None:
+            windows = self._windows_by_phone[phone] = self.settings.windows(phone)
+        return windows
+
     def _expiring_rows(self) -> list[dict[str, Any]]:
-        return self.store.expiring_media(iso(self._clock() + self.settings.refresh_before))
+        # The global window is the widest; numbers with a shorter TTL narrow theirs.
+        now = self._clock()
+        rows = self.store.expiring_media(iso(now + self.settings.refresh_before))
+        return [row for row in rows
+                if row["expires_at"] <= iso(now + self._windows(row["phone_number_id"]).refresh_before)]
 
     def _refresh_one(self, row: dict[str, Any], dry_run: bool) -> Flow[LifecycleAction]:
         found = _ids(row)
@@ -221,7 +235,7 @@ class _RegistryCore:
         try:
             outcome = yield from self._single_flight(
                 source, row["sha256"], row["phone_number_id"], row["mime_type"],
-                self.settings.refresh_before, action="refresh",
+                self._windows(row["phone_number_id"]).refresh_before, action="refresh",
             )
         except MediaRegistryError as exc:
             return LifecycleAction(action="failed", detail=str(exc), **found)
@@ -371,8 +385,9 @@ class _RegistryCore:
 
     def stats(self) -> dict[str, Any]:
         """Counts of contents, paths and media IDs by state, for health checks."""
-        now = self._clock()
-        counts: dict[str, Any] = self.store.stats(iso(now), iso(now + self.settings.refresh_before))
+        now, before = iso(self._clock()), iso(self._clock() + self.settings.refresh_before)
+        counts: dict[str, Any] = self.store.stats(now, before)
+        counts["by_phone_number"] = self.store.stats_by_phone_number(now, before)
         counts["db"] = str(self.settings.db)
         counts["db_bytes"] = sum(
             p.stat().st_size for p in self.settings.db.parent.glob(self.settings.db.name + "*")

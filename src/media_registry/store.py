@@ -407,7 +407,7 @@ class Store:
             LEFT JOIN media AS m ON m.sha256 = c.sha256 AND m.state = 'current'
             WHERE (:sha256 IS NULL OR c.sha256 = :sha256)
               AND (:before IS NULL OR (m.media_id IS NOT NULL AND m.expires_at < :before))
-            ORDER BY c.first_seen_at, c.sha256, m.phone_number_id
+            ORDER BY m.phone_number_id, c.first_seen_at, c.sha256
         """
         cursor = self._connection().execute(sql, {"sha256": sha256, "before": expiring_before})
         return _dicts(cursor)
@@ -421,6 +421,16 @@ class Store:
             (sha256,),
         )
         return _dicts(cursor)
+
+    @_mapped
+    def stats_by_phone_number(self, now: str, expiring_before: str) -> dict[str, dict[str, int]]:
+        """Live and expiring media IDs per phone number."""
+        rows = self._connection().execute(
+            "SELECT phone_number_id, count(*), sum(expires_at <= :before) FROM media "
+            "WHERE state = 'current' AND expires_at > :now GROUP BY phone_number_id ORDER BY 1",
+            {"now": now, "before": expiring_before},
+        ).fetchall()
+        return {phone: {"live_ids": live, "expiring_ids": expiring} for phone, live, expiring in rows}
 
     @_mapped
     def stats(self, now: str, expiring_before: str) -> dict[str, int]:

@@ -83,6 +83,7 @@ class StoredMedia:
     mime_type: str
     phone_number_id: str
     uploaded_at: datetime
+    ttl: timedelta | None = None  # from the upload's ttl_minutes (No-Storage numbers)
     deleted: bool = False
 
 
@@ -217,7 +218,8 @@ class FakeGraphAPI:
     def live(self, media_id: str) -> bool:
         """Whether a media ID exists, is not deleted and has not expired on the fake's clock."""
         media = self.media.get(media_id)
-        return bool(media and not media.deleted and self.now() < media.uploaded_at + self.ttl)
+        return bool(media and not media.deleted
+                    and self.now() < media.uploaded_at + (media.ttl or self.ttl))
 
     def _next_fault(self, method: str, path: str) -> Fault | None:
         with self._lock:
@@ -322,9 +324,16 @@ class _GraphHandler(BaseHTTPRequestHandler):
             self._error(400, 100, "Param file must be a file with one of the following types: "
                         f"{', '.join(sorted(KIND_BY_MIME))}. Received file of type '{part_type}'.", None)
             return
+        ttl = None
+        if "ttl_minutes" in fields:
+            minutes = fields["ttl_minutes"][0].decode()
+            if not minutes.isdigit() or not 60 <= int(minutes) <= 43200:
+                self._error(400, 100, "Param ttl_minutes must be an integer between 60 and 43200.", None)
+                return
+            ttl = timedelta(minutes=int(minutes))
         with self.fake._lock:
             media_id = str(next(self.fake._ids))
-            self.fake.media[media_id] = StoredMedia(data, declared, phone, self.fake.now())
+            self.fake.media[media_id] = StoredMedia(data, declared, phone, self.fake.now(), ttl)
         self._json(200, {"id": media_id})
 
     def _media(self, method: str, media_id: str) -> None:
