@@ -8,6 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from ._processes import alive
 from .errors import IntegrityError
 
 # What mimetypes gets wrong or leaves to chance for WhatsApp's types.
@@ -29,6 +30,18 @@ def file_name(sha256: str, mime_type: str) -> str:
     return sha256 + (EXTENSIONS.get(bare) or mimetypes.guess_extension(bare) or ".bin")
 
 
+PARTIAL = ".partial-"
+
+
+def _sweep_orphans(folder: Path) -> None:
+    """Remove temporary files left by downloads whose process was killed (kill -9 leaves no
+    chance to clean up); those of live processes are theirs."""
+    for leftover in folder.glob(PARTIAL + "*"):
+        pid = leftover.name[len(PARTIAL):].split("-")[0]
+        if pid.isdigit() and not alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
 class VerifiedFile:
     """A file written whole or not at all: bytes go to a temporary file in the destination's
     folder while being hashed; on a clean exit, size and sha256 (hex) are checked and the file
@@ -42,8 +55,10 @@ class VerifiedFile:
         self._received = 0
 
     def __enter__(self) -> VerifiedFile:
-        self.destination.parent.mkdir(parents=True, exist_ok=True)
-        handle, self._temporary = tempfile.mkstemp(dir=self.destination.parent, prefix=".partial-")
+        folder = self.destination.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        _sweep_orphans(folder)
+        handle, self._temporary = tempfile.mkstemp(dir=folder, prefix=f"{PARTIAL}{os.getpid()}-")
         self._file = os.fdopen(handle, "wb")
         return self
 

@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+from ._processes import alive
 from .errors import RegistryCorrupt, RegistryError, RegistryLocked, SchemaTooNew
 from .hashing import Fingerprint
 
@@ -518,12 +519,6 @@ def new_owner() -> str:
 def owner_alive(owner: str) -> bool:
     """False only when the owner ran on this host in a process that has since died."""
     host, pid, *_ = owner.split(":")
-    if host != HOST:
+    if host != HOST or not pid.isdigit():
         return True  # another host: only the lease expiry can tell
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError):
-        return True
-    return True
+    return alive(int(pid))

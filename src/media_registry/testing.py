@@ -49,8 +49,8 @@ class Fault:
     before the normal answer when neither is set); ``body`` replaces the answer's body;
     ``headers`` are added to the answer (e.g. ``Location`` with ``status=302``);
     ``advance`` moves the fake's clock by that many seconds first (e.g. past a URL's life);
-    ``truncate`` sends only that many bytes of a download but announces them all;
-    ``corrupt`` flips a byte of a download.
+    ``truncate`` sends only that many bytes of a download but announces them all, then
+    stalls ``stall`` seconds before hanging up; ``corrupt`` flips a byte of a download.
     """
 
     status: int | None = None
@@ -65,6 +65,7 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     advance: float = 0.0
     truncate: int | None = None
+    stall: float = 0.0
     corrupt: bool = False
     times: int = 1
     method: str | None = None
@@ -374,6 +375,8 @@ class _GraphHandler(BaseHTTPRequestHandler):
             data = bytes([data[0] ^ 0xFF]) + data[1:]
         if fault is not None and fault.truncate is not None:
             self._send(200, data[: fault.truncate], media.mime_type, length=len(data))
+            self.wfile.flush()
+            time.sleep(fault.stall)
             self.close_connection = True
             return
         self._send(200, data, media.mime_type)
