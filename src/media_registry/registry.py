@@ -190,11 +190,13 @@ class _RegistryCore:
     ) -> Flow[str]:
         keeper = _LeaseKeeper(self, sha256, phone, owner)
         windows = self._windows(phone)
+        # Meta starts the TTL when it receives the file: counting from before sending errs on
+        # the safe side.
+        uploaded_at = self._clock()
         try:
             media_id = yield _graph("upload", fp.path, mime_type, phone, windows.ttl_minutes)
             # Bytes that changed under the upload must not be recorded under the old hash.
             yield _blocking(hashing.ensure_unchanged, fp)
-            uploaded_at = self._clock()
             yield _blocking(functools.partial(
                 self.store.record_upload, sha256=sha256, phone_number_id=phone,
                 media_id=media_id, uploaded_at=uploaded_at,

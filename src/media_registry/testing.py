@@ -182,6 +182,15 @@ class FakeGraphAPI:
         """The fake's time: the real (or frozen) UTC time plus what :meth:`advance` added."""
         return datetime.now(timezone.utc) + self._offset
 
+    def reset(self) -> None:
+        """Forget all media, requests and faults, and put the clock back to real time."""
+        with self._lock:
+            self.media.clear()
+            self.received.clear()
+            self._urls.clear()
+            self._faults.clear()
+            self._offset = timedelta()
+
     def advance(self, **delta: float) -> None:
         """Move the fake's clock forward, e.g. ``advance(days=28)``."""
         self._offset += timedelta(**delta)
