@@ -9,6 +9,7 @@ Prints a Markdown table. Nothing here is a pass/fail threshold: the ratios are t
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import os
 import platform
@@ -18,14 +19,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
 
-from media_registry import MediaRegistry
+from media_registry import AsyncMediaRegistry, MediaRegistry
 from media_registry.hashing import sha256_file
 from media_registry.testing import FakeGraphAPI, sample_media
 
@@ -182,6 +183,110 @@ def bench_per_send(api: FakeGraphAPI, folder: Path, sends: int, latency: float) 
              f"{hit_us:.1f} µs", f"{upload_us:.0f} µs (upload per send)", f"{upload_us / hit_us:.0f}x cheaper")]
 
 
+class _ToLocalAPI(httpx.HTTPTransport):
+    """Sends requests meant for graph.facebook.com to the local FakeGraphAPI instead."""
+
+    def __init__(self, origin: str) -> None:
+        super().__init__()
+        self._origin = httpx.URL(origin)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.url = request.url.copy_with(
+            scheme=self._origin.scheme, host=self._origin.host, port=self._origin.port)
+        return super().handle_request(request)
+
+
+def bench_pywa(api: FakeGraphAPI, folder: Path, sends: int) -> list[Row]:
+    """pywa's upload_media per send (the `bench` extra), against a registry hit."""
+    try:
+        from pywa import WhatsApp
+    except ImportError:
+        return [("per send: pywa upload_media vs registry hit", "-", "pywa not installed "
+                 "(pip install '.[bench]')", "-")]
+    path = folder / "per-send.pdf"
+    session = httpx.Client(transport=_ToLocalAPI(api.origin))
+    wa = WhatsApp(phone_id=api.phone_number_id, token=api.token, session=session)
+    upload_us = per_call(lambda: wa.upload_media(media=path, mime_type=PDF), sends)
+    with MediaRegistry(db=folder / "pywa.db", token=api.token, api_base=api.base_url,
+                       phone_number_id=api.phone_number_id) as registry:
+        registry.get_or_upload(path)
+        hit_us = per_call(lambda: registry.get_or_upload(path), sends * 100)
+    session.close()
+    return [("per send, 200 KB PDF: registry hit vs pywa upload_media each time (local API)",
+             f"{hit_us:.1f} µs", f"{upload_us:.0f} µs (pywa upload per send)",
+             f"{upload_us / hit_us:.0f}x cheaper")]
+
+
+SERVE_FAKE_API = """
+import sys, time
+from media_registry.testing import FakeGraphAPI
+with FakeGraphAPI() as api:
+    print(api.base_url, api.token, flush=True)
+    sys.stdin.read()
+"""
+
+
+def bench_async_loop(folder: Path, files: int, size: int) -> list[Row]:
+    """The longest event-loop stall while AsyncMediaRegistry uploads new files (hashing and
+    SQLite writes offloaded) and serves hits (inline), against an idle loop's. The local API
+    runs in another process, so that its parsing does not compete for this one's GIL."""
+    server = subprocess.Popen([sys.executable, "-c", SERVE_FAKE_API], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    base_url, token = server.stdout.readline().split()
+    try:
+        return _async_loop_rows(base_url, token, folder, files, size)
+    finally:
+        server.communicate("")
+
+
+def _async_loop_rows(base_url: str, token: str, folder: Path, files: int, size: int) -> list[Row]:
+    paths = []
+    for i in range(files):
+        path = folder / "async" / f"{i}.pdf"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(sample_media(PDF, size=size, salt=f"async-{i}"))
+        paths.append(path)
+
+    async def longest_stall(work: Callable[[], Awaitable[object]] | None) -> float:
+        stalls: list[float] = []
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            while not done.is_set():
+                started = time.perf_counter()
+                await asyncio.sleep(0.001)
+                stalls.append(time.perf_counter() - started - 0.001)
+
+        running = asyncio.create_task(ticker())
+        if work is None:
+            await asyncio.sleep(0.5)
+        else:
+            await work()
+        done.set()
+        await running
+        return max(stalls) * 1000
+
+    async def main() -> tuple[float, float, float]:
+        async with AsyncMediaRegistry(db=folder / "async.db", token=token, api_base=base_url,
+                                      phone_number_id="1") as registry:
+            idle = await longest_stall(None)
+            misses = await longest_stall(lambda: asyncio.gather(*map(registry.get_or_upload, paths)))
+
+            async def hits() -> None:
+                for _ in range(200):
+                    for path in paths:
+                        await registry.get_or_upload(path)
+                        await asyncio.sleep(0)  # as a server does between requests
+
+            return idle, misses, await longest_stall(hits)
+
+    idle, misses, hits = asyncio.run(main())
+    return [(f"async: longest event-loop stall, {files} new {size / 1e6:.0f} MB uploads at once",
+             f"{misses:.1f} ms", f"{idle:.1f} ms (idle loop)", f"+{misses - idle:.1f} ms"),
+            (f"async: longest event-loop stall, {200 * files:,} cache hits",
+             f"{hits:.1f} ms", f"{idle:.1f} ms (idle loop)", f"+{hits - idle:.1f} ms")]
+
+
 def _hits_in_process(db: str, path: str, seconds: float) -> int:
     with MediaRegistry(db=db, phone_number_id="1") as registry:
         done, deadline = 0, time.perf_counter() + seconds
@@ -223,7 +328,9 @@ def main() -> None:
         rows += bench_refresh(folder, 20 if quick else 1_000, 0.05, concurrency=16)
         rows += bench_per_send(api, folder, 20 if quick else 200, latency=0)
         rows += bench_per_send(api, folder, 5 if quick else 20, latency=0.15)
+        rows += bench_pywa(api, folder, 20 if quick else 200)
         rows += bench_contention(api, folder, 0.5 if quick else 3.0)
+        rows += bench_async_loop(folder, 4 if quick else 8, 2_000_000 if quick else 10_000_000)
     print(f"media-registry benchmarks on {platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}"
           f"{' (quick mode)' if quick else ''}\n")

@@ -37,7 +37,7 @@ from .errors import (
 )
 from .graph import AsyncGraphClient, GraphClient
 from .models import DownloadedMedia, LifecycleAction, MediaEvent, MediaRecord, Report
-from .store import FastHit, Store, iso, new_owner, parse_iso
+from .store import Store, iso, new_owner, parse_iso
 from .webhooks import media_in_webhook
 
 T = TypeVar("T")
@@ -67,6 +67,15 @@ def _blocking(function: Callable[..., Any], *args: Any) -> Effect:
 
 def _sleep(seconds: float) -> Effect:
     return Effect("sleep", seconds)
+
+
+class _Miss(NamedTuple):
+    """What the fast path learned when it could not answer alone."""
+
+    fp: hashing.Fingerprint
+    sha256: str | None  # known from an unchanged fingerprint: no need to hash
+    media_id: str | None  # a valid ID, held back only to check a declared MIME type
+    phone: str
 
 
 class Outcome(NamedTuple):
@@ -102,6 +111,7 @@ class _RegistryCore:
         self._lease_for = timedelta(seconds=self.settings.lease_seconds)
         self._stopping = threading.Event()
         self._windows_by_phone: dict[str, Windows] = {}
+        self._valid_until_cache: tuple[int, timedelta, str] = (0, timedelta(), "")
 
     def _graph_options(self) -> dict[str, Any]:
         settings = self.settings
@@ -123,7 +133,7 @@ class _RegistryCore:
 
     def _fast_path(
         self, path: str | os.PathLike[str], phone_number_id: str | None, mime_type: str | None
-    ) -> tuple[Outcome | None, hashing.Fingerprint, FastHit | None, str]:
+    ) -> Outcome | _Miss:
         """The cache hit, done inline by both drivers: one stat and one indexed query."""
         phone = phone_number_id or self.settings.phone_number_id
         if not phone:
@@ -131,30 +141,40 @@ class _RegistryCore:
                 "no phone number ID: set WHATSAPP_PHONE_NUMBER_ID or pass phone_number_id="
             )
         fp = hashing.fingerprint(path)
-        valid_until = iso(self._clock() + self._windows(phone).min_validity)
-        hit = self.store.fast_lookup(fp, phone, valid_until)
-        if hit is not None and hit.media_id is not None and mime_type is None:
-            return Outcome(hit.media_id, uploaded=False), fp, hit, phone
-        return None, fp, hit, phone
+        row = self.store.fast_lookup(fp, phone, self._valid_until(self._windows(phone).min_validity))
+        if row is None:
+            return _Miss(fp, None, None, phone)
+        if row[1] is not None and mime_type is None:
+            return Outcome(row[1], uploaded=False)
+        return _Miss(fp, row[0], row[1], phone)
 
-    def _get_or_upload_flow(
-        self, path: str | os.PathLike[str], fp: hashing.Fingerprint, hit: FastHit | None,
-        phone: str, mime_type: str | None,
-    ) -> Flow[Outcome]:
-        media_type, sha256 = yield _blocking(self._examine, Path(path), fp, hit, mime_type)
-        if hit is not None and hit.media_id is not None:
-            return Outcome(hit.media_id, uploaded=False)
-        return (yield from self._single_flight(fp, sha256, phone, media_type.mime_type))
+    def _valid_until(self, validity: timedelta) -> str:
+        """``iso(now + validity)``, computed once per second: this is on every cache hit."""
+        now = self._clock()
+        second = int(now.timestamp())
+        cached = self._valid_until_cache
+        if cached[0] == second and cached[1] == validity:
+            return cached[2]
+        # The end of the current second: never less strict than the exact time would be.
+        text = iso(datetime.fromtimestamp(second + 1, timezone.utc) + validity)
+        self._valid_until_cache = (second, validity, text)
+        return text
 
-    def _examine(
-        self, path: Path, fp: hashing.Fingerprint, hit: FastHit | None, declared: str | None
-    ) -> tuple[media_types.MediaType, str]:
+    def _get_or_upload_flow(self, path: str | os.PathLike[str], miss: _Miss,
+                            mime_type: str | None) -> Flow[Outcome]:
+        media_type, sha256 = yield _blocking(self._examine, Path(path), miss, mime_type)
+        if miss.media_id is not None:  # a declared type was checked against a cached ID
+            return Outcome(miss.media_id, uploaded=False)
+        return (yield from self._single_flight(miss.fp, sha256, miss.phone, media_type.mime_type))
+
+    def _examine(self, path: Path, miss: _Miss, declared: str | None) -> tuple[media_types.MediaType, str]:
         """Sniff and check the file against WhatsApp's limits; hash and record it if new."""
+        fp = miss.fp
         with hashing.open_source(fp.path) as file:
             head = file.read(media_types.SNIFF_BYTES)
             media_type = media_types.check(path, head, fp.size, declared)
-            if hit is not None:
-                return media_type, hit.sha256
+            if miss.sha256 is not None:
+                return media_type, miss.sha256
             file.seek(0)
             sha256 = hashing.sha256_file(file)
         hashing.ensure_unchanged(fp)
@@ -468,19 +488,20 @@ class MediaRegistry(_RegistryCore):
         query); otherwise the file is sniffed, checked against WhatsApp's limits, hashed and
         uploaded once, however many threads and processes ask at the same moment.
         """
-        return self.get_or_upload_with_status(
-            path, phone_number_id=phone_number_id, mime_type=mime_type
-        ).media_id
+        found = self._fast_path(path, phone_number_id, mime_type)
+        if isinstance(found, Outcome):
+            return found.media_id
+        return self._drive(self._get_or_upload_flow(path, found, mime_type)).media_id
 
     def get_or_upload_with_status(
         self, path: str | os.PathLike[str], *, phone_number_id: str | None = None,
         mime_type: str | None = None,
     ) -> Outcome:
         """Like :meth:`get_or_upload`, also telling whether this call uploaded the file."""
-        outcome, fp, hit, phone = self._fast_path(path, phone_number_id, mime_type)
-        if outcome is not None:
-            return outcome
-        return self._drive(self._get_or_upload_flow(path, fp, hit, phone, mime_type))
+        found = self._fast_path(path, phone_number_id, mime_type)
+        if isinstance(found, Outcome):
+            return found
+        return self._drive(self._get_or_upload_flow(path, found, mime_type))
 
     def refresh_expiring(self, *, dry_run: bool = False, on_action: OnAction | None = None) -> Report:
         """Upload again every current ID with less than ``refresh_before`` left whose content
@@ -604,10 +625,10 @@ class AsyncMediaRegistry(_RegistryCore):
         mime_type: str | None = None,
     ) -> Outcome:
         """See :meth:`MediaRegistry.get_or_upload_with_status`."""
-        outcome, fp, hit, phone = self._fast_path(path, phone_number_id, mime_type)
-        if outcome is not None:
-            return outcome
-        return await self._drive(self._get_or_upload_flow(path, fp, hit, phone, mime_type))
+        found = self._fast_path(path, phone_number_id, mime_type)
+        if isinstance(found, Outcome):
+            return found
+        return await self._drive(self._get_or_upload_flow(path, found, mime_type))
 
     async def refresh_expiring(self, *, dry_run: bool = False, on_action: OnAction | None = None) -> Report:
         """See :meth:`MediaRegistry.refresh_expiring`; ``refresh_concurrency`` tasks at a time."""

@@ -13,6 +13,7 @@ import socket
 import sqlite3
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -38,13 +39,6 @@ def iso(moment: datetime) -> str:
 def parse_iso(text: str | None) -> datetime | None:
     """The inverse of :func:`iso`; None stays None."""
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc) if text else None
-
-
-class FastHit(NamedTuple):
-    """The answer of the cache-hit query: the content a fingerprint names, and its usable ID."""
-
-    sha256: str
-    media_id: str | None
 
 
 class LeaseOutcome(NamedTuple):
@@ -77,6 +71,10 @@ class Store:
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._check_file()
+        # A connection must not cross a fork: the child starts with none and opens its own.
+        # (Registered here rather than checked per call: os.getpid() is a syscall on the hot path.)
+        reference = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _forget_connections(reference))
         self._connection()  # open now so that a bad file fails at construction
 
     # -- connection ---------------------------------------------------------------------
@@ -107,10 +105,7 @@ class Store:
 
     def _connection(self) -> sqlite3.Connection:
         con: sqlite3.Connection | None = getattr(self._local, "con", None)
-        # A connection must not cross a fork: the child opens its own.
-        if con is not None and self._local.pid == os.getpid():
-            return con
-        return self._open()
+        return con if con is not None else self._open()
 
     @_mapped
     def _open(self) -> sqlite3.Connection:
@@ -123,7 +118,7 @@ class Store:
         # the last commits, never corrupt the file.
         con.execute("PRAGMA synchronous = NORMAL")
         con.execute("PRAGMA foreign_keys = ON")
-        self._local.con, self._local.pid = con, os.getpid()
+        self._local.con = con
         with self._lock:
             self._connections.append(con)
         self._ensure_schema(con)
@@ -194,22 +189,25 @@ class Store:
 
     # -- the hot path -------------------------------------------------------------------
 
-    @_mapped
-    def fast_lookup(self, fp: Fingerprint, phone_number_id: str, valid_until: str) -> FastHit | None:
-        """The content at an unchanged path, with its current ID valid past ``valid_until``."""
-        row = self._connection().execute(
-            """
-            SELECT p.sha256, (
-                SELECT m.media_id FROM media AS m
-                WHERE m.sha256 = p.sha256 AND m.phone_number_id = ?
-                  AND m.state = 'current' AND m.expires_at > ?
-                ORDER BY m.expires_at DESC LIMIT 1)
-            FROM paths AS p
-            WHERE p.path = ? AND p.size_bytes = ? AND p.mtime_ns = ? AND p.inode = ?
-            """,
-            (phone_number_id, valid_until, fp.path, fp.size, fp.mtime_ns, fp.inode),
-        ).fetchone()
-        return FastHit(*row) if row else None
+    def fast_lookup(self, fp: Fingerprint, phone_number_id: str, valid_until: str
+                    ) -> tuple[str, str | None] | None:
+        """(sha256, media ID or None): the content at an unchanged path, with its current ID
+        if that is valid past ``valid_until``. The cache hit: keep it lean."""
+        try:
+            return self._connection().execute(  # type: ignore[no-any-return]
+                """
+                SELECT p.sha256, (
+                    SELECT m.media_id FROM media AS m
+                    WHERE m.sha256 = p.sha256 AND m.phone_number_id = ?
+                      AND m.state = 'current' AND m.expires_at > ?
+                    ORDER BY m.expires_at DESC LIMIT 1)
+                FROM paths AS p
+                WHERE p.path = ? AND p.size_bytes = ? AND p.mtime_ns = ? AND p.inode = ?
+                """,
+                (phone_number_id, valid_until, fp.path, fp.size, fp.mtime_ns, fp.inode),
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise self._explain(exc) from None
 
     @_mapped
     def current_media_id(self, sha256: str, phone_number_id: str, valid_until: str) -> str | None:
@@ -456,6 +454,13 @@ class Store:
         names = ("contents", "deleted_contents", "paths", "live_ids", "expiring_ids",
                  "expired_ids", "superseded_ids", "pending_deletes", "uploads", "leases")
         return dict(zip(names, row))
+
+
+def _forget_connections(reference: weakref.ref[Store]) -> None:
+    store = reference()
+    if store is not None:
+        store._local = threading.local()
+        store._connections = []  # the parent's; closing them here would disturb the parent
 
 
 def _current_media_id(

@@ -1,0 +1,22 @@
+"""The benchmark script keeps working (quick mode). Its numbers are reported, never asserted."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).parent.parent / "benchmarks" / "run.py"
+
+
+def test_the_benchmarks_run_and_print_every_row() -> None:
+    result = subprocess.run([sys.executable, str(SCRIPT), "--quick"], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    measures = [row.split(" | ")[0].lstrip("| ") for row in rows[1:]]
+    for expected in ("cache hit, 1,000 contents", "cold hashing", "peak RSS, CLI upload",
+                     "peak RSS, CLI download", "refresh", "per send", "cache hits/s",
+                     "async: longest event-loop stall"):
+        assert any(m.startswith(expected) for m in measures), (expected, measures)
+    assert all(len(row.split(" | ")) == 4 for row in rows)
