@@ -9,8 +9,15 @@ import tempfile
 from datetime import timedelta
 from pathlib import Path
 
-from hypothesis import settings, strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from media_registry import MediaRegistry
 from media_registry.testing import FakeGraphAPI, sample_media

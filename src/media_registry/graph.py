@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -20,6 +21,7 @@ from typing import Any
 import httpx
 import tenacity
 
+from .blobs import VerifiedFile
 from .errors import (
     APIUnreachable,
     AuthError,
@@ -30,7 +32,6 @@ from .errors import (
     UnsafeDownloadURL,
     from_graph_response,
 )
-from .blobs import VerifiedFile
 from .models import MediaMetadata
 
 MEDIA_HOST_SUFFIXES = (".fbsbx.com", ".whatsapp.net", ".facebook.com", ".fbcdn.net")
@@ -279,7 +280,7 @@ class GraphClient(_GraphBase):
         target = httpx.URL(url)
         for _ in range(MAX_REDIRECTS + 1):
             request = self._http.build_request("GET", self._download_target(target))
-            response = self._send(lambda: self._http.send(request, stream=True))
+            response = self._send(functools.partial(self._http.send, request, stream=True))
             if not response.is_redirect:
                 break
             response.close()
@@ -354,7 +355,7 @@ class AsyncGraphClient(_GraphBase):
         target = httpx.URL(url)
         for _ in range(MAX_REDIRECTS + 1):
             request = self._http.build_request("GET", self._download_target(target))
-            response = await self._send(lambda: self._http.send(request, stream=True))
+            response = await self._send(functools.partial(self._http.send, request, stream=True))
             if not response.is_redirect:
                 break
             await response.aclose()

@@ -5,11 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from .errors import SourceChanged, SourceNotFound
-
 
 BLOCK_SIZE = 1 << 18
 

@@ -41,6 +41,7 @@ from .store import Store, iso, new_owner, parse_iso
 from .webhooks import media_in_webhook
 
 T = TypeVar("T")
+R = TypeVar("R", bound="_RegistryCore")
 Clock = Callable[[], datetime]
 OnAction = Callable[[LifecycleAction], None]
 
@@ -112,6 +113,11 @@ class _RegistryCore:
         self._stopping = threading.Event()
         self._windows_by_phone: dict[str, Windows] = {}
         self._valid_until_cache: tuple[int, timedelta, str] = (0, timedelta(), "")
+
+    @classmethod
+    def from_env(cls: type[R], **overrides: Any) -> R:
+        """A registry configured from the environment; keyword arguments override it."""
+        return cls(**overrides)
 
     def _graph_options(self) -> dict[str, Any]:
         settings = self.settings
@@ -441,11 +447,6 @@ class MediaRegistry(_RegistryCore):
                          clock=clock, overrides=overrides)
         self.graph = GraphClient(transport=transport, **self._graph_options())
 
-    @classmethod
-    def from_env(cls, **overrides: Any) -> MediaRegistry:
-        """A registry configured from the environment; keyword arguments override it."""
-        return cls(**overrides)
-
     def __enter__(self) -> MediaRegistry:
         return self
 
@@ -572,11 +573,6 @@ class AsyncMediaRegistry(_RegistryCore):
         super().__init__(db, token=token, phone_number_id=phone_number_id, settings=settings,
                          clock=clock, overrides=overrides)
         self.graph = AsyncGraphClient(transport=transport, **self._graph_options())
-
-    @classmethod
-    def from_env(cls, **overrides: Any) -> AsyncMediaRegistry:
-        """A registry configured from the environment; keyword arguments override it."""
-        return cls(**overrides)
 
     async def __aenter__(self) -> AsyncMediaRegistry:
         return self
