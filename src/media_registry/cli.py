@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import __version__
 from .errors import InputError, MediaRegistryError
@@ -22,6 +22,7 @@ from .models import MediaRecord, Report
 from .registry import MediaRegistry
 
 Command = Callable[[argparse.Namespace], int]
+T = TypeVar("T")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,25 +54,31 @@ def _open(args: argparse.Namespace) -> MediaRegistry:
 # -- commands ---------------------------------------------------------------------------
 
 
+def _attempt(args: argparse.Namespace, action: Callable[..., T], *params: Any, **options: Any) -> T | None:
+    """Run one item of a multi-item command; on failure say so in one line and go on."""
+    try:
+        return action(*params, **options)
+    except MediaRegistryError as exc:
+        if args.debug:
+            raise
+        _error(str(exc))
+        return None
+
+
 def _upload(args: argparse.Namespace) -> int:
     failed = 0
     with _open(args) as reg:
         for path in args.paths:
-            try:
-                media_id, uploaded = reg.get_or_upload_with_status(
-                    path, phone_number_id=args.phone_number_id, mime_type=args.mime_type
-                )
-            except MediaRegistryError as exc:
-                if args.debug:
-                    raise
-                _error(str(exc))
+            outcome = _attempt(args, reg.get_or_upload_with_status, path,
+                               phone_number_id=args.phone_number_id, mime_type=args.mime_type)
+            if outcome is None:
                 failed += 1
                 continue
-            status = "uploaded" if uploaded else "cached"
+            status = "uploaded" if outcome.uploaded else "cached"
             if args.json:
-                print(json.dumps({"media_id": media_id, "status": status, "path": path}), flush=True)
+                print(json.dumps({"media_id": outcome.media_id, "status": status, "path": path}), flush=True)
             else:
-                print(f"{media_id}\t{status}\t{path}", flush=True)
+                print(f"{outcome.media_id}\t{status}\t{path}", flush=True)
     return 1 if failed else 0
 
 
@@ -138,20 +145,13 @@ def _download(args: argparse.Namespace) -> int:
     if not args.media_ids and args.webhook is None:
         _error("name at least one MEDIA_ID, or a webhook payload with --webhook FILE (- for stdin)")
         return 2
-    failed = 0
     with _open(args) as reg:
         results = []
         if args.webhook is not None:
-            payload = _read_json(args.webhook)
-            results.extend(reg.download_webhook(payload, args.out))
-        for media_id in args.media_ids:
-            try:
-                results.append(reg.download(media_id, args.out))
-            except MediaRegistryError as exc:
-                if args.debug:
-                    raise
-                _error(str(exc))
-                failed += 1
+            results.extend(reg.download_webhook(_read_json(args.webhook), args.out))
+        attempts = [_attempt(args, reg.download, media_id, args.out) for media_id in args.media_ids]
+    failed = attempts.count(None)
+    results.extend(result for result in attempts if result is not None)
     for result in results:
         status = "downloaded" if result.fetched else "present"
         if args.json:
