@@ -114,13 +114,13 @@ def test_kill_9_during_refresh_loses_nothing_and_serves_nothing_dead(
         assert con.execute("SELECT count(*) FROM leases").fetchone() == (1,)  # left by the dead
     assert states(db) == [(old_id, "current")]  # nothing recorded was lost
 
+    # An hour-long lease: only recognising the dead owner (not its expiry) lets this finish
+    # before the test's timeout.
     with MediaRegistry(db=db, token=api.token, phone_number_id=api.phone_number_id,
-                       api_base=api.base_url) as registry:
+                       api_base=api.base_url, lease_seconds=3600) as registry:
         assert registry.get_or_upload(path) == old_id  # two days left: still served
-        started = time.monotonic()
         report = registry.refresh_expiring()
         assert report.count("refreshed") == 1
-        assert time.monotonic() - started < 10  # the dead owner's lease did not block
         new_id = report.actions[0].new_media_id
         with freeze_time(datetime.now(timezone.utc) + timedelta(days=3)):
             assert registry.get_or_upload(path) == new_id  # never the dead old one

@@ -56,6 +56,13 @@ def write_lock(db: str | Path) -> Iterator[None]:
         con.close()
 
 
+@pytest.fixture
+def cli_env(cli_env: dict[str, str]) -> dict[str, str]:
+    """Hour-long leases: a dead process's lease must be taken over because its owner is gone,
+    not because it expired (the next call would then outlast run_cli's 60 s timeout)."""
+    return {**cli_env, "MEDIA_REGISTRY_LEASE_SECONDS": "3600"}
+
+
 def spawn(*args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([str(CLI), *args], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -79,9 +86,8 @@ def test_kill_9_while_waiting_to_record_a_new_file(cli_env: dict[str, str], api:
         kill_9(child)
     check_consistent(db)
     assert api.uploads == 0
-    started = time.monotonic()
     assert run_cli("upload", str(path), env=cli_env).stdout.split("\t")[1] == "uploaded"
-    assert time.monotonic() - started < 60 and api.uploads == 1
+    assert api.uploads == 1
 
 
 def test_kill_9_during_the_upload_request(cli_env: dict[str, str], api: FakeGraphAPI,
@@ -93,9 +99,8 @@ def test_kill_9_during_the_upload_request(cli_env: dict[str, str], api: FakeGrap
     kill_9(child)
     check_consistent(db)
     assert media_ids(db) == []
-    started = time.monotonic()
-    result = run_cli("upload", str(path), env=cli_env)
-    assert result.stdout.split("\t")[1] == "uploaded" and time.monotonic() - started < 60
+    result = run_cli("upload", str(path), env=cli_env)  # run_cli gives up after 60 s
+    assert result.stdout.split("\t")[1] == "uploaded"
 
 
 def test_kill_9_after_the_api_answered_but_before_recording(
