@@ -234,8 +234,7 @@ def _stats(args: argparse.Namespace) -> int:
         for name, value in counts.items():
             print(f"{name + ':':18}{value}")
         for phone, numbers in by_phone.items():
-            print(f"{'number ' + phone + ':':18}{numbers['live_ids']} live, "
-                  f"{numbers['expiring_ids']} expiring")
+            print(f"number {phone}: {numbers['live_ids']} live, {numbers['expiring_ids']} expiring")
     return 0
 
 
