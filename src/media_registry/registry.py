@@ -160,6 +160,13 @@ class _RegistryCore:
             return Outcome(row[1], uploaded=False)
         return _Miss(fp, row[0], row[1], phone)
 
+    def _windows(self, phone: str) -> Windows:
+        """The TTL and validity windows of one number, worked out once."""
+        windows = self._windows_by_phone.get(phone)
+        if windows is None:
+            windows = self._windows_by_phone[phone] = self.settings.windows(phone)
+        return windows
+
     def _valid_until(self, validity: timedelta) -> str:
         """``iso(now + validity)``, computed once per second: this is on every cache hit."""
         now = self._clock()
@@ -243,12 +250,6 @@ class _RegistryCore:
         return media_id
 
     # -- lifecycle ----------------------------------------------------------------------
-
-    def _windows(self, phone: str) -> Windows:
-        windows = self._windows_by_phone.get(phone)
-        if windows is None:
-            windows = self._windows_by_phone[phone] = self.settings.windows(phone)
-        return windows
 
     def _expiring_rows(self) -> list[dict[str, Any]]:
         # The global window is the widest; numbers with a shorter TTL narrow theirs.

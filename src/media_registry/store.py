@@ -209,11 +209,6 @@ class Store:
         except sqlite3.Error as exc:
             raise self._explain(exc) from None
 
-    @_mapped
-    def current_media_id(self, sha256: str, phone_number_id: str, valid_until: str) -> str | None:
-        """The current media ID of a content for a number, if it is valid past ``valid_until``."""
-        return _current_media_id(self._connection(), sha256, phone_number_id, valid_until)
-
     # -- writes -------------------------------------------------------------------------
 
     def remember_path(self, fp: Fingerprint, sha256: str, mime_type: str, now: datetime) -> None:
