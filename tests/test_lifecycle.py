@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from freezegun import freeze_time
+from freezegun.api import FrozenDateTimeFactory
 
 from media_registry import MediaRegistry, NotInRegistry
 from media_registry.testing import FakeGraphAPI
@@ -16,6 +17,14 @@ from media_registry.testing import FakeGraphAPI
 from conftest import PDF
 
 DAY0 = datetime(2026, 3, 1, 9, 0, tzinfo=timezone.utc)
+Day0 = tuple[MediaRegistry, FrozenDateTimeFactory]
+
+
+@pytest.fixture
+def day0(make_registry: Callable[..., MediaRegistry]) -> Iterator[Day0]:
+    """A registry whose test runs on a frozen clock, starting on DAY0 (move it with clock)."""
+    with freeze_time(DAY0) as clock:
+        yield make_registry(), clock
 
 
 def media_rows(registry: MediaRegistry) -> list[tuple[str, str]]:
@@ -23,72 +32,68 @@ def media_rows(registry: MediaRegistry) -> list[tuple[str, str]]:
         return con.execute("SELECT media_id, state FROM media ORDER BY uploaded_at, media_id").fetchall()
 
 
-def test_a_whole_life(make_registry: Callable[..., MediaRegistry], api: FakeGraphAPI,
+def test_a_whole_life(day0: Day0, api: FakeGraphAPI,
                       make_file: Callable[..., Path]) -> None:
     path = make_file("catalogue.pdf", PDF)
-    with freeze_time(DAY0) as clock:
-        registry = make_registry()
-        first = registry.get_or_upload(path)
+    registry, clock = day0
+    first = registry.get_or_upload(path)
 
-        clock.move_to(DAY0 + timedelta(days=10))
-        assert registry.refresh_expiring().actions == []
-        assert registry.get_or_upload(path) == first
+    clock.move_to(DAY0 + timedelta(days=10))
+    assert registry.refresh_expiring().actions == []
+    assert registry.get_or_upload(path) == first
 
-        clock.move_to(DAY0 + timedelta(days=27, hours=12))
-        report = registry.refresh_expiring()
-        assert [(a.action, a.media_id) for a in report.actions] == [("refreshed", first)]
-        second = report.actions[0].new_media_id
-        assert second != first and api.live(second)
-        assert registry.get_or_upload(path) == second
-        assert media_rows(registry) == [(first, "superseded"), (second, "current")]
+    clock.move_to(DAY0 + timedelta(days=27, hours=12))
+    report = registry.refresh_expiring()
+    assert [(a.action, a.media_id) for a in report.actions] == [("refreshed", first)]
+    second = report.actions[0].new_media_id
+    assert second != first and api.live(second)
+    assert registry.get_or_upload(path) == second
+    assert media_rows(registry) == [(first, "superseded"), (second, "current")]
 
-        clock.move_to(DAY0 + timedelta(days=31))  # the first ID is dead; the refreshed one is not
-        assert not api.live(first)
-        assert registry.get_or_upload(path) == second
-        purged = registry.purge()
-        assert [(a.action, a.media_id) for a in purged.actions] == [("expired", first)]
-        assert media_rows(registry) == [(second, "current")]
+    clock.move_to(DAY0 + timedelta(days=31))  # the first ID is dead; the refreshed one is not
+    assert not api.live(first)
+    assert registry.get_or_upload(path) == second
+    purged = registry.purge()
+    assert [(a.action, a.media_id) for a in purged.actions] == [("expired", first)]
+    assert media_rows(registry) == [(second, "current")]
     assert api.uploads == 2
 
 
 def test_without_a_refresh_a_dead_id_is_never_served(
-    make_registry: Callable[..., MediaRegistry], api: FakeGraphAPI, make_file: Callable[..., Path]
+    day0: Day0, api: FakeGraphAPI, make_file: Callable[..., Path]
 ) -> None:
     path = make_file("catalogue.pdf", PDF)
-    with freeze_time(DAY0) as clock:
-        registry = make_registry()
-        first = registry.get_or_upload(path)
-        clock.move_to(DAY0 + timedelta(days=31))
-        again = registry.get_or_upload_with_status(path)
-        assert again.uploaded and again.media_id != first and api.live(again.media_id)
+    registry, clock = day0
+    first = registry.get_or_upload(path)
+    clock.move_to(DAY0 + timedelta(days=31))
+    again = registry.get_or_upload_with_status(path)
+    assert again.uploaded and again.media_id != first and api.live(again.media_id)
 
 
-def test_refresh_dry_run_changes_nothing(make_registry: Callable[..., MediaRegistry], api: FakeGraphAPI,
+def test_refresh_dry_run_changes_nothing(day0: Day0, api: FakeGraphAPI,
                                          make_file: Callable[..., Path]) -> None:
     path = make_file("catalogue.pdf", PDF)
-    with freeze_time(DAY0) as clock:
-        registry = make_registry()
-        first = registry.get_or_upload(path)
-        clock.move_to(DAY0 + timedelta(days=28))
-        report = registry.refresh_expiring(dry_run=True)
-        assert report.dry_run and report.count("refreshed") == 1
-        assert "would upload" in report.actions[0].detail
-        assert media_rows(registry) == [(first, "current")] and api.uploads == 1
+    registry, clock = day0
+    first = registry.get_or_upload(path)
+    clock.move_to(DAY0 + timedelta(days=28))
+    report = registry.refresh_expiring(dry_run=True)
+    assert report.dry_run and report.count("refreshed") == 1
+    assert "would upload" in report.actions[0].detail
+    assert media_rows(registry) == [(first, "current")] and api.uploads == 1
 
 
 def test_refresh_failures_keep_the_old_id_and_say_why(
-    make_registry: Callable[..., MediaRegistry], api: FakeGraphAPI, make_file: Callable[..., Path]
+    day0: Day0, api: FakeGraphAPI, make_file: Callable[..., Path]
 ) -> None:
     path = make_file("catalogue.pdf", PDF)
-    with freeze_time(DAY0) as clock:
-        registry = make_registry()
-        first = registry.get_or_upload(path)
-        clock.move_to(DAY0 + timedelta(days=28))
-        api.fail(status=503, times=3)
-        report = registry.refresh_expiring()
-        assert report.count("failed") == 1 and "HTTP 503" in report.actions[0].detail
-        assert registry.get_or_upload(path) == first  # still 2 days left, above min_validity
-        assert registry.refresh_expiring().count("refreshed") == 1
+    registry, clock = day0
+    first = registry.get_or_upload(path)
+    clock.move_to(DAY0 + timedelta(days=28))
+    api.fail(status=503, times=3)
+    report = registry.refresh_expiring()
+    assert report.count("failed") == 1 and "HTTP 503" in report.actions[0].detail
+    assert registry.get_or_upload(path) == first  # still 2 days left, above min_validity
+    assert registry.refresh_expiring().count("refreshed") == 1
 
 
 def test_refresh_runs_uploads_concurrently(make_registry: Callable[..., MediaRegistry], api: FakeGraphAPI,
@@ -106,41 +111,39 @@ def test_refresh_runs_uploads_concurrently(make_registry: Callable[..., MediaReg
 
 
 def test_refresh_skips_content_whose_sources_vanished_and_purge_deletes_it(
-    make_registry: Callable[..., MediaRegistry], api: FakeGraphAPI, make_file: Callable[..., Path]
+    day0: Day0, api: FakeGraphAPI, make_file: Callable[..., Path]
 ) -> None:
     kept, gone = make_file("kept.pdf", PDF), make_file("gone.pdf", PDF)
-    with freeze_time(DAY0) as clock:
-        registry = make_registry()
-        kept_id, gone_id = registry.get_or_upload(kept), registry.get_or_upload(gone)
-        gone.unlink()
-        clock.move_to(DAY0 + timedelta(days=28))
-        refreshed = registry.refresh_expiring()
-        assert {(a.action, a.media_id) for a in refreshed.actions} == {
-            ("refreshed", kept_id), ("skipped", gone_id)}
+    registry, clock = day0
+    kept_id, gone_id = registry.get_or_upload(kept), registry.get_or_upload(gone)
+    gone.unlink()
+    clock.move_to(DAY0 + timedelta(days=28))
+    refreshed = registry.refresh_expiring()
+    assert {(a.action, a.media_id) for a in refreshed.actions} == {
+        ("refreshed", kept_id), ("skipped", gone_id)}
 
-        dry = registry.purge(dry_run=True)
-        assert [a.action for a in dry.actions] == ["vanished"] and api.live(gone_id)
-        purged = registry.purge()
-        assert [(a.action, a.media_id) for a in purged.actions] == [
-            ("vanished", None), ("deleted", gone_id)]
-        assert not api.live(gone_id)
+    dry = registry.purge(dry_run=True)
+    assert [a.action for a in dry.actions] == ["vanished"] and api.live(gone_id)
+    purged = registry.purge()
+    assert [(a.action, a.media_id) for a in purged.actions] == [
+        ("vanished", None), ("deleted", gone_id)]
+    assert not api.live(gone_id)
 
-        clock.move_to(DAY0 + timedelta(days=29))
-        assert registry.refresh_expiring().actions == []  # nothing of it is uploaded again
+    clock.move_to(DAY0 + timedelta(days=29))
+    assert registry.refresh_expiring().actions == []  # nothing of it is uploaded again
     assert api.uploads == 3
 
 
 def test_a_touched_but_unchanged_source_still_counts(
-    make_registry: Callable[..., MediaRegistry], api: FakeGraphAPI, make_file: Callable[..., Path]
+    day0: Day0, api: FakeGraphAPI, make_file: Callable[..., Path]
 ) -> None:
     path = make_file("touched.pdf", PDF)
-    with freeze_time(DAY0) as clock:
-        registry = make_registry()
-        registry.get_or_upload(path)
-        path.write_bytes(path.read_bytes())  # same bytes, new mtime
-        clock.move_to(DAY0 + timedelta(days=28))
-        assert registry.refresh_expiring().count("refreshed") == 1
-        assert registry.purge().actions == []
+    registry, clock = day0
+    registry.get_or_upload(path)
+    path.write_bytes(path.read_bytes())  # same bytes, new mtime
+    clock.move_to(DAY0 + timedelta(days=28))
+    assert registry.refresh_expiring().count("refreshed") == 1
+    assert registry.purge().actions == []
 
 
 @pytest.mark.parametrize("answer", ["success", "deleted"])
@@ -181,23 +184,22 @@ def test_an_id_already_gone_at_the_api_counts_as_deleted(registry: MediaRegistry
 
 
 def test_delete_while_the_api_is_down_then_purge(
-    make_registry: Callable[..., MediaRegistry], api: FakeGraphAPI, make_file: Callable[..., Path]
+    day0: Day0, api: FakeGraphAPI, make_file: Callable[..., Path]
 ) -> None:
     path = make_file("withdrawn.pdf", PDF)
-    with freeze_time(DAY0) as clock:
-        registry = make_registry()
-        media_id = registry.get_or_upload(path)
-        api.fail(reset=True, times=3, method="DELETE")
-        report = registry.delete(path)
-        assert [a.action for a in report.actions] == ["pending"]
-        assert "cannot reach the Graph API" in report.actions[0].detail
-        assert media_rows(registry) == [(media_id, "deleting")]
-        assert registry.lookup(media_id).media_id is None  # never served again
+    registry, clock = day0
+    media_id = registry.get_or_upload(path)
+    api.fail(reset=True, times=3, method="DELETE")
+    report = registry.delete(path)
+    assert [a.action for a in report.actions] == ["pending"]
+    assert "cannot reach the Graph API" in report.actions[0].detail
+    assert media_rows(registry) == [(media_id, "deleting")]
+    assert registry.lookup(media_id).media_id is None  # never served again
 
-        clock.move_to(DAY0 + timedelta(days=28))
-        assert registry.refresh_expiring().actions == []  # deleted content is not refreshed
-        purged = registry.purge()
-        assert [(a.action, a.media_id) for a in purged.actions] == [("deleted", media_id)]
+    clock.move_to(DAY0 + timedelta(days=28))
+    assert registry.refresh_expiring().actions == []  # deleted content is not refreshed
+    purged = registry.purge()
+    assert [(a.action, a.media_id) for a in purged.actions] == [("deleted", media_id)]
     assert not api.live(media_id) and media_rows(registry) == [] and api.uploads == 1
     with sqlite3.connect(registry.settings.db) as con:
         actions = [row[0] for row in con.execute("SELECT action FROM events ORDER BY id")]
@@ -205,15 +207,14 @@ def test_delete_while_the_api_is_down_then_purge(
 
 
 def test_purge_drops_expired_deletions_without_calling_the_api(
-    make_registry: Callable[..., MediaRegistry], api: FakeGraphAPI, make_file: Callable[..., Path]
+    day0: Day0, api: FakeGraphAPI, make_file: Callable[..., Path]
 ) -> None:
     path = make_file("stale.pdf", PDF)
-    with freeze_time(DAY0) as clock:
-        registry = make_registry()
-        registry.get_or_upload(path)
-        api.fail(status=503, times=3, method="DELETE")
-        registry.delete(path)
-        clock.move_to(DAY0 + timedelta(days=30, seconds=1))
-        deletes_before = api.count("DELETE")
-        assert [a.action for a in registry.purge().actions] == ["expired"]
+    registry, clock = day0
+    registry.get_or_upload(path)
+    api.fail(status=503, times=3, method="DELETE")
+    registry.delete(path)
+    clock.move_to(DAY0 + timedelta(days=30, seconds=1))
+    deletes_before = api.count("DELETE")
+    assert [a.action for a in registry.purge().actions] == ["expired"]
     assert api.count("DELETE") == deletes_before and media_rows(registry) == []
