@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -19,7 +20,6 @@ import pytest
 from media_registry import (
     GraphAPIError,
     MediaRegistry,
-    RegistryError,
     SourceChanged,
     SourceNotFound,
 )
@@ -327,14 +327,42 @@ def test_a_file_changed_during_its_upload_is_not_recorded(
     assert outcome.uploaded and api.media[outcome.media_id].data == path.read_bytes()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads and writes whatever the permissions say")
-def test_unreadable_file_and_read_only_registry(make_registry: Callable[..., MediaRegistry],
-                                                make_file: Callable[..., Path], tmp_path: Path) -> None:
+def unprivileged(*command: str) -> list[str]:
+    """The command as a process for which file permissions hold: root drops the capabilities
+    that let it read and write regardless (setpriv, from util-linux)."""
+    if os.geteuid() != 0:
+        return list(command)
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: permissions cannot be enforced")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *command]
+
+
+def test_an_unreadable_file(cli_env: dict[str, str], api: FakeGraphAPI, make_file: Callable[..., Path]) -> None:
     path = make_file("secret.png", PNG)
     path.chmod(0)
-    with pytest.raises(SourceNotFound, match="permission denied|cannot read"):
-        make_registry().get_or_upload(path)
-    path.chmod(0o644)
-    (tmp_path / "registry.db").chmod(0o444)
-    with pytest.raises(RegistryError, match="cannot be written"):
-        make_registry().get_or_upload(path)
+    result = subprocess.run(unprivileged(str(CLI), "upload", str(path)), env=cli_env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{path}: cannot read the file (Permission denied)" in result.stderr
+    assert api.count() == 0
+
+
+@pytest.mark.parametrize("read_only", ["file", "folder"])
+def test_a_read_only_registry(cli_env: dict[str, str], api: FakeGraphAPI, make_file: Callable[..., Path],
+                              tmp_path: Path, read_only: str) -> None:
+    folder = tmp_path / "registry"
+    folder.mkdir()
+    env = {**cli_env, "MEDIA_REGISTRY_DB": str(folder / "registry.db")}
+    run_cli("upload", str(make_file("before.png")), env=env)
+    before = (folder / "registry.db").read_bytes()
+    (folder / "registry.db").chmod(0o444)
+    if read_only == "folder":
+        folder.chmod(0o555)
+    try:
+        result = subprocess.run(unprivileged(str(CLI), "upload", str(make_file("after.png"))), env=env,
+                                capture_output=True, text=True, timeout=60)
+    finally:
+        folder.chmod(0o755)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "cannot be written" in result.stderr and "check the permissions" in result.stderr
+    assert (folder / "registry.db").read_bytes() == before
