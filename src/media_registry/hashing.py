@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import stat
-from typing import BinaryIO, NamedTuple
+from typing import NamedTuple
 
 from .errors import SourceChanged, SourceNotFound
 
@@ -41,7 +42,7 @@ def fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
     return Fingerprint(absolute, st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-def open_source(path: str | os.PathLike[str]) -> BinaryIO:
+def open_source(path: str | os.PathLike[str]) -> io.BufferedReader:
     """Open a source file for reading, with SourceNotFound on failure."""
     try:
         return open(path, "rb")
@@ -49,14 +50,14 @@ def open_source(path: str | os.PathLike[str]) -> BinaryIO:
         raise SourceNotFound(f"{path}: cannot read the file ({exc.strerror}); check it") from None
 
 
-def sha256_file(file: BinaryIO) -> str:
+def sha256_file(file: io.BufferedReader) -> str:
     """Hex sha256 of an open binary file, read in large blocks from its current position."""
     if hasattr(hashlib, "file_digest"):  # Python 3.11+: releases the GIL, no copies
         return hashlib.file_digest(file, "sha256").hexdigest()
     digest = hashlib.sha256()
     buffer = bytearray(BLOCK_SIZE)
     view = memoryview(buffer)
-    while size := file.readinto(buffer):  # type: ignore[attr-defined]
+    while size := file.readinto(buffer):
         digest.update(view[:size])
     return digest.hexdigest()
 

@@ -140,6 +140,7 @@ class FakeGraphAPI:
         self._offset = timedelta()
         self._lock = threading.Lock()
         self._ids = itertools.count(1_000_000_000_000_000 + secrets.randbelow(10**12))
+        self._host = host
         self._server = _QuietServer((host, 0), _handler_for(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -149,8 +150,7 @@ class FakeGraphAPI:
     @property
     def origin(self) -> str:
         """``http://127.0.0.1:PORT``."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{self._host}:{self._server.server_port}"
 
     @property
     def base_url(self) -> str:
