@@ -80,6 +80,19 @@ def test_only_one_daemon_per_registry(cli_env: dict[str, str], tmp_path: Path) -
     assert first.wait(timeout=30) == 0
 
 
+def test_daemon_intervals_take_seconds_or_iso_8601(cli_env: dict[str, str], tmp_path: Path) -> None:
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as out:
+        daemon = subprocess.Popen([str(CLI), "daemon", "--refresh-every", "90", "--purge-every", "PT2M"],
+                                  env=cli_env, stdout=out, stderr=subprocess.STDOUT)
+    wait_for(lambda: "daemon started" in log.read_text(), "the daemon to start")
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(timeout=30) == 0
+    assert "refresh every 0:01:30, purge every 0:02:00" in log.read_text()
+    bad = run_cli("daemon", "--refresh-every", "soon", env=cli_env)
+    assert bad.returncode == 1 and "invalid MEDIA_REGISTRY_REFRESH_INTERVAL" in bad.stderr
+
+
 def test_an_api_outage_is_logged_and_does_not_stop_the_daemon(
     cli_env: dict[str, str], api: FakeGraphAPI, make_file: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -217,8 +217,10 @@ def test_from_env_reads_the_environment(
     monkeypatch.setenv("WHATSAPP_API_BASE", api.base_url)
     monkeypatch.setenv("MEDIA_REGISTRY_DB", str(tmp_path / "env.db"))
     monkeypatch.setenv("MEDIA_REGISTRY_TTL", "P7D")
+    monkeypatch.setenv("MEDIA_REGISTRY_MIN_VALIDITY", "3600")  # durations also take seconds
     with MediaRegistry.from_env() as registry:
         media_id = registry.get_or_upload(make_file("env.png"))
         record = registry.lookup(media_id)
+        assert registry.settings.min_validity == timedelta(hours=1)
     assert (tmp_path / "env.db").exists()
     assert record.expires_at - record.uploaded_at == timedelta(days=7)

@@ -66,6 +66,16 @@ class Settings(BaseSettings):
             raise ValueError("must be the digits of the phone number ID from Meta's app dashboard")
         return value
 
+    @field_validator("ttl", "min_validity", "refresh_before", "refresh_interval", "purge_interval",
+                     mode="before")
+    @classmethod
+    def _seconds(cls, value: Any) -> Any:
+        # Environment values arrive as text, and pydantic reads "86400" as a malformed ISO
+        # duration rather than as seconds.
+        if isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
+            return float(value)
+        return value
+
     @field_validator("ttl", "min_validity", "refresh_before", "refresh_interval", "purge_interval")
     @classmethod
     def _check_positive(cls, value: timedelta) -> timedelta:
