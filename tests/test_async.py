@@ -168,6 +168,12 @@ def test_a_no_storage_number_has_its_own_ttl(
         assert registry.get_or_upload(path) == normal  # the 30-day number is untouched
 
 
+def test_per_number_ttls_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MEDIA_REGISTRY_TTL_BY_PHONE_NUMBER", f'{{"{OTHER}": "3600", "555": "PT2H"}}')
+    with MediaRegistry.from_env(db=tmp_path / "r.db") as registry:
+        assert registry.settings.ttl_by_phone_number == {OTHER: timedelta(hours=1), "555": timedelta(hours=2)}
+
+
 def test_bad_per_number_ttls_are_refused(make_registry: Callable[..., MediaRegistry]) -> None:
     from media_registry import ConfigError
 

@@ -70,10 +70,13 @@ class Settings(BaseSettings):
                      mode="before")
     @classmethod
     def _seconds(cls, value: Any) -> Any:
-        # Environment values arrive as text, and pydantic reads "86400" as a malformed ISO
-        # duration rather than as seconds.
-        if isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
-            return float(value)
+        return _seconds_as_number(value)
+
+    @field_validator("ttl_by_phone_number", mode="before")
+    @classmethod
+    def _seconds_per_number(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {phone: _seconds_as_number(ttl) for phone, ttl in value.items()}
         return value
 
     @field_validator("ttl", "min_validity", "refresh_before", "refresh_interval", "purge_interval")
@@ -107,6 +110,14 @@ class Settings(BaseSettings):
         scale = min(1.0, ttl / self.ttl)
         return Windows(ttl, self.min_validity * scale, self.refresh_before * scale,
                        int(ttl.total_seconds() // 60))
+
+
+def _seconds_as_number(value: Any) -> Any:
+    # Environment values arrive as text, and pydantic reads "86400" as a malformed ISO
+    # duration rather than as seconds.
+    if isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
+        return float(value)
+    return value
 
 
 class Windows(NamedTuple):
