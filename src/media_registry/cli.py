@@ -67,10 +67,11 @@ def _attempt(args: argparse.Namespace, action: Callable[..., T], *params: Any, *
 
 def _upload(args: argparse.Namespace) -> int:
     failed = 0
-    with _open(args) as reg:
+    with _open(args) as reg, _progress("uploading") as advance:
         for path in args.paths:
             outcome = _attempt(args, reg.get_or_upload_with_status, path,
                                phone_number_id=args.phone_number_id, mime_type=args.mime_type)
+            advance(path)
             if outcome is None:
                 failed += 1
                 continue
@@ -136,7 +137,9 @@ def _progress(what: str) -> Iterator[Callable[[object], None]]:
 
     columns = (SpinnerColumn(), TextColumn("{task.description} {task.completed} done"),
                TimeElapsedColumn())
-    with Progress(*columns, transient=True, console=Console(stderr=True)) as progress:
+    # Lines printed meanwhile go above the bar; stdout is left alone when it is piped.
+    with Progress(*columns, transient=True, console=Console(stderr=True),
+                  redirect_stdout=sys.stdout.isatty()) as progress:
         task = progress.add_task(what, total=None)
         yield lambda _action: progress.advance(task)
 
