@@ -103,8 +103,7 @@ def test_ls_show_stats_and_init(cli_env: dict[str, str], make_file: Callable[...
 def test_six_processes_uploading_the_same_file_make_one_upload(
     cli_env: dict[str, str], api: FakeGraphAPI, make_file: Callable[..., Path], tmp_path: Path
 ) -> None:
-    path = make_file("same.png")
-    run_cli("init", env=cli_env)
+    path = make_file("same.png")  # and no registry yet: the processes race to create it too
     api.fail(delay=0.5, method="POST")  # the winner's upload is still in flight as others ask
     processes = [
         subprocess.Popen([str(CLI), "upload", str(path)], env=cli_env, stdout=subprocess.PIPE,
