@@ -112,16 +112,20 @@ class Store:
         con = sqlite3.connect(
             self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
-        con.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-        con.execute("PRAGMA journal_mode = WAL")
-        # NORMAL is durable against a killed process in WAL mode; only power loss can undo
-        # the last commits, never corrupt the file.
-        con.execute("PRAGMA synchronous = NORMAL")
-        con.execute("PRAGMA foreign_keys = ON")
+        try:
+            con.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            con.execute("PRAGMA journal_mode = WAL")
+            # NORMAL is durable against a killed process in WAL mode; only power loss can undo
+            # the last commits, never corrupt the file.
+            con.execute("PRAGMA synchronous = NORMAL")
+            con.execute("PRAGMA foreign_keys = ON")
+            self._ensure_schema(con)
+        except BaseException:
+            con.close()  # a connection is kept only once the schema is known good
+            raise
         self._local.con = con
         with self._lock:
             self._connections.append(con)
-        self._ensure_schema(con)
         return con
 
     def _ensure_schema(self, con: sqlite3.Connection) -> None:
