@@ -74,6 +74,7 @@ class VerifiedFile:
         self._file.write(chunk)
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        kept = False
         try:
             if exc_type is None:
                 self._file.flush()
@@ -82,11 +83,10 @@ class VerifiedFile:
             if exc_type is None:
                 self._verify()
                 os.replace(self._temporary, self.destination)
-        except BaseException:
-            os.unlink(self._temporary)
-            raise
-        if exc_type is not None:
-            os.unlink(self._temporary)
+                kept = True
+        finally:
+            if not kept:
+                os.unlink(self._temporary)
 
     def _verify(self) -> None:
         if self._received != self._size:

@@ -98,17 +98,21 @@ def utc_now() -> datetime:
 
 
 class _RegistryCore:
-    """Settings, store and every rule of the registry, free of any HTTP client."""
+    """Settings, store and every rule of the registry; subclasses name their Graph client
+    (``_client``) and drive the flows."""
+
+    _client: Callable[..., Any]
 
     def __init__(
         self,
-        db: str | os.PathLike[str] | None,
+        db: str | os.PathLike[str] | None = None,
         *,
-        token: str | None,
-        phone_number_id: str | None,
-        settings: Settings | None,
-        clock: Clock,
-        overrides: dict[str, Any],
+        token: str | None = None,
+        phone_number_id: str | None = None,
+        settings: Settings | None = None,
+        transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
+        clock: Clock = utc_now,
+        **overrides: Any,
     ) -> None:
         self.settings = settings or load_settings(
             db=db, token=token, phone_number_id=phone_number_id, **overrides
@@ -119,6 +123,7 @@ class _RegistryCore:
         self._stopping = threading.Event()
         self._windows_by_phone: dict[str, Windows] = {}
         self._valid_until_cache: tuple[int, timedelta, str] = (0, timedelta(), "")
+        self.graph = self._client(transport=transport, **self._graph_options())
 
     @classmethod
     def from_env(cls: type[R], **overrides: Any) -> R:
@@ -436,23 +441,12 @@ class MediaRegistry(_RegistryCore):
     Build it from the environment with :meth:`from_env`, or pass settings as arguments
     (``db``, ``token``, ``phone_number_id``, ``api_base``, ``ttl``, ``min_validity``, ...,
     the names of :class:`~media_registry.config.Settings`). Thread-safe; use one per process.
-    ``transport`` swaps the HTTP transport (tests); ``clock`` swaps the time source.
+    ``transport`` swaps the HTTP transport (an ``httpx.BaseTransport``, for tests); ``clock``
+    swaps the time source.
     """
 
-    def __init__(
-        self,
-        db: str | os.PathLike[str] | None = None,
-        *,
-        token: str | None = None,
-        phone_number_id: str | None = None,
-        settings: Settings | None = None,
-        transport: httpx.BaseTransport | None = None,
-        clock: Clock = utc_now,
-        **overrides: Any,
-    ) -> None:
-        super().__init__(db, token=token, phone_number_id=phone_number_id, settings=settings,
-                         clock=clock, overrides=overrides)
-        self.graph = GraphClient(transport=transport, **self._graph_options())
+    _client = GraphClient
+    graph: GraphClient
 
     def __enter__(self) -> MediaRegistry:
         return self
@@ -564,22 +558,14 @@ class AsyncMediaRegistry(_RegistryCore):
     Cache hits run inline (one stat, one short query); hashing and SQLite writes run in
     threads so the event loop never waits on a lock or a large file; HTTP goes through
     ``httpx.AsyncClient``. Single flight holds across tasks, threads and processes alike.
+    Arguments as for :class:`MediaRegistry` (``transport`` is an ``httpx.AsyncBaseTransport``).
     """
 
-    def __init__(
-        self,
-        db: str | os.PathLike[str] | None = None,
-        *,
-        token: str | None = None,
-        phone_number_id: str | None = None,
-        settings: Settings | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        clock: Clock = utc_now,
-        **overrides: Any,
-    ) -> None:
-        super().__init__(db, token=token, phone_number_id=phone_number_id, settings=settings,
-                         clock=clock, overrides=overrides)
-        self.graph = AsyncGraphClient(transport=transport, **self._graph_options())
+    _client = AsyncGraphClient
+    graph: AsyncGraphClient
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._one_hash_at_a_time = asyncio.Semaphore(1)
 
     async def __aenter__(self) -> AsyncMediaRegistry:
