@@ -26,6 +26,7 @@ from .errors import (
     UnsupportedMedia,
 )
 from .models import DownloadedMedia, InboundMedia, LifecycleAction, MediaEvent, MediaRecord, Report
+from .refusal import media_id_refused
 from .registry import AsyncMediaRegistry, MediaRegistry, Outcome
 
 __version__ = "0.1.0"
@@ -64,4 +65,5 @@ __all__ = [
     "UnsafeDownloadURL",
     "UnsupportedMedia",
     "__version__",
+    "media_id_refused",
 ]
