@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigError
 from .graph import MEDIA_HOST_SUFFIXES
 
 DEFAULT_API_BASE = "https://graph.facebook.com/v21.0"
+# S3 and GCS presigned URLs: the signature and the parameters that change with it.
+DEFAULT_URL_IGNORE_QUERY = (
+    "X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires", "X-Amz-Security-Token",
+    "X-Amz-Signature", "X-Amz-SignedHeaders", "X-Goog-*",
+)
 
 
 def _env(name: str, default: Any = None) -> Any:
@@ -51,6 +56,13 @@ class Settings(BaseSettings):
     busy_timeout: float = Field(10.0, gt=0)
     # Seconds between lease heartbeats is a third of this; a dead owner frees it after this.
     lease_seconds: float = Field(60.0, gt=0)
+    # Upload starts per second per phone number, across a process's threads and tasks.
+    uploads_per_second: float = Field(20.0, gt=0)
+    # How long a URL source's remembered content is trusted before a conditional GET.
+    url_revalidate: timedelta = timedelta(minutes=5)
+    # Query parameters left out of a URL source's key, and never printed or stored: a signed
+    # URL's signature changes on every request (comma-separated; "X-Goog-*" matches a prefix).
+    url_ignore_query: Annotated[tuple[str, ...], NoDecode] = DEFAULT_URL_IGNORE_QUERY
 
     @field_validator("api_base")
     @classmethod
@@ -67,10 +79,17 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("ttl", "min_validity", "refresh_before", "refresh_interval", "purge_interval",
-                     mode="before")
+                     "url_revalidate", mode="before")
     @classmethod
     def _seconds(cls, value: Any) -> Any:
         return _seconds_as_number(value)
+
+    @field_validator("url_ignore_query", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(name.strip() for name in value.split(",") if name.strip())
+        return value
 
     @field_validator("ttl_by_phone_number", mode="before")
     @classmethod

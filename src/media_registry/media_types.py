@@ -177,3 +177,18 @@ def _resolve(path: Path, sniffed: str | None, declared: str | None) -> str:
 def _is_animated_webp(head: bytes) -> bool:
     # An extended (VP8X) WebP sets bit 1 of its flags byte when it holds an animation.
     return head[12:16] == b"VP8X" and len(head) > 20 and bool(head[20] & 0x02)
+
+
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def size_limit(head: bytes) -> int:
+    """The most WhatsApp takes of content that starts with ``head``: the limit of the kind
+    those bytes show (the larger one for stickers), else the largest limit of all. A
+    download or a stream is cut off as soon as it exceeds this, before the exact check."""
+    if head.startswith((OLE2_MAGIC, ZIP_MAGIC)):  # Office files: only the whole file tells more
+        return MAX_BYTES["document"]
+    kind = KIND_BY_MIME.get(sniff(Path(), head) or "")
+    if kind == "sticker":
+        return MAX_BYTES["animated sticker"]
+    return MAX_BYTES[kind] if kind else max(MAX_BYTES.values())
