@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from file_server import FileServer
-from media_registry import MediaTooLarge, SourceChanged, SourceNotFound
+from media_registry import MediaTooLarge, MislabelledMedia, SourceChanged, SourceNotFound, UnsupportedMedia
 from media_registry.config import load_settings
 from media_registry.errors import ConfigError, SourceUnavailable, UnsafeSourceURL
 from media_registry.media_types import MAX_BYTES, size_limit
@@ -348,3 +348,19 @@ def test_default_settings_leave_out_s3_and_gcs_signatures() -> None:
     assert settings.uploads_per_second == 20 and settings.url_revalidate.total_seconds() == 300
     assert url_key(SIGNED, settings.url_ignore_query) == url_key(SIGNED)
     assert "X-Amz-Signature" in settings.url_ignore_query
+
+
+def test_content_is_checked_like_a_file_and_named_by_its_label(files: FileServer, fetcher: SourceFetcher) -> None:
+    docx = sample_media("application/vnd.openxmlformats-officedocument.wordprocessingml.document")
+    assert from_bytes(docx).media_type().mime_type.endswith("wordprocessingml.document")
+    assert from_stream(io.BytesIO(PNG)).media_type().mime_type == "image/png"
+    with pytest.raises(UnsupportedMedia, match=r"^<bytes>: content is image/gif"):
+        from_bytes(b"GIF89a" + bytes(100)).media_type()
+    with pytest.raises(UnsupportedMedia, match=r"^<bytes>: the file is empty"):
+        from_bytes(b"").media_type()
+    url = files.add("/card.png", PNG)
+    content = fetcher.fetch(url + "?X-Amz-Signature=SECRET")
+    assert content is not None
+    with pytest.raises(MislabelledMedia, match=rf"^{url}: declared image/jpeg"):
+        content.media_type("image/jpeg")
+    content.close()

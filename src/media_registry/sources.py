@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 import httpx
@@ -38,7 +38,7 @@ from .errors import (
     SourceUnavailable,
     UnsafeSourceURL,
 )
-from .media_types import SNIFF_BYTES, size_limit
+from .media_types import SNIFF_BYTES, ZIP_MAGIC, MediaType, check, size_limit
 
 MAX_REDIRECTS = 5
 CHUNK_SIZE = 1 << 20
@@ -161,6 +161,15 @@ class Content:
             if digest.hexdigest() != self.sha256:
                 raise SourceChanged(f"{self.label}: the stream changed while it was read; try again")
             yield path
+
+    def media_type(self, declared: str | None = None) -> MediaType:
+        """Sniffed and checked against WhatsApp's limits as a file would be (errors name the
+        source by its label). Raises UnsupportedMedia, MislabelledMedia or MediaTooLarge."""
+        if self._spool is None and self.head.startswith(ZIP_MAGIC):  # Office: the archive tells
+            with self.file() as path:
+                return check(Path(path), self.head, self.size, declared, name=self.label)
+        return check(Path(self._spool or f"source{self.suffix}"), self.head, self.size, declared,
+                     name=self.label)
 
     def _chunks(self) -> Iterator[bytes | memoryview]:
         if self._data is not None:
