@@ -364,3 +364,9 @@ def test_content_is_checked_like_a_file_and_named_by_its_label(files: FileServer
     with pytest.raises(MislabelledMedia, match=rf"^{url}: declared image/jpeg"):
         content.media_type("image/jpeg")
     content.close()
+
+
+def test_url_revalidate_may_be_zero_never_negative() -> None:
+    assert load_settings(url_revalidate=0).url_revalidate.total_seconds() == 0
+    with pytest.raises(ConfigError, match="MEDIA_REGISTRY_URL_REVALIDATE"):
+        load_settings(url_revalidate=-1)

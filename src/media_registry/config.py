@@ -84,6 +84,13 @@ class Settings(BaseSettings):
     def _seconds(cls, value: Any) -> Any:
         return _seconds_as_number(value)
 
+    @field_validator("url_revalidate")
+    @classmethod
+    def _check_not_negative(cls, value: timedelta) -> timedelta:
+        if value < timedelta(0):
+            raise ValueError("must be zero (always revalidate) or a positive duration")
+        return value
+
     @field_validator("url_ignore_query", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:

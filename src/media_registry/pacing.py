@@ -37,3 +37,17 @@ class UploadPacer:
             start = max(now, self._next_start.get(phone_number_id, now))
             self._next_start[phone_number_id] = start + self.interval
         return start - now
+
+
+_SHARED: dict[float, UploadPacer] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_pacer(per_second: float) -> UploadPacer:
+    """The process-wide pacer for that rate: every registry of a process that uploads for a
+    number draws from the same slots."""
+    with _SHARED_LOCK:
+        pacer = _SHARED.get(per_second)
+        if pacer is None:
+            pacer = _SHARED[per_second] = UploadPacer(per_second)
+        return pacer

@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import os
 import random
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import IO, Any, NamedTuple, TypeVar
 
 import httpx
 
-from . import blobs, hashing, media_types
+from . import blobs, hashing, media_types, sources
 from .config import Settings, Windows, load_settings
 from .errors import (
     ConfigError,
@@ -37,13 +39,20 @@ from .errors import (
 )
 from .graph import AsyncGraphClient, GraphClient
 from .models import DownloadedMedia, LifecycleAction, MediaEvent, MediaRecord, Report
-from .store import Store, iso, new_owner, parse_iso
+from .pacing import shared_pacer
+from .refusal import media_id_refused
+from .sources import AsyncSourceFetcher, Content, SourceFetcher, Validators
+from .store import Store, UrlSource, iso, new_owner, parse_iso
 from .webhooks import media_in_webhook
 
 T = TypeVar("T")
 R = TypeVar("R", bound="_RegistryCore")
 Clock = Callable[[], datetime]
 OnAction = Callable[[LifecycleAction], None]
+# What get_or_upload takes: a path, bytes, a binary file object, or an https:// URL string.
+Source = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
+Upload = hashing.Fingerprint | Content  # where the bytes to upload are
+REFUSED = "Meta refused it at send time"
 
 
 class Effect(NamedTuple):
@@ -76,6 +85,11 @@ def _sleep(seconds: float) -> Effect:
     return Effect("sleep", seconds)
 
 
+def _fetch(url: str, known: Validators | None) -> Effect:
+    """Download a URL source (None: HTTP 304, ``known`` still holds)."""
+    return Effect("fetch", url, (known,))
+
+
 class _Miss(NamedTuple):
     """What the fast path learned when it could not answer alone."""
 
@@ -102,6 +116,7 @@ class _RegistryCore:
     (``_client``) and drive the flows."""
 
     _client: Callable[..., Any]
+    _fetcher: Callable[..., Any]
 
     def __init__(
         self,
@@ -124,6 +139,11 @@ class _RegistryCore:
         self._windows_by_phone: dict[str, Windows] = {}
         self._valid_until_cache: tuple[int, timedelta, str] = (0, timedelta(), "")
         self.graph = self._client(transport=transport, **self._graph_options())
+        # URL sources have a client of their own, without the token.
+        self.sources = self._fetcher(ignore_query=self.settings.url_ignore_query,
+                                     timeout=self.settings.timeout, user_agent=self.settings.user_agent)
+        self._pacer = shared_pacer(self.settings.uploads_per_second)
+        self._urls_in_flight = _Claims()
 
     @classmethod
     def from_env(cls: type[R], **overrides: Any) -> R:
@@ -152,11 +172,7 @@ class _RegistryCore:
         self, path: str | os.PathLike[str], phone_number_id: str | None, mime_type: str | None
     ) -> Outcome | _Miss:
         """The cache hit, done inline by both drivers: one stat and one indexed query."""
-        phone = phone_number_id or self.settings.phone_number_id
-        if not phone:
-            raise ConfigError(
-                "no phone number ID: set WHATSAPP_PHONE_NUMBER_ID or pass phone_number_id="
-            )
+        phone = self._phone(phone_number_id)
         fp = hashing.fingerprint(path)
         row = self.store.fast_lookup(fp, phone, self._valid_until(self._windows(phone).min_validity))
         if row is None:
@@ -164,6 +180,14 @@ class _RegistryCore:
         if row[1] is not None and mime_type is None:
             return Outcome(row[1], uploaded=False)
         return _Miss(fp, row[0], row[1], phone)
+
+    def _phone(self, phone_number_id: str | None) -> str:
+        phone = phone_number_id or self.settings.phone_number_id
+        if not phone:
+            raise ConfigError(
+                "no phone number ID: set WHATSAPP_PHONE_NUMBER_ID or pass phone_number_id="
+            )
+        return phone
 
     def _windows(self, phone: str) -> Windows:
         """The TTL and validity windows of one number, worked out once."""
@@ -206,7 +230,7 @@ class _RegistryCore:
         return media_type, sha256
 
     def _single_flight(
-        self, fp: hashing.Fingerprint, sha256: str, phone: str, mime_type: str,
+        self, source: Upload, sha256: str, phone: str, mime_type: str,
         valid_for: timedelta | None = None, action: str = "upload",
     ) -> Flow[Outcome]:
         """Serve an ID valid for ``valid_for`` (default ``min_validity``) if one exists or
@@ -223,28 +247,37 @@ class _RegistryCore:
             if outcome.media_id is not None:
                 return Outcome(outcome.media_id, uploaded=False)
             if outcome.acquired:
-                media_id = yield from self._upload_holding_lease(fp, sha256, phone, mime_type, owner, action)
+                media_id = yield from self._upload_holding_lease(source, sha256, phone, mime_type, owner, action)
                 return Outcome(media_id, uploaded=True)
             yield _sleep(delay)  # another thread, task or process is uploading these bytes
             delay = min(delay * 1.5, 0.25)
 
     def _upload_holding_lease(
-        self, fp: hashing.Fingerprint, sha256: str, phone: str, mime_type: str, owner: str,
+        self, source: Upload, sha256: str, phone: str, mime_type: str, owner: str,
         action: str,
     ) -> Flow[str]:
         keeper = _LeaseKeeper(self, sha256, phone, owner)
         windows = self._windows(phone)
-        # Meta starts the TTL when it receives the file: counting from before sending errs on
-        # the safe side.
-        uploaded_at = self._clock()
         try:
-            media_id = yield _graph("upload", fp.path, mime_type, phone, windows.ttl_minutes)
-            # Bytes that changed under the upload must not be recorded under the old hash.
-            yield _blocking(hashing.ensure_unchanged, fp)
+            wait = self._pacer.reserve(phone)
+            if wait:
+                yield _sleep(wait)
+            # Meta starts the TTL when it receives the file: counting from before sending errs
+            # on the safe side.
+            uploaded_at = self._clock()
+            if isinstance(source, Content):
+                with source.file() as path:
+                    media_id = yield _graph("upload", path, mime_type, phone, windows.ttl_minutes)
+                named = source.label
+            else:
+                media_id = yield _graph("upload", source.path, mime_type, phone, windows.ttl_minutes)
+                # Bytes that changed under the upload must not be recorded under the old hash.
+                yield _blocking(hashing.ensure_unchanged, source)
+                named = source.path
             yield _blocking(functools.partial(
                 self.store.record_upload, sha256=sha256, phone_number_id=phone,
                 media_id=media_id, uploaded_at=uploaded_at,
-                expires_at=uploaded_at + windows.ttl, path=fp.path, owner=owner,
+                expires_at=uploaded_at + windows.ttl, path=named, owner=owner,
                 action=action,
             ))
         except BaseException:  # errors, cancellation, Ctrl-C: nobody may wait on our lease
@@ -253,6 +286,95 @@ class _RegistryCore:
             raise
         keeper.stop()
         return media_id
+
+    # -- sources beyond paths ------------------------------------------------------------
+
+    def _source_flow(self, source: Source | Content, phone_number_id: str | None,
+                     declared: str | None) -> Flow[Outcome]:
+        """get_or_upload of a URL, bytes or a file object (a path takes :meth:`_fast_path`)."""
+        phone = self._phone(phone_number_id)
+        if isinstance(source, str):
+            return (yield from self._url_flow(source, phone, declared))
+        if isinstance(source, Content):  # read once already (send_with_media)
+            return (yield from self._content_flow(source, phone, declared))
+        content = yield _hashing(_read, source)
+        with content:
+            return (yield from self._content_flow(content, phone, declared))
+
+    def _content_flow(self, content: Content, phone: str, declared: str | None,
+                      url: str | None = None) -> Flow[Outcome]:
+        media_type = yield _hashing(content.media_type, declared)
+        now = self._clock()
+        yield _blocking(self.store.remember_content, content.sha256, media_type.mime_type, content.size, now)
+        if url is not None:
+            key = self.sources.key(url)
+            yield _blocking(self.store.remember_url, UrlSource(
+                key, content.sha256, content.validators.etag, content.validators.last_modified, now,
+                sources.refetchable(url, key)))
+        return (yield from self._single_flight(content, content.sha256, phone, media_type.mime_type))
+
+    def _url_flow(self, url: str, phone: str, declared: str | None) -> Flow[Outcome]:
+        """A URL's ID with no network within ``url_revalidate``; else one conditional GET.
+        One thread or task of this process fetches a URL at a time; the others wait for it."""
+        key = self.sources.key(url)
+        delay = 0.02
+        while True:
+            known = yield _blocking(self.store.url_source, key)
+            media_id = None if known is None else (yield _blocking(
+                self.store.current_media_id, known.sha256, phone,
+                self._valid_until(self._windows(phone).min_validity)))
+            if media_id is not None and declared is None and self._fresh(known):
+                return Outcome(media_id, uploaded=False)
+            if self._urls_in_flight.claim(key):
+                break
+            yield _sleep(delay)
+            delay = min(delay * 1.5, 0.25)
+        try:
+            return (yield from self._fetch_url(url, key, phone, declared, known if media_id else None))
+        finally:
+            self._urls_in_flight.release(key)
+
+    def _fresh(self, known: UrlSource | None) -> bool:
+        return known is not None and self._clock() < known.checked_at + self.settings.url_revalidate
+
+    def _fetch_url(self, url: str, key: str, phone: str, declared: str | None,
+                   known: UrlSource | None) -> Flow[Outcome]:
+        """Fetch (conditionally when ``known`` has a valid ID), then serve or upload."""
+        validators = Validators(known.etag, known.last_modified) if known else None
+        try:
+            content = yield _fetch(url, validators)
+        except SourceNotFound:
+            yield _blocking(self.store.forget_url, key, self._clock(), "the URL answered 404/410")
+            raise
+        if content is None and known is not None:  # 304: the same bytes, so the same ID
+            yield _blocking(self.store.touch_url, key, self._clock())
+            media_id = yield _blocking(self.store.current_media_id, known.sha256, phone,
+                                       self._valid_until(self._windows(phone).min_validity))
+            if media_id is not None:
+                return Outcome(media_id, uploaded=False)
+        if content is None:  # the ID went meanwhile (or a 304 unasked): the bytes are needed
+            content = yield _fetch(url, None)
+        with content:
+            return (yield from self._content_flow(content, phone, declared, url))
+
+    def _refetch(self, sha256: str) -> Flow[Content | None]:
+        """A URL source that still serves the content, fetched again; None if there is none."""
+        for known in (yield _blocking(self.store.url_sources, sha256)):
+            if not known.refetchable:
+                continue  # a signed URL: its signature was never stored
+            try:
+                content = yield _fetch(known.url, None)
+            except MediaRegistryError:
+                continue
+            if content is not None and content.sha256 == sha256:
+                return content
+            if content is not None:
+                content.close()
+        return None
+
+    def _invalidate_flow(self, media_id: str, reason: str) -> Flow[None]:
+        if not (yield _blocking(self.store.invalidate_media, media_id, self._clock(), reason)):
+            raise NotInRegistry(f"media ID {media_id}: not in the registry; check the ID (see: ls)")
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -265,11 +387,18 @@ class _RegistryCore:
 
     def _refresh_one(self, row: dict[str, Any], dry_run: bool) -> Flow[LifecycleAction]:
         found = _ids(row)
-        source = yield _hashing(self._find_source, row["sha256"], row["mime_type"])
+        source: Upload | None = yield _hashing(self._find_source, row["sha256"], row["mime_type"])
+        if source is None and not self._stopping.is_set():
+            source = yield from self._refetch(row["sha256"])
         if source is None:
-            return LifecycleAction(action="skipped", detail="no source file left", **found)
+            return LifecycleAction(action="skipped", detail="no source file or URL left", **found)
+        with _closing(source):
+            return (yield from self._refresh_from(source, row, dry_run))
+
+    def _refresh_from(self, source: Upload, row: dict[str, Any], dry_run: bool) -> Flow[LifecycleAction]:
+        found = _ids(row)
         if dry_run:
-            return LifecycleAction(action="refreshed", detail=f"would upload {source.path}", **found)
+            return LifecycleAction(action="refreshed", detail=f"would upload {_name(source)}", **found)
         if self._stopping.is_set():
             return LifecycleAction(action="skipped", detail="stopping", **found)
         try:
@@ -446,7 +575,9 @@ class MediaRegistry(_RegistryCore):
     """
 
     _client = GraphClient
+    _fetcher = SourceFetcher
     graph: GraphClient
+    sources: SourceFetcher
 
     def __enter__(self) -> MediaRegistry:
         return self
@@ -455,8 +586,9 @@ class MediaRegistry(_RegistryCore):
         self.close()
 
     def close(self) -> None:
-        """Close the registry's database connections and HTTP connection pool."""
+        """Close the registry's database connections and HTTP connection pools."""
         self.graph.close()
+        self.sources.close()
         self.store.close()
 
     def _drive(self, flow: Flow[T]) -> T:
@@ -476,34 +608,67 @@ class MediaRegistry(_RegistryCore):
     def _perform(self, effect: Effect) -> Any:
         if effect.kind == "graph":
             return getattr(self.graph, effect.target)(*effect.args)
+        if effect.kind == "fetch":
+            return self.sources.fetch(effect.target, *effect.args)
         if effect.kind == "sleep":
             return time.sleep(effect.target)
         return effect.target(*effect.args)
 
     def get_or_upload(
-        self, path: str | os.PathLike[str], *, phone_number_id: str | None = None,
-        mime_type: str | None = None,
+        self, source: Source, *, phone_number_id: str | None = None, mime_type: str | None = None,
     ) -> str:
-        """A media ID for the file's content that stays valid for at least ``min_validity``.
+        """A media ID for the source's content that stays valid for at least ``min_validity``.
 
-        Served from the registry when possible (an unchanged file costs one ``stat`` and one
-        query); otherwise the file is sniffed, checked against WhatsApp's limits, hashed and
-        uploaded once, however many threads and processes ask at the same moment.
+        ``source`` is a path (str or PathLike), bytes-like content, a binary file object
+        (read once, in blocks), or a URL string starting with ``https://`` (``http://`` only
+        to this machine). Served from the registry when possible (an unchanged file costs one
+        ``stat`` and one query; a URL checked within ``url_revalidate`` makes no request);
+        otherwise the content is sniffed, checked against WhatsApp's limits, hashed and
+        uploaded once, however many threads and processes ask at the same moment. The same
+        bytes named as a file, as bytes or by a URL share one media ID.
         """
-        found = self._fast_path(path, phone_number_id, mime_type)
-        if isinstance(found, Outcome):
-            return found.media_id
-        return self._drive(self._get_or_upload_flow(path, found, mime_type)).media_id
+        return self.get_or_upload_with_status(
+            source, phone_number_id=phone_number_id, mime_type=mime_type).media_id
 
     def get_or_upload_with_status(
-        self, path: str | os.PathLike[str], *, phone_number_id: str | None = None,
-        mime_type: str | None = None,
+        self, source: Source, *, phone_number_id: str | None = None, mime_type: str | None = None,
     ) -> Outcome:
-        """Like :meth:`get_or_upload`, also telling whether this call uploaded the file."""
-        found = self._fast_path(path, phone_number_id, mime_type)
-        if isinstance(found, Outcome):
-            return found
-        return self._drive(self._get_or_upload_flow(path, found, mime_type))
+        """Like :meth:`get_or_upload`, also telling whether this call uploaded the content."""
+        if _is_path(source):
+            found = self._fast_path(source, phone_number_id, mime_type)  # type: ignore[arg-type]
+            if isinstance(found, Outcome):
+                return found
+            return self._drive(self._get_or_upload_flow(source, found, mime_type))  # type: ignore[arg-type]
+        return self._drive(self._source_flow(source, phone_number_id, mime_type))
+
+    def invalidate(self, media_id: str, *, reason: str = REFUSED) -> None:
+        """Never serve ``media_id`` again (Meta refused it at send time: it died early); the
+        next :meth:`get_or_upload` of its content uploads anew. The event log records why."""
+        self._drive(self._invalidate_flow(media_id, reason))
+
+    def send_with_media(self, source: Source, send: Callable[[str], T], *,
+                        phone_number_id: str | None = None) -> T:
+        """``send(media_id)`` with the source's media ID, and what it returns.
+
+        When Meta refuses the ID as no longer valid (Graph error code 100, "... is not a
+        valid whatsapp business account media attachment ID", raised or returned as an
+        ``httpx.Response``; see :func:`~media_registry.media_id_refused`), the ID is
+        invalidated, the content uploaded again and ``send`` called once more. Any other
+        error reaches the caller untouched.
+        """
+        held = _hold(source)
+        with _closing(held):
+            media_id = self.get_or_upload(held, phone_number_id=phone_number_id)
+            try:
+                result = send(media_id)
+            except Exception as exc:
+                if not media_id_refused(exc):
+                    raise
+            else:
+                if not media_id_refused(result):
+                    return result
+            self.invalidate(media_id)
+            return send(self.get_or_upload(held, phone_number_id=phone_number_id))
 
     def refresh_expiring(self, *, dry_run: bool = False, on_action: OnAction | None = None) -> Report:
         """Upload again every current ID with less than ``refresh_before`` left whose content
@@ -562,7 +727,9 @@ class AsyncMediaRegistry(_RegistryCore):
     """
 
     _client = AsyncGraphClient
+    _fetcher = AsyncSourceFetcher
     graph: AsyncGraphClient
+    sources: AsyncSourceFetcher
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -575,8 +742,9 @@ class AsyncMediaRegistry(_RegistryCore):
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the HTTP connection pool and the database connections."""
+        """Close the HTTP connection pools and the database connections."""
         await self.graph.aclose()
+        await self.sources.aclose()
         self.store.close()
 
     async def _drive(self, flow: Flow[T]) -> T:
@@ -596,6 +764,8 @@ class AsyncMediaRegistry(_RegistryCore):
     async def _perform(self, effect: Effect) -> Any:
         if effect.kind == "graph":
             return await getattr(self.graph, effect.target)(*effect.args)
+        if effect.kind == "fetch":
+            return await self.sources.fetch(effect.target, *effect.args)
         if effect.kind == "sleep":
             return await asyncio.sleep(effect.target)
         if effect.kind == "hashing":
@@ -606,24 +776,45 @@ class AsyncMediaRegistry(_RegistryCore):
         return await asyncio.to_thread(effect.target, *effect.args)
 
     async def get_or_upload(
-        self, path: str | os.PathLike[str], *, phone_number_id: str | None = None,
-        mime_type: str | None = None,
+        self, source: Source, *, phone_number_id: str | None = None, mime_type: str | None = None,
     ) -> str:
         """See :meth:`MediaRegistry.get_or_upload`."""
         outcome = await self.get_or_upload_with_status(
-            path, phone_number_id=phone_number_id, mime_type=mime_type
+            source, phone_number_id=phone_number_id, mime_type=mime_type
         )
         return outcome.media_id
 
     async def get_or_upload_with_status(
-        self, path: str | os.PathLike[str], *, phone_number_id: str | None = None,
-        mime_type: str | None = None,
+        self, source: Source, *, phone_number_id: str | None = None, mime_type: str | None = None,
     ) -> Outcome:
         """See :meth:`MediaRegistry.get_or_upload_with_status`."""
-        found = self._fast_path(path, phone_number_id, mime_type)
-        if isinstance(found, Outcome):
-            return found
-        return await self._drive(self._get_or_upload_flow(path, found, mime_type))
+        if _is_path(source):
+            found = self._fast_path(source, phone_number_id, mime_type)  # type: ignore[arg-type]
+            if isinstance(found, Outcome):
+                return found
+            return await self._drive(self._get_or_upload_flow(source, found, mime_type))  # type: ignore[arg-type]
+        return await self._drive(self._source_flow(source, phone_number_id, mime_type))
+
+    async def invalidate(self, media_id: str, *, reason: str = REFUSED) -> None:
+        """See :meth:`MediaRegistry.invalidate`."""
+        await self._drive(self._invalidate_flow(media_id, reason))
+
+    async def send_with_media(self, source: Source, send: Callable[[str], Awaitable[T] | T], *,
+                              phone_number_id: str | None = None) -> T:
+        """See :meth:`MediaRegistry.send_with_media`; ``send`` may be a coroutine function."""
+        held = await asyncio.to_thread(_hold, source)
+        with _closing(held):
+            media_id = await self.get_or_upload(held, phone_number_id=phone_number_id)
+            try:
+                result = await _call(send, media_id)
+            except Exception as exc:
+                if not media_id_refused(exc):
+                    raise
+            else:
+                if not media_id_refused(result):
+                    return result
+            await self.invalidate(media_id)
+            return await _call(send, await self.get_or_upload(held, phone_number_id=phone_number_id))
 
     async def refresh_expiring(self, *, dry_run: bool = False, on_action: OnAction | None = None) -> Report:
         """See :meth:`MediaRegistry.refresh_expiring`; ``refresh_concurrency`` tasks at a time."""
@@ -659,6 +850,69 @@ class AsyncMediaRegistry(_RegistryCore):
     ) -> list[DownloadedMedia]:
         """See :meth:`MediaRegistry.download_webhook`."""
         return await self._drive(self._download_webhook_flow(payload, dest_dir))
+
+
+def _is_path(source: object) -> bool:
+    return isinstance(source, os.PathLike) or (isinstance(source, str) and not sources.is_url(source))
+
+
+def _read(source: object) -> Content:
+    """The content of a bytes-like or file-object source, hashed (spooled if unseekable)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return sources.from_bytes(source)
+    if callable(getattr(source, "read", None)):
+        name = getattr(source, "name", None)
+        label = name if isinstance(name, str) and not name.startswith("<") else "<stream>"
+        return sources.from_stream(source, label)  # type: ignore[arg-type]
+    raise TypeError(f"get_or_upload takes a path, bytes, a binary file object or an https:// URL, "
+                    f"not {type(source).__name__}")
+
+
+def _hold(source: Source) -> Source | Content:
+    """A source that can be read twice: a file object is read once, into a Content."""
+    if isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)):
+        return source
+    return _read(source)
+
+
+@contextmanager
+def _closing(source: object) -> Iterator[None]:
+    """Remove a Content's temporary file when the block ends."""
+    try:
+        yield
+    finally:
+        if isinstance(source, Content):
+            source.close()
+
+
+def _name(source: Upload) -> str:
+    return source.label if isinstance(source, Content) else source.path
+
+
+async def _call(send: Callable[[str], Any], media_id: str) -> Any:
+    result = send(media_id)
+    return await result if inspect.isawaitable(result) else result
+
+
+class _Claims:
+    """Keys a thread or task of this process is working on (a URL being fetched)."""
+
+    def __init__(self) -> None:
+        self._held: set[str] = set()
+        self._lock = threading.Lock()
+
+    def claim(self, key: str) -> bool:
+        """Take ``key`` if nobody holds it."""
+        with self._lock:
+            if key in self._held:
+                return False
+            self._held.add(key)
+            return True
+
+    def release(self, key: str) -> None:
+        """Give ``key`` back."""
+        with self._lock:
+            self._held.discard(key)
 
 
 def _ids(row: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ a signed URL (its signature is a credential, and changes on every request).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import ipaddress
@@ -60,11 +61,22 @@ def url_key(url: str | httpx.URL, ignore_query: Iterable[str] = DEFAULT_URL_IGNO
     """The only form of a URL that is printed, logged or stored: no ``user:password@``, no
     fragment, and none of the query parameters named in ``ignore_query`` (compared without
     case; ``X-Goog-*`` matches a prefix). Two signed URLs of one object share this key."""
+    return _url_key(str(url), tuple(ignore_query))
+
+
+@functools.lru_cache(maxsize=1024)  # a URL hit should cost a lookup, not a parse
+def _url_key(url: str, ignore_query: tuple[str, ...]) -> str:
     parsed = httpx.URL(url)
     patterns = [name.lower() for name in ignore_query]
     kept = [(name, value) for name, value in parsed.params.multi_items() if not _ignored(name, patterns)]
     return str(parsed.copy_with(username=None, password=None, fragment=None, query=None,
                                 params=kept or None))
+
+
+def refetchable(url: str, key: str) -> bool:
+    """Whether ``key`` (the stored form of ``url``) is enough to fetch the URL again: nothing
+    of it was left out but a fragment (no signature, no user:password)."""
+    return key == url_key(url, ()) and not httpx.URL(url).userinfo
 
 
 def _ignored(name: str, patterns: list[str]) -> bool:

@@ -41,6 +41,18 @@ def parse_iso(text: str | None) -> datetime | None:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc) if text else None
 
 
+class UrlSource(NamedTuple):
+    """What a URL source served last: its key form, the content, and the validators for a
+    conditional GET."""
+
+    url: str
+    sha256: str
+    etag: str | None
+    last_modified: str | None
+    checked_at: datetime
+    refetchable: bool  # False when the key left out part of the URL (a signature)
+
+
 class LeaseOutcome(NamedTuple):
     """Result of asking for the upload lease: a media ID to serve, the lease, or neither (wait)."""
 
@@ -288,6 +300,78 @@ class Store:
                  phone_number_id=phone_number_id, path=path)
             _release(con, sha256, phone_number_id, owner)
 
+    # -- sources beyond paths -----------------------------------------------------------
+
+    def remember_content(self, sha256: str, mime_type: str, size: int, now: datetime) -> None:
+        """Record a content sent without a path (bytes, a stream, a URL); an explicit send
+        clears a deletion mark."""
+        with self.transaction() as con:
+            con.execute(
+                "INSERT OR IGNORE INTO contents (sha256, mime_type, size_bytes, first_seen_at) "
+                "VALUES (?, ?, ?, ?)",
+                (sha256, mime_type, size, iso(now)),
+            )
+
+    @_mapped
+    def current_media_id(self, sha256: str, phone_number_id: str, valid_until: str) -> str | None:
+        """The content's current media ID for that number if it is valid past ``valid_until``."""
+        return _current_media_id(self._connection(), sha256, phone_number_id, valid_until)
+
+    @_mapped
+    def url_source(self, url: str) -> UrlSource | None:
+        """What the URL (in key form) served last, if the registry has fetched it."""
+        row = self._connection().execute(
+            "SELECT url, sha256, etag, last_modified, checked_at, refetchable FROM url_sources "
+            "WHERE url = ?", (url,),
+        ).fetchone()
+        return _url_source(row) if row else None
+
+    @_mapped
+    def url_sources(self, sha256: str) -> list[UrlSource]:
+        """The URLs known to serve a content, most recently checked first."""
+        rows = self._connection().execute(
+            "SELECT url, sha256, etag, last_modified, checked_at, refetchable FROM url_sources "
+            "WHERE sha256 = ? ORDER BY checked_at DESC", (sha256,),
+        ).fetchall()
+        return [_url_source(row) for row in rows]
+
+    def remember_url(self, source: UrlSource) -> None:
+        """Record (or replace) what a URL served."""
+        with self.transaction() as con:
+            con.execute(
+                "INSERT OR REPLACE INTO url_sources "
+                "(url, sha256, etag, last_modified, checked_at, refetchable) VALUES (?, ?, ?, ?, ?, ?)",
+                (source.url, source.sha256, source.etag, source.last_modified, iso(source.checked_at),
+                 int(source.refetchable)),
+            )
+
+    def touch_url(self, url: str, checked_at: datetime) -> None:
+        """The URL still serves what it served (HTTP 304): trust it again from ``checked_at``."""
+        with self.transaction() as con:
+            con.execute("UPDATE url_sources SET checked_at = ? WHERE url = ?", (iso(checked_at), url))
+
+    def forget_url(self, url: str, now: datetime, reason: str) -> None:
+        """Drop a URL's mapping (the content and its IDs stay) and log why."""
+        with self.transaction() as con:
+            row = con.execute("SELECT sha256 FROM url_sources WHERE url = ?", (url,)).fetchone()
+            if row is None:
+                return
+            con.execute("DELETE FROM url_sources WHERE url = ?", (url,))
+            _log(con, now, "forget url", sha256=row[0], path=url, detail=reason)
+
+    def invalidate_media(self, media_id: str, now: datetime, reason: str) -> bool:
+        """Never serve ``media_id`` again (Meta refused it); log why. False if unknown."""
+        with self.transaction() as con:
+            row = con.execute(
+                "SELECT sha256, phone_number_id FROM media WHERE media_id = ?", (media_id,)
+            ).fetchone()
+            if row is None:
+                return False
+            con.execute("UPDATE media SET state = 'invalidated' WHERE media_id = ?", (media_id,))
+            _log(con, now, "invalidate", sha256=row[0], media_id=media_id, phone_number_id=row[1],
+                 detail=reason)
+            return True
+
     # -- lifecycle ----------------------------------------------------------------------
 
     @_mapped
@@ -327,6 +411,7 @@ class Store:
             con.execute("UPDATE contents SET deleted_at = ? WHERE sha256 = ?", (iso(now), sha256))
             con.execute("UPDATE media SET state = 'deleting' WHERE sha256 = ?", (sha256,))
             con.execute("DELETE FROM paths WHERE sha256 = ?", (sha256,))
+            con.execute("DELETE FROM url_sources WHERE sha256 = ?", (sha256,))
             _log(con, now, "delete", sha256=sha256, detail=reason)
 
     @_mapped
@@ -471,6 +556,10 @@ def _current_media_id(
         (sha256, phone_number_id, valid_until),
     ).fetchone()
     return row[0] if row else None
+
+
+def _url_source(row: tuple[Any, ...]) -> UrlSource:
+    return UrlSource(row[0], row[1], row[2], row[3], parse_iso(row[4]), bool(row[5]))  # type: ignore[arg-type]
 
 
 def _drop_if_orphaned(con: sqlite3.Connection, sha256: str) -> None:
