@@ -20,6 +20,7 @@ from . import __version__
 from .errors import InputError, MediaRegistryError
 from .models import MediaRecord, Report
 from .registry import MediaRegistry
+from .sources import is_url
 
 Command = Callable[[argparse.Namespace], int]
 T = TypeVar("T")
@@ -68,8 +69,10 @@ def _attempt(args: argparse.Namespace, action: Callable[..., T], *params: Any, *
 def _upload(args: argparse.Namespace) -> int:
     failed = 0
     with _open(args) as reg, _progress("uploading") as advance:
-        for path in args.paths:
-            outcome = _attempt(args, reg.get_or_upload_with_status, path,
+        for given in args.paths:
+            source = sys.stdin.buffer if given == "-" else given
+            path = reg.sources.key(given) if is_url(given) else given  # never a URL's signature
+            outcome = _attempt(args, reg.get_or_upload_with_status, source,
                                phone_number_id=args.phone_number_id, mime_type=args.mime_type)
             advance(path)
             if outcome is None:
@@ -81,6 +84,16 @@ def _upload(args: argparse.Namespace) -> int:
             else:
                 print(f"{outcome.media_id}\t{status}\t{path}", flush=True)
     return 1 if failed else 0
+
+
+def _invalidate(args: argparse.Namespace) -> int:
+    with _open(args) as reg:
+        reg.invalidate(args.media_id)
+    if args.json:
+        print(json.dumps({"media_id": args.media_id, "status": "invalidated"}))
+    else:
+        print(f"{args.media_id}\tinvalidated")
+    return 0
 
 
 def _refresh(args: argparse.Namespace) -> int:
@@ -296,8 +309,9 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--json", action="store_true", help="JSON lines instead of text")
         return sub
 
-    upload = command("upload", _upload, "get or upload each file; print '<media_id> <status> <path>'")
-    upload.add_argument("paths", nargs="+", metavar="PATH")
+    upload = command("upload", _upload, "get or upload each file, https:// URL, or - (standard "
+                     "input); print '<media_id> <status> <path>'")
+    upload.add_argument("paths", nargs="+", metavar="PATH|URL|-")
     upload.add_argument("--phone-number-id", help="default: $WHATSAPP_PHONE_NUMBER_ID")
     upload.add_argument("--mime-type", help="assert the type (it must agree with the bytes)")
 
@@ -306,6 +320,10 @@ def _parser() -> argparse.ArgumentParser:
 
     show = command("show", _show, "one content with its paths and history")
     show.add_argument("target", metavar="PATH|SHA256|MEDIA_ID")
+
+    invalidate = command("invalidate", _invalidate, "Meta refused this media ID at send time: "
+                         "never serve it again (the next upload of its content uploads anew)")
+    invalidate.add_argument("media_id", metavar="MEDIA_ID")
 
     refresh = command("refresh", _refresh, "upload again the IDs that expire within refresh_before")
     refresh.add_argument("--dry-run", action="store_true", help="only say what would be uploaded")

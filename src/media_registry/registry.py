@@ -862,7 +862,7 @@ def _read(source: object) -> Content:
         return sources.from_bytes(source)
     if callable(getattr(source, "read", None)):
         name = getattr(source, "name", None)
-        label = name if isinstance(name, str) and not name.startswith("<") else "<stream>"
+        label = "-" if name == "<stdin>" else name if isinstance(name, str) and not name.startswith("<") else "<stream>"
         return sources.from_stream(source, label)  # type: ignore[arg-type]
     raise TypeError(f"get_or_upload takes a path, bytes, a binary file object or an https:// URL, "
                     f"not {type(source).__name__}")
