@@ -24,6 +24,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
+from bench_sources import bench_sources
 
 from media_registry import AsyncMediaRegistry, MediaRegistry
 from media_registry.hashing import sha256_file
@@ -348,6 +349,7 @@ def main() -> None:
         rows += bench_pywa(api, folder, 20 if quick else 200)
         rows += bench_contention(api, folder, 0.5 if quick else 3.0)
         rows += bench_async_loop(folder, 4 if quick else 8, 2_000_000 if quick else 10_000_000)
+        rows += bench_sources(api, folder, quick, per_call)
     print(f"media-registry benchmarks on {platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}"
           f"{' (quick mode)' if quick else ''}\n")

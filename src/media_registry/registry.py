@@ -137,7 +137,7 @@ class _RegistryCore:
         self._lease_for = timedelta(seconds=self.settings.lease_seconds)
         self._stopping = threading.Event()
         self._windows_by_phone: dict[str, Windows] = {}
-        self._valid_until_cache: tuple[int, timedelta, str] = (0, timedelta(), "")
+        self._valid_until_cache: dict[timedelta, tuple[int, str]] = {}
         self.graph = self._client(transport=transport, **self._graph_options())
         # URL sources have a client of their own, without the token.
         self.sources = self._fetcher(ignore_query=self.settings.url_ignore_query,
@@ -189,6 +189,17 @@ class _RegistryCore:
             )
         return phone
 
+    def _url_fast_path(self, url: str, phone_number_id: str | None, declared: str | None) -> Outcome | None:
+        """The URL cache hit, inline in both drivers: checked within ``url_revalidate``, with
+        a valid ID; no network, one indexed query."""
+        if declared is not None:  # a declared type is checked against the bytes
+            return None
+        phone = self._phone(phone_number_id)
+        media_id = self.store.url_hit(self.sources.key(url), phone,
+                                      self._valid_until(self._windows(phone).min_validity),
+                                      self._valid_until(-self.settings.url_revalidate))
+        return None if media_id is None else Outcome(media_id, uploaded=False)
+
     def _windows(self, phone: str) -> Windows:
         """The TTL and validity windows of one number, worked out once."""
         windows = self._windows_by_phone.get(phone)
@@ -200,12 +211,12 @@ class _RegistryCore:
         """``iso(now + validity)``, computed once per second: this is on every cache hit."""
         now = self._clock()
         second = int(now.timestamp())
-        cached = self._valid_until_cache
-        if cached[0] == second and cached[1] == validity:
-            return cached[2]
+        cached = self._valid_until_cache.get(validity)
+        if cached is not None and cached[0] == second:
+            return cached[1]
         # The end of the current second: never less strict than the exact time would be.
         text = iso(datetime.fromtimestamp(second + 1, timezone.utc) + validity)
-        self._valid_until_cache = (second, validity, text)
+        self._valid_until_cache[validity] = (second, text)
         return text
 
     def _get_or_upload_flow(self, path: str | os.PathLike[str], miss: _Miss,
@@ -639,6 +650,8 @@ class MediaRegistry(_RegistryCore):
             if isinstance(found, Outcome):
                 return found
             return self._drive(self._get_or_upload_flow(source, found, mime_type))  # type: ignore[arg-type]
+        if isinstance(source, str) and (hit := self._url_fast_path(source, phone_number_id, mime_type)):
+            return hit
         return self._drive(self._source_flow(source, phone_number_id, mime_type))
 
     def invalidate(self, media_id: str, *, reason: str = REFUSED) -> None:
@@ -793,6 +806,8 @@ class AsyncMediaRegistry(_RegistryCore):
             if isinstance(found, Outcome):
                 return found
             return await self._drive(self._get_or_upload_flow(source, found, mime_type))  # type: ignore[arg-type]
+        if isinstance(source, str) and (hit := self._url_fast_path(source, phone_number_id, mime_type)):
+            return hit
         return await self._drive(self._source_flow(source, phone_number_id, mime_type))
 
     async def invalidate(self, media_id: str, *, reason: str = REFUSED) -> None:

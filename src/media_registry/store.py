@@ -317,6 +317,24 @@ class Store:
         """The content's current media ID for that number if it is valid past ``valid_until``."""
         return _current_media_id(self._connection(), sha256, phone_number_id, valid_until)
 
+    def url_hit(self, url: str, phone_number_id: str, valid_until: str, checked_after: str) -> str | None:
+        """The current media ID of what the URL (key form) served, if it was checked after
+        ``checked_after`` and the ID is valid past ``valid_until``. The URL cache hit: one
+        indexed query."""
+        try:
+            row = self._connection().execute(
+                """
+                SELECT m.media_id FROM url_sources AS u JOIN media AS m USING (sha256)
+                WHERE u.url = ? AND u.checked_at > ? AND m.phone_number_id = ?
+                  AND m.state = 'current' AND m.expires_at > ?
+                ORDER BY m.expires_at DESC LIMIT 1
+                """,
+                (url, checked_after, phone_number_id, valid_until),
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise self._explain(exc) from None
+        return row[0] if row else None
+
     @_mapped
     def url_source(self, url: str) -> UrlSource | None:
         """What the URL (in key form) served last, if the registry has fetched it."""
