@@ -26,7 +26,7 @@ from media_registry import (
     SourceNotFound,
     UnsupportedMedia,
 )
-from media_registry.errors import UnsafeSourceURL
+from media_registry.errors import SourceUnavailable, UnsafeSourceURL
 from media_registry.testing import FakeGraphAPI, sample_media
 
 PNG = "image/png"
@@ -333,3 +333,11 @@ def test_rate_limits_still_back_off(make_registry: Callable[..., MediaRegistry],
     assert reg.get_or_upload(DATA) and api.count("POST") == 2
 
 
+
+
+def test_a_304_without_validators_is_a_clear_error(reg: MediaRegistry, api: FakeGraphAPI,
+                                                   files: FileServer) -> None:
+    url = files.add("/odd.png", DATA, status=304)
+    with pytest.raises(SourceUnavailable, match="HTTP 304 to a request without validators"):
+        reg.get_or_upload(url)
+    assert api.uploads == 0

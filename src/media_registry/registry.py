@@ -36,6 +36,7 @@ from .errors import (
     MediaRegistryError,
     NotInRegistry,
     SourceNotFound,
+    SourceUnavailable,
 )
 from .graph import AsyncGraphClient, GraphClient
 from .models import DownloadedMedia, LifecycleAction, MediaEvent, MediaRecord, Report
@@ -363,8 +364,10 @@ class _RegistryCore:
                                        self._valid_until(self._windows(phone).min_validity))
             if media_id is not None:
                 return Outcome(media_id, uploaded=False)
-        if content is None:  # the ID went meanwhile (or a 304 unasked): the bytes are needed
+        if content is None:  # the ID went meanwhile: the bytes are needed
             content = yield _fetch(url, None)
+        if content is None:
+            raise SourceUnavailable(f"{key}: HTTP 304 to a request without validators; check the server")
         with content:
             return (yield from self._content_flow(content, phone, declared, url))
 
