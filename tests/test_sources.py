@@ -220,6 +220,17 @@ def test_slow_and_stalled_servers(files: FileServer) -> None:
         impatient.close()
 
 
+def test_a_trickling_server_meets_the_deadline(files: FileServer, spool_dir: Path) -> None:
+    trickle = files.add("/trickle.pdf", PDF, delay=0.2, block=64 * 1024)  # 48 blocks, each in time
+    patient = SourceFetcher(timeout=5.0, deadline=1.0)
+    try:
+        with pytest.raises(SourceUnavailable, match=r"took longer than 1 s; nothing was kept"):
+            patient.fetch(trickle)
+    finally:
+        patient.close()
+    assert leftovers(spool_dir) == []
+
+
 def test_async_fetcher(files: FileServer, spool_dir: Path) -> None:
     url = files.add("/a.png", PNG, etag='"v1"')
     big = files.add("/big.png", sample_media("image/png", size=1 << 20), length=-1, repeat=20)

@@ -38,8 +38,9 @@ class Sourcing(Sending):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # A client of its own, without the token: a URL's host never sees it.
-        self.sources = self._fetcher(ignore_query=self.settings.url_ignore_query,
-                                     timeout=self.settings.timeout, user_agent=self.settings.user_agent)
+        self.sources = self._fetcher(ignore_query=self.settings.url_ignore_query, timeout=self.settings.timeout,
+                                     deadline=self.settings.download_deadline,
+                                     user_agent=self.settings.user_agent)
         self._urls_in_flight = _Claims()
 
     def _url_fast_path(self, url: str, phone_number_id: str | None, declared: str | None) -> Outcome | None:

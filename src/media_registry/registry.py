@@ -2,11 +2,11 @@
 
 The rules live once, as generator flows (see :mod:`media_registry._flows`) in mixins on a
 shared core: sending (:mod:`._sending`), sources beyond paths (:mod:`._sourcing`), lifecycle
-(:mod:`._lifecycle`), inbound media (:mod:`._inbound`) and reading (:mod:`._reading`). Each registry here is only a driver for
-those flows: :class:`MediaRegistry` performs their effects inline with the sync Graph client;
-:class:`AsyncMediaRegistry` awaits the async client and runs every blocking effect (hashing,
-SQLite writes that may wait for a lock, file creation and renames) in a thread, off the
-event loop. Both step flows through the same :class:`~media_registry._flows.Run`.
+(:mod:`._lifecycle`), inbound media (:mod:`._inbound`) and reading (:mod:`._reading`).
+Each registry here is only a driver for those flows: :class:`MediaRegistry` performs their
+effects inline with the sync clients; :class:`AsyncMediaRegistry` awaits the async ones and
+runs every blocking effect (hashing, SQLite writes that may wait for a lock, file creation
+and renames) in a thread, off the event loop. Both step flows through the same :class:`~media_registry._flows.Run`.
 """
 
 from __future__ import annotations

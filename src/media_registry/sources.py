@@ -23,6 +23,7 @@ import ipaddress
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -336,8 +337,9 @@ class _FetcherBase:
     status rules, and error messages that name a URL only by its key form."""
 
     def __init__(self, *, ignore_query: Iterable[str] = DEFAULT_URL_IGNORE_QUERY,
-                 timeout: float = 60.0, user_agent: str = "media-registry") -> None:
+                 timeout: float = 60.0, deadline: float = 600.0, user_agent: str = "media-registry") -> None:
         self.ignore_query = tuple(ignore_query)
+        self.deadline = deadline  # a whole download, however slowly the server trickles it
         # No auth at all: this client never carries the WhatsApp token, whatever the host.
         self._client_options: dict[str, Any] = {
             "timeout": httpx.Timeout(timeout, connect=min(timeout, 10.0)),
@@ -372,6 +374,13 @@ class _FetcherBase:
                                     "check the URL and that it is public (or signed)")
         return False
 
+    def _check_deadline(self, ends: float, label: str) -> None:
+        if time.monotonic() > ends:
+            raise SourceUnavailable(
+                f"{label}: the download took longer than {self.deadline:g} s; nothing was kept; "
+                "use a faster host or raise MEDIA_REGISTRY_DOWNLOAD_DEADLINE"
+            )
+
     def _spool(self, response: httpx.Response, url: httpx.URL, label: str) -> Spool:
         announced = response.headers.get("Content-Length")
         return Spool(label, PurePosixPath(url.path).suffix,
@@ -401,26 +410,27 @@ class SourceFetcher(_FetcherBase):
         """Download ``url`` into a spooled :class:`Content`; None when ``known`` validators
         still hold (HTTP 304). Raises SourceNotFound on 404/410, MediaTooLarge as soon as
         the body is over the limit, SourceUnavailable or UnsafeSourceURL otherwise."""
-        label = self.key(url)
+        label, ends = self.key(url), time.monotonic() + self.deadline
         target = check_url(url, label)
         try:
             for _ in range(MAX_REDIRECTS + 1):
                 response = self._http.send(self._request(self._http, target, known), stream=True)
                 if not response.has_redirect_location:
-                    return self._body(response, target, label)
+                    return self._body(response, target, label, ends)
                 response.close()
                 target = self._next_hop(target, response, label)
         except httpx.TransportError as exc:
             raise self._unreachable(exc, label) from None
         raise self._too_many_redirects(label)
 
-    def _body(self, response: httpx.Response, url: httpx.URL, label: str) -> Content | None:
+    def _body(self, response: httpx.Response, url: httpx.URL, label: str, ends: float) -> Content | None:
         try:
             if self._unchanged(response, label):
                 return None
             with self._spool(response, url, label) as spool:
-                for chunk in response.iter_bytes(CHUNK_SIZE):
+                for chunk in response.iter_bytes():  # as they arrive: the deadline is checked each time
                     spool.write(chunk)
+                    self._check_deadline(ends, label)
                 return spool.finish()
         finally:
             response.close()
@@ -439,26 +449,27 @@ class AsyncSourceFetcher(_FetcherBase):
 
     async def fetch(self, url: str, known: Validators | None = None) -> Content | None:
         """See :meth:`SourceFetcher.fetch`."""
-        label = self.key(url)
+        label, ends = self.key(url), time.monotonic() + self.deadline
         target = check_url(url, label)
         try:
             for _ in range(MAX_REDIRECTS + 1):
                 response = await self._http.send(self._request(self._http, target, known), stream=True)
                 if not response.has_redirect_location:
-                    return await self._body(response, target, label)
+                    return await self._body(response, target, label, ends)
                 await response.aclose()
                 target = self._next_hop(target, response, label)
         except httpx.TransportError as exc:
             raise self._unreachable(exc, label) from None
         raise self._too_many_redirects(label)
 
-    async def _body(self, response: httpx.Response, url: httpx.URL, label: str) -> Content | None:
+    async def _body(self, response: httpx.Response, url: httpx.URL, label: str, ends: float) -> Content | None:
         try:
             if self._unchanged(response, label):
                 return None
             with self._spool(response, url, label) as spool:
-                async for chunk in response.aiter_bytes(CHUNK_SIZE):
+                async for chunk in response.aiter_bytes():
                     spool.write(chunk)
+                    self._check_deadline(ends, label)
                 return spool.finish()
         finally:
             await response.aclose()
