@@ -38,7 +38,7 @@ from .errors import (
 from .graph import AsyncGraphClient, GraphClient
 from .models import DownloadedMedia, LifecycleAction, MediaEvent, MediaRecord, Report
 from .store import Store, iso, new_owner, parse_iso
-from .webhooks import media_in_webhook
+from .webhooks import OnInvalid, media_in_webhook
 
 T = TypeVar("T")
 R = TypeVar("R", bound="_RegistryCore")
@@ -371,10 +371,17 @@ class _RegistryCore:
     def _download_once(
         self, media_id: str, folder: Path, phone_number_id: str | None
     ) -> Flow[DownloadedMedia]:
-        metadata = yield _graph("get_media", media_id, phone_number_id)
+        try:
+            metadata = yield _graph("get_media", media_id, phone_number_id)
+        except MediaNotFound as exc:
+            raise MediaNotFound(
+                f"media {media_id}: the Graph API does not know this media ID (code {exc.code}, "
+                f"subcode {exc.subcode}); inbound media IDs live 7 days: ask the sender to send it again",
+                status=exc.status, code=exc.code, subcode=exc.subcode, fbtrace_id=exc.fbtrace_id,
+            ) from None
         mime_type = metadata.mime_type.split(";")[0].strip()
         destination = folder / blobs.file_name(metadata.sha256, mime_type)
-        fetched = not (destination.is_file() and destination.stat().st_size == metadata.file_size)
+        fetched = not (yield _hashing(blobs.holds, destination, metadata.file_size, metadata.sha256))
         if fetched:
             with blobs.VerifiedFile(destination, metadata.file_size, metadata.sha256) as file:
                 yield _graph("download_to", metadata.url, file)
@@ -386,10 +393,11 @@ class _RegistryCore:
                                size_bytes=metadata.file_size, path=destination, fetched=fetched)
 
     def _download_webhook_flow(
-        self, payload: dict[str, Any], dest_dir: str | os.PathLike[str] | None
+        self, payload: dict[str, Any], dest_dir: str | os.PathLike[str] | None,
+        on_invalid: OnInvalid | None,
     ) -> Flow[list[DownloadedMedia]]:
         downloaded = []
-        for item in media_in_webhook(payload):
+        for item in media_in_webhook(payload, on_invalid):
             result = yield from self._download_flow(item.media_id, dest_dir, item.phone_number_id)
             if item.sha256 and item.sha256 != result.sha256:
                 raise IntegrityError(
@@ -537,19 +545,22 @@ class MediaRegistry(_RegistryCore):
     ) -> DownloadedMedia:
         """Fetch inbound media: fresh metadata, then the bytes, streamed into a temporary file
         while hashing, checked against the API's size and sha256, and renamed into place as
-        ``<sha256>.<ext>`` in ``dest_dir`` (default: ``blob_dir``). Content already on disk is
-        not fetched again. An expired URL or a bad transfer is retried with backoff (fresh
-        metadata each time), then ends in one clear error with no partial file left.
+        ``<sha256>.<ext>`` in ``dest_dir`` (default: ``blob_dir``). Content already on disk (its
+        bytes checked, never through a symlink) is not fetched again. An expired URL or a bad
+        transfer is retried with backoff (fresh metadata each time), then ends in one clear
+        error with no partial file left.
         """
         return self._drive(self._download_flow(media_id, dest_dir, phone_number_id))
 
     def download_webhook(
-        self, payload: dict[str, Any], dest_dir: str | os.PathLike[str] | None = None
+        self, payload: dict[str, Any], dest_dir: str | os.PathLike[str] | None = None, *,
+        on_invalid: OnInvalid | None = None,
     ) -> list[DownloadedMedia]:
         """Download every media item a webhook payload carries (see
-        :func:`~media_registry.webhooks.media_in_webhook`); a webhook's own sha256 must agree
-        with what was fetched."""
-        return self._drive(self._download_webhook_flow(payload, dest_dir))
+        :func:`~media_registry.webhooks.media_in_webhook`, which says what ``on_invalid``
+        gets for an item of the wrong shape; the others are downloaded all the same); a
+        webhook's own sha256 must agree with what was fetched."""
+        return self._drive(self._download_webhook_flow(payload, dest_dir, on_invalid))
 
 
 class AsyncMediaRegistry(_RegistryCore):
@@ -655,10 +666,11 @@ class AsyncMediaRegistry(_RegistryCore):
         return await self._drive(self._download_flow(media_id, dest_dir, phone_number_id))
 
     async def download_webhook(
-        self, payload: dict[str, Any], dest_dir: str | os.PathLike[str] | None = None
+        self, payload: dict[str, Any], dest_dir: str | os.PathLike[str] | None = None, *,
+        on_invalid: OnInvalid | None = None,
     ) -> list[DownloadedMedia]:
         """See :meth:`MediaRegistry.download_webhook`."""
-        return await self._drive(self._download_webhook_flow(payload, dest_dir))
+        return await self._drive(self._download_webhook_flow(payload, dest_dir, on_invalid))
 
 
 def _ids(row: dict[str, Any]) -> dict[str, Any]:
