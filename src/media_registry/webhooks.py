@@ -8,7 +8,8 @@ from typing import Any
 
 import pydantic
 
-from .models import InboundMedia, sha256_hex
+from .errors import InputError
+from .models import InboundMedia, graph_id, sha256_hex
 
 MEDIA_KINDS = ("image", "audio", "video", "document", "sticker")
 
@@ -20,9 +21,10 @@ def media_in_webhook(payload: Any, on_invalid: OnInvalid | None = None) -> Itera
     """Every media item in a webhook payload (a decoded JSON dict), in message order.
 
     Messages without media (text, reactions, statuses) are passed over. A part of the wrong
-    shape (a list or string where an object belongs, a media message without an ID, a sha256
-    that is neither hex nor base64, a field of the wrong type) is skipped, and the other items
-    still come: ``on_invalid`` gets one line naming it (default: a warning on the
+    shape (a list or string where an object belongs, a media message without an ID, a media
+    ID that is not digits and would reach a request path, a sha256 that is neither hex nor
+    base64, a field of the wrong type) is skipped, and the other items still come:
+    ``on_invalid`` gets one line naming it (default: a warning on the
     ``media_registry.webhooks`` logger).
     """
     report = on_invalid or log.warning
@@ -70,7 +72,10 @@ def _media(message: dict[str, Any], phone_number_id: Any) -> InboundMedia | None
     media = message.get(kind)
     if not isinstance(media, dict) or not _is_id(media.get("id")):
         raise ValueError(f"a message of type {kind} without a media ID")
-    media_id = str(media["id"])
+    try:
+        media_id = graph_id(str(media["id"]), "webhook media ID")
+    except InputError as exc:
+        raise ValueError(str(exc)) from None
     sha256 = media.get("sha256")
     try:
         digest = sha256_hex(sha256) if sha256 else None
