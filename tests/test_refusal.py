@@ -65,6 +65,7 @@ def test_killed_and_expired_ids_are_refused(api: FakeGraphAPI) -> None:
 
 
 def test_an_id_of_another_number_is_refused(api: FakeGraphAPI) -> None:
+    api.add_phone_number("111")
     media_id = api.add_media(sample_media(PNG), PNG, phone_number_id="111")
     assert send(api, image(media_id)).status_code == 400
     assert send(api, image(media_id), phone="111").status_code == 200
@@ -151,3 +152,8 @@ def test_things_that_are_not_graph_errors() -> None:
     assert not media_id_refused(None)
     streamed = httpx.Response(400, stream=httpx.ByteStream(b"{}"))
     assert not media_id_refused(streamed)
+
+
+def test_messages_from_an_unknown_number_are_refused(api: FakeGraphAPI) -> None:
+    response = send(api, {"type": "text", "text": {"body": "hi"}}, phone="999")
+    assert response.status_code == 400 and response.json()["error"]["error_subcode"] == 33

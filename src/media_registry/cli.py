@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -31,7 +32,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser().parse_args(argv)
     try:
-        return args.run(args)
+        status: int = args.run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in a traceback at exit
+        return status
+    except BrokenPipeError:  # the reader left (`ls | head -1`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush
+        return 1
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # one line, not a traceback, even for the unforeseen
@@ -108,7 +114,9 @@ def _delete(args: argparse.Namespace) -> int:
         report = reg.delete(args.target)
     _print_report(report, args.json)
     if report.count("pending"):
-        _error("the API could not delete every ID now; `media-registry purge` retries them")
+        _error("the content is marked deleted and never served again, but the API could not "
+               "delete every ID now (see why above); `media-registry purge` or the daemon retries them")
+        return 1
     return 0
 
 
@@ -165,10 +173,13 @@ def _download(args: argparse.Namespace) -> int:
         return 2
     with _open(args) as reg:
         results = []
+        skipped: list[str] = []
         if args.webhook is not None:
-            results.extend(reg.download_webhook(_read_json(args.webhook), args.out))
+            results.extend(reg.download_webhook(_read_json(args.webhook), args.out, on_invalid=skipped.append))
         attempts = [_attempt(args, reg.download, media_id, args.out) for media_id in args.media_ids]
-    failed = attempts.count(None)
+    for problem in skipped:
+        _error(problem)
+    failed = attempts.count(None) + len(skipped)
     results.extend(result for result in attempts if result is not None)
     for result in results:
         status = "downloaded" if result.fetched else "present"
@@ -187,6 +198,8 @@ def _read_json(source: str) -> Any:
         raise InputError(f"{source}: cannot read the webhook payload ({exc.strerror})") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"{source}: the webhook payload is not JSON ({exc.msg}, line {exc.lineno})") from None
+    except RecursionError:
+        raise InputError(f"{source}: the webhook payload is nested too deeply to be a webhook") from None
 
 
 def _ls(args: argparse.Namespace) -> int:
@@ -294,6 +307,17 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 # -- parser -----------------------------------------------------------------------------
 
 
+def _days(text: str) -> float:
+    """A number of days from 0 to a century (``nan``, ``inf`` and ``-1`` are refused)."""
+    try:
+        days = float(text)
+    except ValueError:
+        days = -1
+    if not 0 <= days <= 36500:  # also False for nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days from 0 to 36500 (e.g. 3 or 0.5)")
+    return days
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="media-registry",
@@ -318,7 +342,7 @@ def _parser() -> argparse.ArgumentParser:
     upload.add_argument("--mime-type", help="assert the type (it must agree with the bytes)")
 
     ls = command("ls", _ls, "list contents with their current media IDs")
-    ls.add_argument("--expiring", type=float, metavar="DAYS", help="only IDs expiring within DAYS")
+    ls.add_argument("--expiring", type=_days, metavar="DAYS", help="only IDs expiring within DAYS")
 
     show = command("show", _show, "one content with its paths and history")
     show.add_argument("target", metavar="PATH|SHA256|MEDIA_ID")
