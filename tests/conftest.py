@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from file_server import FileServer
 from media_registry import MediaRegistry
 from media_registry.testing import FakeGraphAPI, sample_media
 
@@ -95,3 +96,11 @@ def run_cli(*args: str, env: dict[str, str], cwd: Path | None = None,
         [str(CLI), *args],
         env=env, cwd=cwd, input=stdin, capture_output=True, text=True, timeout=60,
     )
+
+
+@pytest.fixture
+def files() -> Iterator[FileServer]:
+    """A local HTTP file server for URL sources (ETag, 304, redirects, slow and lying bodies)."""
+    server = FileServer()
+    yield server
+    server.stop()

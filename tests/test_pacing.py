@@ -35,20 +35,8 @@ def test_waits_space_starts_per_phone_number() -> None:
 def test_threads_get_distinct_slots() -> None:
     clock = Clock()
     pacer = UploadPacer(10, clock=clock)
-    waits: list[float] = []
-    lock = threading.Lock()
-
-    def claim() -> None:
-        for _ in range(25):
-            wait = pacer.reserve("1")
-            with lock:
-                waits.append(wait)
-
-    threads = [threading.Thread(target=claim) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(8) as pool:
+        waits = list(pool.map(lambda _: pacer.reserve("1"), range(200)))
     assert sorted(waits) == pytest.approx([i * 0.1 for i in range(200)])
 
 

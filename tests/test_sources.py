@@ -48,12 +48,6 @@ def spool_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-@pytest.fixture
-def files() -> Iterator[FileServer]:
-    server = FileServer()
-    yield server
-    server.stop()
-
 
 @pytest.fixture
 def fetcher() -> Iterator[SourceFetcher]:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from file_server import FileServer
 from media_registry.testing import FakeGraphAPI, sample_media
@@ -15,12 +12,6 @@ from conftest import CLI, run_cli
 
 DATA = sample_media("image/png", salt="cli sources")
 
-
-@pytest.fixture
-def files() -> Iterator[FileServer]:
-    server = FileServer()
-    yield server
-    server.stop()
 
 
 def upload_stdin(data: bytes, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:

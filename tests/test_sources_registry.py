@@ -9,7 +9,7 @@ import hashlib
 import io
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -46,12 +46,6 @@ class Clock:
     def advance(self, **delta: float) -> None:
         self.now += timedelta(**delta)
 
-
-@pytest.fixture
-def files() -> Iterator[FileServer]:
-    server = FileServer()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

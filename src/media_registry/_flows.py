@@ -107,6 +107,15 @@ class Fetch:
 
 
 @dataclass(frozen=True)
+class Send:
+    """Call the sender's ``send(media_id)`` (awaited when it returns an awaitable); the flow
+    receives what it returns, or has its error thrown in."""
+
+    send: Callable[[str], Any]
+    media_id: str
+
+
+@dataclass(frozen=True)
 class Blocking(Generic[T]):
     """Local work that may wait (the registry's write lock, the disk); the flow receives
     ``work()``. Once started it always runs to its end. If its flow is cancelled meanwhile,
@@ -128,7 +137,7 @@ class Sleep:
     seconds: float
 
 
-Effect = Upload | GetMedia | DeleteMedia | DownloadTo | Fetch | Blocking[Any] | Sleep
+Effect = Upload | GetMedia | DeleteMedia | DownloadTo | Fetch | Send | Blocking[Any] | Sleep
 Flow = Generator[Effect, Any, T]
 Clock = Callable[[], datetime]
 

@@ -12,15 +12,16 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
 from . import sources
-from ._flows import Blocking, Fetch, Flow, Hashing, Sleep
+from ._flows import Blocking, Fetch, Flow, Hashing, Send, Sleep
 from ._sending import Outcome, Sending
 from .errors import MediaRegistryError, NotInRegistry, SourceNotFound, SourceUnavailable
 from .media_types import MediaType
+from .refusal import media_id_refused
 from .sources import AsyncSourceFetcher, Content, SourceFetcher, Validators
 from .store import UrlSource
 
@@ -42,6 +43,40 @@ class Sourcing(Sending):
                                      deadline=self.settings.download_deadline,
                                      user_agent=self.settings.user_agent)
         self._urls_in_flight = _Claims()
+
+    def _lookup(self, source: Source | Content, phone_number_id: str | None,
+                declared: str | None) -> Outcome | Flow[Outcome]:
+        """A cache hit answered inline (a path's fingerprint, a fresh URL), or the flow that
+        serves or uploads the source: each driver runs the flow its own way."""
+        if is_path(source):
+            found = self._fast_path(source, phone_number_id, declared)  # type: ignore[arg-type]
+            if isinstance(found, Outcome):
+                return found
+            return self._get_or_upload_flow(source, found, declared)  # type: ignore[arg-type]
+        if isinstance(source, str) and (hit := self._url_fast_path(source, phone_number_id, declared)):
+            return hit
+        return self._source_flow(source, phone_number_id, declared)
+
+    def _media_id_flow(self, source: Source | Content, phone_number_id: str | None) -> Flow[str]:
+        found = self._lookup(source, phone_number_id, None)
+        return found.media_id if isinstance(found, Outcome) else (yield from found).media_id
+
+    def _send_with_media_flow(self, source: Source, send: Callable[[str], Any],
+                              phone_number_id: str | None) -> Flow[Any]:
+        """Send with the source's ID; when Meta refuses it, invalidate, upload and send again."""
+        held: Source | Content = yield Hashing(functools.partial(hold, source))
+        with closing(held):
+            media_id = yield from self._media_id_flow(held, phone_number_id)
+            try:
+                result = yield Send(send, media_id)
+            except Exception as exc:
+                if not media_id_refused(exc):
+                    raise
+            else:
+                if not media_id_refused(result):
+                    return result
+            yield from self._invalidate_flow(media_id, REFUSED)
+            return (yield Send(send, (yield from self._media_id_flow(held, phone_number_id))))
 
     def _url_fast_path(self, url: str, phone_number_id: str | None, declared: str | None) -> Outcome | None:
         """The URL cache hit, inline in both drivers: checked within ``url_revalidate``,

@@ -19,15 +19,14 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from ._flows import Blocking, Effect, Fetch, Flow, Hashing, Run, Sleep, in_thread
+from ._flows import Blocking, Effect, Fetch, Flow, Hashing, Run, Send, Sleep, in_thread
 from ._inbound import Inbound
 from ._lifecycle import Lifecycle, OnAction, add
 from ._reading import Reading
 from ._sending import Outcome
-from ._sourcing import REFUSED, Source, closing, hold, is_path
+from ._sourcing import REFUSED, Source
 from .graph import AsyncGraphClient, GraphClient
 from .models import DownloadedMedia, LifecycleAction, Report
-from .refusal import media_id_refused
 from .sources import AsyncSourceFetcher, SourceFetcher
 from .webhooks import OnInvalid
 
@@ -85,6 +84,8 @@ class MediaRegistry(_Rules):
             return effect.work()
         if isinstance(effect, Fetch):
             return effect.on(self.sources)
+        if isinstance(effect, Send):
+            return effect.send(effect.media_id)
         return effect.on(self.graph)
 
     def get_or_upload(
@@ -107,14 +108,8 @@ class MediaRegistry(_Rules):
         self, source: Source, *, phone_number_id: str | None = None, mime_type: str | None = None,
     ) -> Outcome:
         """Like :meth:`get_or_upload`, also telling whether this call uploaded the content."""
-        if is_path(source):
-            found = self._fast_path(source, phone_number_id, mime_type)  # type: ignore[arg-type]
-            if isinstance(found, Outcome):
-                return found
-            return self._drive(self._get_or_upload_flow(source, found, mime_type))  # type: ignore[arg-type]
-        if isinstance(source, str) and (hit := self._url_fast_path(source, phone_number_id, mime_type)):
-            return hit
-        return self._drive(self._source_flow(source, phone_number_id, mime_type))
+        found = self._lookup(source, phone_number_id, mime_type)
+        return found if isinstance(found, Outcome) else self._drive(found)
 
     def invalidate(self, media_id: str, *, reason: str = REFUSED) -> None:
         """Never serve ``media_id`` again (Meta refused it at send time: it died early); the
@@ -131,19 +126,7 @@ class MediaRegistry(_Rules):
         invalidated, the content uploaded again and ``send`` called once more. Any other
         error reaches the caller untouched. A file object is read once.
         """
-        held = hold(source)
-        with closing(held):
-            media_id = self.get_or_upload(held, phone_number_id=phone_number_id)  # type: ignore[arg-type]
-            try:
-                result = send(media_id)
-            except Exception as exc:
-                if not media_id_refused(exc):
-                    raise
-            else:
-                if not media_id_refused(result):
-                    return result
-            self.invalidate(media_id)
-            return send(self.get_or_upload(held, phone_number_id=phone_number_id))  # type: ignore[arg-type]
+        return self._drive(self._send_with_media_flow(source, send, phone_number_id))  # type: ignore[no-any-return]
 
     def refresh_expiring(self, *, dry_run: bool = False, on_action: OnAction | None = None) -> Report:
         """Upload again every current ID with less than ``refresh_before`` left whose content
@@ -251,6 +234,9 @@ class AsyncMediaRegistry(_Rules):
             return await in_thread(effect)
         if isinstance(effect, Fetch):
             return await effect.on(self.sources)
+        if isinstance(effect, Send):
+            result = effect.send(effect.media_id)
+            return await result if inspect.isawaitable(result) else result
         return await effect.on(self.graph)
 
     async def get_or_upload(
@@ -266,14 +252,8 @@ class AsyncMediaRegistry(_Rules):
         self, source: Source, *, phone_number_id: str | None = None, mime_type: str | None = None,
     ) -> Outcome:
         """See :meth:`MediaRegistry.get_or_upload_with_status`."""
-        if is_path(source):
-            found = self._fast_path(source, phone_number_id, mime_type)  # type: ignore[arg-type]
-            if isinstance(found, Outcome):
-                return found
-            return await self._drive(self._get_or_upload_flow(source, found, mime_type))  # type: ignore[arg-type]
-        if isinstance(source, str) and (hit := self._url_fast_path(source, phone_number_id, mime_type)):
-            return hit
-        return await self._drive(self._source_flow(source, phone_number_id, mime_type))
+        found = self._lookup(source, phone_number_id, mime_type)
+        return found if isinstance(found, Outcome) else await self._drive(found)
 
     async def invalidate(self, media_id: str, *, reason: str = REFUSED) -> None:
         """See :meth:`MediaRegistry.invalidate`."""
@@ -282,19 +262,7 @@ class AsyncMediaRegistry(_Rules):
     async def send_with_media(self, source: Source, send: Callable[[str], Awaitable[T] | T], *,
                               phone_number_id: str | None = None) -> T:
         """See :meth:`MediaRegistry.send_with_media`; ``send`` may be a coroutine function."""
-        held = await asyncio.to_thread(hold, source)
-        with closing(held):
-            media_id = await self.get_or_upload(held, phone_number_id=phone_number_id)  # type: ignore[arg-type]
-            try:
-                result = await _call(send, media_id)
-            except Exception as exc:
-                if not media_id_refused(exc):
-                    raise
-            else:
-                if not media_id_refused(result):
-                    return result
-            await self.invalidate(media_id)
-            return await _call(send, await self.get_or_upload(held, phone_number_id=phone_number_id))  # type: ignore[arg-type]
+        return await self._drive(self._send_with_media_flow(source, send, phone_number_id))  # type: ignore[no-any-return]
 
     async def refresh_expiring(self, *, dry_run: bool = False, on_action: OnAction | None = None) -> Report:
         """See :meth:`MediaRegistry.refresh_expiring`; ``refresh_concurrency`` tasks at a time."""
@@ -331,8 +299,3 @@ class AsyncMediaRegistry(_Rules):
     ) -> list[DownloadedMedia]:
         """See :meth:`MediaRegistry.download_webhook`."""
         return await self._drive(self._download_webhook_flow(payload, dest_dir, on_invalid))
-
-
-async def _call(send: Callable[[str], Any], media_id: str) -> Any:
-    result = send(media_id)
-    return await result if inspect.isawaitable(result) else result
