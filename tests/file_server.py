@@ -35,6 +35,7 @@ class Hit:
 
     path: str
     headers: dict[str, str]
+    peer: tuple[str, int]  # the client's address: one per connection
 
 
 class FileServer:
@@ -78,7 +79,8 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:  # noqa: N802
             path = self.path.split("?")[0]
-            server.hits.append(Hit(self.path, {k.lower(): v for k, v in self.headers.items()}))
+            server.hits.append(Hit(self.path, {k.lower(): v for k, v in self.headers.items()},
+                                   self.client_address))
             route = server.routes.get(path, Route(b"not found", status=404))
             if self._not_modified(route):
                 self._head(304, route, 0)

@@ -117,6 +117,16 @@ def test_conditional_get_304_and_new_content(files: FileServer, fetcher: SourceF
     second.close()
 
 
+def test_conditional_gets_keep_the_connection(files: FileServer, fetcher: SourceFetcher) -> None:
+    url = files.add("/keep.png", PNG, etag='"v1"')
+    first = fetcher.fetch(url)
+    assert first is not None
+    first.close()
+    assert fetcher.fetch(url, first.validators) is None
+    assert fetcher.fetch(url, first.validators) is None
+    assert files.hits[-1].peer == files.hits[-2].peer
+
+
 def test_last_modified_alone_gives_if_modified_since(files: FileServer, fetcher: SourceFetcher) -> None:
     when = "Tue, 24 Nov 2026 08:00:00 GMT"
     url = files.add("/b.png", PNG, last_modified=when)

@@ -426,6 +426,7 @@ class SourceFetcher(_FetcherBase):
     def _body(self, response: httpx.Response, url: httpx.URL, label: str, ends: float) -> Content | None:
         try:
             if self._unchanged(response, label):
+                response.read()  # empty: reading it keeps the connection for the next request
                 return None
             with self._spool(response, url, label) as spool:
                 for chunk in response.iter_bytes():  # as they arrive: the deadline is checked each time
@@ -465,6 +466,7 @@ class AsyncSourceFetcher(_FetcherBase):
     async def _body(self, response: httpx.Response, url: httpx.URL, label: str, ends: float) -> Content | None:
         try:
             if self._unchanged(response, label):
+                await response.aread()
                 return None
             with self._spool(response, url, label) as spool:
                 async for chunk in response.aiter_bytes():
