@@ -63,14 +63,17 @@ def bench_url_hits(api: FakeGraphAPI, folder: Path, calls: int, per_call: PerCal
             registry.get_or_upload(card)
             url_us = per_call(lambda: registry.get_or_upload(url), calls)
             path_us = per_call(lambda: registry.get_or_upload(card), calls)
-        with MediaRegistry(db=folder / "url.db", url_revalidate=0, **settings) as registry:
-            stale_us = per_call(lambda: registry.get_or_upload(url), calls // 20)
         since = client.get(url).headers["Last-Modified"]
 
         def conditional_get() -> None:
             assert client.get(url, headers={"If-Modified-Since": since}).status_code == 304
 
-        get_us = per_call(conditional_get, calls // 20)
+        with MediaRegistry(db=folder / "url.db", url_revalidate=0, **settings) as registry:
+            # Alternate the two, so that neither gets a quieter machine than the other.
+            stale_us = get_us = float("inf")
+            for _ in range(3):
+                stale_us = min(stale_us, per_call(lambda: registry.get_or_upload(url), calls // 20))
+                get_us = min(get_us, per_call(conditional_get, calls // 20))
     return [("URL hit within MEDIA_REGISTRY_URL_REVALIDATE", f"{url_us:.1f} µs",
              f"{path_us:.1f} µs (path hit)", f"{url_us / path_us:.2f}x"),
             ("URL hit after the window (conditional GET, 304)", f"{stale_us:.0f} µs",
