@@ -23,7 +23,9 @@ from .errors import (
     SchemaTooNew,
     SourceChanged,
     SourceNotFound,
+    SourceUnavailable,
     UnsafeDownloadURL,
+    UnsafeSourceURL,
     UnsupportedMedia,
 )
 from .models import DownloadedMedia, InboundMedia, LifecycleAction, MediaEvent, MediaRecord, Report
@@ -61,7 +63,9 @@ __all__ = [
     "Settings",
     "SourceChanged",
     "SourceNotFound",
+    "SourceUnavailable",
     "UnsafeDownloadURL",
+    "UnsafeSourceURL",
     "UnsupportedMedia",
     "__version__",
     "media_id_refused",

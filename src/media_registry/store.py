@@ -385,7 +385,9 @@ class Store:
             ).fetchone()
             if row is None:
                 return False
-            con.execute("UPDATE media SET state = 'invalidated' WHERE media_id = ?", (media_id,))
+            # An ID owing a remote DELETE keeps owing it; any other stops being served.
+            con.execute("UPDATE media SET state = 'invalidated' WHERE media_id = ? AND state != 'deleting'",
+                        (media_id,))
             _log(con, now, "invalidate", sha256=row[0], media_id=media_id, phone_number_id=row[1],
                  detail=reason)
             return True
