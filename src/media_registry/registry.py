@@ -15,7 +15,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -29,6 +29,7 @@ from .errors import (
     ConfigError,
     DownloadURLExpired,
     GraphAPIError,
+    InputError,
     IntegrityError,
     MediaNotFound,
     MediaRegistryError,
@@ -284,7 +285,7 @@ class _RegistryCore:
         return LifecycleAction(action="refreshed", new_media_id=outcome.media_id, **found)
 
     def _delete_flow(self, target: str | os.PathLike[str]) -> Flow[Report]:
-        sha256 = yield _blocking(self.store.resolve, os.fspath(target))
+        sha256 = yield _blocking(self.resolve, target)
         if sha256 is None:
             raise NotInRegistry(
                 f"{target}: not in the registry; check the path, sha256 or media ID (see: ls)"
@@ -401,27 +402,44 @@ class _RegistryCore:
 
     # -- reading ------------------------------------------------------------------------
 
+    def resolve(self, target: str | os.PathLike[str]) -> str | None:
+        """The sha256 that ``target`` names, or None: a path the registry has seen, an exact
+        media ID, an exact sha256, or a unique sha256 prefix of at least 8 hex digits, tried in
+        that order. An ambiguous prefix raises InputError listing the candidates."""
+        text = os.fspath(target)
+        sha256 = self.store.resolve(text)
+        if sha256 is not None or len(text) < 8 or not all(c in "0123456789abcdefABCDEF" for c in text):
+            return sha256
+        candidates = self.store.sha256s_starting_with(text.lower(), limit=4)
+        if len(candidates) > 1:
+            listed = ", ".join(candidates[:3]) + (", ..." if len(candidates) > 3 else "")
+            raise InputError(f"{text}: more than one content's sha256 starts with it ({listed}); "
+                             "give more digits")
+        return candidates[0] if candidates else None
+
     def lookup(self, target: str | os.PathLike[str], *, phone_number_id: str | None = None) -> MediaRecord | None:
-        """The record for a path, sha256 or media ID, with its paths and history, or None.
+        """The record for a path, media ID, sha256 or unique sha256 prefix (see
+        :meth:`resolve`), with its paths and history, or None.
 
         Only a path the registry has seen is found; a new file is not hashed here.
         """
-        sha256 = self.store.resolve(os.fspath(target))
+        sha256 = self.resolve(target)
         if sha256 is None:
             return None
-        rows = self.store.content_rows(sha256)
+        rows = list(self.store.content_rows(sha256))
         wanted = phone_number_id or self.settings.phone_number_id
         row = next((r for r in rows if r["phone_number_id"] == wanted), rows[0])
         history = tuple(MediaEvent(**event) for event in self.store.events(sha256))
         return _record(row, history)
 
-    def records(self, *, expiring_within: timedelta | None = None) -> list[MediaRecord]:
-        """Every content with its current media ID per phone number (one record each).
+    def records(self, *, expiring_within: timedelta | None = None) -> Iterator[MediaRecord]:
+        """Every content with its current media ID per phone number (one record each), yielded
+        as the registry reads them: constant memory whatever its size.
 
         ``expiring_within`` keeps only IDs that expire within that time from now.
         """
         before = iso(self._clock() + expiring_within) if expiring_within is not None else None
-        return [_record(row) for row in self.store.content_rows(expiring_before=before)]
+        return (_record(row) for row in self.store.content_rows(expiring_before=before))
 
     def stats(self) -> dict[str, Any]:
         """Counts of contents, paths and media IDs by state, for health checks."""
@@ -681,6 +699,7 @@ def _record(row: dict[str, Any], history: tuple[MediaEvent, ...] = ()) -> MediaR
         uploaded_at=parse_iso(row["uploaded_at"]),
         expires_at=parse_iso(row["expires_at"]),
         deleted_at=parse_iso(row["deleted_at"]),
+        state="deleted" if row["deleted_at"] else "current" if row["media_id"] else "unsent",
         paths=tuple(row["paths"].split("\n")) if row["paths"] else (),
         history=history,
     )

@@ -108,7 +108,8 @@ class FakeGraphAPI:
     ``sha256_encoding`` ("hex" or "base64") and ``file_size_as_string`` pick between the
     shapes seen in Meta's spec and in real responses; ``delete_answer`` is ``"success"``
     (the spec) or ``"deleted"`` (the seed page). ``download_origin`` (settable) makes the
-    download URLs point at another server, as a hostile or broken API might.
+    download URLs point at another server, as a hostile or broken API might. ``port`` 0
+    picks a free one.
     """
 
     def __init__(
@@ -123,6 +124,7 @@ class FakeGraphAPI:
         file_size_as_string: bool = False,
         delete_answer: str = "success",
         host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
         self.token = token
         self.phone_number_id = phone_number_id
@@ -141,7 +143,7 @@ class FakeGraphAPI:
         self._lock = threading.Lock()
         self._ids = itertools.count(1_000_000_000_000_000 + secrets.randbelow(10**12))
         self._host = host
-        self._server = _QuietServer((host, 0), _handler_for(self))
+        self._server = _QuietServer((host, port), _handler_for(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
