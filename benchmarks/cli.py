@@ -100,7 +100,7 @@ def main() -> None:
         folder = Path(tmp)
         rows = bench_startup(api, folder, rounds=5 if quick else 31)
         rows += bench_ls(folder, [300, 3_000] if quick else [10_000, 100_000, 1_000_000],
-                         timeout=60 if quick else 600)
+                         timeout=60 if quick else 300)
     print_table(rows, quick)
 
 
