@@ -13,7 +13,7 @@ from media_registry.testing import sample_media
 from conftest import CLI, PDF
 
 README = Path(__file__).parent.parent / "README.md"
-SESSION_FOLDER = "/tmp/shop"  # where the README's session ran
+SESSION_FOLDER = "/tmp/cli-readme/shop"  # where the README's session ran
 
 
 def readme_session() -> str:

@@ -7,6 +7,8 @@ them is touched.
 
 from __future__ import annotations
 
+from ._version import __version__
+
 TYPE_CHECKING = False  # without importing typing: `media-registry --version` stays lean
 if TYPE_CHECKING:
     from typing import Any
@@ -39,7 +41,6 @@ if TYPE_CHECKING:
     from .models import DownloadedMedia, InboundMedia, LifecycleAction, MediaEvent, MediaRecord, Report
     from .registry import AsyncMediaRegistry, MediaRegistry, Outcome
 
-__version__ = "0.1.0"
 
 # Where each public name lives.
 _MODULES = {

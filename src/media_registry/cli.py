@@ -38,29 +38,33 @@ CLI_HINTS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser().parse_args(argv)  # exits here for --version and --help
-    from .errors import MediaRegistryError
+    from .errors import MediaRegistryError, redact
 
     if args.json and not args.json_applies:
         _error(f"--json does not apply to {args.command}; leave it out")
         return 2
     try:
         return args.run(args)
-    except MediaRegistryError as exc:
-        if args.debug:
-            raise
-        _error(str(exc))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `media-registry ls | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except Exception as exc:  # one line, not a traceback, even for the unforeseen
-        if args.debug:
-            raise
-        _error(f"unexpected {exc.__class__.__name__}: {exc}; rerun with --debug and report it")
+        if args.debug:  # the traceback, with every secret a server may have echoed redacted
+            import traceback
+
+            sys.stderr.write(redact("".join(traceback.format_exception(exc))))
+        elif isinstance(exc, MediaRegistryError):
+            _error(str(exc))
+        else:
+            _error(f"unexpected {exc.__class__.__name__}: {exc}; rerun with --debug and report it")
     return 1
 
 
 def _error(message: str) -> None:
+    from .errors import one_line, redact
+
+    message = one_line(redact(message))
     for python, cli in CLI_HINTS.items():
         message = message.replace(python, cli)
     print(f"media-registry: error: {message}", file=sys.stderr)
@@ -186,10 +190,13 @@ def _purge(args: argparse.Namespace) -> int:
 def _daemon(args: argparse.Namespace) -> int:
     import logging
 
+    from .errors import RedactingFilter
     from .registry import MediaRegistry
     from .scheduler import run_daemon  # APScheduler is only needed here
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactingFilter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler],
                         format="%(asctime)s %(levelname)s %(message)s")
     for chatty in ("apscheduler", "httpx"):  # one line per action is ours to write
         logging.getLogger(chatty).setLevel(logging.WARNING)
