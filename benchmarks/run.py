@@ -353,6 +353,11 @@ def main() -> None:
         rows += bench_contention(api, folder, 0.5 if quick else 3.0)
         rows += bench_async_loop(folder, 4 if quick else 8, 2_000_000 if quick else 10_000_000)
         rows += bench_sources(api, folder, quick, per_call)
+    print_table(rows, quick)
+
+
+def print_table(rows: list[Row], quick: bool) -> None:
+    """The machine, then the rows as a Markdown table."""
     print(f"media-registry benchmarks on {platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}"
           f"{' (quick mode)' if quick else ''}\n")

@@ -113,7 +113,8 @@ class FakeGraphAPI:
     ``sha256_encoding`` ("hex" or "base64") and ``file_size_as_string`` pick between the
     shapes seen in Meta's spec and in real responses; ``delete_answer`` is ``"success"``
     (the spec) or ``"deleted"`` (the seed page). ``download_origin`` (settable) makes the
-    download URLs point at another server, as a hostile or broken API might. Uploads go only
+    download URLs point at another server, as a hostile or broken API might. ``port`` 0 picks a
+    free one. Uploads go only
     to the phone numbers it knows (``phone_number_id``, ``phone_numbers`` and those added with
     :meth:`add_phone_number`); any other is answered as Meta does, with code 100, subcode 33.
     """
@@ -131,6 +132,7 @@ class FakeGraphAPI:
         delete_answer: str = "success",
         host: str = "127.0.0.1",
         phone_numbers: Iterable[str] = (),
+        port: int = 0,
     ) -> None:
         self.token = token
         self.phone_number_id = phone_number_id
@@ -152,7 +154,7 @@ class FakeGraphAPI:
         self._lock = threading.Lock()
         self._ids = itertools.count(1_000_000_000_000_000 + secrets.randbelow(10**12))
         self._host = host
-        self._server = _Server((host, 0), _handler_for(self))
+        self._server = _Server((host, port), _handler_for(self))
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
