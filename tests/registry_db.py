@@ -21,6 +21,7 @@ Db = str | os.PathLike[str]
 def connect(db: Db) -> Iterator[Any]:
     """A DB-API connection to the registry, committed on success."""
     with closing(sqlite3.connect(db)) as con, con:
+        con.execute("PRAGMA foreign_keys = ON")  # as the store's own connections have it
         yield con
 
 
@@ -102,6 +103,14 @@ def write_lock(db: Db) -> Iterator[None]:
 def set_user_version(db: Db, version: int) -> None:
     """Pretend a registry was written by another schema version."""
     execute(db, f"PRAGMA user_version = {int(version)}")
+
+
+def content_rows_plan(db: Db) -> str:
+    """SQLite's query plan for the listing (``ls``, ``records()``), one step per line."""
+    from media_registry._sqlite_store import CONTENT_ROWS_SQL
+
+    sql = "EXPLAIN QUERY PLAN " + CONTENT_ROWS_SQL.format(join="LEFT JOIN")
+    return "\n".join(row[-1] for row in query(db, sql, None, None, None, None))
 
 
 def schema(db: Db) -> dict[str, Any]:

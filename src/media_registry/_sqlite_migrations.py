@@ -99,8 +99,7 @@ def ensure_schema(con: sqlite3.Connection) -> None:
         with _transaction(con):
             current = user_version(con)
             if current >= version:
-                if current == version == 1:
-                    _record(con, migration)  # a version-1 registry: name its first step
+                _record(con, migration)  # e.g. a version-1 registry: name its first step
                 continue
             migration.apply(con)
             _record(con, migration)

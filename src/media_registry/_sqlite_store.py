@@ -44,6 +44,22 @@ from .store import (
 SQLITE_HEADER = b"SQLite format 3\x00"
 T = TypeVar("T")
 
+# The listing: contents drive the plan and each looks up its current IDs (through the
+# one-current-ID index) and its paths (paths_by_content): linear in the registry's size, where
+# a plan scanning media_by_expiry per content went quadratic. The paths come as a JSON array:
+# a file name may hold any character, a newline included. {join} is "JOIN" when only current
+# IDs expiring before the first parameter are wanted.
+CONTENT_ROWS_SQL = """
+    SELECT c.sha256, c.mime_type, c.size_bytes, c.first_seen_at, c.deleted_at,
+           m.phone_number_id, m.media_id, m.uploaded_at, m.expires_at,
+           (SELECT json_group_array(p.path) FROM paths AS p WHERE p.sha256 = c.sha256)
+    FROM contents AS c
+    {join} media AS m
+        ON m.sha256 = c.sha256 AND m.state = 'current' AND (? IS NULL OR m.expires_at < ?)
+    WHERE (? IS NULL OR c.sha256 = ?)
+    ORDER BY m.phone_number_id, c.first_seen_at, c.sha256
+"""
+
 
 @functools.lru_cache(maxsize=256)  # the cache hit converts the same few moments over and over
 def _text(moment: datetime) -> str:
@@ -480,22 +496,8 @@ class SQLiteStore:
         self, *, sha256: str | None = None, expiring_before: datetime | None = None
     ) -> Iterator[ContentRow]:
         """See :meth:`Store.content_rows`: one statement (one snapshot), read row by row."""
-        # Contents drive the plan and each looks up its current IDs and its paths through an
-        # index: linear in the registry's size. (The paths come as a JSON array: a file name
-        # may hold any character, a newline included.)
-        join = "JOIN" if expiring_before is not None else "LEFT JOIN"
-        sql = f"""
-            SELECT c.sha256, c.mime_type, c.size_bytes, c.first_seen_at, c.deleted_at,
-                   m.phone_number_id, m.media_id, m.uploaded_at, m.expires_at,
-                   (SELECT json_group_array(p.path) FROM paths AS p WHERE p.sha256 = c.sha256)
-            FROM contents AS c
-            {join} media AS m
-                ON m.sha256 = c.sha256 AND m.state = 'current'
-                   AND (:before IS NULL OR m.expires_at < :before)
-            WHERE (:sha256 IS NULL OR c.sha256 = :sha256)
-            ORDER BY m.phone_number_id, c.first_seen_at, c.sha256
-        """
-        parameters = {"sha256": sha256, "before": _text(expiring_before) if expiring_before else None}
+        sql = CONTENT_ROWS_SQL.format(join="JOIN" if expiring_before is not None else "LEFT JOIN")
+        parameters = (_text(expiring_before) if expiring_before else None,) * 2 + (sha256,) * 2
         try:
             cursor = self._connection().execute(sql, parameters)
             for row in cursor:
