@@ -75,6 +75,14 @@ def add_lease(db: Db, sha256: str, phone_number_id: str, owner: str, expires_at:
     execute(db, "INSERT INTO leases VALUES (?, ?, ?, ?)", sha256, phone_number_id, owner, stamp(expires_at))
 
 
+def set_fingerprint(db: Db, fp: Any, recorded_at: datetime) -> None:
+    """Make the recorded fingerprint of ``fp.path`` read ``fp``, recorded at ``recorded_at``
+    (as a filesystem whose timestamps cannot tell a rewrite apart would have left it)."""
+    execute(db, "UPDATE paths SET size_bytes = ?, mtime_ns = ?, ctime_ns = ?, inode = ?, device = ?, "
+                "seen_at = ? WHERE path = ?",
+            fp.size, fp.mtime_ns, fp.ctime_ns, fp.inode, fp.device, stamp(recorded_at), fp.path)
+
+
 def check_consistent(db: Db) -> None:
     """The registry passes its integrity checks: no broken reference, one current ID at most."""
     with connect(db) as con:
@@ -107,7 +115,7 @@ def set_user_version(db: Db, version: int) -> None:
 
 def content_rows_plan(db: Db) -> str:
     """SQLite's query plan for the listing (``ls``, ``records()``), one step per line."""
-    from media_registry._sqlite_store import CONTENT_ROWS_SQL
+    from media_registry.sqlitestore import CONTENT_ROWS_SQL
 
     sql = "EXPLAIN QUERY PLAN " + CONTENT_ROWS_SQL.format(join="LEFT JOIN")
     return "\n".join(row[-1] for row in query(db, sql, None, None, None, None))

@@ -19,7 +19,7 @@ from media_registry import AsyncMediaRegistry, MediaRegistry
 from media_registry.testing import FakeGraphAPI, sample_media
 
 import registry_db
-from conftest import CLI, PDF, PNG, run_cli
+from conftest import CLI, PDF, PNG, run_cli, settle
 
 OTHER = "222333444"
 
@@ -279,7 +279,7 @@ def test_no_store_or_file_call_runs_on_the_event_loop(
             with file_events_under(tmp_path / "in") as files:
                 assert (await registry.get_or_upload_with_status(kept)).uploaded  # upload
                 await registry.get_or_upload(gone)
-                await registry.get_or_upload(kept)  # the cache hit: fast_lookup on the loop
+                await registry.get_or_upload(kept)  # the cache hit: lookup_path on the loop
                 later[0] = timedelta(days=28)
                 refreshed = await registry.refresh_expiring()  # refresh
                 assert refreshed.count("refreshed") == 2
@@ -293,7 +293,7 @@ def test_no_store_or_file_call_runs_on_the_event_loop(
     calls, files, loop_thread = asyncio.run(main())
     made = {name for name, _ in calls.calls}
     assert {"take_lease", "record_upload", "mark_deleted", "forget_media", "record_inbound"} <= made
-    assert calls.on(loop_thread) == {"fast_lookup"}
+    assert calls.on(loop_thread) == {"lookup_path"}
     assert {"open", "os.rename"} <= {event for event, _ in files}  # mkstemp, then the rename
     assert [event for event, thread in files if thread == loop_thread] == []
 
@@ -330,6 +330,7 @@ def test_a_task_cancelled_while_waiting_for_the_lease_leaves_no_lease(
     async_registry: Callable[..., AsyncMediaRegistry], make_file: Callable[..., Path],
 ) -> None:
     path = make_file("offer.png")
+    settle(path)  # a trusted fingerprint: the next upload's first write is the lease
     later = [timedelta()]
 
     async def main() -> tuple[ThreadsOfCalls, int]:

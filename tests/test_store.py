@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from media_registry import ConfigError, RegistryError
-from media_registry import _sqlite_migrations as migrations
+from media_registry import sqlite_migrations as migrations
 from media_registry.errors import RegistryCorrupt
 from media_registry.hashing import Fingerprint
 from media_registry.store import LeaseStatus, NewMedia, Recorded, Store, open_store

@@ -47,8 +47,9 @@ def _error(message: str) -> None:
     print(f"media-registry: error: {message}", file=sys.stderr)
 
 
-def _open(args: argparse.Namespace) -> MediaRegistry:
-    return MediaRegistry.from_env(db=args.db)
+def _open(args: argparse.Namespace, *, create: bool = True) -> MediaRegistry:
+    """The registry; read-only commands pass ``create=False`` (never create one)."""
+    return MediaRegistry.from_env(db=args.db, create=create)
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -176,24 +177,24 @@ def _read_json(source: str) -> Any:
 
 def _ls(args: argparse.Namespace) -> int:
     within = timedelta(days=args.expiring) if args.expiring is not None else None
-    with _open(args) as reg:
-        records = reg.records(expiring_within=within)
-    if args.json:
-        for record in records:
-            print(record.model_dump_json(exclude={"history"}))
-        return 0
-    rows = [
-        (r.phone_number_id or "-", r.sha256[:12], r.media_id or "-", r.mime_type,
-         _size(r.size_bytes), _when(r.uploaded_at), _when(r.expires_at), ", ".join(r.paths) or "-")
-        for r in records
-    ]
+    with _open(args, create=False) as reg:
+        records = reg.records(expiring_within=within)  # streamed: read while the registry is open
+        if args.json:
+            for record in records:
+                print(record.model_dump_json(exclude={"history"}))
+            return 0
+        rows = [
+            (r.phone_number_id or "-", r.sha256[:12], r.media_id or "-", r.mime_type,
+             _size(r.size_bytes), _when(r.uploaded_at), _when(r.expires_at), ", ".join(r.paths) or "-")
+            for r in records
+        ]
     _table(("PHONE NUMBER", "SHA256", "MEDIA ID", "TYPE", "SIZE", "UPLOADED (UTC)",
             "EXPIRES (UTC)", "PATHS"), rows)
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
-    with _open(args) as reg:
+    with _open(args, create=False) as reg:
         record = reg.lookup(args.target)
     if record is None:
         _error(f"{args.target}: not in the registry; upload it first, or check the path, "
@@ -228,7 +229,7 @@ def _print_record(record: MediaRecord) -> None:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    with _open(args) as reg:
+    with _open(args, create=False) as reg:
         counts = reg.stats()
     if args.json:
         print(json.dumps(counts))

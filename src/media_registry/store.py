@@ -4,7 +4,7 @@ The registry only ever holds a :class:`Store`; it never sees SQL, a driver's obj
 dialect's time format. Times go in and out as timezone-aware UTC datetimes, rows as the
 NamedTuples below, paths as tuples. Each backend is one module implementing the contract:
 
-- SQLite (:mod:`media_registry._sqlite_store`), the embedded default, a file path;
+- SQLite (:mod:`media_registry.sqlitestore`), the embedded default, a file path;
 - PostgreSQL (``media_registry.pgstore``, the ``postgres`` extra), a ``postgresql://`` URL.
 
 The rules the registry relies on are enforced by each backend's schema as well (at most
@@ -340,7 +340,7 @@ def open_store(
             pool_size=pool_size,
         )
         return store
-    from ._sqlite_store import SQLiteStore
+    from .sqlitestore import SQLiteStore
 
     return SQLiteStore(text, create=create, busy_timeout=busy_timeout)
 

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import _sqlite_migrations as migrations
+from . import sqlite_migrations as migrations
 from .errors import RegistryCorrupt, RegistryError, RegistryLocked, SchemaTooNew
 from .hashing import Fingerprint
 from .store import (
@@ -41,7 +41,6 @@ from .store import (
     owner_alive,
 )
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 T = TypeVar("T")
 
 # The listing: contents drive the plan and each looks up its current IDs (through the
@@ -150,21 +149,17 @@ class SQLiteStore:
         self._check_ours()
 
     def _check_ours(self) -> None:
-        try:
-            with open(self.path, "rb") as file:
-                header = file.read(len(SQLITE_HEADER))
-        except OSError as exc:
-            raise RegistryError(f"registry {self.path}: cannot read it ({exc.strerror})") from None
-        if header != SQLITE_HEADER:
-            raise self._not_ours("is not an SQLite database")
-        # Read-only, so that someone else's database stays byte-identical: no schema, no
-        # user_version, no switch to WAL.
+        # Through SQLite, read-only, so that someone else's database stays byte-identical (no
+        # schema, no user_version, no switch to WAL). Never a plain open() and close() of the
+        # file: closing any descriptor of it drops this process's SQLite locks on it.
         uri = self.path.absolute().as_uri() + "?mode=ro"
         try:
             with _closing(sqlite3.connect(uri, uri=True, timeout=self.busy_timeout)) as con:
                 version = migrations.user_version(con)
                 tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        except sqlite3.Error as exc:
+        except sqlite3.DatabaseError as exc:
+            if "not a database" in str(exc):
+                raise self._not_ours("is not an SQLite database") from None
             raise self._explain(exc) from None
         if version == 0 and not tables:
             if not self._create:
