@@ -298,33 +298,6 @@ def test_no_store_or_file_call_runs_on_the_event_loop(
     assert [event for event, thread in files if thread == loop_thread] == []
 
 
-HOLD_WRITE_LOCK = """
-import sqlite3, sys
-con = sqlite3.connect(sys.argv[1], isolation_level=None)
-con.execute("BEGIN IMMEDIATE")
-print("locked", flush=True)
-sys.stdin.readline()
-con.execute("ROLLBACK")
-"""
-
-
-@contextmanager
-def write_lock_held_elsewhere(db: Path) -> Iterator[Callable[[], None]]:
-    """Another process holds the registry's write lock until the yielded function is called."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITE_LOCK, str(db)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
-
-    def release() -> None:
-        if holder.poll() is None:
-            holder.communicate("\n", timeout=30)
-
-    try:
-        yield release
-    finally:
-        release()
-
-
 @pytest.mark.timeout(90)
 def test_a_task_cancelled_while_waiting_for_the_lease_leaves_no_lease(
     async_registry: Callable[..., AsyncMediaRegistry], make_file: Callable[..., Path],
@@ -341,7 +314,7 @@ def test_a_task_cancelled_while_waiting_for_the_lease_leaves_no_lease(
             # next upload is taking the lease.
             later[0] = timedelta(days=40)
             calls = sender.store = ThreadsOfCalls(sender.store)  # type: ignore[assignment]
-            with write_lock_held_elsewhere(sender.settings.db) as release:
+            with registry_db.write_lock_in_another_process(sender.settings.db) as release:
                 async def expire_once_its_thread_waits_for_the_lock() -> None:
                     await asyncio.to_thread(calls.entered("take_lease").wait)
                     deadline.reschedule(asyncio.get_running_loop().time())
@@ -375,7 +348,7 @@ def test_a_cancelled_upload_releases_its_lease_off_the_loop_while_another_proces
             task = asyncio.create_task(sender.get_or_upload(path))
             while api.count("POST") == 0:
                 await asyncio.sleep(0.01)
-            with write_lock_held_elsewhere(sender.settings.db) as release:
+            with registry_db.write_lock_in_another_process(sender.settings.db) as release:
                 task.cancel()
                 await asyncio.to_thread(calls.entered("release_lease").wait)  # the loop is free
                 release()

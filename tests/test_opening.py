@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -130,10 +129,7 @@ def test_someone_elses_database_is_refused_byte_identical(
     folder = tmp_path / "app"
     folder.mkdir()
     db = folder / "app.db"
-    with sqlite3.connect(db) as con:
-        con.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, total REAL)")
-        con.execute("INSERT INTO orders (total) VALUES (9.5)")
-    con.close()
+    registry_db.make_foreign_database(db)
     before = db.read_bytes()
     args = [a.format(file=make_file("a.png")) for a in command]
     result = run_cli("--db", str(db), *args, env=cli_env)
