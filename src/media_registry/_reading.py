@@ -16,11 +16,12 @@ class Reading(RegistryCore):
     """What the registry knows, read without changing anything."""
 
     def lookup(self, target: str | os.PathLike[str], *, phone_number_id: str | None = None) -> MediaRecord | None:
-        """The record for a path, sha256 or media ID, with its paths and history, or None.
+        """The record for a path, media ID, sha256 or unique sha256 prefix (see
+        :meth:`resolve`), with its paths and history, or None.
 
         Only a path the registry has seen is found; a new file is not hashed here.
         """
-        sha256 = self.store.resolve(os.fspath(target))
+        sha256 = self.resolve(target)
         if sha256 is None:
             return None
         rows = list(self.store.content_rows(sha256=sha256))
@@ -32,9 +33,8 @@ class Reading(RegistryCore):
         return _record(row, history)
 
     def records(self, *, expiring_within: timedelta | None = None) -> Iterator[MediaRecord]:
-        """Every content with its current media ID per phone number (one record each),
-        streamed: constant memory, linear in the registry's size. Consume it while the
-        registry is open.
+        """Every content with its current media ID per phone number (one record each), yielded
+        as the registry reads them: constant memory whatever its size.
 
         ``expiring_within`` keeps only IDs that expire within that time from now.
         """
@@ -63,6 +63,7 @@ def _record(row: ContentRow, history: tuple[MediaEvent, ...] = ()) -> MediaRecor
         uploaded_at=row.uploaded_at,
         expires_at=row.expires_at,
         deleted_at=row.deleted_at,
+        state="deleted" if row.deleted_at else "current" if row.media_id else "unsent",
         paths=row.paths,
         history=history,
     )

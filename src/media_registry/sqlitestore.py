@@ -9,7 +9,6 @@ stored as UTC ISO-8601 text, so people reading the file with ``sqlite3`` see dat
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sqlite3
 import stat
@@ -479,13 +478,21 @@ class SQLiteStore:
         """See :meth:`Store.resolve`."""
         con = self._connection()
         row = (
-            con.execute("SELECT sha256 FROM contents WHERE sha256 = ?", (target.lower(),)).fetchone()
+            con.execute("SELECT sha256 FROM paths WHERE path = ?", (os.path.abspath(target),)).fetchone()
             or con.execute("SELECT sha256 FROM media WHERE media_id = ?", (target,)).fetchone()
-            or con.execute(
-                "SELECT sha256 FROM paths WHERE path = ?", (os.path.abspath(target),)
-            ).fetchone()
+            or con.execute("SELECT sha256 FROM contents WHERE sha256 = ?", (target.lower(),)).fetchone()
         )
         return row[0] if row else None
+
+    @_mapped
+    def sha256s_starting_with(self, prefix: str, limit: int) -> list[str]:
+        """See :meth:`Store.sha256s_starting_with`."""
+        rows = self._connection().execute(
+            "SELECT sha256 FROM contents WHERE sha256 >= :prefix AND sha256 < :prefix || 'g' "
+            "ORDER BY sha256 LIMIT :limit",
+            {"prefix": prefix, "limit": limit},
+        )
+        return [row[0] for row in rows]
 
     def content_rows(
         self, *, sha256: str | None = None, expiring_before: datetime | None = None
@@ -493,6 +500,8 @@ class SQLiteStore:
         """See :meth:`Store.content_rows`: one statement (one snapshot), read row by row."""
         sql = CONTENT_ROWS_SQL.format(join="JOIN" if expiring_before is not None else "LEFT JOIN")
         parameters = (_text(expiring_before) if expiring_before else None,) * 2 + (sha256,) * 2
+        import json  # only listings need it: the cache hit's start-up stays lean
+
         try:
             cursor = self._connection().execute(sql, parameters)
             for row in cursor:

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import enum
 import os
-import socket
 import threading
-import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from importlib import import_module
@@ -281,8 +279,13 @@ class Store(Protocol):
     # -- reading for people --------------------------------------------------------------
 
     def resolve(self, target: str) -> str | None:
-        """The sha256 that a sha256, a media ID or a path (made absolute) names, tried in
-        that order, if the registry knows it."""
+        """The sha256 that a path (made absolute; this host's), a media ID or a sha256 names,
+        tried in that order, if the registry knows it."""
+        ...
+
+    def sha256s_starting_with(self, prefix: str, limit: int) -> list[str]:
+        """Up to ``limit`` sha256s of known contents that start with ``prefix`` (lower-case
+        hex), in order (one indexed range read)."""
         ...
 
     def content_rows(
@@ -347,13 +350,13 @@ def open_store(
 
 # -- lease owners ------------------------------------------------------------------------
 
-HOST = socket.gethostname()
+HOST = os.uname().nodename  # socket.gethostname() without loading socket on a cache hit
 
 
 def new_owner() -> str:
     """A lease owner name unique to this host, process, thread and call:
     ``host:pid:thread:nonce``."""
-    return f"{HOST}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
+    return f"{HOST}:{os.getpid()}:{threading.get_ident()}:{os.urandom(4).hex()}"
 
 
 def owner_alive(owner: str) -> bool:
