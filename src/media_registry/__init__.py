@@ -63,6 +63,7 @@ __all__ = [
     "AsyncMediaRegistry",
     "AuthError",
     "ConfigError",
+    "ContentDeleted",
     "DownloadError",
     "DownloadURLExpired",
     "DownloadedMedia",

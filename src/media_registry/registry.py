@@ -42,7 +42,8 @@ class MediaRegistry(_Rules):
     (``db``, ``token``, ``phone_number_id``, ``api_base``, ``ttl``, ``min_validity``, ...,
     the names of :class:`~media_registry.config.Settings`). Thread-safe; use one per process.
     ``transport`` swaps the HTTP transport (an ``httpx.BaseTransport``, for tests); ``clock``
-    swaps the time source.
+    swaps the time source; ``create=False`` refuses to create a registry that does not exist
+    yet (for read-only use; an older registry is still upgraded).
     """
 
     _client = GraphClient
