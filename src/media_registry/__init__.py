@@ -67,6 +67,7 @@ __all__ = [
     "AsyncMediaRegistry",
     "AuthError",
     "ConfigError",
+    "ContentDeleted",
     "DownloadError",
     "DownloadURLExpired",
     "DownloadedMedia",

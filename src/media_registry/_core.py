@@ -13,7 +13,7 @@ from ._flows import Clock, utc_now
 from .config import Settings, Windows, load_settings
 from .errors import ConfigError, InputError
 from .pacing import shared_pacer
-from .store import Store, iso
+from .store import Store, open_store
 
 C = TypeVar("C", bound="RegistryCore")
 
@@ -33,17 +33,19 @@ class RegistryCore:
         settings: Settings | None = None,
         transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
         clock: Clock = utc_now,
+        create: bool = True,
         **overrides: Any,
     ) -> None:
         self.settings = settings or load_settings(
             db=db, token=token, phone_number_id=phone_number_id, **overrides
         )
         self._clock = clock
-        self.store = Store(self.settings.db, busy_timeout=self.settings.busy_timeout)
+        # create=False (read-only use) never creates a registry; an older one is upgraded.
+        self.store: Store = open_store(self.settings.db, create=create, busy_timeout=self.settings.busy_timeout)
         self._lease_for = timedelta(seconds=self.settings.lease_seconds)
         self._stopping = threading.Event()
         self._windows_by_phone: dict[str, Windows] = {}
-        self._valid_until_cache: dict[timedelta, tuple[int, str]] = {}
+        self._valid_until_cache: dict[timedelta, tuple[int, datetime]] = {}
         self.graph = self._client(transport=transport, **self._graph_options())
         self._pacer = shared_pacer(self.settings.uploads_per_second)
 
@@ -86,17 +88,17 @@ class RegistryCore:
             windows = self._windows_by_phone[phone] = self.settings.windows(phone)
         return windows
 
-    def _valid_until(self, validity: timedelta) -> str:
-        """``iso(now + validity)``, computed once per second: this is on every cache hit."""
+    def _valid_until(self, validity: timedelta) -> datetime:
+        """``now + validity``, computed once per second: this is on every cache hit."""
         now: datetime = self._clock()
         second = int(now.timestamp())
         cached = self._valid_until_cache.get(validity)
         if cached is not None and cached[0] == second:
             return cached[1]
         # The end of the current second: never less strict than the exact time would be.
-        text = iso(datetime.fromtimestamp(second + 1, timezone.utc) + validity)
-        self._valid_until_cache[validity] = (second, text)
-        return text
+        moment = datetime.fromtimestamp(second + 1, timezone.utc) + validity
+        self._valid_until_cache[validity] = (second, moment)
+        return moment
 
     def resolve(self, target: str | os.PathLike[str]) -> str | None:
         """The sha256 that ``target`` names, or None: a path the registry has seen, an exact

@@ -73,10 +73,11 @@ def _error(message: str) -> None:
     print(f"media-registry: error: {message}", file=sys.stderr)
 
 
-def _open(args: argparse.Namespace) -> MediaRegistry:
+def _open(args: argparse.Namespace, *, create: bool = True) -> MediaRegistry:
+    """The registry; read-only commands pass ``create=False`` (never create one)."""
     from .registry import MediaRegistry
 
-    return MediaRegistry.from_env(db=args.db)
+    return MediaRegistry.from_env(db=args.db, create=create)
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -321,13 +322,13 @@ def _ls(args: argparse.Namespace) -> int:
 
     within = timedelta(days=args.expiring) if args.expiring is not None else None
     listed = 0
-    with _open(args) as reg:
+    with _open(args, create=False) as reg:
         for record in reg.records(expiring_within=within):
             if args.json:
                 _print_json(record.model_dump(exclude={"history"}))
             else:
                 if not listed:
-                    _print_row(LS_COLUMNS)
+                    _print_row(tuple(LS_COLUMNS))
                 _print_row((record.phone_number_id or "-", record.sha256[:12], record.media_id or "-",
                             record.state, _size(record.size_bytes), _when(record.uploaded_at),
                             _when(record.expires_at), record.mime_type, ", ".join(record.paths) or "-"))
@@ -343,7 +344,7 @@ def _print_row(cells: Sequence[str]) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
-    with _open(args) as reg:
+    with _open(args, create=False) as reg:
         record = reg.lookup(args.target)
     if record is None:
         _error(f"{args.target}: not in the registry; upload it first, or check the path, "
@@ -379,7 +380,7 @@ def _print_record(record: MediaRecord) -> None:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    with _open(args) as reg:
+    with _open(args, create=False) as reg:
         counts = reg.stats()
     if args.json:
         _print_json(counts)
@@ -449,7 +450,7 @@ def _json_value(value: object) -> str:
     if isinstance(value, datetime):
         return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     if isinstance(value, os.PathLike):
-        return os.fspath(value)
+        return os.fsdecode(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 

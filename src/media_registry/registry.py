@@ -28,6 +28,7 @@ from ._sourcing import REFUSED, Source
 from .graph import AsyncGraphClient, GraphClient
 from .models import DownloadedMedia, LifecycleAction, Report
 from .sources import AsyncSourceFetcher, SourceFetcher
+from .store import MediaRow
 from .webhooks import OnInvalid
 
 __all__ = ["AsyncMediaRegistry", "MediaRegistry", "Outcome"]
@@ -46,7 +47,8 @@ class MediaRegistry(_Rules):
     (``db``, ``token``, ``phone_number_id``, ``api_base``, ``ttl``, ``min_validity``, ...,
     the names of :class:`~media_registry.config.Settings`). Thread-safe; use one per process.
     ``transport`` swaps the HTTP transport (an ``httpx.BaseTransport``, for tests); ``clock``
-    swaps the time source.
+    swaps the time source; ``create=False`` refuses to create a registry that does not exist
+    yet (for read-only use; an older registry is still upgraded).
     """
 
     _client = GraphClient
@@ -262,13 +264,13 @@ class AsyncMediaRegistry(_Rules):
     async def send_with_media(self, source: Source, send: Callable[[str], Awaitable[T] | T], *,
                               phone_number_id: str | None = None) -> T:
         """See :meth:`MediaRegistry.send_with_media`; ``send`` may be a coroutine function."""
-        return await self._drive(self._send_with_media_flow(source, send, phone_number_id))  # type: ignore[no-any-return]
+        return await self._drive(self._send_with_media_flow(source, send, phone_number_id))
 
     async def refresh_expiring(self, *, dry_run: bool = False, on_action: OnAction | None = None) -> Report:
         """See :meth:`MediaRegistry.refresh_expiring`; ``refresh_concurrency`` tasks at a time."""
         limit = asyncio.Semaphore(self.settings.refresh_concurrency)
 
-        async def refresh(row: dict[str, Any]) -> LifecycleAction:
+        async def refresh(row: MediaRow) -> LifecycleAction:
             async with limit:
                 return await self._drive(self._refresh_one(row, dry_run))
 
