@@ -36,9 +36,13 @@ class RegistryCore:
         create: bool = True,
         **overrides: Any,
     ) -> None:
-        self.settings = settings or load_settings(
-            db=db, token=token, phone_number_id=phone_number_id, **overrides
-        )
+        given = {"db": db, "token": token, "phone_number_id": phone_number_id, **overrides}
+        if settings is None:
+            settings = load_settings(**given)
+        elif any(value is not None for value in given.values()):
+            named = ", ".join(sorted(name for name, value in given.items() if value is not None))
+            raise ConfigError(f"pass settings= or individual settings ({named}), not both")
+        self.settings = settings
         self._clock = clock
         # create=False (read-only use) never creates a registry; an older one is upgraded.
         self.store: Store = open_store(self.settings.db, create=create, busy_timeout=self.settings.busy_timeout)
