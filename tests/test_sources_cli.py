@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -68,3 +69,16 @@ def test_invalidate(cli_env: dict[str, str], api: FakeGraphAPI) -> None:
     unknown = run_cli("invalidate", "999", env=cli_env)
     assert unknown.returncode == 1
     assert unknown.stderr == "media-registry: error: media ID 999: not in the registry; check the ID (see: ls)\n"
+
+
+def test_stdin_twice_or_closed_is_one_clear_line(cli_env: dict[str, str], api: FakeGraphAPI) -> None:
+    twice = subprocess.run([str(CLI), "upload", "-", "-"], input=DATA, env=cli_env, capture_output=True,
+                           timeout=60)
+    closed = subprocess.run([str(CLI), "upload", "-"], stdin=subprocess.DEVNULL, env=cli_env,
+                            capture_output=True, timeout=60, pass_fds=(), preexec_fn=lambda: os.close(0))
+    for result in (twice, closed):
+        assert result.returncode == 2 and result.stdout == b""
+        assert result.stderr.decode().splitlines() == [
+            "media-registry: error: -: standard input is read once, and must be open; "
+            "give - once and pipe the content in"]
+    assert api.uploads == 0

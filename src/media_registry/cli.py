@@ -167,7 +167,11 @@ def _print_upload(args: argparse.Namespace, media_id: str, status: str, path: st
 
 def _upload_paths(paths: Sequence[str], recursive: bool) -> list[str] | None:
     """The files to upload: the paths given, or with ``--recursive`` every file under the
-    folders given (hidden ones left out); None after saying why when a folder is given without it."""
+    folders given (hidden ones left out); None after saying why when a folder is given without it,
+    or ``-`` more than once or with standard input closed."""
+    if "-" in paths and (paths.count("-") > 1 or sys.stdin is None):
+        _error("-: standard input is read once, and must be open; give - once and pipe the content in")
+        return None
     if not recursive:
         for path in paths:
             if os.path.isdir(path):
