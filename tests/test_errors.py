@@ -13,6 +13,8 @@ from media_registry import (
     APIUnreachable,
     AuthError,
     ConfigError,
+    GraphAPIError,
+    MediaNotFound,
     MediaRegistry,
     MediaTooLarge,
     MislabelledMedia,
@@ -107,6 +109,15 @@ def test_no_token_fails_only_when_an_upload_is_needed(
 def test_no_phone_number(make_registry: Callable[..., MediaRegistry], make_file: Callable[..., Path]) -> None:
     with pytest.raises(ConfigError, match="set WHATSAPP_PHONE_NUMBER_ID"):
         make_registry(phone_number_id=None).get_or_upload(make_file("a.png"))
+
+
+def test_an_unknown_phone_number_is_named_not_taken_for_an_unknown_media_id(
+        registry: MediaRegistry, make_file: Callable[..., Path]) -> None:
+    with pytest.raises(GraphAPIError, match=r"^phone number ID 999: the Graph API does not know it "
+                       r"\(code 100, subcode 33\); check WHATSAPP_PHONE_NUMBER_ID") as caught:
+        registry.get_or_upload(make_file("a.png"), phone_number_id="999")
+    assert not isinstance(caught.value, MediaNotFound)
+    assert_intact(registry, make_file)
 
 
 def test_api_unreachable(make_registry: Callable[..., MediaRegistry], make_file: Callable[..., Path]) -> None:
