@@ -186,6 +186,12 @@ def test_a_missing_db_folder(make_registry: Callable[..., MediaRegistry], tmp_pa
         ("MEDIA_REGISTRY_TIMEOUT", "nan", "invalid MEDIA_REGISTRY_TIMEOUT"),
         ("MEDIA_REGISTRY_BUSY_TIMEOUT", "nan", "invalid MEDIA_REGISTRY_BUSY_TIMEOUT"),
         ("MEDIA_REGISTRY_DOWNLOAD_DEADLINE", "inf", "invalid MEDIA_REGISTRY_DOWNLOAD_DEADLINE"),
+        # Finite but huge: overflowed a C int, a timestamp or a date at the first upload.
+        ("MEDIA_REGISTRY_LEASE_SECONDS", "1e12", "invalid MEDIA_REGISTRY_LEASE_SECONDS: .*less than or equal"),
+        ("MEDIA_REGISTRY_BUSY_TIMEOUT", "1e308", "invalid MEDIA_REGISTRY_BUSY_TIMEOUT: .*less than or equal"),
+        ("MEDIA_REGISTRY_TIMEOUT", "1e308", "invalid MEDIA_REGISTRY_TIMEOUT: .*less than or equal"),
+        ("MEDIA_REGISTRY_TTL", "P100000000D", "invalid MEDIA_REGISTRY_TTL: .*up to 36500 days"),
+        ("MEDIA_REGISTRY_URL_REVALIDATE", "P100000000D", "invalid MEDIA_REGISTRY_URL_REVALIDATE: .*up to 36500"),
         ("WHATSAPP_TOKEN", "EAAG first\nsecond", "invalid WHATSAPP_TOKEN: .*without spaces or line breaks"),
         ("MEDIA_REGISTRY_USER_AGENT", "media-registry/0.1 (+https://pypi.org/)", "invalid MEDIA_REGISTRY_USER_AGENT"),
     ],
