@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     # Seconds between lease heartbeats is a third of this; a dead owner frees it after this.
     lease_seconds: float = Field(60.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
     # Upload starts per second per phone number, across a process's threads and tasks.
-    uploads_per_second: float = Field(20.0, gt=0, allow_inf_nan=False)
+    uploads_per_second: float = Field(20.0, ge=0.01, allow_inf_nan=False)  # a tinier rate overflowed the wait
     # How long a URL source's remembered content is trusted before a conditional GET.
     url_revalidate: timedelta = timedelta(minutes=5)
     # Query parameters left out of a URL source's key, and never printed or stored: a signed
