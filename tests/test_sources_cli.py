@@ -82,3 +82,13 @@ def test_stdin_twice_or_closed_is_one_clear_line(cli_env: dict[str, str], api: F
             "media-registry: error: -: standard input is read once, and must be open; "
             "give - once and pipe the content in"]
     assert api.uploads == 0
+
+
+def test_show_and_delete_of_a_signed_url_never_echo_its_signature(cli_env: dict[str, str]) -> None:
+    signed = "https://bucket.example.com/a.png?X-Amz-Signature=SECRETSIG&v=2"
+    assert run_cli("init", env=cli_env).returncode == 0
+    for command in ("show", "delete"):
+        result = run_cli(command, signed, env=cli_env)
+        assert result.returncode == 1 and "SECRETSIG" not in result.stdout + result.stderr
+        assert result.stderr.startswith(
+            "media-registry: error: https://bucket.example.com/a.png?v=2: not in the registry")

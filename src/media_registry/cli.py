@@ -110,7 +110,7 @@ def _upload(args: argparse.Namespace) -> int:
     with _open(args) as reg, _progress("uploading", len(paths) - done) as advance:
         for given in paths[done:]:
             source = sys.stdin.buffer if given == "-" else given
-            path = reg.sources.key(given) if _is_url(given) else given  # never a URL's signature
+            path = _shown(reg, given)
             outcome = _attempt(args, reg.get_or_upload_with_status, source,
                                phone_number_id=args.phone_number_id, mime_type=args.mime_type)
             advance(path)
@@ -129,6 +129,11 @@ def _invalidate(args: argparse.Namespace) -> int:
     else:
         print(f"{args.media_id}\tinvalidated")
     return 0
+
+
+def _shown(reg: MediaRegistry, given: str) -> str:
+    """How a path or URL given on the command line is printed: never with a URL's signature."""
+    return reg.sources.key(given) if _is_url(given) else given
 
 
 def _is_url(given: str) -> bool:
@@ -349,9 +354,9 @@ def _print_row(cells: Sequence[str]) -> None:
 
 def _show(args: argparse.Namespace) -> int:
     with _open(args, create=False) as reg:
-        record = reg.lookup(args.target)
+        record, shown = reg.lookup(args.target), _shown(reg, args.target)
     if record is None:
-        _error(f"{args.target}: not in the registry; upload it first, or check the path, "
+        _error(f"{shown}: not in the registry; upload it first, or check the path, "
                "media ID or sha256 (see: media-registry ls)")
         return 1
     if args.json:
