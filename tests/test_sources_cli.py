@@ -69,6 +69,10 @@ def test_invalidate(cli_env: dict[str, str], api: FakeGraphAPI) -> None:
     unknown = run_cli("invalidate", "999", env=cli_env)
     assert unknown.returncode == 1
     assert unknown.stderr == "media-registry: error: media ID 999: not in the registry; check the ID (see: ls)\n"
+    for command in ("invalidate", "download"):  # a pasted URL is refused as not an ID, never echoed
+        pasted = run_cli(command, "https://x.example.com/a.png?X-Amz-Signature=SECRETSIG", env=cli_env)
+        assert pasted.returncode == 1 and pasted.stderr == (
+            "media-registry: error: a URL is not a media ID (digits only); check the value given\n")
 
 
 def test_stdin_twice_or_closed_is_one_clear_line(cli_env: dict[str, str], api: FakeGraphAPI) -> None:
