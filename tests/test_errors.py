@@ -193,6 +193,7 @@ def test_a_missing_db_folder(make_registry: Callable[..., MediaRegistry], tmp_pa
         ("MEDIA_REGISTRY_TTL", "P100000000D", "invalid MEDIA_REGISTRY_TTL: .*up to 36500 days"),
         ("MEDIA_REGISTRY_URL_REVALIDATE", "P100000000D", "invalid MEDIA_REGISTRY_URL_REVALIDATE: .*up to 36500"),
         ("WHATSAPP_TOKEN", "EAAG first\nsecond", "invalid WHATSAPP_TOKEN: .*without spaces or line breaks"),
+        ("WHATSAPP_TOKEN", " \n", "invalid WHATSAPP_TOKEN: is empty; set it to the access token"),
         ("MEDIA_REGISTRY_USER_AGENT", "media-registry/0.1 (+https://pypi.org/)", "invalid MEDIA_REGISTRY_USER_AGENT"),
     ],
 )
