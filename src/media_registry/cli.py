@@ -489,6 +489,13 @@ def _days(text: str) -> float:
     return days
 
 
+def _port(text: str) -> int:
+    """A TCP port, 0 to 65535 (0: a free one)."""
+    if not (text.isascii() and text.isdigit() and int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port from 0 to 65535")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="media-registry",
@@ -559,5 +566,5 @@ def _parser() -> argparse.ArgumentParser:
             json_flag=False)
     fake_api = command("fake-api", _fake_api, "serve the built-in local Graph API until Ctrl-C "
                        "and print the export lines that point this command at it", json_flag=False)
-    fake_api.add_argument("--port", type=int, default=0, help="default: a free port")
+    fake_api.add_argument("--port", type=_port, default=0, help="default: a free port")
     return parser
