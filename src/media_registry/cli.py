@@ -280,14 +280,17 @@ def _download(args: argparse.Namespace) -> int:
     if not args.media_ids and args.webhook is None:
         _error("name at least one MEDIA_ID, or a webhook payload with --webhook FILE (- for stdin)")
         return 2
+    skipped: list[str] = []
+
+    def skip(problem: str) -> None:  # said at once: a later item's error must not swallow it
+        skipped.append(problem)
+        _error(problem)
+
     with _open(args) as reg:
         results = []
-        skipped: list[str] = []
         if args.webhook is not None:
-            results.extend(reg.download_webhook(_read_json(args.webhook), args.out, on_invalid=skipped.append))
+            results.extend(reg.download_webhook(_read_json(args.webhook), args.out, on_invalid=skip))
         attempts = [_attempt(args, reg.download, media_id, args.out) for media_id in args.media_ids]
-    for problem in skipped:
-        _error(problem)
     failed = attempts.count(None) + len(skipped)
     results.extend(result for result in attempts if result is not None)
     for result in results:
