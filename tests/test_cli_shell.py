@@ -292,6 +292,13 @@ def test_fake_api_on_a_busy_port_is_one_clear_error() -> None:
     assert result.returncode == 1 and f"port {port}" in one_error_line(result) and "--port" in result.stderr
 
 
+@pytest.mark.parametrize("port", ["-1", "70000", "80x"])
+def test_fake_api_on_an_impossible_port_is_a_usage_error(port: str) -> None:
+    result = run_cli("fake-api", "--port", port, env=dict(os.environ))
+    assert result.returncode == 2 and result.stderr.splitlines()[-1] == (
+        f"media-registry fake-api: error: argument --port: {port!r} is not a port from 0 to 65535")
+
+
 def test_fake_api_with_a_given_port(make_file: Callable[..., Path]) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

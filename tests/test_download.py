@@ -212,3 +212,15 @@ def test_cli_download_and_webhook_from_stdin(cli_env: dict[str, str], api: FakeG
     bad = run_cli("download", "999", "--out", str(out), env=cli_env)
     assert bad.returncode == 1 and "does not know this media ID" in bad.stderr
     assert run_cli("download", env=cli_env).returncode == 2
+
+
+def test_cli_webhook_reports_a_skipped_item_even_when_a_later_one_fails(
+        cli_env: dict[str, str], tmp_path: Path) -> None:
+    payload = webhook_with([{"from": "1", "id": "wamid.A", "type": "image", "image": {"id": "abc"}},
+                            {"from": "1", "id": "wamid.B", "type": "image", "image": {"id": "999999"}}])
+    result = run_cli("download", "--webhook", "-", "--out", str(tmp_path / "out"), env=cli_env,
+                     stdin=json.dumps(payload))
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert lines[0].endswith("'abc' is not a webhook media ID (digits only); check the value given; skipped")
+    assert "media 999999: the Graph API does not know this media ID" in lines[1] and len(lines) == 2

@@ -13,6 +13,8 @@ from media_registry import (
     APIUnreachable,
     AuthError,
     ConfigError,
+    GraphAPIError,
+    MediaNotFound,
     MediaRegistry,
     MediaTooLarge,
     MislabelledMedia,
@@ -109,6 +111,15 @@ def test_no_phone_number(make_registry: Callable[..., MediaRegistry], make_file:
         make_registry(phone_number_id=None).get_or_upload(make_file("a.png"))
 
 
+def test_an_unknown_phone_number_is_named_not_taken_for_an_unknown_media_id(
+        registry: MediaRegistry, make_file: Callable[..., Path]) -> None:
+    with pytest.raises(GraphAPIError, match=r"^phone number ID 999: the Graph API does not know it "
+                       r"\(code 100, subcode 33\); check WHATSAPP_PHONE_NUMBER_ID") as caught:
+        registry.get_or_upload(make_file("a.png"), phone_number_id="999")
+    assert not isinstance(caught.value, MediaNotFound)
+    assert_intact(registry, make_file)
+
+
 def test_api_unreachable(make_registry: Callable[..., MediaRegistry], make_file: Callable[..., Path]) -> None:
     registry = make_registry(api_base="http://127.0.0.1:9/v21.0", max_retries=1)
     with pytest.raises(APIUnreachable, match="cannot reach the Graph API.*check the network"):
@@ -175,7 +186,14 @@ def test_a_missing_db_folder(make_registry: Callable[..., MediaRegistry], tmp_pa
         ("MEDIA_REGISTRY_TIMEOUT", "nan", "invalid MEDIA_REGISTRY_TIMEOUT"),
         ("MEDIA_REGISTRY_BUSY_TIMEOUT", "nan", "invalid MEDIA_REGISTRY_BUSY_TIMEOUT"),
         ("MEDIA_REGISTRY_DOWNLOAD_DEADLINE", "inf", "invalid MEDIA_REGISTRY_DOWNLOAD_DEADLINE"),
+        # Finite but huge: overflowed a C int, a timestamp or a date at the first upload.
+        ("MEDIA_REGISTRY_LEASE_SECONDS", "1e12", "invalid MEDIA_REGISTRY_LEASE_SECONDS: .*less than or equal"),
+        ("MEDIA_REGISTRY_BUSY_TIMEOUT", "1e308", "invalid MEDIA_REGISTRY_BUSY_TIMEOUT: .*less than or equal"),
+        ("MEDIA_REGISTRY_TIMEOUT", "1e308", "invalid MEDIA_REGISTRY_TIMEOUT: .*less than or equal"),
+        ("MEDIA_REGISTRY_TTL", "P100000000D", "invalid MEDIA_REGISTRY_TTL: .*up to 36500 days"),
+        ("MEDIA_REGISTRY_URL_REVALIDATE", "P100000000D", "invalid MEDIA_REGISTRY_URL_REVALIDATE: .*up to 36500"),
         ("WHATSAPP_TOKEN", "EAAG first\nsecond", "invalid WHATSAPP_TOKEN: .*without spaces or line breaks"),
+        ("WHATSAPP_TOKEN", " \n", "invalid WHATSAPP_TOKEN: is empty; set it to the access token"),
         ("MEDIA_REGISTRY_USER_AGENT", "media-registry/0.1 (+https://pypi.org/)", "invalid MEDIA_REGISTRY_USER_AGENT"),
     ],
 )

@@ -353,9 +353,10 @@ def test_source_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.url_ignore_query == ("sig", "se", "X-Goog-*")
     assert settings.url_revalidate.total_seconds() == 60 and settings.uploads_per_second == 5
     assert load_settings(url_ignore_query="token").url_ignore_query == ("token",)
-    monkeypatch.setenv("MEDIA_REGISTRY_UPLOADS_PER_SECOND", "0")
-    with pytest.raises(ConfigError, match="MEDIA_REGISTRY_UPLOADS_PER_SECOND"):
-        load_settings()
+    for rate in ("0", "1e-300"):  # a tiny rate overflowed the second upload's wait
+        monkeypatch.setenv("MEDIA_REGISTRY_UPLOADS_PER_SECOND", rate)
+        with pytest.raises(ConfigError, match="MEDIA_REGISTRY_UPLOADS_PER_SECOND"):
+            load_settings()
 
 
 def test_default_settings_leave_out_s3_and_gcs_signatures() -> None:

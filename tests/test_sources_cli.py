@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -68,3 +69,30 @@ def test_invalidate(cli_env: dict[str, str], api: FakeGraphAPI) -> None:
     unknown = run_cli("invalidate", "999", env=cli_env)
     assert unknown.returncode == 1
     assert unknown.stderr == "media-registry: error: media ID 999: not in the registry; check the ID (see: ls)\n"
+    for command in ("invalidate", "download"):  # a pasted URL is refused as not an ID, never echoed
+        pasted = run_cli(command, "https://x.example.com/a.png?X-Amz-Signature=SECRETSIG", env=cli_env)
+        assert pasted.returncode == 1 and pasted.stderr == (
+            "media-registry: error: a URL is not a media ID (digits only); check the value given\n")
+
+
+def test_stdin_twice_or_closed_is_one_clear_line(cli_env: dict[str, str], api: FakeGraphAPI) -> None:
+    twice = subprocess.run([str(CLI), "upload", "-", "-"], input=DATA, env=cli_env, capture_output=True,
+                           timeout=60)
+    closed = subprocess.run([str(CLI), "upload", "-"], stdin=subprocess.DEVNULL, env=cli_env,
+                            capture_output=True, timeout=60, pass_fds=(), preexec_fn=lambda: os.close(0))
+    for result in (twice, closed):
+        assert result.returncode == 2 and result.stdout == b""
+        assert result.stderr.decode().splitlines() == [
+            "media-registry: error: -: standard input is read once, and must be open; "
+            "give - once and pipe the content in"]
+    assert api.uploads == 0
+
+
+def test_show_and_delete_of_a_signed_url_never_echo_its_signature(cli_env: dict[str, str]) -> None:
+    signed = "https://bucket.example.com/a.png?X-Amz-Signature=SECRETSIG&v=2"
+    assert run_cli("init", env=cli_env).returncode == 0
+    for command in ("show", "delete"):
+        result = run_cli(command, signed, env=cli_env)
+        assert result.returncode == 1 and "SECRETSIG" not in result.stdout + result.stderr
+        assert result.stderr.startswith(
+            "media-registry: error: https://bucket.example.com/a.png?v=2: not in the registry")

@@ -117,6 +117,14 @@ def test_bad_bytes_and_streams_are_clear_errors_and_upload_nothing(reg: MediaReg
     assert api.uploads == 0 and api.count("POST") == 0
 
 
+@pytest.mark.parametrize("url", ["https://127.0.0.1:abc/a.png?X-Amz-Signature=s1gn4ture",
+                                 "https://[::1/a.png", "https://xn--a.com/a.png"])
+def test_a_malformed_url_is_a_clear_error(reg: MediaRegistry, api: FakeGraphAPI, url: str) -> None:
+    with pytest.raises(UnsafeSourceURL, match="not a valid URL") as raised:
+        reg.get_or_upload(url)
+    assert "s1gn4ture" not in str(raised.value) and api.count("POST") == 0
+
+
 # -- URL sources ---------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ from ._sending import UploadSource, ids_of, source_name, wall_clock
 from ._sourcing import Sourcing, closing
 from .errors import ContentDeleted, MediaRegistryError, NotInRegistry, SourceNotFound
 from .models import LifecycleAction, Report
+from .sources import is_url
 from .store import ContentRef, MediaRow
 
 OnAction = Callable[[LifecycleAction], None]
@@ -64,8 +65,9 @@ class Lifecycle(Sourcing):
         """Mark a content deleted (never served again), then DELETE its IDs at the API."""
         sha256: str | None = yield Blocking(functools.partial(self.resolve, target))
         if sha256 is None:
+            shown = self.sources.key(target) if is_url(target) else target  # never a URL's signature
             raise NotInRegistry(
-                f"{target}: not in the registry; check the path, sha256 or media ID (see: ls)"
+                f"{shown}: not in the registry; check the path, sha256 or media ID (see: ls)"
             )
         yield Blocking(functools.partial(self.store.mark_deleted, sha256, self._clock(), f"delete {target}"))
         pending: list[MediaRow] = yield Blocking(functools.partial(self.store.pending_deletes, sha256))

@@ -132,7 +132,10 @@ class Sending(RegistryCore):
             # Meta starts the TTL when it receives the file: counting from before sending
             # errs on the safe side.
             uploaded_at = self._clock()
-            media_id = yield from self._upload(source, mime_type, phone, windows.ttl_minutes)
+            try:
+                media_id = yield from self._upload(source, mime_type, phone, windows.ttl_minutes)
+            except MediaNotFound as exc:  # code 100/33 on an upload: the number is unknown, not the media
+                raise _unknown_number(phone, exc) from None
             media = NewMedia(media_id, sha256, phone, mime_type, source.size, uploaded_at,
                              uploaded_at + windows.ttl, source_name(source), action)
             recorded: Recorded = yield Blocking(functools.partial(self.store.record_upload, media, owner))
@@ -181,6 +184,14 @@ def wall_clock() -> datetime:
     """The real time, whatever clock the registry runs on: a fingerprint's recording time is
     compared with the file's own timestamps (the racily-clean rule)."""
     return datetime.now(timezone.utc)
+
+
+def _unknown_number(phone: str, exc: MediaNotFound) -> GraphAPIError:
+    return GraphAPIError(
+        f"phone number ID {phone}: the Graph API does not know it (code {exc.code}, subcode "
+        f"{exc.subcode}); check WHATSAPP_PHONE_NUMBER_ID or pass phone_number_id=",
+        status=exc.status, code=exc.code, subcode=exc.subcode, fbtrace_id=exc.fbtrace_id,
+    )
 
 
 def _deleted(path: str) -> ContentDeleted:

@@ -21,6 +21,7 @@ from ._flows import Blocking, Fetch, Flow, Hashing, Send, Sleep
 from ._sending import Outcome, Sending
 from .errors import MediaRegistryError, NotInRegistry, SourceNotFound, SourceUnavailable
 from .media_types import MediaType
+from .models import graph_id
 from .refusal import media_id_refused
 from .sources import AsyncSourceFetcher, Content, SourceFetcher, Validators
 from .store import UrlSource
@@ -182,6 +183,7 @@ class Sourcing(Sending):
 
     def _invalidate_flow(self, media_id: str, reason: str) -> Flow[None]:
         """Mark a media ID dead (never served again), with an event saying why."""
+        graph_id(media_id, "media ID")
         found: bool = yield Blocking(functools.partial(
             self.store.invalidate_media, media_id, self._clock(), reason))
         if not found:

@@ -110,7 +110,7 @@ def _upload(args: argparse.Namespace) -> int:
     with _open(args) as reg, _progress("uploading", len(paths) - done) as advance:
         for given in paths[done:]:
             source = sys.stdin.buffer if given == "-" else given
-            path = reg.sources.key(given) if _is_url(given) else given  # never a URL's signature
+            path = _shown(reg, given)
             outcome = _attempt(args, reg.get_or_upload_with_status, source,
                                phone_number_id=args.phone_number_id, mime_type=args.mime_type)
             advance(path)
@@ -129,6 +129,11 @@ def _invalidate(args: argparse.Namespace) -> int:
     else:
         print(f"{args.media_id}\tinvalidated")
     return 0
+
+
+def _shown(reg: MediaRegistry, given: str) -> str:
+    """How a path or URL given on the command line is printed: never with a URL's signature."""
+    return reg.sources.key(given) if _is_url(given) else given
 
 
 def _is_url(given: str) -> bool:
@@ -167,7 +172,11 @@ def _print_upload(args: argparse.Namespace, media_id: str, status: str, path: st
 
 def _upload_paths(paths: Sequence[str], recursive: bool) -> list[str] | None:
     """The files to upload: the paths given, or with ``--recursive`` every file under the
-    folders given (hidden ones left out); None after saying why when a folder is given without it."""
+    folders given (hidden ones left out); None after saying why when a folder is given without it,
+    or ``-`` more than once or with standard input closed."""
+    if "-" in paths and (paths.count("-") > 1 or sys.stdin is None):
+        _error("-: standard input is read once, and must be open; give - once and pipe the content in")
+        return None
     if not recursive:
         for path in paths:
             if os.path.isdir(path):
@@ -271,14 +280,17 @@ def _download(args: argparse.Namespace) -> int:
     if not args.media_ids and args.webhook is None:
         _error("name at least one MEDIA_ID, or a webhook payload with --webhook FILE (- for stdin)")
         return 2
+    skipped: list[str] = []
+
+    def skip(problem: str) -> None:  # said at once: a later item's error must not swallow it
+        skipped.append(problem)
+        _error(problem)
+
     with _open(args) as reg:
         results = []
-        skipped: list[str] = []
         if args.webhook is not None:
-            results.extend(reg.download_webhook(_read_json(args.webhook), args.out, on_invalid=skipped.append))
+            results.extend(reg.download_webhook(_read_json(args.webhook), args.out, on_invalid=skip))
         attempts = [_attempt(args, reg.download, media_id, args.out) for media_id in args.media_ids]
-    for problem in skipped:
-        _error(problem)
     failed = attempts.count(None) + len(skipped)
     results.extend(result for result in attempts if result is not None)
     for result in results:
@@ -345,9 +357,9 @@ def _print_row(cells: Sequence[str]) -> None:
 
 def _show(args: argparse.Namespace) -> int:
     with _open(args, create=False) as reg:
-        record = reg.lookup(args.target)
+        record, shown = reg.lookup(args.target), _shown(reg, args.target)
     if record is None:
-        _error(f"{args.target}: not in the registry; upload it first, or check the path, "
+        _error(f"{shown}: not in the registry; upload it first, or check the path, "
                "media ID or sha256 (see: media-registry ls)")
         return 1
     if args.json:
@@ -480,6 +492,13 @@ def _days(text: str) -> float:
     return days
 
 
+def _port(text: str) -> int:
+    """A TCP port, 0 to 65535 (0: a free one)."""
+    if not (text.isascii() and text.isdigit() and int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port from 0 to 65535")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="media-registry",
@@ -550,5 +569,5 @@ def _parser() -> argparse.ArgumentParser:
             json_flag=False)
     fake_api = command("fake-api", _fake_api, "serve the built-in local Graph API until Ctrl-C "
                        "and print the export lines that point this command at it", json_flag=False)
-    fake_api.add_argument("--port", type=int, default=0, help="default: a free port")
+    fake_api.add_argument("--port", type=_port, default=0, help="default: a free port")
     return parser

@@ -26,6 +26,9 @@ from .graph import (
 # Meta retires a Graph API version about two years after its release.
 DEFAULT_API_BASE = "https://graph.facebook.com/v23.0"
 # S3 and GCS presigned URLs: the signature and the parameters that change with it.
+# Bounds that keep every wait and date computable (a huge value overflowed a C int or a date).
+MAX_SECONDS = 86400.0
+MAX_DURATION = timedelta(days=36500)
 DEFAULT_URL_IGNORE_QUERY = (
     "X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires", "X-Amz-Security-Token",
     "X-Amz-Signature", "X-Amz-SignedHeaders", "X-Goog-*",
@@ -59,9 +62,9 @@ class Settings(BaseSettings):
     # the media hosts a browser-like one.
     user_agent: str = USER_AGENT
     download_user_agent: str = Field(DOWNLOAD_USER_AGENT, pattern=r"^[\x20-\x7e]+$")
-    timeout: float = Field(60.0, gt=0, allow_inf_nan=False)
+    timeout: float = Field(60.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
     # A download as a whole, however slowly the server sends it.
-    download_deadline: float = Field(DOWNLOAD_DEADLINE, gt=0, allow_inf_nan=False)
+    download_deadline: float = Field(DOWNLOAD_DEADLINE, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
     max_retries: int = Field(4, ge=0, le=20)
     retry_backoff: float = Field(0.5, ge=0, allow_inf_nan=False)
     # Host suffixes that may receive the token over https for downloads, besides the API base.
@@ -70,11 +73,11 @@ class Settings(BaseSettings):
     refresh_interval: timedelta = timedelta(hours=1)
     purge_interval: timedelta = timedelta(hours=1)
     # How long to wait for another writer before RegistryLocked.
-    busy_timeout: float = Field(10.0, gt=0, allow_inf_nan=False)
+    busy_timeout: float = Field(10.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
     # Seconds between lease heartbeats is a third of this; a dead owner frees it after this.
-    lease_seconds: float = Field(60.0, gt=0, allow_inf_nan=False)
+    lease_seconds: float = Field(60.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
     # Upload starts per second per phone number, across a process's threads and tasks.
-    uploads_per_second: float = Field(20.0, gt=0, allow_inf_nan=False)
+    uploads_per_second: float = Field(20.0, ge=0.01, allow_inf_nan=False)  # a tinier rate overflowed the wait
     # How long a URL source's remembered content is trusted before a conditional GET.
     url_revalidate: timedelta = timedelta(minutes=5)
     # Query parameters left out of a URL source's key, and never printed or stored: a signed
@@ -121,8 +124,8 @@ class Settings(BaseSettings):
     @field_validator("url_revalidate")
     @classmethod
     def _check_not_negative(cls, value: timedelta) -> timedelta:
-        if value < timedelta(0):
-            raise ValueError("must be zero (always revalidate) or a positive duration")
+        if not timedelta(0) <= value <= MAX_DURATION:
+            raise ValueError("must be zero (always revalidate) or a positive duration up to 36500 days")
         return value
 
     @field_validator("url_ignore_query", mode="before")
@@ -142,8 +145,8 @@ class Settings(BaseSettings):
     @field_validator("ttl", "min_validity", "refresh_before", "refresh_interval", "purge_interval")
     @classmethod
     def _check_positive(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("must be a positive duration")
+        if not timedelta(0) < value <= MAX_DURATION:
+            raise ValueError("must be a positive duration up to 36500 days")
         return value
 
 

@@ -67,7 +67,9 @@ def check_token(token: str | None) -> str | None:
     if token is None:
         return None
     token = token.strip()
-    if not token or any(char.isspace() for char in token):
+    if not token:  # e.g. `export WHATSAPP_TOKEN=$(cmd)` where the command failed
+        raise ValueError("is empty; set it to the access token, or leave it unset for cache hits only")
+    if any(char.isspace() for char in token):
         raise ValueError("must be the token alone, without spaces or line breaks inside")
     return token
 

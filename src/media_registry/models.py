@@ -126,7 +126,8 @@ def graph_id(value: object, what: str) -> str:
     """``value`` if it is a Graph API ID (digits), else InputError: IDs go into request paths,
     where ``../`` or ``?`` would reach another endpoint."""
     if not isinstance(value, str) or not value.isascii() or not value.isdigit():
-        raise InputError(f"{str(value)[:80]!r} is not a {what} (digits only); check the value given")
+        shown = "a URL" if "://" in str(value) else repr(str(value)[:80])  # a URL may carry a signature
+        raise InputError(f"{shown} is not a {what} (digits only); check the value given")
     return value
 
 

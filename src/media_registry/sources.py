@@ -67,7 +67,10 @@ def url_key(url: str | httpx.URL, ignore_query: Iterable[str] = DEFAULT_URL_IGNO
 
 @functools.lru_cache(maxsize=1024)  # a URL hit should cost a lookup, not a parse
 def _url_key(url: str, ignore_query: tuple[str, ...]) -> str:
-    parsed = httpx.URL(url)
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:  # its message names the bad part, never the query
+        raise UnsafeSourceURL(f"not a valid URL ({exc}); check it") from None
     patterns = [name.lower() for name in ignore_query]
     kept = [(name, value) for name, value in parsed.params.multi_items() if not _ignored(name, patterns)]
     return str(parsed.copy_with(username=None, password=None, fragment=None, query=None,
@@ -90,9 +93,10 @@ def check_url(url: str | httpx.URL, label: str) -> httpx.URL:
     Raises UnsafeSourceURL (naming it by ``label``) before anything is sent."""
     try:
         parsed = httpx.URL(url)
-    except httpx.InvalidURL:
+        host = parsed.host  # an invalid IDN host fails only here (a UnicodeError)
+    except (httpx.InvalidURL, ValueError):
         raise UnsafeSourceURL(f"{label}: not a valid URL; check it") from None
-    if parsed.host and (parsed.scheme == "https" or (parsed.scheme == "http" and is_loopback(parsed.host))):
+    if host and (parsed.scheme == "https" or (parsed.scheme == "http" and is_loopback(host))):
         return parsed
     raise UnsafeSourceURL(
         f"{label}: only https:// URLs are fetched (http:// only from this machine); "
