@@ -2,6 +2,7 @@
 
 from .config import Settings
 from .errors import (
+    AccessDenied,
     APIUnreachable,
     AuthError,
     ConfigError,
@@ -14,6 +15,7 @@ from .errors import (
     MediaRegistryError,
     MediaTooLarge,
     MislabelledMedia,
+    NotAuthenticated,
     NotInRegistry,
     RateLimited,
     RegistryCorrupt,
@@ -32,6 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "APIUnreachable",
+    "AccessDenied",
     "AsyncMediaRegistry",
     "AuthError",
     "ConfigError",
@@ -50,6 +53,7 @@ __all__ = [
     "MediaRegistryError",
     "MediaTooLarge",
     "MislabelledMedia",
+    "NotAuthenticated",
     "NotInRegistry",
     "Outcome",
     "RateLimited",

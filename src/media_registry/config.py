@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     busy_timeout: float = Field(10.0, gt=0)
     # Seconds between lease heartbeats is a third of this; a dead owner frees it after this.
     lease_seconds: float = Field(60.0, gt=0)
+    # The bearer token clients of `serve` must send; required when it binds beyond loopback.
+    service_token: SecretStr | None = None
 
     @field_validator("api_base")
     @classmethod

@@ -152,11 +152,7 @@ class _RegistryCore:
         self, path: str | os.PathLike[str], phone_number_id: str | None, mime_type: str | None
     ) -> Outcome | _Miss:
         """The cache hit, done inline by both drivers: one stat and one indexed query."""
-        phone = phone_number_id or self.settings.phone_number_id
-        if not phone:
-            raise ConfigError(
-                "no phone number ID: set WHATSAPP_PHONE_NUMBER_ID or pass phone_number_id="
-            )
+        phone = self._phone(phone_number_id)
         fp = hashing.fingerprint(path)
         row = self.store.fast_lookup(fp, phone, self._valid_until(self._windows(phone).min_validity))
         if row is None:
@@ -164,6 +160,14 @@ class _RegistryCore:
         if row[1] is not None and mime_type is None:
             return Outcome(row[1], uploaded=False)
         return _Miss(fp, row[0], row[1], phone)
+
+    def _phone(self, phone_number_id: str | None) -> str:
+        phone = phone_number_id or self.settings.phone_number_id
+        if not phone:
+            raise ConfigError(
+                "no phone number ID: set WHATSAPP_PHONE_NUMBER_ID or pass phone_number_id="
+            )
+        return phone
 
     def _windows(self, phone: str) -> Windows:
         """The TTL and validity windows of one number, worked out once."""
@@ -422,6 +426,24 @@ class _RegistryCore:
         """
         before = iso(self._clock() + expiring_within) if expiring_within is not None else None
         return [_record(row) for row in self.store.content_rows(expiring_before=before)]
+
+    def valid_record(self, sha256: str, *, phone_number_id: str | None = None) -> MediaRecord | None:
+        """The record of the media ID that :meth:`get_or_upload` would serve for this content
+        on one number (valid for at least ``min_validity``), or None: one indexed query, no
+        hashing, no network."""
+        phone = self._phone(phone_number_id)
+        valid_until = self._valid_until(self._windows(phone).min_validity)
+        row = self.store.valid_media(sha256.lower(), phone, valid_until)
+        return _record(row) if row else None
+
+    def overdue(self) -> list[str]:
+        """Media IDs that refresh could renew (a source still holds the content) but that have
+        less than ``min_validity`` left: refresh is not keeping up."""
+        now = self._clock()
+        rows = self.store.expiring_media(iso(now + self.settings.min_validity))
+        return [row["media_id"] for row in rows
+                if row["expires_at"] <= iso(now + self._windows(row["phone_number_id"]).min_validity)
+                and self._find_source(row["sha256"], row["mime_type"]) is not None]
 
     def stats(self) -> dict[str, Any]:
         """Counts of contents, paths and media IDs by state, for health checks."""

@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from .errors import MediaRegistryError, RegistryLocked
@@ -23,29 +24,21 @@ from .models import LifecycleAction, Report
 from .registry import MediaRegistry
 
 log = logging.getLogger("media_registry.daemon")
+S = TypeVar("S", bound=BaseScheduler)
 
 
-def run_daemon(registry: MediaRegistry) -> None:
+Observer = Callable[[str, Report | None], None]
+"""Told of each finished pass: the job's name and its report (None when the pass failed)."""
+
+
+def run_daemon(registry: MediaRegistry, observe: Observer | None = None) -> None:
     """Run refresh and purge every ``refresh_interval`` / ``purge_interval`` until a signal.
 
     Raises RegistryLocked if another daemon already serves this registry.
     """
     settings = registry.settings
-    with _only_daemon(settings.db):
-        scheduler = BlockingScheduler(
-            timezone=timezone.utc,
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
-        )
-        start = datetime.now(timezone.utc)
-        jobs: dict[str, tuple[Callable[..., Report], Any]] = {
-            "refresh": (registry.refresh_expiring, settings.refresh_interval),
-            "purge": (registry.purge, settings.purge_interval),
-        }
-        for name, (job, interval) in jobs.items():
-            scheduler.add_job(
-                _run_job, "interval", args=(name, job), seconds=interval.total_seconds(),
-                id=name, name=name, next_run_time=start,
-            )
+    with only_daemon(settings.db):
+        scheduler = schedule(BlockingScheduler, registry, observe)
 
         def stop(signum: int, _frame: Any) -> None:
             log.info("%s received: finishing the uploads in flight, then stopping",
@@ -61,13 +54,38 @@ def run_daemon(registry: MediaRegistry) -> None:
         log.info("daemon stopped")
 
 
-def _run_job(name: str, job: Callable[..., Report]) -> None:
+def schedule(kind: type[S], registry: MediaRegistry, observe: Observer | None = None) -> S:
+    """A scheduler of ``kind`` with the refresh and purge jobs, each due at once and then
+    every ``refresh_interval`` / ``purge_interval``; never two passes of one job at a time."""
+    scheduler = kind(
+        timezone=timezone.utc,
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+    )
+    settings = registry.settings
+    start = datetime.now(timezone.utc)
+    jobs: dict[str, tuple[Callable[..., Report], Any]] = {
+        "refresh": (registry.refresh_expiring, settings.refresh_interval),
+        "purge": (registry.purge, settings.purge_interval),
+    }
+    for name, (job, interval) in jobs.items():
+        scheduler.add_job(
+            _run_job, "interval", args=(name, job, observe), seconds=interval.total_seconds(),
+            id=name, name=name, next_run_time=start,
+        )
+    return scheduler
+
+
+def _run_job(name: str, job: Callable[..., Report], observe: Observer | None) -> None:
     """One tick: log each action; an error (API down, registry busy) is logged, never fatal."""
     try:
         report = job(on_action=_log_action)
     except MediaRegistryError as exc:
         log.error("%s failed: %s; retrying at the next tick", name, exc)
+        if observe is not None:
+            observe(name, None)
         return
+    if observe is not None:
+        observe(name, report)
     counts = {a.action: report.count(a.action) for a in report.actions}
     log.info("%s done: %s", name, ", ".join(f"{n} {a}" for a, n in counts.items()) or "nothing to do")
 
@@ -78,8 +96,9 @@ def _log_action(action: LifecycleAction) -> None:
 
 
 @contextmanager
-def _only_daemon(db: Path) -> Iterator[None]:
-    """Hold an exclusive lock beside the registry for as long as the daemon runs.
+def only_daemon(db: Path) -> Iterator[None]:
+    """Hold an exclusive lock beside the registry for as long as the daemon (or the service
+    running its schedule) runs.
 
     flock is released by the kernel when the process dies, so a killed daemon never blocks
     the next one.

@@ -422,13 +422,34 @@ class Store:
 
     @_mapped
     def stats_by_phone_number(self, now: str, expiring_before: str) -> dict[str, dict[str, int]]:
-        """Live and expiring media IDs per phone number."""
+        """Live, expiring and expired (not yet purged) media IDs per phone number."""
         rows = self._connection().execute(
-            "SELECT phone_number_id, count(*), sum(expires_at <= :before) FROM media "
-            "WHERE state = 'current' AND expires_at > :now GROUP BY phone_number_id ORDER BY 1",
+            """
+            SELECT phone_number_id,
+                   sum(state = 'current' AND expires_at > :now),
+                   sum(state = 'current' AND expires_at > :now AND expires_at <= :before),
+                   sum(expires_at <= :now)
+            FROM media GROUP BY phone_number_id ORDER BY 1
+            """,
             {"now": now, "before": expiring_before},
         ).fetchall()
-        return {phone: {"live_ids": live, "expiring_ids": expiring} for phone, live, expiring in rows}
+        return {phone: {"live_ids": live, "expiring_ids": expiring, "expired_ids": expired}
+                for phone, live, expiring, expired in rows}
+
+    @_mapped
+    def valid_media(self, sha256: str, phone_number_id: str, valid_until: str) -> dict[str, Any] | None:
+        """The current media ID of a content for one number, if it is valid past
+        ``valid_until`` and the content is not deleted, with the content's type and size."""
+        cursor = self._connection().execute(
+            "SELECT m.media_id, m.sha256, m.phone_number_id, m.uploaded_at, m.expires_at, "
+            "c.mime_type, c.size_bytes, c.deleted_at, NULL AS paths "
+            "FROM media AS m JOIN contents AS c USING (sha256) "
+            "WHERE m.sha256 = ? AND m.phone_number_id = ? AND m.state = 'current' "
+            "AND m.expires_at > ? AND c.deleted_at IS NULL ORDER BY m.expires_at DESC LIMIT 1",
+            (sha256, phone_number_id, valid_until),
+        )
+        rows = _dicts(cursor)
+        return rows[0] if rows else None
 
     @_mapped
     def stats(self, now: str, expiring_before: str) -> dict[str, int]:
