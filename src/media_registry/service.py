@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import signal
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -499,6 +500,10 @@ def run_service(*, host: str, port: int, options: Options, run_schedule: bool,
         app = create_app(registry, monitor, options, lifespan)
         config = uvicorn.Config(app, host=host, port=port, log_config=None, server_header=False,
                                 proxy_headers=False)
+        # uvicorn re-raises the signal that stopped it once it has shut down; like the
+        # daemon, a graceful stop exits 0.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: None)
         uvicorn.Server(config).run()
 
 
