@@ -10,22 +10,20 @@ import fcntl
 import logging
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from apscheduler.schedulers.base import BaseScheduler
-from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.schedulers.background import BackgroundScheduler
 
 from .errors import MediaRegistryError, RegistryLocked
 from .models import LifecycleAction, Report
 from .registry import MediaRegistry
 
 log = logging.getLogger("media_registry.daemon")
-S = TypeVar("S", bound=BaseScheduler)
-
 
 Observer = Callable[[str, Report | None], None]
 """Told of each finished pass: the job's name and its report (None when the pass failed)."""
@@ -38,26 +36,31 @@ def run_daemon(registry: MediaRegistry, observe: Observer | None = None) -> None
     """
     settings = registry.settings
     with only_daemon(settings.db):
-        scheduler = schedule(BlockingScheduler, registry, observe)
+        scheduler = schedule(registry, observe)
+        # The handler only records the signal: one that arrives before the scheduler runs
+        # must stop it as surely as one that arrives later.
+        stopping = threading.Event()
 
         def stop(signum: int, _frame: Any) -> None:
             log.info("%s received: finishing the uploads in flight, then stopping",
                      signal.Signals(signum).name)
-            registry.stop()
-            scheduler.shutdown(wait=True)  # returns once the running jobs have ended
+            stopping.set()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        scheduler.start()
         log.info("daemon started on %s: refresh every %s, purge every %s",
                  settings.db, settings.refresh_interval, settings.purge_interval)
-        scheduler.start()  # blocks until stop() has run
+        stopping.wait()
+        registry.stop()
+        scheduler.shutdown(wait=True)  # returns once the running jobs have ended
         log.info("daemon stopped")
 
 
-def schedule(kind: type[S], registry: MediaRegistry, observe: Observer | None = None) -> S:
-    """A scheduler of ``kind`` with the refresh and purge jobs, each due at once and then
-    every ``refresh_interval`` / ``purge_interval``; never two passes of one job at a time."""
-    scheduler = kind(
+def schedule(registry: MediaRegistry, observe: Observer | None = None) -> BackgroundScheduler:
+    """A scheduler (not yet started) with the refresh and purge jobs, each due at once and
+    then every ``refresh_interval`` / ``purge_interval``; never two passes of one job at a time."""
+    scheduler = BackgroundScheduler(
         timezone=timezone.utc,
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
     )

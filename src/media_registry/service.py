@@ -486,7 +486,7 @@ def run_service(*, host: str, port: int, options: Options, run_schedule: bool,
         if run_schedule:
             held.enter_context(only_daemon(registry.settings.db))
             scheduled = held.enter_context(MediaRegistry.from_env(**settings))
-            scheduler = schedule(BackgroundScheduler, scheduled, monitor.observe_pass)
+            scheduler = schedule(scheduled, monitor.observe_pass)
 
         @asynccontextmanager
         async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
