@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 
 from .errors import MediaRegistryError
 from .models import Report
-from .registry import _RegistryCore
+from .registry import AsyncMediaRegistry, MediaRegistry
 
 PREFIX = "media_registry"
 
@@ -30,7 +30,7 @@ PREFIX = "media_registry"
 class Monitor:
     """The metrics of one process and what ``/healthz`` answers."""
 
-    def __init__(self, registry: _RegistryCore) -> None:
+    def __init__(self, registry: MediaRegistry | AsyncMediaRegistry) -> None:
         self.registry = registry
         self.metrics = CollectorRegistry()
         self.uploads = Counter(f"{PREFIX}_uploads", "Uploads made to answer requests.",
