@@ -24,7 +24,7 @@ from media_registry.testing import FakeGraphAPI, sample_media
 
 from conftest import CLI, PDF, PNG, run_cli
 from service_helpers import Server, start_server
-from test_daemon import age_ids, start_daemon, wait_for
+from test_daemon import age_ids, start_daemon, states, wait_for
 
 
 @pytest.fixture
@@ -339,6 +339,19 @@ def test_sigterm_lets_the_upload_in_flight_finish_and_be_recorded(
     with sqlite3.connect(cli_env["MEDIA_REGISTRY_DB"]) as con:
         assert con.execute("SELECT media_id FROM media").fetchall() == [(answers[0].json()["media_id"],)]
     assert "Traceback" not in server.text()
+
+
+def test_sigterm_lets_the_schedules_refresh_in_flight_finish(
+    cli_env: dict[str, str], api: FakeGraphAPI, make_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    old_id = run_cli("upload", str(make_file("menu.pdf", PDF)), env=cli_env).stdout.split("\t")[0]
+    age_ids(cli_env["MEDIA_REGISTRY_DB"], days_left=2)
+    api.fail(delay=1.5, method="POST")
+    running = start_server(cli_env, tmp_path / "serve.log")
+    wait_for(lambda: api.count("POST") == 2, "the refresh upload to start")
+    assert running.stop() == 0
+    new_id = running.text().split(f"refreshed {old_id} -> ")[1].split()[0]
+    assert states(cli_env["MEDIA_REGISTRY_DB"]) == [(old_id, "superseded"), (new_id, "current")]
 
 
 def test_no_secret_reaches_a_response_a_metric_or_the_log(

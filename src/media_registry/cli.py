@@ -133,7 +133,7 @@ def _serve(args: argparse.Namespace) -> int:
     options = service.Options(allow_roots=tuple(Path(root) for root in args.allow_root),
                               allow_private_urls=args.allow_private_urls)
     service.run_service(host=args.host, port=args.port, options=options,
-                        run_schedule=not args.no_schedule, db=args.db,
+                        run_schedule_too=not args.no_schedule, db=args.db,
                         refresh_interval=args.refresh_every, purge_interval=args.purge_every)
     return 0
 

@@ -6,14 +6,15 @@ in flight finish and are recorded, no new one starts, and the process exits 0.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from datetime import datetime, timezone
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager, suppress
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from .errors import MediaRegistryError, RegistryLocked
 from .models import LifecycleAction, Report
-from .registry import MediaRegistry
+from .registry import AsyncMediaRegistry, MediaRegistry
 
 log = logging.getLogger("media_registry.daemon")
 
@@ -36,7 +37,16 @@ def run_daemon(registry: MediaRegistry, observe: Observer | None = None) -> None
     """
     settings = registry.settings
     with only_daemon(settings.db):
-        scheduler = schedule(registry, observe)
+        scheduler = BackgroundScheduler(
+            timezone=timezone.utc,
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+        start = datetime.now(timezone.utc)
+        for name, (job, interval) in _jobs(registry).items():
+            scheduler.add_job(
+                _run_job, "interval", args=(name, job, observe), seconds=interval.total_seconds(),
+                id=name, name=name, next_run_time=start,
+            )
         # The handler only records the signal: one that arrives before the scheduler runs
         # must stop it as surely as one that arrives later.
         stopping = threading.Event()
@@ -57,40 +67,49 @@ def run_daemon(registry: MediaRegistry, observe: Observer | None = None) -> None
         log.info("daemon stopped")
 
 
-def schedule(registry: MediaRegistry, observe: Observer | None = None) -> BackgroundScheduler:
-    """A scheduler (not yet started) with the refresh and purge jobs, each due at once and
-    then every ``refresh_interval`` / ``purge_interval``; never two passes of one job at a time."""
-    scheduler = BackgroundScheduler(
-        timezone=timezone.utc,
-        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
-    )
+async def run_schedule(registry: AsyncMediaRegistry, stopping: asyncio.Event,
+                       observe: Observer | None = None) -> None:
+    """The daemon's schedule on an event loop (``serve`` runs it beside its requests, on the
+    same registry): a pass of each job at once, then one every interval, until ``stopping``
+    is set; a pass running then finishes (the caller also calls ``registry.stop()``).
+    The caller holds :func:`only_daemon`."""
+
+    async def every(name: str, job: Callable[..., Awaitable[Report]], interval: timedelta) -> None:
+        while not stopping.is_set():
+            try:
+                report: Report | None = await job(on_action=_log_action)
+            except MediaRegistryError as exc:
+                report = None
+                log.error("%s failed: %s; retrying at the next tick", name, exc)
+            _ended(name, report, observe)
+            with suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stopping.wait(), interval.total_seconds())
+
+    await asyncio.gather(*(every(name, job, interval) for name, (job, interval) in _jobs(registry).items()))
+
+
+def _jobs(registry: MediaRegistry | AsyncMediaRegistry) -> dict[str, tuple[Callable[..., Any], timedelta]]:
     settings = registry.settings
-    start = datetime.now(timezone.utc)
-    jobs: dict[str, tuple[Callable[..., Report], Any]] = {
-        "refresh": (registry.refresh_expiring, settings.refresh_interval),
-        "purge": (registry.purge, settings.purge_interval),
-    }
-    for name, (job, interval) in jobs.items():
-        scheduler.add_job(
-            _run_job, "interval", args=(name, job, observe), seconds=interval.total_seconds(),
-            id=name, name=name, next_run_time=start,
-        )
-    return scheduler
+    return {"refresh": (registry.refresh_expiring, settings.refresh_interval),
+            "purge": (registry.purge, settings.purge_interval)}
 
 
 def _run_job(name: str, job: Callable[..., Report], observe: Observer | None) -> None:
     """One tick: log each action; an error (API down, registry busy) is logged, never fatal."""
     try:
-        report = job(on_action=_log_action)
+        report: Report | None = job(on_action=_log_action)
     except MediaRegistryError as exc:
+        report = None
         log.error("%s failed: %s; retrying at the next tick", name, exc)
-        if observe is not None:
-            observe(name, None)
-        return
+    _ended(name, report, observe)
+
+
+def _ended(name: str, report: Report | None, observe: Observer | None) -> None:
     if observe is not None:
         observe(name, report)
-    counts = {a.action: report.count(a.action) for a in report.actions}
-    log.info("%s done: %s", name, ", ".join(f"{n} {a}" for a, n in counts.items()) or "nothing to do")
+    if report is not None:
+        counts = {a.action: report.count(a.action) for a in report.actions}
+        log.info("%s done: %s", name, ", ".join(f"{n} {a}" for a, n in counts.items()) or "nothing to do")
 
 
 def _log_action(action: LifecycleAction) -> None:

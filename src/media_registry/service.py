@@ -19,7 +19,7 @@ import signal
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +27,6 @@ from typing import IO, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import uvicorn
-from apscheduler.schedulers.background import BackgroundScheduler
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
@@ -56,8 +55,8 @@ from .errors import (
 )
 from .metrics import Monitor
 from .models import MediaRecord
-from .registry import AsyncMediaRegistry, MediaRegistry, Outcome
-from .scheduler import only_daemon, schedule
+from .registry import AsyncMediaRegistry, Outcome
+from .scheduler import only_daemon, run_schedule
 
 log = logging.getLogger("media_registry.service")
 
@@ -463,7 +462,7 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
-def run_service(*, host: str, port: int, options: Options, run_schedule: bool,
+def run_service(*, host: str, port: int, options: Options, run_schedule_too: bool,
                 **settings: Any) -> None:
     """Serve until SIGTERM or SIGINT: in-flight requests finish (their uploads recorded), the
     schedule's running passes finish, then the process exits.
@@ -481,29 +480,26 @@ def run_service(*, host: str, port: int, options: Options, run_schedule: bool,
     options = dataclasses.replace(options, token=token.get_secret_value() if token else None,
                                   allow_roots=tuple(_root(root) for root in options.allow_roots))
     monitor = Monitor(registry)
-    with ExitStack() as held:
-        scheduler = None
-        if run_schedule:
-            held.enter_context(only_daemon(registry.settings.db))
-            scheduled = held.enter_context(MediaRegistry.from_env(**settings))
-            scheduler = schedule(scheduled, monitor.observe_pass)
+    stopping = asyncio.Event()
 
-        @asynccontextmanager
-        async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-            async with AsyncExitStack() as stack:
-                stack.push_async_callback(registry.aclose)
-                if scheduler is not None:
-                    scheduler.start()
-                    stack.push_async_callback(_stop_schedule, scheduler, scheduled)
-                yield
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        passes = [run_schedule(registry, stopping, monitor.observe_pass)] if run_schedule_too else []
+        schedule = [asyncio.create_task(coroutine) for coroutine in passes]
+        yield  # uvicorn has stopped taking requests and finished those in flight
+        registry.stop()
+        stopping.set()
+        await asyncio.gather(*schedule)  # a pass running now finishes its uploads first
+        await registry.aclose()
 
-        app = create_app(registry, monitor, options, lifespan)
-        config = uvicorn.Config(app, host=host, port=port, log_config=None, server_header=False,
-                                proxy_headers=False)
-        # uvicorn re-raises the signal that stopped it once it has shut down; like the
-        # daemon, a graceful stop exits 0.
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: None)
+    app = create_app(registry, monitor, options, lifespan)
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, server_header=False,
+                            proxy_headers=False)
+    # uvicorn re-raises the signal that stopped it once it has shut down; like the daemon, a
+    # graceful stop exits 0.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
+    with only_daemon(registry.settings.db) if run_schedule_too else nullcontext():
         uvicorn.Server(config).run()
 
 
@@ -512,9 +508,3 @@ def _root(folder: Path) -> Path:
     if not resolved.is_dir():
         raise ConfigError(f"--allow-root {folder}: not a folder; give an existing folder")
     return resolved
-
-
-async def _stop_schedule(scheduler: BackgroundScheduler, registry: MediaRegistry) -> None:
-    log.info("stopping: finishing the schedule's uploads in flight")
-    registry.stop()
-    await asyncio.to_thread(scheduler.shutdown, wait=True)
