@@ -1,5 +1,6 @@
 """media-registry: media IDs for the WhatsApp Cloud API that are valid now, uploaded once."""
 
+from ._version import __version__
 from .config import Settings
 from .errors import (
     AccessDenied,
@@ -29,8 +30,6 @@ from .errors import (
 )
 from .models import DownloadedMedia, InboundMedia, LifecycleAction, MediaEvent, MediaRecord, Report
 from .registry import AsyncMediaRegistry, MediaRegistry, Outcome
-
-__version__ = "0.1.0"
 
 __all__ = [
     "APIUnreachable",

@@ -11,6 +11,7 @@ import importlib
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import __version__
-from .errors import ConfigError, InputError, MediaRegistryError
+from .errors import ConfigError, InputError, MediaRegistryError, RedactingFilter, one_line, redact
 from .models import MediaRecord, Report
 from .registry import MediaRegistry
 
@@ -32,21 +33,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.run(args)
-    except MediaRegistryError as exc:
-        if args.debug:
-            raise
-        _error(str(exc))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # one line, not a traceback, even for the unforeseen
-        if args.debug:
-            raise
-        _error(f"unexpected {exc.__class__.__name__}: {exc}; rerun with --debug and report it")
+        if args.debug:  # the traceback, with every secret a server may have echoed redacted
+            sys.stderr.write(redact("".join(traceback.format_exception(exc))))
+        elif isinstance(exc, MediaRegistryError):
+            _error(str(exc))
+        else:
+            _error(f"unexpected {exc.__class__.__name__}: {exc}; rerun with --debug and report it")
     return 1
 
 
 def _error(message: str) -> None:
-    print(f"media-registry: error: {message}", file=sys.stderr)
+    print(f"media-registry: error: {one_line(redact(message))}", file=sys.stderr)
 
 
 def _open(args: argparse.Namespace) -> MediaRegistry:
@@ -150,7 +150,9 @@ def _extra(module: str, command: str) -> Any:
 
 
 def _log_to_stderr() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactingFilter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler],
                         format="%(asctime)s %(levelname)s %(message)s")
     for chatty in ("apscheduler", "httpx"):  # one line per action is ours to write
         logging.getLogger(chatty).setLevel(logging.WARNING)

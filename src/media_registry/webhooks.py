@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from .models import InboundMedia, sha256_hex
+from .models import InboundMedia, graph_id, sha256_hex
 
 MEDIA_KINDS = ("image", "audio", "video", "document", "sticker")
 
@@ -13,7 +13,8 @@ MEDIA_KINDS = ("image", "audio", "video", "document", "sticker")
 def media_in_webhook(payload: dict[str, Any]) -> Iterator[InboundMedia]:
     """Every media item in a webhook payload (a decoded JSON dict), in message order.
 
-    Messages without media (text, reactions, statuses) are passed over.
+    Messages without media (text, reactions, statuses) are passed over; a media ID that is
+    not digits raises InputError (it would go into a request path).
     """
     for entry in payload.get("entry") or ():
         for change in entry.get("changes") or ():
@@ -25,7 +26,7 @@ def media_in_webhook(payload: dict[str, Any]) -> Iterator[InboundMedia]:
                 if not isinstance(media, dict) or "id" not in media:
                     continue
                 yield InboundMedia(
-                    media_id=str(media["id"]),
+                    media_id=graph_id(str(media["id"]), "webhook media ID"),
                     kind=kind,
                     mime_type=media.get("mime_type"),
                     sha256=sha256_hex(media["sha256"]) if media.get("sha256") else None,
