@@ -244,6 +244,7 @@ def test_metrics_are_scraped_and_parsed(server: Server, media_root: Path, api: F
     assert sample(families, "media_registry_media_ids", phone_number_id=phone, state="live") == 1
     assert sample(families, "media_registry_media_ids", phone_number_id=phone, state="expiring") == 0
     assert sample(families, "media_registry_pending_deletes") == 0
+    assert sample(families, "media_registry_overdue_ids") == 0
     wait_for(lambda: sample(metrics(server), "media_registry_last_refresh_success_timestamp_seconds") > 0,
              "the first refresh pass")
 
@@ -270,6 +271,7 @@ def test_healthz_fails_when_refresh_cannot_keep_up(
         with no_schedule.client() as client:
             answer = client.get("/healthz")
         assert answer.status_code == 503 and "refresh is not keeping up" in answer.json()["reason"]
+        assert sample(metrics(no_schedule), "media_registry_overdue_ids") == 1
     finally:
         assert no_schedule.stop() == 0
 

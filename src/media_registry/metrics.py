@@ -85,8 +85,8 @@ class Monitor:
                                   "failure(s); see the log")
         if overdue:
             return False, _health("refresh", f"{len(overdue)} media ID(s) with a readable source have "
-                                  "less than min_validity left (e.g. {}); refresh is not keeping up"
-                                  .format(overdue[0]))
+                                  f"less than min_validity left (e.g. {overdue[0]}); refresh is not "
+                                  "keeping up")
         return True, _health(None, None, self.last_refresh_ok)
 
 
@@ -112,6 +112,10 @@ class _RegistryGauges(Collector):
         yield ids
         yield GaugeMetricFamily(f"{PREFIX}_pending_deletes", "Media IDs owing a remote DELETE.",
                                 value=counts["pending_deletes"])
+        yield GaugeMetricFamily(f"{PREFIX}_overdue_ids", "Media IDs that refresh could renew (a "
+                                "source still holds the content) with less than min_validity "
+                                "left: refresh is not keeping up.",
+                                value=len(self.monitor.registry.overdue()))
         last = self.monitor.last_refresh_ok
         yield GaugeMetricFamily(f"{PREFIX}_last_refresh_success_timestamp_seconds",
                                 "When the last refresh pass without failures ended (Unix time; "
