@@ -3,8 +3,10 @@ Node's fetch), the FakeGraphAPI behind it."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
+import http.server
 import json
 import os
 import signal
@@ -23,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from media_registry.testing import FakeGraphAPI, sample_media
 
 from conftest import CLI, PDF, PNG, run_cli
-from service_helpers import Server, start_server
+from service_helpers import Server, needs_sources, start_server
 from test_daemon import age_ids, start_daemon, states, wait_for
 
 
@@ -419,3 +421,108 @@ def test_without_the_extra_the_command_says_what_to_install(
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1
     assert "pip install 'media-registry[serve]'" in result.stderr and "Traceback" not in result.stderr
+
+
+# -- bytes, URL sources and invalidate: the registry's sources --------------------------
+
+
+@needs_sources
+def test_new_bytes_from_httpx_curl_and_node_are_uploaded_then_cached(
+    server: Server, api: FakeGraphAPI, tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    bodies = {name: sample_media(PNG, salt=name) for name in ("httpx", "curl", "node")}
+    for name, data in bodies.items():
+        (tmp_path / f"{name}.png").write_bytes(data)
+
+    def by_httpx(path: Path) -> dict[str, Any]:
+        with server.client() as client:
+            return client.post("/v1/media", content=path.read_bytes()).json()  # type: ignore[no-any-return]
+
+    def by_curl(path: Path) -> dict[str, Any]:
+        return json.loads(subprocess.run(  # type: ignore[no-any-return]
+            ["curl", "-sS", "--fail-with-body", "--data-binary", f"@{path}",
+             "-H", "Content-Type: application/octet-stream", f"{server.url}/v1/media"],
+            capture_output=True, text=True, check=True, timeout=60).stdout)
+
+    def by_node(path: Path) -> dict[str, Any]:
+        script = (f"fetch('{server.url}/v1/media', {{method: 'POST', "
+                  f"body: require('fs').readFileSync('{path}')}})"
+                  ".then(r => r.json()).then(j => console.log(JSON.stringify(j)))"
+                  ".catch(e => { console.error(e); process.exit(1); });")
+        return json.loads(subprocess.run(["node", "-e", script], capture_output=True, text=True,  # type: ignore[no-any-return]
+                                         check=True, timeout=60).stdout)
+
+    for name, post in (("httpx", by_httpx), ("curl", by_curl), ("node", by_node)):
+        first, again = post(tmp_path / f"{name}.png"), post(tmp_path / f"{name}.png")
+        assert first["status"] == "uploaded" and again["status"] == "cached", (name, first, again)
+        assert first["media_id"] == again["media_id"] and first["mime_type"] == PNG
+        assert first["sha256"] == hashlib.sha256(bodies[name]).hexdigest()
+        assert api.media[first["media_id"]].data == bodies[name]
+    assert api.uploads == 3
+    with sqlite3.connect(cli_env["MEDIA_REGISTRY_DB"]) as con:  # bytes are never a path
+        assert con.execute("SELECT count(*) FROM paths").fetchone() == (0,)
+    assert run_cli("purge", env=cli_env).stdout == "nothing to do\n"  # nor do they "vanish"
+
+
+@needs_sources
+def test_twenty_clients_posting_the_same_new_bytes_make_one_upload(
+    server: Server, api: FakeGraphAPI
+) -> None:
+    data = sample_media(PDF, size=300_000, salt="twenty")
+    start = threading.Barrier(20)
+    answers: list[dict[str, Any]] = []
+
+    def post() -> None:
+        with server.client() as client:
+            start.wait()
+            answers.append(client.post("/v1/media", content=data).json())
+
+    clients = [threading.Thread(target=post) for _ in range(20)]
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join(timeout=60)
+    assert len(answers) == 20
+    assert len({answer["media_id"] for answer in answers}) == 1
+    assert [answer["status"] for answer in answers].count("uploaded") == 1
+    assert api.uploads == 1
+
+
+@needs_sources
+def test_invalidate_stops_serving_the_id(server: Server, media_root: Path, api: FakeGraphAPI) -> None:
+    data, media_id = seed(server, media_root)
+    sha256 = hashlib.sha256(data).hexdigest()
+    with server.client() as client:
+        answer = client.post(f"/v1/media/{media_id}/invalidate")
+        assert answer.status_code == 200, answer.text
+        record = answer.json()
+        assert record["sha256"] == sha256 and record["media_id"] != media_id
+        assert any(event["media_id"] == media_id for event in record["history"])
+        assert client.get(f"/v1/media/{sha256}").status_code == 404
+        again = client.post("/v1/media", content=data).json()
+    assert again["status"] == "uploaded" and again["media_id"] != media_id and api.uploads == 2
+
+
+@needs_sources
+def test_a_url_source_on_this_machine_with_allow_private_urls(
+    cli_env: dict[str, str], tmp_path: Path, api: FakeGraphAPI
+) -> None:
+    files = tmp_path / "site"
+    files.mkdir()
+    (files / "logo.png").write_bytes(sample_media(PNG, salt="logo"))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(files))
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{site.server_address[1]}/logo.png"
+    running = start_server(cli_env, tmp_path / "serve.log", "--allow-private-urls")
+    try:
+        with running.client() as client:
+            first = client.post("/v1/media", json={"url": url})
+            again = client.post("/v1/media", json={"url": url})
+        assert first.status_code == 200, first.text
+        assert first.json()["status"] == "uploaded" and again.json()["status"] == "cached"
+        assert first.json()["sha256"] == hashlib.sha256((files / "logo.png").read_bytes()).hexdigest()
+        assert api.uploads == 1
+    finally:
+        site.shutdown()
+        assert running.stop() == 0
