@@ -210,6 +210,14 @@ def test_a_body_over_the_limit_is_refused_while_it_streams(server: Server) -> No
         assert client.get("/healthz").status_code == 200  # still serving
 
 
+def test_an_unknown_query_parameter_is_a_400(server: Server) -> None:
+    with server.client() as client:
+        answer = client.get(f"/v1/media/{'0' * 64}", params={"phone_numer_id": "1"})
+    assert answer.status_code == 400
+    assert answer.json()["error"]["message"] == (
+        "unknown query parameter 'phone_numer_id'; this endpoint takes phone_number_id")
+
+
 def test_unknown_media_id_cannot_be_invalidated(server: Server) -> None:
     with server.client() as client:
         answer = client.post("/v1/media/123456789/invalidate")

@@ -154,7 +154,8 @@ UPLOAD_BODY = {
         "required": True,
         "description": "The media's bytes (any content type but JSON), or a JSON source.",
         "content": {
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary",
+                                                    "minLength": 1}},
             "application/json": {"schema": {"oneOf": [UrlSource.model_json_schema(),
                                                       PathSource.model_json_schema()]}},
         },
@@ -185,7 +186,7 @@ def create_app(registry: AsyncMediaRegistry, monitor: Monitor, options: Options,
     app = FastAPI(title="media-registry", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None,
                   description="Media IDs for the WhatsApp Cloud API that are valid now, uploaded once.")
-    guarded = APIRouter(dependencies=[Depends(service.authorize)],
+    guarded = APIRouter(dependencies=[Depends(service.authorize), Depends(_known_query)],
                         responses=_errors(401) if options.token else {})
     service.routes(guarded)
     app.include_router(guarded)
@@ -358,6 +359,17 @@ class _Service:
                     "start the service with --allow-private-urls to fetch from such hosts"
                 )
         return url
+
+
+async def _known_query(request: Request) -> None:
+    """Refuse query parameters an endpoint does not take: a misspelt ``phone_number_id`` must
+    not quietly upload for the default number."""
+    route = request.scope.get("route")
+    taken = {param.alias for param in getattr(getattr(route, "dependant", None), "query_params", ())}
+    unknown = sorted(set(request.query_params) - taken)
+    if unknown:
+        raise InputError(f"unknown query parameter {unknown[0]!r}; this endpoint takes "
+                         f"{', '.join(sorted(taken)) or 'none'}")
 
 
 def _media_type(request: Request) -> str:
