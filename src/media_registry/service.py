@@ -106,14 +106,14 @@ class UrlSource(BaseModel):
     """Fetch the content from this URL (https; private addresses only if the service allows)."""
 
     model_config = ConfigDict(extra="forbid")
-    url: str = Field(max_length=8192)
+    url: str = Field(max_length=8192, pattern=r"^https?://")
 
 
 class PathSource(BaseModel):
     """Read the content from this absolute path, under a folder given with ``--allow-root``."""
 
     model_config = ConfigDict(extra="forbid")
-    path: str = Field(max_length=4096)
+    path: str = Field(max_length=4096, pattern=r"^/[^\x00]*$")
 
 
 class ErrorDetail(BaseModel):
@@ -316,7 +316,7 @@ class _Service:
         try:
             source = JsonSource.validate_json(body)
         except ValidationError:
-            raise InputError('the JSON body must be {"url": "https://..."} or {"path": "/..."}; '
+            raise InputError('the JSON body must be {"url": "https://..."} or {"path": "/absolute/path"}; '
                              "send raw bytes as application/octet-stream") from None
         if isinstance(source, PathSource):
             return self._allowed_path(source.path)
@@ -324,10 +324,7 @@ class _Service:
 
     def _allowed_path(self, given: str) -> Path:
         try:
-            path = Path(given)
-            if not path.is_absolute():
-                raise InputError(f"{given}: give an absolute path")
-            resolved = path.resolve()  # symlinks followed and `..` gone, before the check
+            resolved = Path(given).resolve()  # symlinks followed and `..` gone, before the check
         except (ValueError, OSError):
             raise InputError("the path is not a valid file name; give an absolute path") from None
         if not any(resolved.is_relative_to(root) for root in self.options.allow_roots):
