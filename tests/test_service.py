@@ -3,6 +3,7 @@ Node's fetch), the FakeGraphAPI behind it."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import http.client
@@ -22,6 +23,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from media_registry import AccessDenied, AsyncMediaRegistry
 from media_registry.testing import FakeGraphAPI, sample_media
 
 from conftest import CLI, PDF, PNG, run_cli
@@ -159,7 +161,7 @@ def test_without_allow_root_no_path_is_accepted(cli_env: dict[str, str], tmp_pat
 
 def test_url_sources_to_private_addresses_are_refused(server: Server) -> None:
     urls = ["https://127.0.0.1/a.png", "http://localhost:8080/a.png", "https://10.1.2.3/a.png",
-            "https://192.168.0.1/a.png", "http://169.254.169.254/latest/meta-data",
+            "https://192.168.0.1/a.png", "https://169.254.169.254/latest/meta-data",
             "https://[::1]/a.png", "https://[fe80::1]/a.png", "https://[::ffff:127.0.0.1]/a.png",
             "https://0.0.0.0/a.png"]
     with server.client() as client:
@@ -534,3 +536,24 @@ def test_a_url_source_on_this_machine_with_allow_private_urls(
     finally:
         site.shutdown()
         assert running.stop() == 0
+
+
+@needs_sources
+def test_a_redirect_to_a_private_address_is_refused(tmp_path: Path, api: FakeGraphAPI) -> None:
+    from media_registry.service import PublicOnly
+
+    hops: list[str] = []
+
+    def public_site(request: httpx.Request) -> httpx.Response:
+        hops.append(str(request.url))
+        return httpx.Response(302, headers={"Location": "https://10.0.0.1/logo.png"})
+
+    async def fetch() -> None:
+        async with AsyncMediaRegistry(db=tmp_path / "registry.db", token=api.token,
+                                      phone_number_id=api.phone_number_id, api_base=api.base_url,
+                                      source_transport=PublicOnly(httpx.MockTransport(public_site))) as reg:
+            with pytest.raises(AccessDenied, match="10.0.0.1, a loopback, private or link-local"):
+                await reg.get_or_upload("https://93.184.216.34/logo.png")
+
+    asyncio.run(fetch())
+    assert hops == ["https://93.184.216.34/logo.png"] and api.uploads == 0
