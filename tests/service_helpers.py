@@ -20,7 +20,7 @@ from test_daemon import wait_for
 # service cannot hand them to the registry.
 needs_sources = pytest.mark.skipif(not hasattr(AsyncMediaRegistry, "invalidate"),
                                    reason="needs bytes and URL sources and invalidate()")
-LISTENING = re.compile(r"Uvicorn running on http://([\d.]+):(\d+)")
+LISTENING = re.compile(r"serving on http://([\d.]+):(\d+)")
 
 
 @dataclass

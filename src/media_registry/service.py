@@ -509,7 +509,25 @@ def run_service(*, host: str, port: int, options: Options, run_schedule_too: boo
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
     with only_daemon(registry.settings.db) if run_schedule_too else nullcontext():
-        uvicorn.Server(config).run()
+        listener = _listen(host, port)
+        log.info("serving on http://%s:%d (%s); SIGTERM or Ctrl-C stops it", host if ":" not in host
+                 else f"[{host}]", listener.getsockname()[1],
+                 "with the refresh and purge schedule" if run_schedule_too else "no schedule")
+        uvicorn.Server(config).run(sockets=[listener])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, or one line saying why there is none (uvicorn would log it)."""
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+        listener.listen(2048)  # connections wait in the backlog until uvicorn accepts them
+    except OSError as exc:
+        listener.close()
+        raise ConfigError(f"cannot listen on {host} port {port} ({exc.strerror or exc}); pick "
+                          "another --port, or stop the process that holds it") from None
+    return listener
 
 
 def _root(folder: Path) -> Path:
