@@ -130,6 +130,7 @@ def test_the_event_loop_keeps_running_while_a_big_file_is_hashed(
 
 def test_two_numbers_get_two_ids(registry: MediaRegistry, api: FakeGraphAPI,
                                  make_file: Callable[..., Path], cli_env: dict[str, str]) -> None:
+    api.add_phone_number(OTHER)
     path = make_file("menu.pdf", PDF)
     first = registry.get_or_upload(path)
     second = registry.get_or_upload(path, phone_number_id=OTHER)
@@ -149,6 +150,7 @@ def test_two_numbers_get_two_ids(registry: MediaRegistry, api: FakeGraphAPI,
 def test_a_no_storage_number_has_its_own_ttl(
     make_registry: Callable[..., MediaRegistry], api: FakeGraphAPI, make_file: Callable[..., Path]
 ) -> None:
+    api.add_phone_number(OTHER)
     path = make_file("voice.png", PNG)
     start = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
     with freeze_time(start) as clock:

@@ -11,7 +11,7 @@ import httpx
 
 from ._flows import Clock, utc_now
 from .config import Settings, Windows, load_settings
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 from .store import Store, iso
 
 C = TypeVar("C", bound="RegistryCore")
@@ -95,3 +95,18 @@ class RegistryCore:
         text = iso(datetime.fromtimestamp(second + 1, timezone.utc) + validity)
         self._valid_until_cache = (second, validity, text)
         return text
+
+    def resolve(self, target: str | os.PathLike[str]) -> str | None:
+        """The sha256 that ``target`` names, or None: a path the registry has seen, an exact
+        media ID, an exact sha256, or a unique sha256 prefix of at least 8 hex digits, tried in
+        that order. An ambiguous prefix raises InputError listing the candidates."""
+        text = os.fspath(target)
+        sha256 = self.store.resolve(text)
+        if sha256 is not None or len(text) < 8 or not all(c in "0123456789abcdefABCDEF" for c in text):
+            return sha256
+        candidates = self.store.sha256s_starting_with(text.lower(), limit=4)
+        if len(candidates) > 1:
+            listed = ", ".join(candidates[:3]) + (", ..." if len(candidates) > 3 else "")
+            raise InputError(f"{text}: more than one content's sha256 starts with it ({listed}); "
+                             "give more digits")
+        return candidates[0] if candidates else None

@@ -62,7 +62,7 @@ class Lifecycle(Sending):
 
     def _delete_flow(self, target: str | os.PathLike[str]) -> Flow[Report]:
         """Mark a content deleted (never served again), then DELETE its IDs at the API."""
-        sha256: str | None = yield Blocking(functools.partial(self.store.resolve, os.fspath(target)))
+        sha256: str | None = yield Blocking(functools.partial(self.resolve, target))
         if sha256 is None:
             raise NotInRegistry(
                 f"{target}: not in the registry; check the path, sha256 or media ID (see: ls)"

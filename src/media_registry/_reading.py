@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -15,26 +16,28 @@ class Reading(RegistryCore):
     """What the registry knows, read without changing anything."""
 
     def lookup(self, target: str | os.PathLike[str], *, phone_number_id: str | None = None) -> MediaRecord | None:
-        """The record for a path, sha256 or media ID, with its paths and history, or None.
+        """The record for a path, media ID, sha256 or unique sha256 prefix (see
+        :meth:`resolve`), with its paths and history, or None.
 
         Only a path the registry has seen is found; a new file is not hashed here.
         """
-        sha256 = self.store.resolve(os.fspath(target))
+        sha256 = self.resolve(target)
         if sha256 is None:
             return None
-        rows = self.store.content_rows(sha256)
+        rows = list(self.store.content_rows(sha256))
         wanted = phone_number_id or self.settings.phone_number_id
         row = next((r for r in rows if r["phone_number_id"] == wanted), rows[0])
         history = tuple(MediaEvent(**event) for event in self.store.events(sha256))
         return _record(row, history)
 
-    def records(self, *, expiring_within: timedelta | None = None) -> list[MediaRecord]:
-        """Every content with its current media ID per phone number (one record each).
+    def records(self, *, expiring_within: timedelta | None = None) -> Iterator[MediaRecord]:
+        """Every content with its current media ID per phone number (one record each), yielded
+        as the registry reads them: constant memory whatever its size.
 
         ``expiring_within`` keeps only IDs that expire within that time from now.
         """
         before = iso(self._clock() + expiring_within) if expiring_within is not None else None
-        return [_record(row) for row in self.store.content_rows(expiring_before=before)]
+        return (_record(row) for row in self.store.content_rows(expiring_before=before))
 
     def valid_record(self, sha256: str, *, phone_number_id: str | None = None) -> MediaRecord | None:
         """The record of the media ID that ``get_or_upload`` would serve for this content on
@@ -67,6 +70,7 @@ def _record(row: dict[str, Any], history: tuple[MediaEvent, ...] = ()) -> MediaR
         uploaded_at=parse_iso(row["uploaded_at"]),
         expires_at=parse_iso(row["expires_at"]),
         deleted_at=parse_iso(row["deleted_at"]),
+        state="deleted" if row["deleted_at"] else "current" if row["media_id"] else "unsent",
         paths=tuple(row["paths"].split("\n")) if row["paths"] else (),
         history=history,
     )

@@ -36,6 +36,9 @@ class MediaRecord(BaseModel):
     uploaded_at: datetime | None = None
     expires_at: datetime | None = None
     deleted_at: datetime | None = None
+    # current (has a media ID for this number), deleted (forgotten; its remote DELETE done or
+    # owed), unsent (known content without a current ID, e.g. its upload failed)
+    state: str = "current"
     paths: tuple[str, ...] = ()
     history: tuple[MediaEvent, ...] = ()
 

@@ -7,10 +7,13 @@ in flight finish and are recorded, no new one starts, and the process exits 0.
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import logging
 import os
+import re
 import signal
+import stat
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -20,7 +23,7 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from .errors import MediaRegistryError, RegistryLocked
+from .errors import MediaRegistryError, RegistryError, RegistryLocked
 from .models import LifecycleAction, Report
 from .registry import AsyncMediaRegistry, MediaRegistry
 
@@ -125,19 +128,40 @@ def only_daemon(db: Path) -> Iterator[None]:
     flock is released by the kernel when the process dies, so a killed daemon never blocks
     the next one.
     """
-    lock_path = db.with_name(db.name + ".daemon-lock")
-    with open(lock_path, "a+") as lock:
+    handle = _open_lock(db.with_name(db.name + ".daemon-lock"))
+    try:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "unknown"
+            holder = os.pread(handle, 32, 0).decode(errors="replace").strip() or "unknown"
             raise RegistryLocked(
                 f"another media-registry daemon (pid {holder}) already serves {db}; "
                 "stop it first, or run this one on another registry"
             ) from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(str(os.getpid()))
-        lock.flush()
+        os.ftruncate(handle, 0)
+        os.pwrite(handle, str(os.getpid()).encode(), 0)
         yield
+    finally:
+        os.close(handle)
+
+
+def _open_lock(path: Path) -> int:
+    """Open (or create) the daemon's lock file without following a symlink, and only if it is
+    one a daemon wrote: a regular file of one link holding at most a PID. Anything else placed
+    there is refused and left exactly as it was."""
+    try:
+        handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as exc:
+        what = "is a symlink" if exc.errno == errno.ELOOP else f"cannot be opened ({exc.strerror})"
+        raise RegistryError(
+            f"{path}: {what}, not a daemon lock; remove it, then start the daemon again"
+        ) from None
+    facts = os.fstat(handle)
+    if not (stat.S_ISREG(facts.st_mode) and facts.st_nlink == 1 and facts.st_size <= 32
+            and re.fullmatch(rb"\d*\s*", os.pread(handle, 32, 0))):
+        os.close(handle)
+        raise RegistryError(
+            f"{path}: holds something other than a daemon lock; remove it, then start the "
+            "daemon again"
+        )
+    return handle

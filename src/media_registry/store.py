@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
 import sqlite3
 import threading
-import uuid
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -137,6 +134,8 @@ class Store:
                 f"registry {self.path} has schema version {version}, newer than this "
                 f"media-registry knows ({SCHEMA_VERSION}); upgrade: pip install -U media-registry"
             )
+        from importlib import resources  # only to create a registry: keep the cache hit's start-up lean
+
         script = resources.files("media_registry").joinpath("schema.sql").read_text("utf-8")
         with self._transact(con):
             # Another process may have created the schema while this one waited for the lock.
@@ -379,20 +378,33 @@ class Store:
 
     @_mapped
     def resolve(self, target: str) -> str | None:
-        """The sha256 that a path, a sha256 or a media ID names, if the registry knows it."""
+        """The sha256 that a path, a media ID or a sha256 names (tried in that order), if the
+        registry knows it."""
         con = self._connection()
         row = (
-            con.execute("SELECT sha256 FROM contents WHERE sha256 = ?", (target.lower(),)).fetchone()
-            or con.execute("SELECT sha256 FROM media WHERE media_id = ?", (target,)).fetchone()
-            or con.execute(
+            con.execute(
                 "SELECT sha256 FROM paths WHERE path = ?", (os.path.abspath(target),)
             ).fetchone()
+            or con.execute("SELECT sha256 FROM media WHERE media_id = ?", (target,)).fetchone()
+            or con.execute("SELECT sha256 FROM contents WHERE sha256 = ?", (target.lower(),)).fetchone()
         )
         return row[0] if row else None
 
     @_mapped
-    def content_rows(self, sha256: str | None = None, expiring_before: str | None = None) -> list[dict[str, Any]]:
-        """One row per content and phone number, with the current media ID (if any) and paths.
+    def sha256s_starting_with(self, prefix: str, limit: int) -> list[str]:
+        """Up to ``limit`` sha256s that start with ``prefix`` (lower-case hex), in order."""
+        rows = self._connection().execute(
+            "SELECT sha256 FROM contents WHERE sha256 >= :prefix AND sha256 < :prefix || 'g' "
+            "ORDER BY sha256 LIMIT :limit",
+            {"prefix": prefix, "limit": limit},
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    @_mapped
+    def content_rows(self, sha256: str | None = None, expiring_before: str | None = None
+                     ) -> Iterator[dict[str, Any]]:
+        """One row per content and phone number, with the current media ID (if any) and paths,
+        yielded as SQLite reads them (a listing of any size in constant memory).
 
         ``expiring_before`` keeps only current IDs expiring before that time.
         """
@@ -408,7 +420,15 @@ class Store:
             ORDER BY m.phone_number_id, c.first_seen_at, c.sha256
         """
         cursor = self._connection().execute(sql, {"sha256": sha256, "before": expiring_before})
-        return _dicts(cursor)
+        return self._stream(cursor)
+
+    def _stream(self, cursor: sqlite3.Cursor) -> Iterator[dict[str, Any]]:
+        names = [column[0] for column in cursor.description]
+        try:
+            for row in cursor:
+                yield dict(zip(names, row))
+        except sqlite3.Error as exc:
+            raise self._explain(exc) from None
 
     @_mapped
     def events(self, sha256: str) -> list[dict[str, Any]]:
@@ -533,12 +553,12 @@ def _statements(script: str) -> Iterator[str]:
             buffer = ""
 
 
-HOST = socket.gethostname()
+HOST = os.uname().nodename  # socket.gethostname() without loading socket on a cache hit
 
 
 def new_owner() -> str:
     """A lease owner name unique to this host, process, thread and call."""
-    return f"{HOST}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
+    return f"{HOST}:{os.getpid()}:{threading.get_ident()}:{os.urandom(4).hex()}"
 
 
 def owner_alive(owner: str) -> bool:
