@@ -66,6 +66,7 @@ def test_the_hit_path_honours_min_validity_and_falls_back_on_unusual_settings(
     renewed = run_cli("upload", path, env=strict)
     assert renewed.stdout.split("\t")[1] == "uploaded" and api.uploads == 2
     # Another number has no ID yet: a miss, uploaded for that number.
+    api.add_phone_number("42")
     other = run_cli("upload", "--phone-number-id", "42", path, env=cli_env)
     assert other.stdout.split("\t")[1] == "uploaded" and api.uploads == 3
 

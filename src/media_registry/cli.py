@@ -6,6 +6,7 @@ Exit status: 0 ok, 1 an operation failed, 2 bad usage.
 
 from __future__ import annotations
 
+import argparse  # every run parses its arguments
 import os
 import sys
 from contextlib import contextmanager
@@ -17,7 +18,6 @@ from . import __version__
 # without `typing`, which alone costs a fifth of --version.)
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import argparse
     from collections.abc import Callable, Iterator, Mapping, Sequence
     from datetime import datetime
     from typing import Any, TypeVar
@@ -508,8 +508,6 @@ def _days(text: str) -> float:
 
 
 def _parser() -> argparse.ArgumentParser:
-    import argparse
-
     parser = argparse.ArgumentParser(
         prog="media-registry",
         description="Media IDs for the WhatsApp Cloud API that are valid now, uploaded once.",
