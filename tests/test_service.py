@@ -220,6 +220,15 @@ def test_an_unknown_query_parameter_is_a_400(server: Server) -> None:
         "unknown query parameter 'phone_numer_id'; this endpoint takes phone_number_id")
 
 
+def test_a_phone_number_the_graph_api_does_not_know_is_a_400(server: Server, media_root: Path) -> None:
+    path = media_root / "menu.pdf"
+    path.write_bytes(sample_media(PDF, salt="menu"))
+    with server.client() as client:
+        answer = client.post("/v1/media", params={"phone_number_id": "3"}, json={"path": str(path)})
+    assert answer.status_code == 400
+    assert answer.json()["error"]["message"].startswith("phone number ID 3: the Graph API does not know it")
+
+
 def test_unknown_media_id_cannot_be_invalidated(server: Server) -> None:
     with server.client() as client:
         answer = client.post("/v1/media/123456789/invalidate")
