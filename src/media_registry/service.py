@@ -353,7 +353,7 @@ class _Service:
                 host, port or 443, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError):
             raise InputError(f"{host}: cannot resolve this host name; check the url") from None
-        for address in {info[4][0] for info in found}:
+        for address in {str(info[4][0]) for info in found}:
             ip = ipaddress.ip_address(address.split("%")[0])
             ip = getattr(ip, "ipv4_mapped", None) or ip
             if not ip.is_global or ip.is_multicast:
