@@ -1,11 +1,13 @@
-"""Shared fixtures: a FakeGraphAPI (from media-registry's pytest plugin), registries on real
-SQLite files in tmp_path, sample media files, and the CLI run as a real subprocess."""
+"""Shared fixtures: a FakeGraphAPI (from media-registry's pytest plugin), registries on every
+backend (a real SQLite file in tmp_path, ...), sample media files, and the CLI run as a real
+subprocess."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,14 +36,33 @@ def api(fake_graph_api: FakeGraphAPI) -> FakeGraphAPI:
     return fake_graph_api
 
 
+# Every registry test runs once per backend. A backend is a name here and a branch in
+# ``registry_db_value`` that returns a fresh, empty registry location (MEDIA_REGISTRY_DB).
+BACKENDS = ["sqlite"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The name of the storage backend the test runs on."""
+    return str(request.param)
+
+
 @pytest.fixture
-def make_registry(tmp_path: Path, api: FakeGraphAPI) -> Iterator[Callable[..., MediaRegistry]]:
-    """Build registries on ``tmp_path/registry.db`` pointed at the fake API; closed after."""
+def registry_db_value(backend: str, tmp_path: Path) -> str:
+    """A fresh registry location on the test's backend: what MEDIA_REGISTRY_DB holds."""
+    if backend == "sqlite":
+        return str(tmp_path / "registry.db")
+    raise AssertionError(f"unknown backend {backend}")
+
+
+@pytest.fixture
+def make_registry(registry_db_value: str, api: FakeGraphAPI) -> Iterator[Callable[..., MediaRegistry]]:
+    """Build registries on the test's backend pointed at the fake API; closed after."""
     made: list[MediaRegistry] = []
 
     def make(**overrides: Any) -> MediaRegistry:
         settings: dict[str, Any] = {
-            "db": tmp_path / "registry.db", "token": api.token,
+            "db": registry_db_value, "token": api.token,
             "phone_number_id": api.phone_number_id, "api_base": api.base_url,
             "retry_backoff": 0.01, "max_retries": 2,
         }
@@ -74,14 +95,14 @@ def make_file(tmp_path: Path) -> Callable[..., Path]:
 
 
 @pytest.fixture
-def cli_env(tmp_path: Path, api: FakeGraphAPI) -> dict[str, str]:
-    """Environment for CLI subprocesses: the fake API and a registry in tmp_path."""
+def cli_env(registry_db_value: str, api: FakeGraphAPI) -> dict[str, str]:
+    """Environment for CLI subprocesses: the fake API and a registry on the test's backend."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WHATSAPP_", "MEDIA_REGISTRY_"))}
     env.update(
         WHATSAPP_TOKEN=api.token,
         WHATSAPP_PHONE_NUMBER_ID=api.phone_number_id,
         WHATSAPP_API_BASE=api.base_url,
-        MEDIA_REGISTRY_DB=str(tmp_path / "registry.db"),
+        MEDIA_REGISTRY_DB=registry_db_value,
         MEDIA_REGISTRY_RETRY_BACKOFF="0.01",
         MEDIA_REGISTRY_MAX_RETRIES="1",
     )
@@ -95,3 +116,20 @@ def run_cli(*args: str, env: dict[str, str], cwd: Path | None = None,
         [str(CLI), *args],
         env=env, cwd=cwd, input=stdin, capture_output=True, text=True, timeout=60,
     )
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def settle(path: Path) -> None:
+    """Let the clock leave the second in which ``path`` was last changed, so that the
+    fingerprint recorded next is trusted (not "racily clean") and the next call is a hit."""
+    changed = max(path.stat().st_mtime_ns, path.stat().st_ctime_ns) // 1_000_000_000
+    while int(time.time()) <= changed:
+        time.sleep(0.05)

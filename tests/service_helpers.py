@@ -13,8 +13,7 @@ import pytest
 
 from media_registry import AsyncMediaRegistry
 
-from conftest import CLI
-from test_daemon import wait_for
+from conftest import CLI, wait_for
 
 # Bytes and URL sources and invalidate() come with the sources work; until it has landed the
 # service cannot hand them to the registry.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -19,15 +18,16 @@ from freezegun import freeze_time
 from media_registry import AsyncMediaRegistry, MediaRegistry
 from media_registry.testing import FakeGraphAPI, sample_media
 
-from conftest import CLI, PDF, PNG, run_cli
+import registry_db
+from conftest import CLI, PDF, PNG, run_cli, settle
 
 OTHER = "222333444"
 
 
 @pytest.fixture
-def async_registry(tmp_path: Path, api: FakeGraphAPI) -> Callable[..., AsyncMediaRegistry]:
+def async_registry(registry_db_value: str, api: FakeGraphAPI) -> Callable[..., AsyncMediaRegistry]:
     def make(**overrides: Any) -> AsyncMediaRegistry:
-        settings = {"db": tmp_path / "registry.db", "token": api.token, "api_base": api.base_url,
+        settings = {"db": registry_db_value, "token": api.token, "api_base": api.base_url,
                     "phone_number_id": api.phone_number_id, "retry_backoff": 0.01, "max_retries": 2}
         return AsyncMediaRegistry(**{**settings, **overrides})
 
@@ -35,8 +35,7 @@ def async_registry(tmp_path: Path, api: FakeGraphAPI) -> Callable[..., AsyncMedi
 
 
 def leases(db: Path | str) -> int:
-    with sqlite3.connect(db) as con:
-        return con.execute("SELECT count(*) FROM leases").fetchone()[0]
+    return registry_db.count(db, "leases")
 
 
 def test_fifty_tasks_on_one_new_file_make_one_upload(
@@ -282,7 +281,7 @@ def test_no_store_or_file_call_runs_on_the_event_loop(
             with file_events_under(tmp_path / "in") as files:
                 assert (await registry.get_or_upload_with_status(kept)).uploaded  # upload
                 await registry.get_or_upload(gone)
-                await registry.get_or_upload(kept)  # the cache hit: fast_lookup on the loop
+                await registry.get_or_upload(kept)  # the cache hit: lookup_path on the loop
                 later[0] = timedelta(days=28)
                 refreshed = await registry.refresh_expiring()  # refresh
                 assert refreshed.count("refreshed") == 2
@@ -296,36 +295,9 @@ def test_no_store_or_file_call_runs_on_the_event_loop(
     calls, files, loop_thread = asyncio.run(main())
     made = {name for name, _ in calls.calls}
     assert {"take_lease", "record_upload", "mark_deleted", "forget_media", "record_inbound"} <= made
-    assert calls.on(loop_thread) == {"fast_lookup"}
+    assert calls.on(loop_thread) == {"lookup_path"}
     assert {"open", "os.rename"} <= {event for event, _ in files}  # mkstemp, then the rename
     assert [event for event, thread in files if thread == loop_thread] == []
-
-
-HOLD_WRITE_LOCK = """
-import sqlite3, sys
-con = sqlite3.connect(sys.argv[1], isolation_level=None)
-con.execute("BEGIN IMMEDIATE")
-print("locked", flush=True)
-sys.stdin.readline()
-con.execute("ROLLBACK")
-"""
-
-
-@contextmanager
-def write_lock_held_elsewhere(db: Path) -> Iterator[Callable[[], None]]:
-    """Another process holds the registry's write lock until the yielded function is called."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITE_LOCK, str(db)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
-
-    def release() -> None:
-        if holder.poll() is None:
-            holder.communicate("\n", timeout=30)
-
-    try:
-        yield release
-    finally:
-        release()
 
 
 @pytest.mark.timeout(90)
@@ -333,6 +305,7 @@ def test_a_task_cancelled_while_waiting_for_the_lease_leaves_no_lease(
     async_registry: Callable[..., AsyncMediaRegistry], make_file: Callable[..., Path],
 ) -> None:
     path = make_file("offer.png")
+    settle(path)  # a trusted fingerprint: the next upload's first write is the lease
     later = [timedelta()]
 
     async def main() -> tuple[ThreadsOfCalls, int]:
@@ -343,7 +316,7 @@ def test_a_task_cancelled_while_waiting_for_the_lease_leaves_no_lease(
             # next upload is taking the lease.
             later[0] = timedelta(days=40)
             calls = sender.store = ThreadsOfCalls(sender.store)  # type: ignore[assignment]
-            with write_lock_held_elsewhere(sender.settings.db) as release:
+            with registry_db.write_lock_in_another_process(sender.settings.db) as release:
                 async def expire_once_its_thread_waits_for_the_lock() -> None:
                     await asyncio.to_thread(calls.entered("take_lease").wait)
                     deadline.reschedule(asyncio.get_running_loop().time())
@@ -377,7 +350,7 @@ def test_a_cancelled_upload_releases_its_lease_off_the_loop_while_another_proces
             task = asyncio.create_task(sender.get_or_upload(path))
             while api.count("POST") == 0:
                 await asyncio.sleep(0.01)
-            with write_lock_held_elsewhere(sender.settings.db) as release:
+            with registry_db.write_lock_in_another_process(sender.settings.db) as release:
                 task.cancel()
                 await asyncio.to_thread(calls.entered("release_lease").wait)  # the loop is free
                 release()

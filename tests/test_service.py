@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -25,10 +24,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from media_registry import AccessDenied, AsyncMediaRegistry
 from media_registry.testing import FakeGraphAPI, sample_media
+from test_daemon import start_daemon
 
-from conftest import CLI, PDF, PNG, run_cli
+import registry_db
+from conftest import CLI, PDF, PNG, run_cli, wait_for
 from service_helpers import Server, needs_sources, start_server
-from test_daemon import age_ids, start_daemon, states, wait_for
 
 
 @pytest.fixture
@@ -117,7 +117,7 @@ def test_hash_first_lookup(server: Server, media_root: Path) -> None:
 def test_an_expiring_id_is_not_served_by_the_lookup(server: Server, media_root: Path,
                                                     cli_env: dict[str, str]) -> None:
     data, _ = seed(server, media_root)
-    age_ids(cli_env["MEDIA_REGISTRY_DB"], days_left=0.5)  # under min_validity (1 day)
+    registry_db.age_ids(cli_env["MEDIA_REGISTRY_DB"], days_left=0.5)  # under min_validity (1 day)
     with server.client() as client:
         assert client.get(f"/v1/media/{hashlib.sha256(data).hexdigest()}").status_code == 404
 
@@ -276,7 +276,7 @@ def test_healthz_fails_when_refresh_cannot_keep_up(
     path = media_root / "menu.pdf"
     path.write_bytes(sample_media(PDF, salt="menu"))
     run_cli("upload", str(path), env=cli_env)
-    age_ids(cli_env["MEDIA_REGISTRY_DB"], days_left=0.5)
+    registry_db.age_ids(cli_env["MEDIA_REGISTRY_DB"], days_left=0.5)
     api.fail(status=503, times=1000)
     running = start_server(cli_env, tmp_path / "serve.log", "--allow-root", str(media_root))
     try:
@@ -369,8 +369,7 @@ def test_sigterm_lets_the_upload_in_flight_finish_and_be_recorded(
         posting.join(timeout=60)
     assert server.process.wait(timeout=60) == 0
     assert answers[0].status_code == 200 and answers[0].json()["status"] == "uploaded"
-    with sqlite3.connect(cli_env["MEDIA_REGISTRY_DB"]) as con:
-        assert con.execute("SELECT media_id FROM media").fetchall() == [(answers[0].json()["media_id"],)]
+    assert registry_db.media_states(cli_env["MEDIA_REGISTRY_DB"]) == [(answers[0].json()["media_id"], "current")]
     assert "Traceback" not in server.text()
 
 
@@ -378,13 +377,13 @@ def test_sigterm_lets_the_schedules_refresh_in_flight_finish(
     cli_env: dict[str, str], api: FakeGraphAPI, make_file: Callable[..., Path], tmp_path: Path
 ) -> None:
     old_id = run_cli("upload", str(make_file("menu.pdf", PDF)), env=cli_env).stdout.split("\t")[0]
-    age_ids(cli_env["MEDIA_REGISTRY_DB"], days_left=2)
+    registry_db.age_ids(cli_env["MEDIA_REGISTRY_DB"], days_left=2)
     api.fail(delay=1.5, method="POST")
     running = start_server(cli_env, tmp_path / "serve.log")
     wait_for(lambda: api.count("POST") == 2, "the refresh upload to start")
     assert running.stop() == 0
     new_id = running.text().split(f"refreshed {old_id} -> ")[1].split()[0]
-    assert states(cli_env["MEDIA_REGISTRY_DB"]) == [(old_id, "superseded"), (new_id, "current")]
+    assert registry_db.media_states(cli_env["MEDIA_REGISTRY_DB"]) == [(old_id, "superseded"), (new_id, "current")]
 
 
 def test_no_secret_reaches_a_response_a_metric_or_the_log(
@@ -488,8 +487,7 @@ def test_new_bytes_from_httpx_curl_and_node_are_uploaded_then_cached(
         assert first["sha256"] == hashlib.sha256(bodies[name]).hexdigest()
         assert api.media[first["media_id"]].data == bodies[name]
     assert api.uploads == 3
-    with sqlite3.connect(cli_env["MEDIA_REGISTRY_DB"]) as con:  # bytes are never a path
-        assert con.execute("SELECT count(*) FROM paths").fetchone() == (0,)
+    assert registry_db.count(cli_env["MEDIA_REGISTRY_DB"], "paths") == 0  # bytes are never a path
     assert run_cli("purge", env=cli_env).stdout == "nothing to do\n"  # nor do they "vanish"
 
 

@@ -66,6 +66,7 @@ __all__ = [
     "AsyncMediaRegistry",
     "AuthError",
     "ConfigError",
+    "ContentDeleted",
     "DownloadError",
     "DownloadURLExpired",
     "DownloadedMedia",

@@ -12,7 +12,7 @@ import httpx
 from ._flows import Clock, utc_now
 from .config import Settings, Windows, load_settings
 from .errors import ConfigError, InputError
-from .store import Store, iso
+from .store import Store, open_store
 
 C = TypeVar("C", bound="RegistryCore")
 
@@ -32,17 +32,19 @@ class RegistryCore:
         settings: Settings | None = None,
         transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
         clock: Clock = utc_now,
+        create: bool = True,
         **overrides: Any,
     ) -> None:
         self.settings = settings or load_settings(
             db=db, token=token, phone_number_id=phone_number_id, **overrides
         )
         self._clock = clock
-        self.store = Store(self.settings.db, busy_timeout=self.settings.busy_timeout)
+        # create=False (read-only use) never creates a registry; an older one is upgraded.
+        self.store: Store = open_store(self.settings.db, create=create, busy_timeout=self.settings.busy_timeout)
         self._lease_for = timedelta(seconds=self.settings.lease_seconds)
         self._stopping = threading.Event()
         self._windows_by_phone: dict[str, Windows] = {}
-        self._valid_until_cache: tuple[int, timedelta, str] = (0, timedelta(), "")
+        self._valid_until_cache: tuple[int, timedelta, datetime] = (0, timedelta(), utc_now())
         self.graph = self._client(transport=transport, **self._graph_options())
 
     @classmethod
@@ -68,6 +70,13 @@ class RegistryCore:
         """Ask a running refresh to finish its current uploads and start no new ones."""
         self._stopping.set()
 
+    def _windows(self, phone: str) -> Windows:
+        """The TTL and validity windows of one number, worked out once."""
+        windows = self._windows_by_phone.get(phone)
+        if windows is None:
+            windows = self._windows_by_phone[phone] = self.settings.windows(phone)
+        return windows
+
     def _phone(self, phone_number_id: str | None) -> str:
         """The number asked for, else the configured one; ConfigError if there is neither."""
         phone = phone_number_id or self.settings.phone_number_id
@@ -77,24 +86,17 @@ class RegistryCore:
             )
         return phone
 
-    def _windows(self, phone: str) -> Windows:
-        """The TTL and validity windows of one number, worked out once."""
-        windows = self._windows_by_phone.get(phone)
-        if windows is None:
-            windows = self._windows_by_phone[phone] = self.settings.windows(phone)
-        return windows
-
-    def _valid_until(self, validity: timedelta) -> str:
-        """``iso(now + validity)``, computed once per second: this is on every cache hit."""
+    def _valid_until(self, validity: timedelta) -> datetime:
+        """``now + validity``, computed once per second: this is on every cache hit."""
         now: datetime = self._clock()
         second = int(now.timestamp())
         cached = self._valid_until_cache
         if cached[0] == second and cached[1] == validity:
             return cached[2]
         # The end of the current second: never less strict than the exact time would be.
-        text = iso(datetime.fromtimestamp(second + 1, timezone.utc) + validity)
-        self._valid_until_cache = (second, validity, text)
-        return text
+        moment = datetime.fromtimestamp(second + 1, timezone.utc) + validity
+        self._valid_until_cache = (second, validity, moment)
+        return moment
 
     def resolve(self, target: str | os.PathLike[str]) -> str | None:
         """The sha256 that ``target`` names, or None: a path the registry has seen, an exact

@@ -13,6 +13,7 @@ from ._core import RegistryCore
 from ._flows import Blocking, DownloadTo, Flow, GetMedia, Sleep
 from .errors import DownloadURLExpired, IntegrityError, MediaNotFound
 from .models import DownloadedMedia, MediaMetadata
+from .store import InboundRow
 from .webhooks import OnInvalid, media_in_webhook
 
 
@@ -68,10 +69,9 @@ class Inbound(RegistryCore):
                 raise
             yield Blocking(functools.partial(file.__exit__, None, None, None))
         fetched = file is not None
-        yield Blocking(functools.partial(
-            self.store.record_inbound, media_id, metadata.sha256, mime_type, metadata.file_size,
-            str(destination.resolve()), self._clock(), None if fetched else "already on disk",
-        ))
+        row = InboundRow(media_id, metadata.sha256, mime_type, metadata.file_size,
+                         str(destination.resolve()), self._clock())
+        yield Blocking(functools.partial(self.store.record_inbound, row, None if fetched else "already on disk"))
         return DownloadedMedia(media_id=media_id, sha256=metadata.sha256, mime_type=mime_type,
                                size_bytes=metadata.file_size, path=destination, fetched=fetched)
 

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from . import hashing
 from .errors import MediaRegistryError
-from .store import BUSY_TIMEOUT_SECONDS, Store, iso
+from .store import BUSY_TIMEOUT_SECONDS, Store, open_store
 
 DEFAULT_DB = "media-registry.db"
 DEFAULTS = {"MEDIA_REGISTRY_TTL": "2592000", "MEDIA_REGISTRY_MIN_VALIDITY": "86400",
@@ -61,7 +61,7 @@ class CacheHits:
 
     def __init__(self, settings: HitSettings) -> None:
         self._settings = settings
-        self._valid_until = iso(datetime.now(timezone.utc) + settings.min_validity)
+        self._valid_until = datetime.now(timezone.utc) + settings.min_validity
         self._store: Store | None = None
 
     def media_id(self, path: str) -> str | None:
@@ -70,12 +70,15 @@ class CacheHits:
             if self._store is None:
                 if not self._settings.db.is_file():
                     return None  # creating a registry is the full path's job
-                self._store = Store(self._settings.db, busy_timeout=self._settings.busy_timeout)
-            row = self._store.fast_lookup(hashing.fingerprint(path), self._settings.phone_number_id,
-                                          self._valid_until)
+                self._store = open_store(self._settings.db, create=False,
+                                         busy_timeout=self._settings.busy_timeout)
+            fp = hashing.fingerprint(path)
+            hit = self._store.lookup_path(fp, self._settings.phone_number_id, self._valid_until)
         except MediaRegistryError:
             return None  # the full path raises it again, with the registry's own wording
-        return row[1] if row is not None else None
+        if hit is None or hashing.racily_clean(fp, hit.recorded_at):
+            return None  # new, changed, or to be hashed again: the registry's job
+        return hit.media_id
 
     def close(self) -> None:
         """Close the registry file, if it was opened."""

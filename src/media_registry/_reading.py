@@ -9,7 +9,7 @@ from typing import Any
 
 from ._core import RegistryCore
 from .models import MediaEvent, MediaRecord
-from .store import iso, parse_iso
+from .store import ContentRow
 
 
 class Reading(RegistryCore):
@@ -24,10 +24,12 @@ class Reading(RegistryCore):
         sha256 = self.resolve(target)
         if sha256 is None:
             return None
-        rows = list(self.store.content_rows(sha256))
+        rows = list(self.store.content_rows(sha256=sha256))
+        if not rows:
+            return None
         wanted = phone_number_id or self.settings.phone_number_id
-        row = next((r for r in rows if r["phone_number_id"] == wanted), rows[0])
-        history = tuple(MediaEvent(**event) for event in self.store.events(sha256))
+        row = next((r for r in rows if r.phone_number_id == wanted), rows[0])
+        history = tuple(MediaEvent(**event._asdict()) for event in self.store.events(sha256))
         return _record(row, history)
 
     def records(self, *, expiring_within: timedelta | None = None) -> Iterator[MediaRecord]:
@@ -36,41 +38,43 @@ class Reading(RegistryCore):
 
         ``expiring_within`` keeps only IDs that expire within that time from now.
         """
-        before = iso(self._clock() + expiring_within) if expiring_within is not None else None
+        before = self._clock() + expiring_within if expiring_within is not None else None
         return (_record(row) for row in self.store.content_rows(expiring_before=before))
 
     def valid_record(self, sha256: str, *, phone_number_id: str | None = None) -> MediaRecord | None:
         """The record of the media ID that ``get_or_upload`` would serve for this content on
-        one number (valid for at least ``min_validity``), or None: one indexed query, no
-        hashing, no network."""
+        one number (valid for at least ``min_validity``), or None: no hashing, no network."""
         phone = self._phone(phone_number_id)
         valid_until = self._valid_until(self._windows(phone).min_validity)
-        row = self.store.valid_media(sha256.lower(), phone, valid_until)
-        return _record(row) if row else None
+        for row in list(self.store.content_rows(sha256=sha256.lower())):  # a row per number
+            if (row.phone_number_id == phone and row.deleted_at is None
+                    and row.expires_at is not None and row.expires_at > valid_until):
+                return _record(row)
+        return None
 
     def stats(self) -> dict[str, Any]:
-        """Counts of contents, paths and media IDs by state, for health checks."""
-        now, before = iso(self._clock()), iso(self._clock() + self.settings.refresh_before)
-        counts: dict[str, Any] = self.store.stats(now, before)
-        counts["by_phone_number"] = self.store.stats_by_phone_number(now, before)
-        counts["db"] = str(self.settings.db)
-        counts["db_bytes"] = sum(
-            p.stat().st_size for p in self.settings.db.parent.glob(self.settings.db.name + "*")
-        )
+        """Counts of contents, paths and media IDs by state, for health checks, with what
+        the store knows of itself (for SQLite: ``db``, ``db_bytes`` with its WAL, and
+        ``journal_mode``)."""
+        now = self._clock()
+        stats = self.store.stats(now, now + self.settings.refresh_before)
+        counts: dict[str, Any] = stats._asdict()
+        counts["by_phone_number"] = {phone: numbers._asdict() for phone, numbers in stats.by_phone_number.items()}
+        counts.update(counts.pop("backend"))
         return counts
 
 
-def _record(row: dict[str, Any], history: tuple[MediaEvent, ...] = ()) -> MediaRecord:
+def _record(row: ContentRow, history: tuple[MediaEvent, ...] = ()) -> MediaRecord:
     return MediaRecord(
-        sha256=row["sha256"],
-        mime_type=row["mime_type"],
-        size_bytes=row["size_bytes"],
-        phone_number_id=row["phone_number_id"],
-        media_id=row["media_id"],
-        uploaded_at=parse_iso(row["uploaded_at"]),
-        expires_at=parse_iso(row["expires_at"]),
-        deleted_at=parse_iso(row["deleted_at"]),
-        state="deleted" if row["deleted_at"] else "current" if row["media_id"] else "unsent",
-        paths=tuple(row["paths"].split("\n")) if row["paths"] else (),
+        sha256=row.sha256,
+        mime_type=row.mime_type,
+        size_bytes=row.size_bytes,
+        phone_number_id=row.phone_number_id,
+        media_id=row.media_id,
+        uploaded_at=row.uploaded_at,
+        expires_at=row.expires_at,
+        deleted_at=row.deleted_at,
+        state="deleted" if row.deleted_at else "current" if row.media_id else "unsent",
+        paths=row.paths,
         history=history,
     )

@@ -76,10 +76,11 @@ def _error(message: str) -> None:
     print(f"media-registry: error: {message}", file=sys.stderr)
 
 
-def _open(args: argparse.Namespace) -> MediaRegistry:
+def _open(args: argparse.Namespace, *, create: bool = True) -> MediaRegistry:
+    """The registry; read-only commands pass ``create=False`` (never create one)."""
     from .registry import MediaRegistry
 
-    return MediaRegistry.from_env(db=args.db)
+    return MediaRegistry.from_env(db=args.db, create=create)
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -349,7 +350,7 @@ def _ls(args: argparse.Namespace) -> int:
 
     within = timedelta(days=args.expiring) if args.expiring is not None else None
     listed = 0
-    with _open(args) as reg:
+    with _open(args, create=False) as reg:
         for record in reg.records(expiring_within=within):
             if args.json:
                 _print_json(record.model_dump(exclude={"history"}))
@@ -371,7 +372,7 @@ def _print_row(cells: Sequence[str]) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
-    with _open(args) as reg:
+    with _open(args, create=False) as reg:
         record = reg.lookup(args.target)
     if record is None:
         _error(f"{args.target}: not in the registry; upload it first, or check the path, "
@@ -407,7 +408,7 @@ def _print_record(record: MediaRecord) -> None:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    with _open(args) as reg:
+    with _open(args, create=False) as reg:
         counts = reg.stats()
     if args.json:
         _print_json(counts)

@@ -19,7 +19,8 @@
     ├── RegistryError           the SQLite registry file
     │   ├── RegistryLocked      another writer held the lock past the busy timeout
     │   ├── RegistryCorrupt     the file is not a media-registry database
-    │   └── SchemaTooNew        written by a newer media-registry
+    │   ├── SchemaTooNew        written by a newer media-registry
+    │   └── ContentDeleted      the content was deleted while this call uploaded it
     └── DownloadError           inbound media
         ├── UnsafeDownloadURL   a download URL outside the allowed hosts
         ├── DownloadURLExpired  the short-lived download URL expired (fetched again)
@@ -196,6 +197,10 @@ class RegistryCorrupt(RegistryError):
 
 class SchemaTooNew(RegistryError):
     """The registry was written by a newer version of media-registry."""
+
+
+class ContentDeleted(RegistryError):
+    """The content was deleted while this call uploaded it: deletion wins, nothing is served."""
 
 
 class DownloadError(MediaRegistryError):

@@ -501,6 +501,10 @@ def run_service(*, host: str, port: int, options: Options, run_schedule_too: boo
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         passes = [run_schedule(registry, stopping, monitor.observe_pass)] if run_schedule_too else []
         schedule = [asyncio.create_task(coroutine) for coroutine in passes]
+        # Said once uvicorn's signal handlers are in place: from now on SIGTERM is graceful.
+        log.info("serving on http://%s:%d (%s); SIGTERM or Ctrl-C stops it", host if ":" not in host
+                 else f"[{host}]", listener.getsockname()[1],
+                 "with the refresh and purge schedule" if run_schedule_too else "no schedule")
         yield  # uvicorn has stopped taking requests and finished those in flight
         registry.stop()
         stopping.set()
@@ -510,16 +514,17 @@ def run_service(*, host: str, port: int, options: Options, run_schedule_too: boo
     app = create_app(registry, monitor, options, lifespan)
     config = uvicorn.Config(app, host=host, port=port, log_config=None, server_header=False,
                             proxy_headers=False)
-    # uvicorn re-raises the signal that stopped it once it has shut down; like the daemon, a
-    # graceful stop exits 0.
+    # A signal before uvicorn takes over (nothing in flight yet), and the one uvicorn raises
+    # again once it has shut down gracefully: like the daemon, a stop exits 0.
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: None)
+        signal.signal(signum, _exit_quietly)
     with only_daemon(registry.settings.db) if run_schedule_too else nullcontext():
         listener = _listen(host, port)
-        log.info("serving on http://%s:%d (%s); SIGTERM or Ctrl-C stops it", host if ":" not in host
-                 else f"[{host}]", listener.getsockname()[1],
-                 "with the refresh and purge schedule" if run_schedule_too else "no schedule")
         uvicorn.Server(config).run(sockets=[listener])
+
+
+def _exit_quietly(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _listen(host: str, port: int) -> socket.socket:
