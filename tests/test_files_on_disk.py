@@ -7,7 +7,6 @@ import hashlib
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -18,9 +17,9 @@ import pytest
 
 from media_registry import MediaRegistry
 from media_registry.testing import FakeGraphAPI, sample_media
-from test_reliability import unprivileged
 
-from conftest import CLI, PDF, run_cli
+import registry_db
+from conftest import CLI, PDF, run_cli, unprivileged
 
 # A download written by another process through the library's own VerifiedFile: half the
 # bytes, then it waits for a line on stdin before writing the rest and renaming into place.
@@ -122,8 +121,7 @@ def test_a_temporary_left_unlocked_by_a_killed_download_is_swept(
 
 
 def inbound_path(registry: MediaRegistry, media_id: str) -> str:
-    with sqlite3.connect(registry.settings.db) as con:
-        return str(con.execute("SELECT path FROM inbound WHERE media_id = ?", (media_id,)).fetchone()[0])
+    return str(registry_db.query(registry.settings.db, "SELECT path FROM inbound WHERE media_id = ?", media_id)[0][0])
 
 
 @pytest.mark.parametrize("planted", ["the same bytes", "other bytes of the same size"])
