@@ -24,7 +24,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from media_registry import AccessDenied, AsyncMediaRegistry
 from media_registry.testing import FakeGraphAPI, sample_media
-from test_daemon import start_daemon
 
 import registry_db
 from conftest import CLI, PDF, PNG, run_cli, wait_for
@@ -307,7 +306,8 @@ def test_healthz_is_ok_on_a_fresh_registry(server: Server) -> None:
 
 def test_serve_will_not_run_the_schedule_beside_a_daemon(cli_env: dict[str, str], tmp_path: Path) -> None:
     run_cli("init", env=cli_env)
-    daemon = start_daemon(cli_env, tmp_path / "daemon.log")
+    daemon = subprocess.Popen([str(CLI), "daemon"], env=cli_env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
     lock = Path(cli_env["MEDIA_REGISTRY_DB"] + ".daemon-lock")
     wait_for(lambda: lock.exists() and lock.read_text() == str(daemon.pid), "the daemon's lock")
     try:
