@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from file_server import FileServer
 from media_registry import MediaRegistry
 from media_registry.testing import FakeGraphAPI, sample_media
 
@@ -144,3 +145,11 @@ def unprivileged(*command: str) -> list[str]:
     if shutil.which("setpriv") is None:
         pytest.skip("running as root without setpriv: permissions cannot be enforced")
     return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *command]
+
+
+@pytest.fixture
+def files() -> Iterator[FileServer]:
+    """A local HTTP file server for URL sources (ETag, 304, redirects, slow and lying bodies)."""
+    server = FileServer()
+    yield server
+    server.stop()

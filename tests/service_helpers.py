@@ -9,16 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pytest
-
-from media_registry import AsyncMediaRegistry
 
 from conftest import CLI, wait_for
 
-# Bytes and URL sources and invalidate() come with the sources work; until it has landed the
-# service cannot hand them to the registry.
-needs_sources = pytest.mark.skipif(not hasattr(AsyncMediaRegistry, "invalidate"),
-                                   reason="needs bytes and URL sources and invalidate()")
 LISTENING = re.compile(r"serving on http://([\d.]+):(\d+)")
 
 

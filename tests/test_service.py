@@ -27,7 +27,7 @@ from media_registry.testing import FakeGraphAPI, sample_media
 
 import registry_db
 from conftest import CLI, PDF, PNG, run_cli, wait_for
-from service_helpers import Server, needs_sources, start_server
+from service_helpers import Server, start_server
 
 
 @pytest.fixture
@@ -454,7 +454,6 @@ def test_without_the_extra_the_command_says_what_to_install(
 # -- bytes, URL sources and invalidate: the registry's sources --------------------------
 
 
-@needs_sources
 def test_new_bytes_from_httpx_curl_and_node_are_uploaded_then_cached(
     server: Server, api: FakeGraphAPI, tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
@@ -491,7 +490,6 @@ def test_new_bytes_from_httpx_curl_and_node_are_uploaded_then_cached(
     assert run_cli("purge", env=cli_env).stdout == "nothing to do\n"  # nor do they "vanish"
 
 
-@needs_sources
 def test_twenty_clients_posting_the_same_new_bytes_make_one_upload(
     server: Server, api: FakeGraphAPI
 ) -> None:
@@ -515,7 +513,6 @@ def test_twenty_clients_posting_the_same_new_bytes_make_one_upload(
     assert api.uploads == 1
 
 
-@needs_sources
 def test_invalidate_stops_serving_the_id(server: Server, media_root: Path, api: FakeGraphAPI) -> None:
     data, media_id = seed(server, media_root)
     sha256 = hashlib.sha256(data).hexdigest()
@@ -530,7 +527,6 @@ def test_invalidate_stops_serving_the_id(server: Server, media_root: Path, api: 
     assert again["status"] == "uploaded" and again["media_id"] != media_id and api.uploads == 2
 
 
-@needs_sources
 def test_a_url_source_on_this_machine_with_allow_private_urls(
     cli_env: dict[str, str], tmp_path: Path, api: FakeGraphAPI
 ) -> None:
@@ -555,7 +551,6 @@ def test_a_url_source_on_this_machine_with_allow_private_urls(
         assert running.stop() == 0
 
 
-@needs_sources
 def test_a_redirect_to_a_private_address_is_refused(tmp_path: Path, api: FakeGraphAPI) -> None:
     from media_registry.service import PublicOnly
 

@@ -37,10 +37,13 @@ if TYPE_CHECKING:
         SchemaTooNew,
         SourceChanged,
         SourceNotFound,
+        SourceUnavailable,
         UnsafeDownloadURL,
+        UnsafeSourceURL,
         UnsupportedMedia,
     )
     from .models import DownloadedMedia, InboundMedia, LifecycleAction, MediaEvent, MediaRecord, Report
+    from .refusal import media_id_refused
     from .registry import AsyncMediaRegistry, MediaRegistry, Outcome
 
 
@@ -52,12 +55,13 @@ _MODULES = {
          "GraphAPIError", "InputError", "IntegrityError", "MediaNotFound", "MediaRegistryError",
          "MediaTooLarge", "MislabelledMedia", "NotAuthenticated", "NotInRegistry", "RateLimited", "RegistryCorrupt",
          "RegistryError", "RegistryLocked", "SchemaTooNew", "SourceChanged", "SourceNotFound",
-         "UnsafeDownloadURL", "UnsupportedMedia"),
+         "SourceUnavailable", "UnsafeDownloadURL", "UnsafeSourceURL", "UnsupportedMedia"),
         "errors",
     ),
     **dict.fromkeys(("DownloadedMedia", "InboundMedia", "LifecycleAction", "MediaEvent",
                      "MediaRecord", "Report"), "models"),
     **dict.fromkeys(("AsyncMediaRegistry", "MediaRegistry", "Outcome"), "registry"),
+    "media_id_refused": "refusal",
 }
 
 __all__ = [
@@ -94,9 +98,12 @@ __all__ = [
     "Settings",
     "SourceChanged",
     "SourceNotFound",
+    "SourceUnavailable",
     "UnsafeDownloadURL",
+    "UnsafeSourceURL",
     "UnsupportedMedia",
     "__version__",
+    "media_id_refused",
 ]
 
 

@@ -6,10 +6,10 @@ import difflib
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from .errors import ConfigError, register_secret
 from .graph import (
@@ -25,6 +25,11 @@ from .graph import (
 
 # Meta retires a Graph API version about two years after its release.
 DEFAULT_API_BASE = "https://graph.facebook.com/v23.0"
+# S3 and GCS presigned URLs: the signature and the parameters that change with it.
+DEFAULT_URL_IGNORE_QUERY = (
+    "X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires", "X-Amz-Security-Token",
+    "X-Amz-Signature", "X-Amz-SignedHeaders", "X-Goog-*",
+)
 
 
 def _env(name: str, default: Any = None) -> Any:
@@ -70,6 +75,13 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(60.0, gt=0, allow_inf_nan=False)
     # The bearer token clients of `serve` must send; required when it binds beyond loopback.
     service_token: SecretStr | None = None
+    # Upload starts per second per phone number, across a process's threads and tasks.
+    uploads_per_second: float = Field(20.0, gt=0, allow_inf_nan=False)
+    # How long a URL source's remembered content is trusted before a conditional GET.
+    url_revalidate: timedelta = timedelta(minutes=5)
+    # Query parameters left out of a URL source's key, and never printed or stored: a signed
+    # URL's signature changes on every request (comma-separated; "X-Goog-*" matches a prefix).
+    url_ignore_query: Annotated[tuple[str, ...], NoDecode] = DEFAULT_URL_IGNORE_QUERY
 
     @field_validator("token")
     @classmethod
@@ -110,10 +122,24 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("ttl", "min_validity", "refresh_before", "refresh_interval", "purge_interval",
-                     mode="before")
+                     "url_revalidate", mode="before")
     @classmethod
     def _seconds(cls, value: Any) -> Any:
         return _seconds_as_number(value)
+
+    @field_validator("url_revalidate")
+    @classmethod
+    def _check_not_negative(cls, value: timedelta) -> timedelta:
+        if value < timedelta(0):
+            raise ValueError("must be zero (always revalidate) or a positive duration")
+        return value
+
+    @field_validator("url_ignore_query", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(name.strip() for name in value.split(",") if name.strip())
+        return value
 
     @field_validator("ttl_by_phone_number", mode="before")
     @classmethod

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Annotated, Any, Literal
-from urllib.parse import urlsplit
 
+import httpx
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
@@ -281,8 +281,7 @@ class _Service:
         """The record of the content, after its ID was marked dead."""
         if self.registry.lookup(media_id) is None:
             raise NotInRegistry(f"media ID {media_id}: not in the registry; check the ID")
-        # invalidate() arrives with bytes and URL sources; until then this line cannot type-check.
-        await self.registry.invalidate(media_id)  # type: ignore[attr-defined, unused-ignore]
+        await self.registry.invalidate(media_id)
         record = self.registry.lookup(media_id)
         if record is None:  # deleted meanwhile: nothing left to serve, as asked
             raise NotInRegistry(f"media ID {media_id}: no longer in the registry")
@@ -327,7 +326,11 @@ class _Service:
                              "send raw bytes as application/octet-stream") from None
         if isinstance(source, PathSource):
             return self._allowed_path(source.path)
-        return await self._allowed_url(source.url)
+        try:
+            httpx.URL(source.url)
+        except httpx.InvalidURL:
+            raise InputError("the url is not a valid URL; check it") from None
+        return source.url  # each hop is checked by PublicOnly, unless --allow-private-urls
 
     def _allowed_path(self, given: str) -> Path:
         try:
@@ -339,30 +342,47 @@ class _Service:
                                "--allow-root FOLDER for the folders senders may name")
         return resolved
 
-    async def _allowed_url(self, url: str) -> str:
-        try:
-            parts = urlsplit(url)
-            host, port = parts.hostname, parts.port
-        except ValueError:
-            host, port = None, None
-        if parts.scheme not in ("https", "http") or not host:
-            raise InputError("the url must be https://host/... ; check it")
-        if self.options.allow_private_urls:
-            return url
-        try:
-            found = await asyncio.get_running_loop().getaddrinfo(
-                host, port or 443, type=socket.SOCK_STREAM)
-        except (OSError, UnicodeError):
-            raise InputError(f"{host}: cannot resolve this host name; check the url") from None
-        for address in {str(info[4][0]) for info in found}:
-            ip = ipaddress.ip_address(address.split("%")[0])
-            ip = getattr(ip, "ipv4_mapped", None) or ip
-            if not ip.is_global or ip.is_multicast:
-                raise AccessDenied(
-                    f"{host}: resolves to {ip}, a loopback, private or link-local address; "
-                    "start the service with --allow-private-urls to fetch from such hosts"
-                )
-        return url
+class PublicOnly(httpx.AsyncBaseTransport):
+    """The transport of URL sources in the service: every request, each hop of a redirect
+    included, goes only to a public address, against server-side request forgery.
+
+    The host is resolved once and the connection made to the address that was checked (TLS
+    still verifies the host name), so a DNS answer that changes in between cannot point it
+    at this machine or its network.
+    """
+
+    def __init__(self, inner: httpx.AsyncBaseTransport | None = None) -> None:
+        self._inner = inner or httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Check the host's address, then send the request to it."""
+        host = request.url.host
+        address = await _public_address(host, request.url.port or 443)
+        request.url = request.url.copy_with(host=address)
+        request.extensions = {**request.extensions, "sni_hostname": host}
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._inner.aclose()
+
+
+async def _public_address(host: str, port: int) -> str:
+    """The first address ``host`` resolves to, if every one is public; AccessDenied otherwise."""
+    try:
+        found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise InputError(f"{host}: cannot resolve this host name; check the url") from None
+    addresses = [str(info[4][0]).split("%")[0] for info in found]
+    for address in addresses:
+        ip = ipaddress.ip_address(address)
+        ip = getattr(ip, "ipv4_mapped", None) or ip
+        if not ip.is_global or ip.is_multicast:
+            raise AccessDenied(
+                f"{host}: resolves to {ip}, a loopback, private or link-local address; "
+                "start the service with --allow-private-urls to fetch from such hosts"
+            )
+    return addresses[0]
 
 
 async def _known_query(request: Request) -> None:
@@ -487,7 +507,8 @@ def run_service(*, host: str, port: int, options: Options, run_schedule_too: boo
     ConfigError for a non-loopback bind without a client token, RegistryLocked when the
     schedule is wanted and a daemon already runs it.
     """
-    registry = AsyncMediaRegistry.from_env(**settings)
+    registry = AsyncMediaRegistry.from_env(
+        source_transport=None if options.allow_private_urls else PublicOnly(), **settings)
     token = registry.settings.service_token
     if token is None and not is_loopback(host):
         raise ConfigError(f"binding to {host} reaches beyond this machine: set "
