@@ -139,8 +139,8 @@ def test_two_numbers_get_two_ids(registry: MediaRegistry, api: FakeGraphAPI,
     listing = run_cli("ls", env=cli_env).stdout.splitlines()[1:]
     assert [line.split()[0] for line in listing] == sorted([api.phone_number_id, OTHER])
     stats = registry.stats()["by_phone_number"]
-    assert stats == {api.phone_number_id: {"live_ids": 1, "expiring_ids": 0},
-                     OTHER: {"live_ids": 1, "expiring_ids": 0}}
+    assert stats == {api.phone_number_id: {"live_ids": 1, "expiring_ids": 0, "expired_ids": 0},
+                     OTHER: {"live_ids": 1, "expiring_ids": 0, "expired_ids": 0}}
     with freeze_time(datetime.now(timezone.utc) + timedelta(days=28)):
         report = registry.refresh_expiring()
     assert sorted(a.phone_number_id for a in report.actions) == sorted([api.phone_number_id, OTHER])

@@ -32,3 +32,14 @@ def test_the_cli_benchmarks_run_and_print_every_row() -> None:
                      "CLI start-up: `ls`, empty registry", "`ls --json`, 300 contents", "`ls --json`, 3,000 contents"):
         assert expected in measures, (expected, measures)
     assert all(len(row.split(" | ")) == 4 for row in rows)
+
+
+def test_the_service_benchmarks_run_and_print_both_rows() -> None:
+    script = SCRIPT.with_name("service.py")
+    result = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [row.split(" | ")[0].lstrip("| ").split(",")[0] for row in rows[1:]] == [
+        "cached 200 KB uploads", "GET /v1/media/{sha256} median latency (µs; floor: a constant)"]
+    assert all(row.split(" | ")[3].rstrip(" |").endswith(("x throughput", "x latency")) for row in rows[1:])

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     from .config import Settings
     from .errors import (
+        AccessDenied,
         APIUnreachable,
         AuthError,
         ConfigError,
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
         MediaRegistryError,
         MediaTooLarge,
         MislabelledMedia,
+        NotAuthenticated,
         NotInRegistry,
         RateLimited,
         RegistryCorrupt,
@@ -49,9 +51,9 @@ if TYPE_CHECKING:
 _MODULES = {
     "Settings": "config",
     **dict.fromkeys(
-        ("APIUnreachable", "AuthError", "ConfigError", "DownloadError", "DownloadURLExpired",
+        ("AccessDenied", "APIUnreachable", "AuthError", "ConfigError", "DownloadError", "DownloadURLExpired",
          "GraphAPIError", "InputError", "IntegrityError", "MediaNotFound", "MediaRegistryError",
-         "MediaTooLarge", "MislabelledMedia", "NotInRegistry", "RateLimited", "RegistryCorrupt",
+         "MediaTooLarge", "MislabelledMedia", "NotAuthenticated", "NotInRegistry", "RateLimited", "RegistryCorrupt",
          "RegistryError", "RegistryLocked", "SchemaTooNew", "SourceChanged", "SourceNotFound",
          "SourceUnavailable", "UnsafeDownloadURL", "UnsafeSourceURL", "UnsupportedMedia"),
         "errors",
@@ -64,6 +66,7 @@ _MODULES = {
 
 __all__ = [
     "APIUnreachable",
+    "AccessDenied",
     "AsyncMediaRegistry",
     "AuthError",
     "ConfigError",
@@ -83,6 +86,7 @@ __all__ = [
     "MediaRegistryError",
     "MediaTooLarge",
     "MislabelledMedia",
+    "NotAuthenticated",
     "NotInRegistry",
     "Outcome",
     "RateLimited",

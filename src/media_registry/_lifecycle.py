@@ -28,6 +28,15 @@ class Lifecycle(Sourcing):
         return [row for row in rows
                 if row.expires_at <= now + self._windows(row.phone_number_id).refresh_before]
 
+    def overdue(self) -> list[str]:
+        """Media IDs that refresh could renew (a source still holds the content) but that have
+        less than ``min_validity`` left: refresh is not keeping up."""
+        now = self._clock()
+        rows = self.store.expiring_media(now + self.settings.min_validity)
+        return [row.media_id for row in rows
+                if row.expires_at <= now + self._windows(row.phone_number_id).min_validity
+                and self._find_source(row.sha256) is not None]
+
     def _refresh_one(self, row: MediaRow, dry_run: bool) -> Flow[LifecycleAction]:
         """Upload one expiring content again from a source file that still holds it, else
         from a URL that still serves it (single flight, so a concurrent refresh or sender
@@ -64,12 +73,13 @@ class Lifecycle(Sourcing):
     def _delete_flow(self, target: str | os.PathLike[str]) -> Flow[Report]:
         """Mark a content deleted (never served again), then DELETE its IDs at the API."""
         sha256: str | None = yield Blocking(functools.partial(self.resolve, target))
+        # A URL is named without its signature, in errors and in the registry's events.
+        shown = self.sources.key(os.fspath(target)) if is_url(target) else target
         if sha256 is None:
-            shown = self.sources.key(target) if is_url(target) else target  # never a URL's signature
             raise NotInRegistry(
                 f"{shown}: not in the registry; check the path, sha256 or media ID (see: ls)"
             )
-        yield Blocking(functools.partial(self.store.mark_deleted, sha256, self._clock(), f"delete {target}"))
+        yield Blocking(functools.partial(self.store.mark_deleted, sha256, self._clock(), f"delete {shown}"))
         pending: list[MediaRow] = yield Blocking(functools.partial(self.store.pending_deletes, sha256))
         report = Report()
         for row in pending:

@@ -41,6 +41,17 @@ class Reading(RegistryCore):
         before = self._clock() + expiring_within if expiring_within is not None else None
         return (_record(row) for row in self.store.content_rows(expiring_before=before))
 
+    def valid_record(self, sha256: str, *, phone_number_id: str | None = None) -> MediaRecord | None:
+        """The record of the media ID that ``get_or_upload`` would serve for this content on
+        one number (valid for at least ``min_validity``), or None: no hashing, no network."""
+        phone = self._phone(phone_number_id)
+        valid_until = self._valid_until(self._windows(phone).min_validity)
+        for row in list(self.store.content_rows(sha256=sha256.lower())):  # a row per number
+            if (row.phone_number_id == phone and row.deleted_at is None
+                    and row.expires_at is not None and row.expires_at > valid_until):
+                return _record(row)
+        return None
+
     def stats(self) -> dict[str, Any]:
         """Counts of contents, paths and media IDs by state, for health checks, with what
         the store knows of itself (for SQLite: ``db``, ``db_bytes`` with its WAL, and

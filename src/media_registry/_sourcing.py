@@ -37,12 +37,13 @@ class Sourcing(Sending):
     _fetcher: Any  # the URL-source fetcher class: SourceFetcher or AsyncSourceFetcher
     sources: SourceFetcher | AsyncSourceFetcher
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, source_transport: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # A client of its own, without the token: a URL's host never sees it.
+        # ``source_transport`` swaps its HTTP transport (e.g. the service's guard).
         self.sources = self._fetcher(ignore_query=self.settings.url_ignore_query, timeout=self.settings.timeout,
                                      deadline=self.settings.download_deadline,
-                                     user_agent=self.settings.user_agent)
+                                     user_agent=self.settings.user_agent, transport=source_transport)
         self._urls_in_flight = _Claims()
 
     def _lookup(self, source: Source | Content, phone_number_id: str | None,

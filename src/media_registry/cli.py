@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     Command = Callable[[argparse.Namespace], int]
     T = TypeVar("T")
 
+# What `serve` and `daemon --metrics-port` import beyond the core: the `serve` extra.
+SERVE_EXTRA = ("fastapi", "starlette", "uvicorn", "prometheus_client")
+
 # Library messages name Python arguments; on the command line the same hint names a flag.
 CLI_HINTS = {
     "pass phone_number_id=": "pass --phone-number-id",
@@ -220,11 +223,57 @@ def _purge(args: argparse.Namespace) -> int:
 
 
 def _daemon(args: argparse.Namespace) -> int:
+    from .registry import MediaRegistry
+    from .scheduler import run_daemon  # APScheduler is only needed here
+
+    metrics = _extra("metrics", "daemon --metrics-port") if args.metrics_port is not None else None
+    _log_to_stderr()
+    with MediaRegistry.from_env(db=args.db, refresh_interval=args.refresh_every,
+                                purge_interval=args.purge_every) as reg:
+        if metrics is None:
+            run_daemon(reg)
+            return 0
+        monitor = metrics.Monitor(reg)
+        server = metrics.serve_in_background(monitor, args.metrics_port)
+        try:
+            run_daemon(reg, monitor.observe_pass)
+        finally:
+            server.shutdown()
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    service = _extra("service", "serve")
+    _log_to_stderr()
+    options = service.Options(allow_roots=tuple(Path(root) for root in args.allow_root),
+                              allow_private_urls=args.allow_private_urls)
+    service.run_service(host=args.host, port=args.port, options=options,
+                        run_schedule_too=not args.no_schedule, db=args.db,
+                        refresh_interval=args.refresh_every, purge_interval=args.purge_every)
+    return 0
+
+
+def _extra(module: str, command: str) -> Any:
+    """Import a module that needs the ``serve`` extra, or say how to install it."""
+    import importlib
+
+    from .errors import ConfigError
+
+    try:
+        return importlib.import_module(f"media_registry.{module}")
+    except ImportError as exc:
+        if exc.name not in SERVE_EXTRA:
+            raise
+        raise ConfigError(f"`{command}` needs the serve extra ({exc.name} is not installed): "
+                          "pip install 'media-registry[serve]'") from None
+
+
+def _log_to_stderr() -> None:
     import logging
 
     from .errors import RedactingFilter
-    from .registry import MediaRegistry
-    from .scheduler import run_daemon  # APScheduler is only needed here
 
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactingFilter())
@@ -232,10 +281,6 @@ def _daemon(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(message)s")
     for chatty in ("apscheduler", "httpx"):  # one line per action is ours to write
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    with MediaRegistry.from_env(db=args.db, refresh_interval=args.refresh_every,
-                                purge_interval=args.purge_every) as reg:
-        run_daemon(reg)
-    return 0
 
 
 def _print_report(report: Report, as_json: bool) -> None:
@@ -562,6 +607,24 @@ def _parser() -> argparse.ArgumentParser:
                         help="seconds or ISO 8601 (default: $MEDIA_REGISTRY_REFRESH_INTERVAL or PT1H)")
     daemon.add_argument("--purge-every", metavar="DURATION",
                         help="seconds or ISO 8601 (default: $MEDIA_REGISTRY_PURGE_INTERVAL or PT1H)")
+    daemon.add_argument("--metrics-port", type=int, metavar="N",
+                        help="also serve /metrics and /healthz on 127.0.0.1:N (the serve extra)")
+
+    serve = command("serve", _serve, "an HTTP service for senders in any language, with the "
+                    "daemon's schedule (the serve extra)", json_flag=False)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="bind address (default 127.0.0.1; beyond loopback needs "
+                       "$MEDIA_REGISTRY_SERVICE_TOKEN)")
+    serve.add_argument("--port", type=int, default=8080, help="bind port (default 8080)")
+    serve.add_argument("--allow-root", action="append", default=[], metavar="DIR",
+                       help='a folder whose files clients may name with {"path": ...} (repeatable)')
+    serve.add_argument("--allow-private-urls", action="store_true",
+                       help="let URL sources reach loopback, private and link-local addresses")
+    serve.add_argument("--no-schedule", action="store_true",
+                       help="leave refresh and purge to a separate `daemon`")
+    for flag, name in (("--refresh-every", "REFRESH"), ("--purge-every", "PURGE")):
+        serve.add_argument(flag, metavar="DURATION",
+                           help=f"seconds or ISO 8601 (default: $MEDIA_REGISTRY_{name}_INTERVAL or PT1H)")
 
     command("stats", _stats, "counts and health of the registry")
     command("init", _init, "create the registry file", json_flag=False)

@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     busy_timeout: float = Field(10.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
     # Seconds between lease heartbeats is a third of this; a dead owner frees it after this.
     lease_seconds: float = Field(60.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
+    # The bearer token clients of `serve` must send; required when it binds beyond loopback.
+    service_token: SecretStr | None = None
     # Upload starts per second per phone number, across a process's threads and tasks.
     uploads_per_second: float = Field(20.0, ge=0.01, allow_inf_nan=False)  # a tinier rate overflowed the wait
     # How long a URL source's remembered content is trusted before a conditional GET.
@@ -92,6 +94,13 @@ class Settings(BaseSettings):
         token = check_token(value.get_secret_value())
         register_secret(token, "token")
         return SecretStr(token or "")
+
+    @field_validator("service_token")
+    @classmethod
+    def _hide_service_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            register_secret(value.get_secret_value(), "service token")
+        return value
 
     @field_validator("api_base")
     @classmethod

@@ -10,7 +10,9 @@
     │   ├── MislabelledMedia    the given MIME type contradicts the bytes
     │   ├── MediaTooLarge       over WhatsApp's limit for that kind
     │   ├── NotInRegistry       a path, sha256 or media ID the registry does not know
-    │   └── ConfigError         a missing or invalid setting
+    │   ├── ConfigError         a missing or invalid setting
+    │   └── AccessDenied        the service refuses this caller or source (403)
+    │       └── NotAuthenticated    no valid service token (401)
     ├── GraphAPIError           the Graph API refused, failed or could not be reached
     │   ├── AuthError           the token is missing, expired or invalid (code 190, HTTP 401)
     │   ├── RateLimited         HTTP 429 or codes 4, 80007, 130429
@@ -123,6 +125,15 @@ class NotInRegistry(InputError):
 
 class ConfigError(InputError):
     """A setting is missing or invalid."""
+
+
+class AccessDenied(InputError):
+    """The service refuses the request: a path outside the allowed folders, or a URL to a
+    loopback, private or link-local address."""
+
+
+class NotAuthenticated(AccessDenied):
+    """The request to the service carries no valid client token."""
 
 
 class GraphAPIError(MediaRegistryError):

@@ -6,6 +6,7 @@ in flight finish and are recorded, no new one starts, and the process exits 0.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import fcntl
 import logging
@@ -14,9 +15,9 @@ import re
 import signal
 import stat
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from datetime import datetime, timezone
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager, suppress
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,30 +25,29 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from .errors import MediaRegistryError, RegistryError, RegistryLocked
 from .models import LifecycleAction, Report
-from .registry import MediaRegistry
+from .registry import AsyncMediaRegistry, MediaRegistry
 
 log = logging.getLogger("media_registry.daemon")
 
+Observer = Callable[[str, Report | None], None]
+"""Told of each finished pass: the job's name and its report (None when the pass failed)."""
 
-def run_daemon(registry: MediaRegistry) -> None:
+
+def run_daemon(registry: MediaRegistry, observe: Observer | None = None) -> None:
     """Run refresh and purge every ``refresh_interval`` / ``purge_interval`` until a signal.
 
     Raises RegistryLocked if another daemon already serves this registry.
     """
     settings = registry.settings
-    with _only_daemon(settings.db):
+    with only_daemon(settings.db):
         scheduler = BackgroundScheduler(
             timezone=timezone.utc,
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
         start = datetime.now(timezone.utc)
-        jobs: dict[str, tuple[Callable[..., Report], Any]] = {
-            "refresh": (registry.refresh_expiring, settings.refresh_interval),
-            "purge": (registry.purge, settings.purge_interval),
-        }
-        for name, (job, interval) in jobs.items():
+        for name, (job, interval) in _jobs(registry).items():
             scheduler.add_job(
-                _run_job, "interval", args=(name, job), seconds=interval.total_seconds(),
+                _run_job, "interval", args=(name, job, observe), seconds=interval.total_seconds(),
                 id=name, name=name, next_run_time=start,
             )
         # The handler only records the signal: one that arrives before the scheduler runs
@@ -70,15 +70,49 @@ def run_daemon(registry: MediaRegistry) -> None:
         log.info("daemon stopped")
 
 
-def _run_job(name: str, job: Callable[..., Report]) -> None:
+async def run_schedule(registry: AsyncMediaRegistry, stopping: asyncio.Event,
+                       observe: Observer | None = None) -> None:
+    """The daemon's schedule on an event loop (``serve`` runs it beside its requests, on the
+    same registry): a pass of each job at once, then one every interval, until ``stopping``
+    is set; a pass running then finishes (the caller also calls ``registry.stop()``).
+    The caller holds :func:`only_daemon`."""
+
+    async def every(name: str, job: Callable[..., Awaitable[Report]], interval: timedelta) -> None:
+        while not stopping.is_set():
+            try:
+                report: Report | None = await job(on_action=_log_action)
+            except MediaRegistryError as exc:
+                report = None
+                log.error("%s failed: %s; retrying at the next tick", name, exc)
+            _ended(name, report, observe)
+            with suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stopping.wait(), interval.total_seconds())
+
+    await asyncio.gather(*(every(name, job, interval) for name, (job, interval) in _jobs(registry).items()))
+
+
+def _jobs(registry: MediaRegistry | AsyncMediaRegistry) -> dict[str, tuple[Callable[..., Any], timedelta]]:
+    settings = registry.settings
+    return {"refresh": (registry.refresh_expiring, settings.refresh_interval),
+            "purge": (registry.purge, settings.purge_interval)}
+
+
+def _run_job(name: str, job: Callable[..., Report], observe: Observer | None) -> None:
     """One tick: log each action; an error (API down, registry busy) is logged, never fatal."""
     try:
-        report = job(on_action=_log_action)
+        report: Report | None = job(on_action=_log_action)
     except MediaRegistryError as exc:
+        report = None
         log.error("%s failed: %s; retrying at the next tick", name, exc)
-        return
-    counts = {a.action: report.count(a.action) for a in report.actions}
-    log.info("%s done: %s", name, ", ".join(f"{n} {a}" for a, n in counts.items()) or "nothing to do")
+    _ended(name, report, observe)
+
+
+def _ended(name: str, report: Report | None, observe: Observer | None) -> None:
+    if observe is not None:
+        observe(name, report)
+    if report is not None:
+        counts = {a.action: report.count(a.action) for a in report.actions}
+        log.info("%s done: %s", name, ", ".join(f"{n} {a}" for a, n in counts.items()) or "nothing to do")
 
 
 def _log_action(action: LifecycleAction) -> None:
@@ -87,8 +121,9 @@ def _log_action(action: LifecycleAction) -> None:
 
 
 @contextmanager
-def _only_daemon(db: Path) -> Iterator[None]:
-    """Hold an exclusive lock beside the registry for as long as the daemon runs.
+def only_daemon(db: Path) -> Iterator[None]:
+    """Hold an exclusive lock beside the registry for as long as the daemon (or the service
+    running its schedule) runs.
 
     flock is released by the kernel when the process dies, so a killed daemon never blocks
     the next one.

@@ -632,10 +632,11 @@ class SQLiteStore:
             times,
         ).fetchone()
         by_phone = {
-            phone: PhoneStats(live, expiring)
-            for phone, live, expiring in con.execute(
-                "SELECT phone_number_id, count(*), sum(expires_at <= :before) FROM media "
-                "WHERE state = 'current' AND expires_at > :now GROUP BY phone_number_id ORDER BY 1",
+            phone: PhoneStats(live, expiring, expired)
+            for phone, live, expiring, expired in con.execute(
+                "SELECT phone_number_id, sum(state = 'current' AND expires_at > :now), "
+                "sum(state = 'current' AND expires_at > :now AND expires_at <= :before), "
+                "sum(expires_at <= :now) FROM media GROUP BY phone_number_id ORDER BY 1",
                 times,
             )
         }

@@ -159,10 +159,11 @@ class InboundRow(NamedTuple):
 
 
 class PhoneStats(NamedTuple):
-    """Live and expiring media IDs of one phone number."""
+    """Live, expiring and expired (not yet purged) media IDs of one phone number."""
 
     live_ids: int
     expiring_ids: int
+    expired_ids: int
 
 
 class StoreStats(NamedTuple):

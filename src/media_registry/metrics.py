@@ -1,0 +1,159 @@
+"""Prometheus metrics and the health check, shared by ``serve`` and ``daemon --metrics-port``.
+
+Counters are kept by this process (requests served, passes of the schedule); the gauges of
+media IDs are read from the registry at each scrape, so they hold whichever process wrote.
+Every name starts with ``media_registry_``; labels carry phone number IDs, never a secret.
+Needs prometheus_client (the ``serve`` extra).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from .errors import MediaRegistryError
+from .models import Report
+from .registry import AsyncMediaRegistry, MediaRegistry
+
+PREFIX = "media_registry"
+
+
+class Monitor:
+    """The metrics of one process and what ``/healthz`` answers."""
+
+    def __init__(self, registry: MediaRegistry | AsyncMediaRegistry) -> None:
+        self.registry = registry
+        self.metrics = CollectorRegistry()
+        self.uploads = Counter(f"{PREFIX}_uploads", "Uploads made to answer requests.",
+                               registry=self.metrics)
+        self.cache_hits = Counter(f"{PREFIX}_cache_hits", "Requests answered with a media ID "
+                                  "already in the registry.", registry=self.metrics)
+        self.cache_misses = Counter(f"{PREFIX}_cache_misses", "Requests that found no valid media "
+                                    "ID and went on to upload.", registry=self.metrics)
+        self.refreshes = Counter(f"{PREFIX}_refreshes", "Media IDs renewed by refresh passes.",
+                                 registry=self.metrics)
+        self.refresh_failures = Counter(f"{PREFIX}_refresh_failures", "Media IDs that a refresh "
+                                        "pass failed to renew, plus passes that failed whole.",
+                                        registry=self.metrics)
+        self.deletes = Counter(f"{PREFIX}_deletes", "Media IDs deleted at the Graph API.",
+                               registry=self.metrics)
+        self.upload_seconds = Histogram(
+            f"{PREFIX}_upload_duration_seconds", "Time to answer requests that uploaded.",
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120), registry=self.metrics,
+        )
+        self.last_refresh_ok: float | None = None
+        self.last_refresh_failures = 0
+        self._lock = threading.Lock()
+        self.metrics.register(_RegistryGauges(self))
+
+    def observe_pass(self, name: str, report: Report | None) -> None:
+        """Count what one pass of the schedule did (``report`` None: the pass failed whole);
+        the scheduler's observer."""
+        if name == "purge":
+            self.deletes.inc(report.count("deleted") if report else 0)
+            return
+        failures = report.count("failed") if report else 1
+        self.refreshes.inc(report.count("refreshed") if report else 0)
+        self.refresh_failures.inc(failures)
+        with self._lock:
+            self.last_refresh_failures = failures
+            if not failures:
+                self.last_refresh_ok = time.time()
+
+    def exposition(self) -> bytes:
+        """The text format Prometheus scrapes (reads the registry: call it off the event loop)."""
+        return generate_latest(self.metrics)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """(healthy, body): the registry answers, the last refresh pass had no failures, and no
+        media ID that refresh could renew is within ``min_validity`` of its expiry."""
+        try:
+            overdue = self.registry.overdue()
+        except MediaRegistryError as exc:
+            return False, _health("registry", str(exc))
+        if self.last_refresh_failures:
+            return False, _health("refresh", f"the last refresh pass had {self.last_refresh_failures} "
+                                  "failure(s); see the log")
+        if overdue:
+            return False, _health("refresh", f"{len(overdue)} media ID(s) with a readable source have "
+                                  f"less than min_validity left (e.g. {overdue[0]}); refresh is not "
+                                  "keeping up")
+        return True, _health(None, None, self.last_refresh_ok)
+
+
+def _health(failing: str | None, reason: str | None, last_refresh: float | None = None) -> dict[str, Any]:
+    return {"status": "failing" if failing else "ok", "failing": failing, "reason": reason,
+            "last_refresh_success": last_refresh}
+
+
+class _RegistryGauges(Collector):
+    """Gauges read from the registry at each scrape."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self.monitor.registry.stats()
+        ids = GaugeMetricFamily(f"{PREFIX}_media_ids", "Media IDs by phone number and state "
+                                "(live, expiring within refresh_before, expired not yet purged).",
+                                labels=["phone_number_id", "state"])
+        for phone, numbers in counts["by_phone_number"].items():
+            for state in ("live", "expiring", "expired"):
+                ids.add_metric([phone, state], numbers[f"{state}_ids"])
+        yield ids
+        yield GaugeMetricFamily(f"{PREFIX}_pending_deletes", "Media IDs owing a remote DELETE.",
+                                value=counts["pending_deletes"])
+        yield GaugeMetricFamily(f"{PREFIX}_overdue_ids", "Media IDs that refresh could renew (a "
+                                "source still holds the content) with less than min_validity "
+                                "left: refresh is not keeping up.",
+                                value=len(self.monitor.registry.overdue()))
+        last = self.monitor.last_refresh_ok
+        yield GaugeMetricFamily(f"{PREFIX}_last_refresh_success_timestamp_seconds",
+                                "When the last refresh pass without failures ended (Unix time; "
+                                "0: none yet in this process).", value=last or 0)
+
+
+# -- the daemon's own endpoint (wsgiref: the daemon has no web framework) -----------------
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+
+
+def wsgi_app(monitor: Monitor) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
+    """``/metrics`` and ``/healthz`` as a WSGI application."""
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
+            return [monitor.exposition()]
+        if path == "/healthz":
+            healthy, body = monitor.health()
+            start_response("200 OK" if healthy else "503 Service Unavailable",
+                           [("Content-Type", "application/json")])
+            return [json.dumps(body).encode()]
+        start_response("404 Not Found", [("Content-Type", "application/json")])
+        return [json.dumps({"error": {"type": "NotFound", "message": f"{path}: no such endpoint; "
+                                      "try /metrics or /healthz"}}).encode()]
+
+    return app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+        """Scrapes every few seconds would drown the daemon's own log."""
+
+
+def serve_in_background(monitor: Monitor, port: int, host: str = "127.0.0.1") -> WSGIServer:
+    """Serve :func:`wsgi_app` on ``host:port`` from a daemon thread; ``shutdown()`` stops it."""
+    server = make_server(host, port, wsgi_app(monitor), handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, daemon=True, name="media-registry-metrics").start()
+    return server

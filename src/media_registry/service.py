@@ -1,0 +1,570 @@
+"""``media-registry serve``: the registry as a small HTTP service (FastAPI on uvicorn).
+
+Senders in any language post bytes (or name a URL, or a file under an allowed folder) and get
+a media ID valid now. Bytes are streamed to an unnamed temporary file while hashing, under a
+size limit enforced as they arrive; a content already in the registry is answered from its
+hash alone. The same process can run the daemon's refresh and purge schedule, under the
+daemon's lock. Needs the ``serve`` extra (FastAPI, uvicorn, prometheus_client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import hmac
+import ipaddress
+import logging
+import signal
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, nullcontext
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Annotated, Any, Literal
+
+import httpx
+import uvicorn
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from starlette.exceptions import HTTPException
+
+from . import __version__, media_types
+from .errors import (
+    AccessDenied,
+    APIUnreachable,
+    ConfigError,
+    DownloadError,
+    GraphAPIError,
+    InputError,
+    MediaNotFound,
+    MediaRegistryError,
+    MediaTooLarge,
+    NotAuthenticated,
+    NotInRegistry,
+    RateLimited,
+    RegistryError,
+    UnsafeDownloadURL,
+    UnsupportedMedia,
+)
+from .metrics import Monitor
+from .models import MediaRecord
+from .registry import AsyncMediaRegistry, Outcome
+from .scheduler import only_daemon, run_schedule
+
+log = logging.getLogger("media_registry.service")
+
+# The largest thing WhatsApp takes (a 100 MB document); each kind's own limit is checked later.
+MAX_BODY = max(media_types.MAX_BYTES.values())
+MAX_JSON_BODY = 64 * 1024
+SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
+DIGITS = r"^[0-9]{1,32}$"
+
+# The most specific class wins: the status of the first class in the error's MRO found here.
+STATUS_BY_ERROR: dict[type[MediaRegistryError], int] = {
+    NotAuthenticated: 401,
+    AccessDenied: 403,
+    NotInRegistry: 404,
+    MediaTooLarge: 413,
+    UnsupportedMedia: 415,
+    InputError: 400,
+    RateLimited: 503,
+    APIUnreachable: 503,
+    GraphAPIError: 502,
+    RegistryError: 503,
+    UnsafeDownloadURL: 403,
+    DownloadError: 502,
+    MediaRegistryError: 500,
+}
+
+
+# -- shapes -------------------------------------------------------------------------------
+
+
+class MediaID(BaseModel):
+    """A media ID valid now for a content on one phone number."""
+
+    media_id: str
+    sha256: str
+    mime_type: str
+    expires_at: datetime
+
+
+class Upload(MediaID):
+    """The answer to ``POST /v1/media``: ``cached`` when the ID was already there."""
+
+    status: Literal["cached", "uploaded"]
+
+
+class UrlSource(BaseModel):
+    """Fetch the content from this URL (https; private addresses only if the service allows)."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(max_length=8192, pattern=r"^https?://")
+
+
+class PathSource(BaseModel):
+    """Read the content from this absolute path, under a folder given with ``--allow-root``."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(max_length=4096, pattern=r"^/[^\x00]*$")
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong, in the registry's one-line words."""
+
+    type: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error the service answers with."""
+
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    """``/healthz``: ``ok``, or ``failing`` with what (``registry`` or ``refresh``) and why."""
+
+    status: Literal["ok", "failing"]
+    failing: Literal["registry", "refresh"] | None = None
+    reason: str | None = None
+    last_refresh_success: float | None = Field(None, description="Unix time, this process's")
+
+
+JsonSource = TypeAdapter(UrlSource | PathSource)
+BEARER = HTTPBearer(auto_error=False, description="The service's MEDIA_REGISTRY_SERVICE_TOKEN")
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    words = {400: "Bad input", 401: "No valid client token", 403: "Source not allowed",
+             404: "Not in the registry", 413: "Too large", 415: "Unsupported media type",
+             502: "Graph API error", 503: "Graph API or registry unavailable, retry later"}
+    return {status: {"model": ErrorBody, "description": words[status]} for status in statuses}
+
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "The media's bytes (any content type but JSON), or a JSON source.",
+        "content": {
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary",
+                                                    "minLength": 1}},
+            "application/json": {"schema": {"oneOf": [UrlSource.model_json_schema(),
+                                                      PathSource.model_json_schema()]}},
+        },
+    }
+}
+
+
+# -- the application ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the service allows: client token, folders for path sources, private URLs."""
+
+    token: str | None = None
+    allow_roots: tuple[Path, ...] = ()
+    allow_private_urls: bool = False
+    max_body: int = MAX_BODY
+
+
+Lifespan = Callable[[FastAPI], Any]
+
+
+def create_app(registry: AsyncMediaRegistry, monitor: Monitor, options: Options,
+               lifespan: Lifespan | None = None) -> FastAPI:
+    """The ASGI application over ``registry``."""
+    service = _Service(registry, monitor, options)
+    app = FastAPI(title="media-registry", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,
+                  description="Media IDs for the WhatsApp Cloud API that are valid now, uploaded once.")
+    guarded = APIRouter(dependencies=[Depends(service.authorize), Depends(_known_query)],
+                        responses=_errors(401) if options.token else {})
+    service.routes(guarded)
+    app.include_router(guarded)
+    app.add_api_route("/healthz", service.healthz, methods=["GET"], response_model=Health,
+                      responses={503: {"model": Health, "description": "Not healthy"}},
+                      summary="Whether the registry answers and refresh keeps up")
+    app.add_exception_handler(MediaRegistryError, _registry_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+class _Service:
+    """The endpoints, holding the registry, the monitor and the options."""
+
+    def __init__(self, registry: AsyncMediaRegistry, monitor: Monitor, options: Options) -> None:
+        self.registry = registry
+        self.monitor = monitor
+        self.options = options
+
+    async def authorize(self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+                        ) -> None:
+        """Every guarded endpoint: the client token, compared in constant time."""
+        expected = self.options.token
+        if expected is None:
+            return
+        given = credentials.credentials if credentials else ""
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise NotAuthenticated(
+                "missing or wrong client token; send 'Authorization: Bearer <token>' with "
+                "the service's MEDIA_REGISTRY_SERVICE_TOKEN"
+            )
+
+    def routes(self, router: APIRouter) -> None:
+        router.add_api_route(
+            "/v1/media", self.upload, methods=["POST"], response_model=Upload,
+            responses=_errors(400, 403, 413, 415, 502, 503), openapi_extra=UPLOAD_BODY,
+            summary="The media ID for these bytes (or this URL or path), uploading only if new",
+        )
+        router.add_api_route(
+            "/v1/media/{sha256}", self.get, methods=["GET"], response_model=MediaID,
+            responses=_errors(400, 404, 503), summary="The valid media ID for a content's sha256",
+        )
+        router.add_api_route(
+            "/v1/media/{media_id}/invalidate", self.invalidate, methods=["POST"],
+            response_model=MediaRecord, responses=_errors(400, 404, 502, 503),
+            summary="Meta refused this ID: never serve it again",
+        )
+        router.add_api_route(
+            "/metrics", self.metrics, methods=["GET"], response_class=Response,
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                             "description": "Prometheus text format"}},
+            summary="Prometheus metrics",
+        )
+
+    # -- endpoints ------------------------------------------------------------------------
+
+    async def upload(
+        self, request: Request,
+        phone_number_id: Annotated[str | None, Query(pattern=DIGITS)] = None,
+        mime_type: Annotated[str | None, Query(max_length=255)] = None,
+    ) -> Upload:
+        """Raw bytes as the body, or JSON ``{"url": ...}`` or ``{"path": ...}``."""
+        if _media_type(request) == "application/json":
+            source = await self._json_source(request)
+            outcome = await self._timed(source, phone_number_id, mime_type)
+            record = self.registry.lookup(outcome.media_id, phone_number_id=phone_number_id)
+            return _answer(outcome, record)
+        file, sha256, _size = await _spool(request, self.options.max_body)
+        with file:
+            record = self.registry.valid_record(sha256, phone_number_id=phone_number_id)
+            if record is not None and mime_type in (None, record.mime_type):
+                self.monitor.cache_hits.inc()
+                return _answer(Outcome(record.media_id or "", uploaded=False), record)
+            outcome = await self._timed(file, phone_number_id, mime_type)
+        return _answer(outcome, self.registry.valid_record(sha256, phone_number_id=phone_number_id))
+
+    async def get(self, sha256: Annotated[str, PathParam(pattern=SHA256_PATTERN)],
+                  phone_number_id: Annotated[str | None, Query(pattern=DIGITS)] = None) -> MediaID:
+        """Hash locally, ask here, and send the bytes only on a 404."""
+        record = self.registry.valid_record(sha256, phone_number_id=phone_number_id)
+        if record is None or record.media_id is None or record.expires_at is None:
+            raise NotInRegistry(f"{sha256.lower()}: no valid media ID for this content on this "
+                                "number; POST the bytes to /v1/media")
+        return MediaID(media_id=record.media_id, sha256=record.sha256, mime_type=record.mime_type,
+                       expires_at=record.expires_at)
+
+    async def invalidate(self, media_id: Annotated[str, PathParam(pattern=DIGITS)]) -> MediaRecord:
+        """The record of the content, after its ID was marked dead."""
+        if self.registry.lookup(media_id) is None:
+            raise NotInRegistry(f"media ID {media_id}: not in the registry; check the ID")
+        await self.registry.invalidate(media_id)
+        record = self.registry.lookup(media_id)
+        if record is None:  # deleted meanwhile: nothing left to serve, as asked
+            raise NotInRegistry(f"media ID {media_id}: no longer in the registry")
+        return record
+
+    async def metrics(self) -> Response:
+        body = await asyncio.to_thread(self.monitor.exposition)
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def healthz(self) -> JSONResponse:
+        healthy, body = await asyncio.to_thread(self.monitor.health)
+        return JSONResponse(body, status_code=200 if healthy else 503)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    async def _timed(self, source: Any, phone_number_id: str | None, mime_type: str | None) -> Outcome:
+        """The registry's answer for a source that missed the hash lookup, counted and timed."""
+        self.monitor.cache_misses.inc()
+        try:
+            with self.monitor.upload_seconds.time():
+                outcome = await self.registry.get_or_upload_with_status(
+                    source, phone_number_id=phone_number_id, mime_type=mime_type)
+        except MediaNotFound:  # on an upload, the object the Graph API does not know is the number
+            phone = phone_number_id or self.registry.settings.phone_number_id
+            raise InputError(f"phone number ID {phone}: the Graph API does not know it; check "
+                             "phone_number_id (or the service's WHATSAPP_PHONE_NUMBER_ID)") from None
+        if outcome.uploaded:
+            self.monitor.uploads.inc()
+        return outcome
+
+    async def _json_source(self, request: Request) -> str | Path:
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_JSON_BODY:
+                raise InputError(f"the JSON body is over {MAX_JSON_BODY:,} bytes; send "
+                                 '{"url": ...} or {"path": ...} only')
+        try:
+            source = JsonSource.validate_json(body)
+        except ValidationError:
+            raise InputError('the JSON body must be {"url": "https://..."} or {"path": "/absolute/path"}; '
+                             "send raw bytes as application/octet-stream") from None
+        if isinstance(source, PathSource):
+            return self._allowed_path(source.path)
+        try:
+            httpx.URL(source.url)
+        except httpx.InvalidURL:
+            raise InputError("the url is not a valid URL; check it") from None
+        return source.url  # each hop is checked by PublicOnly, unless --allow-private-urls
+
+    def _allowed_path(self, given: str) -> Path:
+        try:
+            resolved = Path(given).resolve()  # symlinks followed and `..` gone, before the check
+        except (ValueError, OSError):
+            raise InputError("the path is not a valid file name; give an absolute path") from None
+        if not any(resolved.is_relative_to(root) for root in self.options.allow_roots):
+            raise AccessDenied(f"{given}: outside the folders this service may read; start it with "
+                               "--allow-root FOLDER for the folders senders may name")
+        return resolved
+
+class PublicOnly(httpx.AsyncBaseTransport):
+    """The transport of URL sources in the service: every request, each hop of a redirect
+    included, goes only to a public address, against server-side request forgery.
+
+    The host is resolved once and the connection made to the address that was checked (TLS
+    still verifies the host name), so a DNS answer that changes in between cannot point it
+    at this machine or its network.
+    """
+
+    def __init__(self, inner: httpx.AsyncBaseTransport | None = None) -> None:
+        self._inner = inner or httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Check the host's address, then send the request to it."""
+        host = request.url.host
+        address = await _public_address(host, request.url.port or 443)
+        request.url = request.url.copy_with(host=address)
+        request.extensions = {**request.extensions, "sni_hostname": host}
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._inner.aclose()
+
+
+async def _public_address(host: str, port: int) -> str:
+    """The first address ``host`` resolves to, if every one is public; AccessDenied otherwise."""
+    try:
+        found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise InputError(f"{host}: cannot resolve this host name; check the url") from None
+    addresses = [str(info[4][0]).split("%")[0] for info in found]
+    for address in addresses:
+        ip = ipaddress.ip_address(address)
+        ip = getattr(ip, "ipv4_mapped", None) or ip
+        if not ip.is_global or ip.is_multicast:
+            raise AccessDenied(
+                f"{host}: resolves to {ip}, a loopback, private or link-local address; "
+                "start the service with --allow-private-urls to fetch from such hosts"
+            )
+    return addresses[0]
+
+
+async def _known_query(request: Request) -> None:
+    """Refuse query parameters an endpoint does not take: a misspelt ``phone_number_id`` must
+    not quietly upload for the default number."""
+    route = request.scope.get("route")
+    taken = {param.alias for param in getattr(getattr(route, "dependant", None), "query_params", ())}
+    unknown = sorted(set(request.query_params) - taken)
+    if unknown:
+        raise InputError(f"unknown query parameter {unknown[0]!r}; this endpoint takes "
+                         f"{', '.join(sorted(taken)) or 'none'}")
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def _spool(request: Request, limit: int) -> tuple[IO[bytes], str, int]:
+    """Stream the body into an unnamed temporary file while hashing it: (file at 0, sha256, size).
+
+    The limit is checked against Content-Length first and then as the bytes arrive.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    file = tempfile.TemporaryFile(prefix="media-registry-")
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(size, limit)
+            digest.update(chunk)
+            file.write(chunk)
+        file.seek(0)
+    except BaseException:
+        file.close()
+        raise
+    return file, digest.hexdigest(), size
+
+
+def _too_large(size: int, limit: int) -> MediaTooLarge:
+    return MediaTooLarge(f"the body ({size:,} bytes or more) is over the service's {limit:,}-byte "
+                         "limit, WhatsApp's largest; send a smaller file")
+
+
+def _answer(outcome: Outcome, record: MediaRecord | None) -> Upload:
+    if record is None or record.expires_at is None:
+        raise NotInRegistry("the content was deleted while it was being uploaded; send it again")
+    return Upload(media_id=outcome.media_id, status="uploaded" if outcome.uploaded else "cached",
+                  sha256=record.sha256, mime_type=record.mime_type, expires_at=record.expires_at)
+
+
+# -- errors as JSON -----------------------------------------------------------------------
+
+
+def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status,
+                        headers=headers)
+
+
+async def _registry_error(_request: Request, exc: Exception) -> JSONResponse:
+    status = next(STATUS_BY_ERROR[cls] for cls in type(exc).__mro__ if cls in STATUS_BY_ERROR)
+    retry_after = getattr(exc, "retry_after", None)
+    headers = {"Retry-After": str(int(retry_after))} if retry_after else None
+    return _error(status, type(exc).__name__, str(exc), headers)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    first = exc.errors()[0] if isinstance(exc, RequestValidationError) and exc.errors() else {}
+    where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
+    return _error(400, "InputError", f"{where}: {first.get('msg', 'invalid')}; fix the request")
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    return _error(exc.status_code, "HTTPError", str(exc.detail), getattr(exc, "headers", None))
+
+
+async def _unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error")  # the message may hold anything: keep it in the log
+    return _error(500, "InternalError", f"unexpected {type(exc).__name__}; see the service's log")
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, with its 422 answers replaced by our 400 (validation errors)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                             routes=app.routes)
+        for operation in (op for item in schema["paths"].values() for op in item.values()):
+            responses = operation.get("responses", {})
+            if responses.pop("422", None) is not None:
+                responses.setdefault("400", _errors(400)[400] | {"content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/ErrorBody"}}}})
+                responses["400"].pop("model", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+# -- running it ---------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address keeps the service on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def run_service(*, host: str, port: int, options: Options, run_schedule_too: bool,
+                **settings: Any) -> None:
+    """Serve until SIGTERM or SIGINT: in-flight requests finish (their uploads recorded), the
+    schedule's running passes finish, then the process exits.
+
+    ``settings`` override the environment (``db``, ``refresh_interval``, ...). Raises
+    ConfigError for a non-loopback bind without a client token, RegistryLocked when the
+    schedule is wanted and a daemon already runs it.
+    """
+    registry = AsyncMediaRegistry.from_env(
+        source_transport=None if options.allow_private_urls else PublicOnly(), **settings)
+    token = registry.settings.service_token
+    if token is None and not is_loopback(host):
+        raise ConfigError(f"binding to {host} reaches beyond this machine: set "
+                          "MEDIA_REGISTRY_SERVICE_TOKEN (e.g. `openssl rand -hex 32`) so clients must "
+                          "send it, or bind to 127.0.0.1")
+    options = dataclasses.replace(options, token=token.get_secret_value() if token else None,
+                                  allow_roots=tuple(_root(root) for root in options.allow_roots))
+    monitor = Monitor(registry)
+    stopping = asyncio.Event()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        passes = [run_schedule(registry, stopping, monitor.observe_pass)] if run_schedule_too else []
+        schedule = [asyncio.create_task(coroutine) for coroutine in passes]
+        # Said once uvicorn's signal handlers are in place: from now on SIGTERM is graceful.
+        log.info("serving on http://%s:%d (%s); SIGTERM or Ctrl-C stops it", host if ":" not in host
+                 else f"[{host}]", listener.getsockname()[1],
+                 "with the refresh and purge schedule" if run_schedule_too else "no schedule")
+        yield  # uvicorn has stopped taking requests and finished those in flight
+        registry.stop()
+        stopping.set()
+        await asyncio.gather(*schedule)  # a pass running now finishes its uploads first
+        await registry.aclose()
+
+    app = create_app(registry, monitor, options, lifespan)
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, server_header=False,
+                            proxy_headers=False)
+    # A signal before uvicorn takes over (nothing in flight yet), and the one uvicorn raises
+    # again once it has shut down gracefully: like the daemon, a stop exits 0.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_quietly)
+    with only_daemon(registry.settings.db) if run_schedule_too else nullcontext():
+        listener = _listen(host, port)
+        uvicorn.Server(config).run(sockets=[listener])
+
+
+def _exit_quietly(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, or one line saying why there is none (uvicorn would log it)."""
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+        listener.listen(2048)  # connections wait in the backlog until uvicorn accepts them
+    except OSError as exc:
+        listener.close()
+        raise ConfigError(f"cannot listen on {host} port {port} ({exc.strerror or exc}); pick "
+                          "another --port, or stop the process that holds it") from None
+    return listener
+
+
+def _root(folder: Path) -> Path:
+    resolved = folder.resolve()
+    if not resolved.is_dir():
+        raise ConfigError(f"--allow-root {folder}: not a folder; give an existing folder")
+    return resolved
