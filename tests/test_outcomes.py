@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from media_registry import MediaRegistry
+from media_registry import MediaRegistry, MediaRegistryError
 from media_registry._processes import alive
 from media_registry.testing import FakeGraphAPI, sample_media
 
@@ -64,6 +64,21 @@ def test_bad_webhook_items_are_reported_and_the_others_downloaded(
         f"{where}[4]: media 2222: caption: input should be a valid string; skipped",
     ]
     assert api.count("GET", "/1111") == api.count("GET", "/2222") == 0
+
+
+def test_a_webhook_item_whose_download_fails_does_not_stop_the_others(
+    registry: MediaRegistry, api: FakeGraphAPI, tmp_path: Path
+) -> None:
+    good = api.add_media(sample_media(PNG, salt="good"), PNG)
+    payload = payload_with(image("999999"), image(good))  # the API does not know 999999
+    problems: list[str] = []
+    results = registry.download_webhook(payload, tmp_path / "inbox", on_invalid=problems.append)
+    assert [r.media_id for r in results] == [good]
+    assert len(problems) == 1 and "999999" in problems[0]
+    # Without on_invalid the failure is raised, once the other items are on disk.
+    with pytest.raises(MediaRegistryError, match="999999"):
+        registry.download_webhook(payload, tmp_path / "again")
+    assert [p.name for p in (tmp_path / "again").iterdir()] == [results[0].path.name]
 
 
 @pytest.mark.parametrize(("payload", "expected"), [

@@ -11,8 +11,8 @@ from typing import Any
 from . import blobs
 from ._core import RegistryCore
 from ._flows import Blocking, DownloadTo, Flow, GetMedia, Sleep
-from .errors import DownloadURLExpired, IntegrityError, MediaNotFound
-from .models import DownloadedMedia, MediaMetadata
+from .errors import DownloadURLExpired, IntegrityError, MediaNotFound, MediaRegistryError
+from .models import DownloadedMedia, InboundMedia, MediaMetadata
 from .store import InboundRow
 from .webhooks import OnInvalid, media_in_webhook
 
@@ -80,17 +80,34 @@ class Inbound(RegistryCore):
         on_invalid: OnInvalid | None,
     ) -> Flow[list[DownloadedMedia]]:
         """Download every media item of a webhook payload; its sha256 must match the API's.
-        Items of the wrong shape go to ``on_invalid`` (see media_in_webhook)."""
+        Items of the wrong shape, and items whose download fails, go to ``on_invalid`` (see
+        media_in_webhook) and the others are still downloaded; without ``on_invalid`` the
+        first failure is raised once the others are done."""
         downloaded = []
+        first_failure: MediaRegistryError | None = None
         for item in media_in_webhook(payload, on_invalid):
-            result = yield from self._download_flow(item.media_id, dest_dir, item.phone_number_id)
-            if item.sha256 and item.sha256 != result.sha256:
-                raise IntegrityError(
-                    f"media {item.media_id}: the webhook's sha256 differs from the API's; "
-                    f"kept {result.path} as the API describes it, check the webhook's source"
-                )
-            downloaded.append(result)
+            try:
+                downloaded.append((yield from self._download_webhook_item(item, dest_dir)))
+            except MediaRegistryError as exc:  # one item's failure never stops the others
+                if on_invalid is not None:
+                    on_invalid(str(exc))
+                elif first_failure is None:
+                    first_failure = exc
+        if first_failure is not None:
+            raise first_failure
         return downloaded
+
+    def _download_webhook_item(
+        self, item: InboundMedia, dest_dir: str | os.PathLike[str] | None
+    ) -> Flow[DownloadedMedia]:
+        """One webhook item, checked against the webhook's own sha256."""
+        result = yield from self._download_flow(item.media_id, dest_dir, item.phone_number_id)
+        if item.sha256 and item.sha256 != result.sha256:
+            raise IntegrityError(
+                f"media {item.media_id}: the webhook's sha256 differs from the API's; "
+                f"kept {result.path} as the API describes it, check the webhook's source"
+            )
+        return result
 
 
 def _open_unless_on_disk(destination: Path, metadata: MediaMetadata) -> blobs.VerifiedFile | None:
