@@ -13,7 +13,6 @@ from media_registry import (
     APIUnreachable,
     AuthError,
     ConfigError,
-    GraphAPIError,
     MediaNotFound,
     MediaRegistry,
     MediaTooLarge,
@@ -113,7 +112,7 @@ def test_no_phone_number(make_registry: Callable[..., MediaRegistry], make_file:
 
 def test_an_unknown_phone_number_is_named_not_taken_for_an_unknown_media_id(
         registry: MediaRegistry, make_file: Callable[..., Path]) -> None:
-    with pytest.raises(GraphAPIError, match=r"^phone number ID 999: the Graph API does not know it "
+    with pytest.raises(ConfigError, match=r"^phone number ID 999: the Graph API does not know it "
                        r"\(code 100, subcode 33\); check WHATSAPP_PHONE_NUMBER_ID") as caught:
         registry.get_or_upload(make_file("a.png"), phone_number_id="999")
     assert not isinstance(caught.value, MediaNotFound)

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from media_registry import GraphAPIError, MediaRegistry, UnsupportedMedia
+from media_registry import ConfigError, GraphAPIError, MediaRegistry, UnsupportedMedia
 from media_registry.testing import FakeGraphAPI, sample_media
 
 from conftest import PNG, wait_for
@@ -72,7 +72,7 @@ def test_uploads_to_an_unknown_phone_number_are_refused_as_meta_does(
     assert response.status_code == 400
     assert (error["code"], error["error_subcode"], error["type"]) == (100, 33, "GraphMethodException")
     assert error["message"].startswith("Unsupported post request. Object with ID '999000111' does not exist")
-    with pytest.raises(GraphAPIError, match="phone number ID 999000111: the Graph API does not know it"):
+    with pytest.raises(ConfigError, match="phone number ID 999000111: the Graph API does not know it"):
         make_registry().get_or_upload(path, phone_number_id="999000111")
     assert api.uploads == 0
     api.add_phone_number("999000111")

@@ -17,7 +17,7 @@ from typing import NamedTuple
 from . import hashing, media_types
 from ._core import RegistryCore
 from ._flows import Blocking, DeleteMedia, Flow, Hashing, Sleep, Upload
-from .errors import ContentDeleted, GraphAPIError, MediaNotFound, MediaRegistryError
+from .errors import ConfigError, ContentDeleted, GraphAPIError, MediaNotFound, MediaRegistryError
 from .models import LifecycleAction
 from .sources import Content
 from .store import LeaseOutcome, LeaseStatus, MediaRow, NewMedia, Recorded, new_owner
@@ -186,11 +186,11 @@ def wall_clock() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _unknown_number(phone: str, exc: MediaNotFound) -> GraphAPIError:
-    return GraphAPIError(
+def _unknown_number(phone: str, exc: MediaNotFound) -> ConfigError:
+    # On an upload, the object the Graph API does not know is the phone number: a setting to fix.
+    return ConfigError(
         f"phone number ID {phone}: the Graph API does not know it (code {exc.code}, subcode "
-        f"{exc.subcode}); check WHATSAPP_PHONE_NUMBER_ID or pass phone_number_id=",
-        status=exc.status, code=exc.code, subcode=exc.subcode, fbtrace_id=exc.fbtrace_id,
+        f"{exc.subcode}); check WHATSAPP_PHONE_NUMBER_ID or pass phone_number_id="
     )
 
 

@@ -44,7 +44,6 @@ from .errors import (
     DownloadError,
     GraphAPIError,
     InputError,
-    MediaNotFound,
     MediaRegistryError,
     MediaTooLarge,
     NotAuthenticated,
@@ -300,14 +299,9 @@ class _Service:
     async def _timed(self, source: Any, phone_number_id: str | None, mime_type: str | None) -> Outcome:
         """The registry's answer for a source that missed the hash lookup, counted and timed."""
         self.monitor.cache_misses.inc()
-        try:
-            with self.monitor.upload_seconds.time():
-                outcome = await self.registry.get_or_upload_with_status(
-                    source, phone_number_id=phone_number_id, mime_type=mime_type)
-        except MediaNotFound:  # on an upload, the object the Graph API does not know is the number
-            phone = phone_number_id or self.registry.settings.phone_number_id
-            raise InputError(f"phone number ID {phone}: the Graph API does not know it; check "
-                             "phone_number_id (or the service's WHATSAPP_PHONE_NUMBER_ID)") from None
+        with self.monitor.upload_seconds.time():
+            outcome = await self.registry.get_or_upload_with_status(
+                source, phone_number_id=phone_number_id, mime_type=mime_type)
         if outcome.uploaded:
             self.monitor.uploads.inc()
         return outcome
