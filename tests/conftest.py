@@ -1,5 +1,6 @@
 """Shared fixtures: a FakeGraphAPI (from media-registry's pytest plugin), registries on real
-SQLite files in tmp_path, sample media files, and the CLI run as a real subprocess."""
+SQLite files in tmp_path or in fresh databases of a real PostgreSQL server, sample media
+files, and the CLI run as a real subprocess."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 
 from media_registry import MediaRegistry
 from media_registry.testing import FakeGraphAPI, sample_media
+from pg_server import PostgresServer, create_database, drop_database
 
 CLI = Path(sys.executable).with_name("media-registry")
 PNG = "image/png"
@@ -26,6 +28,40 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(("WHATSAPP_", "MEDIA_REGISTRY_")):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> Iterator[str]:
+    """A PostgreSQL server for the whole run: ``TEST_POSTGRES_URL`` (a superuser's URL) if
+    set, else a throwaway server started here and removed at the end."""
+    if os.environ.get("TEST_POSTGRES_URL"):
+        yield os.environ["TEST_POSTGRES_URL"]
+        return
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server.url()
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh, empty database for one test (dropped after it)."""
+    url = create_database(postgres_admin_url)
+    yield url
+    drop_database(postgres_admin_url, url)
+
+
+@pytest.fixture
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server of the test's own, which it may stop and start."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
 
 
 @pytest.fixture

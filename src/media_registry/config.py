@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -9,6 +10,7 @@ from typing import Any, NamedTuple
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .dburl import PostgresURL, is_postgres_url
 from .errors import ConfigError
 from .graph import MEDIA_HOST_SUFFIXES
 
@@ -31,7 +33,8 @@ class Settings(BaseSettings):
     token: SecretStr | None = _env("WHATSAPP_TOKEN")
     phone_number_id: str | None = _env("WHATSAPP_PHONE_NUMBER_ID")
     api_base: str = _env("WHATSAPP_API_BASE", DEFAULT_API_BASE)
-    db: Path = Path("media-registry.db")
+    # A file path (SQLite) or a postgresql://user:password@host:port/dbname URL (a fleet).
+    db: Path | PostgresURL = Path("media-registry.db")
     blob_dir: Path = Path("media-blobs")
     ttl: timedelta = timedelta(days=30)
     # Numbers in No-Storage mode keep media a shorter time, asked for at upload (ttl_minutes).
@@ -51,6 +54,16 @@ class Settings(BaseSettings):
     busy_timeout: float = Field(10.0, gt=0)
     # Seconds between lease heartbeats is a third of this; a dead owner frees it after this.
     lease_seconds: float = Field(60.0, gt=0)
+    # PostgreSQL only: connections per process, this host's name in the fleet (stable across
+    # restarts, unlike a Kubernetes pod's hostname), and how long an unseen host keeps its paths.
+    pg_pool_size: int = Field(10, ge=2, le=1000)
+    host_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=200)
+    host_retention: timedelta = timedelta(days=14)
+
+    @field_validator("db", mode="before")
+    @classmethod
+    def _check_db(cls, value: Any) -> Any:
+        return PostgresURL(value) if is_postgres_url(value) and isinstance(value, str) else value
 
     @field_validator("api_base")
     @classmethod
@@ -67,7 +80,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("ttl", "min_validity", "refresh_before", "refresh_interval", "purge_interval",
-                     mode="before")
+                     "host_retention", mode="before")
     @classmethod
     def _seconds(cls, value: Any) -> Any:
         return _seconds_as_number(value)
@@ -79,7 +92,8 @@ class Settings(BaseSettings):
             return {phone: _seconds_as_number(ttl) for phone, ttl in value.items()}
         return value
 
-    @field_validator("ttl", "min_validity", "refresh_before", "refresh_interval", "purge_interval")
+    @field_validator("ttl", "min_validity", "refresh_before", "refresh_interval", "purge_interval",
+                     "host_retention")
     @classmethod
     def _check_positive(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):
