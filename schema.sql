@@ -1,5 +1,13 @@
--- media-registry schema, version 1 (PRAGMA user_version).
+-- media-registry schema, as the named migrations in src/media_registry/_sqlite_migrations.py
+-- leave it (their names and times are in the `migrations` table; PRAGMA user_version counts
+-- them). A new registry is made from this file; an older one is upgraded step by step.
 -- Times are UTC ISO-8601 text ("2026-11-25T06:18:52Z"), so they sort and compare as text.
+
+-- Which named schema changes this registry has had, and when.
+CREATE TABLE IF NOT EXISTS migrations (
+    name       TEXT PRIMARY KEY,
+    applied_at TEXT NOT NULL
+);
 
 -- One row per distinct content (the bytes), keyed by their sha256 in hex.
 CREATE TABLE IF NOT EXISTS contents (
@@ -27,21 +35,30 @@ CREATE TABLE IF NOT EXISTS media (
 CREATE INDEX IF NOT EXISTS media_by_content
     ON media (sha256, phone_number_id, state, expires_at);
 CREATE INDEX IF NOT EXISTS media_by_expiry ON media (state, expires_at);
+-- The registry's central rule, enforced by the data: at most one current ID per content and
+-- phone number, whatever the writers' timing.
+CREATE UNIQUE INDEX IF NOT EXISTS media_one_current
+    ON media (sha256, phone_number_id) WHERE state = 'current';
 
--- Source files pointing at contents. The fingerprint (size, mtime, inode) lets a cache hit
--- skip hashing: one stat and one indexed query.
+-- Source files pointing at contents. The fingerprint (size, mtime, ctime, inode, device) lets
+-- a cache hit skip hashing: one stat and one indexed query. seen_at is when it was recorded:
+-- a fingerprint whose mtime or ctime falls in or after that second is "racily clean" and
+-- not trusted (the bytes are hashed again).
 CREATE TABLE IF NOT EXISTS paths (
     path       TEXT PRIMARY KEY,
     sha256     TEXT NOT NULL REFERENCES contents (sha256),
     size_bytes INTEGER NOT NULL,
     mtime_ns   INTEGER NOT NULL,
     inode      INTEGER NOT NULL,
-    seen_at    TEXT NOT NULL
+    seen_at    TEXT NOT NULL,
+    ctime_ns   INTEGER NOT NULL DEFAULT 0,
+    device     INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS paths_by_content ON paths (sha256);
 
 -- Single flight: whoever holds the lease for (sha256, phone_number_id) uploads; others wait.
 -- owner is "host:pid:thread:nonce"; a lease past expires_at, or whose process is gone, is free.
+-- A delete removes the content's leases: the upload in flight then records nothing current.
 CREATE TABLE IF NOT EXISTS leases (
     sha256          TEXT NOT NULL,
     phone_number_id TEXT NOT NULL,

@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import stat
+from datetime import datetime
 from typing import NamedTuple
 
 from .errors import SourceChanged, SourceNotFound
@@ -14,12 +15,16 @@ BLOCK_SIZE = 1 << 18
 
 
 class Fingerprint(NamedTuple):
-    """What one ``stat`` says of a file: if all of it matches, the content is unchanged."""
+    """What one ``stat`` says of a file: if all of it matches (and it was not recorded
+    racily, see :func:`racily_clean`), the content is unchanged. ctime cannot be set back
+    by a tool that restores mtime after rewriting the bytes."""
 
     path: str
     size: int
     mtime_ns: int
+    ctime_ns: int
     inode: int
+    device: int
 
 
 def fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
@@ -39,7 +44,16 @@ def fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
     if not stat.S_ISREG(st.st_mode):
         what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
         raise SourceNotFound(f"{path}: is {what}; pass a file")
-    return Fingerprint(absolute, st.st_size, st.st_mtime_ns, st.st_ino)
+    return Fingerprint(absolute, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+def racily_clean(fp: Fingerprint, recorded_at: datetime) -> bool:
+    """True when a fingerprint recorded at ``recorded_at`` cannot be trusted (git's "racily
+    clean" case): the file's mtime or ctime is not strictly older, at whole-second
+    granularity, than the recording, so a same-size rewrite within that second (on a
+    filesystem with 1 s timestamps) would leave the fingerprint unchanged. Hash it again."""
+    recorded_second = int(recorded_at.timestamp())
+    return max(fp.mtime_ns, fp.ctime_ns) // 1_000_000_000 >= recorded_second
 
 
 def open_source(path: str | os.PathLike[str]) -> io.BufferedReader:

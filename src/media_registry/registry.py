@@ -37,7 +37,7 @@ from .errors import (
 )
 from .graph import AsyncGraphClient, GraphClient
 from .models import DownloadedMedia, LifecycleAction, MediaEvent, MediaRecord, Report
-from .store import Store, iso, new_owner, parse_iso
+from ._legacy_store import Store, iso, new_owner, parse_iso
 from .webhooks import media_in_webhook
 
 T = TypeVar("T")

@@ -1,522 +1,358 @@
-"""The SQLite registry: every SQL statement of media-registry lives in this module.
+"""The Store contract: every operation the registry asks of its database, and one factory.
 
-Connections are per thread and per process (re-opened after a fork), in autocommit mode;
-writes go through :meth:`Store.transaction` (``BEGIN IMMEDIATE``), kept short and never
-around a network call. WAL lets readers run while one writer commits.
+The registry only ever holds a :class:`Store`; it never sees SQL, a driver's objects or a
+dialect's time format. Times go in and out as timezone-aware UTC datetimes, rows as the
+NamedTuples below, paths as tuples. Each backend is one module implementing the contract:
+
+- SQLite (:mod:`media_registry._sqlite_store`), the embedded default, a file path;
+- PostgreSQL (``media_registry.pgstore``, the ``postgres`` extra), a ``postgresql://`` URL.
+
+The rules the registry relies on are enforced by each backend's schema as well (at most
+one current ID per content and phone number, states from a fixed set, foreign keys), so
+correctness never depends on how a backend serializes writers. The guarantees each
+operation must give (atomicity, isolation) are written in its docstring.
 """
 
 from __future__ import annotations
 
-import functools
+import enum
 import os
 import socket
-import sqlite3
 import threading
 import uuid
-import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
-from importlib import resources
-from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from importlib import import_module
+from typing import NamedTuple, Protocol
 
 from ._processes import alive
-from .errors import RegistryCorrupt, RegistryError, RegistryLocked, SchemaTooNew
+from .errors import ConfigError
 from .hashing import Fingerprint
 
-SCHEMA_VERSION = 1
-SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_SECONDS = 10.0
-T = TypeVar("T")
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
-def iso(moment: datetime) -> str:
-    """A datetime as the registry writes it: UTC ISO-8601 to the second, e.g. 2026-11-25T06:18:52Z."""
-    return moment.astimezone(timezone.utc).isoformat(timespec="seconds")[:19] + "Z"
+# -- rows --------------------------------------------------------------------------------
 
 
-def parse_iso(text: str | None) -> datetime | None:
-    """The inverse of :func:`iso`; None stays None."""
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc) if text else None
+class PathHit(NamedTuple):
+    """An unchanged path's content, its current media ID (if valid long enough), and when
+    its fingerprint was recorded (the racily-clean rule needs it)."""
+
+    sha256: str
+    media_id: str | None
+    recorded_at: datetime
+
+
+class SourcePath(NamedTuple):
+    """A recorded source file of a content: the fingerprint last seen, and when."""
+
+    fingerprint: Fingerprint
+    recorded_at: datetime
+
+
+class LeaseStatus(enum.Enum):
+    """What asking for the upload lease of (content, phone number) found."""
+
+    SERVE = "serve"  # a valid ID exists (it is in ``LeaseOutcome.media_id``): no upload
+    ACQUIRED = "acquired"  # the caller holds the lease: upload, then record_upload
+    WAIT = "wait"  # a live owner holds it: poll again
+    DELETED = "deleted"  # the content is deleted (or gone): upload nothing
 
 
 class LeaseOutcome(NamedTuple):
-    """Result of asking for the upload lease: a media ID to serve, the lease, or neither (wait)."""
+    """Result of :meth:`Store.take_lease`."""
 
+    status: LeaseStatus
+    media_id: str | None = None
+
+
+class NewMedia(NamedTuple):
+    """A media ID the API just issued, to be recorded by :meth:`Store.record_upload`."""
+
+    media_id: str
+    sha256: str
+    phone_number_id: str
+    mime_type: str
+    size_bytes: int
+    uploaded_at: datetime
+    expires_at: datetime
+    path: str | None = None  # the source it was read from, for the event log
+    action: str = "upload"  # or "refresh"
+
+
+class Recorded(enum.Enum):
+    """What :meth:`Store.record_upload` did."""
+
+    CURRENT = "current"  # recorded as the content's current ID (any previous one superseded)
+    CONTENT_DELETED = "content deleted"  # deleted meanwhile: recorded as owing a remote DELETE
+
+
+class MediaRow(NamedTuple):
+    """One media ID with its content's MIME type."""
+
+    media_id: str
+    sha256: str
+    phone_number_id: str
+    state: str  # 'current', 'superseded' or 'deleting'
+    mime_type: str
+    uploaded_at: datetime
+    expires_at: datetime
+
+
+class ContentRef(NamedTuple):
+    """A content named by its sha256, with its MIME type."""
+
+    sha256: str
+    mime_type: str
+
+
+class ContentRow(NamedTuple):
+    """One content and phone number with the current media ID (if any) and the paths.
+
+    A content without any current ID appears once, with ``phone_number_id`` None.
+    """
+
+    sha256: str
+    mime_type: str
+    size_bytes: int
+    first_seen_at: datetime
+    deleted_at: datetime | None
+    phone_number_id: str | None
     media_id: str | None
-    acquired: bool
+    uploaded_at: datetime | None
+    expires_at: datetime | None
+    paths: tuple[str, ...]
 
 
-def _mapped(method: Callable[..., T]) -> Callable[..., T]:
-    """Turn sqlite3 errors raised by a Store method into RegistryError subclasses."""
+class EventRow(NamedTuple):
+    """One line of a content's history."""
 
-    @functools.wraps(method)
-    def wrapper(self: Store, *args: Any, **kwargs: Any) -> T:
-        try:
-            return method(self, *args, **kwargs)
-        except sqlite3.Error as exc:
-            raise self._explain(exc) from None
-
-    return wrapper
+    at: datetime
+    action: str
+    media_id: str | None
+    phone_number_id: str | None
+    path: str | None
+    detail: str | None
 
 
-class Store:
-    """The registry database at ``path``, created with ``schema.sql`` on first use."""
+class InboundRow(NamedTuple):
+    """Inbound media downloaded and verified."""
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = BUSY_TIMEOUT_SECONDS):
-        self.path = Path(path)
-        self.busy_timeout = busy_timeout
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
-        self._check_file()
-        # A connection must not cross a fork: the child starts with none and opens its own.
-        # (Registered here rather than checked per call: os.getpid() is a syscall on the hot path.)
-        reference = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _forget_connections(reference))
-        self._connection()  # open now so that a bad file fails at construction
+    media_id: str
+    sha256: str
+    mime_type: str
+    size_bytes: int
+    path: str
+    downloaded_at: datetime
 
-    # -- connection ---------------------------------------------------------------------
 
-    def _check_file(self) -> None:
-        # Read the header ourselves: sqlite3 would happily write WAL files next to, or a
-        # schema into, something that is not ours.
-        if self.path.is_dir():
-            raise RegistryCorrupt(
-                f"registry {self.path} is a directory; point MEDIA_REGISTRY_DB (or --db) at a file"
-            )
-        if not self.path.parent.is_dir():
-            raise RegistryError(
-                f"registry {self.path}: folder {self.path.parent} does not exist; create it first"
-            )
-        try:
-            with open(self.path, "rb") as file:
-                header = file.read(len(SQLITE_HEADER))
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise RegistryError(f"registry {self.path}: cannot read it ({exc.strerror})") from None
-        if header and header != SQLITE_HEADER:
-            raise RegistryCorrupt(
-                f"registry {self.path} is not an SQLite database (left untouched); "
-                "move it away or point MEDIA_REGISTRY_DB (or --db) elsewhere"
-            )
+class PhoneStats(NamedTuple):
+    """Live and expiring media IDs of one phone number."""
 
-    def _connection(self) -> sqlite3.Connection:
-        con: sqlite3.Connection | None = getattr(self._local, "con", None)
-        return con if con is not None else self._open()
+    live_ids: int
+    expiring_ids: int
 
-    @_mapped
-    def _open(self) -> sqlite3.Connection:
-        con = sqlite3.connect(
-            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-        )
-        try:
-            con.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            con.execute("PRAGMA journal_mode = WAL")
-            # NORMAL is durable against a killed process in WAL mode; only power loss can undo
-            # the last commits, never corrupt the file.
-            con.execute("PRAGMA synchronous = NORMAL")
-            con.execute("PRAGMA foreign_keys = ON")
-            self._ensure_schema(con)
-        except BaseException:
-            con.close()  # a connection is kept only once the schema is known good
-            raise
-        self._local.con = con
-        with self._lock:
-            self._connections.append(con)
-        return con
 
-    def _ensure_schema(self, con: sqlite3.Connection) -> None:
-        version = con.execute("PRAGMA user_version").fetchone()[0]
-        if version == SCHEMA_VERSION:
-            return
-        if version > SCHEMA_VERSION:
-            raise SchemaTooNew(
-                f"registry {self.path} has schema version {version}, newer than this "
-                f"media-registry knows ({SCHEMA_VERSION}); upgrade: pip install -U media-registry"
-            )
-        script = resources.files("media_registry").joinpath("schema.sql").read_text("utf-8")
-        with self._transact(con):
-            # Another process may have created the schema while this one waited for the lock.
-            if con.execute("PRAGMA user_version").fetchone()[0] == 0:
-                for statement in _statements(script):
-                    con.execute(statement)
-                con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+class StoreStats(NamedTuple):
+    """Counts for health checks, plus facts only the backend knows (``backend``: e.g. the
+    database's location with any password hidden, its size on disk, its journal mode)."""
 
-    def close(self) -> None:
-        """Close every connection this Store opened."""
-        with self._lock:
-            for con in self._connections:
-                con.close()
-            self._connections.clear()
-        self._local = threading.local()
+    contents: int
+    deleted_contents: int
+    paths: int
+    live_ids: int
+    expiring_ids: int
+    expired_ids: int
+    superseded_ids: int
+    pending_deletes: int
+    uploads: int
+    leases: int
+    by_phone_number: dict[str, PhoneStats]
+    backend: dict[str, str | int]
 
-    @contextmanager
-    def _transact(self, con: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            yield con
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A short write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error)."""
-        try:
-            with self._transact(self._connection()) as con:
-                yield con
-        except sqlite3.Error as exc:
-            raise self._explain(exc) from None
+# -- the contract ------------------------------------------------------------------------
 
-    def _explain(self, exc: sqlite3.Error) -> RegistryError:
-        text = str(exc)
-        if "locked" in text or "busy" in text:
-            return RegistryLocked(
-                f"registry {self.path} stayed locked by another writer for over "
-                f"{self.busy_timeout:g} s; retry, or find the process holding it"
-            )
-        if "not a database" in text or "malformed" in text:
-            return RegistryCorrupt(
-                f"registry {self.path} is damaged ({text}); restore it from a backup "
-                "or move it away to start afresh"
-            )
-        if "readonly" in text or "unable to open" in text:
-            return RegistryError(
-                f"registry {self.path} cannot be written ({text}); check the permissions "
-                "of the file and its folder"
-            )
-        return RegistryError(f"registry {self.path}: {text}")
 
-    # -- the hot path -------------------------------------------------------------------
+class Store(Protocol):
+    """Every operation the registry needs from its database.
 
-    def fast_lookup(self, fp: Fingerprint, phone_number_id: str, valid_until: str
-                    ) -> tuple[str, str | None] | None:
-        """(sha256, media ID or None): the content at an unchanged path, with its current ID
-        if that is valid past ``valid_until``. The cache hit: keep it lean."""
-        try:
-            return self._connection().execute(  # type: ignore[no-any-return]
-                """
-                SELECT p.sha256, (
-                    SELECT m.media_id FROM media AS m
-                    WHERE m.sha256 = p.sha256 AND m.phone_number_id = ?
-                      AND m.state = 'current' AND m.expires_at > ?
-                    ORDER BY m.expires_at DESC LIMIT 1)
-                FROM paths AS p
-                WHERE p.path = ? AND p.size_bytes = ? AND p.mtime_ns = ? AND p.inode = ?
-                """,
-                (phone_number_id, valid_until, fp.path, fp.size, fp.mtime_ns, fp.inode),
-            ).fetchone()
-        except sqlite3.Error as exc:
-            raise self._explain(exc) from None
+    Unless said otherwise, a writing operation is one atomic transaction: all of it or none
+    of it is visible to others, and it never spans a network call. Reads see committed
+    data only. Errors are :class:`~media_registry.errors.RegistryError` subclasses whose
+    message names the database (never a password) and what to do.
+    """
 
-    # -- writes -------------------------------------------------------------------------
+    location: str  # the database for people: a file path, or a URL without its password
 
-    def remember_path(self, fp: Fingerprint, sha256: str, mime_type: str, now: datetime) -> None:
-        """Record that ``fp.path`` holds ``sha256`` (creating the content row if new)."""
-        with self.transaction() as con:
-            con.execute(
-                "INSERT OR IGNORE INTO contents (sha256, mime_type, size_bytes, first_seen_at) "
-                "VALUES (?, ?, ?, ?)",
-                (sha256, mime_type, fp.size, iso(now)),
-            )
-            con.execute(
-                "INSERT OR REPLACE INTO paths (path, sha256, size_bytes, mtime_ns, inode, seen_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (fp.path, sha256, fp.size, fp.mtime_ns, fp.inode, iso(now)),
-            )
+    # -- sending (the hot path) -----------------------------------------------------------
+
+    def lookup_path(self, fp: Fingerprint, phone_number_id: str, valid_until: datetime) -> PathHit | None:
+        """The content recorded at a path whose fingerprint matches ``fp`` in every field,
+        with its current media ID if that expires after ``valid_until``. One indexed read:
+        this is every cache hit."""
+        ...
+
+    def remember_path(self, fp: Fingerprint, sha256: str, mime_type: str, recorded_at: datetime) -> None:
+        """An explicit send: ``fp.path`` holds ``sha256`` (the content row is created if new,
+        and a deletion mark is cleared: the user sends it again). Atomic."""
+        ...
+
+    def refresh_fingerprint(self, fp: Fingerprint, sha256: str, recorded_at: datetime) -> None:
+        """Re-record the fingerprint of a path already known to hold ``sha256`` (touched, or
+        hashed again under the racily-clean rule). Never revives a deleted content: a path
+        that no longer points at ``sha256`` is left alone."""
+        ...
+
+    # -- single flight (dogpile's get_mutex, per content and phone number) ---------------
 
     def take_lease(
-        self, sha256: str, phone_number_id: str, owner: str, now: datetime, valid_until: str,
+        self, sha256: str, phone_number_id: str, owner: str, now: datetime, valid_until: datetime,
         lease_for: timedelta,
     ) -> LeaseOutcome:
-        """In one transaction: serve a valid ID if one appeared, else take the upload lease if
-        it is free (absent, expired, or held by a process that died), else say to wait."""
-        with self.transaction() as con:
-            media_id = _current_media_id(con, sha256, phone_number_id, valid_until)
-            if media_id is not None:
-                return LeaseOutcome(media_id, acquired=False)
-            row = con.execute(
-                "SELECT owner, expires_at FROM leases WHERE sha256 = ? AND phone_number_id = ?",
-                (sha256, phone_number_id),
-            ).fetchone()
-            if row and row[1] > iso(now) and owner_alive(row[0]):
-                return LeaseOutcome(None, acquired=False)
-            con.execute(
-                "INSERT OR REPLACE INTO leases (sha256, phone_number_id, owner, expires_at) "
-                "VALUES (?, ?, ?, ?)",
-                (sha256, phone_number_id, owner, iso(now + lease_for)),
-            )
-            return LeaseOutcome(None, acquired=True)
+        """Atomically: SERVE a current ID valid past ``valid_until`` if there is one; else
+        DELETED if the content is deleted or unknown; else take the lease (ACQUIRED) if it is
+        free (absent, expired, or its holder died); else WAIT. At most one owner holds a lease
+        at a time across every process (and host) sharing the database."""
+        ...
 
     def renew_lease(self, sha256: str, phone_number_id: str, owner: str, expires_at: datetime) -> None:
-        """Push the lease's expiry forward, if ``owner`` still holds it."""
-        with self.transaction() as con:
-            con.execute(
-                "UPDATE leases SET expires_at = ? "
-                "WHERE sha256 = ? AND phone_number_id = ? AND owner = ?",
-                (iso(expires_at), sha256, phone_number_id, owner),
-            )
+        """Keep the lease alive until ``expires_at`` if ``owner`` still holds it."""
+        ...
 
     def release_lease(self, sha256: str, phone_number_id: str, owner: str) -> None:
-        """Drop the lease if ``owner`` holds it."""
-        with self.transaction() as con:
-            _release(con, sha256, phone_number_id, owner)
+        """Drop the lease if ``owner`` still holds it (idempotent)."""
+        ...
 
-    def record_upload(
-        self, *, sha256: str, phone_number_id: str, media_id: str, uploaded_at: datetime,
-        expires_at: datetime, path: str | None, owner: str, action: str = "upload",
-    ) -> None:
-        """Record a new media ID as the content's current one, retire the previous current ID
-        (superseded, never served again), log the event and release the lease, atomically."""
-        with self.transaction() as con:
-            con.execute(
-                "UPDATE media SET state = 'superseded' "
-                "WHERE sha256 = ? AND phone_number_id = ? AND state = 'current'",
-                (sha256, phone_number_id),
-            )
-            con.execute(
-                "INSERT INTO media (media_id, sha256, phone_number_id, state, uploaded_at, expires_at) "
-                "VALUES (?, ?, ?, 'current', ?, ?)",
-                (media_id, sha256, phone_number_id, iso(uploaded_at), iso(expires_at)),
-            )
-            con.execute("UPDATE contents SET deleted_at = NULL WHERE sha256 = ?", (sha256,))
-            _log(con, uploaded_at, action, sha256=sha256, media_id=media_id,
-                 phone_number_id=phone_number_id, path=path)
-            _release(con, sha256, phone_number_id, owner)
+    def record_upload(self, media: NewMedia, owner: str) -> Recorded:
+        """Atomically record a media ID just issued, log it and release ``owner``'s lease.
 
-    # -- lifecycle ----------------------------------------------------------------------
+        Deletion wins: if the content was deleted after this owner took its lease (the
+        delete revoked the lease) or is gone, the ID is recorded as owing a remote DELETE
+        ('deleting') and CONTENT_DELETED is returned. Otherwise it becomes the current ID
+        and the previous current one is superseded (the one-current-ID invariant holds at
+        every commit), and a deletion mark is cleared. Recording the same media ID twice
+        records it once."""
+        ...
 
-    @_mapped
-    def expiring_media(self, before: str) -> list[dict[str, Any]]:
-        """Current media IDs expiring before ``before`` whose content is not deleted."""
-        cursor = self._connection().execute(
-            "SELECT m.media_id, m.sha256, m.phone_number_id, m.expires_at, c.mime_type "
-            "FROM media AS m JOIN contents AS c USING (sha256) "
-            "WHERE m.state = 'current' AND m.expires_at <= ? AND c.deleted_at IS NULL "
-            "ORDER BY m.expires_at",
-            (before,),
-        )
-        return _dicts(cursor)
+    # -- lifecycle -----------------------------------------------------------------------
 
-    @_mapped
-    def source_paths(self, sha256: str) -> list[Fingerprint]:
-        """The recorded source files of a content, with the fingerprints last seen."""
-        rows = self._connection().execute(
-            "SELECT path, size_bytes, mtime_ns, inode FROM paths WHERE sha256 = ? ORDER BY seen_at DESC",
-            (sha256,),
-        ).fetchall()
-        return [Fingerprint(*row) for row in rows]
+    def expiring_media(self, before: datetime) -> list[MediaRow]:
+        """Current media IDs expiring at or before ``before`` whose content is not deleted,
+        soonest first."""
+        ...
 
-    @_mapped
-    def sourced_contents(self) -> list[tuple[str, str]]:
-        """(sha256, mime type) of contents not deleted that have a recorded source path."""
-        rows = self._connection().execute(
-            "SELECT DISTINCT c.sha256, c.mime_type FROM contents AS c JOIN paths AS p USING (sha256) "
-            "WHERE c.deleted_at IS NULL"
-        ).fetchall()
-        return [(row[0], row[1]) for row in rows]
+    def source_paths(self, sha256: str) -> list[SourcePath]:
+        """The recorded source files of a content (this host's, for a shared database),
+        most recently seen first."""
+        ...
+
+    def sourced_contents(self) -> list[ContentRef]:
+        """Contents not deleted that have at least one recorded source path (this host's)."""
+        ...
 
     def mark_deleted(self, sha256: str, now: datetime, reason: str) -> None:
-        """Forget a content's paths, stop serving and refreshing its IDs, and mark them as
-        owing a remote DELETE; one transaction."""
-        with self.transaction() as con:
-            con.execute("UPDATE contents SET deleted_at = ? WHERE sha256 = ?", (iso(now), sha256))
-            con.execute("UPDATE media SET state = 'deleting' WHERE sha256 = ?", (sha256,))
-            con.execute("DELETE FROM paths WHERE sha256 = ?", (sha256,))
-            _log(con, now, "delete", sha256=sha256, detail=reason)
+        """Atomically: mark the content deleted, every media ID of it as owing a remote
+        DELETE, forget its paths, revoke its upload leases (an upload in flight then records
+        nothing as current) and log it."""
+        ...
 
-    @_mapped
-    def pending_deletes(self) -> list[dict[str, Any]]:
-        """Media IDs owing a remote DELETE."""
-        cursor = self._connection().execute(
-            "SELECT media_id, sha256, phone_number_id, expires_at FROM media "
-            "WHERE state = 'deleting' ORDER BY sha256"
-        )
-        return _dicts(cursor)
+    def pending_deletes(self, sha256: str | None = None) -> list[MediaRow]:
+        """Media IDs owing a remote DELETE (of one content, or all)."""
+        ...
 
     def forget_media(self, media_id: str, now: datetime, action: str, detail: str | None = None) -> None:
-        """Drop a media row (deleted remotely, or expired), and its content once nothing of
-        it is left that the registry needs; record why."""
-        with self.transaction() as con:
-            row = con.execute(
-                "SELECT sha256, phone_number_id FROM media WHERE media_id = ?", (media_id,)
-            ).fetchone()
-            if row is None:
-                return
-            con.execute("DELETE FROM media WHERE media_id = ?", (media_id,))
-            _log(con, now, action, sha256=row[0], media_id=media_id, phone_number_id=row[1],
-                 detail=detail)
-            _drop_if_orphaned(con, row[0])
+        """Atomically drop a media row (deleted remotely, or expired) and log why; a deleted
+        content goes with its last media row (its events stay). Unknown IDs are ignored."""
+        ...
 
-    @_mapped
-    def expired_media(self, now: str) -> list[dict[str, Any]]:
-        """Media rows whose ID has expired (whatever their state)."""
-        cursor = self._connection().execute(
-            "SELECT media_id, sha256, phone_number_id, expires_at FROM media WHERE expires_at <= ?",
-            (now,),
-        )
-        return _dicts(cursor)
+    def expired_media(self, now: datetime) -> list[MediaRow]:
+        """Media rows whose ID expired at or before ``now``, whatever their state."""
+        ...
 
-    # -- inbound media ------------------------------------------------------------------
+    # -- inbound media -------------------------------------------------------------------
 
-    def record_inbound(self, media_id: str, sha256: str, mime_type: str, size: int, path: str,
-                       now: datetime, detail: str | None = None) -> None:
-        """Record a verified download (or one found already on disk) and log it."""
-        with self.transaction() as con:
-            con.execute(
-                "INSERT OR REPLACE INTO inbound "
-                "(media_id, sha256, mime_type, size_bytes, path, downloaded_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (media_id, sha256, mime_type, size, path, iso(now)),
-            )
-            _log(con, now, "download", sha256=sha256, media_id=media_id, path=path, detail=detail)
+    def record_inbound(self, row: InboundRow, detail: str | None = None) -> None:
+        """Record a verified download (replacing an earlier one of the same ID) and log it."""
+        ...
 
-    # -- reading for people -------------------------------------------------------------
+    # -- reading for people --------------------------------------------------------------
 
-    @_mapped
     def resolve(self, target: str) -> str | None:
-        """The sha256 that a path, a sha256 or a media ID names, if the registry knows it."""
-        con = self._connection()
-        row = (
-            con.execute("SELECT sha256 FROM contents WHERE sha256 = ?", (target.lower(),)).fetchone()
-            or con.execute("SELECT sha256 FROM media WHERE media_id = ?", (target,)).fetchone()
-            or con.execute(
-                "SELECT sha256 FROM paths WHERE path = ?", (os.path.abspath(target),)
-            ).fetchone()
-        )
-        return row[0] if row else None
+        """The sha256 that a sha256, a media ID or a path (made absolute) names, tried in
+        that order, if the registry knows it."""
+        ...
 
-    @_mapped
-    def content_rows(self, sha256: str | None = None, expiring_before: str | None = None) -> list[dict[str, Any]]:
-        """One row per content and phone number, with the current media ID (if any) and paths.
+    def content_rows(
+        self, *, sha256: str | None = None, expiring_before: datetime | None = None
+    ) -> Iterator[ContentRow]:
+        """Every content (or one) per phone number, streamed in constant memory with a plan
+        linear in the registry's size, ordered by phone number, first seen, sha256.
+        ``expiring_before`` keeps only current IDs expiring before it. The iterator reads
+        one consistent snapshot; close it (or exhaust it) promptly."""
+        ...
 
-        ``expiring_before`` keeps only current IDs expiring before that time.
-        """
-        sql = """
-            SELECT c.sha256, c.mime_type, c.size_bytes, c.deleted_at,
-                   m.phone_number_id, m.media_id, m.uploaded_at, m.expires_at,
-                   (SELECT group_concat(p.path, char(10)) FROM paths AS p
-                    WHERE p.sha256 = c.sha256) AS paths
-            FROM contents AS c
-            LEFT JOIN media AS m ON m.sha256 = c.sha256 AND m.state = 'current'
-            WHERE (:sha256 IS NULL OR c.sha256 = :sha256)
-              AND (:before IS NULL OR (m.media_id IS NOT NULL AND m.expires_at < :before))
-            ORDER BY m.phone_number_id, c.first_seen_at, c.sha256
-        """
-        cursor = self._connection().execute(sql, {"sha256": sha256, "before": expiring_before})
-        return _dicts(cursor)
-
-    @_mapped
-    def events(self, sha256: str) -> list[dict[str, Any]]:
+    def events(self, sha256: str) -> list[EventRow]:
         """The history of one content, oldest first."""
-        cursor = self._connection().execute(
-            "SELECT at, action, media_id, phone_number_id, path, detail FROM events "
-            "WHERE sha256 = ? ORDER BY id",
-            (sha256,),
+        ...
+
+    def stats(self, now: datetime, expiring_before: datetime) -> StoreStats:
+        """Counts of contents, paths and media IDs by state, per phone number, and the
+        backend's own facts."""
+        ...
+
+    def close(self) -> None:
+        """Release every connection; the store is not used afterwards."""
+        ...
+
+
+# -- the factory -------------------------------------------------------------------------
+
+
+def open_store(
+    db: str | os.PathLike[str], *, create: bool = True, busy_timeout: float = BUSY_TIMEOUT_SECONDS,
+    host_id: str | None = None, pool_size: int | None = None,
+) -> Store:
+    """The store that ``MEDIA_REGISTRY_DB`` names: a ``postgresql://`` URL means PostgreSQL,
+    anything else is an SQLite file path.
+
+    ``create=False`` (read-only commands) never creates a registry: a missing one, or a
+    database that is not a media-registry registry, is refused untouched. Either mode
+    upgrades an older registry of ours in place. ``host_id`` names this machine in a fleet
+    (PostgreSQL only; default its hostname); ``pool_size`` bounds PostgreSQL's connection
+    pool.
+    """
+    text = os.fspath(db)
+    if text.startswith(POSTGRES_SCHEMES):
+        try:
+            pgstore = import_module("media_registry.pgstore")
+        except ModuleNotFoundError as exc:
+            if exc.name not in ("media_registry.pgstore", "psycopg", "psycopg_pool"):
+                raise
+            raise ConfigError(
+                "MEDIA_REGISTRY_DB is a PostgreSQL URL, which needs the postgres extra: "
+                "pip install 'media-registry[postgres]'"
+            ) from None
+        store: Store = pgstore.PostgresStore(
+            text, create=create, busy_timeout=busy_timeout, host_id=host_id or HOST,
+            pool_size=pool_size,
         )
-        return _dicts(cursor)
+        return store
+    from ._sqlite_store import SQLiteStore
 
-    @_mapped
-    def stats_by_phone_number(self, now: str, expiring_before: str) -> dict[str, dict[str, int]]:
-        """Live and expiring media IDs per phone number."""
-        rows = self._connection().execute(
-            "SELECT phone_number_id, count(*), sum(expires_at <= :before) FROM media "
-            "WHERE state = 'current' AND expires_at > :now GROUP BY phone_number_id ORDER BY 1",
-            {"now": now, "before": expiring_before},
-        ).fetchall()
-        return {phone: {"live_ids": live, "expiring_ids": expiring} for phone, live, expiring in rows}
-
-    @_mapped
-    def stats(self, now: str, expiring_before: str) -> dict[str, int]:
-        """Counts for the ``stats`` command."""
-        row = self._connection().execute(
-            """
-            SELECT
-              (SELECT count(*) FROM contents),
-              (SELECT count(*) FROM contents WHERE deleted_at IS NOT NULL),
-              (SELECT count(*) FROM paths),
-              (SELECT count(*) FROM media WHERE state = 'current' AND expires_at > :now),
-              (SELECT count(*) FROM media
-               WHERE state = 'current' AND expires_at > :now AND expires_at <= :before),
-              (SELECT count(*) FROM media WHERE expires_at <= :now),
-              (SELECT count(*) FROM media WHERE state = 'superseded'),
-              (SELECT count(*) FROM media WHERE state = 'deleting'),
-              (SELECT count(*) FROM events WHERE action IN ('upload', 'refresh')),
-              (SELECT count(*) FROM leases)
-            """,
-            {"now": now, "before": expiring_before},
-        ).fetchone()
-        names = ("contents", "deleted_contents", "paths", "live_ids", "expiring_ids",
-                 "expired_ids", "superseded_ids", "pending_deletes", "uploads", "leases")
-        return dict(zip(names, row))
+    return SQLiteStore(text, create=create, busy_timeout=busy_timeout)
 
 
-def _forget_connections(reference: weakref.ref[Store]) -> None:
-    store = reference()
-    if store is not None:
-        store._local = threading.local()
-        store._connections = []  # the parent's; closing them here would disturb the parent
-
-
-def _current_media_id(
-    con: sqlite3.Connection, sha256: str, phone_number_id: str, valid_until: str
-) -> str | None:
-    row = con.execute(
-        "SELECT media_id FROM media WHERE sha256 = ? AND phone_number_id = ? "
-        "AND state = 'current' AND expires_at > ? ORDER BY expires_at DESC LIMIT 1",
-        (sha256, phone_number_id, valid_until),
-    ).fetchone()
-    return row[0] if row else None
-
-
-def _drop_if_orphaned(con: sqlite3.Connection, sha256: str) -> None:
-    # A deleted content goes once its last media row is gone; its events stay as history.
-    con.execute(
-        "DELETE FROM contents WHERE sha256 = ? AND deleted_at IS NOT NULL "
-        "AND NOT EXISTS (SELECT 1 FROM media WHERE sha256 = ?)",
-        (sha256, sha256),
-    )
-
-
-def _release(con: sqlite3.Connection, sha256: str, phone_number_id: str, owner: str) -> None:
-    con.execute(
-        "DELETE FROM leases WHERE sha256 = ? AND phone_number_id = ? AND owner = ?",
-        (sha256, phone_number_id, owner),
-    )
-
-
-def _log(con: sqlite3.Connection, at: datetime, action: str, **fields: str | None) -> None:
-    con.execute(
-        "INSERT INTO events (at, action, sha256, media_id, phone_number_id, path, detail) "
-        "VALUES (:at, :action, :sha256, :media_id, :phone_number_id, :path, :detail)",
-        {"sha256": None, "media_id": None, "phone_number_id": None, "path": None,
-         "detail": None, **fields, "at": iso(at), "action": action},
-    )
-
-
-def _dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
-    names = [column[0] for column in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
-
-
-def _statements(script: str) -> Iterator[str]:
-    buffer = ""
-    for line in script.splitlines(keepends=True):
-        buffer += line
-        if sqlite3.complete_statement(buffer):
-            yield buffer
-            buffer = ""
-
+# -- lease owners ------------------------------------------------------------------------
 
 HOST = socket.gethostname()
 
 
 def new_owner() -> str:
-    """A lease owner name unique to this host, process, thread and call."""
+    """A lease owner name unique to this host, process, thread and call:
+    ``host:pid:thread:nonce``."""
     return f"{HOST}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
 
 
