@@ -14,8 +14,9 @@
     │   ├── RateLimited         HTTP 429 or codes 4, 80007, 130429
     │   ├── MediaNotFound       unknown, expired or deleted media ID (code 100, subcode 33)
     │   └── APIUnreachable      connection failed or timed out after every retry
-    ├── RegistryError           the SQLite registry file
+    ├── RegistryError           the registry database (an SQLite file or a PostgreSQL server)
     │   ├── RegistryLocked      another writer held the lock past the busy timeout
+    │   ├── RegistryUnreachable the PostgreSQL server is down, restarting or out of reach
     │   ├── RegistryCorrupt     the file is not a media-registry database
     │   └── SchemaTooNew        written by a newer media-registry
     └── DownloadError           inbound media
@@ -130,6 +131,10 @@ class RegistryError(MediaRegistryError):
 
 class RegistryLocked(RegistryError):
     """Another writer held the registry past the busy timeout."""
+
+
+class RegistryUnreachable(RegistryError):
+    """The PostgreSQL server could not be reached (down, restarting, or the network)."""
 
 
 class RegistryCorrupt(RegistryError):
