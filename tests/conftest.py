@@ -15,6 +15,7 @@ import pytest
 
 from media_registry import MediaRegistry
 from media_registry.testing import FakeGraphAPI, sample_media
+
 from pg_server import PostgresServer, create_database, drop_database
 
 CLI = Path(sys.executable).with_name("media-registry")

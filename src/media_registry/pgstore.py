@@ -224,16 +224,15 @@ class PostgresStore:
     ) -> LeaseOutcome:
         """SERVE, DELETED, ACQUIRED (this process now holds the advisory lock on a session of
         its own until record_upload or release_lease) or WAIT (another session holds it)."""
-        con = self.db.checkout()
-        keep = False
-        try:
+
+        def work(con: Connection) -> LeaseOutcome:
             # Served without the lock when possible: a refresh holding it must not make a
             # sender wait for an ID that is still valid for the sender's purpose.
             outcome = _serve_or_deleted(con, sha256, phone_number_id, valid_until)
             if outcome is not None:
                 return outcome
             key = lock_key(sha256, phone_number_id)
-            if not con.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_UPLOAD, key)).fetchone()[0]:
+            if not _one(con.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_UPLOAD, key))):
                 return LeaseOutcome(LeaseStatus.WAIT)
             with con.transaction():  # the holder before us may have recorded an ID meanwhile
                 outcome = _serve_or_deleted(con, sha256, phone_number_id, valid_until)
@@ -251,15 +250,11 @@ class PostgresStore:
             if outcome is not None:
                 con.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_UPLOAD, key))
                 return outcome
-            keep = True
             with self._claims_lock:
                 self._claims[owner] = con
             return LeaseOutcome(LeaseStatus.ACQUIRED)
-        except psycopg.Error as exc:
-            raise self.db.explain(exc) from None
-        finally:
-            if not keep:
-                self.db.checkin(con)
+
+        return self.db.run(work, transaction=False, keep=lambda o: o.status is LeaseStatus.ACQUIRED)
 
     def renew_lease(self, sha256: str, phone_number_id: str, owner: str, expires_at: datetime) -> None:
         """Push the lease row's expiry forward (the lock itself lives as long as its session)."""
@@ -323,18 +318,21 @@ class PostgresStore:
             "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (sha256) DO NOTHING",
             (media.sha256, media.mime_type, media.size_bytes, media.uploaded_at, media.uploaded_at),
         )
-        deleted = con.execute(
+        deleted = _one(con.execute(
             "SELECT deleted_at IS NOT NULL FROM contents WHERE sha256 = %s FOR UPDATE", (media.sha256,)
-        ).fetchone()[0]
+        ))
         held = con.execute(
             "DELETE FROM leases WHERE sha256 = %s AND phone_number_id = %s AND owner = %s RETURNING 1",
             (media.sha256, media.phone_number_id, owner),
         ).fetchone()
         if deleted or held is None:
+            # Deleted meanwhile, or the claim died with its session (a server restart) and
+            # another uploader may have taken over: this ID is never served, only DELETEd.
+            why = "content deleted meanwhile" if deleted else "upload claim lost with its session"
             self._insert_media(con, media, "deleting")
             _log(con, media.uploaded_at, media.action, self.host_id, sha256=media.sha256,
                  media_id=media.media_id, phone_number_id=media.phone_number_id, path=media.path,
-                 detail="content deleted meanwhile: owes a remote DELETE")
+                 detail=f"{why}: owes a remote DELETE")
             return Recorded.CONTENT_DELETED
         con.execute(
             "UPDATE media SET state = 'superseded' "
@@ -374,7 +372,10 @@ class PostgresStore:
             "WHERE host_id = %s AND sha256 = %s ORDER BY seen_at DESC",
             (self.host_id, sha256),
         ).fetchall(), transaction=False)
-        return [SourcePath(Fingerprint(*row[:4], _uint64(row[4]), _uint64(row[5])), row[6]) for row in rows]
+        return [
+            SourcePath(Fingerprint(path, size, mtime, ctime, _uint64(inode), _uint64(device)), seen_at)
+            for path, size, mtime, ctime, inode, device, seen_at in rows
+        ]
 
     def sourced_contents(self) -> list[ContentRef]:
         """Contents not deleted with a source path on this host. Hosts unseen for the
@@ -462,7 +463,7 @@ class PostgresStore:
         )
 
     def _rows(self, sql: str, params: tuple[Any, ...]) -> list[MediaRow]:
-        rows = self.db.run(lambda con: con.execute(sql, params).fetchall())  # type: ignore[call-overload]
+        rows = self.db.run(lambda con: con.execute(sql, params).fetchall())
         return [MediaRow(*row) for row in rows]
 
     # -- inbound media ------------------------------------------------------------------------
@@ -523,8 +524,8 @@ class PostgresStore:
         try:
             with con.transaction(), con.cursor("content_rows", row_factory=tuple_row) as cursor:
                 cursor.execute(sql, params)
-                for row in cursor:
-                    yield ContentRow(*row[:9], tuple(row[9]))
+                for *fields, paths in cursor:
+                    yield ContentRow._make([*fields, tuple(paths)])
         except psycopg.Error as exc:
             raise self.db.explain(exc) from None
         finally:
@@ -579,11 +580,8 @@ class PostgresStore:
             "backend": "postgresql", "database": self.location, "host_id": self.host_id,
             "hosts": facts[2], "server_version": facts[0], "size_bytes": facts[1],
         }
-        return StoreStats(
-            *counts,
-            by_phone_number={phone: PhoneStats(live, expiring) for phone, live, expiring in phones},
-            backend=backend,
-        )
+        by_phone = {phone: PhoneStats(live, expiring) for phone, live, expiring in phones}
+        return StoreStats._make([*counts, by_phone, backend])
 
     # -- daemon -------------------------------------------------------------------------------
 
@@ -624,6 +622,13 @@ def _serve_or_deleted(con: Connection, sha256: str, phone: str, valid_until: dat
     if row[1] is not None:
         return LeaseOutcome(LeaseStatus.SERVE, row[1])
     return None
+
+
+def _one(cursor: psycopg.Cursor[Any]) -> Any:
+    """The first column of the one row a statement returns."""
+    row = cursor.fetchone()
+    assert row is not None, "the statement always returns one row"
+    return row[0]
 
 
 def _log(con: Connection, at: datetime, action: str, host_id: str, **fields: str | None) -> None:

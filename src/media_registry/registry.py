@@ -24,6 +24,7 @@ from typing import Any, NamedTuple, TypeVar
 import httpx
 
 from . import blobs, hashing, media_types
+from ._legacy_store import Store, iso, new_owner, parse_iso
 from .config import Settings, Windows, load_settings
 from .errors import (
     ConfigError,
@@ -37,7 +38,6 @@ from .errors import (
 )
 from .graph import AsyncGraphClient, GraphClient
 from .models import DownloadedMedia, LifecycleAction, MediaEvent, MediaRecord, Report
-from ._legacy_store import Store, iso, new_owner, parse_iso
 from .webhooks import media_in_webhook
 
 T = TypeVar("T")
