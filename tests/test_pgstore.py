@@ -19,6 +19,7 @@ from media_registry import RegistryCorrupt, RegistryError, RegistryUnreachable, 
 from media_registry.hashing import Fingerprint
 from media_registry.pgstore import MIGRATIONS, PostgresStore
 from media_registry.store import LeaseStatus, NewMedia, Recorded
+
 from pg_server import PostgresServer, create_database, drop_database
 
 SHA = "ab" * 32
