@@ -55,7 +55,8 @@ def fill(db: Path, contents: int, phone: str) -> None:
             shas = [hashlib.sha256(str(i).encode()).hexdigest() for i in batch]
             con.executemany("INSERT INTO contents VALUES (?, ?, 1000, ?, NULL)",
                             ((sha, PDF, stamp) for sha in shas))
-            con.executemany("INSERT INTO paths VALUES (?, ?, 1000, 1, ?, ?)",
+            con.executemany("INSERT INTO paths (path, sha256, size_bytes, mtime_ns, inode, seen_at) "
+                            "VALUES (?, ?, 1000, 1, ?, ?)",
                             ((f"/srv/media/{i}.pdf", sha, i, stamp) for i, sha in zip(batch, shas)))
             con.executemany("INSERT INTO media VALUES (?, ?, ?, 'current', ?, ?)",
                             ((str(10**15 + i), sha, phone, stamp, expires) for i, sha in zip(batch, shas)))

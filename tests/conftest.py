@@ -1,12 +1,13 @@
-"""Shared fixtures: a FakeGraphAPI (from media-registry's pytest plugin), registries on real
-SQLite files in tmp_path or in fresh databases of a real PostgreSQL server, sample media
-files, and the CLI run as a real subprocess."""
+"""Shared fixtures: a FakeGraphAPI (from media-registry's pytest plugin), registries on every
+backend (a real SQLite file in tmp_path, a fresh database on a real PostgreSQL server), sample
+media files, and the CLI run as a real subprocess."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -71,14 +72,35 @@ def api(fake_graph_api: FakeGraphAPI) -> FakeGraphAPI:
     return fake_graph_api
 
 
+# Every registry test runs once per backend. A backend is a name here and a branch in
+# ``registry_db_value`` that returns a fresh, empty registry location (MEDIA_REGISTRY_DB).
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The name of the storage backend the test runs on."""
+    return str(request.param)
+
+
 @pytest.fixture
-def make_registry(tmp_path: Path, api: FakeGraphAPI) -> Iterator[Callable[..., MediaRegistry]]:
-    """Build registries on ``tmp_path/registry.db`` pointed at the fake API; closed after."""
+def registry_db_value(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A fresh registry location on the test's backend: what MEDIA_REGISTRY_DB holds."""
+    if backend == "sqlite":
+        return str(tmp_path / "registry.db")
+    if backend == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
+    raise AssertionError(f"unknown backend {backend}")
+
+
+@pytest.fixture
+def make_registry(registry_db_value: str, api: FakeGraphAPI) -> Iterator[Callable[..., MediaRegistry]]:
+    """Build registries on the test's backend pointed at the fake API; closed after."""
     made: list[MediaRegistry] = []
 
     def make(**overrides: Any) -> MediaRegistry:
         settings: dict[str, Any] = {
-            "db": tmp_path / "registry.db", "token": api.token,
+            "db": registry_db_value, "token": api.token,
             "phone_number_id": api.phone_number_id, "api_base": api.base_url,
             "retry_backoff": 0.01, "max_retries": 2,
         }
@@ -111,14 +133,14 @@ def make_file(tmp_path: Path) -> Callable[..., Path]:
 
 
 @pytest.fixture
-def cli_env(tmp_path: Path, api: FakeGraphAPI) -> dict[str, str]:
-    """Environment for CLI subprocesses: the fake API and a registry in tmp_path."""
+def cli_env(registry_db_value: str, api: FakeGraphAPI) -> dict[str, str]:
+    """Environment for CLI subprocesses: the fake API and a registry on the test's backend."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WHATSAPP_", "MEDIA_REGISTRY_"))}
     env.update(
         WHATSAPP_TOKEN=api.token,
         WHATSAPP_PHONE_NUMBER_ID=api.phone_number_id,
         WHATSAPP_API_BASE=api.base_url,
-        MEDIA_REGISTRY_DB=str(tmp_path / "registry.db"),
+        MEDIA_REGISTRY_DB=registry_db_value,
         MEDIA_REGISTRY_RETRY_BACKOFF="0.01",
         MEDIA_REGISTRY_MAX_RETRIES="1",
     )
@@ -132,3 +154,12 @@ def run_cli(*args: str, env: dict[str, str], cwd: Path | None = None,
         [str(CLI), *args],
         env=env, cwd=cwd, input=stdin, capture_output=True, text=True, timeout=60,
     )
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -17,15 +16,16 @@ from freezegun import freeze_time
 from media_registry import AsyncMediaRegistry, MediaRegistry
 from media_registry.testing import FakeGraphAPI, sample_media
 
+import registry_db
 from conftest import CLI, PDF, PNG, run_cli
 
 OTHER = "222333444"
 
 
 @pytest.fixture
-def async_registry(tmp_path: Path, api: FakeGraphAPI) -> Callable[..., AsyncMediaRegistry]:
+def async_registry(registry_db_value: str, api: FakeGraphAPI) -> Callable[..., AsyncMediaRegistry]:
     def make(**overrides: Any) -> AsyncMediaRegistry:
-        settings = {"db": tmp_path / "registry.db", "token": api.token, "api_base": api.base_url,
+        settings = {"db": registry_db_value, "token": api.token, "api_base": api.base_url,
                     "phone_number_id": api.phone_number_id, "retry_backoff": 0.01, "max_retries": 2}
         return AsyncMediaRegistry(**{**settings, **overrides})
 
@@ -33,8 +33,7 @@ def async_registry(tmp_path: Path, api: FakeGraphAPI) -> Callable[..., AsyncMedi
 
 
 def leases(db: Path | str) -> int:
-    with sqlite3.connect(db) as con:
-        return con.execute("SELECT count(*) FROM leases").fetchone()[0]
+    return registry_db.count(db, "leases")
 
 
 def test_fifty_tasks_on_one_new_file_make_one_upload(

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 from media_registry.testing import FakeGraphAPI
 
+import registry_db
 from conftest import CLI, PDF, run_cli
 
 
@@ -121,8 +121,7 @@ def test_six_processes_uploading_the_same_file_make_one_upload(
     copy = tmp_path / "copy-of-same.png"
     shutil.copy(path, copy)
     assert run_cli("upload", str(copy), env=cli_env).stdout.startswith(ids.pop())
-    with sqlite3.connect(cli_env["MEDIA_REGISTRY_DB"]) as con:
-        assert con.execute("SELECT count(*) FROM media").fetchone() == (1,)
+    assert registry_db.count(cli_env["MEDIA_REGISTRY_DB"], "media") == 1
 
 
 def test_demo_runs_end_to_end_in_its_own_registry(tmp_path: Path) -> None:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import shutil
 import signal
-import sqlite3
 import subprocess
-import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -18,25 +16,8 @@ from freezegun import freeze_time
 from media_registry import MediaRegistry
 from media_registry.testing import FakeGraphAPI
 
-from conftest import CLI, PDF, run_cli
-
-
-def age_ids(db: str | Path, days_left: float) -> None:
-    """Make every current ID look as if it had been uploaded long ago (test setup)."""
-    now = datetime.now(timezone.utc)
-    fmt = "%Y-%m-%dT%H:%M:%SZ"
-    with sqlite3.connect(db) as con:
-        con.execute("UPDATE media SET uploaded_at = ?, expires_at = ?",
-                    ((now - timedelta(days=30 - days_left)).strftime(fmt),
-                     (now + timedelta(days=days_left)).strftime(fmt)))
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+import registry_db
+from conftest import CLI, PDF, run_cli, wait_for
 
 
 def start_daemon(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -44,17 +25,12 @@ def start_daemon(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen([str(CLI), "daemon"], env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def states(db: str) -> list[tuple[str, str]]:
-    with sqlite3.connect(db) as con:
-        return con.execute("SELECT media_id, state FROM media ORDER BY uploaded_at, media_id").fetchall()
-
-
 def test_sigterm_lets_the_upload_in_flight_finish_and_be_recorded(
     cli_env: dict[str, str], api: FakeGraphAPI, make_file: Callable[..., Path], tmp_path: Path
 ) -> None:
     path = make_file("menu.pdf", PDF)
     old_id = run_cli("upload", str(path), env=cli_env).stdout.split("\t")[0]
-    age_ids(cli_env["MEDIA_REGISTRY_DB"], days_left=2)
+    registry_db.age_ids(cli_env["MEDIA_REGISTRY_DB"], days_left=2)
     api.fail(delay=1.5, method="POST")
     log = tmp_path / "daemon.log"
     daemon = start_daemon(cli_env, log)
@@ -64,7 +40,7 @@ def test_sigterm_lets_the_upload_in_flight_finish_and_be_recorded(
     text = log.read_text()
     assert "SIGTERM received" in text and f"refreshed {old_id} -> " in text and "daemon stopped" in text
     new_id = text.split(f"refreshed {old_id} -> ")[1].split()[0]
-    assert states(cli_env["MEDIA_REGISTRY_DB"]) == [(old_id, "superseded"), (new_id, "current")]
+    assert registry_db.media_states(cli_env["MEDIA_REGISTRY_DB"]) == [(old_id, "superseded"), (new_id, "current")]
     assert "Traceback" not in text
 
 
@@ -97,7 +73,7 @@ def test_an_api_outage_is_logged_and_does_not_stop_the_daemon(
     cli_env: dict[str, str], api: FakeGraphAPI, make_file: Callable[..., Path], tmp_path: Path
 ) -> None:
     run_cli("upload", str(make_file("a.pdf", PDF)), env=cli_env)
-    age_ids(cli_env["MEDIA_REGISTRY_DB"], days_left=2)
+    registry_db.age_ids(cli_env["MEDIA_REGISTRY_DB"], days_left=2)
     api.fail(status=503, times=100)
     log = tmp_path / "daemon.log"
     daemon = start_daemon(cli_env, log)
@@ -114,7 +90,7 @@ def test_kill_9_during_refresh_loses_nothing_and_serves_nothing_dead(
     path = make_file("price-list.pdf", PDF)
     old_id = run_cli("upload", str(path), env=cli_env).stdout.split("\t")[0]
     db = cli_env["MEDIA_REGISTRY_DB"]
-    age_ids(db, days_left=2)
+    registry_db.age_ids(db, days_left=2)
     api.fail(delay=20, method="POST")  # stall the refresh's upload, then kill it
     refresh = subprocess.Popen([str(CLI), "refresh"], env=cli_env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
@@ -122,10 +98,9 @@ def test_kill_9_during_refresh_loses_nothing_and_serves_nothing_dead(
     refresh.send_signal(signal.SIGKILL)
     refresh.wait(timeout=10)
 
-    with sqlite3.connect(db) as con:
-        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        assert con.execute("SELECT count(*) FROM leases").fetchone() == (1,)  # left by the dead
-    assert states(db) == [(old_id, "current")]  # nothing recorded was lost
+    registry_db.check_consistent(db)
+    assert registry_db.count(db, "leases") == 1  # left by the dead
+    assert registry_db.media_states(db) == [(old_id, "current")]  # nothing recorded was lost
 
     # An hour-long lease: only recognising the dead owner (not its expiry) lets this finish
     # before the test's timeout.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from media_registry import (
 from media_registry.testing import SAMPLE_HEADS, FakeGraphAPI, sample_media
 from media_registry.webhooks import media_in_webhook
 
+import registry_db
 from conftest import run_cli
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "webhook-image-message.json").read_text())
@@ -55,10 +55,9 @@ def test_each_kind_downloads_verified_under_its_sha256(
     assert result.path.parent == inbox and result.path.name.startswith(sha256 + ".")
     assert result.path.read_bytes() == data
     assert leftovers(inbox) == [result.path.name]
-    with sqlite3.connect(registry.settings.db) as con:
-        row = con.execute("SELECT sha256, mime_type, size_bytes, path FROM inbound WHERE media_id = ?",
-                          (media_id,)).fetchone()
-    assert row == (sha256, mime_type, len(data), str(result.path.resolve()))
+    rows = registry_db.query(registry.settings.db,
+                             "SELECT sha256, mime_type, size_bytes, path FROM inbound WHERE media_id = ?", media_id)
+    assert rows[0] == (sha256, mime_type, len(data), str(result.path.resolve()))
 
 
 def test_extensions_follow_the_mime_type(registry: MediaRegistry, api: FakeGraphAPI, inbox: Path) -> None:

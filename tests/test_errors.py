@@ -3,7 +3,6 @@ registry intact afterwards."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -25,13 +24,13 @@ from media_registry import (
 )
 from media_registry.testing import FakeGraphAPI, sample_media
 
+import registry_db
 from conftest import PNG
 
 
 def assert_intact(registry: MediaRegistry, make_file: Callable[..., Path]) -> None:
-    with sqlite3.connect(registry.settings.db) as con:
-        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        assert con.execute("SELECT count(*) FROM leases").fetchone() == (0,)
+    registry_db.check_consistent(registry.settings.db)
+    assert registry_db.count(registry.settings.db, "leases") == 0
     assert registry.get_or_upload(make_file("afterwards.png"))
 
 
@@ -112,9 +111,8 @@ def test_api_unreachable(make_registry: Callable[..., MediaRegistry], make_file:
     registry = make_registry(api_base="http://127.0.0.1:9/v21.0", max_retries=1)
     with pytest.raises(APIUnreachable, match="cannot reach the Graph API.*check the network"):
         registry.get_or_upload(make_file("a.png"))
-    with sqlite3.connect(registry.settings.db) as con:
-        assert con.execute("SELECT count(*) FROM media").fetchone() == (0,)
-        assert con.execute("SELECT count(*) FROM leases").fetchone() == (0,)
+    assert registry_db.count(registry.settings.db, "media") == 0
+    assert registry_db.count(registry.settings.db, "leases") == 0
 
 
 def test_a_non_sqlite_file_at_the_db_path_is_left_untouched(
@@ -131,8 +129,8 @@ def test_a_non_sqlite_file_at_the_db_path_is_left_untouched(
 
 def test_a_registry_from_a_newer_version(make_registry: Callable[..., MediaRegistry], tmp_path: Path) -> None:
     db = tmp_path / "future.db"
-    with sqlite3.connect(db) as con:
-        con.execute("PRAGMA user_version = 99")
+    make_registry(db=db).close()
+    registry_db.set_user_version(db, 99)
     with pytest.raises(SchemaTooNew, match="schema version 99.*pip install -U media-registry"):
         make_registry(db=db)
 
@@ -141,14 +139,9 @@ def test_a_registry_locked_by_a_writer(make_registry: Callable[..., MediaRegistr
                                        make_file: Callable[..., Path], tmp_path: Path) -> None:
     registry = make_registry(busy_timeout=0.2)
     path = make_file("a.png")
-    holder = sqlite3.connect(tmp_path / "registry.db", isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    try:
-        with pytest.raises(RegistryLocked, match="locked by another writer for over 0.2 s"):
-            registry.get_or_upload(path)
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
+    with registry_db.write_lock(registry.settings.db), \
+            pytest.raises(RegistryLocked, match="locked by another writer for over 0.2 s"):
+        registry.get_or_upload(path)
     assert registry.get_or_upload(path)
 
 
@@ -193,5 +186,4 @@ def test_threads_hitting_errors_leave_no_lease(registry: MediaRegistry, api: Fak
     for thread in threads:
         thread.join()
     assert len(errors) == 8 and all("Invalid parameter" in str(e) for e in errors)
-    with sqlite3.connect(registry.settings.db) as con:
-        assert con.execute("SELECT count(*) FROM leases").fetchone() == (0,)
+    assert registry_db.count(registry.settings.db, "leases") == 0

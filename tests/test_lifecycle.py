@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -14,6 +13,7 @@ from freezegun.api import FrozenDateTimeFactory
 from media_registry import MediaRegistry, NotInRegistry
 from media_registry.testing import FakeGraphAPI
 
+import registry_db
 from conftest import PDF
 
 DAY0 = datetime(2026, 3, 1, 9, 0, tzinfo=timezone.utc)
@@ -28,8 +28,7 @@ def day0(make_registry: Callable[..., MediaRegistry]) -> Iterator[Day0]:
 
 
 def media_rows(registry: MediaRegistry) -> list[tuple[str, str]]:
-    with sqlite3.connect(registry.settings.db) as con:
-        return con.execute("SELECT media_id, state FROM media ORDER BY uploaded_at, media_id").fetchall()
+    return registry_db.media_states(registry.settings.db)
 
 
 def test_a_whole_life(day0: Day0, api: FakeGraphAPI,
@@ -201,9 +200,7 @@ def test_delete_while_the_api_is_down_then_purge(
     purged = registry.purge()
     assert [(a.action, a.media_id) for a in purged.actions] == [("deleted", media_id)]
     assert not api.live(media_id) and media_rows(registry) == [] and api.uploads == 1
-    with sqlite3.connect(registry.settings.db) as con:
-        actions = [row[0] for row in con.execute("SELECT action FROM events ORDER BY id")]
-    assert actions == ["upload", "delete", "deleted"]
+    assert registry_db.actions(registry.settings.db) == ["upload", "delete", "deleted"]
 
 
 def test_purge_drops_expired_deletions_without_calling_the_api(

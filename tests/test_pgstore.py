@@ -291,4 +291,4 @@ def test_the_password_never_shows_in_stats(open_store: Callable[..., PostgresSto
     password = psycopg.conninfo.conninfo_to_dict(postgres_url)["password"]
     stats = open_store().stats(NOW, NOW)
     assert str(password) not in repr(stats)
-    assert stats.backend["database"] == postgres_url.replace(f":{password}@", "@")
+    assert stats.backend["db"] == postgres_url.replace(f":{password}@", "@")

@@ -4,7 +4,6 @@ moves keeps the registry's invariants."""
 from __future__ import annotations
 
 import shutil
-import sqlite3
 import tempfile
 from datetime import timedelta
 from pathlib import Path
@@ -21,6 +20,8 @@ from hypothesis.stateful import (
 
 from media_registry import MediaRegistry
 from media_registry.testing import FakeGraphAPI, sample_media
+
+import registry_db
 
 FILES = 3
 
@@ -99,11 +100,8 @@ class RegistryLife(RuleBasedStateMachine):
 
     @invariant()
     def at_most_one_current_id_per_content_and_number(self) -> None:
-        with sqlite3.connect(self.registry.settings.db) as con:
-            assert con.execute(
-                "SELECT count(*) FROM (SELECT 1 FROM media WHERE state = 'current' "
-                "GROUP BY sha256, phone_number_id HAVING count(*) > 1)").fetchone() == (0,)
-            assert con.execute("SELECT count(*) FROM leases").fetchone() == (0,)
+        registry_db.check_consistent(self.registry.settings.db)
+        assert registry_db.count(self.registry.settings.db, "leases") == 0
 
     def teardown(self) -> None:
         self.registry.close()

@@ -7,12 +7,10 @@ import os
 import random
 import shutil
 import signal
-import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,35 +23,13 @@ from media_registry import (
 )
 from media_registry.testing import FakeGraphAPI, sample_media
 
-from conftest import CLI, PDF, PNG, run_cli
-from test_daemon import age_ids, wait_for
-
-
-def check_consistent(db: str | Path) -> None:
-    with sqlite3.connect(db) as con:
-        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        assert con.execute("PRAGMA foreign_key_check").fetchall() == []
-        doubled = con.execute(
-            "SELECT sha256, phone_number_id FROM media WHERE state = 'current' "
-            "GROUP BY 1, 2 HAVING count(*) > 1").fetchall()
-        assert doubled == []
+import registry_db
+from conftest import CLI, PDF, PNG, run_cli, wait_for
+from registry_db import age_ids, check_consistent, write_lock
 
 
 def media_ids(db: str | Path, state: str = "current") -> list[str]:
-    with sqlite3.connect(db) as con:
-        return [r[0] for r in con.execute("SELECT media_id FROM media WHERE state = ?", (state,))]
-
-
-@contextmanager
-def write_lock(db: str | Path) -> Iterator[None]:
-    """Hold the registry's write lock, so a writer in another process blocks right there."""
-    con = sqlite3.connect(db, isolation_level=None)
-    con.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    finally:
-        con.execute("ROLLBACK")
-        con.close()
+    return registry_db.media_ids(db, state)
 
 
 @pytest.fixture
@@ -292,8 +268,7 @@ def test_lasting_faults_end_in_one_clear_error(
     with pytest.raises(GraphAPIError, match=message):
         registry.get_or_upload(make_file("doomed.png"))
     assert media_ids(registry.settings.db) == []
-    with sqlite3.connect(registry.settings.db) as con:
-        assert con.execute("SELECT count(*) FROM leases").fetchone() == (0,)
+    assert registry_db.count(registry.settings.db, "leases") == 0
     check_consistent(registry.settings.db)
 
 

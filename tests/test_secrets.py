@@ -13,8 +13,8 @@ import pytest
 
 from media_registry.testing import FakeGraphAPI, sample_media
 
-from conftest import CLI, PDF, run_cli
-from test_daemon import age_ids, wait_for
+from conftest import CLI, PDF, run_cli, wait_for
+from registry_db import age_ids
 
 TOKEN = "EAAG" + secrets.token_urlsafe(48).replace("-", "x").replace("_", "y")
 

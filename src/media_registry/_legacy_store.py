@@ -17,15 +17,14 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from ._processes import alive
+from ._sqlite_migrations import SCHEMA_VERSION, ensure_schema
 from .errors import RegistryCorrupt, RegistryError, RegistryLocked, SchemaTooNew
 from .hashing import Fingerprint
 
-SCHEMA_VERSION = 1
 SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_SECONDS = 10.0
 T = TypeVar("T")
@@ -130,20 +129,12 @@ class Store:
 
     def _ensure_schema(self, con: sqlite3.Connection) -> None:
         version = con.execute("PRAGMA user_version").fetchone()[0]
-        if version == SCHEMA_VERSION:
-            return
         if version > SCHEMA_VERSION:
             raise SchemaTooNew(
                 f"registry {self.path} has schema version {version}, newer than this "
                 f"media-registry knows ({SCHEMA_VERSION}); upgrade: pip install -U media-registry"
             )
-        script = resources.files("media_registry").joinpath("schema.sql").read_text("utf-8")
-        with self._transact(con):
-            # Another process may have created the schema while this one waited for the lock.
-            if con.execute("PRAGMA user_version").fetchone()[0] == 0:
-                for statement in _statements(script):
-                    con.execute(statement)
-                con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        ensure_schema(con)
 
     def close(self) -> None:
         """Close every connection this Store opened."""

@@ -577,8 +577,8 @@ class PostgresStore:
 
         counts, phones, facts = self.db.run(work, transaction=True)
         backend: dict[str, str | int] = {
-            "backend": "postgresql", "database": self.location, "host_id": self.host_id,
-            "hosts": facts[2], "server_version": facts[0], "size_bytes": facts[1],
+            "db": self.location, "db_bytes": facts[1], "server_version": facts[0],
+            "host_id": self.host_id, "hosts": facts[2],
         }
         by_phone = {phone: PhoneStats(live, expiring) for phone, live, expiring in phones}
         return StoreStats._make([*counts, by_phone, backend])

@@ -26,11 +26,11 @@ from importlib import import_module
 from typing import NamedTuple, Protocol
 
 from ._processes import alive
+from .dburl import PostgresURL, is_postgres_url
 from .errors import ConfigError
 from .hashing import Fingerprint
 
 BUSY_TIMEOUT_SECONDS = 10.0
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 # -- rows --------------------------------------------------------------------------------
@@ -312,8 +312,9 @@ class Store(Protocol):
 
 
 def open_store(
-    db: str | os.PathLike[str], *, create: bool = True, busy_timeout: float = BUSY_TIMEOUT_SECONDS,
-    host_id: str | None = None, pool_size: int | None = None,
+    db: str | os.PathLike[str] | PostgresURL, *, create: bool = True,
+    busy_timeout: float = BUSY_TIMEOUT_SECONDS, host_id: str | None = None,
+    pool_size: int | None = None, host_retention: timedelta | None = None,
 ) -> Store:
     """The store that ``MEDIA_REGISTRY_DB`` names: a ``postgresql://`` URL means PostgreSQL,
     anything else is an SQLite file path.
@@ -322,10 +323,9 @@ def open_store(
     database that is not a media-registry registry, is refused untouched. Either mode
     upgrades an older registry of ours in place. ``host_id`` names this machine in a fleet
     (PostgreSQL only; default its hostname); ``pool_size`` bounds PostgreSQL's connection
-    pool.
+    pool; ``host_retention`` is how long an unseen host keeps its paths there.
     """
-    text = os.fspath(db)
-    if text.startswith(POSTGRES_SCHEMES):
+    if is_postgres_url(db):
         try:
             pgstore = import_module("media_registry.pgstore")
         except ModuleNotFoundError as exc:
@@ -336,13 +336,13 @@ def open_store(
                 "pip install 'media-registry[postgres]'"
             ) from None
         store: Store = pgstore.PostgresStore(
-            text, create=create, busy_timeout=busy_timeout, host_id=host_id or HOST,
-            pool_size=pool_size,
+            db, create=create, busy_timeout=busy_timeout, host_id=host_id or HOST,
+            pool_size=pool_size, **({"host_retention": host_retention} if host_retention else {}),
         )
         return store
     from ._sqlite_store import SQLiteStore
 
-    return SQLiteStore(text, create=create, busy_timeout=busy_timeout)
+    return SQLiteStore(os.fspath(db), create=create, busy_timeout=busy_timeout)
 
 
 # -- lease owners ------------------------------------------------------------------------

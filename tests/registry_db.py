@@ -1,0 +1,155 @@
+"""The one place where tests read or change a registry's database behind the registry's back.
+
+Each function takes the registry's ``db`` value (what ``MEDIA_REGISTRY_DB`` holds) so that a
+test does not care which backend it runs on; a backend other than SQLite adds its branch in
+:func:`connect` (and in the few SQLite-only helpers, which say so).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import psycopg
+
+Db = str | os.PathLike[str]
+
+
+@contextmanager
+def connect(db: Db) -> Iterator[Any]:
+    """A DB-API connection to the registry, committed on success."""
+    if is_postgres(db):
+        with psycopg.connect(str(db)) as pg:
+            yield _QmarkConnection(pg)
+        return
+    with closing(sqlite3.connect(db)) as con, con:
+        con.execute("PRAGMA foreign_keys = ON")  # as the store's own connections have it
+        yield con
+
+
+def is_postgres(db: Db) -> bool:
+    """Whether the registry is a PostgreSQL database (else an SQLite file)."""
+    return str(db).startswith("postgresql://")
+
+
+class _QmarkConnection:
+    """A psycopg connection that takes the ``?`` placeholders the tests write for SQLite."""
+
+    def __init__(self, con: psycopg.Connection[Any]) -> None:
+        self._con = con
+
+    def execute(self, sql: str, params: Any = ()) -> psycopg.Cursor[Any]:
+        return self._con.execute(sql.replace("%", "%%").replace("?", "%s"), params)  # type: ignore[arg-type]
+
+
+def stamp(moment: datetime) -> str:
+    """A time as the SQLite registry stores it."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def query(db: Db, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """The rows of one read-only statement."""
+    with connect(db) as con:
+        return [tuple(row) for row in con.execute(sql, params)]
+
+
+def count(db: Db, table: str, where: str = "1 = 1", *params: Any) -> int:
+    """How many rows of ``table`` match ``where``."""
+    return int(query(db, f"SELECT count(*) FROM {table} WHERE {where}", *params)[0][0])
+
+
+def media_states(db: Db) -> list[tuple[str, str]]:
+    """(media_id, state) of every media row, oldest upload first."""
+    return query(db, "SELECT media_id, state FROM media ORDER BY uploaded_at, media_id")
+
+
+def media_ids(db: Db, state: str) -> list[str]:
+    """The media IDs in one state."""
+    return [row[0] for row in query(db, "SELECT media_id FROM media WHERE state = ?", state)]
+
+
+def actions(db: Db) -> list[str]:
+    """The event log's actions, in order."""
+    return [row[0] for row in query(db, "SELECT action FROM events ORDER BY id")]
+
+
+def age_ids(db: Db, days_left: float, ttl_days: float = 30) -> None:
+    """Make every current ID look as if it had been uploaded long ago (test setup)."""
+    now = datetime.now(timezone.utc)
+    with connect(db) as con:
+        con.execute("UPDATE media SET uploaded_at = ?, expires_at = ?",
+                    (stamp(now - timedelta(days=ttl_days - days_left)), stamp(now + timedelta(days=days_left))))
+
+
+def execute(db: Db, sql: str, *params: Any) -> None:
+    """Change the registry behind its back (e.g. drop its media rows), committed."""
+    with connect(db) as con:
+        con.execute(sql, params)
+
+
+def add_lease(db: Db, sha256: str, phone_number_id: str, owner: str, expires_at: datetime) -> None:
+    """Plant an upload lease, as a process that died while holding it would have left it."""
+    execute(db, "INSERT INTO leases (sha256, phone_number_id, owner, expires_at"
+                + (", host_id) VALUES (?, ?, ?, ?, 'gone-host')" if is_postgres(db) else ") VALUES (?, ?, ?, ?)"),
+            sha256, phone_number_id, owner, stamp(expires_at))
+
+
+def check_consistent(db: Db) -> None:
+    """The registry passes its integrity checks: no broken reference, one current ID at most."""
+    if not is_postgres(db):  # PostgreSQL checks its constraints at every commit
+        with connect(db) as con:
+            assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            assert con.execute("PRAGMA foreign_key_check").fetchall() == []
+    doubled = query(db, "SELECT sha256, phone_number_id FROM media WHERE state = 'current' "
+                        "GROUP BY 1, 2 HAVING count(*) > 1")
+    assert doubled == []
+
+
+# -- SQLite only ---------------------------------------------------------------------------
+
+
+@contextmanager
+def write_lock(db: Db) -> Iterator[None]:
+    """Hold SQLite's write lock, so a writer in another process blocks right there."""
+    con = sqlite3.connect(db, isolation_level=None)
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        con.execute("ROLLBACK")
+        con.close()
+
+
+def set_user_version(db: Db, version: int) -> None:
+    """Pretend a registry was written by another schema version."""
+    execute(db, f"PRAGMA user_version = {int(version)}")
+
+
+def content_rows_plan(db: Db) -> str:
+    """SQLite's query plan for the listing (``ls``, ``records()``), one step per line."""
+    from media_registry._sqlite_store import CONTENT_ROWS_SQL
+
+    sql = "EXPLAIN QUERY PLAN " + CONTENT_ROWS_SQL.format(join="LEFT JOIN")
+    return "\n".join(row[-1] for row in query(db, sql, None, None, None, None))
+
+
+def schema(db: Db) -> dict[str, Any]:
+    """Tables with their columns, and indexes with their columns and condition, to compare
+    a registry made afresh with one upgraded step by step."""
+    with connect(db) as con:
+        names = con.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name").fetchall()
+        shape: dict[str, Any] = {}
+        for kind, name, _table, sql in names:
+            if kind == "table":
+                shape[name] = [row[1:] for row in con.execute(f"PRAGMA table_info({name})")]
+            elif kind == "index":
+                where = sql.split(" WHERE ", 1)[1].strip() if sql and " WHERE " in sql else None
+                shape[name] = ([row[2] for row in con.execute(f"PRAGMA index_info({name})")], where)
+            else:
+                shape[name] = kind
+        return shape
+

@@ -1,0 +1,212 @@
+"""The Store contract on every backend, and the SQLite file's own promises: named
+migrations from version 1, refusing what is not a registry, linear listings."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import sys
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from media_registry import ConfigError, RegistryError
+from media_registry import _sqlite_migrations as migrations
+from media_registry.errors import RegistryCorrupt
+from media_registry.hashing import Fingerprint
+from media_registry.store import LeaseStatus, NewMedia, Recorded, Store, open_store
+
+import registry_db
+
+V1 = Path(__file__).parent / "data" / "registry-v1.db"
+NOW = datetime(2026, 3, 1, 9, 0, tzinfo=timezone.utc)
+PHONE = "106540352242922"
+SHA = "a" * 64
+
+
+@pytest.fixture
+def store(registry_db_value: str) -> Iterator[Store]:
+    opened = open_store(registry_db_value)
+    yield opened
+    opened.close()
+
+
+def fp(path: str, size: int = 10) -> Fingerprint:
+    return Fingerprint(path, size, 1, 2, 3, 4)
+
+
+def new_media(media_id: str, sha256: str = SHA, **changes: object) -> NewMedia:
+    media = NewMedia(media_id, sha256, PHONE, "image/png", 10, NOW, NOW + timedelta(days=30))
+    return media._replace(**changes)
+
+
+def upload(store: Store, media_id: str, sha256: str = SHA) -> Recorded:
+    outcome = store.take_lease(sha256, PHONE, "me", NOW, NOW + timedelta(days=60), timedelta(minutes=5))
+    assert outcome.status is LeaseStatus.ACQUIRED
+    return store.record_upload(new_media(media_id, sha256), "me")
+
+
+# -- the contract --------------------------------------------------------------------------
+
+
+def test_a_cache_hit_gives_back_datetimes_and_the_current_id(store: Store) -> None:
+    store.remember_path(fp("/srv/a.png"), SHA, "image/png", NOW)
+    assert upload(store, "111") is Recorded.CURRENT
+    hit = store.lookup_path(fp("/srv/a.png"), PHONE, NOW + timedelta(days=1))
+    assert hit is not None and hit.sha256 == SHA and hit.media_id == "111" and hit.recorded_at == NOW
+    assert store.lookup_path(fp("/srv/a.png"), PHONE, NOW + timedelta(days=31)).media_id is None
+    assert store.lookup_path(fp("/srv/a.png")._replace(ctime_ns=9), PHONE, NOW) is None
+    assert store.lookup_path(fp("/srv/a.png")._replace(device=9), PHONE, NOW) is None
+
+
+def test_one_current_id_per_content_and_number(store: Store, registry_db_value: str) -> None:
+    store.remember_path(fp("/srv/a.png"), SHA, "image/png", NOW)
+    upload(store, "111")
+    upload(store, "222")
+    assert registry_db.media_states(registry_db_value) == [("111", "superseded"), ("222", "current")]
+    # The schema itself refuses a second current ID, whoever writes it.
+    with pytest.raises(Exception, match="UNIQUE|unique"):
+        registry_db.execute(registry_db_value, "UPDATE media SET state = 'current' WHERE media_id = '111'")
+    with pytest.raises(Exception, match="CHECK|check"):
+        registry_db.execute(registry_db_value, "UPDATE media SET state = 'lost' WHERE media_id = '111'")
+    with pytest.raises(Exception, match="FOREIGN KEY|foreign key"):
+        registry_db.execute(registry_db_value, "INSERT INTO media VALUES ('9', ?, ?, 'current', ?, ?)",
+                            "b" * 64, PHONE, registry_db.stamp(NOW), registry_db.stamp(NOW))
+    assert registry_db.media_states(registry_db_value)[-1] == ("222", "current")
+
+
+def test_deletion_wins_over_an_upload_in_flight(store: Store, registry_db_value: str) -> None:
+    store.remember_path(fp("/srv/a.png"), SHA, "image/png", NOW)
+    assert store.take_lease(SHA, PHONE, "me", NOW, NOW, timedelta(minutes=5)).status is LeaseStatus.ACQUIRED
+    store.mark_deleted(SHA, NOW, "delete")  # while the upload is in flight
+    assert registry_db.count(registry_db_value, "leases") == 0  # the delete revoked the lease
+    assert store.record_upload(new_media("333"), "me") is Recorded.CONTENT_DELETED
+    assert [row.media_id for row in store.pending_deletes(SHA)] == ["333"]
+    assert store.lookup_path(fp("/srv/a.png"), PHONE, NOW) is None
+    # A refresh (or a sender) that asks for the lease now is told the content is deleted.
+    assert store.take_lease(SHA, PHONE, "you", NOW, NOW, timedelta(minutes=5)).status is LeaseStatus.DELETED
+
+
+def test_deletion_wins_even_when_the_content_is_already_gone(store: Store, registry_db_value: str) -> None:
+    store.remember_path(fp("/srv/a.png"), SHA, "image/png", NOW)
+    upload(store, "111")
+    store.take_lease(SHA, PHONE, "me", NOW, NOW - timedelta(days=40), timedelta(minutes=5))
+    store.mark_deleted(SHA, NOW, "delete")
+    store.forget_media("111", NOW, "deleted")  # the remote DELETE done: the content goes
+    assert registry_db.count(registry_db_value, "contents") == 0
+    assert store.record_upload(new_media("444"), "me") is Recorded.CONTENT_DELETED
+    assert [row.media_id for row in store.pending_deletes()] == ["444"]
+    registry_db.check_consistent(registry_db_value)
+
+
+def test_sending_again_after_a_delete_revives_the_content(store: Store) -> None:
+    store.remember_path(fp("/srv/a.png"), SHA, "image/png", NOW)
+    upload(store, "111")
+    store.mark_deleted(SHA, NOW, "delete")
+    store.refresh_fingerprint(fp("/srv/a.png"), SHA, NOW)  # a refresh never revives
+    assert store.take_lease(SHA, PHONE, "me", NOW, NOW, timedelta(minutes=5)).status is LeaseStatus.DELETED
+    store.remember_path(fp("/srv/a.png"), SHA, "image/png", NOW)  # an explicit send does
+    assert upload(store, "222") is Recorded.CURRENT
+
+
+def test_rows_come_back_typed(store: Store) -> None:
+    odd = "/srv/a\nnew line.png"
+    store.remember_path(fp(odd), SHA, "image/png", NOW)
+    store.remember_path(fp("/srv/b.png"), SHA, "image/png", NOW + timedelta(seconds=1))
+    upload(store, "111")
+    [row] = store.content_rows()
+    assert sorted(row.paths) == ["/srv/a\nnew line.png", "/srv/b.png"]
+    assert (row.media_id, row.uploaded_at, row.expires_at, row.deleted_at) == ("111", NOW, NOW + timedelta(days=30),
+                                                                               None)
+    assert [r.media_id for r in store.content_rows(expiring_before=NOW + timedelta(days=31))] == ["111"]
+    assert list(store.content_rows(expiring_before=NOW + timedelta(days=29))) == []
+    assert [m.media_id for m in store.expiring_media(NOW + timedelta(days=31))] == ["111"]
+    assert [(s.fingerprint.path, s.recorded_at) for s in store.source_paths(SHA)][0] == ("/srv/b.png",
+                                                                                          NOW + timedelta(seconds=1))
+    assert [e.action for e in store.events(SHA)] == ["upload"] and store.events(SHA)[0].at == NOW
+    stats = store.stats(NOW, NOW + timedelta(days=3))
+    assert (stats.contents, stats.paths, stats.live_ids, stats.by_phone_number[PHONE].live_ids) == (1, 2, 1, 1)
+    assert stats.backend["db_bytes"] > 0
+
+
+def test_postgres_needs_its_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if the extra were not installed
+    monkeypatch.delitem(sys.modules, "media_registry.pgstore", raising=False)
+    monkeypatch.delitem(sys.modules, "media_registry._pg_connection", raising=False)
+    with pytest.raises(ConfigError, match=r"pip install 'media-registry\[postgres\]'"):
+        open_store("postgresql://app:secret@db.example:5432/media")
+
+
+# -- SQLite: named migrations ----------------------------------------------------------------
+
+
+def test_a_version_1_registry_is_upgraded_in_place_keeping_every_id(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    shutil.copy(V1, db)
+    media_before = registry_db.query(db, "SELECT * FROM media ORDER BY media_id")
+    events_before = registry_db.query(db, "SELECT * FROM events ORDER BY id")
+    inbound_before = registry_db.query(db, "SELECT * FROM inbound")
+    open_store(db, create=False).close()
+    assert registry_db.query(db, "SELECT * FROM media ORDER BY media_id") == media_before
+    assert registry_db.query(db, "SELECT * FROM events ORDER BY id") == events_before
+    assert registry_db.query(db, "SELECT * FROM inbound") == inbound_before
+    names = [name for name, _ in registry_db.query(db, "SELECT name, applied_at FROM migrations ORDER BY name")]
+    assert names == [m.name for m in migrations.MIGRATIONS]
+    assert registry_db.query(db, "PRAGMA user_version") == [(migrations.SCHEMA_VERSION,)]
+    # Upgraded step by step, it has exactly the schema a new registry gets.
+    fresh = tmp_path / "fresh.db"
+    open_store(fresh).close()
+    assert registry_db.schema(db) == registry_db.schema(fresh)
+
+
+def test_an_upgrade_stopped_half_way_resumes(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    shutil.copy(V1, db)
+    with sqlite3.connect(db, isolation_level=None) as con:  # only the first step done
+        con.execute("CREATE TABLE migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+        migrations.MIGRATIONS[1].apply(con)
+        con.execute("INSERT INTO migrations VALUES ('0002_fingerprint_ctime_device', '2026-01-01T00:00:00Z')")
+        con.execute("PRAGMA user_version = 2")
+    con.close()
+    open_store(db).close()
+    assert registry_db.query(db, "PRAGMA user_version") == [(migrations.SCHEMA_VERSION,)]
+    assert registry_db.count(db, "migrations") == len(migrations.MIGRATIONS)
+
+
+# -- SQLite: never touch what is not ours ----------------------------------------------------
+
+
+def test_a_missing_registry_is_not_created_in_read_mode(tmp_path: Path) -> None:
+    with pytest.raises(RegistryError, match="no registry at .*media-registry init"):
+        open_store(tmp_path / "nothing.db", create=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_someone_elses_sqlite_file_stays_byte_identical(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE customers (name TEXT)")
+        con.execute("INSERT INTO customers VALUES ('Ada')")
+    con.close()
+    before = db.read_bytes()
+    for create in (False, True):
+        with pytest.raises(RegistryCorrupt, match="not a media-registry registry \\(left untouched\\)"):
+            open_store(db, create=create)
+    assert db.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]
+
+
+def test_a_fifo_is_refused_without_waiting(tmp_path: Path) -> None:
+    fifo = tmp_path / "registry.db"
+    os.mkfifo(fifo)
+    with pytest.raises(RegistryCorrupt, match="not a regular file"):
+        open_store(fifo)
+
+
+def test_the_listing_plan_is_linear(tmp_path: Path) -> None:
+    open_store(tmp_path / "registry.db").close()
+    plan = registry_db.content_rows_plan(tmp_path / "registry.db")
+    assert "media_one_current" in plan and "media_by_expiry" not in plan and "SCAN m" not in plan
