@@ -31,7 +31,7 @@ CREATE TABLE media (
     state           text NOT NULL DEFAULT 'current'
                     CHECK (state IN ('current', 'superseded', 'deleting')),
     uploaded_at     timestamptz NOT NULL,
-    expires_at      timestamptz NOT NULL CHECK (expires_at > uploaded_at),
+    expires_at      timestamptz NOT NULL,
     claimed_by      text,
     claimed_until   timestamptz
 );
