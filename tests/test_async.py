@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -207,3 +209,179 @@ def test_sync_processes_and_an_async_process_make_one_upload(
     ids = {out.split("\t")[0] for out, _ in outputs}
     assert len(ids) == 1 and api.uploads == 1
     assert sum("uploaded" in out for out, _ in outputs) == 1
+
+
+class ThreadsOfCalls:
+    """Stands in for a registry's store: every call goes through, and the thread that made
+    it is recorded; ``entered(name)`` is set once a call of that name starts."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.calls: list[tuple[str, int]] = []
+        self._entered: dict[str, threading.Event] = {}
+
+    def entered(self, name: str) -> threading.Event:
+        return self._entered.setdefault(name, threading.Event())
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._store, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append((name, threading.get_ident()))
+            self.entered(name).set()
+            return attribute(*args, **kwargs)
+
+        return call
+
+    def on(self, thread: int) -> set[str]:
+        return {name for name, ident in self.calls if ident == thread}
+
+
+FILE_EVENTS = {"open", "os.rename", "os.mkdir", "os.remove"}
+_watched: list[tuple[str, list[tuple[str, int]]]] = []
+
+
+def _file_events(event: str, args: tuple[Any, ...]) -> None:
+    if _watched and event in FILE_EVENTS and isinstance(args[0], str | Path):
+        for folder, seen in _watched:
+            if str(args[0]).startswith(folder):
+                seen.append((event, threading.get_ident()))
+
+
+sys.addaudithook(_file_events)  # the interpreter's own audit events: open, rename, mkdir, remove
+
+
+@contextmanager
+def file_events_under(folder: Path) -> Iterator[list[tuple[str, int]]]:
+    """(event, thread) of every file creation, rename, mkdir and removal under ``folder``."""
+    seen: list[tuple[str, int]] = []
+    _watched.append((str(folder), seen))
+    try:
+        yield seen
+    finally:
+        _watched.remove((str(folder), seen))
+
+
+def test_no_store_or_file_call_runs_on_the_event_loop(
+    async_registry: Callable[..., AsyncMediaRegistry], api: FakeGraphAPI, make_file: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    kept, gone = make_file("kept.png"), make_file("gone.pdf", PDF)
+    inbound = api.add_media(sample_media("image/jpeg"), "image/jpeg")
+    later = [timedelta()]
+
+    async def main() -> tuple[ThreadsOfCalls, list[tuple[str, int]], int]:
+        async with async_registry(clock=lambda: datetime.now(timezone.utc) + later[0]) as registry:
+            store = registry.store
+            calls = registry.store = ThreadsOfCalls(store)  # type: ignore[assignment]
+            with file_events_under(tmp_path / "in") as files:
+                assert (await registry.get_or_upload_with_status(kept)).uploaded  # upload
+                await registry.get_or_upload(gone)
+                await registry.get_or_upload(kept)  # the cache hit: fast_lookup on the loop
+                later[0] = timedelta(days=28)
+                refreshed = await registry.refresh_expiring()  # refresh
+                assert refreshed.count("refreshed") == 2
+                gone.unlink()
+                assert (await registry.purge()).count("vanished") == 1  # purge
+                assert (await registry.delete(kept)).count("deleted") == 2  # delete
+                assert (await registry.download(inbound, tmp_path / "in")).fetched  # download
+            registry.store = store
+            return calls, files, threading.get_ident()
+
+    calls, files, loop_thread = asyncio.run(main())
+    made = {name for name, _ in calls.calls}
+    assert {"take_lease", "record_upload", "mark_deleted", "forget_media", "record_inbound"} <= made
+    assert calls.on(loop_thread) == {"fast_lookup"}
+    assert {"open", "os.rename"} <= {event for event, _ in files}  # mkstemp, then the rename
+    assert [event for event, thread in files if thread == loop_thread] == []
+
+
+HOLD_WRITE_LOCK = """
+import sqlite3, sys
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+con.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.readline()
+con.execute("ROLLBACK")
+"""
+
+
+@contextmanager
+def write_lock_held_elsewhere(db: Path) -> Iterator[Callable[[], None]]:
+    """Another process holds the registry's write lock until the yielded function is called."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITE_LOCK, str(db)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+
+    def release() -> None:
+        if holder.poll() is None:
+            holder.communicate("\n", timeout=30)
+
+    try:
+        yield release
+    finally:
+        release()
+
+
+@pytest.mark.timeout(90)
+def test_a_task_cancelled_while_waiting_for_the_lease_leaves_no_lease(
+    async_registry: Callable[..., AsyncMediaRegistry], make_file: Callable[..., Path],
+) -> None:
+    path = make_file("offer.png")
+    later = [timedelta()]
+
+    async def main() -> tuple[ThreadsOfCalls, int]:
+        clock = lambda: datetime.now(timezone.utc) + later[0]  # noqa: E731
+        async with async_registry(clock=clock, lease_seconds=3600, busy_timeout=60) as sender:
+            await sender.get_or_upload(path)
+            # Forty days on, that ID has expired and the path is known: the first write of the
+            # next upload is taking the lease.
+            later[0] = timedelta(days=40)
+            calls = sender.store = ThreadsOfCalls(sender.store)  # type: ignore[assignment]
+            with write_lock_held_elsewhere(sender.settings.db) as release:
+                async def expire_once_its_thread_waits_for_the_lock() -> None:
+                    await asyncio.to_thread(calls.entered("take_lease").wait)
+                    deadline.reschedule(asyncio.get_running_loop().time())
+
+                with pytest.raises(TimeoutError):  # a timeout cancels it, as wait_for would
+                    async with asyncio.timeout(None) as deadline:
+                        watcher = asyncio.create_task(expire_once_its_thread_waits_for_the_lock())
+                        await sender.get_or_upload(path)
+                await watcher
+                release()
+            # A leaked lease (held by this live process) would make this wait an hour.
+            assert (await sender.get_or_upload_with_status(path)).uploaded
+            await asyncio.to_thread(calls.entered("release_lease").wait)
+            return calls, threading.get_ident()
+
+    calls, loop_thread = asyncio.run(main())
+    assert leases(path.parent / "registry.db") == 0
+    assert "release_lease" in {name for name, _ in calls.calls} - calls.on(loop_thread)
+
+
+@pytest.mark.timeout(90)
+def test_a_cancelled_upload_releases_its_lease_off_the_loop_while_another_process_writes(
+    async_registry: Callable[..., AsyncMediaRegistry], api: FakeGraphAPI, make_file: Callable[..., Path]
+) -> None:
+    path = make_file("big-offer.png")
+    api.fail(delay=2, method="POST")
+
+    async def main() -> tuple[ThreadsOfCalls, int]:
+        async with async_registry(busy_timeout=20) as sender:
+            calls = sender.store = ThreadsOfCalls(sender.store)  # type: ignore[assignment]
+            task = asyncio.create_task(sender.get_or_upload(path))
+            while api.count("POST") == 0:
+                await asyncio.sleep(0.01)
+            with write_lock_held_elsewhere(sender.settings.db) as release:
+                task.cancel()
+                await asyncio.to_thread(calls.entered("release_lease").wait)  # the loop is free
+                release()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            return calls, threading.get_ident()
+
+    calls, loop_thread = asyncio.run(main())
+    assert "release_lease" not in calls.on(loop_thread)
+    assert leases(path.parent / "registry.db") == 0

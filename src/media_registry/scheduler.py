@@ -10,13 +10,14 @@ import fcntl
 import logging
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.schedulers.background import BackgroundScheduler
 
 from .errors import MediaRegistryError, RegistryLocked
 from .models import LifecycleAction, Report
@@ -32,7 +33,7 @@ def run_daemon(registry: MediaRegistry) -> None:
     """
     settings = registry.settings
     with _only_daemon(settings.db):
-        scheduler = BlockingScheduler(
+        scheduler = BackgroundScheduler(
             timezone=timezone.utc,
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
@@ -46,18 +47,23 @@ def run_daemon(registry: MediaRegistry) -> None:
                 _run_job, "interval", args=(name, job), seconds=interval.total_seconds(),
                 id=name, name=name, next_run_time=start,
             )
+        # The handler only records the signal: one that arrives before the scheduler runs
+        # must stop it as surely as one that arrives later.
+        stopping = threading.Event()
 
         def stop(signum: int, _frame: Any) -> None:
             log.info("%s received: finishing the uploads in flight, then stopping",
                      signal.Signals(signum).name)
-            registry.stop()
-            scheduler.shutdown(wait=True)  # returns once the running jobs have ended
+            stopping.set()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        scheduler.start()
         log.info("daemon started on %s: refresh every %s, purge every %s",
                  settings.db, settings.refresh_interval, settings.purge_interval)
-        scheduler.start()  # blocks until stop() has run
+        stopping.wait()
+        registry.stop()
+        scheduler.shutdown(wait=True)  # returns once the running jobs have ended
         log.info("daemon stopped")
 
 

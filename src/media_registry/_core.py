@@ -1,0 +1,85 @@
+"""What every part of a registry shares: settings, store, Graph client, clock, windows."""
+
+from __future__ import annotations
+
+import os
+import threading
+from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
+
+import httpx
+
+from ._flows import Clock, utc_now
+from .config import Settings, Windows, load_settings
+from ._legacy_store import Store, iso
+
+C = TypeVar("C", bound="RegistryCore")
+
+
+class RegistryCore:
+    """Settings, store and the helpers the rules share. Subclasses name their Graph client
+    (``_client``); the concerns (sending, lifecycle, inbound, reading) are mixins on it."""
+
+    _client: Any  # the Graph client class: GraphClient or AsyncGraphClient
+
+    def __init__(
+        self,
+        db: str | os.PathLike[str] | None = None,
+        *,
+        token: str | None = None,
+        phone_number_id: str | None = None,
+        settings: Settings | None = None,
+        transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
+        clock: Clock = utc_now,
+        **overrides: Any,
+    ) -> None:
+        self.settings = settings or load_settings(
+            db=db, token=token, phone_number_id=phone_number_id, **overrides
+        )
+        self._clock = clock
+        self.store = Store(self.settings.db, busy_timeout=self.settings.busy_timeout)
+        self._lease_for = timedelta(seconds=self.settings.lease_seconds)
+        self._stopping = threading.Event()
+        self._windows_by_phone: dict[str, Windows] = {}
+        self._valid_until_cache: tuple[int, timedelta, str] = (0, timedelta(), "")
+        self.graph = self._client(transport=transport, **self._graph_options())
+
+    @classmethod
+    def from_env(cls: type[C], **overrides: Any) -> C:
+        """A registry configured from the environment; keyword arguments override it."""
+        return cls(**overrides)
+
+    def _graph_options(self) -> dict[str, Any]:
+        settings = self.settings
+        return {
+            "token": settings.token.get_secret_value() if settings.token else None,
+            "api_base": settings.api_base,
+            "user_agent": settings.user_agent,
+            "timeout": settings.timeout,
+            "max_retries": settings.max_retries,
+            "backoff": settings.retry_backoff,
+            "media_host_suffixes": settings.media_hosts,
+        }
+
+    def stop(self) -> None:
+        """Ask a running refresh to finish its current uploads and start no new ones."""
+        self._stopping.set()
+
+    def _windows(self, phone: str) -> Windows:
+        """The TTL and validity windows of one number, worked out once."""
+        windows = self._windows_by_phone.get(phone)
+        if windows is None:
+            windows = self._windows_by_phone[phone] = self.settings.windows(phone)
+        return windows
+
+    def _valid_until(self, validity: timedelta) -> str:
+        """``iso(now + validity)``, computed once per second: this is on every cache hit."""
+        now: datetime = self._clock()
+        second = int(now.timestamp())
+        cached = self._valid_until_cache
+        if cached[0] == second and cached[1] == validity:
+            return cached[2]
+        # The end of the current second: never less strict than the exact time would be.
+        text = iso(datetime.fromtimestamp(second + 1, timezone.utc) + validity)
+        self._valid_until_cache = (second, validity, text)
+        return text

@@ -1,0 +1,97 @@
+"""Inbound media: downloads by media ID and from webhook payloads."""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from . import blobs
+from ._core import RegistryCore
+from ._flows import Blocking, DownloadTo, Flow, GetMedia, Sleep
+from .errors import DownloadURLExpired, IntegrityError
+from .models import DownloadedMedia, MediaMetadata
+from .webhooks import media_in_webhook
+
+
+class Inbound(RegistryCore):
+    """The rules of fetching inbound media whole and verified, into ``<sha256>.<ext>``."""
+
+    def _download_flow(
+        self, media_id: str, dest_dir: str | os.PathLike[str] | None, phone_number_id: str | None
+    ) -> Flow[DownloadedMedia]:
+        """Download with retries: an expired URL or a bad transfer starts over with fresh
+        metadata after a jittered backoff, up to ``max_retries`` times."""
+        folder = Path(dest_dir) if dest_dir is not None else self.settings.blob_dir
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return (yield from self._download_once(media_id, folder, phone_number_id))
+            except (IntegrityError, DownloadURLExpired) as exc:
+                if attempt > self.settings.max_retries:
+                    if isinstance(exc, DownloadURLExpired):
+                        raise DownloadURLExpired(
+                            f"media {media_id}: every download URL had expired before it was "
+                            "fetched; check the clock of this machine, then try again"
+                        ) from None
+                    raise
+            cap = min(30.0, self.settings.retry_backoff * 2**attempt)
+            yield Sleep(random.uniform(0, cap))  # full jitter, as for API calls
+
+    def _download_once(
+        self, media_id: str, folder: Path, phone_number_id: str | None
+    ) -> Flow[DownloadedMedia]:
+        """Fresh metadata, then the bytes into a verified temporary file renamed into place
+        (unless the content is already on disk), then the record. Creating, syncing and
+        renaming the file are blocking effects: none of it runs on an event loop."""
+        metadata: MediaMetadata = yield GetMedia(media_id, phone_number_id)
+        mime_type = metadata.mime_type.split(";")[0].strip()
+        destination = folder / blobs.file_name(metadata.sha256, mime_type)
+        file: blobs.VerifiedFile | None = yield Blocking(
+            functools.partial(_open_unless_on_disk, destination, metadata), undo=_discard
+        )
+        if file is not None:
+            try:
+                yield DownloadTo(metadata.url, file)
+            except BaseException as exc:
+                yield Blocking(functools.partial(file.__exit__, type(exc), exc, exc.__traceback__))
+                raise
+            yield Blocking(functools.partial(file.__exit__, None, None, None))
+        fetched = file is not None
+        yield Blocking(functools.partial(
+            self.store.record_inbound, media_id, metadata.sha256, mime_type, metadata.file_size,
+            str(destination.resolve()), self._clock(), None if fetched else "already on disk",
+        ))
+        return DownloadedMedia(media_id=media_id, sha256=metadata.sha256, mime_type=mime_type,
+                               size_bytes=metadata.file_size, path=destination, fetched=fetched)
+
+    def _download_webhook_flow(
+        self, payload: dict[str, Any], dest_dir: str | os.PathLike[str] | None
+    ) -> Flow[list[DownloadedMedia]]:
+        """Download every media item of a webhook payload; its sha256 must match the API's."""
+        downloaded = []
+        for item in media_in_webhook(payload):
+            result = yield from self._download_flow(item.media_id, dest_dir, item.phone_number_id)
+            if item.sha256 and item.sha256 != result.sha256:
+                raise IntegrityError(
+                    f"media {item.media_id}: the webhook's sha256 differs from the API's; "
+                    f"kept {result.path} as the API describes it, check the webhook's source"
+                )
+            downloaded.append(result)
+        return downloaded
+
+
+def _open_unless_on_disk(destination: Path, metadata: MediaMetadata) -> blobs.VerifiedFile | None:
+    """An open temporary file for the content, or None if it is already on disk."""
+    if destination.is_file() and destination.stat().st_size == metadata.file_size:
+        return None
+    return blobs.VerifiedFile(destination, metadata.file_size, metadata.sha256).__enter__()
+
+
+def _discard(file: blobs.VerifiedFile | None) -> None:
+    """Close and remove the temporary file of a download abandoned before it started."""
+    if file is not None:
+        file.__exit__(BaseException, None, None)

@@ -1,0 +1,136 @@
+"""Lifecycle: refresh before expiry, delete, purge, remote DELETEs and finding sources."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+from . import hashing
+from ._flows import Blocking, DeleteMedia, Flow, Hashing
+from ._sending import Sending
+from .errors import GraphAPIError, MediaNotFound, MediaRegistryError, NotInRegistry, SourceNotFound
+from .models import LifecycleAction, Report
+from ._legacy_store import iso
+
+OnAction = Callable[[LifecycleAction], None]
+
+
+class Lifecycle(Sending):
+    """The rules that keep IDs fresh and clean up what is no longer wanted."""
+
+    def _expiring_rows(self) -> list[dict[str, Any]]:
+        # The global window is the widest; numbers with a shorter TTL narrow theirs.
+        now = self._clock()
+        rows = self.store.expiring_media(iso(now + self.settings.refresh_before))
+        return [row for row in rows
+                if row["expires_at"] <= iso(now + self._windows(row["phone_number_id"]).refresh_before)]
+
+    def _refresh_one(self, row: dict[str, Any], dry_run: bool) -> Flow[LifecycleAction]:
+        """Upload one expiring content again from a source file that still holds it (single
+        flight, so a concurrent refresh or sender makes no second upload)."""
+        found = _ids(row)
+        source: hashing.Fingerprint | None = yield Hashing(
+            functools.partial(self._find_source, row["sha256"], row["mime_type"])
+        )
+        if source is None:
+            return LifecycleAction(action="skipped", detail="no source file left", **found)
+        if dry_run:
+            return LifecycleAction(action="refreshed", detail=f"would upload {source.path}", **found)
+        if self._stopping.is_set():
+            return LifecycleAction(action="skipped", detail="stopping", **found)
+        try:
+            outcome = yield from self._single_flight(
+                source, row["sha256"], row["phone_number_id"], row["mime_type"],
+                self._windows(row["phone_number_id"]).refresh_before, action="refresh",
+            )
+        except MediaRegistryError as exc:
+            return LifecycleAction(action="failed", detail=str(exc), **found)
+        if not outcome.uploaded:
+            return LifecycleAction(action="skipped", detail="already refreshed", **found)
+        return LifecycleAction(action="refreshed", new_media_id=outcome.media_id, **found)
+
+    def _delete_flow(self, target: str | os.PathLike[str]) -> Flow[Report]:
+        """Mark a content deleted (never served again), then DELETE its IDs at the API."""
+        sha256: str | None = yield Blocking(functools.partial(self.store.resolve, os.fspath(target)))
+        if sha256 is None:
+            raise NotInRegistry(
+                f"{target}: not in the registry; check the path, sha256 or media ID (see: ls)"
+            )
+        yield Blocking(functools.partial(self.store.mark_deleted, sha256, self._clock(), f"delete {target}"))
+        pending: list[dict[str, Any]] = yield Blocking(self.store.pending_deletes)
+        report = Report()
+        for row in pending:
+            if row["sha256"] == sha256:
+                report.actions.append((yield from self._delete_remotely(row)))
+        return report
+
+    def _purge_flow(self, dry_run: bool, on_action: OnAction | None) -> Flow[Report]:
+        """Delete contents whose sources all vanished, drop expired IDs, retry owed DELETEs."""
+        report = Report(dry_run=dry_run)
+        contents: list[tuple[str, str]] = yield Blocking(self.store.sourced_contents)
+        for sha256, mime_type in contents:
+            if (yield Hashing(functools.partial(self._find_source, sha256, mime_type))) is None:
+                vanished = LifecycleAction(action="vanished", sha256=sha256,
+                                           detail="all source files vanished")
+                add(report, vanished, on_action)
+                if not dry_run:
+                    yield Blocking(functools.partial(
+                        self.store.mark_deleted, sha256, self._clock(), "sources vanished"))
+        expired: list[dict[str, Any]] = yield Blocking(
+            functools.partial(self.store.expired_media, iso(self._clock())))
+        for row in expired:
+            add(report, LifecycleAction(action="expired", **_ids(row)), on_action)
+            if not dry_run:
+                yield Blocking(functools.partial(
+                    self.store.forget_media, row["media_id"], self._clock(), "expired"))
+        pending: list[dict[str, Any]] = yield Blocking(self.store.pending_deletes)
+        for row in pending:
+            if dry_run:
+                action = LifecycleAction(action="deleted", detail="would DELETE", **_ids(row))
+            else:
+                action = yield from self._delete_remotely(row)
+            add(report, action, on_action)
+        return report
+
+    def _delete_remotely(self, row: dict[str, Any]) -> Flow[LifecycleAction]:
+        """DELETE one ID at the API and forget it; an API failure leaves it owed to purge."""
+        found = _ids(row)
+        try:
+            yield DeleteMedia(row["media_id"], row["phone_number_id"])
+            detail = None
+        except MediaNotFound:
+            detail = "already gone from the API"
+        except GraphAPIError as exc:
+            return LifecycleAction(action="pending", detail=str(exc), **found)
+        yield Blocking(functools.partial(
+            self.store.forget_media, row["media_id"], self._clock(), "deleted", detail))
+        return LifecycleAction(action="deleted", detail=detail, **found)
+
+    def _find_source(self, sha256: str, mime_type: str) -> hashing.Fingerprint | None:
+        """A recorded source file that still holds the content, or None."""
+        for recorded in self.store.source_paths(sha256):
+            try:
+                current = hashing.fingerprint(recorded.path)
+                if current == recorded:
+                    return current
+                # Touched or copied over: only the bytes can say whether it still holds them.
+                with hashing.open_source(current.path) as file:
+                    if hashing.sha256_file(file) == sha256:
+                        self.store.remember_path(current, sha256, mime_type, self._clock())
+                        return current
+            except SourceNotFound:
+                continue
+        return None
+
+
+def _ids(row: dict[str, Any]) -> dict[str, Any]:
+    return {key: row[key] for key in ("sha256", "phone_number_id", "media_id")}
+
+
+def add(report: Report, action: LifecycleAction, on_action: OnAction | None) -> None:
+    """Append an action to a report and tell ``on_action`` of it."""
+    report.actions.append(action)
+    if on_action is not None:
+        on_action(action)
