@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 import httpx
 
 from ._flows import Clock, utc_now
-from .config import Settings, Windows, load_settings
 from ._legacy_store import Store, iso
+from .config import Settings, Windows, load_settings
 
 C = TypeVar("C", bound="RegistryCore")
 

@@ -9,10 +9,10 @@ from typing import Any
 
 from . import hashing
 from ._flows import Blocking, DeleteMedia, Flow, Hashing
+from ._legacy_store import iso
 from ._sending import Sending
 from .errors import GraphAPIError, MediaNotFound, MediaRegistryError, NotInRegistry, SourceNotFound
 from .models import LifecycleAction, Report
-from ._legacy_store import iso
 
 OnAction = Callable[[LifecycleAction], None]
 

@@ -7,8 +7,8 @@ from datetime import timedelta
 from typing import Any
 
 from ._core import RegistryCore
-from .models import MediaEvent, MediaRecord
 from ._legacy_store import iso, parse_iso
+from .models import MediaEvent, MediaRecord
 
 
 class Reading(RegistryCore):

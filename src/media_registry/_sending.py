@@ -12,8 +12,8 @@ from typing import NamedTuple
 from . import hashing, media_types
 from ._core import RegistryCore
 from ._flows import Blocking, Flow, Hashing, Sleep, Upload
-from .errors import ConfigError, MediaRegistryError
 from ._legacy_store import LeaseOutcome, iso, new_owner
+from .errors import ConfigError, MediaRegistryError
 
 
 class Outcome(NamedTuple):

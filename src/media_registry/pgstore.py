@@ -22,6 +22,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from importlib import resources
 from typing import Any
@@ -31,7 +32,7 @@ from psycopg.rows import tuple_row
 
 from ._pg_connection import Connection, Connections, connection_lost
 from .dburl import PostgresURL
-from .errors import RegistryCorrupt, RegistryError, SchemaTooNew
+from .errors import RegistryCorrupt, RegistryError, RegistryLocked, SchemaTooNew
 from .hashing import Fingerprint
 from .store import (
     BUSY_TIMEOUT_SECONDS,
@@ -585,17 +586,22 @@ class PostgresStore:
 
     # -- daemon -------------------------------------------------------------------------------
 
-    def hold_daemon_lock(self) -> Connection | None:
-        """Take this host's daemon lock on a session of its own; None if another daemon of
-        this host holds it. Close the returned connection to let it go."""
+    @contextmanager
+    def daemon_lock(self) -> Iterator[None]:
+        """Hold this host's daemon lock for the block, on a session of its own: a second
+        daemon on the same host is refused (RegistryLocked); other hosts run their own. The
+        lock goes with the session, so a killed daemon never blocks the next one."""
         con = self.db.direct()
-        got = con.execute(
-            "SELECT pg_try_advisory_lock(%s, %s)", (LOCK_DAEMON, lock_key(self.host_id))
-        ).fetchone()
-        if got is None or not got[0]:
+        try:
+            if not _one(con.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                                    (LOCK_DAEMON, lock_key(self.host_id)))):
+                raise RegistryLocked(
+                    f"another media-registry daemon already serves host {self.host_id} on "
+                    f"{self.location}; stop it first, or give this one its own MEDIA_REGISTRY_HOST_ID"
+                )
+            yield
+        finally:
             con.close()
-            return None
-        return con
 
     def close(self) -> None:
         """Release held claims and every connection."""

@@ -1,4 +1,5 @@
-"""The daemon: refresh and purge on a schedule (APScheduler 3.x), one daemon per registry.
+"""The daemon: refresh and purge on a schedule (APScheduler 3.x), one daemon per registry
+(per host of a PostgreSQL registry: each host refreshes and checks its own files).
 
 A first pass of each job runs at start. SIGTERM or SIGINT stops it gracefully: the uploads
 in flight finish and are recorded, no new one starts, and the process exits 0.
@@ -14,11 +15,11 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from .dburl import PostgresURL
 from .errors import MediaRegistryError, RegistryLocked
 from .models import LifecycleAction, Report
 from .registry import MediaRegistry
@@ -29,10 +30,10 @@ log = logging.getLogger("media_registry.daemon")
 def run_daemon(registry: MediaRegistry) -> None:
     """Run refresh and purge every ``refresh_interval`` / ``purge_interval`` until a signal.
 
-    Raises RegistryLocked if another daemon already serves this registry.
+    Raises RegistryLocked if another daemon already serves this registry (or this host).
     """
     settings = registry.settings
-    with _only_daemon(settings.db):
+    with _only_daemon(registry):
         scheduler = BackgroundScheduler(
             timezone=timezone.utc,
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -84,12 +85,21 @@ def _log_action(action: LifecycleAction) -> None:
 
 
 @contextmanager
-def _only_daemon(db: Path) -> Iterator[None]:
-    """Hold an exclusive lock beside the registry for as long as the daemon runs.
+def _only_daemon(registry: MediaRegistry) -> Iterator[None]:
+    """Hold an exclusive lock for as long as the daemon runs: beside an SQLite registry, or
+    this host's advisory lock in a PostgreSQL one.
 
     flock is released by the kernel when the process dies, so a killed daemon never blocks
     the next one.
     """
+    db = registry.settings.db
+    if isinstance(db, PostgresURL):
+        from .pgstore import PostgresStore
+
+        assert isinstance(registry.store, PostgresStore)
+        with registry.store.daemon_lock():
+            yield
+        return
     lock_path = db.with_name(db.name + ".daemon-lock")
     with open(lock_path, "a+") as lock:
         try:
