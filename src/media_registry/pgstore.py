@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -93,6 +94,8 @@ class PostgresStore:
         self.db = Connections(self.url, size=pool_size or DEFAULT_POOL_SIZE, timeout=busy_timeout)
         self._claims: dict[str, Connection] = {}  # lease owner -> the session holding its lock
         self._claims_lock = threading.Lock()
+        reference = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _forget_claims(reference))
         with self.db.direct() as con:
             self._ensure_schema(con, create)
         self._touch_host()
@@ -714,6 +717,12 @@ def _serve_or_deleted(con: Connection, sha256: str, phone: str, valid_until: dat
     if row[1] is not None:
         return LeaseOutcome(LeaseStatus.SERVE, row[1])
     return None
+
+
+def _forget_claims(reference: weakref.ref[PostgresStore]) -> None:
+    store = reference()
+    if store is not None:  # the parent's sessions and locks stay the parent's
+        store._claims, store._claims_lock = {}, threading.Lock()
 
 
 def _one(cursor: psycopg.Cursor[Any]) -> Any:
