@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import freezegun
 import pytest
 
 from media_registry import MediaRegistry
@@ -20,6 +21,8 @@ from media_registry.testing import FakeGraphAPI, sample_media
 from pg_server import PostgresServer, create_database, drop_database
 
 CLI = Path(sys.executable).with_name("media-registry")
+# The PostgreSQL driver's pool keeps time in a thread of its own: a frozen clock must not stall it.
+freezegun.configure(extend_ignore_list=["psycopg", "psycopg_pool"])
 PNG = "image/png"
 PDF = "application/pdf"
 
@@ -75,6 +78,19 @@ def api(fake_graph_api: FakeGraphAPI) -> FakeGraphAPI:
 # Every registry test runs once per backend. A backend is a name here and a branch in
 # ``registry_db_value`` that returns a fresh, empty registry location (MEDIA_REGISTRY_DB).
 BACKENDS = ["sqlite", "postgres"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked ``sqlite_only`` checks something only SQLite has (its lock file beside
+    the registry): it runs on SQLite alone, and PostgreSQL's counterpart lives elsewhere."""
+    keep, drop = [], []
+    for item in items:
+        params = getattr(item, "callspec", None)
+        on_postgres = params is not None and params.params.get("backend") == "postgres"
+        (drop if on_postgres and item.get_closest_marker("sqlite_only") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture(params=BACKENDS)

@@ -16,6 +16,8 @@ from typing import Any
 
 import psycopg
 
+from media_registry.dburl import PostgresURL
+
 Db = str | os.PathLike[str]
 
 
@@ -23,7 +25,7 @@ Db = str | os.PathLike[str]
 def connect(db: Db) -> Iterator[Any]:
     """A DB-API connection to the registry, committed on success."""
     if is_postgres(db):
-        with psycopg.connect(str(db)) as pg:
+        with psycopg.connect(location(db), row_factory=_rows_as_in_sqlite) as pg:
             yield _QmarkConnection(pg)
         return
     with closing(sqlite3.connect(db)) as con, con:
@@ -34,6 +36,16 @@ def connect(db: Db) -> Iterator[Any]:
 def is_postgres(db: Db) -> bool:
     """Whether the registry is a PostgreSQL database (else an SQLite file)."""
     return str(db).startswith("postgresql://")
+
+
+def location(db: Db) -> str:
+    """The registry as MEDIA_REGISTRY_DB names it, password included (for a helper process)."""
+    return db.secret() if isinstance(db, PostgresURL) else str(db)
+
+
+def _rows_as_in_sqlite(cursor: Any) -> Any:
+    """Rows with times as the SQLite registry writes them, so tests compare either alike."""
+    return lambda values: tuple(stamp(v) if isinstance(v, datetime) else v for v in values)
 
 
 class _QmarkConnection:
@@ -109,12 +121,16 @@ def check_consistent(db: Db) -> None:
     assert doubled == []
 
 
-# -- SQLite only ---------------------------------------------------------------------------
-
-
 @contextmanager
 def write_lock(db: Db) -> Iterator[None]:
-    """Hold SQLite's write lock, so a writer in another process blocks right there."""
+    """Hold the registry's write lock (SQLite's, or every table's in PostgreSQL), so a writer
+    in another process blocks right there."""
+    if is_postgres(db):
+        with psycopg.connect(location(db)) as pg:
+            pg.execute("LOCK TABLE contents, media, paths, leases, events, inbound, hosts IN EXCLUSIVE MODE")
+            yield
+            pg.rollback()
+        return
     con = sqlite3.connect(db, isolation_level=None)
     con.execute("BEGIN IMMEDIATE")
     try:
@@ -122,6 +138,9 @@ def write_lock(db: Db) -> Iterator[None]:
     finally:
         con.execute("ROLLBACK")
         con.close()
+
+
+# -- SQLite only ---------------------------------------------------------------------------
 
 
 def set_user_version(db: Db, version: int) -> None:

@@ -299,19 +299,20 @@ def test_no_store_or_file_call_runs_on_the_event_loop(
 
 
 HOLD_WRITE_LOCK = """
-import sqlite3, sys
-con = sqlite3.connect(sys.argv[1], isolation_level=None)
-con.execute("BEGIN IMMEDIATE")
-print("locked", flush=True)
-sys.stdin.readline()
-con.execute("ROLLBACK")
+import sys
+sys.path.insert(0, sys.argv[2])
+from registry_db import write_lock
+with write_lock(sys.argv[1]):
+    print("locked", flush=True)
+    sys.stdin.readline()
 """
 
 
 @contextmanager
 def write_lock_held_elsewhere(db: Path) -> Iterator[Callable[[], None]]:
     """Another process holds the registry's write lock until the yielded function is called."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITE_LOCK, str(db)],
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITE_LOCK, registry_db.location(db),
+                               str(Path(__file__).parent)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
 

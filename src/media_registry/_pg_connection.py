@@ -8,9 +8,12 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg.abc import Buffer
+from psycopg.types.datetime import DatetimeBinaryDumper, DatetimeDumper
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .dburl import PostgresURL
@@ -26,7 +29,26 @@ SESSION_OPTIONS = (
     "-c TimeZone=UTC -c tcp_keepalives_idle=10 -c tcp_keepalives_interval=3 "
     "-c tcp_keepalives_count=3"
 )
+
+
+class _SecondsDumper(DatetimeDumper):
+    def dump(self, obj: datetime) -> Buffer | None:
+        return super().dump(obj.replace(microsecond=0))
+
+
+class _SecondsBinaryDumper(DatetimeBinaryDumper):
+    def dump(self, obj: datetime) -> Buffer | None:
+        return super().dump(obj.replace(microsecond=0))
+
+
+# Times go in to the second, as in the SQLite registry, so both backends compare and order
+# them alike (an ID uploaded within the same second as a deadline counts the same way).
+ADAPTERS = psycopg.adapt.AdaptersMap(psycopg.adapters)
+ADAPTERS.register_dumper(datetime, _SecondsDumper)
+ADAPTERS.register_dumper(datetime, _SecondsBinaryDumper)
+
 CONNECTION_KWARGS: dict[str, Any] = {
+    "context": ADAPTERS,
     "autocommit": True,
     "options": SESSION_OPTIONS,
     "connect_timeout": CONNECT_TIMEOUT_SECONDS,
@@ -50,6 +72,9 @@ class Connections:
         self.url = url
         self.size = size
         self.timeout = timeout
+        # A write waiting on another's lock gives up after the busy timeout, as in SQLite.
+        options = f"{SESSION_OPTIONS} -c lock_timeout={int(timeout * 1000)}"
+        self.kwargs = {**CONNECTION_KWARGS, "options": options}
         self._lock = threading.Lock()
         self._pool: ConnectionPool[Connection] | None = None
         reference = weakref.ref(self)
@@ -58,7 +83,7 @@ class Connections:
     def direct(self) -> Connection:
         """One connection outside the pool (schema set-up, diagnosis)."""
         try:
-            return psycopg.connect(self.url.secret(), **CONNECTION_KWARGS)
+            return psycopg.connect(self.url.secret(), **self.kwargs)
         except psycopg.Error as exc:
             raise self.explain(exc) from None
 
@@ -70,7 +95,7 @@ class Connections:
             with self._lock:
                 if self._pool is None:
                     self._pool = ConnectionPool(
-                        self.url.secret(), min_size=1, max_size=self.size, kwargs=CONNECTION_KWARGS,
+                        self.url.secret(), min_size=1, max_size=self.size, kwargs=self.kwargs,
                         timeout=self.timeout, name="media-registry", open=True,
                     )
                 pool = self._pool
@@ -121,7 +146,7 @@ class Connections:
     def unreachable(self) -> RegistryError:
         """Why no connection came within the timeout: ask the server directly for the reason."""
         try:
-            psycopg.connect(self.url.secret(), **CONNECTION_KWARGS).close()
+            psycopg.connect(self.url.secret(), **self.kwargs).close()
         except psycopg.Error as exc:
             return self.explain(exc)
         return RegistryLocked(
@@ -142,6 +167,9 @@ class Connections:
         if isinstance(exc, psycopg.OperationalError) and (connection_lost(exc) or _cannot_connect(text)):
             return RegistryUnreachable(f"{where}: cannot reach the server ({reason}); start PostgreSQL "
                                        "or fix the host and port in MEDIA_REGISTRY_DB, then retry")
+        if isinstance(exc, psycopg.errors.LockNotAvailable):
+            return RegistryLocked(f"{where}: stayed locked by another writer for over {self.timeout:g} s; "
+                                  "retry, or find the session holding it (pg_stat_activity)")
         if isinstance(exc, psycopg.errors.InsufficientPrivilege):
             return RegistryError(f"{where}: {reason}; grant this user rights on the registry's tables")
         return RegistryError(f"{where}: {reason}")

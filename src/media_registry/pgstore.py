@@ -138,7 +138,8 @@ class PostgresStore:
 
     def _migrate(self, con: Connection) -> None:
         # Every host may open the registry at once: one applies what is missing, the others
-        # wait here and then find nothing left to do.
+        # wait here (however long it takes) and then find nothing left to do.
+        con.execute("SET lock_timeout = 0")
         con.execute("SELECT pg_advisory_lock(%s, 0)", (LOCK_SCHEMA,))
         try:
             applied = self._applied_migrations(con) or set()
