@@ -326,6 +326,7 @@ def write_lock_held_elsewhere(db: Path) -> Iterator[Callable[[], None]]:
         release()
 
 
+@pytest.mark.sqlite_only  # counts the leases in the SQLite file
 @pytest.mark.timeout(90)
 def test_a_task_cancelled_while_waiting_for_the_lease_leaves_no_lease(
     async_registry: Callable[..., AsyncMediaRegistry], make_file: Callable[..., Path],
@@ -362,6 +363,7 @@ def test_a_task_cancelled_while_waiting_for_the_lease_leaves_no_lease(
     assert "release_lease" in {name for name, _ in calls.calls} - calls.on(loop_thread)
 
 
+@pytest.mark.sqlite_only  # counts the leases in the SQLite file
 @pytest.mark.timeout(90)
 def test_a_cancelled_upload_releases_its_lease_off_the_loop_while_another_process_writes(
     async_registry: Callable[..., AsyncMediaRegistry], api: FakeGraphAPI, make_file: Callable[..., Path]
