@@ -1,4 +1,4 @@
--- media-registry schema, as the named migrations in src/media_registry/_sqlite_migrations.py
+-- media-registry schema, as the named migrations in src/media_registry/sqlite_migrations.py
 -- leave it (their names and times are in the `migrations` table; PRAGMA user_version counts
 -- them). A new registry is made from this file; an older one is upgraded step by step.
 -- Times are UTC ISO-8601 text ("2026-11-25T06:18:52Z"), so they sort and compare as text.

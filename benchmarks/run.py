@@ -233,7 +233,7 @@ def bench_pywa(api: FakeGraphAPI, folder: Path, sends: int) -> list[Row]:
 SERVE_FAKE_API = """
 import sys, time
 from media_registry.testing import FakeGraphAPI
-with FakeGraphAPI() as api:
+with FakeGraphAPI(phone_numbers=["1"]) as api:
     print(api.base_url, api.token, flush=True)
     sys.stdin.read()
 """
@@ -335,7 +335,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes; seconds, not minutes")
     quick = parser.parse_args().quick
     rows: list[Row] = []
-    with tempfile.TemporaryDirectory(prefix="media-registry-bench-") as tmp, FakeGraphAPI() as api:
+    with tempfile.TemporaryDirectory(prefix="media-registry-bench-") as tmp, \
+            FakeGraphAPI(phone_numbers=["1"]) as api:
         folder = Path(tmp)
         (folder / "brochure.pdf").write_bytes(sample_media(PDF, size=48_000, salt="brochure"))
         sizes = [1_000, 10_000] if quick else [1_000, 100_000, 1_000_000]
@@ -349,6 +350,11 @@ def main() -> None:
         rows += bench_pywa(api, folder, 20 if quick else 200)
         rows += bench_contention(api, folder, 0.5 if quick else 3.0)
         rows += bench_async_loop(folder, 4 if quick else 8, 2_000_000 if quick else 10_000_000)
+    print_table(rows, quick)
+
+
+def print_table(rows: list[Row], quick: bool) -> None:
+    """The machine, then the rows as a Markdown table."""
     print(f"media-registry benchmarks on {platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}"
           f"{' (quick mode)' if quick else ''}\n")

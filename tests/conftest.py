@@ -179,3 +179,11 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> N
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def settle(path: Path) -> None:
+    """Let the clock leave the second in which ``path`` was last changed, so that the
+    fingerprint recorded next is trusted (not "racily clean") and the next call is a hit."""
+    changed = max(path.stat().st_mtime_ns, path.stat().st_ctime_ns) // 1_000_000_000
+    while int(time.time()) <= changed:
+        time.sleep(0.05)

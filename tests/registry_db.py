@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -110,6 +112,14 @@ def add_lease(db: Db, sha256: str, phone_number_id: str, owner: str, expires_at:
             sha256, phone_number_id, owner, stamp(expires_at))
 
 
+def set_fingerprint(db: Db, fp: Any, recorded_at: datetime) -> None:
+    """Make the recorded fingerprint of ``fp.path`` read ``fp``, recorded at ``recorded_at``
+    (as a filesystem whose timestamps cannot tell a rewrite apart would have left it)."""
+    execute(db, "UPDATE paths SET size_bytes = ?, mtime_ns = ?, ctime_ns = ?, inode = ?, device = ?, "
+                "seen_at = ? WHERE path = ?",
+            fp.size, fp.mtime_ns, fp.ctime_ns, fp.inode, fp.device, stamp(recorded_at), fp.path)
+
+
 def check_consistent(db: Db) -> None:
     """The registry passes its integrity checks: no broken reference, one current ID at most."""
     if not is_postgres(db):  # PostgreSQL checks its constraints at every commit
@@ -142,15 +152,62 @@ def write_lock(db: Db) -> Iterator[None]:
 
 # -- SQLite only ---------------------------------------------------------------------------
 
+HOLD_WRITE_LOCK = """
+import sqlite3, sys
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+con.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.readline()
+con.execute("ROLLBACK")
+"""
+
+
+@contextmanager
+def write_lock_in_another_process(db: Db) -> Iterator[Callable[[], None]]:
+    """Another process holds SQLite's write lock until the yielded function is called."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITE_LOCK, os.fspath(db)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+
+    def release() -> None:
+        if holder.poll() is None:
+            holder.communicate("\n", timeout=30)
+
+    try:
+        yield release
+    finally:
+        release()
+
 
 def set_user_version(db: Db, version: int) -> None:
     """Pretend a registry was written by another schema version."""
     execute(db, f"PRAGMA user_version = {int(version)}")
 
 
+def make_foreign_database(db: Db) -> None:
+    """An SQLite database of some other application, with a table and a row."""
+    with connect(db) as con:
+        con.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, total REAL)")
+        con.execute("INSERT INTO orders (total) VALUES (9.5)")
+
+
+def upgrade_partly(db: Db, steps: int) -> None:
+    """Apply only the first ``steps`` named migrations to a version-1 registry, as an upgrade
+    stopped half-way would leave it."""
+    from media_registry import sqlite_migrations as migrations
+
+    with closing(sqlite3.connect(db, isolation_level=None)) as con:
+        con.execute("CREATE TABLE migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+        con.execute("INSERT INTO migrations VALUES (?, '2026-01-01T00:00:00Z')", (migrations.MIGRATIONS[0].name,))
+        for version, migration in enumerate(migrations.MIGRATIONS[1:steps], start=2):
+            migration.apply(con)
+            con.execute("INSERT INTO migrations VALUES (?, '2026-01-01T00:00:00Z')", (migration.name,))
+            con.execute(f"PRAGMA user_version = {version}")
+
+
 def content_rows_plan(db: Db) -> str:
     """SQLite's query plan for the listing (``ls``, ``records()``), one step per line."""
-    from media_registry._sqlite_store import CONTENT_ROWS_SQL
+    from media_registry.sqlitestore import CONTENT_ROWS_SQL
 
     sql = "EXPLAIN QUERY PLAN " + CONTENT_ROWS_SQL.format(join="LEFT JOIN")
     return "\n".join(row[-1] for row in query(db, sql, None, None, None, None))

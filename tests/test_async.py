@@ -19,7 +19,7 @@ from media_registry import AsyncMediaRegistry, MediaRegistry
 from media_registry.testing import FakeGraphAPI, sample_media
 
 import registry_db
-from conftest import CLI, PDF, PNG, run_cli
+from conftest import CLI, PDF, PNG, run_cli, settle
 
 OTHER = "222333444"
 
@@ -129,6 +129,7 @@ def test_the_event_loop_keeps_running_while_a_big_file_is_hashed(
 
 def test_two_numbers_get_two_ids(registry: MediaRegistry, api: FakeGraphAPI,
                                  make_file: Callable[..., Path], cli_env: dict[str, str]) -> None:
+    api.add_phone_number(OTHER)
     path = make_file("menu.pdf", PDF)
     first = registry.get_or_upload(path)
     second = registry.get_or_upload(path, phone_number_id=OTHER)
@@ -148,6 +149,7 @@ def test_two_numbers_get_two_ids(registry: MediaRegistry, api: FakeGraphAPI,
 def test_a_no_storage_number_has_its_own_ttl(
     make_registry: Callable[..., MediaRegistry], api: FakeGraphAPI, make_file: Callable[..., Path]
 ) -> None:
+    api.add_phone_number(OTHER)
     path = make_file("voice.png", PNG)
     start = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
     with freeze_time(start) as clock:
@@ -279,7 +281,7 @@ def test_no_store_or_file_call_runs_on_the_event_loop(
             with file_events_under(tmp_path / "in") as files:
                 assert (await registry.get_or_upload_with_status(kept)).uploaded  # upload
                 await registry.get_or_upload(gone)
-                await registry.get_or_upload(kept)  # the cache hit: fast_lookup on the loop
+                await registry.get_or_upload(kept)  # the cache hit: lookup_path on the loop
                 later[0] = timedelta(days=28)
                 refreshed = await registry.refresh_expiring()  # refresh
                 assert refreshed.count("refreshed") == 2
@@ -293,37 +295,9 @@ def test_no_store_or_file_call_runs_on_the_event_loop(
     calls, files, loop_thread = asyncio.run(main())
     made = {name for name, _ in calls.calls}
     assert {"take_lease", "record_upload", "mark_deleted", "forget_media", "record_inbound"} <= made
-    assert calls.on(loop_thread) == {"fast_lookup"}
+    assert calls.on(loop_thread) == {"lookup_path"}
     assert {"open", "os.rename"} <= {event for event, _ in files}  # mkstemp, then the rename
     assert [event for event, thread in files if thread == loop_thread] == []
-
-
-HOLD_WRITE_LOCK = """
-import sys
-sys.path.insert(0, sys.argv[2])
-from registry_db import write_lock
-with write_lock(sys.argv[1]):
-    print("locked", flush=True)
-    sys.stdin.readline()
-"""
-
-
-@contextmanager
-def write_lock_held_elsewhere(db: Path) -> Iterator[Callable[[], None]]:
-    """Another process holds the registry's write lock until the yielded function is called."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITE_LOCK, registry_db.location(db),
-                               str(Path(__file__).parent)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
-
-    def release() -> None:
-        if holder.poll() is None:
-            holder.communicate("\n", timeout=30)
-
-    try:
-        yield release
-    finally:
-        release()
 
 
 @pytest.mark.sqlite_only  # counts the leases in the SQLite file
@@ -332,6 +306,7 @@ def test_a_task_cancelled_while_waiting_for_the_lease_leaves_no_lease(
     async_registry: Callable[..., AsyncMediaRegistry], make_file: Callable[..., Path],
 ) -> None:
     path = make_file("offer.png")
+    settle(path)  # a trusted fingerprint: the next upload's first write is the lease
     later = [timedelta()]
 
     async def main() -> tuple[ThreadsOfCalls, int]:
@@ -342,7 +317,7 @@ def test_a_task_cancelled_while_waiting_for_the_lease_leaves_no_lease(
             # next upload is taking the lease.
             later[0] = timedelta(days=40)
             calls = sender.store = ThreadsOfCalls(sender.store)  # type: ignore[assignment]
-            with write_lock_held_elsewhere(sender.settings.db) as release:
+            with registry_db.write_lock_in_another_process(sender.settings.db) as release:
                 async def expire_once_its_thread_waits_for_the_lock() -> None:
                     await asyncio.to_thread(calls.entered("take_lease").wait)
                     deadline.reschedule(asyncio.get_running_loop().time())
@@ -377,7 +352,7 @@ def test_a_cancelled_upload_releases_its_lease_off_the_loop_while_another_proces
             task = asyncio.create_task(sender.get_or_upload(path))
             while api.count("POST") == 0:
                 await asyncio.sleep(0.01)
-            with write_lock_held_elsewhere(sender.settings.db) as release:
+            with registry_db.write_lock_in_another_process(sender.settings.db) as release:
                 task.cancel()
                 await asyncio.to_thread(calls.entered("release_lease").wait)  # the loop is free
                 release()

@@ -20,3 +20,15 @@ def test_the_benchmarks_run_and_print_every_row() -> None:
                      "async: longest event-loop stall"):
         assert any(m.startswith(expected) for m in measures), (expected, measures)
     assert all(len(row.split(" | ")) == 4 for row in rows)
+
+
+def test_the_cli_benchmarks_run_and_print_every_row() -> None:
+    script = SCRIPT.with_name("cli.py")
+    result = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    measures = [row.split(" | ")[0].lstrip("| ") for row in rows[1:]]
+    for expected in ("CLI start-up: cached `upload FILE`", "CLI start-up: `--version`", "CLI start-up: `--help`",
+                     "CLI start-up: `ls`, empty registry", "`ls --json`, 300 contents", "`ls --json`, 3,000 contents"):
+        assert expected in measures, (expected, measures)
+    assert all(len(row.split(" | ")) == 4 for row in rows)

@@ -88,7 +88,8 @@ def test_ls_show_stats_and_init(cli_env: dict[str, str], make_file: Callable[...
     assert media_id in listing[1] and "application/pdf" in listing[1] and str(path) in listing[1]
     records = [json.loads(line) for line in run_cli("ls", "--json", env=cli_env).stdout.splitlines()]
     assert records[0]["media_id"] == media_id and records[0]["paths"] == [str(path)]
-    assert run_cli("ls", "--expiring", "1", env=cli_env).stdout.count("\n") == 1  # header only
+    expiring = run_cli("ls", "--expiring", "1", env=cli_env)
+    assert expiring.stdout == "" and "no media ID expires within 1 days" in expiring.stderr
 
     for target in (str(path), media_id, records[0]["sha256"]):
         shown = run_cli("show", target, env=cli_env)

@@ -27,6 +27,8 @@ from media_registry.testing import FakeGraphAPI, sample_media
 import registry_db
 from conftest import PNG
 
+HOSTS = "MEDIA_REGISTRY_MEDIA_HOSTS"
+
 
 def assert_intact(registry: MediaRegistry, make_file: Callable[..., Path]) -> None:
     registry_db.check_consistent(registry.settings.db)
@@ -158,6 +160,23 @@ def test_a_missing_db_folder(make_registry: Callable[..., MediaRegistry], tmp_pa
         ("MEDIA_REGISTRY_TTL", "banana", "invalid MEDIA_REGISTRY_TTL"),
         ("MEDIA_REGISTRY_MIN_VALIDITY", "P40D", "MIN_VALIDITY must be shorter than MEDIA_REGISTRY_TTL"),
         ("MEDIA_REGISTRY_MAX_RETRIES", "-1", "invalid MEDIA_REGISTRY_MAX_RETRIES"),
+        # Unsafe or malformed: refused at start, naming the variable (issue 12, items 2 and 9).
+        (HOSTS, '["fbsbx.com"]', f"invalid {HOSTS}: 'fbsbx.com' is not a host suffix"),
+        (HOSTS, '[""]', f"invalid {HOSTS}: '' is not a host suffix"),
+        (HOSTS, '[".com"]', f"invalid {HOSTS}: '.com' is not a host suffix"),
+        ("WHATSAPP_API_BASE", "http://graph.example.com/v23.0", "invalid WHATSAPP_API_BASE: .*clear text"),
+        ("WHATSAPP_API_BASE", "http://10.0.0.8:8080/v23.0", "invalid WHATSAPP_API_BASE: .*127.0.0.1"),
+        (HOSTS, ".example.com",
+         r'invalid MEDIA_REGISTRY_MEDIA_HOSTS: not JSON; write a JSON list of strings, e.g. \[".fbsbx.com"'),
+        ("MEDIA_REGISTRY_TTL_BY_PHONE_NUMBER", "123=3600",
+         "invalid MEDIA_REGISTRY_TTL_BY_PHONE_NUMBER: not JSON; write a JSON object"),
+        ("MEDIA_REGISTRY_BUSY_TIMEOUT", "inf", "invalid MEDIA_REGISTRY_BUSY_TIMEOUT"),
+        ("MEDIA_REGISTRY_LEASE_SECONDS", "inf", "invalid MEDIA_REGISTRY_LEASE_SECONDS"),
+        ("MEDIA_REGISTRY_TIMEOUT", "nan", "invalid MEDIA_REGISTRY_TIMEOUT"),
+        ("MEDIA_REGISTRY_BUSY_TIMEOUT", "nan", "invalid MEDIA_REGISTRY_BUSY_TIMEOUT"),
+        ("MEDIA_REGISTRY_DOWNLOAD_DEADLINE", "inf", "invalid MEDIA_REGISTRY_DOWNLOAD_DEADLINE"),
+        ("WHATSAPP_TOKEN", "EAAG first\nsecond", "invalid WHATSAPP_TOKEN: .*without spaces or line breaks"),
+        ("MEDIA_REGISTRY_USER_AGENT", "media-registry/0.1 (+https://pypi.org/)", "invalid MEDIA_REGISTRY_USER_AGENT"),
     ],
 )
 def test_bad_environment_values_name_the_variable(

@@ -1,10 +1,12 @@
-"""Property tests: any sequence of sends, refreshes, deletes, purges, file changes and clock
-moves keeps the registry's invariants."""
+"""Property tests: any sequence of sends, refreshes, deletes (also racing a refresh whose
+uploads are in flight), purges, file changes and clock moves keeps the registry's invariants."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -82,6 +84,25 @@ class RegistryLife(RuleBasedStateMachine):
             self.registry.delete(self._path(index))
             self.deleted.add(sha256)
 
+    @precondition(lambda self: any(self._path(i).exists() for i in range(FILES)))
+    @rule(index=st.integers(0, FILES - 1))
+    def delete_during_refresh(self, index: int) -> None:
+        """A refresh (in another thread) has its uploads in flight when the delete comes."""
+        sha256 = self._sha(index)
+        if sha256 is None:
+            return
+        self.api.advance(days=28)  # every current ID is due for refresh
+        hold = self.api.fail(delay=0.2, method="POST", times=FILES)
+        posts = self.api.count("POST")
+        refresh = threading.Thread(target=self.registry.refresh_expiring)
+        refresh.start()
+        while self.api.count("POST") == posts and refresh.is_alive():
+            time.sleep(0.01)
+        self.registry.delete(self._path(index))
+        refresh.join()
+        hold.delay = 0.0
+        self.deleted.add(sha256)
+
     @rule()
     def purge(self) -> None:
         self.registry.purge()
@@ -100,8 +121,21 @@ class RegistryLife(RuleBasedStateMachine):
 
     @invariant()
     def at_most_one_current_id_per_content_and_number(self) -> None:
-        registry_db.check_consistent(self.registry.settings.db)
-        assert registry_db.count(self.registry.settings.db, "leases") == 0
+        db = self.registry.settings.db
+        registry_db.check_consistent(db)
+        assert registry_db.count(db, "leases") == 0
+
+    @invariant()
+    def deleted_content_is_never_current(self) -> None:
+        db = self.registry.settings.db
+        for sha256 in self.deleted:
+            assert registry_db.count(db, "media", "sha256 = ? AND state = 'current'", sha256) == 0
+
+    @invariant()
+    def every_live_id_at_the_api_is_known(self) -> None:
+        known = {media_id for media_id, _ in registry_db.media_states(self.registry.settings.db)}
+        live = {media_id for media_id in list(self.api.media) if self.api.live(media_id)}
+        assert live <= known, f"live at the API, unknown to the registry: {live - known}"
 
     def teardown(self) -> None:
         self.registry.close()

@@ -185,6 +185,7 @@ def test_phone_numbers_have_their_own_ids(
     registry: MediaRegistry, api: FakeGraphAPI, make_file: Callable[..., Path]
 ) -> None:
     path = make_file("shared.png")
+    api.add_phone_number("222333444")
     first = registry.get_or_upload(path)
     other = registry.get_or_upload(path, phone_number_id="222333444")
     assert first != other and api.media[other].phone_number_id == "222333444"

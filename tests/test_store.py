@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 import sys
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from media_registry import ConfigError, RegistryError
-from media_registry import _sqlite_migrations as migrations
+from media_registry import sqlite_migrations as migrations
 from media_registry.errors import RegistryCorrupt
 from media_registry.hashing import Fingerprint
 from media_registry.store import LeaseStatus, NewMedia, Recorded, Store, open_store
@@ -165,12 +164,7 @@ def test_a_version_1_registry_is_upgraded_in_place_keeping_every_id(tmp_path: Pa
 def test_an_upgrade_stopped_half_way_resumes(tmp_path: Path) -> None:
     db = tmp_path / "old.db"
     shutil.copy(V1, db)
-    with sqlite3.connect(db, isolation_level=None) as con:  # only the first step done
-        con.execute("CREATE TABLE migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
-        migrations.MIGRATIONS[1].apply(con)
-        con.execute("INSERT INTO migrations VALUES ('0002_fingerprint_ctime_device', '2026-01-01T00:00:00Z')")
-        con.execute("PRAGMA user_version = 2")
-    con.close()
+    registry_db.upgrade_partly(db, steps=2)
     open_store(db).close()
     assert registry_db.query(db, "PRAGMA user_version") == [(migrations.SCHEMA_VERSION,)]
     assert registry_db.count(db, "migrations") == len(migrations.MIGRATIONS)
@@ -187,10 +181,7 @@ def test_a_missing_registry_is_not_created_in_read_mode(tmp_path: Path) -> None:
 
 def test_someone_elses_sqlite_file_stays_byte_identical(tmp_path: Path) -> None:
     db = tmp_path / "app.db"
-    with sqlite3.connect(db) as con:
-        con.execute("CREATE TABLE customers (name TEXT)")
-        con.execute("INSERT INTO customers VALUES ('Ada')")
-    con.close()
+    registry_db.make_foreign_database(db)
     before = db.read_bytes()
     for create in (False, True):
         with pytest.raises(RegistryCorrupt, match="not a media-registry registry \\(left untouched\\)"):

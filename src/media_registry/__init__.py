@@ -1,41 +1,70 @@
-"""media-registry: media IDs for the WhatsApp Cloud API that are valid now, uploaded once."""
+"""media-registry: media IDs for the WhatsApp Cloud API that are valid now, uploaded once.
 
-from .config import Settings
-from .errors import (
-    APIUnreachable,
-    AuthError,
-    ConfigError,
-    DownloadError,
-    DownloadURLExpired,
-    GraphAPIError,
-    InputError,
-    IntegrityError,
-    MediaNotFound,
-    MediaRegistryError,
-    MediaTooLarge,
-    MislabelledMedia,
-    NotInRegistry,
-    RateLimited,
-    RegistryCorrupt,
-    RegistryError,
-    RegistryLocked,
-    RegistryUnreachable,
-    SchemaTooNew,
-    SourceChanged,
-    SourceNotFound,
-    UnsafeDownloadURL,
-    UnsupportedMedia,
-)
-from .models import DownloadedMedia, InboundMedia, LifecycleAction, MediaEvent, MediaRecord, Report
-from .registry import AsyncMediaRegistry, MediaRegistry, Outcome
+The public names are imported on first use (PEP 562), so that ``import media_registry`` and
+the command line's cache hit stay cheap: httpx and pydantic load only when a name that needs
+them is touched.
+"""
 
-__version__ = "0.1.0"
+from __future__ import annotations
+
+from ._version import __version__
+
+TYPE_CHECKING = False  # without importing typing: `media-registry --version` stays lean
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .config import Settings
+    from .errors import (
+        APIUnreachable,
+        AuthError,
+        ConfigError,
+        DownloadError,
+        DownloadURLExpired,
+        GraphAPIError,
+        InputError,
+        IntegrityError,
+        MediaNotFound,
+        MediaRegistryError,
+        MediaTooLarge,
+        MislabelledMedia,
+        NotInRegistry,
+        RateLimited,
+        RegistryCorrupt,
+        RegistryError,
+        RegistryLocked,
+        RegistryUnreachable,
+        SchemaTooNew,
+        SourceChanged,
+        SourceNotFound,
+        UnsafeDownloadURL,
+        UnsupportedMedia,
+    )
+    from .models import DownloadedMedia, InboundMedia, LifecycleAction, MediaEvent, MediaRecord, Report
+    from .registry import AsyncMediaRegistry, MediaRegistry, Outcome
+
+
+# Where each public name lives.
+_MODULES = {
+    "Settings": "config",
+    **dict.fromkeys(
+        ("APIUnreachable", "AuthError", "ConfigError", "DownloadError", "DownloadURLExpired",
+         "GraphAPIError", "InputError", "IntegrityError", "MediaNotFound", "MediaRegistryError",
+         "MediaTooLarge", "MislabelledMedia", "NotInRegistry", "RateLimited", "RegistryCorrupt",
+         "RegistryError", "RegistryLocked", "RegistryUnreachable", "SchemaTooNew", "SourceChanged", "SourceNotFound",
+         "UnsafeDownloadURL", "UnsupportedMedia"),
+        "errors",
+    ),
+    **dict.fromkeys(("DownloadedMedia", "InboundMedia", "LifecycleAction", "MediaEvent",
+                     "MediaRecord", "Report"), "models"),
+    **dict.fromkeys(("AsyncMediaRegistry", "MediaRegistry", "Outcome"), "registry"),
+}
 
 __all__ = [
     "APIUnreachable",
     "AsyncMediaRegistry",
     "AuthError",
     "ConfigError",
+    "ContentDeleted",
     "DownloadError",
     "DownloadURLExpired",
     "DownloadedMedia",
@@ -67,3 +96,19 @@ __all__ = [
     "UnsupportedMedia",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module the first time the name is asked for."""
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

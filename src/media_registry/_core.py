@@ -10,8 +10,9 @@ from typing import Any, TypeVar
 import httpx
 
 from ._flows import Clock, utc_now
-from ._legacy_store import Store, iso
 from .config import Settings, Windows, load_settings
+from .errors import InputError
+from .store import Store, open_store
 
 C = TypeVar("C", bound="RegistryCore")
 
@@ -31,17 +32,23 @@ class RegistryCore:
         settings: Settings | None = None,
         transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
         clock: Clock = utc_now,
+        create: bool = True,
         **overrides: Any,
     ) -> None:
         self.settings = settings or load_settings(
             db=db, token=token, phone_number_id=phone_number_id, **overrides
         )
         self._clock = clock
-        self.store = Store(self.settings.db, busy_timeout=self.settings.busy_timeout)
+        # create=False (read-only use) never creates a registry; an older one is upgraded.
+        self.store: Store = open_store(
+            self.settings.db, create=create, busy_timeout=self.settings.busy_timeout,
+            host_id=self.settings.host_id, pool_size=self.settings.pg_pool_size,
+            host_retention=self.settings.host_retention,
+        )
         self._lease_for = timedelta(seconds=self.settings.lease_seconds)
         self._stopping = threading.Event()
         self._windows_by_phone: dict[str, Windows] = {}
-        self._valid_until_cache: tuple[int, timedelta, str] = (0, timedelta(), "")
+        self._valid_until_cache: tuple[int, timedelta, datetime] = (0, timedelta(), utc_now())
         self.graph = self._client(transport=transport, **self._graph_options())
 
     @classmethod
@@ -55,7 +62,9 @@ class RegistryCore:
             "token": settings.token.get_secret_value() if settings.token else None,
             "api_base": settings.api_base,
             "user_agent": settings.user_agent,
+            "download_user_agent": settings.download_user_agent,
             "timeout": settings.timeout,
+            "download_deadline": settings.download_deadline,
             "max_retries": settings.max_retries,
             "backoff": settings.retry_backoff,
             "media_host_suffixes": settings.media_hosts,
@@ -72,14 +81,29 @@ class RegistryCore:
             windows = self._windows_by_phone[phone] = self.settings.windows(phone)
         return windows
 
-    def _valid_until(self, validity: timedelta) -> str:
-        """``iso(now + validity)``, computed once per second: this is on every cache hit."""
+    def _valid_until(self, validity: timedelta) -> datetime:
+        """``now + validity``, computed once per second: this is on every cache hit."""
         now: datetime = self._clock()
         second = int(now.timestamp())
         cached = self._valid_until_cache
         if cached[0] == second and cached[1] == validity:
             return cached[2]
         # The end of the current second: never less strict than the exact time would be.
-        text = iso(datetime.fromtimestamp(second + 1, timezone.utc) + validity)
-        self._valid_until_cache = (second, validity, text)
-        return text
+        moment = datetime.fromtimestamp(second + 1, timezone.utc) + validity
+        self._valid_until_cache = (second, validity, moment)
+        return moment
+
+    def resolve(self, target: str | os.PathLike[str]) -> str | None:
+        """The sha256 that ``target`` names, or None: a path the registry has seen, an exact
+        media ID, an exact sha256, or a unique sha256 prefix of at least 8 hex digits, tried in
+        that order. An ambiguous prefix raises InputError listing the candidates."""
+        text = os.fspath(target)
+        sha256 = self.store.resolve(text)
+        if sha256 is not None or len(text) < 8 or not all(c in "0123456789abcdefABCDEF" for c in text):
+            return sha256
+        candidates = self.store.sha256s_starting_with(text.lower(), limit=4)
+        if len(candidates) > 1:
+            listed = ", ".join(candidates[:3]) + (", ..." if len(candidates) > 3 else "")
+            raise InputError(f"{text}: more than one content's sha256 starts with it ({listed}); "
+                             "give more digits")
+        return candidates[0] if candidates else None

@@ -11,9 +11,10 @@ from typing import Any
 from . import blobs
 from ._core import RegistryCore
 from ._flows import Blocking, DownloadTo, Flow, GetMedia, Sleep
-from .errors import DownloadURLExpired, IntegrityError
+from .errors import DownloadURLExpired, IntegrityError, MediaNotFound
 from .models import DownloadedMedia, MediaMetadata
-from .webhooks import media_in_webhook
+from .store import InboundRow
+from .webhooks import OnInvalid, media_in_webhook
 
 
 class Inbound(RegistryCore):
@@ -47,7 +48,14 @@ class Inbound(RegistryCore):
         """Fresh metadata, then the bytes into a verified temporary file renamed into place
         (unless the content is already on disk), then the record. Creating, syncing and
         renaming the file are blocking effects: none of it runs on an event loop."""
-        metadata: MediaMetadata = yield GetMedia(media_id, phone_number_id)
+        try:
+            metadata: MediaMetadata = yield GetMedia(media_id, phone_number_id)
+        except MediaNotFound as exc:
+            raise MediaNotFound(
+                f"media {media_id}: the Graph API does not know this media ID (code {exc.code}, "
+                f"subcode {exc.subcode}); inbound media IDs live 7 days: ask the sender to send it again",
+                status=exc.status, code=exc.code, subcode=exc.subcode, fbtrace_id=exc.fbtrace_id,
+            ) from None
         mime_type = metadata.mime_type.split(";")[0].strip()
         destination = folder / blobs.file_name(metadata.sha256, mime_type)
         file: blobs.VerifiedFile | None = yield Blocking(
@@ -61,19 +69,20 @@ class Inbound(RegistryCore):
                 raise
             yield Blocking(functools.partial(file.__exit__, None, None, None))
         fetched = file is not None
-        yield Blocking(functools.partial(
-            self.store.record_inbound, media_id, metadata.sha256, mime_type, metadata.file_size,
-            str(destination.resolve()), self._clock(), None if fetched else "already on disk",
-        ))
+        row = InboundRow(media_id, metadata.sha256, mime_type, metadata.file_size,
+                         str(destination.resolve()), self._clock())
+        yield Blocking(functools.partial(self.store.record_inbound, row, None if fetched else "already on disk"))
         return DownloadedMedia(media_id=media_id, sha256=metadata.sha256, mime_type=mime_type,
                                size_bytes=metadata.file_size, path=destination, fetched=fetched)
 
     def _download_webhook_flow(
-        self, payload: dict[str, Any], dest_dir: str | os.PathLike[str] | None
+        self, payload: dict[str, Any], dest_dir: str | os.PathLike[str] | None,
+        on_invalid: OnInvalid | None,
     ) -> Flow[list[DownloadedMedia]]:
-        """Download every media item of a webhook payload; its sha256 must match the API's."""
+        """Download every media item of a webhook payload; its sha256 must match the API's.
+        Items of the wrong shape go to ``on_invalid`` (see media_in_webhook)."""
         downloaded = []
-        for item in media_in_webhook(payload):
+        for item in media_in_webhook(payload, on_invalid):
             result = yield from self._download_flow(item.media_id, dest_dir, item.phone_number_id)
             if item.sha256 and item.sha256 != result.sha256:
                 raise IntegrityError(
@@ -85,8 +94,9 @@ class Inbound(RegistryCore):
 
 
 def _open_unless_on_disk(destination: Path, metadata: MediaMetadata) -> blobs.VerifiedFile | None:
-    """An open temporary file for the content, or None if it is already on disk."""
-    if destination.is_file() and destination.stat().st_size == metadata.file_size:
+    """An open temporary file for the content, or None if it is already on disk (its bytes
+    checked, never through a symlink)."""
+    if blobs.holds(destination, metadata.file_size, metadata.sha256):
         return None
     return blobs.VerifiedFile(destination, metadata.file_size, metadata.sha256).__enter__()
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from typing import Any
 
 from . import hashing
-from ._flows import Blocking, DeleteMedia, Flow, Hashing
-from ._legacy_store import iso
-from ._sending import Sending
-from .errors import GraphAPIError, MediaNotFound, MediaRegistryError, NotInRegistry, SourceNotFound
+from ._flows import Blocking, Flow, Hashing
+from ._sending import Sending, ids_of, wall_clock
+from .errors import ContentDeleted, MediaRegistryError, NotInRegistry, SourceNotFound
 from .models import LifecycleAction, Report
+from .store import ContentRef, MediaRow
 
 OnAction = Callable[[LifecycleAction], None]
 
@@ -20,19 +19,19 @@ OnAction = Callable[[LifecycleAction], None]
 class Lifecycle(Sending):
     """The rules that keep IDs fresh and clean up what is no longer wanted."""
 
-    def _expiring_rows(self) -> list[dict[str, Any]]:
+    def _expiring_rows(self) -> list[MediaRow]:
         # The global window is the widest; numbers with a shorter TTL narrow theirs.
         now = self._clock()
-        rows = self.store.expiring_media(iso(now + self.settings.refresh_before))
+        rows = self.store.expiring_media(now + self.settings.refresh_before)
         return [row for row in rows
-                if row["expires_at"] <= iso(now + self._windows(row["phone_number_id"]).refresh_before)]
+                if row.expires_at <= now + self._windows(row.phone_number_id).refresh_before]
 
-    def _refresh_one(self, row: dict[str, Any], dry_run: bool) -> Flow[LifecycleAction]:
+    def _refresh_one(self, row: MediaRow, dry_run: bool) -> Flow[LifecycleAction]:
         """Upload one expiring content again from a source file that still holds it (single
         flight, so a concurrent refresh or sender makes no second upload)."""
-        found = _ids(row)
+        found = ids_of(row)
         source: hashing.Fingerprint | None = yield Hashing(
-            functools.partial(self._find_source, row["sha256"], row["mime_type"])
+            functools.partial(self._find_source, row.sha256)
         )
         if source is None:
             return LifecycleAction(action="skipped", detail="no source file left", **found)
@@ -42,9 +41,11 @@ class Lifecycle(Sending):
             return LifecycleAction(action="skipped", detail="stopping", **found)
         try:
             outcome = yield from self._single_flight(
-                source, row["sha256"], row["phone_number_id"], row["mime_type"],
-                self._windows(row["phone_number_id"]).refresh_before, action="refresh",
+                source, row.sha256, row.phone_number_id, row.mime_type,
+                self._windows(row.phone_number_id).refresh_before, action="refresh",
             )
+        except ContentDeleted:  # deletion wins, also over a refresh already running
+            return LifecycleAction(action="skipped", detail="content deleted", **found)
         except MediaRegistryError as exc:
             return LifecycleAction(action="failed", detail=str(exc), **found)
         if not outcome.uploaded:
@@ -53,80 +54,60 @@ class Lifecycle(Sending):
 
     def _delete_flow(self, target: str | os.PathLike[str]) -> Flow[Report]:
         """Mark a content deleted (never served again), then DELETE its IDs at the API."""
-        sha256: str | None = yield Blocking(functools.partial(self.store.resolve, os.fspath(target)))
+        sha256: str | None = yield Blocking(functools.partial(self.resolve, target))
         if sha256 is None:
             raise NotInRegistry(
                 f"{target}: not in the registry; check the path, sha256 or media ID (see: ls)"
             )
         yield Blocking(functools.partial(self.store.mark_deleted, sha256, self._clock(), f"delete {target}"))
-        pending: list[dict[str, Any]] = yield Blocking(self.store.pending_deletes)
+        pending: list[MediaRow] = yield Blocking(functools.partial(self.store.pending_deletes, sha256))
         report = Report()
         for row in pending:
-            if row["sha256"] == sha256:
-                report.actions.append((yield from self._delete_remotely(row)))
+            report.actions.append((yield from self._delete_remotely(row)))
         return report
 
     def _purge_flow(self, dry_run: bool, on_action: OnAction | None) -> Flow[Report]:
         """Delete contents whose sources all vanished, drop expired IDs, retry owed DELETEs."""
         report = Report(dry_run=dry_run)
-        contents: list[tuple[str, str]] = yield Blocking(self.store.sourced_contents)
-        for sha256, mime_type in contents:
-            if (yield Hashing(functools.partial(self._find_source, sha256, mime_type))) is None:
+        contents: list[ContentRef] = yield Blocking(self.store.sourced_contents)
+        for sha256, _mime_type in contents:
+            if (yield Hashing(functools.partial(self._find_source, sha256))) is None:
                 vanished = LifecycleAction(action="vanished", sha256=sha256,
                                            detail="all source files vanished")
                 add(report, vanished, on_action)
                 if not dry_run:
                     yield Blocking(functools.partial(
                         self.store.mark_deleted, sha256, self._clock(), "sources vanished"))
-        expired: list[dict[str, Any]] = yield Blocking(
-            functools.partial(self.store.expired_media, iso(self._clock())))
+        expired: list[MediaRow] = yield Blocking(functools.partial(self.store.expired_media, self._clock()))
         for row in expired:
-            add(report, LifecycleAction(action="expired", **_ids(row)), on_action)
+            add(report, LifecycleAction(action="expired", **ids_of(row)), on_action)
             if not dry_run:
                 yield Blocking(functools.partial(
-                    self.store.forget_media, row["media_id"], self._clock(), "expired"))
-        pending: list[dict[str, Any]] = yield Blocking(self.store.pending_deletes)
+                    self.store.forget_media, row.media_id, self._clock(), "expired"))
+        pending: list[MediaRow] = yield Blocking(self.store.pending_deletes)
         for row in pending:
             if dry_run:
-                action = LifecycleAction(action="deleted", detail="would DELETE", **_ids(row))
+                action = LifecycleAction(action="deleted", detail="would DELETE", **ids_of(row))
             else:
                 action = yield from self._delete_remotely(row)
             add(report, action, on_action)
         return report
 
-    def _delete_remotely(self, row: dict[str, Any]) -> Flow[LifecycleAction]:
-        """DELETE one ID at the API and forget it; an API failure leaves it owed to purge."""
-        found = _ids(row)
-        try:
-            yield DeleteMedia(row["media_id"], row["phone_number_id"])
-            detail = None
-        except MediaNotFound:
-            detail = "already gone from the API"
-        except GraphAPIError as exc:
-            return LifecycleAction(action="pending", detail=str(exc), **found)
-        yield Blocking(functools.partial(
-            self.store.forget_media, row["media_id"], self._clock(), "deleted", detail))
-        return LifecycleAction(action="deleted", detail=detail, **found)
-
-    def _find_source(self, sha256: str, mime_type: str) -> hashing.Fingerprint | None:
-        """A recorded source file that still holds the content, or None."""
+    def _find_source(self, sha256: str) -> hashing.Fingerprint | None:
+        """A recorded source file (of this host) that still holds the content, or None."""
         for recorded in self.store.source_paths(sha256):
             try:
-                current = hashing.fingerprint(recorded.path)
-                if current == recorded:
+                current = hashing.fingerprint(recorded.fingerprint.path)
+                if current == recorded.fingerprint and not hashing.racily_clean(current, recorded.recorded_at):
                     return current
-                # Touched or copied over: only the bytes can say whether it still holds them.
+                # Touched, copied over or racily recorded: only the bytes can tell.
                 with hashing.open_source(current.path) as file:
                     if hashing.sha256_file(file) == sha256:
-                        self.store.remember_path(current, sha256, mime_type, self._clock())
+                        self.store.refresh_fingerprint(current, sha256, wall_clock())
                         return current
             except SourceNotFound:
                 continue
         return None
-
-
-def _ids(row: dict[str, Any]) -> dict[str, Any]:
-    return {key: row[key] for key in ("sha256", "phone_number_id", "media_id")}
 
 
 def add(report: Report, action: LifecycleAction, on_action: OnAction | None) -> None:

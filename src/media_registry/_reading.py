@@ -3,61 +3,67 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 from ._core import RegistryCore
-from ._legacy_store import iso, parse_iso
 from .models import MediaEvent, MediaRecord
+from .store import ContentRow
 
 
 class Reading(RegistryCore):
     """What the registry knows, read without changing anything."""
 
     def lookup(self, target: str | os.PathLike[str], *, phone_number_id: str | None = None) -> MediaRecord | None:
-        """The record for a path, sha256 or media ID, with its paths and history, or None.
+        """The record for a path, media ID, sha256 or unique sha256 prefix (see
+        :meth:`resolve`), with its paths and history, or None.
 
         Only a path the registry has seen is found; a new file is not hashed here.
         """
-        sha256 = self.store.resolve(os.fspath(target))
+        sha256 = self.resolve(target)
         if sha256 is None:
             return None
-        rows = self.store.content_rows(sha256)
+        rows = list(self.store.content_rows(sha256=sha256))
+        if not rows:
+            return None
         wanted = phone_number_id or self.settings.phone_number_id
-        row = next((r for r in rows if r["phone_number_id"] == wanted), rows[0])
-        history = tuple(MediaEvent(**event) for event in self.store.events(sha256))
+        row = next((r for r in rows if r.phone_number_id == wanted), rows[0])
+        history = tuple(MediaEvent(**event._asdict()) for event in self.store.events(sha256))
         return _record(row, history)
 
-    def records(self, *, expiring_within: timedelta | None = None) -> list[MediaRecord]:
-        """Every content with its current media ID per phone number (one record each).
+    def records(self, *, expiring_within: timedelta | None = None) -> Iterator[MediaRecord]:
+        """Every content with its current media ID per phone number (one record each), yielded
+        as the registry reads them: constant memory whatever its size.
 
         ``expiring_within`` keeps only IDs that expire within that time from now.
         """
-        before = iso(self._clock() + expiring_within) if expiring_within is not None else None
-        return [_record(row) for row in self.store.content_rows(expiring_before=before)]
+        before = self._clock() + expiring_within if expiring_within is not None else None
+        return (_record(row) for row in self.store.content_rows(expiring_before=before))
 
     def stats(self) -> dict[str, Any]:
-        """Counts of contents, paths and media IDs by state, for health checks."""
-        now, before = iso(self._clock()), iso(self._clock() + self.settings.refresh_before)
-        counts: dict[str, Any] = self.store.stats(now, before)
-        counts["by_phone_number"] = self.store.stats_by_phone_number(now, before)
-        counts["db"] = str(self.settings.db)
-        counts["db_bytes"] = sum(
-            p.stat().st_size for p in self.settings.db.parent.glob(self.settings.db.name + "*")
-        )
+        """Counts of contents, paths and media IDs by state, for health checks, with what
+        the store knows of itself (for SQLite: ``db``, ``db_bytes`` with its WAL, and
+        ``journal_mode``)."""
+        now = self._clock()
+        stats = self.store.stats(now, now + self.settings.refresh_before)
+        counts: dict[str, Any] = stats._asdict()
+        counts["by_phone_number"] = {phone: numbers._asdict() for phone, numbers in stats.by_phone_number.items()}
+        counts.update(counts.pop("backend"))
         return counts
 
 
-def _record(row: dict[str, Any], history: tuple[MediaEvent, ...] = ()) -> MediaRecord:
+def _record(row: ContentRow, history: tuple[MediaEvent, ...] = ()) -> MediaRecord:
     return MediaRecord(
-        sha256=row["sha256"],
-        mime_type=row["mime_type"],
-        size_bytes=row["size_bytes"],
-        phone_number_id=row["phone_number_id"],
-        media_id=row["media_id"],
-        uploaded_at=parse_iso(row["uploaded_at"]),
-        expires_at=parse_iso(row["expires_at"]),
-        deleted_at=parse_iso(row["deleted_at"]),
-        paths=tuple(row["paths"].split("\n")) if row["paths"] else (),
+        sha256=row.sha256,
+        mime_type=row.mime_type,
+        size_bytes=row.size_bytes,
+        phone_number_id=row.phone_number_id,
+        media_id=row.media_id,
+        uploaded_at=row.uploaded_at,
+        expires_at=row.expires_at,
+        deleted_at=row.deleted_at,
+        state="deleted" if row.deleted_at else "current" if row.media_id else "unsent",
+        paths=row.paths,
         history=history,
     )

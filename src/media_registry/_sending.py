@@ -1,19 +1,25 @@
-"""Sending: the cache hit, the get-or-upload flow, single flight and the lease keeper."""
+"""Sending: the cache hit, the get-or-upload flow, single flight and the lease keeper.
+
+Deletion wins: an upload whose content is deleted before it records (or when it asks for the
+lease) records nothing as current; the ID it just got is DELETEd at the API at once, or left
+owed to purge when the API cannot be reached.
+"""
 
 from __future__ import annotations
 
 import functools
 import os
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import NamedTuple
 
 from . import hashing, media_types
 from ._core import RegistryCore
-from ._flows import Blocking, Flow, Hashing, Sleep, Upload
-from ._legacy_store import LeaseOutcome, iso, new_owner
-from .errors import ConfigError, MediaRegistryError
+from ._flows import Blocking, DeleteMedia, Flow, Hashing, Sleep, Upload
+from .errors import ConfigError, ContentDeleted, GraphAPIError, MediaNotFound, MediaRegistryError
+from .models import LifecycleAction
+from .store import LeaseOutcome, LeaseStatus, MediaRow, NewMedia, Recorded, new_owner
 
 
 class Outcome(NamedTuple):
@@ -45,12 +51,12 @@ class Sending(RegistryCore):
                 "no phone number ID: set WHATSAPP_PHONE_NUMBER_ID or pass phone_number_id="
             )
         fp = hashing.fingerprint(path)
-        row = self.store.fast_lookup(fp, phone, self._valid_until(self._windows(phone).min_validity))
-        if row is None:
-            return _Miss(fp, None, None, phone)
-        if row[1] is not None and mime_type is None:
-            return Outcome(row[1], uploaded=False)
-        return _Miss(fp, row[0], row[1], phone)
+        hit = self.store.lookup_path(fp, phone, self._valid_until(self._windows(phone).min_validity))
+        if hit is None or hashing.racily_clean(fp, hit.recorded_at):
+            return _Miss(fp, None, None, phone)  # new, changed, or not to be trusted: hash it
+        if hit.media_id is not None and mime_type is None:
+            return Outcome(hit.media_id, uploaded=False)
+        return _Miss(fp, hit.sha256, hit.media_id, phone)
 
     def _get_or_upload_flow(self, path: str | os.PathLike[str], miss: _Miss,
                             mime_type: str | None) -> Flow[Outcome]:
@@ -75,7 +81,7 @@ class Sending(RegistryCore):
             file.seek(0)
             sha256 = hashing.sha256_file(file)
         hashing.ensure_unchanged(fp)
-        self.store.remember_path(fp, sha256, media_type.mime_type, self._clock())
+        self.store.remember_path(fp, sha256, media_type.mime_type, wall_clock())
         return media_type, sha256
 
     def _single_flight(
@@ -84,23 +90,26 @@ class Sending(RegistryCore):
     ) -> Flow[Outcome]:
         """Serve an ID valid for ``valid_for`` (default ``min_validity``) if one exists or
         appears while waiting; else take the lease and upload, exactly once across processes.
-        A lease taken for a flow cancelled meanwhile is released (the effect's ``undo``)."""
+        A lease taken for a flow cancelled meanwhile is released (the effect's ``undo``).
+        Raises ContentDeleted when the content is (or gets) deleted before its ID is recorded."""
         owner = new_owner()
         delay = 0.02
         valid_for = valid_for or self._windows(phone).min_validity
 
         def release_if_taken(outcome: LeaseOutcome) -> None:
-            if outcome.acquired:
+            if outcome.status is LeaseStatus.ACQUIRED:
                 self.store.release_lease(sha256, phone, owner)
 
         while True:
             now = self._clock()
             outcome: LeaseOutcome = yield Blocking(functools.partial(
-                self.store.take_lease, sha256, phone, owner, now, iso(now + valid_for), self._lease_for
+                self.store.take_lease, sha256, phone, owner, now, now + valid_for, self._lease_for
             ), undo=release_if_taken)
-            if outcome.media_id is not None:
+            if outcome.status is LeaseStatus.SERVE and outcome.media_id is not None:
                 return Outcome(outcome.media_id, uploaded=False)
-            if outcome.acquired:
+            if outcome.status is LeaseStatus.DELETED:
+                raise _deleted(fp.path)
+            if outcome.status is LeaseStatus.ACQUIRED:
                 media_id = yield from self._upload_holding_lease(fp, sha256, phone, mime_type, owner, action)
                 return Outcome(media_id, uploaded=True)
             yield Sleep(delay)  # another thread, task or process is uploading these bytes
@@ -111,7 +120,8 @@ class Sending(RegistryCore):
         action: str,
     ) -> Flow[str]:
         """Upload with the lease held (renewed meanwhile), check the bytes did not change,
-        and record the new ID (which releases the lease); on any failure, release it."""
+        and record the new ID (which releases the lease); on any failure, release it. If the
+        content was deleted meanwhile, DELETE the new ID and raise ContentDeleted."""
         keeper = _LeaseKeeper(self, sha256, phone, owner)
         windows = self._windows(phone)
         # Meta starts the TTL when it receives the file: counting from before sending errs on
@@ -121,18 +131,51 @@ class Sending(RegistryCore):
             media_id: str = yield Upload(fp.path, mime_type, phone, windows.ttl_minutes)
             # Bytes that changed under the upload must not be recorded under the old hash.
             yield Blocking(functools.partial(hashing.ensure_unchanged, fp))
-            yield Blocking(functools.partial(
-                self.store.record_upload, sha256=sha256, phone_number_id=phone,
-                media_id=media_id, uploaded_at=uploaded_at,
-                expires_at=uploaded_at + windows.ttl, path=fp.path, owner=owner,
-                action=action,
-            ))
+            media = NewMedia(media_id, sha256, phone, mime_type, fp.size, uploaded_at,
+                             uploaded_at + windows.ttl, fp.path, action)
+            recorded: Recorded = yield Blocking(functools.partial(self.store.record_upload, media, owner))
         except BaseException:  # errors, cancellation, Ctrl-C: nobody may wait on our lease
             keeper.stop()
             yield Blocking(functools.partial(self.store.release_lease, sha256, phone, owner))
             raise
         keeper.stop()
+        if recorded is Recorded.CONTENT_DELETED:
+            owed = MediaRow(media_id, sha256, phone, "deleting", mime_type, uploaded_at, media.expires_at)
+            yield from self._delete_remotely(owed)
+            raise _deleted(fp.path)
         return media_id
+
+    def _delete_remotely(self, row: MediaRow) -> Flow[LifecycleAction]:
+        """DELETE one ID at the API and forget it; an API failure leaves it owed to purge."""
+        found = ids_of(row)
+        try:
+            yield DeleteMedia(row.media_id, row.phone_number_id)
+            detail = None
+        except MediaNotFound:
+            detail = "already gone from the API"
+        except GraphAPIError as exc:
+            return LifecycleAction(action="pending", detail=str(exc), **found)
+        yield Blocking(functools.partial(
+            self.store.forget_media, row.media_id, self._clock(), "deleted", detail))
+        return LifecycleAction(action="deleted", detail=detail, **found)
+
+
+def ids_of(row: MediaRow) -> dict[str, str]:
+    """The names of a media row, as a LifecycleAction takes them."""
+    return {"sha256": row.sha256, "phone_number_id": row.phone_number_id, "media_id": row.media_id}
+
+
+def wall_clock() -> datetime:
+    """The real time, whatever clock the registry runs on: a fingerprint's recording time is
+    compared with the file's own timestamps (the racily-clean rule)."""
+    return datetime.now(timezone.utc)
+
+
+def _deleted(path: str) -> ContentDeleted:
+    return ContentDeleted(
+        f"{path}: its content was deleted from the registry while this call uploaded it; "
+        "nothing is served (the new ID is deleted too); send it again to upload it anew"
+    )
 
 
 class _LeaseKeeper:

@@ -6,49 +6,78 @@ Exit status: 0 ok, 1 an operation failed, 2 bad usage.
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
+import argparse  # every run parses its arguments
+import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta
-from pathlib import Path
-from typing import Any, TypeVar
 
 from . import __version__
-from .errors import InputError, MediaRegistryError
-from .models import MediaRecord, Report
-from .registry import MediaRegistry
 
-Command = Callable[[argparse.Namespace], int]
-T = TypeVar("T")
+# Start-up is most of what a cached upload costs a shell script, so this module imports only
+# what every run needs; the rest is imported by the commands that use it. (TYPE_CHECKING
+# without `typing`, which alone costs a fifth of --version.)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping, Sequence
+    from datetime import datetime
+    from typing import Any, TypeVar
+
+    from .models import MediaRecord, Report
+    from .registry import MediaRegistry
+
+    Command = Callable[[argparse.Namespace], int]
+    T = TypeVar("T")
+
+# Library messages name Python arguments; on the command line the same hint names a flag.
+CLI_HINTS = {
+    "pass phone_number_id=": "pass --phone-number-id",
+    " (or pass token=...)": "",  # no flag: a token on the command line would show in `ps`
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(argv)  # exits here for --version and --help
+    from .errors import MediaRegistryError, redact
+
+    if args.json and not args.json_applies:
+        _error(f"--json does not apply to {args.command}; leave it out")
+        return 2
     try:
-        return args.run(args)
-    except MediaRegistryError as exc:
-        if args.debug:
-            raise
-        _error(str(exc))
+        status: int = args.run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in a traceback at exit
+        return status
+    except BrokenPipeError:  # the reader left (`ls | head -1`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush
+        return 1
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # one line, not a traceback, even for the unforeseen
-        if args.debug:
-            raise
-        _error(f"unexpected {exc.__class__.__name__}: {exc}; rerun with --debug and report it")
+        if args.debug:  # the traceback, with every secret a server may have echoed redacted
+            import traceback
+
+            sys.stderr.write(redact("".join(traceback.format_exception(exc))))
+        elif isinstance(exc, MediaRegistryError):
+            _error(str(exc))
+        else:
+            _error(f"unexpected {exc.__class__.__name__}: {exc}; rerun with --debug and report it")
     return 1
 
 
 def _error(message: str) -> None:
+    from .errors import one_line, redact
+
+    message = one_line(redact(message))
+    for python, cli in CLI_HINTS.items():
+        message = message.replace(python, cli)
     print(f"media-registry: error: {message}", file=sys.stderr)
 
 
-def _open(args: argparse.Namespace) -> MediaRegistry:
-    return MediaRegistry.from_env(db=args.db)
+def _open(args: argparse.Namespace, *, create: bool = True) -> MediaRegistry:
+    """The registry; read-only commands pass ``create=False`` (never create one)."""
+    from .registry import MediaRegistry
+
+    return MediaRegistry.from_env(db=args.db, create=create)
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -56,6 +85,8 @@ def _open(args: argparse.Namespace) -> MediaRegistry:
 
 def _attempt(args: argparse.Namespace, action: Callable[..., T], *params: Any, **options: Any) -> T | None:
     """Run one item of a multi-item command; on failure say so in one line and go on."""
+    from .errors import MediaRegistryError
+
     try:
         return action(*params, **options)
     except MediaRegistryError as exc:
@@ -66,21 +97,75 @@ def _attempt(args: argparse.Namespace, action: Callable[..., T], *params: Any, *
 
 
 def _upload(args: argparse.Namespace) -> int:
+    if args.quiet and args.json:
+        _error("--quiet and --json do not go together; pick one")
+        return 2
+    paths = _upload_paths(args.paths, args.recursive)
+    if paths is None:
+        return 2
+    done = _cache_hits(args, paths)
+    if done == len(paths):
+        return 0
     failed = 0
-    with _open(args) as reg, _progress("uploading") as advance:
-        for path in args.paths:
+    with _open(args) as reg, _progress("uploading", len(paths) - done) as advance:
+        for path in paths[done:]:
             outcome = _attempt(args, reg.get_or_upload_with_status, path,
                                phone_number_id=args.phone_number_id, mime_type=args.mime_type)
             advance(path)
             if outcome is None:
                 failed += 1
-                continue
-            status = "uploaded" if outcome.uploaded else "cached"
-            if args.json:
-                print(json.dumps({"media_id": outcome.media_id, "status": status, "path": path}), flush=True)
             else:
-                print(f"{outcome.media_id}\t{status}\t{path}", flush=True)
+                _print_upload(args, outcome.media_id, "uploaded" if outcome.uploaded else "cached", path)
     return 1 if failed else 0
+
+
+def _cache_hits(args: argparse.Namespace, paths: Sequence[str]) -> int:
+    """Print the leading paths that are cache hits, read without the full settings (start-up
+    is most of a cached upload's cost); return how many. A miss leaves the rest to the registry."""
+    from ._quick import CacheHits, hit_settings
+
+    settings = hit_settings(os.environ, args.db, args.phone_number_id)
+    if settings is None or args.mime_type:
+        return 0
+    hits = CacheHits(settings)
+    try:
+        for done, path in enumerate(paths):
+            media_id = hits.media_id(path)
+            if media_id is None:
+                return done
+            _print_upload(args, media_id, "cached", path)
+        return len(paths)
+    finally:
+        hits.close()
+
+
+def _print_upload(args: argparse.Namespace, media_id: str, status: str, path: str) -> None:
+    if args.quiet:
+        print(media_id, flush=True)
+    elif args.json:
+        _print_json({"media_id": media_id, "status": status, "path": path}, flush=True)
+    else:
+        print(f"{media_id}\t{status}\t{path}", flush=True)
+
+
+def _upload_paths(paths: Sequence[str], recursive: bool) -> list[str] | None:
+    """The files to upload: the paths given, or with ``--recursive`` every file under the
+    folders given (hidden ones left out); None after saying why when a folder is given without it."""
+    if not recursive:
+        for path in paths:
+            if os.path.isdir(path):
+                _error(f"{path}: is a folder; pass --recursive (-r) to upload every file under it")
+                return None
+        return list(paths)
+    files = []
+    for path in paths:
+        if not os.path.isdir(path):
+            files.append(path)
+            continue
+        for folder, subfolders, names in os.walk(path):
+            subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+            files.extend(os.path.join(folder, name) for name in sorted(names) if not name.startswith("."))
+    return files
 
 
 def _refresh(args: argparse.Namespace) -> int:
@@ -95,7 +180,9 @@ def _delete(args: argparse.Namespace) -> int:
         report = reg.delete(args.target)
     _print_report(report, args.json)
     if report.count("pending"):
-        _error("the API could not delete every ID now; `media-registry purge` retries them")
+        _error("the content is marked deleted and never served again, but the API could not "
+               "delete every ID now (see why above); `media-registry purge` or the daemon retries them")
+        return 1
     return 0
 
 
@@ -107,9 +194,15 @@ def _purge(args: argparse.Namespace) -> int:
 
 
 def _daemon(args: argparse.Namespace) -> int:
+    import logging
+
+    from .errors import RedactingFilter
+    from .registry import MediaRegistry
     from .scheduler import run_daemon  # APScheduler is only needed here
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactingFilter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler],
                         format="%(asctime)s %(levelname)s %(message)s")
     for chatty in ("apscheduler", "httpx"):  # one line per action is ours to write
         logging.getLogger(chatty).setLevel(logging.WARNING)
@@ -121,27 +214,40 @@ def _daemon(args: argparse.Namespace) -> int:
 
 def _print_report(report: Report, as_json: bool) -> None:
     for action in report.actions:
-        print(action.model_dump_json() if as_json else action.describe())
+        if as_json:
+            _print_json(action.model_dump())
+        else:
+            print(action.describe())
     if not report.actions and not as_json:
         print("nothing to do")
 
 
 @contextmanager
-def _progress(what: str) -> Iterator[Callable[[object], None]]:
-    """A rich progress counter on stderr when it is a terminal; a no-op otherwise."""
+def _progress(what: str, total: int | None = None) -> Iterator[Callable[[object], None]]:
+    """A rich progress line on stderr when it is a terminal (``uploading 37/50, 12/s``);
+    a no-op otherwise."""
     if not sys.stderr.isatty():
         yield lambda _action: None
         return
+    import time
+
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    columns = (SpinnerColumn(), TextColumn("{task.description} {task.completed} done"),
-               TimeElapsedColumn())
+    started = time.monotonic()
     # Lines printed meanwhile go above the bar; stdout is left alone when it is piped.
-    with Progress(*columns, transient=True, console=Console(stderr=True),
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  transient=True, console=Console(stderr=True),
                   redirect_stdout=sys.stdout.isatty()) as progress:
-        task = progress.add_task(what, total=None)
-        yield lambda _action: progress.advance(task)
+        task = progress.add_task(what, total=total)
+
+        def advance(_action: object) -> None:
+            done = int(progress.tasks[task].completed) + 1
+            rate = done / max(time.monotonic() - started, 1e-3)
+            count = f"{done}/{total}" if total else str(done)
+            progress.update(task, advance=1, description=f"{what} {count}, {rate:.0f}/s")
+
+        yield advance
 
 
 def _download(args: argparse.Namespace) -> int:
@@ -150,57 +256,85 @@ def _download(args: argparse.Namespace) -> int:
         return 2
     with _open(args) as reg:
         results = []
+        skipped: list[str] = []
         if args.webhook is not None:
-            results.extend(reg.download_webhook(_read_json(args.webhook), args.out))
+            results.extend(reg.download_webhook(_read_json(args.webhook), args.out, on_invalid=skipped.append))
         attempts = [_attempt(args, reg.download, media_id, args.out) for media_id in args.media_ids]
-    failed = attempts.count(None)
+    for problem in skipped:
+        _error(problem)
+    failed = attempts.count(None) + len(skipped)
     results.extend(result for result in attempts if result is not None)
     for result in results:
         status = "downloaded" if result.fetched else "present"
         if args.json:
-            print(result.model_dump_json())
+            _print_json(result.model_dump())
         else:
             print(f"{result.media_id}\t{status}\t{result.path}")
     return 1 if failed else 0
 
 
 def _read_json(source: str) -> Any:
+    import json
+
+    from .errors import InputError
+
     try:
-        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+        text = sys.stdin.read() if source == "-" else _read_text(source)
         return json.loads(text)
     except OSError as exc:
         raise InputError(f"{source}: cannot read the webhook payload ({exc.strerror})") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"{source}: the webhook payload is not JSON ({exc.msg}, line {exc.lineno})") from None
+    except RecursionError:
+        raise InputError(f"{source}: the webhook payload is nested too deeply to be a webhook") from None
+
+
+# The listing streams, so its columns cannot be fitted to all the rows: these widths fit
+# the usual values, and a longer one only shifts the rest of its own row.
+LS_COLUMNS = {"PHONE NUMBER": 15, "SHA256": 12, "MEDIA ID": 16, "STATE": 7, "SIZE": 8,
+              "UPLOADED (UTC)": 16, "EXPIRES (UTC)": 16, "TYPE": 15, "PATHS": 0}
+
+
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8") as file:
+        return file.read()
 
 
 def _ls(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
     within = timedelta(days=args.expiring) if args.expiring is not None else None
-    with _open(args) as reg:
-        records = reg.records(expiring_within=within)
-    if args.json:
-        for record in records:
-            print(record.model_dump_json(exclude={"history"}))
-        return 0
-    rows = [
-        (r.phone_number_id or "-", r.sha256[:12], r.media_id or "-", r.mime_type,
-         _size(r.size_bytes), _when(r.uploaded_at), _when(r.expires_at), ", ".join(r.paths) or "-")
-        for r in records
-    ]
-    _table(("PHONE NUMBER", "SHA256", "MEDIA ID", "TYPE", "SIZE", "UPLOADED (UTC)",
-            "EXPIRES (UTC)", "PATHS"), rows)
+    listed = 0
+    with _open(args, create=False) as reg:
+        for record in reg.records(expiring_within=within):
+            if args.json:
+                _print_json(record.model_dump(exclude={"history"}))
+            else:
+                if not listed:
+                    _print_row(LS_COLUMNS)
+                _print_row((record.phone_number_id or "-", record.sha256[:12], record.media_id or "-",
+                            record.state, _size(record.size_bytes), _when(record.uploaded_at),
+                            _when(record.expires_at), record.mime_type, ", ".join(record.paths) or "-"))
+            listed += 1
+    if not listed:
+        print(f"no media ID expires within {args.expiring:g} days" if within is not None
+              else "the registry is empty; add files with: media-registry upload FILE", file=sys.stderr)
     return 0
 
 
+def _print_row(cells: Sequence[str]) -> None:
+    print("  ".join(cell.ljust(width) for cell, width in zip(cells, LS_COLUMNS.values())).rstrip())
+
+
 def _show(args: argparse.Namespace) -> int:
-    with _open(args) as reg:
+    with _open(args, create=False) as reg:
         record = reg.lookup(args.target)
     if record is None:
         _error(f"{args.target}: not in the registry; upload it first, or check the path, "
-               "sha256 or media ID")
+               "media ID or sha256 (see: media-registry ls)")
         return 1
     if args.json:
-        print(record.model_dump_json())
+        _print_json(record.model_dump())
         return 0
     _print_record(record)
     return 0
@@ -216,6 +350,7 @@ def _print_record(record: MediaRecord) -> None:
         "uploaded": _when(record.uploaded_at),
         "expires": _when(record.expires_at),
         "deleted": _when(record.deleted_at),
+        "state": record.state,
     }
     for name, value in fields.items():
         print(f"{name + ':':14}{value}")
@@ -228,10 +363,10 @@ def _print_record(record: MediaRecord) -> None:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    with _open(args) as reg:
+    with _open(args, create=False) as reg:
         counts = reg.stats()
     if args.json:
-        print(json.dumps(counts))
+        _print_json(counts)
     else:
         by_phone = counts.pop("by_phone_number")
         for name, value in counts.items():
@@ -268,7 +403,51 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fake_api(args: argparse.Namespace) -> int:
+    import shlex
+    import signal
+    import threading
+
+    from .errors import InputError
+    from .testing import FakeGraphAPI  # the local server: only load it here
+
+    try:
+        api = FakeGraphAPI(port=args.port)
+    except OSError as exc:
+        raise InputError(f"port {args.port}: cannot listen on it ({exc.strerror}); "
+                         "pick another --port, or leave it out for a free one") from None
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with api:
+        settings = {"WHATSAPP_TOKEN": api.token, "WHATSAPP_API_BASE": api.base_url,
+                    "WHATSAPP_PHONE_NUMBER_ID": api.phone_number_id}
+        for name, value in settings.items():
+            print(f"export {name}={shlex.quote(value)}")
+        sys.stdout.flush()
+        print(f"local Graph API serving at {api.origin}; Ctrl-C stops it", file=sys.stderr, flush=True)
+        stop.wait()
+    return 0
+
+
 # -- formatting -------------------------------------------------------------------------
+
+
+def _print_json(data: Mapping[str, Any], flush: bool = False) -> None:
+    """One JSON line: the record's own keys, times as ISO-8601 UTC ending in Z."""
+    import json
+
+    print(json.dumps(data, ensure_ascii=False, default=_json_value), flush=flush)
+
+
+def _json_value(value: object) -> str:
+    from datetime import datetime, timezone
+
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _when(moment: datetime | None) -> str:
@@ -283,13 +462,18 @@ def _size(size: int) -> str:
     return f"{size:g} GB"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-    for row in (header, *rows):
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
-
-
 # -- parser -----------------------------------------------------------------------------
+
+
+def _days(text: str) -> float:
+    """A number of days from 0 to a century (``nan``, ``inf`` and ``-1`` are refused)."""
+    try:
+        days = float(text)
+    except ValueError:
+        days = -1
+    if not 0 <= days <= 36500:  # also False for nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days from 0 to 36500 (e.g. 3 or 0.5)")
+    return days
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -300,31 +484,41 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--db", help="registry file (default: $MEDIA_REGISTRY_DB or ./media-registry.db)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    parser.add_argument("--json", action="store_true", help="JSON lines instead of text, where it applies")
+    # The same options after the command; SUPPRESS keeps a value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND", dest="command")
 
     def command(name: str, run: Command, help_text: str, json_flag: bool = True) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.set_defaults(run=run)
+        sub = commands.add_parser(name, help=help_text, description=help_text, parents=[common])
+        sub.set_defaults(run=run, json_applies=json_flag)
         if json_flag:
-            sub.add_argument("--json", action="store_true", help="JSON lines instead of text")
+            sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                             help="JSON lines instead of text")
         return sub
 
     upload = command("upload", _upload, "get or upload each file; print '<media_id> <status> <path>'")
     upload.add_argument("paths", nargs="+", metavar="PATH")
     upload.add_argument("--phone-number-id", help="default: $WHATSAPP_PHONE_NUMBER_ID")
     upload.add_argument("--mime-type", help="assert the type (it must agree with the bytes)")
+    upload.add_argument("-r", "--recursive", action="store_true",
+                        help="upload every file under the folders given (hidden ones left out)")
+    upload.add_argument("-q", "--quiet", action="store_true", help="print only the media IDs, one per line")
 
     ls = command("ls", _ls, "list contents with their current media IDs")
-    ls.add_argument("--expiring", type=float, metavar="DAYS", help="only IDs expiring within DAYS")
+    ls.add_argument("--expiring", type=_days, metavar="DAYS", help="only IDs expiring within DAYS")
 
+    target_help = "a path, media ID, sha256, or sha256 prefix of 8+ hex digits (as ls prints it)"
     show = command("show", _show, "one content with its paths and history")
-    show.add_argument("target", metavar="PATH|SHA256|MEDIA_ID")
+    show.add_argument("target", metavar="PATH|MEDIA_ID|SHA256", help=target_help)
 
     refresh = command("refresh", _refresh, "upload again the IDs that expire within refresh_before")
     refresh.add_argument("--dry-run", action="store_true", help="only say what would be uploaded")
 
     delete = command("delete", _delete, "forget a content and delete its media IDs at the API")
-    delete.add_argument("target", metavar="PATH|SHA256|MEDIA_ID")
+    delete.add_argument("target", metavar="PATH|MEDIA_ID|SHA256", help=target_help)
 
     purge = command("purge", _purge, "delete vanished and deleted content remotely; drop expired IDs")
     purge.add_argument("--dry-run", action="store_true", help="only say what would be done")
@@ -349,4 +543,7 @@ def _parser() -> argparse.ArgumentParser:
 
     command("demo", _demo, "run the main job end to end on a built-in local Graph API",
             json_flag=False)
+    fake_api = command("fake-api", _fake_api, "serve the built-in local Graph API until Ctrl-C "
+                       "and print the export lines that point this command at it", json_flag=False)
+    fake_api.add_argument("--port", type=int, default=0, help="default: a free port")
     return parser

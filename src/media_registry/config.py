@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
-import socket
+import difflib
+import os
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from .dburl import PostgresURL, is_postgres_url
-from .errors import ConfigError
-from .graph import MEDIA_HOST_SUFFIXES
+from .errors import ConfigError, register_secret
+from .graph import (
+    DOWNLOAD_DEADLINE,
+    DOWNLOAD_USER_AGENT,
+    MEDIA_HOST_SUFFIXES,
+    USER_AGENT,
+    check_api_base,
+    check_media_hosts,
+    check_token,
+    check_user_agent,
+)
 
-DEFAULT_API_BASE = "https://graph.facebook.com/v21.0"
+# Meta retires a Graph API version about two years after its release.
+DEFAULT_API_BASE = "https://graph.facebook.com/v23.0"
 
 
 def _env(name: str, default: Any = None) -> Any:
@@ -41,23 +53,28 @@ class Settings(BaseSettings):
     ttl_by_phone_number: dict[str, timedelta] = {}
     min_validity: timedelta = timedelta(days=1)
     refresh_before: timedelta = timedelta(days=3)
-    user_agent: str = "media-registry/0.1 (+https://pypi.org/project/media-registry/)"
-    timeout: float = Field(60.0, gt=0)
+    # Graph API requests carry the project's own (Meta's spec constrains it); downloads from
+    # the media hosts a browser-like one.
+    user_agent: str = USER_AGENT
+    download_user_agent: str = Field(DOWNLOAD_USER_AGENT, pattern=r"^[\x20-\x7e]+$")
+    timeout: float = Field(60.0, gt=0, allow_inf_nan=False)
+    # A download as a whole, however slowly the server sends it.
+    download_deadline: float = Field(DOWNLOAD_DEADLINE, gt=0, allow_inf_nan=False)
     max_retries: int = Field(4, ge=0, le=20)
-    retry_backoff: float = Field(0.5, ge=0)
+    retry_backoff: float = Field(0.5, ge=0, allow_inf_nan=False)
     # Host suffixes that may receive the token over https for downloads, besides the API base.
     media_hosts: tuple[str, ...] = MEDIA_HOST_SUFFIXES
     refresh_concurrency: int = Field(4, ge=1, le=64)
     refresh_interval: timedelta = timedelta(hours=1)
     purge_interval: timedelta = timedelta(hours=1)
     # How long to wait for another writer before RegistryLocked.
-    busy_timeout: float = Field(10.0, gt=0)
+    busy_timeout: float = Field(10.0, gt=0, allow_inf_nan=False)
     # Seconds between lease heartbeats is a third of this; a dead owner frees it after this.
-    lease_seconds: float = Field(60.0, gt=0)
+    lease_seconds: float = Field(60.0, gt=0, allow_inf_nan=False)
     # PostgreSQL only: connections per process, this host's name in the fleet (stable across
     # restarts, unlike a Kubernetes pod's hostname), and how long an unseen host keeps its paths.
     pg_pool_size: int = Field(10, ge=2, le=1000)
-    host_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=200)
+    host_id: str = Field(default_factory=lambda: os.uname().nodename, min_length=1, max_length=200)
     host_retention: timedelta = timedelta(days=14)
 
     @field_validator("db", mode="before")
@@ -65,17 +82,34 @@ class Settings(BaseSettings):
     def _check_db(cls, value: Any) -> Any:
         return PostgresURL(value) if is_postgres_url(value) and isinstance(value, str) else value
 
+    @field_validator("token")
+    @classmethod
+    def _check_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        token = check_token(value.get_secret_value())
+        register_secret(token, "token")
+        return SecretStr(token or "")
+
     @field_validator("api_base")
     @classmethod
     def _check_api_base(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("must start with https:// (or http:// for a local test server)")
-        return value.rstrip("/")
+        return check_api_base(value)
+
+    @field_validator("media_hosts")
+    @classmethod
+    def _check_media_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return check_media_hosts(value)
+
+    @field_validator("user_agent")
+    @classmethod
+    def _check_user_agent(cls, value: str) -> str:
+        return check_user_agent(value)
 
     @field_validator("phone_number_id")
     @classmethod
     def _check_phone_number_id(cls, value: str | None) -> str | None:
-        if value is not None and not value.isdigit():
+        if value is not None and not (value.isascii() and value.isdigit()):
             raise ValueError("must be the digits of the phone number ID from Meta's app dashboard")
         return value
 
@@ -153,19 +187,51 @@ _ENV_NAMES = {
 }
 
 
+def _variable(field: str) -> str:
+    """The environment variable of a settings field."""
+    return _ENV_NAMES.get(field, field.upper() if field.upper().startswith("WHATSAPP_")
+                          else f"MEDIA_REGISTRY_{field.upper()}")
+
+
+def _check_names(overrides: dict[str, Any]) -> None:
+    """ConfigError for an argument that is no setting, naming the closest one: a misspelt
+    ``min_validty=`` must not silently leave the default in force."""
+    for name in overrides:
+        if name not in Settings.model_fields:
+            close = difflib.get_close_matches(name, Settings.model_fields, n=1)
+            hint = f"did you mean {close[0]}?" if close else "see media_registry.Settings for the names"
+            raise ConfigError(f"unknown setting {name!r}: {hint}")
+
+
+def _expected_form(field: str) -> str:
+    """How a structured setting is written in the environment."""
+    if Settings.model_fields[field].annotation == tuple[str, ...]:
+        return 'a JSON list of strings, e.g. [".fbsbx.com", ".whatsapp.net"]'
+    return 'a JSON object, e.g. {"106540352242922": 3600}'
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read the environment, apply non-None overrides, and validate everything once.
 
-    A bad value raises ConfigError naming the environment variable (or argument) at fault.
+    A bad value raises ConfigError naming the environment variable (or argument) at fault;
+    an unknown argument raises ConfigError naming the closest setting.
     """
+    _check_names(overrides)
     given = {key: value for key, value in overrides.items() if value is not None}
     try:
         settings = Settings(**{_ENV_NAMES.get(k, k): v for k, v in given.items()})
     except ValidationError as exc:
         error = exc.errors()[0]
-        field = str(error["loc"][0]).upper() if error["loc"] else "?"
-        name = field if field.startswith("WHATSAPP_") else f"MEDIA_REGISTRY_{field}"
-        raise ConfigError(f"invalid {name}: {error['msg']}; fix the variable or argument") from None
+        name = _variable(str(error["loc"][0])) if error["loc"] else "a setting"
+        message = error["msg"].removeprefix("Value error, ")  # pydantic's prefix says nothing
+        raise ConfigError(f"invalid {name}: {message}; fix the variable or argument") from None
+    except SettingsError as exc:  # a structured value that is not JSON
+        field = re.search(r'field "(\w+)"', str(exc))
+        if field is None:
+            raise ConfigError(f"invalid setting: {exc}; fix the environment") from None
+        raise ConfigError(
+            f"invalid {_variable(field[1])}: not JSON; write {_expected_form(field[1])}"
+        ) from None
     for name in ("min_validity", "refresh_before"):
         if getattr(settings, name) >= settings.ttl:
             raise ConfigError(

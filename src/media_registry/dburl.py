@@ -4,10 +4,12 @@ password (str, repr, errors, logs, ``stats``)."""
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from pydantic import GetCoreSchemaHandler
 from pydantic_core import core_schema
+
+from .errors import register_secret
 
 SCHEMES = ("postgresql://", "postgres://")
 
@@ -31,6 +33,9 @@ class PostgresURL:
         if not parts.path.strip("/"):
             raise ValueError(f"{_redact(url)} names no database; end it with /DBNAME") from None
         self._url = url
+        # Whatever echoes it (a driver's message, a traceback) shows <password> instead.
+        for form in {parts.password, unquote(parts.password or "")}:
+            register_secret(form, "password")
 
     def secret(self) -> str:
         """The URL with its password, for the database driver only."""

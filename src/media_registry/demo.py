@@ -43,8 +43,9 @@ def run_demo() -> Iterator[str]:
             yield from _cache_hits(registry, root, api)
             yield from _four_weeks_later(registry, root, api)
         sends = len(SAMPLES) + HITS + 2
-        yield f"\nDone: {api.uploads} uploads for {sends:,} sends. Try it on your own files:"
-        yield "  export WHATSAPP_TOKEN=... WHATSAPP_PHONE_NUMBER_ID=...; media-registry upload FILE"
+        yield f"\nDone: {api.uploads} uploads for {sends:,} sends. Next, the command line on your own files:"
+        yield "  media-registry fake-api    # a local Graph API; paste the export lines it prints"
+        yield "  media-registry upload FILE"
 
 
 def _first_sends(registry: MediaRegistry, root: Path, api: FakeGraphAPI) -> Iterator[str]:

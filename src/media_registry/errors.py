@@ -18,22 +18,70 @@
     │   ├── RegistryLocked      another writer held the lock past the busy timeout
     │   ├── RegistryUnreachable the PostgreSQL server is down, restarting or out of reach
     │   ├── RegistryCorrupt     the file is not a media-registry database
-    │   └── SchemaTooNew        written by a newer media-registry
+    │   ├── SchemaTooNew        written by a newer media-registry
+    │   └── ContentDeleted      the content was deleted while this call uploaded it
     └── DownloadError           inbound media
         ├── UnsafeDownloadURL   a download URL outside the allowed hosts
         ├── DownloadURLExpired  the short-lived download URL expired (fetched again)
         └── IntegrityError      the bytes do not match the size or sha256 announced
 
 Every message is one line: what went wrong, with which file, and what to do about it.
+Every message also passes through :func:`redact` when the error is made, so a secret that a
+server echoes (the token, a database password: see :func:`register_secret`) never reaches
+output, logs or tracebacks.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any
+
+# Shorter values would mangle ordinary words if replaced, and are no secret anyway.
+MIN_SECRET_LENGTH = 6
+
+_secrets: dict[str, str] = {}  # value -> label shown in its place
+_secrets_lock = threading.Lock()
+
+
+def register_secret(value: str | None, label: str = "secret") -> None:
+    """Redact ``value`` as ``<label>`` from every error message and log line from now on
+    (the WhatsApp token, a database password). Values under MIN_SECRET_LENGTH are ignored."""
+    if value and len(value) >= MIN_SECRET_LENGTH:
+        with _secrets_lock:
+            _secrets[value] = label
+
+
+def redact(text: str) -> str:
+    """``text`` with every registered secret replaced by its label, longest first."""
+    with _secrets_lock:
+        known = sorted(_secrets.items(), key=lambda item: -len(item[0]))
+    for value, label in known:
+        text = text.replace(value, f"<{label}>")
+    return text
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks (an API's multi-line message) folded into spaces."""
+    return " ".join(text.split())
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that redacts registered secrets from messages and tracebacks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record in place; never drops it."""
+        record.msg, record.args = redact(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        return True
 
 
 class MediaRegistryError(Exception):
-    """Base of every error media-registry raises."""
+    """Base of every error media-registry raises; its message is one line, secrets redacted."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*(one_line(redact(arg)) if isinstance(arg, str) else arg for arg in args))
 
 
 class InputError(MediaRegistryError):
@@ -143,6 +191,10 @@ class RegistryCorrupt(RegistryError):
 
 class SchemaTooNew(RegistryError):
     """The registry was written by a newer version of media-registry."""
+
+
+class ContentDeleted(RegistryError):
+    """The content was deleted while this call uploaded it: deletion wins, nothing is served."""
 
 
 class DownloadError(MediaRegistryError):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import stat
@@ -66,6 +65,8 @@ def open_source(path: str | os.PathLike[str]) -> io.BufferedReader:
 
 def sha256_file(file: io.BufferedReader) -> str:
     """Hex sha256 of an open binary file, read in large blocks from its current position."""
+    import hashlib  # here, not at the top: a cache hit never hashes, and OpenSSL is slow to load
+
     if hasattr(hashlib, "file_digest"):  # Python 3.11+: releases the GIL, no copies
         return hashlib.file_digest(file, "sha256").hexdigest()
     digest = hashlib.sha256()

@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
-from ._sqlite_store import export_registry
 from .dburl import PostgresURL
 from .errors import ConfigError, RegistryError
+from .sqlitestore import export_registry
 from .store import open_store
 
 

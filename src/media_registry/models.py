@@ -7,7 +7,9 @@ import binascii
 from datetime import datetime
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .errors import InputError
 
 
 class MediaEvent(BaseModel):
@@ -34,6 +36,9 @@ class MediaRecord(BaseModel):
     uploaded_at: datetime | None = None
     expires_at: datetime | None = None
     deleted_at: datetime | None = None
+    # current (has a media ID for this number), deleted (forgotten; its remote DELETE done or
+    # owed), unsent (known content without a current ID, e.g. its upload failed)
+    state: str = "current"
     paths: tuple[str, ...] = ()
     history: tuple[MediaEvent, ...] = ()
 
@@ -108,13 +113,21 @@ class MediaMetadata(BaseModel):
     mime_type: str
     sha256: str
     # The spec types it as a string, real responses send an integer: pydantic takes both.
-    file_size: int
+    file_size: int = Field(ge=0)
     messaging_product: str = "whatsapp"
 
     @field_validator("sha256")
     @classmethod
     def _normalise_sha256(cls, value: str) -> str:
         return sha256_hex(value)
+
+
+def graph_id(value: object, what: str) -> str:
+    """``value`` if it is a Graph API ID (digits), else InputError: IDs go into request paths,
+    where ``../`` or ``?`` would reach another endpoint."""
+    if not isinstance(value, str) or not value.isascii() or not value.isdigit():
+        raise InputError(f"{str(value)[:80]!r} is not a {what} (digits only); check the value given")
+    return value
 
 
 def sha256_hex(digest: str) -> str:

@@ -495,17 +495,25 @@ class PostgresStore:
     # -- reading for people -------------------------------------------------------------------
 
     def resolve(self, target: str) -> str | None:
-        """The sha256 a sha256, a media ID or a path of this host names, in that order."""
+        """The sha256 a path of this host, a media ID or a sha256 names, in that order."""
         row = self.db.run(lambda con: con.execute(
             """
-            SELECT sha256 FROM contents WHERE sha256 = lower(%s)
+            (SELECT sha256 FROM paths WHERE host_id = %s AND path = %s)
             UNION ALL (SELECT sha256 FROM media WHERE media_id = %s LIMIT 1)
-            UNION ALL SELECT sha256 FROM paths WHERE host_id = %s AND path = %s
+            UNION ALL (SELECT sha256 FROM contents WHERE sha256 = lower(%s))
             LIMIT 1
             """,
-            (target, target, self.host_id, os.path.abspath(target)),
+            (self.host_id, os.path.abspath(target), target, target),
         ).fetchone(), transaction=False)
         return row[0] if row else None
+
+    def sha256s_starting_with(self, prefix: str, limit: int) -> list[str]:
+        """Up to ``limit`` known sha256s starting with ``prefix``, in order (an index range)."""
+        rows = self.db.run(lambda con: con.execute(
+            "SELECT sha256 FROM contents WHERE sha256 >= %s AND sha256 < %s ORDER BY sha256 LIMIT %s",
+            (prefix, prefix + "g", limit),  # "g" sorts after every hex digit
+        ).fetchall(), transaction=False)
+        return [row[0] for row in rows]
 
     def content_rows(
         self, *, sha256: str | None = None, expiring_before: datetime | None = None
@@ -591,7 +599,7 @@ class PostgresStore:
     # -- migration from SQLite ------------------------------------------------------------------
 
     def import_registry(self, tables: dict[str, list[tuple[Any, ...]]]) -> dict[str, tuple[int, int]]:
-        """Copy an SQLite registry's rows (as ``_sqlite_store.export_registry`` reads them)
+        """Copy an SQLite registry's rows (as ``sqlitestore.export_registry`` reads them)
         into this one, its paths becoming this host's; in one transaction, idempotent.
 
         Returns, per table, (rows in the source, of those rows how many this registry now

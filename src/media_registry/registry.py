@@ -24,6 +24,7 @@ from ._reading import Reading
 from ._sending import Outcome
 from .graph import AsyncGraphClient, GraphClient
 from .models import DownloadedMedia, LifecycleAction, Report
+from .webhooks import OnInvalid
 
 __all__ = ["AsyncMediaRegistry", "MediaRegistry", "Outcome"]
 
@@ -41,7 +42,8 @@ class MediaRegistry(_Rules):
     (``db``, ``token``, ``phone_number_id``, ``api_base``, ``ttl``, ``min_validity``, ...,
     the names of :class:`~media_registry.config.Settings`). Thread-safe; use one per process.
     ``transport`` swaps the HTTP transport (an ``httpx.BaseTransport``, for tests); ``clock``
-    swaps the time source.
+    swaps the time source; ``create=False`` refuses to create a registry that does not exist
+    yet (for read-only use; an older registry is still upgraded).
     """
 
     _client = GraphClient
@@ -133,19 +135,22 @@ class MediaRegistry(_Rules):
     ) -> DownloadedMedia:
         """Fetch inbound media: fresh metadata, then the bytes, streamed into a temporary file
         while hashing, checked against the API's size and sha256, and renamed into place as
-        ``<sha256>.<ext>`` in ``dest_dir`` (default: ``blob_dir``). Content already on disk is
-        not fetched again. An expired URL or a bad transfer is retried with backoff (fresh
-        metadata each time), then ends in one clear error with no partial file left.
+        ``<sha256>.<ext>`` in ``dest_dir`` (default: ``blob_dir``). Content already on disk (its
+        bytes checked, never through a symlink) is not fetched again. An expired URL or a bad
+        transfer is retried with backoff (fresh metadata each time), then ends in one clear
+        error with no partial file left.
         """
         return self._drive(self._download_flow(media_id, dest_dir, phone_number_id))
 
     def download_webhook(
-        self, payload: dict[str, Any], dest_dir: str | os.PathLike[str] | None = None
+        self, payload: dict[str, Any], dest_dir: str | os.PathLike[str] | None = None, *,
+        on_invalid: OnInvalid | None = None,
     ) -> list[DownloadedMedia]:
         """Download every media item a webhook payload carries (see
-        :func:`~media_registry.webhooks.media_in_webhook`); a webhook's own sha256 must agree
-        with what was fetched."""
-        return self._drive(self._download_webhook_flow(payload, dest_dir))
+        :func:`~media_registry.webhooks.media_in_webhook`, which says what ``on_invalid``
+        gets for an item of the wrong shape; the others are downloaded all the same); a
+        webhook's own sha256 must agree with what was fetched."""
+        return self._drive(self._download_webhook_flow(payload, dest_dir, on_invalid))
 
 
 class AsyncMediaRegistry(_Rules):
@@ -251,7 +256,8 @@ class AsyncMediaRegistry(_Rules):
         return await self._drive(self._download_flow(media_id, dest_dir, phone_number_id))
 
     async def download_webhook(
-        self, payload: dict[str, Any], dest_dir: str | os.PathLike[str] | None = None
+        self, payload: dict[str, Any], dest_dir: str | os.PathLike[str] | None = None, *,
+        on_invalid: OnInvalid | None = None,
     ) -> list[DownloadedMedia]:
         """See :meth:`MediaRegistry.download_webhook`."""
-        return await self._drive(self._download_webhook_flow(payload, dest_dir))
+        return await self._drive(self._download_webhook_flow(payload, dest_dir, on_invalid))

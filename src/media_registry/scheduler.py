@@ -7,20 +7,24 @@ in flight finish and are recorded, no new one starts, and the process exits 0.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
+import re
 import signal
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from .dburl import PostgresURL
-from .errors import MediaRegistryError, RegistryLocked
+from .errors import MediaRegistryError, RegistryError, RegistryLocked
 from .models import LifecycleAction, Report
 from .registry import MediaRegistry
 
@@ -30,10 +34,10 @@ log = logging.getLogger("media_registry.daemon")
 def run_daemon(registry: MediaRegistry) -> None:
     """Run refresh and purge every ``refresh_interval`` / ``purge_interval`` until a signal.
 
-    Raises RegistryLocked if another daemon already serves this registry (or this host).
+    Raises RegistryLocked if another daemon already serves this registry.
     """
     settings = registry.settings
-    with _only_daemon(registry):
+    with _one_daemon(registry):
         scheduler = BackgroundScheduler(
             timezone=timezone.utc,
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -85,34 +89,62 @@ def _log_action(action: LifecycleAction) -> None:
 
 
 @contextmanager
-def _only_daemon(registry: MediaRegistry) -> Iterator[None]:
-    """Hold an exclusive lock for as long as the daemon runs: beside an SQLite registry, or
-    this host's advisory lock in a PostgreSQL one.
+def _one_daemon(registry: MediaRegistry) -> Iterator[None]:
+    """One daemon per SQLite registry; per host of a PostgreSQL one (an advisory lock held on
+    a session of its own, which a killed daemon's death frees)."""
+    db = registry.settings.db
+    if not isinstance(db, PostgresURL):
+        with _only_daemon(db):
+            yield
+        return
+    from .pgstore import PostgresStore
+
+    assert isinstance(registry.store, PostgresStore)
+    with registry.store.daemon_lock():
+        yield
+
+
+@contextmanager
+def _only_daemon(db: Path) -> Iterator[None]:
+    """Hold an exclusive lock beside the registry for as long as the daemon runs.
 
     flock is released by the kernel when the process dies, so a killed daemon never blocks
     the next one.
     """
-    db = registry.settings.db
-    if isinstance(db, PostgresURL):
-        from .pgstore import PostgresStore
-
-        assert isinstance(registry.store, PostgresStore)
-        with registry.store.daemon_lock():
-            yield
-        return
-    lock_path = db.with_name(db.name + ".daemon-lock")
-    with open(lock_path, "a+") as lock:
+    handle = _open_lock(db.with_name(db.name + ".daemon-lock"))
+    try:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "unknown"
+            holder = os.pread(handle, 32, 0).decode(errors="replace").strip() or "unknown"
             raise RegistryLocked(
                 f"another media-registry daemon (pid {holder}) already serves {db}; "
                 "stop it first, or run this one on another registry"
             ) from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(str(os.getpid()))
-        lock.flush()
+        os.ftruncate(handle, 0)
+        os.pwrite(handle, str(os.getpid()).encode(), 0)
         yield
+    finally:
+        os.close(handle)
+
+
+def _open_lock(path: Path) -> int:
+    """Open (or create) the daemon's lock file without following a symlink, and only if it is
+    one a daemon wrote: a regular file of one link holding at most a PID. Anything else placed
+    there is refused and left exactly as it was."""
+    try:
+        handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as exc:
+        what = "is a symlink" if exc.errno == errno.ELOOP else f"cannot be opened ({exc.strerror})"
+        raise RegistryError(
+            f"{path}: {what}, not a daemon lock; remove it, then start the daemon again"
+        ) from None
+    facts = os.fstat(handle)
+    if not (stat.S_ISREG(facts.st_mode) and facts.st_nlink == 1 and facts.st_size <= 32
+            and re.fullmatch(rb"\d*\s*", os.pread(handle, 32, 0))):
+        os.close(handle)
+        raise RegistryError(
+            f"{path}: holds something other than a daemon lock; remove it, then start the "
+            "daemon again"
+        )
+    return handle

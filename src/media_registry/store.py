@@ -4,7 +4,7 @@ The registry only ever holds a :class:`Store`; it never sees SQL, a driver's obj
 dialect's time format. Times go in and out as timezone-aware UTC datetimes, rows as the
 NamedTuples below, paths as tuples. Each backend is one module implementing the contract:
 
-- SQLite (:mod:`media_registry._sqlite_store`), the embedded default, a file path;
+- SQLite (:mod:`media_registry.sqlitestore`), the embedded default, a file path;
 - PostgreSQL (``media_registry.pgstore``, the ``postgres`` extra), a ``postgresql://`` URL.
 
 The rules the registry relies on are enforced by each backend's schema as well (at most
@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import enum
 import os
-import socket
 import threading
-import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from importlib import import_module
@@ -281,8 +279,13 @@ class Store(Protocol):
     # -- reading for people --------------------------------------------------------------
 
     def resolve(self, target: str) -> str | None:
-        """The sha256 that a sha256, a media ID or a path (made absolute) names, tried in
-        that order, if the registry knows it."""
+        """The sha256 that a path (made absolute; this host's), a media ID or a sha256 names,
+        tried in that order, if the registry knows it."""
+        ...
+
+    def sha256s_starting_with(self, prefix: str, limit: int) -> list[str]:
+        """Up to ``limit`` sha256s of known contents that start with ``prefix`` (lower-case
+        hex), in order (one indexed range read)."""
         ...
 
     def content_rows(
@@ -340,20 +343,20 @@ def open_store(
             pool_size=pool_size, **({"host_retention": host_retention} if host_retention else {}),
         )
         return store
-    from ._sqlite_store import SQLiteStore
+    from .sqlitestore import SQLiteStore
 
     return SQLiteStore(os.fspath(db), create=create, busy_timeout=busy_timeout)
 
 
 # -- lease owners ------------------------------------------------------------------------
 
-HOST = socket.gethostname()
+HOST = os.uname().nodename  # socket.gethostname() without loading socket on a cache hit
 
 
 def new_owner() -> str:
     """A lease owner name unique to this host, process, thread and call:
     ``host:pid:thread:nonce``."""
-    return f"{HOST}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
+    return f"{HOST}:{os.getpid()}:{threading.get_ident()}:{os.urandom(4).hex()}"
 
 
 def owner_alive(owner: str) -> bool:

@@ -14,6 +14,7 @@ or through the ``fake_graph_api`` pytest fixture that media-registry registers.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import itertools
@@ -27,12 +28,13 @@ import threading
 import time
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from .errors import UnsupportedMedia
 from .media_types import KIND_BY_MIME
 
 UPLOAD_PATH = re.compile(r"^/(?P<version>v[\d.]+)/(?P<phone>\d+)/media$")
@@ -108,7 +110,10 @@ class FakeGraphAPI:
     ``sha256_encoding`` ("hex" or "base64") and ``file_size_as_string`` pick between the
     shapes seen in Meta's spec and in real responses; ``delete_answer`` is ``"success"``
     (the spec) or ``"deleted"`` (the seed page). ``download_origin`` (settable) makes the
-    download URLs point at another server, as a hostile or broken API might.
+    download URLs point at another server, as a hostile or broken API might. ``port`` 0 picks a
+    free one. Uploads go only
+    to the phone numbers it knows (``phone_number_id``, ``phone_numbers`` and those added with
+    :meth:`add_phone_number`); any other is answered as Meta does, with code 100, subcode 33.
     """
 
     def __init__(
@@ -123,9 +128,12 @@ class FakeGraphAPI:
         file_size_as_string: bool = False,
         delete_answer: str = "success",
         host: str = "127.0.0.1",
+        phone_numbers: Iterable[str] = (),
+        port: int = 0,
     ) -> None:
         self.token = token
         self.phone_number_id = phone_number_id
+        self.phone_numbers = {phone_number_id, *phone_numbers}
         self.version = version
         self.ttl = ttl
         self.url_lifetime = url_lifetime
@@ -138,11 +146,11 @@ class FakeGraphAPI:
         self._urls: dict[str, datetime] = {}
         self._faults: list[Fault] = []
         self._offset = timedelta()
+        self._uploads = 0
         self._lock = threading.Lock()
         self._ids = itertools.count(1_000_000_000_000_000 + secrets.randbelow(10**12))
         self._host = host
-        self._server = _QuietServer((host, 0), _handler_for(self))
-        self._server.daemon_threads = True
+        self._server = _Server((host, port), _handler_for(self))
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -166,8 +174,13 @@ class FakeGraphAPI:
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the socket."""
-        self._server.shutdown()
+        """Stop serving: no request is answered from now on, not even on a connection kept
+        alive, and the connections are closed (their threads end). Returns at once, also when
+        the fake was never started."""
+        self._server.close_connections()
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread = None
         self._server.server_close()
 
     def __enter__(self) -> FakeGraphAPI:
@@ -190,10 +203,12 @@ class FakeGraphAPI:
             self._urls.clear()
             self._faults.clear()
             self._offset = timedelta()
+            self._uploads = 0
 
     def advance(self, **delta: float) -> None:
         """Move the fake's clock forward, e.g. ``advance(days=28)``."""
-        self._offset += timedelta(**delta)
+        with self._lock:
+            self._offset += timedelta(**delta)
 
     # -- scripting and counting ---------------------------------------------------------
 
@@ -204,32 +219,80 @@ class FakeGraphAPI:
             self._faults.append(scripted)
         return scripted
 
-    def add_media(self, data: bytes, mime_type: str, phone_number_id: str | None = None) -> str:
-        """Store media as if a customer had sent it; return its media ID."""
+    def add_phone_number(self, phone_number_id: str) -> None:
+        """Make uploads to another phone number succeed (a second number of the account)."""
         with self._lock:
-            media_id = str(next(self._ids))
-            self.media[media_id] = StoredMedia(
-                data, mime_type, phone_number_id or self.phone_number_id, self.now()
-            )
-        return media_id
+            self.phone_numbers.add(phone_number_id)
+
+    def add_media(self, data: bytes, mime_type: str, phone_number_id: str | None = None) -> str:
+        """Store media as if a customer had sent it; return its media ID (not an upload)."""
+        return self._store(StoredMedia(data, mime_type, phone_number_id or self.phone_number_id,
+                                       self.now()))
 
     def count(self, method: str | None = None, path: str | None = None) -> int:
         """How many requests matched ``method`` and a ``path`` substring."""
-        return sum(
-            1 for r in list(self.received)
-            if method in (None, r.method) and (path is None or path in r.path)
-        )
+        with self._lock:
+            received = list(self.received)
+        return sum(1 for r in received
+                   if method in (None, r.method) and (path is None or path in r.path))
 
     @property
     def uploads(self) -> int:
-        """How many uploads succeeded."""
-        return len(self.media)
+        """How many uploads succeeded (media added with :meth:`add_media` are not uploads)."""
+        with self._lock:
+            return self._uploads
 
     def live(self, media_id: str) -> bool:
         """Whether a media ID exists, is not deleted and has not expired on the fake's clock."""
+        with self._lock:
+            return self._live(media_id) is not None
+
+    def _live(self, media_id: str) -> StoredMedia | None:
+        """The media if live; the caller holds the lock."""
         media = self.media.get(media_id)
-        return bool(media and not media.deleted
-                    and self.now() < media.uploaded_at + (media.ttl or self.ttl))
+        if media and not media.deleted and self.now() < media.uploaded_at + (media.ttl or self.ttl):
+            return media
+        return None
+
+    # -- what the request handler does, under the lock ----------------------------------
+
+    def _store(self, media: StoredMedia, upload: bool = False) -> str:
+        with self._lock:
+            media_id = str(next(self._ids))
+            self.media[media_id] = media
+            self._uploads += upload
+        return media_id
+
+    def _receive(self, request: Received) -> None:
+        with self._lock:
+            self.received.append(request)
+
+    def _knows_phone_number(self, phone_number_id: str) -> bool:
+        with self._lock:
+            return phone_number_id in self.phone_numbers
+
+    def _take_live(self, media_id: str, delete: bool) -> StoredMedia | None:
+        """The live media (marked deleted if ``delete``), or None."""
+        with self._lock:
+            media = self._live(media_id)
+            if media is not None and delete:
+                media.deleted = True
+            return media
+
+    def _issue_url(self) -> str:
+        """A new download URL's nonce, valid for ``url_lifetime`` from now."""
+        nonce = secrets.token_hex(8)
+        with self._lock:
+            self._urls[nonce] = self.now()
+        return nonce
+
+    def _downloadable(self, media_id: str, nonce: str) -> StoredMedia | None:
+        with self._lock:
+            issued = self._urls.get(nonce)
+            media = self.media.get(media_id)
+            if issued is None or media is None or self.now() > issued + self.url_lifetime:
+                return None
+            return media
 
     def _next_fault(self, method: str, path: str) -> Fault | None:
         with self._lock:
@@ -242,10 +305,46 @@ class FakeGraphAPI:
         return None
 
 
-class _QuietServer(ThreadingHTTPServer):
+class _Server(ThreadingHTTPServer):
+    """One daemon thread per connection; :meth:`close_connections` ends them all, and no
+    request is answered once it has run."""
+
+    daemon_threads = True
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.stopped = False
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve a new connection in a thread of its own, unless stopped."""
+        with self._connections_lock:
+            if self.stopped:
+                self.shutdown_request(request)
+                return
+            self._connections.add(request)
+        threading.Thread(target=self.process_request_thread, args=(request, client_address),
+                         daemon=True, name="FakeGraphAPI-connection").start()
+
+    def shutdown_request(self, request: Any) -> None:
+        """Forget and close a connection whose thread has ended."""
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Stop answering, and hang up every open connection: a thread waiting for the next
+        request of a kept-alive connection sees the end of it and returns."""
+        with self._connections_lock:
+            self.stopped = True
+            for connection in self._connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+
     def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that hung up (timeouts, resets under test) is not worth a traceback."""
-        if not isinstance(sys.exc_info()[1], ConnectionError):
+        """A client that hung up (timeouts, resets under test, a stop) is not worth a traceback."""
+        if not isinstance(sys.exc_info()[1], OSError):
             super().handle_error(request, client_address)
 
 
@@ -278,10 +377,11 @@ class _GraphHandler(BaseHTTPRequestHandler):
     # -- dispatch -----------------------------------------------------------------------
 
     def _handle(self, method: str) -> None:
+        if self.fake._server.stopped:  # a request on a connection kept alive past stop()
+            self.close_connection = True
+            return
         path = self.path.split("?")[0]
-        self.fake.received.append(
-            Received(method, path, {k.lower(): v for k, v in self.headers.items()})
-        )
+        self.fake._receive(Received(method, path, {k.lower(): v for k, v in self.headers.items()}))
         fault = self.fake._next_fault(method, path)
         self._fault = fault
         if fault is not None and fault.advance:
@@ -321,6 +421,9 @@ class _GraphHandler(BaseHTTPRequestHandler):
     # -- endpoints ----------------------------------------------------------------------
 
     def _upload(self, phone: str, body: bytes) -> None:
+        if not self.fake._knows_phone_number(phone):
+            self._unknown_object("POST", phone)
+            return
         fields = _multipart(self.headers.get("Content-Type", ""), body)
         if fields.get("messaging_product", (b"",))[0] != b"whatsapp":
             self._error(400, 100, "The parameter messaging_product is required.", None)
@@ -341,25 +444,26 @@ class _GraphHandler(BaseHTTPRequestHandler):
                 self._error(400, 100, "Param ttl_minutes must be an integer between 60 and 43200.", None)
                 return
             ttl = timedelta(minutes=int(minutes))
-        with self.fake._lock:
-            media_id = str(next(self.fake._ids))
-            self.fake.media[media_id] = StoredMedia(data, declared, phone, self.fake.now(), ttl)
+        media_id = self.fake._store(StoredMedia(data, declared, phone, self.fake.now(), ttl), upload=True)
         self._json(200, {"id": media_id})
 
+    def _unknown_object(self, method: str, object_id: str) -> None:
+        """Meta's answer for an ID it does not know (a media ID, or a phone number ID)."""
+        self._error(400, 100, f"Unsupported {method.lower()} request. Object with ID "
+                    f"'{object_id}' does not exist, cannot be loaded due to missing "
+                    "permissions, or does not support this operation. Please read the Graph "
+                    "API documentation at https://developers.facebook.com/docs/graph-api", 33,
+                    kind="GraphMethodException")
+
     def _media(self, method: str, media_id: str) -> None:
-        if not self.fake.live(media_id):
-            self._error(400, 100, f"Unsupported {method.lower()} request. Object with ID "
-                        f"'{media_id}' does not exist, cannot be loaded due to missing "
-                        "permissions, or does not support this operation.", 33,
-                        kind="GraphMethodException")
+        media = self.fake._take_live(media_id, delete=method == "DELETE")
+        if media is None:
+            self._unknown_object(method, media_id)
             return
-        media = self.fake.media[media_id]
         if method == "DELETE":
-            media.deleted = True
             self._json(200, {self.fake.delete_answer: True})
             return
-        nonce = secrets.token_hex(8)
-        self.fake._urls[nonce] = self.fake.now()
+        nonce = self.fake._issue_url()
         digest = hashlib.sha256(media.data).digest()
         size = len(media.data)
         self._json(200, {
@@ -373,9 +477,8 @@ class _GraphHandler(BaseHTTPRequestHandler):
         })
 
     def _download(self, media_id: str, nonce: str) -> None:
-        issued = self.fake._urls.get(nonce)
-        media = self.fake.media.get(media_id)
-        if issued is None or media is None or self.fake.now() > issued + self.fake.url_lifetime:
+        media = self.fake._downloadable(media_id, nonce)
+        if media is None:
             self._send(404, b"URL expired or unknown", "text/plain")
             return
         data = media.data
@@ -487,6 +590,10 @@ def sample_media(mime_type: str, *, size: int = 0, salt: str = "") -> bytes:
     ``salt`` makes distinct contents of one type; ``size`` pads the result to that many
     bytes (zeros, or spaces for text), e.g. to cross a size limit.
     """
+    if mime_type not in SAMPLE_HEADS:
+        raise UnsupportedMedia(
+            f"sample_media: no sample for {mime_type!r}; pick one of {', '.join(sorted(SAMPLE_HEADS))}"
+        )
     data = SAMPLE_HEADS[mime_type]()
     filler = b" " if mime_type == "text/plain" else b"\x00"
     if salt:

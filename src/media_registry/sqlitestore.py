@@ -9,7 +9,6 @@ stored as UTC ISO-8601 text, so people reading the file with ``sqlite3`` see dat
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sqlite3
 import stat
@@ -21,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import _sqlite_migrations as migrations
+from . import sqlite_migrations as migrations
 from .errors import RegistryCorrupt, RegistryError, RegistryLocked, SchemaTooNew
 from .hashing import Fingerprint
 from .store import (
@@ -41,7 +40,6 @@ from .store import (
     owner_alive,
 )
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 T = TypeVar("T")
 
 # The listing: contents drive the plan and each looks up its current IDs (through the
@@ -150,21 +148,17 @@ class SQLiteStore:
         self._check_ours()
 
     def _check_ours(self) -> None:
-        try:
-            with open(self.path, "rb") as file:
-                header = file.read(len(SQLITE_HEADER))
-        except OSError as exc:
-            raise RegistryError(f"registry {self.path}: cannot read it ({exc.strerror})") from None
-        if header != SQLITE_HEADER:
-            raise self._not_ours("is not an SQLite database")
-        # Read-only, so that someone else's database stays byte-identical: no schema, no
-        # user_version, no switch to WAL.
+        # Through SQLite, read-only, so that someone else's database stays byte-identical (no
+        # schema, no user_version, no switch to WAL). Never a plain open() and close() of the
+        # file: closing any descriptor of it drops this process's SQLite locks on it.
         uri = self.path.absolute().as_uri() + "?mode=ro"
         try:
             with _closing(sqlite3.connect(uri, uri=True, timeout=self.busy_timeout)) as con:
                 version = migrations.user_version(con)
                 tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        except sqlite3.Error as exc:
+        except sqlite3.DatabaseError as exc:
+            if "not a database" in str(exc):
+                raise self._not_ours("is not an SQLite database") from None
             raise self._explain(exc) from None
         if version == 0 and not tables:
             if not self._create:
@@ -484,13 +478,21 @@ class SQLiteStore:
         """See :meth:`Store.resolve`."""
         con = self._connection()
         row = (
-            con.execute("SELECT sha256 FROM contents WHERE sha256 = ?", (target.lower(),)).fetchone()
+            con.execute("SELECT sha256 FROM paths WHERE path = ?", (os.path.abspath(target),)).fetchone()
             or con.execute("SELECT sha256 FROM media WHERE media_id = ?", (target,)).fetchone()
-            or con.execute(
-                "SELECT sha256 FROM paths WHERE path = ?", (os.path.abspath(target),)
-            ).fetchone()
+            or con.execute("SELECT sha256 FROM contents WHERE sha256 = ?", (target.lower(),)).fetchone()
         )
         return row[0] if row else None
+
+    @_mapped
+    def sha256s_starting_with(self, prefix: str, limit: int) -> list[str]:
+        """See :meth:`Store.sha256s_starting_with`."""
+        rows = self._connection().execute(
+            "SELECT sha256 FROM contents WHERE sha256 >= :prefix AND sha256 < :prefix || 'g' "
+            "ORDER BY sha256 LIMIT :limit",
+            {"prefix": prefix, "limit": limit},
+        )
+        return [row[0] for row in rows]
 
     def content_rows(
         self, *, sha256: str | None = None, expiring_before: datetime | None = None
@@ -498,6 +500,8 @@ class SQLiteStore:
         """See :meth:`Store.content_rows`: one statement (one snapshot), read row by row."""
         sql = CONTENT_ROWS_SQL.format(join="JOIN" if expiring_before is not None else "LEFT JOIN")
         parameters = (_text(expiring_before) if expiring_before else None,) * 2 + (sha256,) * 2
+        import json  # only listings need it: the cache hit's start-up stays lean
+
         try:
             cursor = self._connection().execute(sql, parameters)
             for row in cursor:

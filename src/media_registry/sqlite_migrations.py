@@ -13,7 +13,6 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from importlib import resources
 from typing import NamedTuple
 
 # The tables every registry has had since version 1: how a registry of ours is recognised.
@@ -132,6 +131,8 @@ def _set_version(con: sqlite3.Connection, version: int) -> None:
 
 
 def _schema_script() -> str:
+    from importlib import resources  # only to create a registry: keep the cache hit's start-up lean
+
     return resources.files("media_registry").joinpath("schema.sql").read_text("utf-8")
 
 

@@ -1,0 +1,62 @@
+"""The README's command-line session, run as written against `media-registry fake-api`: the
+output printed there must be what the commands print (media IDs, times and folders aside)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from media_registry.testing import sample_media
+
+from conftest import CLI, PDF
+
+README = Path(__file__).parent.parent / "README.md"
+SESSION_FOLDER = "/tmp/cli-readme/shop"  # where the README's session ran
+
+
+def readme_session() -> str:
+    text = README.read_text(encoding="utf-8")
+    start = text.index("In another, paste those three lines")
+    return text[text.index("```\n", start) + 4:text.index("```", text.index("```\n", start) + 4)]
+
+
+def normalised(text: str, folder: str) -> str:
+    text = text.replace(folder, SESSION_FOLDER)
+    text = re.sub(r"\b1\d{15}\b", "<media ID>", text)
+    text = re.sub(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\dZ)?", "<time>", text)
+    return re.sub(r"db_bytes: +\d+", "db_bytes: <n>", text)
+
+
+def test_the_readme_cli_session_prints_what_it_shows(tmp_path: Path) -> None:
+    shop = tmp_path / "shop"
+    (shop / "campaign" / "2026").mkdir(parents=True)
+    for name, mime_type, size, salt in (("brochure.pdf", PDF, 48_000, "brochure"),
+                                        ("logo.jpg", "image/png", 5_100, "logo"),
+                                        ("campaign/2026/voice-note.ogg", "audio/ogg", 20_000, "voice"),
+                                        ("campaign/2026/opening-hours.txt", "text/plain", 900, "hours")):
+        (shop / name).write_bytes(sample_media(mime_type, size=size, salt=salt))  # the README's files
+    (shop / "campaign" / "banner.gif").write_bytes(b"GIF89a" + bytes(64))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WHATSAPP_", "MEDIA_REGISTRY_"))}
+    env["PATH"] = f"{CLI.parent}{os.pathsep}{env['PATH']}"
+    server = subprocess.Popen([str(CLI), "fake-api"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    try:
+        base = next(line for line in iter(server.stdout.readline, "")  # type: ignore[union-attr]
+                    if "WHATSAPP_API_BASE" in line).split("=", 1)[1].strip()
+        origin = base.rsplit("/", 1)[0]
+        shown = readme_session()
+        commands = [line[2:] for line in shown.splitlines() if line.startswith("$ ")]
+        script = "".join(f"echo {_quote('$ ' + c)}\n{c.replace('http://127.0.0.1:8765', origin)} 2>&1\n"
+                         for c in commands)
+        ran = subprocess.run(["bash", "-c", script], cwd=shop, env=env, capture_output=True, text=True,
+                             timeout=120)
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)
+    assert normalised(ran.stdout, str(shop)) == normalised(shown, str(shop))
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"

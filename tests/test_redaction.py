@@ -1,0 +1,90 @@
+"""Secrets are redacted from every error, log line and traceback, whatever path produced it."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from media_registry import DownloadError, GraphAPIError, MediaRegistry, RegistryError
+from media_registry.errors import RedactingFilter, register_secret
+from media_registry.testing import FakeGraphAPI, sample_media
+
+from conftest import run_cli
+
+TOKEN = "EAAG" + secrets.token_urlsafe(48).replace("-", "x").replace("_", "y")
+
+
+@pytest.fixture
+def secret_api() -> Iterator[FakeGraphAPI]:
+    with FakeGraphAPI(token=TOKEN) as api:
+        yield api
+
+
+@pytest.fixture
+def env(secret_api: FakeGraphAPI, cli_env: dict[str, str]) -> dict[str, str]:
+    return {**cli_env, "WHATSAPP_TOKEN": TOKEN, "WHATSAPP_API_BASE": secret_api.base_url,
+            "WHATSAPP_PHONE_NUMBER_ID": secret_api.phone_number_id}
+
+
+@pytest.mark.parametrize("status", [401, 500])
+@pytest.mark.parametrize(("before", "after"), [((), ()), ((), ("--json",)), (("--debug",), ())])
+def test_a_media_host_echoing_the_token_is_redacted_in_the_cli(
+    secret_api: FakeGraphAPI, env: dict[str, str], tmp_path: Path, status: int,
+    before: tuple[str, ...], after: tuple[str, ...],
+) -> None:
+    media_id = secret_api.add_media(sample_media("image/jpeg"), "image/jpeg")
+    secret_api.fail(path="/download/", status=status, code=190, message=f"bad token {TOKEN}", times=10)
+    result = run_cli(*before, "download", media_id, "--out", str(tmp_path / "in"), *after, env=env)
+    assert result.returncode == 1
+    assert "<token>" in result.stderr  # the server's message is shown, the token is not
+    assert TOKEN not in result.stdout + result.stderr and TOKEN[:20] not in result.stderr
+    if before:
+        assert "Traceback" in result.stderr
+    else:
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_download_error_never_carries_the_token(secret_api: FakeGraphAPI, tmp_path: Path) -> None:
+    media_id = secret_api.add_media(b"hello", "text/plain")
+    secret_api.fail(path="/download/", status=500, message=f"upstream said Bearer {TOKEN}")
+    with MediaRegistry(db=tmp_path / "r.db", token=TOKEN, api_base=secret_api.base_url,
+                       phone_number_id=secret_api.phone_number_id, max_retries=0) as registry:
+        with pytest.raises(GraphAPIError) as caught:
+            registry.download(media_id, tmp_path / "in")
+    error = caught.value
+    assert TOKEN not in str(error) and TOKEN not in repr(error) and TOKEN not in repr(error.args)
+
+
+def test_a_registered_database_password_is_redacted_like_the_token() -> None:
+    password = "pg-" + secrets.token_hex(12)
+    register_secret(password, "password")
+    error = RegistryError(f"cannot connect to postgresql://app:{password}@db:5432/media")
+    assert password not in str(error) and "app:<password>@db" in str(error)
+
+
+def test_short_values_are_not_registered_as_secrets() -> None:
+    register_secret("t", "token")  # replacing every "t" would make every message unreadable
+    assert str(DownloadError("the transfer stopped")) == "the transfer stopped"
+
+
+def test_log_lines_and_their_tracebacks_are_redacted(caplog: pytest.LogCaptureFixture) -> None:
+    password = "pw-" + secrets.token_hex(12)
+    register_secret(password, "password")
+    logger = logging.getLogger("media_registry.test")
+    redacting = RedactingFilter()
+    logger.addFilter(redacting)
+    try:
+        try:
+            raise ValueError(f"server said {password}")  # an unforeseen error, not ours
+        except ValueError:
+            logger.exception("job failed with %s", password)
+    finally:
+        logger.removeFilter(redacting)
+    record = caplog.records[-1]
+    text = logging.Formatter().format(record)
+    assert password not in text and "job failed with <password>" in text
+    assert "server said <password>" in text

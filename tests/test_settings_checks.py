@@ -1,0 +1,74 @@
+"""Settings that would leak the token, break the one-line promise or be silently ignored are
+refused at start, in one line naming the variable or argument."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from media_registry import AsyncMediaRegistry, ConfigError, MediaRegistry
+from media_registry.config import load_settings
+from media_registry.graph import GraphClient
+from media_registry.testing import FakeGraphAPI
+
+from conftest import run_cli
+
+
+@pytest.mark.parametrize("base", ["http://127.0.0.1:8080/v23.0", "http://127.8.0.1/v23.0",
+                                  "http://[::1]:9/v23.0", "http://localhost:9/v23.0",
+                                  "https://graph.facebook.com/v23.0/"])
+def test_loopback_http_and_any_https_api_base_are_accepted(base: str) -> None:
+    assert load_settings(api_base=base).api_base == base.rstrip("/")
+
+
+def test_the_cli_refuses_a_suffix_without_its_dot_in_one_line(cli_env: dict[str, str]) -> None:
+    result = run_cli("upload", "x.png", env={**cli_env, "MEDIA_REGISTRY_MEDIA_HOSTS": '["fbsbx.com"]'})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "media-registry: error: invalid MEDIA_REGISTRY_MEDIA_HOSTS: 'fbsbx.com' is not a "
+        'host suffix: write a dot and a domain, e.g. ".fbsbx.com"; fix the variable or argument'
+    ]
+
+
+def test_a_graph_client_made_directly_refuses_them_too() -> None:
+    with pytest.raises(ConfigError, match="MEDIA_REGISTRY_MEDIA_HOSTS"):
+        GraphClient(token="secret-token", api_base="https://graph.facebook.com/v23.0",
+                    media_host_suffixes=["fbsbx.com"])
+    with pytest.raises(ConfigError, match="WHATSAPP_API_BASE"):
+        GraphClient(token="secret-token", api_base="http://graph.facebook.com/v23.0")
+
+
+@pytest.mark.parametrize("token_suffix", ["\n", " ", "\r\n", "\t"])
+def test_a_token_pasted_with_a_line_break_works(
+    make_registry: Callable[..., MediaRegistry], api: FakeGraphAPI,
+    make_file: Callable[..., Path], token_suffix: str,
+) -> None:
+    registry = make_registry(token=api.token + token_suffix)
+    assert registry.get_or_upload(make_file("a.png")).isdigit()
+    assert api.uploads == 1
+
+
+def test_a_token_with_a_line_break_works_from_the_environment(cli_env: dict[str, str], tmp_path: Path) -> None:
+    from media_registry.testing import sample_media
+
+    (tmp_path / "a.png").write_bytes(sample_media("image/png"))
+    result = run_cli("upload", str(tmp_path / "a.png"),
+                     env={**cli_env, "WHATSAPP_TOKEN": cli_env["WHATSAPP_TOKEN"] + "\n"})
+    assert result.returncode == 0, result.stderr
+    assert "\tuploaded\t" in result.stdout
+
+
+@pytest.mark.parametrize("make", [MediaRegistry, AsyncMediaRegistry])
+def test_a_misspelt_argument_names_the_closest_setting(make: type, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown setting 'min_validty': did you mean min_validity?"):
+        make(db=tmp_path / "r.db", min_validty=3600)
+    assert not (tmp_path / "r.db").exists()
+
+
+def test_load_settings_refuses_unknown_names() -> None:
+    with pytest.raises(ConfigError, match="unknown setting 'refresh_befor': did you mean refresh_before?"):
+        load_settings(refresh_befor=60)
+    with pytest.raises(ConfigError, match="unknown setting 'colour': see media_registry.Settings"):
+        load_settings(colour="blue")
