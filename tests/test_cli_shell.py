@@ -9,7 +9,6 @@ import pty
 import re
 import signal
 import socket
-import sqlite3
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 from media_registry import ConfigError, MediaRegistry
 from media_registry.testing import FakeGraphAPI
 
+import registry_db
 from conftest import CLI, PDF, run_cli
 
 HEAVY = {"httpx", "pydantic", "pydantic_settings", "rich", "apscheduler", "tenacity", "filetype"}
@@ -41,6 +41,7 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
 # -- start-up ---------------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only  # a PostgreSQL URL takes the full path (its pool, its host's row)
 def test_a_cache_hit_imports_nothing_heavy(cli_env: dict[str, str], make_file: Callable[..., Path]) -> None:
     path = str(make_file("banner.png"))
     miss = imported_modules("upload", path, env=cli_env)
@@ -71,6 +72,7 @@ def test_the_hit_path_honours_min_validity_and_falls_back_on_unusual_settings(
     assert other.stdout.split("\t")[1] == "uploaded" and api.uploads == 3
 
 
+@pytest.mark.sqlite_only  # the lean hit of a registry file; a PostgreSQL URL takes the full path
 def test_a_caller_shelling_out_200_times_makes_one_upload(
     cli_env: dict[str, str], api: FakeGraphAPI, make_file: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -105,15 +107,14 @@ def test_show_and_delete_take_a_path_id_sha256_or_unique_prefix(
 def test_an_ambiguous_prefix_lists_the_candidates(cli_env: dict[str, str], make_file: Callable[..., Path]) -> None:
     run_cli("init", env=cli_env)
     twins = ["abcdef01" + "0" * 56, "abcdef01" + "1" * 56]
-    with sqlite3.connect(cli_env["MEDIA_REGISTRY_DB"]) as con:
-        con.executemany("INSERT INTO contents VALUES (?, 'application/pdf', 1, '2026-01-01T00:00:00Z', NULL)",
-                        [(sha,) for sha in twins])
+    for sha in twins:
+        registry_db.execute(cli_env["MEDIA_REGISTRY_DB"], "INSERT INTO contents VALUES "
+                            "(?, 'application/pdf', 1, '2026-01-01T00:00:00Z', NULL)", sha)
     for command in ("show", "delete"):
         line = one_error_line(run_cli(command, "abcdef01", env=cli_env))
         assert "more than one" in line and twins[0] in line and twins[1] in line and "more digits" in line
     assert twins[1] in run_cli("show", "abcdef011", env=cli_env).stdout
-    with sqlite3.connect(cli_env["MEDIA_REGISTRY_DB"]) as con:  # nothing was deleted
-        assert con.execute("SELECT count(*) FROM contents WHERE deleted_at IS NULL").fetchone() == (2,)
+    assert registry_db.count(cli_env["MEDIA_REGISTRY_DB"], "contents", "deleted_at IS NULL") == 2  # none deleted
 
 
 def test_a_path_wins_over_an_id_of_the_same_spelling(

@@ -7,7 +7,6 @@ import hashlib
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,7 @@ from media_registry import MediaRegistry
 from media_registry.testing import FakeGraphAPI, sample_media
 from test_reliability import unprivileged
 
+import registry_db
 from conftest import CLI, PDF, run_cli
 
 # A download written by another process through the library's own VerifiedFile: half the
@@ -122,8 +122,7 @@ def test_a_temporary_left_unlocked_by_a_killed_download_is_swept(
 
 
 def inbound_path(registry: MediaRegistry, media_id: str) -> str:
-    with sqlite3.connect(registry.settings.db) as con:
-        return str(con.execute("SELECT path FROM inbound WHERE media_id = ?", (media_id,)).fetchone()[0])
+    return str(registry_db.query(registry.settings.db, "SELECT path FROM inbound WHERE media_id = ?", media_id)[0][0])
 
 
 @pytest.mark.parametrize("planted", ["the same bytes", "other bytes of the same size"])
@@ -171,6 +170,7 @@ def test_a_folder_at_the_destination_is_one_clear_error(
 # -- item 7: the daemon's lock never follows a symlink nor truncates a stranger's file ---
 
 
+@pytest.mark.sqlite_only  # the lock file beside an SQLite registry
 @pytest.mark.parametrize("planted", ["symlink", "file"])
 def test_the_daemon_refuses_a_lock_path_it_did_not_create(
     cli_env: dict[str, str], tmp_path: Path, planted: str

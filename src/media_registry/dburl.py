@@ -3,13 +3,13 @@ password (str, repr, errors, logs, ``stats``)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
-from pydantic import GetCoreSchemaHandler
-from pydantic_core import core_schema
-
 from .errors import register_secret
+
+if TYPE_CHECKING:  # the store imports this module on the command line's lean cache hit
+    from pydantic import GetCoreSchemaHandler
 
 SCHEMES = ("postgresql://", "postgres://")
 
@@ -55,6 +55,8 @@ class PostgresURL:
 
     @classmethod
     def __get_pydantic_core_schema__(cls, _source: Any, _handler: GetCoreSchemaHandler) -> Any:
+        from pydantic_core import core_schema
+
         from_text = core_schema.no_info_after_validator_function(cls, core_schema.str_schema())
         return core_schema.union_schema(
             [core_schema.is_instance_schema(cls), from_text],
