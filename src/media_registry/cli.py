@@ -311,7 +311,7 @@ def _ls(args: argparse.Namespace) -> int:
                 _print_json(record.model_dump(exclude={"history"}))
             else:
                 if not listed:
-                    _print_row(LS_COLUMNS)
+                    _print_row(tuple(LS_COLUMNS))
                 _print_row((record.phone_number_id or "-", record.sha256[:12], record.media_id or "-",
                             record.state, _size(record.size_bytes), _when(record.uploaded_at),
                             _when(record.expires_at), record.mime_type, ", ".join(record.paths) or "-"))
@@ -446,7 +446,7 @@ def _json_value(value: object) -> str:
     if isinstance(value, datetime):
         return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     if isinstance(value, os.PathLike):
-        return os.fspath(value)
+        return os.fsdecode(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 

@@ -16,7 +16,7 @@ import ipaddress
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -158,7 +158,7 @@ class BearerAuth(httpx.Auth):
             host.endswith(suffix) or host == suffix.lstrip(".") for suffix in self._suffixes
         )
 
-    def auth_flow(self, request: httpx.Request):  # type: ignore[no-untyped-def]
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         """Attach the header when the destination is allowed."""
         if self.allows(request.url):
             request.headers["Authorization"] = self._header
@@ -270,7 +270,7 @@ class _GraphBase:
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        hinted = getattr(exc, "retry_after", None)
+        hinted: float | None = getattr(exc, "retry_after", None)
         if hinted is not None:
             return min(hinted, self._max_wait)
         return self._exponential(state)
@@ -397,6 +397,8 @@ class GraphClient(_GraphBase):
     never retried. ``transport`` swaps the HTTP transport (e.g. ``httpx.MockTransport``).
     """
 
+    _http: httpx.Client
+
     def __init__(self, *, transport: httpx.BaseTransport | None = None,
                  sleep: Callable[[float], None] = time.sleep, **options: Any) -> None:
         super().__init__(**options)
@@ -475,6 +477,8 @@ class GraphClient(_GraphBase):
 
 class AsyncGraphClient(_GraphBase):
     """The same client on ``httpx.AsyncClient``, for asyncio senders."""
+
+    _http: httpx.AsyncClient
 
     def __init__(self, *, transport: httpx.AsyncBaseTransport | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, **options: Any) -> None:

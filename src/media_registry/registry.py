@@ -24,6 +24,7 @@ from ._reading import Reading
 from ._sending import Outcome
 from .graph import AsyncGraphClient, GraphClient
 from .models import DownloadedMedia, LifecycleAction, Report
+from .store import MediaRow
 from .webhooks import OnInvalid
 
 __all__ = ["AsyncMediaRegistry", "MediaRegistry", "Outcome"]
@@ -230,7 +231,7 @@ class AsyncMediaRegistry(_Rules):
         """See :meth:`MediaRegistry.refresh_expiring`; ``refresh_concurrency`` tasks at a time."""
         limit = asyncio.Semaphore(self.settings.refresh_concurrency)
 
-        async def refresh(row: dict[str, Any]) -> LifecycleAction:
+        async def refresh(row: MediaRow) -> LifecycleAction:
             async with limit:
                 return await self._drive(self._refresh_one(row, dry_run))
 

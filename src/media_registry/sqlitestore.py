@@ -455,7 +455,7 @@ class SQLiteStore:
             "m.expires_at FROM media AS m JOIN contents AS c USING (sha256) WHERE " + where,
             parameters,
         )
-        return [MediaRow(*row[:5], _time(row[5]), _time(row[6])) for row in rows]
+        return [MediaRow._make((*row[:5], _time(row[5]), _time(row[6]))) for row in rows]
 
     # -- inbound media ------------------------------------------------------------------
 
@@ -554,9 +554,10 @@ class SQLiteStore:
             )
         }
         journal_mode = con.execute("PRAGMA journal_mode").fetchone()[0]
-        return StoreStats(*counts, by_phone_number=by_phone, backend={
+        backend: dict[str, str | int] = {
             "db": self.location, "db_bytes": self._bytes_on_disk(), "journal_mode": journal_mode,
-        })
+        }
+        return StoreStats._make((*counts, by_phone, backend))
 
     def _bytes_on_disk(self) -> int:
         total = 0
