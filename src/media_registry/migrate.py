@@ -26,7 +26,7 @@ class TableCopy(NamedTuple):
     copied_rows: int
 
 
-def migrate_to_postgres(source: str | os.PathLike[str], target: str | PostgresURL, *,
+def migrate_to_postgres(source: str | os.PathLike[str] | PostgresURL, target: str | PostgresURL, *,
                         host_id: str) -> list[TableCopy]:
     """Copy the SQLite registry at ``source`` into the PostgreSQL registry at ``target``
     (created if new), its paths as ``host_id``'s, and verify every row arrived.

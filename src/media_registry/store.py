@@ -261,6 +261,12 @@ class Store(Protocol):
         """Media IDs owing a remote DELETE (of one content, or all)."""
         ...
 
+    def claim_deletes(self, sha256: str | None, claim_for: timedelta) -> list[MediaRow]:
+        """The owed DELETEs (of one content, or all) this process is to send now. A database
+        shared by many hosts hands each to one claimer at a time (for ``claim_for``, or until
+        the ID is forgotten), so each DELETE is sent once fleet-wide."""
+        ...
+
     def forget_media(self, media_id: str, now: datetime, action: str, detail: str | None = None) -> None:
         """Atomically drop a media row (deleted remotely, or expired) and log why; a deleted
         content goes with its last media row (its events stay). Unknown IDs are ignored."""
@@ -328,7 +334,7 @@ def open_store(
     (PostgreSQL only; default its hostname); ``pool_size`` bounds PostgreSQL's connection
     pool; ``host_retention`` is how long an unseen host keeps its paths there.
     """
-    if is_postgres_url(db):
+    if isinstance(db, PostgresURL) or is_postgres_url(db):
         try:
             pgstore = import_module("media_registry.pgstore")
         except ModuleNotFoundError as exc:
