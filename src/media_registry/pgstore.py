@@ -419,7 +419,9 @@ class PostgresStore:
 
     def claim_deletes(self, sha256: str | None, claim_for: timedelta) -> list[MediaRow]:
         """Owed DELETEs this host may send now: claimed for ``claim_for`` with
-        ``FOR UPDATE SKIP LOCKED``, so two hosts purging at once never both send one."""
+        ``FOR UPDATE SKIP LOCKED``, so two hosts purging at once never both send one. A host
+        takes back its own claims (a DELETE that failed is retried by its next purge); another
+        host's pass to it once they lapse (that host died or lost the server)."""
         return self._rows(
             """
             WITH claimed AS (
@@ -427,14 +429,14 @@ class PostgresStore:
                 WHERE media_id IN (
                     SELECT media_id FROM media WHERE state = 'deleting'
                       AND (%s::text IS NULL OR sha256 = %s)
-                      AND (claimed_until IS NULL OR claimed_until < now())
+                      AND (claimed_until IS NULL OR claimed_until < now() OR claimed_by = %s)
                     FOR UPDATE SKIP LOCKED)
                 RETURNING *)
             SELECT m.media_id, m.sha256, m.phone_number_id, m.state, c.mime_type, m.uploaded_at,
                    m.expires_at
             FROM claimed AS m JOIN contents AS c USING (sha256) ORDER BY m.sha256, m.media_id
             """,
-            (self.host_id, claim_for, sha256, sha256),
+            (self.host_id, claim_for, sha256, sha256, self.host_id),
         )
 
     def forget_media(self, media_id: str, now: datetime, action: str, detail: str | None = None) -> None:
