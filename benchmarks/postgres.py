@@ -92,8 +92,8 @@ def bench_cache_hit(admin_url: str, api: FakeGraphAPI, path: Path, sizes: list[i
     return rows
 
 
-def _hits_in_process(url: str, path: str, seconds: float) -> int:
-    with MediaRegistry(db=url, phone_number_id="1", host_id=HOST) as registry:
+def _hits_in_process(url: str, phone: str, path: str, seconds: float) -> int:
+    with MediaRegistry(db=url, phone_number_id=phone, host_id=HOST) as registry:
         registry.get_or_upload(path)
         done, deadline = 0, time.perf_counter() + seconds
         while time.perf_counter() < deadline:
@@ -104,14 +104,13 @@ def _hits_in_process(url: str, path: str, seconds: float) -> int:
 
 def bench_contention(admin_url: str, api: FakeGraphAPI, path: Path, seconds: float) -> list[Row]:
     url = fresh_database(admin_url)
-    with MediaRegistry(db=url, token=api.token, phone_number_id="1", api_base=api.base_url,
-                       host_id=HOST) as registry:
+    with registry_on(url, api) as registry:
         registry.get_or_upload(path)
     rates = {}
     for processes in (1, 8):
         with ProcessPoolExecutor(processes) as pool:
-            counts = list(pool.map(_hits_in_process, [url] * processes, [str(path)] * processes,
-                                   [seconds] * processes))
+            counts = list(pool.map(_hits_in_process, [url] * processes, [api.phone_number_id] * processes,
+                                   [str(path)] * processes, [seconds] * processes))
         rates[processes] = sum(counts) / seconds
     return [(f"PostgreSQL cache hits/s, 8 processes ({os.cpu_count()} cores, server included)",
              f"{rates[8]:,.0f}/s", f"{rates[1]:,.0f}/s (1 process)", f"{rates[8] / rates[1]:.2f}x")]
@@ -131,8 +130,9 @@ def bench_claim(admin_url: str, api: FakeGraphAPI, folder: Path, uploads: int) -
 
     def claim_and_record() -> None:
         sha = next(pending)
-        store.take_lease(sha, "1", "bench", now, now, timedelta(minutes=1))
-        store.record_upload(NewMedia(sha[-15:], sha, "1", PDF, 1, now, now + timedelta(days=30)), "bench")
+        store.take_lease(sha, api.phone_number_id, "bench", now, now, timedelta(minutes=1))
+        store.record_upload(NewMedia(sha[-15:], sha, api.phone_number_id, PDF, 1, now, now + timedelta(days=30)),
+                            "bench")
 
     claim_us = per_call(claim_and_record, uploads)
     store.close()

@@ -32,3 +32,13 @@ def test_the_cli_benchmarks_run_and_print_every_row() -> None:
                      "CLI start-up: `ls`, empty registry", "`ls --json`, 300 contents", "`ls --json`, 3,000 contents"):
         assert expected in measures, (expected, measures)
     assert all(len(row.split(" | ")) == 4 for row in rows)
+
+
+def test_the_postgresql_benchmarks_run_and_print_every_row() -> None:
+    script = SCRIPT.with_name("postgres.py")
+    result = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    measures = [line.split(" | ")[0].lstrip("| ") for line in result.stdout.splitlines() if line.startswith("| P")]
+    for expected in ("PostgreSQL cache hit, 1,000 contents", "PostgreSQL cache hits/s, 8 processes",
+                     "PostgreSQL cold upload"):
+        assert any(m.startswith(expected) for m in measures), (expected, measures)
