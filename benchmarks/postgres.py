@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 import uuid
@@ -32,7 +31,7 @@ from media_registry.store import NewMedia
 from media_registry.testing import FakeGraphAPI, sample_media
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import Row, per_call  # noqa: E402  (the SQLite benchmarks' helpers)
+from run import Row, per_call, print_table  # noqa: E402  (the SQLite benchmarks' helpers)
 
 PDF = "application/pdf"
 HOST = "bench-host"
@@ -174,13 +173,7 @@ def main() -> None:
         rows += bench_claim(admin_url, api, folder, 50 if options.quick else 500)
         with psycopg.connect(admin_url) as con:
             version = con.execute("SHOW server_version").fetchone()
-    print(f"media-registry on PostgreSQL {version[0] if version else '?'}, {platform.machine()}, "
-          f"{os.cpu_count()} cores, Python {platform.python_version()}"
-          f"{' (quick mode)' if options.quick else ''}\n")
-    print("| measure | media-registry | floor / peer | ratio |")
-    print("| --- | --- | --- | --- |")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print_table(rows, options.quick, f"PostgreSQL {version[0] if version else '?'}")
 
 
 if __name__ == "__main__":
