@@ -5,6 +5,7 @@ media files, and the CLI run as a real subprocess."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -187,3 +188,13 @@ def settle(path: Path) -> None:
     changed = max(path.stat().st_mtime_ns, path.stat().st_ctime_ns) // 1_000_000_000
     while int(time.time()) <= changed:
         time.sleep(0.05)
+
+
+def unprivileged(*command: str) -> list[str]:
+    """The command as a process for which file permissions hold: root drops the capabilities
+    that let it read and write regardless (setpriv, from util-linux)."""
+    if os.geteuid() != 0:
+        return list(command)
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: permissions cannot be enforced")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *command]

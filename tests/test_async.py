@@ -304,7 +304,7 @@ def test_no_store_or_file_call_runs_on_the_event_loop(
 @pytest.mark.sqlite_only  # counts the leases in the SQLite file
 @pytest.mark.timeout(90)
 def test_a_task_cancelled_while_waiting_for_the_lease_leaves_no_lease(
-    async_registry: Callable[..., AsyncMediaRegistry], make_file: Callable[..., Path],
+    async_registry: Callable[..., AsyncMediaRegistry], make_file: Callable[..., Path], registry_db_value: str,
 ) -> None:
     path = make_file("offer.png")
     settle(path)  # a trusted fingerprint: the next upload's first write is the lease
@@ -335,14 +335,15 @@ def test_a_task_cancelled_while_waiting_for_the_lease_leaves_no_lease(
             return calls, threading.get_ident()
 
     calls, loop_thread = asyncio.run(main())
-    assert leases(path.parent / "registry.db") == 0
+    assert leases(registry_db_value) == 0
     assert "release_lease" in {name for name, _ in calls.calls} - calls.on(loop_thread)
 
 
 @pytest.mark.sqlite_only  # counts the leases in the SQLite file
 @pytest.mark.timeout(90)
 def test_a_cancelled_upload_releases_its_lease_off_the_loop_while_another_process_writes(
-    async_registry: Callable[..., AsyncMediaRegistry], api: FakeGraphAPI, make_file: Callable[..., Path]
+    async_registry: Callable[..., AsyncMediaRegistry], api: FakeGraphAPI, make_file: Callable[..., Path],
+    registry_db_value: str,
 ) -> None:
     path = make_file("big-offer.png")
     api.fail(delay=2, method="POST")
@@ -363,4 +364,4 @@ def test_a_cancelled_upload_releases_its_lease_off_the_loop_while_another_proces
 
     calls, loop_thread = asyncio.run(main())
     assert "release_lease" not in calls.on(loop_thread)
-    assert leases(path.parent / "registry.db") == 0
+    assert leases(registry_db_value) == 0

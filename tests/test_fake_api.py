@@ -11,9 +11,8 @@ import pytest
 
 from media_registry import GraphAPIError, MediaRegistry, UnsupportedMedia
 from media_registry.testing import FakeGraphAPI, sample_media
-from test_daemon import wait_for
 
-from conftest import PNG
+from conftest import PNG, wait_for
 
 
 def registry_on(api: FakeGraphAPI, tmp_path: Path, **settings: object) -> MediaRegistry:

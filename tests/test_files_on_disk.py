@@ -17,10 +17,9 @@ import pytest
 
 from media_registry import MediaRegistry
 from media_registry.testing import FakeGraphAPI, sample_media
-from test_reliability import unprivileged
 
 import registry_db
-from conftest import CLI, PDF, run_cli
+from conftest import CLI, PDF, run_cli, unprivileged
 
 # A download written by another process through the library's own VerifiedFile: half the
 # bytes, then it waits for a line on stdin before writing the rest and renaming into place.

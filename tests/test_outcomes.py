@@ -17,9 +17,8 @@ import pytest
 from media_registry import MediaRegistry
 from media_registry._processes import alive
 from media_registry.testing import FakeGraphAPI, sample_media
-from test_daemon import wait_for
 
-from conftest import CLI, PDF, PNG, run_cli
+from conftest import CLI, PDF, PNG, run_cli, wait_for
 
 # -- item 9: webhook payloads of the wrong shape -----------------------------------------
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import subprocess
 import threading
@@ -24,7 +23,7 @@ from media_registry import (
 from media_registry.testing import FakeGraphAPI, sample_media
 
 import registry_db
-from conftest import CLI, PDF, PNG, run_cli, wait_for
+from conftest import CLI, PDF, PNG, run_cli, unprivileged, wait_for
 from registry_db import age_ids, check_consistent, write_lock
 
 
@@ -300,16 +299,6 @@ def test_a_file_changed_during_its_upload_is_not_recorded(
     assert media_ids(registry.settings.db) == []
     outcome = registry.get_or_upload_with_status(path)  # the new bytes, hashed afresh
     assert outcome.uploaded and api.media[outcome.media_id].data == path.read_bytes()
-
-
-def unprivileged(*command: str) -> list[str]:
-    """The command as a process for which file permissions hold: root drops the capabilities
-    that let it read and write regardless (setpriv, from util-linux)."""
-    if os.geteuid() != 0:
-        return list(command)
-    if shutil.which("setpriv") is None:
-        pytest.skip("running as root without setpriv: permissions cannot be enforced")
-    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *command]
 
 
 def test_an_unreadable_file(cli_env: dict[str, str], api: FakeGraphAPI, make_file: Callable[..., Path]) -> None:
