@@ -22,13 +22,14 @@ CREATE TABLE IF NOT EXISTS contents (
 -- Media IDs issued by the Graph API, per content and phone number.
 -- state: 'current' (served while expires_at is far enough away),
 --        'superseded' (replaced by a refresh, kept until it expires, never served),
---        'deleting' (remote DELETE still owed; purge retries it).
+--        'deleting' (remote DELETE still owed; purge retries it),
+--        'invalidated' (Meta refused it at send time; never served, dropped once expired).
 CREATE TABLE IF NOT EXISTS media (
     media_id        TEXT PRIMARY KEY,
     sha256          TEXT NOT NULL REFERENCES contents (sha256),
     phone_number_id TEXT NOT NULL,
     state           TEXT NOT NULL DEFAULT 'current'
-                    CHECK (state IN ('current', 'superseded', 'deleting')),
+                    CHECK (state IN ('current', 'superseded', 'deleting', 'invalidated')),
     uploaded_at     TEXT NOT NULL,
     expires_at      TEXT NOT NULL
 );
@@ -55,6 +56,19 @@ CREATE TABLE IF NOT EXISTS paths (
     device     INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS paths_by_content ON paths (sha256);
+
+-- URL sources: what a URL served last, for conditional GETs. ``url`` is the key form: no
+-- user:password, fragment or ignored query parameters (signatures are never stored);
+-- refetchable is 0 when something was left out, so refresh cannot fetch it again.
+CREATE TABLE IF NOT EXISTS url_sources (
+    url           TEXT PRIMARY KEY,
+    sha256        TEXT NOT NULL REFERENCES contents (sha256),
+    etag          TEXT,
+    last_modified TEXT,
+    checked_at    TEXT NOT NULL,
+    refetchable   INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS url_sources_by_content ON url_sources (sha256);
 
 -- Single flight: whoever holds the lease for (sha256, phone_number_id) uploads; others wait.
 -- owner is "host:pid:thread:nonce"; a lease past expires_at, or whose process is gone, is free.

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import freezegun
+import psycopg
 import pytest
 
-from media_registry import MediaRegistry
+from file_server import FileServer
+from media_registry import MediaRegistry, pgstore
 from media_registry.testing import FakeGraphAPI, sample_media
 
 from pg_server import PostgresServer, create_database, drop_database
@@ -111,6 +113,23 @@ def registry_db_value(backend: str, tmp_path: Path, request: pytest.FixtureReque
 
 
 @pytest.fixture
+def stored_bytes(backend: str, registry_db_value: str) -> Callable[[], bytes]:
+    """Everything the test's registry holds, as bytes: the SQLite files (journal and WAL
+    included), or every row of every PostgreSQL table as text."""
+
+    def read() -> bytes:
+        if backend == "sqlite":
+            return b"".join(p.read_bytes() for p in Path(registry_db_value).parent.glob("registry.db*"))
+        with psycopg.connect(registry_db_value) as con:
+            return "\n".join(
+                str(con.execute(f"SELECT string_agg(t::text, ' ') FROM {table} AS t").fetchone())
+                for table in pgstore.TABLES
+            ).encode()
+
+    return read
+
+
+@pytest.fixture
 def make_registry(registry_db_value: str, api: FakeGraphAPI) -> Iterator[Callable[..., MediaRegistry]]:
     """Build registries on the test's backend pointed at the fake API; closed after."""
     made: list[MediaRegistry] = []
@@ -198,3 +217,11 @@ def unprivileged(*command: str) -> list[str]:
     if shutil.which("setpriv") is None:
         pytest.skip("running as root without setpriv: permissions cannot be enforced")
     return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *command]
+
+
+@pytest.fixture
+def files() -> Iterator[FileServer]:
+    """A local HTTP file server for URL sources (ETag, 304, redirects, slow and lying bodies)."""
+    server = FileServer()
+    yield server
+    server.stop()

@@ -72,3 +72,10 @@ def test_load_settings_refuses_unknown_names() -> None:
         load_settings(refresh_befor=60)
     with pytest.raises(ConfigError, match="unknown setting 'colour': see media_registry.Settings"):
         load_settings(colour="blue")
+
+
+def test_settings_with_other_arguments_beside_them_is_refused(tmp_path: Path) -> None:
+    settings = load_settings(db=tmp_path / "r.db")
+    with pytest.raises(ConfigError, match=r"pass settings= or individual settings \(min_validty\), not both"):
+        MediaRegistry(settings=settings, min_validty=3600)
+    assert not (tmp_path / "r.db").exists()

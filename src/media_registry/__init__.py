@@ -36,10 +36,13 @@ if TYPE_CHECKING:
         SchemaTooNew,
         SourceChanged,
         SourceNotFound,
+        SourceUnavailable,
         UnsafeDownloadURL,
+        UnsafeSourceURL,
         UnsupportedMedia,
     )
     from .models import DownloadedMedia, InboundMedia, LifecycleAction, MediaEvent, MediaRecord, Report
+    from .refusal import media_id_refused
     from .registry import AsyncMediaRegistry, MediaRegistry, Outcome
 
 
@@ -50,13 +53,15 @@ _MODULES = {
         ("APIUnreachable", "AuthError", "ConfigError", "DownloadError", "DownloadURLExpired",
          "GraphAPIError", "InputError", "IntegrityError", "MediaNotFound", "MediaRegistryError",
          "MediaTooLarge", "MislabelledMedia", "NotInRegistry", "RateLimited", "RegistryCorrupt",
-         "RegistryError", "RegistryLocked", "RegistryUnreachable", "SchemaTooNew", "SourceChanged", "SourceNotFound",
-         "UnsafeDownloadURL", "UnsupportedMedia"),
+         "RegistryError", "RegistryLocked", "RegistryUnreachable", "SchemaTooNew", "SourceChanged",
+         "SourceNotFound", "SourceUnavailable", "UnsafeDownloadURL", "UnsafeSourceURL",
+         "UnsupportedMedia"),
         "errors",
     ),
     **dict.fromkeys(("DownloadedMedia", "InboundMedia", "LifecycleAction", "MediaEvent",
                      "MediaRecord", "Report"), "models"),
     **dict.fromkeys(("AsyncMediaRegistry", "MediaRegistry", "Outcome"), "registry"),
+    "media_id_refused": "refusal",
 }
 
 __all__ = [
@@ -92,9 +97,12 @@ __all__ = [
     "Settings",
     "SourceChanged",
     "SourceNotFound",
+    "SourceUnavailable",
     "UnsafeDownloadURL",
+    "UnsafeSourceURL",
     "UnsupportedMedia",
     "__version__",
+    "media_id_refused",
 ]
 
 

@@ -11,7 +11,8 @@ import httpx
 
 from ._flows import Clock, utc_now
 from .config import Settings, Windows, load_settings
-from .errors import InputError
+from .errors import ConfigError, InputError
+from .pacing import shared_pacer
 from .store import Store, open_store
 
 C = TypeVar("C", bound="RegistryCore")
@@ -35,9 +36,13 @@ class RegistryCore:
         create: bool = True,
         **overrides: Any,
     ) -> None:
-        self.settings = settings or load_settings(
-            db=db, token=token, phone_number_id=phone_number_id, **overrides
-        )
+        given = {"db": db, "token": token, "phone_number_id": phone_number_id, **overrides}
+        if settings is None:
+            settings = load_settings(**given)
+        elif any(value is not None for value in given.values()):
+            named = ", ".join(sorted(name for name, value in given.items() if value is not None))
+            raise ConfigError(f"pass settings= or individual settings ({named}), not both")
+        self.settings = settings
         self._clock = clock
         # create=False (read-only use) never creates a registry; an older one is upgraded.
         self.store: Store = open_store(
@@ -48,8 +53,9 @@ class RegistryCore:
         self._lease_for = timedelta(seconds=self.settings.lease_seconds)
         self._stopping = threading.Event()
         self._windows_by_phone: dict[str, Windows] = {}
-        self._valid_until_cache: tuple[int, timedelta, datetime] = (0, timedelta(), utc_now())
+        self._valid_until_cache: dict[timedelta, tuple[int, datetime]] = {}
         self.graph = self._client(transport=transport, **self._graph_options())
+        self._pacer = shared_pacer(self.settings.uploads_per_second)
 
     @classmethod
     def from_env(cls: type[C], **overrides: Any) -> C:
@@ -74,6 +80,15 @@ class RegistryCore:
         """Ask a running refresh to finish its current uploads and start no new ones."""
         self._stopping.set()
 
+    def _phone(self, phone_number_id: str | None) -> str:
+        """The number to upload for: the one given, else the configured one."""
+        phone = phone_number_id or self.settings.phone_number_id
+        if not phone:
+            raise ConfigError(
+                "no phone number ID: set WHATSAPP_PHONE_NUMBER_ID or pass phone_number_id="
+            )
+        return phone
+
     def _windows(self, phone: str) -> Windows:
         """The TTL and validity windows of one number, worked out once."""
         windows = self._windows_by_phone.get(phone)
@@ -85,12 +100,12 @@ class RegistryCore:
         """``now + validity``, computed once per second: this is on every cache hit."""
         now: datetime = self._clock()
         second = int(now.timestamp())
-        cached = self._valid_until_cache
-        if cached[0] == second and cached[1] == validity:
-            return cached[2]
+        cached = self._valid_until_cache.get(validity)
+        if cached is not None and cached[0] == second:
+            return cached[1]
         # The end of the current second: never less strict than the exact time would be.
         moment = datetime.fromtimestamp(second + 1, timezone.utc) + validity
-        self._valid_until_cache = (second, validity, moment)
+        self._valid_until_cache[validity] = (second, moment)
         return moment
 
     def resolve(self, target: str | os.PathLike[str]) -> str | None:

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from typing import Any, Generic, Protocol, TypeVar
 
 from .blobs import VerifiedFile
+from .sources import Validators
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -86,6 +87,34 @@ class DownloadTo:
         return graph.download_to(self.url, self.file)
 
 
+class SourceOperations(Protocol[R_co]):
+    """What flows ask of a URL-source fetcher (``SourceFetcher`` or ``AsyncSourceFetcher``)."""
+
+    def fetch(self, url: str, known: Validators | None = None) -> R_co: ...
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """Download a URL source; the flow receives a :class:`~media_registry.sources.Content`,
+    or None when the server answers 304 (``known`` still holds)."""
+
+    url: str
+    known: Validators | None
+
+    def on(self, sources: SourceOperations[R]) -> R:
+        """The call on ``sources``."""
+        return sources.fetch(self.url, self.known)
+
+
+@dataclass(frozen=True)
+class Send:
+    """Call the sender's ``send(media_id)`` (awaited when it returns an awaitable); the flow
+    receives what it returns, or has its error thrown in."""
+
+    send: Callable[[str], Any]
+    media_id: str
+
+
 @dataclass(frozen=True)
 class Blocking(Generic[T]):
     """Local work that may wait (the registry's write lock, the disk); the flow receives
@@ -108,7 +137,7 @@ class Sleep:
     seconds: float
 
 
-Effect = Upload | GetMedia | DeleteMedia | DownloadTo | Blocking[Any] | Sleep
+Effect = Upload | GetMedia | DeleteMedia | DownloadTo | Fetch | Send | Blocking[Any] | Sleep
 Flow = Generator[Effect, Any, T]
 Clock = Callable[[], datetime]
 

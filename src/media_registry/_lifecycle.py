@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 from . import hashing
 from ._flows import Blocking, Flow, Hashing
-from ._sending import Sending, ids_of, wall_clock
+from ._sending import UploadSource, ids_of, source_name, wall_clock
+from ._sourcing import Sourcing, closing
 from .errors import ContentDeleted, MediaRegistryError, NotInRegistry, SourceNotFound
 from .models import LifecycleAction, Report
 from .store import ContentRef, MediaRow
@@ -16,7 +17,7 @@ from .store import ContentRef, MediaRow
 OnAction = Callable[[LifecycleAction], None]
 
 
-class Lifecycle(Sending):
+class Lifecycle(Sourcing):
     """The rules that keep IDs fresh and clean up what is no longer wanted."""
 
     def _expiring_rows(self) -> list[MediaRow]:
@@ -27,16 +28,23 @@ class Lifecycle(Sending):
                 if row.expires_at <= now + self._windows(row.phone_number_id).refresh_before]
 
     def _refresh_one(self, row: MediaRow, dry_run: bool) -> Flow[LifecycleAction]:
-        """Upload one expiring content again from a source file that still holds it (single
-        flight, so a concurrent refresh or sender makes no second upload)."""
-        found = ids_of(row)
-        source: hashing.Fingerprint | None = yield Hashing(
+        """Upload one expiring content again from a source file that still holds it, else
+        from a URL that still serves it (single flight, so a concurrent refresh or sender
+        makes no second upload). Bytes and file objects have no source to read again."""
+        source: UploadSource | None = yield Hashing(
             functools.partial(self._find_source, row.sha256)
         )
+        if source is None and not self._stopping.is_set():
+            source = yield from self._refetch(row.sha256)
         if source is None:
-            return LifecycleAction(action="skipped", detail="no source file left", **found)
+            return LifecycleAction(action="skipped", detail="no source file or URL left", **ids_of(row))
+        with closing(source):
+            return (yield from self._refresh_from(source, row, dry_run))
+
+    def _refresh_from(self, source: UploadSource, row: MediaRow, dry_run: bool) -> Flow[LifecycleAction]:
+        found = ids_of(row)
         if dry_run:
-            return LifecycleAction(action="refreshed", detail=f"would upload {source.path}", **found)
+            return LifecycleAction(action="refreshed", detail=f"would upload {source_name(source)}", **found)
         if self._stopping.is_set():
             return LifecycleAction(action="skipped", detail="stopping", **found)
         try:

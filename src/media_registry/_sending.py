@@ -17,9 +17,13 @@ from typing import NamedTuple
 from . import hashing, media_types
 from ._core import RegistryCore
 from ._flows import Blocking, DeleteMedia, Flow, Hashing, Sleep, Upload
-from .errors import ConfigError, ContentDeleted, GraphAPIError, MediaNotFound, MediaRegistryError
+from .errors import ContentDeleted, GraphAPIError, MediaNotFound, MediaRegistryError
 from .models import LifecycleAction
+from .sources import Content
 from .store import LeaseOutcome, LeaseStatus, MediaRow, NewMedia, Recorded, new_owner
+
+# Where the bytes to upload are: a source file (fingerprinted) or a hashed Content.
+UploadSource = hashing.Fingerprint | Content
 
 
 class Outcome(NamedTuple):
@@ -45,11 +49,7 @@ class Sending(RegistryCore):
         self, path: str | os.PathLike[str], phone_number_id: str | None, mime_type: str | None
     ) -> Outcome | _Miss:
         """The cache hit, done inline by both drivers: one stat and one indexed query."""
-        phone = phone_number_id or self.settings.phone_number_id
-        if not phone:
-            raise ConfigError(
-                "no phone number ID: set WHATSAPP_PHONE_NUMBER_ID or pass phone_number_id="
-            )
+        phone = self._phone(phone_number_id)
         fp = hashing.fingerprint(path)
         hit = self.store.lookup_path(fp, phone, self._valid_until(self._windows(phone).min_validity))
         if hit is None or hashing.racily_clean(fp, hit.recorded_at):
@@ -85,7 +85,7 @@ class Sending(RegistryCore):
         return media_type, sha256
 
     def _single_flight(
-        self, fp: hashing.Fingerprint, sha256: str, phone: str, mime_type: str,
+        self, source: UploadSource, sha256: str, phone: str, mime_type: str,
         valid_for: timedelta | None = None, action: str = "upload",
     ) -> Flow[Outcome]:
         """Serve an ID valid for ``valid_for`` (default ``min_validity``) if one exists or
@@ -108,31 +108,33 @@ class Sending(RegistryCore):
             if outcome.status is LeaseStatus.SERVE and outcome.media_id is not None:
                 return Outcome(outcome.media_id, uploaded=False)
             if outcome.status is LeaseStatus.DELETED:
-                raise _deleted(fp.path)
+                raise _deleted(source_name(source))
             if outcome.status is LeaseStatus.ACQUIRED:
-                media_id = yield from self._upload_holding_lease(fp, sha256, phone, mime_type, owner, action)
+                media_id = yield from self._upload_holding_lease(source, sha256, phone, mime_type, owner, action)
                 return Outcome(media_id, uploaded=True)
             yield Sleep(delay)  # another thread, task or process is uploading these bytes
             delay = min(delay * 1.5, 0.25)
 
     def _upload_holding_lease(
-        self, fp: hashing.Fingerprint, sha256: str, phone: str, mime_type: str, owner: str,
+        self, source: UploadSource, sha256: str, phone: str, mime_type: str, owner: str,
         action: str,
     ) -> Flow[str]:
-        """Upload with the lease held (renewed meanwhile), check the bytes did not change,
-        and record the new ID (which releases the lease); on any failure, release it. If the
-        content was deleted meanwhile, DELETE the new ID and raise ContentDeleted."""
+        """Upload with the lease held (renewed meanwhile) when the pacer allows, check the
+        bytes did not change, and record the new ID (which releases the lease); on any
+        failure, release it. If the content was deleted meanwhile, DELETE the new ID and
+        raise ContentDeleted."""
         keeper = _LeaseKeeper(self, sha256, phone, owner)
         windows = self._windows(phone)
-        # Meta starts the TTL when it receives the file: counting from before sending errs on
-        # the safe side.
-        uploaded_at = self._clock()
         try:
-            media_id: str = yield Upload(fp.path, mime_type, phone, windows.ttl_minutes)
-            # Bytes that changed under the upload must not be recorded under the old hash.
-            yield Blocking(functools.partial(hashing.ensure_unchanged, fp))
-            media = NewMedia(media_id, sha256, phone, mime_type, fp.size, uploaded_at,
-                             uploaded_at + windows.ttl, fp.path, action)
+            wait = self._pacer.reserve(phone)
+            if wait:
+                yield Sleep(wait)
+            # Meta starts the TTL when it receives the file: counting from before sending
+            # errs on the safe side.
+            uploaded_at = self._clock()
+            media_id = yield from self._upload(source, mime_type, phone, windows.ttl_minutes)
+            media = NewMedia(media_id, sha256, phone, mime_type, source.size, uploaded_at,
+                             uploaded_at + windows.ttl, source_name(source), action)
             recorded: Recorded = yield Blocking(functools.partial(self.store.record_upload, media, owner))
         except BaseException:  # errors, cancellation, Ctrl-C: nobody may wait on our lease
             keeper.stop()
@@ -142,7 +144,17 @@ class Sending(RegistryCore):
         if recorded is Recorded.CONTENT_DELETED:
             owed = MediaRow(media_id, sha256, phone, "deleting", mime_type, uploaded_at, media.expires_at)
             yield from self._delete_remotely(owed)
-            raise _deleted(fp.path)
+            raise _deleted(source_name(source))
+        return media_id
+
+    def _upload(self, source: UploadSource, mime_type: str, phone: str, ttl_minutes: int | None) -> Flow[str]:
+        if isinstance(source, Content):
+            with source.file() as path:
+                uploaded: str = yield Upload(path, mime_type, phone, ttl_minutes)
+                return uploaded
+        media_id: str = yield Upload(source.path, mime_type, phone, ttl_minutes)
+        # Bytes that changed under the upload must not be recorded under the old hash.
+        yield Blocking(functools.partial(hashing.ensure_unchanged, source))
         return media_id
 
     def _delete_remotely(self, row: MediaRow) -> Flow[LifecycleAction]:
@@ -176,6 +188,11 @@ def _deleted(path: str) -> ContentDeleted:
         f"{path}: its content was deleted from the registry while this call uploaded it; "
         "nothing is served (the new ID is deleted too); send it again to upload it anew"
     )
+
+
+def source_name(source: UploadSource) -> str:
+    """How a source is named in the event log: its path, or its label (a URL's key form)."""
+    return source.label if isinstance(source, Content) else source.path
 
 
 class _LeaseKeeper:

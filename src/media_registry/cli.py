@@ -108,8 +108,10 @@ def _upload(args: argparse.Namespace) -> int:
         return 0
     failed = 0
     with _open(args) as reg, _progress("uploading", len(paths) - done) as advance:
-        for path in paths[done:]:
-            outcome = _attempt(args, reg.get_or_upload_with_status, path,
+        for given in paths[done:]:
+            source = sys.stdin.buffer if given == "-" else given
+            path = reg.sources.key(given) if _is_url(given) else given  # never a URL's signature
+            outcome = _attempt(args, reg.get_or_upload_with_status, source,
                                phone_number_id=args.phone_number_id, mime_type=args.mime_type)
             advance(path)
             if outcome is None:
@@ -117,6 +119,21 @@ def _upload(args: argparse.Namespace) -> int:
             else:
                 _print_upload(args, outcome.media_id, "uploaded" if outcome.uploaded else "cached", path)
     return 1 if failed else 0
+
+
+def _invalidate(args: argparse.Namespace) -> int:
+    with _open(args) as reg:
+        reg.invalidate(args.media_id)
+    if args.json:
+        _print_json({"media_id": args.media_id, "status": "invalidated"})
+    else:
+        print(f"{args.media_id}\tinvalidated")
+    return 0
+
+
+def _is_url(given: str) -> bool:
+    # The check of media_registry.sources.is_url, without importing httpx on a cache hit.
+    return given[:8].lower().startswith(("https://", "http://"))
 
 
 def _cache_hits(args: argparse.Namespace, paths: Sequence[str]) -> int:
@@ -130,7 +147,7 @@ def _cache_hits(args: argparse.Namespace, paths: Sequence[str]) -> int:
     hits = CacheHits(settings)
     try:
         for done, path in enumerate(paths):
-            media_id = hits.media_id(path)
+            media_id = None if path == "-" or _is_url(path) else hits.media_id(path)
             if media_id is None:
                 return done
             _print_upload(args, media_id, "cached", path)
@@ -499,8 +516,9 @@ def _parser() -> argparse.ArgumentParser:
                              help="JSON lines instead of text")
         return sub
 
-    upload = command("upload", _upload, "get or upload each file; print '<media_id> <status> <path>'")
-    upload.add_argument("paths", nargs="+", metavar="PATH")
+    upload = command("upload", _upload, "get or upload each file, https:// URL, or - (standard "
+                     "input); print '<media_id> <status> <path>'")
+    upload.add_argument("paths", nargs="+", metavar="PATH|URL|-")
     upload.add_argument("--phone-number-id", help="default: $WHATSAPP_PHONE_NUMBER_ID")
     upload.add_argument("--mime-type", help="assert the type (it must agree with the bytes)")
     upload.add_argument("-r", "--recursive", action="store_true",
@@ -513,6 +531,10 @@ def _parser() -> argparse.ArgumentParser:
     target_help = "a path, media ID, sha256, or sha256 prefix of 8+ hex digits (as ls prints it)"
     show = command("show", _show, "one content with its paths and history")
     show.add_argument("target", metavar="PATH|MEDIA_ID|SHA256", help=target_help)
+
+    invalidate = command("invalidate", _invalidate, "Meta refused this media ID at send time: "
+                         "never serve it again (the next upload of its content uploads anew)")
+    invalidate.add_argument("media_id", metavar="MEDIA_ID")
 
     refresh = command("refresh", _refresh, "upload again the IDs that expire within refresh_before")
     refresh.add_argument("--dry-run", action="store_true", help="only say what would be uploaded")

@@ -7,10 +7,10 @@ import os
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from .dburl import PostgresURL, is_postgres_url
 from .errors import ConfigError, register_secret
@@ -27,6 +27,11 @@ from .graph import (
 
 # Meta retires a Graph API version about two years after its release.
 DEFAULT_API_BASE = "https://graph.facebook.com/v23.0"
+# S3 and GCS presigned URLs: the signature and the parameters that change with it.
+DEFAULT_URL_IGNORE_QUERY = (
+    "X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires", "X-Amz-Security-Token",
+    "X-Amz-Signature", "X-Amz-SignedHeaders", "X-Goog-*",
+)
 
 
 def _env(name: str, default: Any = None) -> Any:
@@ -71,6 +76,13 @@ class Settings(BaseSettings):
     busy_timeout: float = Field(10.0, gt=0, allow_inf_nan=False)
     # Seconds between lease heartbeats is a third of this; a dead owner frees it after this.
     lease_seconds: float = Field(60.0, gt=0, allow_inf_nan=False)
+    # Upload starts per second per phone number, across a process's threads and tasks.
+    uploads_per_second: float = Field(20.0, gt=0, allow_inf_nan=False)
+    # How long a URL source's remembered content is trusted before a conditional GET.
+    url_revalidate: timedelta = timedelta(minutes=5)
+    # Query parameters left out of a URL source's key, and never printed or stored: a signed
+    # URL's signature changes on every request (comma-separated; "X-Goog-*" matches a prefix).
+    url_ignore_query: Annotated[tuple[str, ...], NoDecode] = DEFAULT_URL_IGNORE_QUERY
     # PostgreSQL only: connections per process, this host's name in the fleet (stable across
     # restarts, unlike a Kubernetes pod's hostname), and how long an unseen host keeps its paths.
     pg_pool_size: int = Field(10, ge=2, le=1000)
@@ -114,10 +126,24 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("ttl", "min_validity", "refresh_before", "refresh_interval", "purge_interval",
-                     "host_retention", mode="before")
+                     "url_revalidate", "host_retention", mode="before")
     @classmethod
     def _seconds(cls, value: Any) -> Any:
         return _seconds_as_number(value)
+
+    @field_validator("url_revalidate")
+    @classmethod
+    def _check_not_negative(cls, value: timedelta) -> timedelta:
+        if value < timedelta(0):
+            raise ValueError("must be zero (always revalidate) or a positive duration")
+        return value
+
+    @field_validator("url_ignore_query", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(name.strip() for name in value.split(",") if name.strip())
+        return value
 
     @field_validator("ttl_by_phone_number", mode="before")
     @classmethod

@@ -2,8 +2,10 @@
 
     MediaRegistryError
     ├── InputError              bad input from the caller; nothing was sent anywhere
-    │   ├── SourceNotFound      the file is missing, unreadable or not a regular file
+    │   ├── SourceNotFound      the file is missing, unreadable or not a regular file (a URL: 404/410)
     │   ├── SourceChanged       the file changed while it was read
+    │   ├── SourceUnavailable   a URL source could not be fetched (network, HTTP error)
+    │   ├── UnsafeSourceURL     a URL source that is neither https nor http to this machine
     │   ├── UnsupportedMedia    a type WhatsApp does not take, or an empty file
     │   ├── MislabelledMedia    the given MIME type contradicts the bytes
     │   ├── MediaTooLarge       over WhatsApp's limit for that kind
@@ -89,11 +91,19 @@ class InputError(MediaRegistryError):
 
 
 class SourceNotFound(InputError):
-    """The source file is missing, unreadable or not a regular file."""
+    """The source file is missing, unreadable or not a regular file; or a URL answered 404/410."""
 
 
 class SourceChanged(InputError):
     """The source file changed while it was being hashed or uploaded."""
+
+
+class SourceUnavailable(InputError):
+    """A URL source could not be fetched: unreachable, timed out, or an HTTP error."""
+
+
+class UnsafeSourceURL(InputError):
+    """A URL source (or a redirect) that is neither https nor http to a loopback host."""
 
 
 class UnsupportedMedia(InputError):

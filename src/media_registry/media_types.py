@@ -118,20 +118,23 @@ def _looks_like_text(head: bytes) -> bool:
     return True
 
 
-def check(path: Path, head: bytes, size: int, declared: str | None = None) -> MediaType:
+def check(path: Path, head: bytes, size: int, declared: str | None = None, *,
+          name: str | None = None) -> MediaType:
     """Sniff and validate a file before any request: type supported, size within its limit.
 
     ``declared`` is a MIME type the caller asserted; it must agree with the bytes (it also
     settles what the bytes cannot, e.g. which Office format an OLE2 container holds).
+    ``name`` is how errors name the source when ``path`` is only a temporary copy of it.
     Raises UnsupportedMedia, MislabelledMedia or MediaTooLarge with a one-line reason.
     """
+    label = path if name is None else name
     if size == 0:
-        raise UnsupportedMedia(f"{path}: the file is empty; WhatsApp needs at least one byte")
-    mime_type = _resolve(path, sniff(path, head), declared)
+        raise UnsupportedMedia(f"{label}: the file is empty; WhatsApp needs at least one byte")
+    mime_type = _resolve(label, sniff(path, head), declared)
     kind = KIND_BY_MIME[mime_type]
     if mime_type == "audio/ogg" and b"OpusHead" not in head:
         raise UnsupportedMedia(
-            f"{path}: Ogg audio without the Opus codec; WhatsApp plays only Opus in Ogg, "
+            f"{label}: Ogg audio without the Opus codec; WhatsApp plays only Opus in Ogg, "
             "convert it (e.g. ffmpeg -c:a libopus)"
         )
     if mime_type == "image/webp" and _is_animated_webp(head):
@@ -139,13 +142,13 @@ def check(path: Path, head: bytes, size: int, declared: str | None = None) -> Me
     limit = MAX_BYTES[kind]
     if size > limit:
         raise MediaTooLarge(
-            f"{path}: {size:,} bytes is over WhatsApp's {limit:,}-byte limit for {kind} "
+            f"{label}: {size:,} bytes is over WhatsApp's {limit:,}-byte limit for {kind} "
             f"({mime_type}); compress it or send a smaller file"
         )
     return MediaType(mime_type=mime_type, kind=kind.split()[-1], max_bytes=limit)
 
 
-def _resolve(path: Path, sniffed: str | None, declared: str | None) -> str:
+def _resolve(path: str | Path, sniffed: str | None, declared: str | None) -> str:
     if declared is not None:
         declared = declared.split(";")[0].strip().lower()
         if declared not in KIND_BY_MIME:
@@ -177,3 +180,18 @@ def _resolve(path: Path, sniffed: str | None, declared: str | None) -> str:
 def _is_animated_webp(head: bytes) -> bool:
     # An extended (VP8X) WebP sets bit 1 of its flags byte when it holds an animation.
     return head[12:16] == b"VP8X" and len(head) > 20 and bool(head[20] & 0x02)
+
+
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def size_limit(head: bytes) -> int:
+    """The most WhatsApp takes of content that starts with ``head``: the limit of the kind
+    those bytes show (the larger one for stickers), else the largest limit of all. A
+    download or a stream is cut off as soon as it exceeds this, before the exact check."""
+    if head.startswith((OLE2_MAGIC, ZIP_MAGIC)):  # Office files: only the whole file tells more
+        return MAX_BYTES["document"]
+    kind = KIND_BY_MIME.get(sniff(Path(), head) or "")
+    if kind == "sticker":
+        return MAX_BYTES["animated sticker"]
+    return MAX_BYTES[kind] if kind else max(MAX_BYTES.values())

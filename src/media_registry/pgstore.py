@@ -50,6 +50,7 @@ from .store import (
     Recorded,
     SourcePath,
     StoreStats,
+    UrlSource,
 )
 
 # The first key of PostgreSQL's two-key advisory locks: which kind of lock it is.
@@ -64,12 +65,31 @@ def _schema() -> str:
     return resources.files("media_registry").joinpath("schema_postgres.sql").read_text("utf-8")
 
 
+_URL_SOURCES_AND_INVALIDATED = """
+-- 'invalidated': Meta refused the ID at send time; never served or refreshed, dropped once expired.
+ALTER TABLE media DROP CONSTRAINT media_state_check;
+ALTER TABLE media ADD CONSTRAINT media_state_check
+    CHECK (state IN ('current', 'superseded', 'deleting', 'invalidated'));
+-- What each URL source served when last fetched, shared by every host of the fleet: the URL
+-- in key form (no signature, no user:password), the validators for a conditional GET.
+CREATE TABLE url_sources (
+    url           text PRIMARY KEY,
+    sha256        text NOT NULL REFERENCES contents (sha256),
+    etag          text,
+    last_modified text,
+    checked_at    timestamptz NOT NULL,
+    refetchable   boolean NOT NULL
+);
+CREATE INDEX url_sources_by_content ON url_sources (sha256);
+"""
+
 # Named schema changes, applied in order, each in its own transaction and recorded in the
 # `migrations` table. Append new ones; never edit or reorder the ones released.
 MIGRATIONS: list[tuple[str, Any]] = [
     ("create registry", _schema),
+    ("url sources and invalidated", lambda: _URL_SOURCES_AND_INVALIDATED),
 ]
-TABLES = ("contents", "media", "hosts", "paths", "leases", "events", "inbound")
+TABLES = ("contents", "media", "hosts", "paths", "leases", "events", "inbound", "url_sources")
 
 
 def lock_key(*parts: str) -> int:
@@ -405,6 +425,7 @@ class PostgresStore:
             con.execute("UPDATE contents SET deleted_at = %s WHERE sha256 = %s", (now, sha256))
             con.execute("UPDATE media SET state = 'deleting' WHERE sha256 = %s", (sha256,))
             con.execute("DELETE FROM paths WHERE sha256 = %s", (sha256,))
+            con.execute("DELETE FROM url_sources WHERE sha256 = %s", (sha256,))
             con.execute("DELETE FROM leases WHERE sha256 = %s", (sha256,))
             _log(con, now, "delete", self.host_id, sha256=sha256, detail=reason)
 
@@ -472,6 +493,101 @@ class PostgresStore:
     def _rows(self, sql: str, params: tuple[Any, ...]) -> list[MediaRow]:
         rows = self.db.run(lambda con: con.execute(sql, params).fetchall())
         return [MediaRow(*row) for row in rows]
+
+    # -- sources beyond paths (URL mappings are shared by every host) -------------------------
+
+    def remember_content(self, sha256: str, mime_type: str, size_bytes: int, recorded_at: datetime) -> None:
+        """See :meth:`Store.remember_content`."""
+        self.db.run(lambda con: con.execute(
+            "INSERT INTO contents (sha256, mime_type, size_bytes, first_seen_at) "
+            "VALUES (%s, %s, %s, %s) ON CONFLICT (sha256) DO UPDATE SET deleted_at = NULL",
+            (sha256, mime_type, size_bytes, recorded_at),
+        ))
+
+    def current_media_id(self, sha256: str, phone_number_id: str, valid_until: datetime) -> str | None:
+        """See :meth:`Store.current_media_id`."""
+        row = self.db.run(lambda con: con.execute(
+            "SELECT media_id FROM media WHERE sha256 = %s AND phone_number_id = %s "
+            "AND state = 'current' AND expires_at > %s",
+            (sha256, phone_number_id, valid_until),
+        ).fetchone(), transaction=False)
+        return row[0] if row else None
+
+    def url_hit(self, url: str, phone_number_id: str, valid_until: datetime,
+                checked_after: datetime) -> str | None:
+        """See :meth:`Store.url_hit`. The URL cache hit: one prepared, indexed query."""
+        row = self.db.run(lambda con: con.execute(
+            """
+            SELECT m.media_id FROM url_sources AS u JOIN media AS m USING (sha256)
+            WHERE u.url = %s AND u.checked_at > %s AND m.phone_number_id = %s
+              AND m.state = 'current' AND m.expires_at > %s
+            """,
+            (url, checked_after, phone_number_id, valid_until),
+            prepare=True,
+        ).fetchone(), transaction=False)
+        return row[0] if row else None
+
+    def url_source(self, url: str) -> UrlSource | None:
+        """See :meth:`Store.url_source`."""
+        rows = self._url_rows("WHERE url = %s", (url,))
+        return rows[0] if rows else None
+
+    def url_sources(self, sha256: str) -> list[UrlSource]:
+        """See :meth:`Store.url_sources`."""
+        return self._url_rows("WHERE sha256 = %s ORDER BY checked_at DESC", (sha256,))
+
+    def _url_rows(self, where: str, params: tuple[Any, ...]) -> list[UrlSource]:
+        rows = self.db.run(lambda con: con.execute(
+            "SELECT url, sha256, etag, last_modified, checked_at, refetchable FROM url_sources " + where,
+            params,
+        ).fetchall(), transaction=False)
+        return [UrlSource._make(row) for row in rows]
+
+    def remember_url(self, source: UrlSource) -> None:
+        """See :meth:`Store.remember_url`."""
+        self.db.run(lambda con: con.execute(
+            """
+            INSERT INTO url_sources (url, sha256, etag, last_modified, checked_at, refetchable)
+            VALUES (%s, %s, %s, %s, %s, %s)
+            ON CONFLICT (url) DO UPDATE SET
+                sha256 = excluded.sha256, etag = excluded.etag, last_modified = excluded.last_modified,
+                checked_at = excluded.checked_at, refetchable = excluded.refetchable
+            """,
+            tuple(source),
+        ))
+
+    def touch_url(self, url: str, checked_at: datetime) -> None:
+        """See :meth:`Store.touch_url`."""
+        self.db.run(lambda con: con.execute(
+            "UPDATE url_sources SET checked_at = %s WHERE url = %s", (checked_at, url)
+        ))
+
+    def forget_url(self, url: str, now: datetime, reason: str) -> None:
+        """See :meth:`Store.forget_url`."""
+
+        def work(con: Connection) -> None:
+            row = con.execute("DELETE FROM url_sources WHERE url = %s RETURNING sha256", (url,)).fetchone()
+            if row is not None:
+                _log(con, now, "forget url", self.host_id, sha256=row[0], path=url, detail=reason)
+
+        self.db.run(work)
+
+    def invalidate_media(self, media_id: str, now: datetime, reason: str) -> bool:
+        """See :meth:`Store.invalidate_media`; an ID owing a DELETE keeps owing it."""
+
+        def work(con: Connection) -> bool:
+            row = con.execute(
+                "SELECT sha256, phone_number_id FROM media WHERE media_id = %s FOR UPDATE", (media_id,)
+            ).fetchone()
+            if row is None:
+                return False
+            con.execute("UPDATE media SET state = 'invalidated' WHERE media_id = %s AND state <> 'deleting'",
+                        (media_id,))
+            _log(con, now, "invalidate", self.host_id, sha256=row[0], media_id=media_id,
+                 phone_number_id=row[1], detail=reason)
+            return True
+
+        return self.db.run(work)
 
     # -- inbound media ------------------------------------------------------------------------
 

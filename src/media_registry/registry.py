@@ -1,30 +1,34 @@
 """MediaRegistry and AsyncMediaRegistry: what senders use.
 
-The rules live once, as generator flows (see :mod:`media_registry._flows`) in four mixins on
-a shared core: sending (:mod:`._sending`), lifecycle (:mod:`._lifecycle`), inbound media
-(:mod:`._inbound`) and reading (:mod:`._reading`). Each registry here is only a driver for
-those flows: :class:`MediaRegistry` performs their effects inline with the sync Graph client;
-:class:`AsyncMediaRegistry` awaits the async client and runs every blocking effect (hashing,
-SQLite writes that may wait for a lock, file creation and renames) in a thread, off the
-event loop. Both step flows through the same :class:`~media_registry._flows.Run`.
+The rules live once, as generator flows (see :mod:`media_registry._flows`) in mixins on a
+shared core: sending (:mod:`._sending`), sources beyond paths (:mod:`._sourcing`), lifecycle
+(:mod:`._lifecycle`), inbound media (:mod:`._inbound`) and reading (:mod:`._reading`).
+Each registry here is only a driver for those flows: :class:`MediaRegistry` performs their
+effects inline with the sync clients; :class:`AsyncMediaRegistry` awaits the async ones and
+runs every blocking effect (hashing, SQLite writes that may wait for a lock, file creation
+and renames) in a thread, off the event loop. Both step flows through the same :class:`~media_registry._flows.Run`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from ._flows import Blocking, Effect, Flow, Hashing, Run, Sleep, in_thread
+from ._flows import Blocking, Effect, Fetch, Flow, Hashing, Run, Send, Sleep, in_thread
 from ._inbound import Inbound
 from ._lifecycle import Lifecycle, OnAction, add
 from ._reading import Reading
 from ._sending import Outcome
+from ._sourcing import REFUSED, Source
 from .dburl import PostgresURL
 from .graph import AsyncGraphClient, GraphClient
 from .models import DownloadedMedia, LifecycleAction, Report
+from .sources import AsyncSourceFetcher, SourceFetcher
 from .store import MediaRow
 from .webhooks import OnInvalid
 
@@ -49,7 +53,9 @@ class MediaRegistry(_Rules):
     """
 
     _client = GraphClient
+    _fetcher = SourceFetcher
     graph: GraphClient
+    sources: SourceFetcher
 
     def __enter__(self) -> MediaRegistry:
         return self
@@ -58,8 +64,9 @@ class MediaRegistry(_Rules):
         self.close()
 
     def close(self) -> None:
-        """Close the registry's database connections and HTTP connection pool."""
+        """Close the registry's database connections and HTTP connection pools."""
         self.graph.close()
+        self.sources.close()
         self.store.close()
 
     def _drive(self, flow: Flow[T]) -> T:
@@ -78,32 +85,51 @@ class MediaRegistry(_Rules):
             return None
         if isinstance(effect, Blocking):
             return effect.work()
+        if isinstance(effect, Fetch):
+            return effect.on(self.sources)
+        if isinstance(effect, Send):
+            return effect.send(effect.media_id)
         return effect.on(self.graph)
 
     def get_or_upload(
-        self, path: str | os.PathLike[str], *, phone_number_id: str | None = None,
-        mime_type: str | None = None,
+        self, source: Source, *, phone_number_id: str | None = None, mime_type: str | None = None,
     ) -> str:
-        """A media ID for the file's content that stays valid for at least ``min_validity``.
+        """A media ID for the source's content that stays valid for at least ``min_validity``.
 
-        Served from the registry when possible (an unchanged file costs one ``stat`` and one
-        query); otherwise the file is sniffed, checked against WhatsApp's limits, hashed and
-        uploaded once, however many threads and processes ask at the same moment.
+        ``source`` is a path (str or PathLike), bytes-like content, a binary file object
+        (read once, in blocks), or a URL string starting with ``https://`` (``http://`` only
+        to this machine). Served from the registry when possible (an unchanged file costs one
+        ``stat`` and one query; a URL checked within ``url_revalidate`` makes no request);
+        otherwise the content is sniffed, checked against WhatsApp's limits, hashed and
+        uploaded once, however many threads and processes ask at the same moment. The same
+        bytes named as a file, as bytes or by a URL share one media ID.
         """
-        found = self._fast_path(path, phone_number_id, mime_type)
-        if isinstance(found, Outcome):
-            return found.media_id
-        return self._drive(self._get_or_upload_flow(path, found, mime_type)).media_id
+        return self.get_or_upload_with_status(
+            source, phone_number_id=phone_number_id, mime_type=mime_type).media_id
 
     def get_or_upload_with_status(
-        self, path: str | os.PathLike[str], *, phone_number_id: str | None = None,
-        mime_type: str | None = None,
+        self, source: Source, *, phone_number_id: str | None = None, mime_type: str | None = None,
     ) -> Outcome:
-        """Like :meth:`get_or_upload`, also telling whether this call uploaded the file."""
-        found = self._fast_path(path, phone_number_id, mime_type)
-        if isinstance(found, Outcome):
-            return found
-        return self._drive(self._get_or_upload_flow(path, found, mime_type))
+        """Like :meth:`get_or_upload`, also telling whether this call uploaded the content."""
+        found = self._lookup(source, phone_number_id, mime_type)
+        return found if isinstance(found, Outcome) else self._drive(found)
+
+    def invalidate(self, media_id: str, *, reason: str = REFUSED) -> None:
+        """Never serve ``media_id`` again (Meta refused it at send time: it died early); the
+        next :meth:`get_or_upload` of its content uploads anew. The event log records why."""
+        self._drive(self._invalidate_flow(media_id, reason))
+
+    def send_with_media(self, source: Source, send: Callable[[str], T], *,
+                        phone_number_id: str | None = None) -> T:
+        """``send(media_id)`` with the source's media ID, and what it returns.
+
+        When Meta refuses the ID as no longer valid (Graph error code 100, "... is not a
+        valid whatsapp business account media attachment ID", raised or returned as an
+        ``httpx.Response``; see :func:`~media_registry.media_id_refused`), the ID is
+        invalidated, the content uploaded again and ``send`` called once more. Any other
+        error reaches the caller untouched. A file object is read once.
+        """
+        return self._drive(self._send_with_media_flow(source, send, phone_number_id))  # type: ignore[no-any-return]
 
     def refresh_expiring(self, *, dry_run: bool = False, on_action: OnAction | None = None) -> Report:
         """Upload again every current ID with less than ``refresh_before`` left whose content
@@ -169,7 +195,9 @@ class AsyncMediaRegistry(_Rules):
     """
 
     _client = AsyncGraphClient
+    _fetcher = AsyncSourceFetcher
     graph: AsyncGraphClient
+    sources: AsyncSourceFetcher
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -184,8 +212,9 @@ class AsyncMediaRegistry(_Rules):
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the HTTP connection pool and the database connections."""
+        """Close the HTTP connection pools and the database connections."""
         await self.graph.aclose()
+        await self.sources.aclose()
         self.store.close()
 
     async def _drive(self, flow: Flow[T]) -> T:
@@ -209,30 +238,40 @@ class AsyncMediaRegistry(_Rules):
                 return await in_thread(effect)
         if isinstance(effect, Blocking):
             return await in_thread(effect)
+        if isinstance(effect, Fetch):
+            return await effect.on(self.sources)
+        if isinstance(effect, Send):
+            result = effect.send(effect.media_id)
+            return await result if inspect.isawaitable(result) else result
         return await effect.on(self.graph)
 
     async def get_or_upload(
-        self, path: str | os.PathLike[str], *, phone_number_id: str | None = None,
-        mime_type: str | None = None,
+        self, source: Source, *, phone_number_id: str | None = None, mime_type: str | None = None,
     ) -> str:
         """See :meth:`MediaRegistry.get_or_upload`."""
         outcome = await self.get_or_upload_with_status(
-            path, phone_number_id=phone_number_id, mime_type=mime_type
+            source, phone_number_id=phone_number_id, mime_type=mime_type
         )
         return outcome.media_id
 
     async def get_or_upload_with_status(
-        self, path: str | os.PathLike[str], *, phone_number_id: str | None = None,
-        mime_type: str | None = None,
+        self, source: Source, *, phone_number_id: str | None = None, mime_type: str | None = None,
     ) -> Outcome:
         """See :meth:`MediaRegistry.get_or_upload_with_status`."""
         if self._hits_in_thread:
-            found = await asyncio.to_thread(self._fast_path, path, phone_number_id, mime_type)
+            found = await asyncio.to_thread(self._lookup, source, phone_number_id, mime_type)
         else:
-            found = self._fast_path(path, phone_number_id, mime_type)
-        if isinstance(found, Outcome):
-            return found
-        return await self._drive(self._get_or_upload_flow(path, found, mime_type))
+            found = self._lookup(source, phone_number_id, mime_type)
+        return found if isinstance(found, Outcome) else await self._drive(found)
+
+    async def invalidate(self, media_id: str, *, reason: str = REFUSED) -> None:
+        """See :meth:`MediaRegistry.invalidate`."""
+        await self._drive(self._invalidate_flow(media_id, reason))
+
+    async def send_with_media(self, source: Source, send: Callable[[str], Awaitable[T] | T], *,
+                              phone_number_id: str | None = None) -> T:
+        """See :meth:`MediaRegistry.send_with_media`; ``send`` may be a coroutine function."""
+        return await self._drive(self._send_with_media_flow(source, send, phone_number_id))
 
     async def refresh_expiring(self, *, dry_run: bool = False, on_action: OnAction | None = None) -> Report:
         """See :meth:`MediaRegistry.refresh_expiring`; ``refresh_concurrency`` tasks at a time."""

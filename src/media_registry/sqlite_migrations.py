@@ -57,10 +57,57 @@ def _one_current_id(con: sqlite3.Connection) -> None:
     )
 
 
+def _url_sources_and_invalidated(con: sqlite3.Connection) -> None:
+    # URL sources get their table; 'invalidated' joins the media states. SQLite cannot alter
+    # a CHECK constraint: the media table is rebuilt (its views dropped meanwhile, as a rename
+    # re-reads them), every row and index kept.
+    views = con.execute("SELECT name, sql FROM sqlite_master WHERE type = 'view'").fetchall()
+    for name, _ in views:
+        con.execute(f'DROP VIEW "{name}"')
+    indexes = con.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'media' AND sql IS NOT NULL"
+    ).fetchall()
+    con.execute("ALTER TABLE media RENAME TO media_before_invalidated")
+    con.execute(
+        """
+        CREATE TABLE media (
+            media_id        TEXT PRIMARY KEY,
+            sha256          TEXT NOT NULL REFERENCES contents (sha256),
+            phone_number_id TEXT NOT NULL,
+            state           TEXT NOT NULL DEFAULT 'current'
+                            CHECK (state IN ('current', 'superseded', 'deleting', 'invalidated')),
+            uploaded_at     TEXT NOT NULL,
+            expires_at      TEXT NOT NULL
+        )
+        """
+    )
+    con.execute("INSERT INTO media SELECT media_id, sha256, phone_number_id, state, uploaded_at, "
+                "expires_at FROM media_before_invalidated")
+    con.execute("DROP TABLE media_before_invalidated")
+    for (sql,) in indexes:
+        con.execute(sql)
+    for _, sql in views:
+        con.execute(sql)
+    con.execute(
+        """
+        CREATE TABLE IF NOT EXISTS url_sources (
+            url           TEXT PRIMARY KEY,
+            sha256        TEXT NOT NULL REFERENCES contents (sha256),
+            etag          TEXT,
+            last_modified TEXT,
+            checked_at    TEXT NOT NULL,
+            refetchable   INTEGER NOT NULL
+        )
+        """
+    )
+    con.execute("CREATE INDEX IF NOT EXISTS url_sources_by_content ON url_sources (sha256)")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial", _initial),
     Migration("0002_fingerprint_ctime_device", _fingerprint_ctime_device),
     Migration("0003_one_current_id", _one_current_id),
+    Migration("0004_url_sources_and_invalidated", _url_sources_and_invalidated),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

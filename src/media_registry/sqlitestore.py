@@ -37,6 +37,7 @@ from .store import (
     Recorded,
     SourcePath,
     StoreStats,
+    UrlSource,
     owner_alive,
 )
 
@@ -415,6 +416,7 @@ class SQLiteStore:
             con.execute("UPDATE contents SET deleted_at = ? WHERE sha256 = ?", (_text(now), sha256))
             con.execute("UPDATE media SET state = 'deleting' WHERE sha256 = ?", (sha256,))
             con.execute("DELETE FROM paths WHERE sha256 = ?", (sha256,))
+            con.execute("DELETE FROM url_sources WHERE sha256 = ?", (sha256,))
             con.execute("DELETE FROM leases WHERE sha256 = ?", (sha256,))
             _log(con, now, "delete", sha256=sha256, detail=reason)
 
@@ -461,6 +463,90 @@ class SQLiteStore:
             parameters,
         )
         return [MediaRow._make((*row[:5], _time(row[5]), _time(row[6]))) for row in rows]
+
+    # -- sources beyond paths -----------------------------------------------------------
+
+    def remember_content(self, sha256: str, mime_type: str, size_bytes: int, recorded_at: datetime) -> None:
+        """See :meth:`Store.remember_content`."""
+        with self._transaction() as con:
+            con.execute(
+                "INSERT OR IGNORE INTO contents (sha256, mime_type, size_bytes, first_seen_at) "
+                "VALUES (?, ?, ?, ?)",
+                (sha256, mime_type, size_bytes, _text(recorded_at)),
+            )
+            con.execute("UPDATE contents SET deleted_at = NULL WHERE sha256 = ?", (sha256,))
+
+    @_mapped
+    def current_media_id(self, sha256: str, phone_number_id: str, valid_until: datetime) -> str | None:
+        """See :meth:`Store.current_media_id`."""
+        return _current_media_id(self._connection(), sha256, phone_number_id, valid_until)
+
+    def url_hit(self, url: str, phone_number_id: str, valid_until: datetime,
+                checked_after: datetime) -> str | None:
+        """See :meth:`Store.url_hit`. The URL cache hit: keep it lean."""
+        try:
+            row = self._connection().execute(
+                """
+                SELECT m.media_id FROM url_sources AS u JOIN media AS m USING (sha256)
+                WHERE u.url = ? AND u.checked_at > ? AND m.phone_number_id = ?
+                  AND m.state = 'current' AND m.expires_at > ?
+                """,
+                (url, _text(checked_after), phone_number_id, _text(valid_until)),
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise self._explain(exc) from None
+        return row[0] if row else None
+
+    @_mapped
+    def url_source(self, url: str) -> UrlSource | None:
+        """See :meth:`Store.url_source`."""
+        row = self._connection().execute(_URL_SOURCES + "WHERE url = ?", (url,)).fetchone()
+        return None if row is None else _url_source(row)
+
+    @_mapped
+    def url_sources(self, sha256: str) -> list[UrlSource]:
+        """See :meth:`Store.url_sources`."""
+        rows = self._connection().execute(_URL_SOURCES + "WHERE sha256 = ? ORDER BY checked_at DESC",
+                                          (sha256,))
+        return [_url_source(row) for row in rows]
+
+    def remember_url(self, source: UrlSource) -> None:
+        """See :meth:`Store.remember_url`."""
+        with self._transaction() as con:
+            con.execute(
+                "INSERT OR REPLACE INTO url_sources "
+                "(url, sha256, etag, last_modified, checked_at, refetchable) VALUES (?, ?, ?, ?, ?, ?)",
+                (source.url, source.sha256, source.etag, source.last_modified,
+                 _text(source.checked_at), int(source.refetchable)),
+            )
+
+    def touch_url(self, url: str, checked_at: datetime) -> None:
+        """See :meth:`Store.touch_url`."""
+        with self._transaction() as con:
+            con.execute("UPDATE url_sources SET checked_at = ? WHERE url = ?", (_text(checked_at), url))
+
+    def forget_url(self, url: str, now: datetime, reason: str) -> None:
+        """See :meth:`Store.forget_url`."""
+        with self._transaction() as con:
+            row = con.execute("SELECT sha256 FROM url_sources WHERE url = ?", (url,)).fetchone()
+            if row is None:
+                return
+            con.execute("DELETE FROM url_sources WHERE url = ?", (url,))
+            _log(con, now, "forget url", sha256=row[0], path=url, detail=reason)
+
+    def invalidate_media(self, media_id: str, now: datetime, reason: str) -> bool:
+        """See :meth:`Store.invalidate_media`."""
+        with self._transaction() as con:
+            row = con.execute(
+                "SELECT sha256, phone_number_id FROM media WHERE media_id = ?", (media_id,)
+            ).fetchone()
+            if row is None:
+                return False
+            con.execute("UPDATE media SET state = 'invalidated' WHERE media_id = ? AND state != 'deleting'",
+                        (media_id,))
+            _log(con, now, "invalidate", sha256=row[0], media_id=media_id, phone_number_id=row[1],
+                 detail=reason)
+            return True
 
     # -- inbound media ------------------------------------------------------------------
 
@@ -587,6 +673,13 @@ def _closing(con: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         yield con
     finally:
         con.close()
+
+
+_URL_SOURCES = "SELECT url, sha256, etag, last_modified, checked_at, refetchable FROM url_sources "
+
+
+def _url_source(row: tuple[Any, ...]) -> UrlSource:
+    return UrlSource(row[0], row[1], row[2], row[3], _time(row[4]), bool(row[5]))
 
 
 def _fingerprint_columns(fp: Fingerprint) -> tuple[int, int, int, int, int]:

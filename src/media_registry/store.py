@@ -93,10 +93,22 @@ class MediaRow(NamedTuple):
     media_id: str
     sha256: str
     phone_number_id: str
-    state: str  # 'current', 'superseded' or 'deleting'
+    state: str  # 'current', 'superseded', 'deleting' or 'invalidated'
     mime_type: str
     uploaded_at: datetime
     expires_at: datetime
+
+
+class UrlSource(NamedTuple):
+    """What a URL source served when last fetched: the URL in key form (no signature, no
+    user:password), the content, the validators for a conditional GET, and when it was checked."""
+
+    url: str
+    sha256: str
+    etag: str | None
+    last_modified: str | None
+    checked_at: datetime
+    refetchable: bool  # False when the key left out part of the URL (a signature)
 
 
 class ContentRef(NamedTuple):
@@ -274,6 +286,51 @@ class Store(Protocol):
 
     def expired_media(self, now: datetime) -> list[MediaRow]:
         """Media rows whose ID expired at or before ``now``, whatever their state."""
+        ...
+
+    # -- sources beyond paths ------------------------------------------------------------
+
+    def remember_content(self, sha256: str, mime_type: str, size_bytes: int, recorded_at: datetime) -> None:
+        """An explicit send of content that has no path (bytes, a stream, a URL): the content
+        row is created if new and a deletion mark is cleared. Atomic."""
+        ...
+
+    def current_media_id(self, sha256: str, phone_number_id: str, valid_until: datetime) -> str | None:
+        """The content's current media ID for that number, if it expires after ``valid_until``."""
+        ...
+
+    def url_hit(self, url: str, phone_number_id: str, valid_until: datetime,
+                checked_after: datetime) -> str | None:
+        """The current media ID of what ``url`` (key form) served, if the URL was checked
+        after ``checked_after`` and the ID expires after ``valid_until``. One indexed read:
+        this is every URL cache hit."""
+        ...
+
+    def url_source(self, url: str) -> UrlSource | None:
+        """What ``url`` (key form) served when last fetched, if ever. Mappings are shared by
+        every host of a fleet."""
+        ...
+
+    def url_sources(self, sha256: str) -> list[UrlSource]:
+        """The URLs known to serve a content, most recently checked first."""
+        ...
+
+    def remember_url(self, source: UrlSource) -> None:
+        """Record (or replace) what a URL served, with its validators. Atomic."""
+        ...
+
+    def touch_url(self, url: str, checked_at: datetime) -> None:
+        """The URL still serves what it served (HTTP 304): trust it again from ``checked_at``."""
+        ...
+
+    def forget_url(self, url: str, now: datetime, reason: str) -> None:
+        """Drop a URL's mapping and log why; the content and its IDs stay. Atomic."""
+        ...
+
+    def invalidate_media(self, media_id: str, now: datetime, reason: str) -> bool:
+        """Mark a media ID 'invalidated' (Meta refused it at send time): never served or
+        refreshed again, dropped once expired; an ID owing a remote DELETE keeps owing it.
+        Logs why. False if the ID is unknown. Atomic."""
         ...
 
     # -- inbound media -------------------------------------------------------------------

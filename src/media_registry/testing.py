@@ -40,6 +40,8 @@ from .media_types import KIND_BY_MIME
 UPLOAD_PATH = re.compile(r"^/(?P<version>v[\d.]+)/(?P<phone>\d+)/media$")
 MEDIA_PATH = re.compile(r"^/(?P<version>v[\d.]+)/(?P<media_id>[^/]+)$")
 DOWNLOAD_PATH = re.compile(r"^/download/(?P<media_id>\d+)/(?P<nonce>\w+)$")
+MESSAGES_PATH = re.compile(r"^/(?P<version>v[\d.]+)/(?P<phone>\d+)/messages$")
+MEDIA_MESSAGE_TYPES = ("image", "audio", "video", "document", "sticker")
 
 
 @dataclass
@@ -97,6 +99,7 @@ class Received:
     method: str
     path: str
     headers: dict[str, str] = field(repr=False)
+    at: float = field(default_factory=time.monotonic, repr=False, compare=False)  # when it arrived
 
     @property
     def authorized(self) -> bool:
@@ -145,6 +148,7 @@ class FakeGraphAPI:
         self.received: list[Received] = []
         self._urls: dict[str, datetime] = {}
         self._faults: list[Fault] = []
+        self._sent: list[dict[str, Any]] = []
         self._offset = timedelta()
         self._uploads = 0
         self._lock = threading.Lock()
@@ -229,6 +233,20 @@ class FakeGraphAPI:
         return self._store(StoredMedia(data, mime_type, phone_number_id or self.phone_number_id,
                                        self.now()))
 
+    def kill_media(self, media_id: str) -> None:
+        """Make a media ID die before its time, as a re-registered number, a No-Storage TTL
+        or a delete from another tool would: ``/messages`` then refuses it with Meta's
+        code-100 error, and GET and DELETE no longer find it."""
+        with self._lock:
+            if media_id not in self.media:
+                raise ValueError(f"the fake never issued media ID {media_id!r}")
+            self.media[media_id].deleted = True
+
+    def sent_messages(self) -> list[dict[str, Any]]:
+        """The message requests ``/messages`` accepted, oldest first."""
+        with self._lock:
+            return list(self._sent)
+
     def count(self, method: str | None = None, path: str | None = None) -> int:
         """How many requests matched ``method`` and a ``path`` substring."""
         with self._lock:
@@ -266,6 +284,16 @@ class FakeGraphAPI:
     def _receive(self, request: Received) -> None:
         with self._lock:
             self.received.append(request)
+
+    def _usable(self, media_id: str, phone_number_id: str) -> bool:
+        """Whether a message from that number may name ``media_id``: live, and its own."""
+        with self._lock:
+            media = self._live(media_id)
+            return media is not None and media.phone_number_id == phone_number_id
+
+    def _record_message(self, message: dict[str, Any]) -> None:
+        with self._lock:
+            self._sent.append(message)
 
     def _knows_phone_number(self, phone_number_id: str) -> bool:
         with self._lock:
@@ -408,6 +436,8 @@ class _GraphHandler(BaseHTTPRequestHandler):
             self._media(method, match["media_id"])
         elif method == "GET" and (match := DOWNLOAD_PATH.match(path)):
             self._download(match["media_id"], match["nonce"])
+        elif method == "POST" and (match := MESSAGES_PATH.match(path)):
+            self._message(match["phone"], body)
         else:
             self._error(400, 100, f"Unknown path components: {path}", None)
 
@@ -492,6 +522,39 @@ class _GraphHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         self._send(200, data, media.mime_type)
+
+    def _message(self, phone: str, body: bytes) -> None:
+        """A minimal ``POST /{phone_number_id}/messages``: checks the media ID of a media
+        message (unknown, expired, deleted or killed IDs get Meta's code-100 refusal)."""
+        if not self.fake._knows_phone_number(phone):
+            self._unknown_object("POST", phone)
+            return
+        try:
+            message = json.loads(body)
+        except ValueError:
+            message = None
+        if not isinstance(message, dict) or message.get("messaging_product") != "whatsapp":
+            self._error(400, 100, "The parameter messaging_product is required.", None)
+            return
+        if not message.get("to"):
+            self._error(400, 100, "The parameter to is required.", None)
+            return
+        kind = message.get("type", "text")
+        media = message.get(kind) if kind in MEDIA_MESSAGE_TYPES else None
+        if kind in MEDIA_MESSAGE_TYPES and not (isinstance(media, dict) and (media.get("id") or media.get("link"))):
+            self._error(400, 100, f"(#100) Param {kind} must contain id or link", None)
+            return
+        if media is not None and media.get("id") is not None and not self.fake._usable(str(media["id"]), phone):
+            self._error(400, 100, f"(#100) Param {kind}['id'] is not a valid whatsapp business account "
+                        "media attachment ID", None)
+            return
+        self.fake._record_message(message)
+        to = str(message["to"])
+        self._json(200, {
+            "messaging_product": "whatsapp",
+            "contacts": [{"input": to, "wa_id": re.sub(r"\D", "", to)}],
+            "messages": [{"id": "wamid." + base64.b64encode(secrets.token_bytes(30)).decode()}],
+        })
 
     # -- wire helpers -------------------------------------------------------------------
 

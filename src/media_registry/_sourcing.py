@@ -1,0 +1,243 @@
+"""Sources beyond paths: bytes, file objects and URLs; and IDs Meta refused (invalidate).
+
+Bytes and file objects become a :class:`~media_registry.sources.Content` (hashed, spooled if
+unseekable) and then go through the same checks and single flight as a file. A URL is
+served from its remembered mapping (URL → sha256 with its ``ETag``/``Last-Modified``) with no
+request within ``url_revalidate``, else after one conditional GET; one thread or task of a
+process fetches a given URL at a time.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+from . import sources
+from ._flows import Blocking, Fetch, Flow, Hashing, Send, Sleep
+from ._sending import Outcome, Sending
+from .errors import MediaRegistryError, NotInRegistry, SourceNotFound, SourceUnavailable
+from .media_types import MediaType
+from .refusal import media_id_refused
+from .sources import AsyncSourceFetcher, Content, SourceFetcher, Validators
+from .store import UrlSource
+
+# What get_or_upload takes: a path, bytes, a binary file object, or an https:// URL string.
+Source = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
+REFUSED = "Meta refused it at send time"
+
+
+class Sourcing(Sending):
+    """``get_or_upload`` of bytes, file objects and URLs, and ``invalidate``."""
+
+    _fetcher: Any  # the URL-source fetcher class: SourceFetcher or AsyncSourceFetcher
+    sources: SourceFetcher | AsyncSourceFetcher
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A client of its own, without the token: a URL's host never sees it.
+        self.sources = self._fetcher(ignore_query=self.settings.url_ignore_query, timeout=self.settings.timeout,
+                                     deadline=self.settings.download_deadline,
+                                     user_agent=self.settings.user_agent)
+        self._urls_in_flight = _Claims()
+
+    def _lookup(self, source: Source | Content, phone_number_id: str | None,
+                declared: str | None) -> Outcome | Flow[Outcome]:
+        """A cache hit answered inline (a path's fingerprint, a fresh URL), or the flow that
+        serves or uploads the source: each driver runs the flow its own way."""
+        if is_path(source):
+            found = self._fast_path(source, phone_number_id, declared)  # type: ignore[arg-type]
+            if isinstance(found, Outcome):
+                return found
+            return self._get_or_upload_flow(source, found, declared)  # type: ignore[arg-type]
+        if isinstance(source, str) and (hit := self._url_fast_path(source, phone_number_id, declared)):
+            return hit
+        return self._source_flow(source, phone_number_id, declared)
+
+    def _media_id_flow(self, source: Source | Content, phone_number_id: str | None) -> Flow[str]:
+        found = self._lookup(source, phone_number_id, None)
+        return found.media_id if isinstance(found, Outcome) else (yield from found).media_id
+
+    def _send_with_media_flow(self, source: Source, send: Callable[[str], Any],
+                              phone_number_id: str | None) -> Flow[Any]:
+        """Send with the source's ID; when Meta refuses it, invalidate, upload and send again."""
+        held: Source | Content = yield Hashing(functools.partial(hold, source))
+        with closing(held):
+            media_id = yield from self._media_id_flow(held, phone_number_id)
+            try:
+                result = yield Send(send, media_id)
+            except Exception as exc:
+                if not media_id_refused(exc):
+                    raise
+            else:
+                if not media_id_refused(result):
+                    return result
+            yield from self._invalidate_flow(media_id, REFUSED)
+            return (yield Send(send, (yield from self._media_id_flow(held, phone_number_id))))
+
+    def _url_fast_path(self, url: str, phone_number_id: str | None, declared: str | None) -> Outcome | None:
+        """The URL cache hit, inline in both drivers: checked within ``url_revalidate``,
+        with a valid ID; no network, one indexed query."""
+        if declared is not None:  # a declared type is checked against the bytes
+            return None
+        phone = self._phone(phone_number_id)
+        media_id = self.store.url_hit(self.sources.key(url), phone,
+                                      self._valid_until(self._windows(phone).min_validity),
+                                      self._valid_until(-self.settings.url_revalidate))
+        return None if media_id is None else Outcome(media_id, uploaded=False)
+
+    def _source_flow(self, source: Source | Content, phone_number_id: str | None,
+                     declared: str | None) -> Flow[Outcome]:
+        """get_or_upload of a URL, bytes or a file object (a path takes ``_fast_path``)."""
+        phone = self._phone(phone_number_id)
+        if isinstance(source, str):
+            return (yield from self._url_flow(source, phone, declared))
+        if isinstance(source, Content):  # read once already (send_with_media)
+            return (yield from self._content_flow(source, phone, declared))
+        content: Content = yield Hashing(functools.partial(read, source))
+        with content:
+            return (yield from self._content_flow(content, phone, declared))
+
+    def _content_flow(self, content: Content, phone: str, declared: str | None,
+                      url: str | None = None) -> Flow[Outcome]:
+        """Check the content like a file, record it (and the URL it came from), then single
+        flight."""
+        media_type: MediaType = yield Hashing(functools.partial(content.media_type, declared))
+        now = self._clock()
+        yield Blocking(functools.partial(
+            self.store.remember_content, content.sha256, media_type.mime_type, content.size, now))
+        if url is not None:
+            key = self.sources.key(url)
+            yield Blocking(functools.partial(self.store.remember_url, UrlSource(
+                key, content.sha256, content.validators.etag, content.validators.last_modified, now,
+                sources.refetchable(url, key))))
+        return (yield from self._single_flight(content, content.sha256, phone, media_type.mime_type))
+
+    def _url_flow(self, url: str, phone: str, declared: str | None) -> Flow[Outcome]:
+        """Serve a fresh mapping's ID, or claim the URL and fetch it; others wait for the
+        claim and then find the mapping fresh."""
+        key = self.sources.key(url)
+        delay = 0.02
+        while True:
+            known: UrlSource | None = yield Blocking(functools.partial(self.store.url_source, key))
+            media_id = None if known is None else (yield Blocking(functools.partial(
+                self.store.current_media_id, known.sha256, phone,
+                self._valid_until(self._windows(phone).min_validity))))
+            if media_id is not None and declared is None and self._fresh(known):
+                return Outcome(media_id, uploaded=False)
+            if self._urls_in_flight.claim(key):
+                break
+            yield Sleep(delay)
+            delay = min(delay * 1.5, 0.25)
+        try:
+            return (yield from self._fetch_url(url, key, phone, declared, known if media_id else None))
+        finally:
+            self._urls_in_flight.release(key)
+
+    def _fresh(self, known: UrlSource | None) -> bool:
+        return known is not None and self._clock() < known.checked_at + self.settings.url_revalidate
+
+    def _fetch_url(self, url: str, key: str, phone: str, declared: str | None,
+                   known: UrlSource | None) -> Flow[Outcome]:
+        """Fetch (conditionally when ``known`` has a valid ID), then serve or upload."""
+        validators = Validators(known.etag, known.last_modified) if known else None
+        try:
+            content: Content | None = yield Fetch(url, validators)
+        except SourceNotFound:
+            yield Blocking(functools.partial(
+                self.store.forget_url, key, self._clock(), "the URL answered 404/410"))
+            raise
+        if content is None and known is not None:  # 304: the same bytes, so the same ID
+            yield Blocking(functools.partial(self.store.touch_url, key, self._clock()))
+            media_id = yield Blocking(functools.partial(
+                self.store.current_media_id, known.sha256, phone,
+                self._valid_until(self._windows(phone).min_validity)))
+            if media_id is not None:
+                return Outcome(media_id, uploaded=False)
+        if content is None:  # the ID went meanwhile: the bytes are needed
+            content = yield Fetch(url, None)
+        if content is None:
+            raise SourceUnavailable(f"{key}: HTTP 304 to a request without validators; check the server")
+        with content:
+            return (yield from self._content_flow(content, phone, declared, url))
+
+    def _refetch(self, sha256: str) -> Flow[Content | None]:
+        """A URL source that still serves the content, fetched again; None if there is none."""
+        known: list[UrlSource] = yield Blocking(functools.partial(self.store.url_sources, sha256))
+        for mapping in known:
+            if not mapping.refetchable:
+                continue  # a signed URL: its signature was never stored
+            try:
+                content: Content | None = yield Fetch(mapping.url, None)
+            except MediaRegistryError:
+                continue
+            if content is not None and content.sha256 == sha256:
+                return content
+            if content is not None:
+                content.close()
+        return None
+
+    def _invalidate_flow(self, media_id: str, reason: str) -> Flow[None]:
+        """Mark a media ID dead (never served again), with an event saying why."""
+        found: bool = yield Blocking(functools.partial(
+            self.store.invalidate_media, media_id, self._clock(), reason))
+        if not found:
+            raise NotInRegistry(f"media ID {media_id}: not in the registry; check the ID (see: ls)")
+
+
+def is_path(source: object) -> bool:
+    """Whether a source names a file (any str but a URL, or a PathLike)."""
+    return isinstance(source, os.PathLike) or (isinstance(source, str) and not sources.is_url(source))
+
+
+def read(source: object) -> Content:
+    """The content of a bytes-like or file-object source, hashed (spooled if unseekable)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return sources.from_bytes(source)
+    if callable(getattr(source, "read", None)):
+        name = getattr(source, "name", None)
+        label = "-" if name == "<stdin>" else name if isinstance(name, str) and not name.startswith("<") else "<stream>"
+        return sources.from_stream(source, label)  # type: ignore[arg-type]
+    raise TypeError(f"get_or_upload takes a path, bytes, a binary file object or an https:// URL, "
+                    f"not {type(source).__name__}")
+
+
+def hold(source: Source) -> Source | Content:
+    """A source that can be read twice: a file object is read once, into a Content."""
+    if isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)):
+        return source
+    return read(source)
+
+
+@contextmanager
+def closing(source: object) -> Iterator[None]:
+    """Remove a Content's temporary file when the block ends."""
+    try:
+        yield
+    finally:
+        if isinstance(source, Content):
+            source.close()
+
+
+class _Claims:
+    """Keys a thread or task of this process is working on (a URL being fetched)."""
+
+    def __init__(self) -> None:
+        self._held: set[str] = set()
+        self._lock = threading.Lock()
+
+    def claim(self, key: str) -> bool:
+        """Take ``key`` if nobody holds it."""
+        with self._lock:
+            if key in self._held:
+                return False
+            self._held.add(key)
+            return True
+
+    def release(self, key: str) -> None:
+        """Give ``key`` back."""
+        with self._lock:
+            self._held.discard(key)

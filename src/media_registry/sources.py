@@ -1,0 +1,477 @@
+"""Sources other than a path: bytes, binary file objects and URLs, hashed as they are read.
+
+Each becomes a :class:`Content`: its sha256, size and first bytes (for sniffing), and a
+file holding exactly those bytes for the upload. Bytes are hashed in place and a seekable
+file object from where it stands; an unseekable stream and a URL's body are spooled to a
+temporary file while hashing, never held whole in memory. Streams and downloads are cut off
+as soon as they exceed the most WhatsApp takes of what their first bytes show.
+
+URL sources are fetched by :class:`SourceFetcher` (sync) and :class:`AsyncSourceFetcher`:
+https only (http only to this machine), redirects followed by hand under the same rule (at
+most 5), conditional GETs from a remembered ``ETag``/``Last-Modified``, and a client of
+their own that never carries the WhatsApp token. A URL is printed, logged and stored only in
+its key form (:func:`url_key`): without user:password, fragment, or the query parameters of
+a signed URL (its signature is a credential, and changes on every request).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import ipaddress
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+import httpx
+
+from .config import DEFAULT_URL_IGNORE_QUERY
+from .errors import (
+    MediaTooLarge,
+    SourceChanged,
+    SourceNotFound,
+    SourceUnavailable,
+    UnsafeSourceURL,
+)
+from .media_types import SNIFF_BYTES, ZIP_MAGIC, MediaType, check, size_limit
+
+MAX_REDIRECTS = 5
+CHUNK_SIZE = 1 << 20
+SPOOL_PREFIX = "media-registry-"
+# A suffix taken from a URL's path names the temporary file (Office formats are told apart
+# by name); anything odd is dropped rather than put in a file name.
+SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
+
+
+# -- URLs --------------------------------------------------------------------------------
+
+
+def is_url(source: object) -> bool:
+    """Whether ``source`` is a URL string (``https://`` or ``http://``), not a path."""
+    return isinstance(source, str) and source[:8].lower().startswith(("https://", "http://"))
+
+
+def url_key(url: str | httpx.URL, ignore_query: Iterable[str] = DEFAULT_URL_IGNORE_QUERY) -> str:
+    """The only form of a URL that is printed, logged or stored: no ``user:password@``, no
+    fragment, and none of the query parameters named in ``ignore_query`` (compared without
+    case; ``X-Goog-*`` matches a prefix). Two signed URLs of one object share this key."""
+    return _url_key(str(url), tuple(ignore_query))
+
+
+@functools.lru_cache(maxsize=1024)  # a URL hit should cost a lookup, not a parse
+def _url_key(url: str, ignore_query: tuple[str, ...]) -> str:
+    parsed = httpx.URL(url)
+    patterns = [name.lower() for name in ignore_query]
+    kept = [(name, value) for name, value in parsed.params.multi_items() if not _ignored(name, patterns)]
+    return str(parsed.copy_with(username=None, password=None, fragment=None, query=None,
+                                params=kept or None))
+
+
+def refetchable(url: str, key: str) -> bool:
+    """Whether ``key`` (the stored form of ``url``) is enough to fetch the URL again: nothing
+    of it was left out but a fragment (no signature, no user:password)."""
+    return key == url_key(url, ()) and not httpx.URL(url).userinfo
+
+
+def _ignored(name: str, patterns: list[str]) -> bool:
+    name = name.lower()
+    return any(name == p or (p.endswith("*") and name.startswith(p[:-1])) for p in patterns)
+
+
+def check_url(url: str | httpx.URL, label: str) -> httpx.URL:
+    """``url`` parsed, if it may be fetched: https, or http to a loopback host.
+    Raises UnsafeSourceURL (naming it by ``label``) before anything is sent."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        raise UnsafeSourceURL(f"{label}: not a valid URL; check it") from None
+    if parsed.host and (parsed.scheme == "https" or (parsed.scheme == "http" and is_loopback(parsed.host))):
+        return parsed
+    raise UnsafeSourceURL(
+        f"{label}: only https:// URLs are fetched (http:// only from this machine); "
+        "serve the file over https"
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine: localhost, 127.0.0.0/8 or ::1."""
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Validators:
+    """What a URL's last answer said about its version, for a conditional GET."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        """``If-None-Match`` / ``If-Modified-Since`` for what is known."""
+        headers = {}
+        if self.etag:
+            headers["If-None-Match"] = self.etag
+        if self.last_modified:
+            headers["If-Modified-Since"] = self.last_modified
+        return headers
+
+    @classmethod
+    def of(cls, response: httpx.Response) -> Validators:
+        """The validators a response carries."""
+        return cls(response.headers.get("ETag"), response.headers.get("Last-Modified"))
+
+
+# -- content -----------------------------------------------------------------------------
+
+
+@dataclass
+class Content:
+    """A source's bytes, hashed and checked against the size limit while read.
+
+    ``label`` is how the source is named in output and errors (a URL's key form, ``-`` for
+    standard input, ``<bytes>``); ``suffix`` is the file-name suffix the source had, if any.
+    Close it (or use it as a context manager) to remove its temporary file.
+    """
+
+    label: str
+    sha256: str
+    size: int
+    head: bytes
+    suffix: str = ""
+    validators: Validators = Validators()
+    _spool: str | None = field(default=None, repr=False)
+    _data: memoryview | None = field(default=None, repr=False)
+    _file: IO[bytes] | None = field(default=None, repr=False)
+    _offset: int = field(default=0, repr=False)
+
+    @contextmanager
+    def file(self) -> Iterator[str]:
+        """A path holding exactly these bytes, for as long as the block runs (to upload).
+
+        A seekable file object hashed in place is copied and hashed again: SourceChanged if
+        it no longer holds the same bytes."""
+        if self._spool is not None:
+            yield self._spool
+            return
+        with _temporary(self.suffix) as (path, out):
+            digest = hashlib.sha256()
+            for chunk in self._chunks():
+                digest.update(chunk)
+                out.write(chunk)
+            out.close()
+            if digest.hexdigest() != self.sha256:
+                raise SourceChanged(f"{self.label}: the stream changed while it was read; try again")
+            yield path
+
+    def media_type(self, declared: str | None = None) -> MediaType:
+        """Sniffed and checked against WhatsApp's limits as a file would be (errors name the
+        source by its label). Raises UnsupportedMedia, MislabelledMedia or MediaTooLarge."""
+        if self._spool is None and self.head.startswith(ZIP_MAGIC):  # Office: the archive tells
+            with self.file() as path:
+                return check(Path(path), self.head, self.size, declared, name=self.label)
+        return check(Path(self._spool or f"source{self.suffix}"), self.head, self.size, declared,
+                     name=self.label)
+
+    def _chunks(self) -> Iterator[bytes | memoryview]:
+        if self._data is not None:
+            for start in range(0, len(self._data), CHUNK_SIZE):
+                yield self._data[start:start + CHUNK_SIZE]
+            return
+        assert self._file is not None
+        self._file.seek(self._offset)
+        while chunk := self._file.read(CHUNK_SIZE):
+            yield chunk
+
+    def close(self) -> None:
+        """Remove the temporary file, if this content has one."""
+        if self._spool is not None:
+            _unlink(self._spool)
+            self._spool = None
+
+    def __enter__(self) -> Content:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class _Meter:
+    """Hashes, counts and keeps the first bytes of a stream as it passes; raises
+    MediaTooLarge as soon as it exceeds the limit of what those first bytes show (the
+    overall largest until they are in), or when ``announced`` (a Content-Length) does."""
+
+    def __init__(self, label: str, announced: int | None = None) -> None:
+        self.label = label
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.head = bytearray()
+        self.announced = announced
+        self.limit = size_limit(b"")
+        self._check(announced or 0)
+
+    def update(self, chunk: bytes | memoryview) -> None:
+        self.digest.update(chunk)
+        self.size += len(chunk)
+        if len(self.head) < SNIFF_BYTES:
+            self.head += chunk[: SNIFF_BYTES - len(self.head)]
+            if len(self.head) == SNIFF_BYTES:
+                self.limit = size_limit(bytes(self.head))
+                self._check(self.announced or 0)
+        self._check(self.size)
+
+    def _check(self, size: int) -> None:
+        if size > self.limit:
+            raise MediaTooLarge(
+                f"{self.label}: over {self.limit:,} bytes, the most WhatsApp takes of this kind of "
+                "content; stopped reading, send a smaller file"
+            )
+
+
+def from_bytes(data: bytes | bytearray | memoryview, label: str = "<bytes>") -> Content:
+    """Content of a bytes-like object, hashed in place (no copy until an upload needs a file)."""
+    view = memoryview(data).cast("B")
+    return Content(label, hashlib.sha256(view).hexdigest(), len(view), bytes(view[:SNIFF_BYTES]),
+                   _data=view)
+
+
+def from_stream(stream: IO[bytes], label: str = "-", suffix: str = "") -> Content:
+    """Content of a binary file object, read once from where it stands.
+
+    A seekable file is hashed in place; anything else (a pipe, a socket, a response body) is
+    spooled to a temporary file while hashing. Either way it is read in blocks, never whole,
+    and cut off with MediaTooLarge as soon as it is over the limit."""
+    if isinstance(stream, io.TextIOBase):
+        raise TypeError(f"{label}: a text-mode file; open it in binary mode ('rb')")
+    if _seekable(stream):
+        offset = stream.tell()
+        meter = _Meter(label)
+        while chunk := stream.read(CHUNK_SIZE):
+            meter.update(chunk)
+        return _content(meter, suffix, _file=stream, _offset=offset)
+    spool = Spool(label, suffix)
+    with spool:
+        while chunk := stream.read(CHUNK_SIZE):
+            spool.write(chunk)
+        return spool.finish()
+
+
+def _seekable(stream: IO[bytes]) -> bool:
+    try:
+        return stream.seekable()
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _content(meter: _Meter, suffix: str, **where: Any) -> Content:
+    return Content(meter.label, meter.digest.hexdigest(), meter.size, bytes(meter.head), suffix, **where)
+
+
+class Spool:
+    """A temporary file filled while hashing and metering; :meth:`finish` hands it over as
+    a :class:`Content`, and leaving the ``with`` block without finishing removes it."""
+
+    def __init__(self, label: str, suffix: str = "", announced: int | None = None,
+                 validators: Validators = Validators()) -> None:
+        self._meter = _Meter(label, announced)
+        self._suffix = suffix if SAFE_SUFFIX.match(suffix) else ""
+        self._validators = validators
+        descriptor, self._path = tempfile.mkstemp(prefix=SPOOL_PREFIX, suffix=self._suffix)
+        self._out = os.fdopen(descriptor, "wb")
+        self._finished = False
+
+    def write(self, chunk: bytes) -> None:
+        """Hash, meter and store one block."""
+        self._meter.update(chunk)
+        self._out.write(chunk)
+
+    def finish(self) -> Content:
+        """The content spooled so far, which now owns the temporary file."""
+        self._out.close()
+        self._finished = True
+        return _content(self._meter, self._suffix, validators=self._validators, _spool=self._path)
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self._finished:
+            self._out.close()
+            _unlink(self._path)
+
+
+@contextmanager
+def _temporary(suffix: str) -> Iterator[tuple[str, IO[bytes]]]:
+    descriptor, path = tempfile.mkstemp(prefix=SPOOL_PREFIX, suffix=suffix)
+    out = os.fdopen(descriptor, "wb")
+    try:
+        yield path, out
+    finally:
+        out.close()
+        _unlink(path)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+# -- fetching ----------------------------------------------------------------------------
+
+
+class _FetcherBase:
+    """What the sync and async fetchers share: the client's options, the redirect and
+    status rules, and error messages that name a URL only by its key form."""
+
+    def __init__(self, *, ignore_query: Iterable[str] = DEFAULT_URL_IGNORE_QUERY,
+                 timeout: float = 60.0, deadline: float = 600.0, user_agent: str = "media-registry") -> None:
+        self.ignore_query = tuple(ignore_query)
+        self.deadline = deadline  # a whole download, however slowly the server trickles it
+        # No auth at all: this client never carries the WhatsApp token, whatever the host.
+        self._client_options: dict[str, Any] = {
+            "timeout": httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            "headers": {"User-Agent": user_agent},
+            "follow_redirects": False,
+        }
+
+    def key(self, url: str | httpx.URL) -> str:
+        """:func:`url_key` with this fetcher's ignored query parameters."""
+        return url_key(url, self.ignore_query)
+
+    def _request(self, client: httpx.Client | httpx.AsyncClient, url: httpx.URL,
+                 known: Validators | None) -> httpx.Request:
+        return client.build_request("GET", url, headers=known.headers() if known else None)
+
+    def _next_hop(self, url: httpx.URL, response: httpx.Response, label: str) -> httpx.URL:
+        target = url.join(response.headers["Location"])
+        return check_url(target, f"{label} (redirected to {self.key(target)})")
+
+    def _too_many_redirects(self, label: str) -> UnsafeSourceURL:
+        return UnsafeSourceURL(f"{label}: more than {MAX_REDIRECTS} redirects; use the final URL")
+
+    def _unchanged(self, response: httpx.Response, label: str) -> bool:
+        """True on 304 (the known version still holds); raises on an error status."""
+        if response.status_code == 304:
+            return True
+        if response.status_code in (404, 410):
+            raise SourceNotFound(f"{label}: HTTP {response.status_code}, the URL no longer serves a file; "
+                                 "check the URL")
+        if not response.is_success:
+            raise SourceUnavailable(f"{label}: HTTP {response.status_code} from the server; "
+                                    "check the URL and that it is public (or signed)")
+        return False
+
+    def _check_deadline(self, ends: float, label: str) -> None:
+        if time.monotonic() > ends:
+            raise SourceUnavailable(
+                f"{label}: the download took longer than {self.deadline:g} s; nothing was kept; "
+                "use a faster host or raise MEDIA_REGISTRY_DOWNLOAD_DEADLINE"
+            )
+
+    def _spool(self, response: httpx.Response, url: httpx.URL, label: str) -> Spool:
+        announced = response.headers.get("Content-Length")
+        return Spool(label, PurePosixPath(url.path).suffix,
+                     int(announced) if announced and announced.isdigit() else None,
+                     Validators.of(response))
+
+    def _unreachable(self, exc: httpx.TransportError, label: str) -> SourceUnavailable:
+        if isinstance(exc, httpx.TimeoutException):
+            return SourceUnavailable(f"{label}: the server timed out; try again, or raise MEDIA_REGISTRY_TIMEOUT")
+        return SourceUnavailable(
+            f"{label}: the download failed ({exc.__class__.__name__}); check the URL and the network"
+        )
+
+
+class SourceFetcher(_FetcherBase):
+    """Fetches URL sources with ``httpx.Client``. ``transport`` swaps the HTTP transport."""
+
+    def __init__(self, *, transport: httpx.BaseTransport | None = None, **options: Any) -> None:
+        super().__init__(**options)
+        self._http = httpx.Client(transport=transport, **self._client_options)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def fetch(self, url: str, known: Validators | None = None) -> Content | None:
+        """Download ``url`` into a spooled :class:`Content`; None when ``known`` validators
+        still hold (HTTP 304). Raises SourceNotFound on 404/410, MediaTooLarge as soon as
+        the body is over the limit, SourceUnavailable or UnsafeSourceURL otherwise."""
+        label, ends = self.key(url), time.monotonic() + self.deadline
+        target = check_url(url, label)
+        try:
+            for _ in range(MAX_REDIRECTS + 1):
+                response = self._http.send(self._request(self._http, target, known), stream=True)
+                if not response.has_redirect_location:
+                    return self._body(response, target, label, ends)
+                response.close()
+                target = self._next_hop(target, response, label)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc, label) from None
+        raise self._too_many_redirects(label)
+
+    def _body(self, response: httpx.Response, url: httpx.URL, label: str, ends: float) -> Content | None:
+        try:
+            if self._unchanged(response, label):
+                response.read()  # empty: reading it keeps the connection for the next request
+                return None
+            with self._spool(response, url, label) as spool:
+                for chunk in response.iter_bytes():  # as they arrive: the deadline is checked each time
+                    spool.write(chunk)
+                    self._check_deadline(ends, label)
+                return spool.finish()
+        finally:
+            response.close()
+
+
+class AsyncSourceFetcher(_FetcherBase):
+    """:class:`SourceFetcher` on ``httpx.AsyncClient``."""
+
+    def __init__(self, *, transport: httpx.AsyncBaseTransport | None = None, **options: Any) -> None:
+        super().__init__(**options)
+        self._http = httpx.AsyncClient(transport=transport, **self._client_options)
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def fetch(self, url: str, known: Validators | None = None) -> Content | None:
+        """See :meth:`SourceFetcher.fetch`."""
+        label, ends = self.key(url), time.monotonic() + self.deadline
+        target = check_url(url, label)
+        try:
+            for _ in range(MAX_REDIRECTS + 1):
+                response = await self._http.send(self._request(self._http, target, known), stream=True)
+                if not response.has_redirect_location:
+                    return await self._body(response, target, label, ends)
+                await response.aclose()
+                target = self._next_hop(target, response, label)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc, label) from None
+        raise self._too_many_redirects(label)
+
+    async def _body(self, response: httpx.Response, url: httpx.URL, label: str, ends: float) -> Content | None:
+        try:
+            if self._unchanged(response, label):
+                await response.aread()
+                return None
+            with self._spool(response, url, label) as spool:
+                async for chunk in response.aiter_bytes():
+                    spool.write(chunk)
+                    self._check_deadline(ends, label)
+                return spool.finish()
+        finally:
+            await response.aclose()
