@@ -18,7 +18,7 @@ import pytest
 from media_registry import RegistryCorrupt, RegistryError, RegistryUnreachable, SchemaTooNew
 from media_registry.hashing import Fingerprint
 from media_registry.pgstore import MIGRATIONS, PostgresStore
-from media_registry.store import LeaseStatus, NewMedia, Recorded
+from media_registry.store import LeaseStatus, NewMedia, Recorded, UrlSource
 
 from pg_server import PostgresServer, create_database, drop_database
 
@@ -102,6 +102,35 @@ def test_first_opens_from_many_processes_at_once_apply_each_migration_once(postg
     errors = [process.communicate(timeout=60)[1] for process in processes]
     assert [process.returncode for process in processes] == [0] * 6, errors
     assert table(postgres_url, "SELECT count(*) FROM migrations") == [(len(MIGRATIONS),)]
+
+
+def test_a_registry_of_the_first_schema_gains_url_sources_and_invalidated_ids(
+    open_store: Callable[..., PostgresStore], postgres_url: str
+) -> None:
+    first_name, first_schema = MIGRATIONS[0]
+    with psycopg.connect(postgres_url) as con:
+        con.execute(first_schema())
+        con.execute("INSERT INTO migrations (name) VALUES (%s)", (first_name,))
+        con.execute("INSERT INTO contents (sha256, mime_type, size_bytes, first_seen_at) "
+                    "VALUES (%s, 'image/png', 10, now())", (SHA,))
+        con.execute("INSERT INTO media (media_id, sha256, phone_number_id, uploaded_at, expires_at) "
+                    "VALUES ('900', %s, %s, now(), now() + interval '30 days')", (SHA, PHONE))
+    store = open_store()
+    assert [row[0] for row in table(postgres_url, "SELECT name FROM migrations ORDER BY applied_at, name")] \
+        == [name for name, _ in MIGRATIONS]
+    assert store.invalidate_media("900", NOW, "refused at send time")
+    assert table(postgres_url, "SELECT media_id, state FROM media") == [("900", "invalidated")]
+    store.remember_url(UrlSource("https://cdn.example/a.png", SHA, '"v1"', None, NOW, True))
+    assert store.url_sources(SHA)[0].etag == '"v1"'
+
+
+def test_url_mappings_are_shared_by_every_host(open_store: Callable[..., PostgresStore]) -> None:
+    here, there = open_store("host-a"), open_store("host-b")
+    here.remember_content(SHA, "image/png", 10, NOW)
+    here.remember_url(UrlSource("https://cdn.example/a.png", SHA, None, "Tue, 24 Nov 2026", NOW, True))
+    assert there.url_source("https://cdn.example/a.png") == here.url_source("https://cdn.example/a.png")
+    there.forget_url("https://cdn.example/a.png", NOW, "404 from the source")
+    assert here.url_sources(SHA) == []
 
 
 def test_a_read_only_open_never_creates_a_registry(
