@@ -280,11 +280,11 @@ def test_send_with_media_leaves_other_errors_alone(reg: MediaRegistry, api: Fake
 # -- async ---------------------------------------------------------------------------------
 
 
-def test_async_sources_and_send_with_media(api: FakeGraphAPI, files: FileServer, tmp_path: Path) -> None:
+def test_async_sources_and_send_with_media(api: FakeGraphAPI, files: FileServer, registry_db_value: str) -> None:
     url = files.add("/card.png", DATA)
 
     async def main() -> None:
-        async with AsyncMediaRegistry(db=tmp_path / "a.db", token=api.token, api_base=api.base_url,
+        async with AsyncMediaRegistry(db=registry_db_value, token=api.token, api_base=api.base_url,
                                       phone_number_id=api.phone_number_id) as reg:
             ids = await asyncio.gather(*(reg.get_or_upload(url) for _ in range(8)))
             assert len(set(ids)) == 1 and files.count("/card.png") == 1
