@@ -357,10 +357,10 @@ def main() -> None:
     print_table(rows, quick)
 
 
-def print_table(rows: list[Row], quick: bool) -> None:
+def print_table(rows: list[Row], quick: bool, database: str = f"SQLite {sqlite3.sqlite_version}") -> None:
     """The machine, then the rows as a Markdown table."""
     print(f"media-registry benchmarks on {platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}"
+          f"Python {platform.python_version()}, {database}"
           f"{' (quick mode)' if quick else ''}\n")
     print("| measure | media-registry | floor / peer | ratio |")
     print("| --- | --- | --- | --- |")

@@ -1,6 +1,6 @@
 """Shared fixtures: a FakeGraphAPI (from media-registry's pytest plugin), registries on every
-backend (a real SQLite file in tmp_path, ...), sample media files, and the CLI run as a real
-subprocess."""
+backend (a real SQLite file in tmp_path, a fresh database on a real PostgreSQL server), sample
+media files, and the CLI run as a real subprocess."""
 
 from __future__ import annotations
 
@@ -13,13 +13,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import freezegun
+import psycopg
 import pytest
 
 from file_server import FileServer
-from media_registry import MediaRegistry
+from media_registry import MediaRegistry, pgstore
 from media_registry.testing import FakeGraphAPI, sample_media
 
+from pg_server import PostgresServer, create_database, drop_database
+
 CLI = Path(sys.executable).with_name("media-registry")
+# The PostgreSQL driver's pool keeps time in a thread of its own: a frozen clock must not stall it.
+freezegun.configure(extend_ignore_list=["psycopg", "psycopg_pool"])
 PNG = "image/png"
 PDF = "application/pdf"
 
@@ -32,6 +38,40 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> Iterator[str]:
+    """A PostgreSQL server for the whole run: ``TEST_POSTGRES_URL`` (a superuser's URL) if
+    set, else a throwaway server started here and removed at the end."""
+    if os.environ.get("TEST_POSTGRES_URL"):
+        yield os.environ["TEST_POSTGRES_URL"]
+        return
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server.url()
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh, empty database for one test (dropped after it)."""
+    url = create_database(postgres_admin_url)
+    yield url
+    drop_database(postgres_admin_url, url)
+
+
+@pytest.fixture
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server of the test's own, which it may stop and start."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
 @pytest.fixture
 def api(fake_graph_api: FakeGraphAPI) -> FakeGraphAPI:
     """The local Graph API every test talks to."""
@@ -40,7 +80,20 @@ def api(fake_graph_api: FakeGraphAPI) -> FakeGraphAPI:
 
 # Every registry test runs once per backend. A backend is a name here and a branch in
 # ``registry_db_value`` that returns a fresh, empty registry location (MEDIA_REGISTRY_DB).
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgres"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked ``sqlite_only`` checks something only SQLite has (its lock file beside
+    the registry): it runs on SQLite alone, and PostgreSQL's counterpart lives elsewhere."""
+    keep, drop = [], []
+    for item in items:
+        params = getattr(item, "callspec", None)
+        on_postgres = params is not None and params.params.get("backend") == "postgres"
+        (drop if on_postgres and item.get_closest_marker("sqlite_only") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture(params=BACKENDS)
@@ -50,11 +103,30 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def registry_db_value(backend: str, tmp_path: Path) -> str:
+def registry_db_value(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     """A fresh registry location on the test's backend: what MEDIA_REGISTRY_DB holds."""
     if backend == "sqlite":
         return str(tmp_path / "registry.db")
+    if backend == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
     raise AssertionError(f"unknown backend {backend}")
+
+
+@pytest.fixture
+def stored_bytes(backend: str, registry_db_value: str) -> Callable[[], bytes]:
+    """Everything the test's registry holds, as bytes: the SQLite files (journal and WAL
+    included), or every row of every PostgreSQL table as text."""
+
+    def read() -> bytes:
+        if backend == "sqlite":
+            return b"".join(p.read_bytes() for p in Path(registry_db_value).parent.glob("registry.db*"))
+        with psycopg.connect(registry_db_value) as con:
+            return "\n".join(
+                str(con.execute(f"SELECT string_agg(t::text, ' ') FROM {table} AS t").fetchone())
+                for table in pgstore.TABLES
+            ).encode()
+
+    return read
 
 
 @pytest.fixture

@@ -16,15 +16,48 @@ from contextlib import closing, contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import psycopg
+
+from media_registry.dburl import PostgresURL
+
 Db = str | os.PathLike[str]
 
 
 @contextmanager
 def connect(db: Db) -> Iterator[Any]:
     """A DB-API connection to the registry, committed on success."""
+    if is_postgres(db):
+        with psycopg.connect(location(db), row_factory=_rows_as_in_sqlite) as pg:
+            yield _QmarkConnection(pg)
+        return
     with closing(sqlite3.connect(db)) as con, con:
         con.execute("PRAGMA foreign_keys = ON")  # as the store's own connections have it
         yield con
+
+
+def is_postgres(db: Db) -> bool:
+    """Whether the registry is a PostgreSQL database (else an SQLite file)."""
+    return str(db).startswith("postgresql://")
+
+
+def location(db: Db) -> str:
+    """The registry as MEDIA_REGISTRY_DB names it, password included (for a helper process)."""
+    return db.secret() if isinstance(db, PostgresURL) else str(db)
+
+
+def _rows_as_in_sqlite(cursor: Any) -> Any:
+    """Rows with times as the SQLite registry writes them, so tests compare either alike."""
+    return lambda values: tuple(stamp(v) if isinstance(v, datetime) else v for v in values)
+
+
+class _QmarkConnection:
+    """A psycopg connection that takes the ``?`` placeholders the tests write for SQLite."""
+
+    def __init__(self, con: psycopg.Connection[Any]) -> None:
+        self._con = con
+
+    def execute(self, sql: str, params: Any = ()) -> psycopg.Cursor[Any]:
+        return self._con.execute(sql.replace("%", "%%").replace("?", "%s"), params)  # type: ignore[arg-type]
 
 
 def stamp(moment: datetime) -> str:
@@ -74,7 +107,9 @@ def execute(db: Db, sql: str, *params: Any) -> None:
 
 def add_lease(db: Db, sha256: str, phone_number_id: str, owner: str, expires_at: datetime) -> None:
     """Plant an upload lease, as a process that died while holding it would have left it."""
-    execute(db, "INSERT INTO leases VALUES (?, ?, ?, ?)", sha256, phone_number_id, owner, stamp(expires_at))
+    execute(db, "INSERT INTO leases (sha256, phone_number_id, owner, expires_at"
+                + (", host_id) VALUES (?, ?, ?, ?, 'gone-host')" if is_postgres(db) else ") VALUES (?, ?, ?, ?)"),
+            sha256, phone_number_id, owner, stamp(expires_at))
 
 
 def set_fingerprint(db: Db, fp: Any, recorded_at: datetime) -> None:
@@ -87,20 +122,25 @@ def set_fingerprint(db: Db, fp: Any, recorded_at: datetime) -> None:
 
 def check_consistent(db: Db) -> None:
     """The registry passes its integrity checks: no broken reference, one current ID at most."""
-    with connect(db) as con:
-        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        assert con.execute("PRAGMA foreign_key_check").fetchall() == []
+    if not is_postgres(db):  # PostgreSQL checks its constraints at every commit
+        with connect(db) as con:
+            assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            assert con.execute("PRAGMA foreign_key_check").fetchall() == []
     doubled = query(db, "SELECT sha256, phone_number_id FROM media WHERE state = 'current' "
                         "GROUP BY 1, 2 HAVING count(*) > 1")
     assert doubled == []
 
 
-# -- SQLite only ---------------------------------------------------------------------------
-
-
 @contextmanager
 def write_lock(db: Db) -> Iterator[None]:
-    """Hold SQLite's write lock, so a writer in another process blocks right there."""
+    """Hold the registry's write lock (SQLite's, or every table's in PostgreSQL), so a writer
+    in another process blocks right there."""
+    if is_postgres(db):
+        with psycopg.connect(location(db)) as pg:
+            pg.execute("LOCK TABLE contents, media, paths, leases, events, inbound, hosts IN EXCLUSIVE MODE")
+            yield
+            pg.rollback()
+        return
     con = sqlite3.connect(db, isolation_level=None)
     con.execute("BEGIN IMMEDIATE")
     try:
@@ -109,6 +149,8 @@ def write_lock(db: Db) -> Iterator[None]:
         con.execute("ROLLBACK")
         con.close()
 
+
+# -- SQLite only ---------------------------------------------------------------------------
 
 HOLD_WRITE_LOCK = """
 import sqlite3, sys

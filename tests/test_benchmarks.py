@@ -43,3 +43,13 @@ def test_the_service_benchmarks_run_and_print_both_rows() -> None:
     assert [row.split(" | ")[0].lstrip("| ").split(",")[0] for row in rows[1:]] == [
         "cached 200 KB uploads", "GET /v1/media/{sha256} median latency (µs; floor: a constant)"]
     assert all(row.split(" | ")[3].rstrip(" |").endswith(("x throughput", "x latency")) for row in rows[1:])
+
+
+def test_the_postgresql_benchmarks_run_and_print_every_row() -> None:
+    script = SCRIPT.with_name("postgres.py")
+    result = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    measures = [line.split(" | ")[0].lstrip("| ") for line in result.stdout.splitlines() if line.startswith("| P")]
+    for expected in ("PostgreSQL cache hit, 1,000 contents", "PostgreSQL cache hits/s, 8 processes",
+                     "PostgreSQL cold upload"):
+        assert any(m.startswith(expected) for m in measures), (expected, measures)

@@ -41,6 +41,7 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
 # -- start-up ---------------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only  # a PostgreSQL URL takes the full path (its pool, its host's row)
 def test_a_cache_hit_imports_nothing_heavy(cli_env: dict[str, str], make_file: Callable[..., Path]) -> None:
     banner = make_file("banner.png")
     settle(banner)  # a fingerprint recorded in the file's own second is hashed again: no hit
@@ -73,6 +74,7 @@ def test_the_hit_path_honours_min_validity_and_falls_back_on_unusual_settings(
     assert other.stdout.split("\t")[1] == "uploaded" and api.uploads == 3
 
 
+@pytest.mark.sqlite_only  # the lean hit of a registry file; a PostgreSQL URL takes the full path
 def test_a_caller_shelling_out_200_times_makes_one_upload(
     cli_env: dict[str, str], api: FakeGraphAPI, make_file: Callable[..., Path], tmp_path: Path
 ) -> None:

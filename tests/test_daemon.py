@@ -44,6 +44,7 @@ def test_sigterm_lets_the_upload_in_flight_finish_and_be_recorded(
     assert "Traceback" not in text
 
 
+@pytest.mark.sqlite_only  # on PostgreSQL: one daemon per host, tests/test_fleet.py
 def test_only_one_daemon_per_registry(cli_env: dict[str, str], tmp_path: Path) -> None:
     run_cli("init", env=cli_env)
     first = start_daemon(cli_env, tmp_path / "first.log")

@@ -169,6 +169,7 @@ def test_a_folder_at_the_destination_is_one_clear_error(
 # -- item 7: the daemon's lock never follows a symlink nor truncates a stranger's file ---
 
 
+@pytest.mark.sqlite_only  # the lock file beside an SQLite registry
 @pytest.mark.parametrize("planted", ["symlink", "file"])
 def test_the_daemon_refuses_a_lock_path_it_did_not_create(
     cli_env: dict[str, str], tmp_path: Path, planted: str

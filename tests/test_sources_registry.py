@@ -179,14 +179,15 @@ def test_a_gone_url_drops_its_mapping_but_not_the_content(
 
 
 def test_signed_urls_share_one_key_and_their_signature_is_never_stored(
-        reg: MediaRegistry, api: FakeGraphAPI, files: FileServer, tmp_path: Path) -> None:
+        reg: MediaRegistry, api: FakeGraphAPI, files: FileServer,
+        stored_bytes: Callable[[], bytes]) -> None:
     base = files.add("/cards/a.png", DATA)
     first = reg.get_or_upload(base + "?X-Amz-Signature=FIRSTSECRET&X-Amz-Credential=AKIA1&v=1")
     second = reg.get_or_upload(base + "?X-Amz-Signature=OTHERSECRET&X-Amz-Credential=AKIA2&v=1")
     assert first == second and files.count("/cards/a.png") == 1
     assert reg.store.url_source(base + "?v=1") is not None
     reg.close()
-    stored = b"".join(p.read_bytes() for p in tmp_path.glob("registry.db*"))
+    stored = stored_bytes()
     assert b"SECRET" not in stored and b"AKIA" not in stored
     assert b"/cards/a.png?v=1" in stored
 
@@ -287,11 +288,11 @@ def test_send_with_media_leaves_other_errors_alone(reg: MediaRegistry, api: Fake
 # -- async ---------------------------------------------------------------------------------
 
 
-def test_async_sources_and_send_with_media(api: FakeGraphAPI, files: FileServer, tmp_path: Path) -> None:
+def test_async_sources_and_send_with_media(api: FakeGraphAPI, files: FileServer, registry_db_value: str) -> None:
     url = files.add("/card.png", DATA)
 
     async def main() -> None:
-        async with AsyncMediaRegistry(db=tmp_path / "a.db", token=api.token, api_base=api.base_url,
+        async with AsyncMediaRegistry(db=registry_db_value, token=api.token, api_base=api.base_url,
                                       phone_number_id=api.phone_number_id) as reg:
             ids = await asyncio.gather(*(reg.get_or_upload(url) for _ in range(8)))
             assert len(set(ids)) == 1 and files.count("/card.png") == 1

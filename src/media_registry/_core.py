@@ -45,7 +45,11 @@ class RegistryCore:
         self.settings = settings
         self._clock = clock
         # create=False (read-only use) never creates a registry; an older one is upgraded.
-        self.store: Store = open_store(self.settings.db, create=create, busy_timeout=self.settings.busy_timeout)
+        self.store: Store = open_store(
+            self.settings.db, create=create, busy_timeout=self.settings.busy_timeout,
+            host_id=self.settings.host_id, pool_size=self.settings.pg_pool_size,
+            host_retention=self.settings.host_retention,
+        )
         self._lease_for = timedelta(seconds=self.settings.lease_seconds)
         self._stopping = threading.Event()
         self._windows_by_phone: dict[str, Windows] = {}

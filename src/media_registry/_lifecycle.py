@@ -80,7 +80,8 @@ class Lifecycle(Sourcing):
                 f"{shown}: not in the registry; check the path, sha256 or media ID (see: ls)"
             )
         yield Blocking(functools.partial(self.store.mark_deleted, sha256, self._clock(), f"delete {shown}"))
-        pending: list[MediaRow] = yield Blocking(functools.partial(self.store.pending_deletes, sha256))
+        pending: list[MediaRow] = yield Blocking(
+            functools.partial(self.store.claim_deletes, sha256, self._lease_for))
         report = Report()
         for row in pending:
             report.actions.append((yield from self._delete_remotely(row)))
@@ -104,7 +105,9 @@ class Lifecycle(Sourcing):
             if not dry_run:
                 yield Blocking(functools.partial(
                     self.store.forget_media, row.media_id, self._clock(), "expired"))
-        pending: list[MediaRow] = yield Blocking(self.store.pending_deletes)
+        # Claimed (on a shared database, another host's purge takes the others), unless only looked at.
+        owed = functools.partial(self.store.claim_deletes, None, self._lease_for)
+        pending: list[MediaRow] = yield Blocking(self.store.pending_deletes if dry_run else owed)
         for row in pending:
             if dry_run:
                 action = LifecycleAction(action="deleted", detail="would DELETE", **ids_of(row))

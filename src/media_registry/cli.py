@@ -456,6 +456,19 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate(args: argparse.Namespace) -> int:
+    from .config import load_settings
+    from .dburl import PostgresURL
+    from .migrate import migrate_to_postgres
+
+    settings = load_settings(db=args.db)
+    copies = migrate_to_postgres(settings.db, args.to, host_id=settings.host_id)
+    for copy in copies:
+        print(f"{copy.table + ':':10}{copy.copied_rows} of {copy.source_rows} rows")
+    print(f"migrated {settings.db} into {PostgresURL(args.to)} as host {settings.host_id}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo  # the demo pulls in the local server; only load it here
 
@@ -628,6 +641,10 @@ def _parser() -> argparse.ArgumentParser:
 
     command("stats", _stats, "counts and health of the registry")
     command("init", _init, "create the registry file", json_flag=False)
+    migrate = command("migrate", _migrate, "copy this SQLite registry into PostgreSQL (the file is left untouched)",
+                      json_flag=False)
+    migrate.add_argument("--to", required=True, metavar="URL", help="postgresql://user:password@host:port/dbname")
+
     command("demo", _demo, "run the main job end to end on a built-in local Graph API",
             json_flag=False)
     fake_api = command("fake-api", _fake_api, "serve the built-in local Graph API until Ctrl-C "

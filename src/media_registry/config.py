@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Annotated, Any, NamedTuple
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
+from .dburl import PostgresURL, is_postgres_url
 from .errors import ConfigError, register_secret
 from .graph import (
     DOWNLOAD_DEADLINE,
@@ -51,7 +53,8 @@ class Settings(BaseSettings):
     token: SecretStr | None = _env("WHATSAPP_TOKEN")
     phone_number_id: str | None = _env("WHATSAPP_PHONE_NUMBER_ID")
     api_base: str = _env("WHATSAPP_API_BASE", DEFAULT_API_BASE)
-    db: Path = Path("media-registry.db")
+    # A file path (SQLite) or a postgresql://user:password@host:port/dbname URL (a fleet).
+    db: Path | PostgresURL = Path("media-registry.db")
     blob_dir: Path = Path("media-blobs")
     ttl: timedelta = timedelta(days=30)
     # Numbers in No-Storage mode keep media a shorter time, asked for at upload (ttl_minutes).
@@ -85,6 +88,16 @@ class Settings(BaseSettings):
     # Query parameters left out of a URL source's key, and never printed or stored: a signed
     # URL's signature changes on every request (comma-separated; "X-Goog-*" matches a prefix).
     url_ignore_query: Annotated[tuple[str, ...], NoDecode] = DEFAULT_URL_IGNORE_QUERY
+    # PostgreSQL only: connections per process, this host's name in the fleet (stable across
+    # restarts, unlike a Kubernetes pod's hostname), and how long an unseen host keeps its paths.
+    pg_pool_size: int = Field(10, ge=2, le=1000)
+    host_id: str = Field(default_factory=lambda: os.uname().nodename, min_length=1, max_length=200)
+    host_retention: timedelta = timedelta(days=14)
+
+    @field_validator("db", mode="before")
+    @classmethod
+    def _check_db(cls, value: Any) -> Any:
+        return PostgresURL(value) if is_postgres_url(value) and isinstance(value, str) else value
 
     @field_validator("token")
     @classmethod
@@ -125,7 +138,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("ttl", "min_validity", "refresh_before", "refresh_interval", "purge_interval",
-                     "url_revalidate", mode="before")
+                     "url_revalidate", "host_retention", mode="before")
     @classmethod
     def _seconds(cls, value: Any) -> Any:
         return _seconds_as_number(value)
@@ -151,7 +164,8 @@ class Settings(BaseSettings):
             return {phone: _seconds_as_number(ttl) for phone, ttl in value.items()}
         return value
 
-    @field_validator("ttl", "min_validity", "refresh_before", "refresh_interval", "purge_interval")
+    @field_validator("ttl", "min_validity", "refresh_before", "refresh_interval", "purge_interval",
+                     "host_retention")
     @classmethod
     def _check_positive(cls, value: timedelta) -> timedelta:
         if not timedelta(0) < value <= MAX_DURATION:

@@ -18,8 +18,9 @@
     │   ├── RateLimited         HTTP 429 or codes 4, 80007, 130429
     │   ├── MediaNotFound       unknown, expired or deleted media ID (code 100, subcode 33)
     │   └── APIUnreachable      connection failed or timed out after every retry
-    ├── RegistryError           the SQLite registry file
+    ├── RegistryError           the registry database (an SQLite file or a PostgreSQL server)
     │   ├── RegistryLocked      another writer held the lock past the busy timeout
+    │   ├── RegistryUnreachable the PostgreSQL server is down, restarting or out of reach
     │   ├── RegistryCorrupt     the file is not a media-registry database
     │   ├── SchemaTooNew        written by a newer media-registry
     │   └── ContentDeleted      the content was deleted while this call uploaded it
@@ -199,6 +200,10 @@ class RegistryError(MediaRegistryError):
 
 class RegistryLocked(RegistryError):
     """Another writer held the registry past the busy timeout."""
+
+
+class RegistryUnreachable(RegistryError):
+    """The PostgreSQL server could not be reached (down, restarting, or the network)."""
 
 
 class RegistryCorrupt(RegistryError):

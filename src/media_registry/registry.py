@@ -25,6 +25,7 @@ from ._lifecycle import Lifecycle, OnAction, add
 from ._reading import Reading
 from ._sending import Outcome
 from ._sourcing import REFUSED, Source
+from .dburl import PostgresURL
 from .graph import AsyncGraphClient, GraphClient
 from .models import DownloadedMedia, LifecycleAction, Report
 from .sources import AsyncSourceFetcher, SourceFetcher
@@ -183,7 +184,8 @@ class MediaRegistry(_Rules):
 class AsyncMediaRegistry(_Rules):
     """:class:`MediaRegistry` for asyncio senders, with the same verbs as coroutines.
 
-    Cache hits run inline (one stat, one short query); everything else that may block
+    Cache hits run inline (one stat, one short query; in a thread on PostgreSQL, where the
+    query crosses the network); everything else that may block
     (hashing, SQLite writes, creating and renaming downloaded files) runs in threads so the
     event loop never waits on a lock, a disk or a large file; HTTP goes through
     ``httpx.AsyncClient``. Single flight holds across tasks, threads and processes alike, and
@@ -200,6 +202,8 @@ class AsyncMediaRegistry(_Rules):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._one_hash_at_a_time = asyncio.Semaphore(1)
+        # A PostgreSQL hit is a round trip to a server: it leaves the event loop too.
+        self._hits_in_thread = isinstance(self.settings.db, PostgresURL)
 
     async def __aenter__(self) -> AsyncMediaRegistry:
         return self
@@ -254,7 +258,10 @@ class AsyncMediaRegistry(_Rules):
         self, source: Source, *, phone_number_id: str | None = None, mime_type: str | None = None,
     ) -> Outcome:
         """See :meth:`MediaRegistry.get_or_upload_with_status`."""
-        found = self._lookup(source, phone_number_id, mime_type)
+        if self._hits_in_thread:
+            found = await asyncio.to_thread(self._lookup, source, phone_number_id, mime_type)
+        else:
+            found = self._lookup(source, phone_number_id, mime_type)
         return found if isinstance(found, Outcome) else await self._drive(found)
 
     async def invalidate(self, media_id: str, *, reason: str = REFUSED) -> None:

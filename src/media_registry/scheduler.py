@@ -1,4 +1,5 @@
-"""The daemon: refresh and purge on a schedule (APScheduler 3.x), one daemon per registry.
+"""The daemon: refresh and purge on a schedule (APScheduler 3.x), one daemon per registry
+(per host of a PostgreSQL registry: each host refreshes and checks its own files).
 
 A first pass of each job runs at start. SIGTERM or SIGINT stops it gracefully: the uploads
 in flight finish and are recorded, no new one starts, and the process exits 0.
@@ -23,6 +24,7 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from .dburl import PostgresURL
 from .errors import MediaRegistryError, RegistryError, RegistryLocked
 from .models import LifecycleAction, Report
 from .registry import AsyncMediaRegistry, MediaRegistry
@@ -39,7 +41,7 @@ def run_daemon(registry: MediaRegistry, observe: Observer | None = None) -> None
     Raises RegistryLocked if another daemon already serves this registry.
     """
     settings = registry.settings
-    with only_daemon(settings.db):
+    with only_daemon(registry):
         scheduler = BackgroundScheduler(
             timezone=timezone.utc,
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -121,9 +123,25 @@ def _log_action(action: LifecycleAction) -> None:
 
 
 @contextmanager
-def only_daemon(db: Path) -> Iterator[None]:
-    """Hold an exclusive lock beside the registry for as long as the daemon (or the service
-    running its schedule) runs.
+def only_daemon(registry: MediaRegistry | AsyncMediaRegistry) -> Iterator[None]:
+    """Hold the daemon's lock for as long as the daemon (or the service running its schedule)
+    runs: one per SQLite registry; one per host of a PostgreSQL one (an advisory lock held on
+    a session of its own, which a killed daemon's death frees)."""
+    db = registry.settings.db
+    if not isinstance(db, PostgresURL):
+        with _lock_beside(db):
+            yield
+        return
+    from .pgstore import PostgresStore
+
+    assert isinstance(registry.store, PostgresStore)
+    with registry.store.daemon_lock():
+        yield
+
+
+@contextmanager
+def _lock_beside(db: Path) -> Iterator[None]:
+    """Hold an exclusive lock on a file beside the SQLite registry.
 
     flock is released by the kernel when the process dies, so a killed daemon never blocks
     the next one.

@@ -534,7 +534,7 @@ def run_service(*, host: str, port: int, options: Options, run_schedule_too: boo
     # again once it has shut down gracefully: like the daemon, a stop exits 0.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_quietly)
-    with only_daemon(registry.settings.db) if run_schedule_too else nullcontext():
+    with only_daemon(registry) if run_schedule_too else nullcontext():
         listener = _listen(host, port)
         uvicorn.Server(config).run(sockets=[listener])
 

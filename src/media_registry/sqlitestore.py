@@ -421,6 +421,11 @@ class SQLiteStore:
             _log(con, now, "delete", sha256=sha256, detail=reason)
 
     @_mapped
+    def claim_deletes(self, sha256: str | None, claim_for: timedelta) -> list[MediaRow]:
+        """Every owed DELETE: one daemon serves an SQLite registry (its lock file), so there
+        is no other host to share them with."""
+        return self.pending_deletes(sha256)
+
     def pending_deletes(self, sha256: str | None = None) -> list[MediaRow]:
         """See :meth:`Store.pending_deletes`."""
         return self._media_rows(
@@ -707,3 +712,45 @@ def _log(con: sqlite3.Connection, at: datetime, action: str, **fields: str | Non
         {"sha256": None, "media_id": None, "phone_number_id": None, "path": None,
          "detail": None, **fields, "at": _text(at), "action": action},
     )
+
+
+# What `media-registry migrate` copies, table by table, in this column order: times as
+# datetimes, and the fingerprint's ctime and device as 0 where a version-1 registry lacks
+# them (the first cache hit then hashes the file once and records them).
+EXPORT_SQL = {
+    "contents": "SELECT sha256, mime_type, size_bytes, first_seen_at, deleted_at FROM contents ORDER BY sha256",
+    "media": "SELECT media_id, sha256, phone_number_id, state, uploaded_at, expires_at FROM media ORDER BY media_id",
+    "paths": "SELECT path, sha256, size_bytes, mtime_ns, {ctime}, inode, {device}, seen_at FROM paths ORDER BY path",
+    "events": "SELECT at, action, sha256, media_id, phone_number_id, path, detail FROM events ORDER BY id",
+    "inbound": "SELECT media_id, sha256, mime_type, size_bytes, path, downloaded_at FROM inbound ORDER BY media_id",
+}
+_EXPORT_TIMES = {"contents": (3, 4), "media": (4, 5), "paths": (7,), "events": (0,), "inbound": (5,)}
+
+
+def export_registry(path: str | os.PathLike[str]) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the SQLite registry at ``path`` that a migration copies, read without
+    changing the file (a read-only connection; an older schema version is read as it is)."""
+    location = Path(path)
+    if not location.is_file():
+        raise RegistryError(f"no registry at {location}; point --db (or MEDIA_REGISTRY_DB) at the SQLite file")
+    try:
+        with _closing(sqlite3.connect(f"file:{location}?mode=ro", uri=True)) as con:
+            version = con.execute("PRAGMA user_version").fetchone()[0]
+            columns = {row[1] for row in con.execute("PRAGMA table_info(paths)")}
+            if not version or "sha256" not in columns:
+                raise RegistryCorrupt(f"{location} is not a media-registry registry (left untouched)")
+            if version > migrations.SCHEMA_VERSION:
+                raise SchemaTooNew(f"registry {location} is newer than this media-registry; "
+                                   "upgrade: pip install -U media-registry")
+            ctime, device = ("ctime_ns", "device") if "device" in columns else ("0", "0")
+            return {
+                table: [_export_row(row, _EXPORT_TIMES[table])
+                        for row in con.execute(sql.format(ctime=ctime, device=device))]
+                for table, sql in EXPORT_SQL.items()
+            }
+    except sqlite3.Error as exc:
+        raise RegistryError(f"registry {location} cannot be read ({exc}); check the file") from None
+
+
+def _export_row(row: tuple[Any, ...], times: tuple[int, ...]) -> tuple[Any, ...]:
+    return tuple(_maybe_time(value) if index in times else value for index, value in enumerate(row))

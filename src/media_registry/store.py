@@ -24,11 +24,11 @@ from importlib import import_module
 from typing import NamedTuple, Protocol
 
 from ._processes import alive
+from .dburl import PostgresURL, is_postgres_url
 from .errors import ConfigError
 from .hashing import Fingerprint
 
 BUSY_TIMEOUT_SECONDS = 10.0
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 # -- rows --------------------------------------------------------------------------------
@@ -274,6 +274,12 @@ class Store(Protocol):
         """Media IDs owing a remote DELETE (of one content, or all)."""
         ...
 
+    def claim_deletes(self, sha256: str | None, claim_for: timedelta) -> list[MediaRow]:
+        """The owed DELETEs (of one content, or all) this process is to send now. A database
+        shared by many hosts hands each to one claimer at a time (for ``claim_for``, or until
+        the ID is forgotten), so each DELETE is sent once fleet-wide."""
+        ...
+
     def forget_media(self, media_id: str, now: datetime, action: str, detail: str | None = None) -> None:
         """Atomically drop a media row (deleted remotely, or expired) and log why; a deleted
         content goes with its last media row (its events stay). Unknown IDs are ignored."""
@@ -373,8 +379,9 @@ class Store(Protocol):
 
 
 def open_store(
-    db: str | os.PathLike[str], *, create: bool = True, busy_timeout: float = BUSY_TIMEOUT_SECONDS,
-    host_id: str | None = None, pool_size: int | None = None,
+    db: str | os.PathLike[str] | PostgresURL, *, create: bool = True,
+    busy_timeout: float = BUSY_TIMEOUT_SECONDS, host_id: str | None = None,
+    pool_size: int | None = None, host_retention: timedelta | None = None,
 ) -> Store:
     """The store that ``MEDIA_REGISTRY_DB`` names: a ``postgresql://`` URL means PostgreSQL,
     anything else is an SQLite file path.
@@ -383,10 +390,9 @@ def open_store(
     database that is not a media-registry registry, is refused untouched. Either mode
     upgrades an older registry of ours in place. ``host_id`` names this machine in a fleet
     (PostgreSQL only; default its hostname); ``pool_size`` bounds PostgreSQL's connection
-    pool.
+    pool; ``host_retention`` is how long an unseen host keeps its paths there.
     """
-    text = os.fspath(db)
-    if text.startswith(POSTGRES_SCHEMES):
+    if isinstance(db, PostgresURL) or is_postgres_url(db):
         try:
             pgstore = import_module("media_registry.pgstore")
         except ModuleNotFoundError as exc:
@@ -397,13 +403,13 @@ def open_store(
                 "pip install 'media-registry[postgres]'"
             ) from None
         store: Store = pgstore.PostgresStore(
-            text, create=create, busy_timeout=busy_timeout, host_id=host_id or HOST,
-            pool_size=pool_size,
+            db, create=create, busy_timeout=busy_timeout, host_id=host_id or HOST,
+            pool_size=pool_size, **({"host_retention": host_retention} if host_retention else {}),
         )
         return store
     from .sqlitestore import SQLiteStore
 
-    return SQLiteStore(text, create=create, busy_timeout=busy_timeout)
+    return SQLiteStore(os.fspath(db), create=create, busy_timeout=busy_timeout)
 
 
 # -- lease owners ------------------------------------------------------------------------
