@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from file_server import FileServer
 from media_registry.testing import FakeGraphAPI, sample_media
 
 import registry_db
@@ -142,24 +143,29 @@ def test_one_daemon_per_host(fleet_env: dict[str, str]) -> None:
 
 def test_migrate_then_every_file_is_a_cache_hit(
     fleet_env: dict[str, str], api: FakeGraphAPI, tmp_path: Path, postgres_url: str,
-    make_file: Callable[..., Path],
+    make_file: Callable[..., Path], files: FileServer,
 ) -> None:
     sqlite_env = {**on("app-1", fleet_env), "MEDIA_REGISTRY_DB": str(tmp_path / "registry.db")}
-    files = [str(make_file(f"file-{i}.png")) for i in range(5)]
-    uploaded = run_cli("upload", *files, env=sqlite_env).stdout.splitlines()
+    url = files.add("/card.png", sample_media(PNG, salt="a URL source"))
+    assert run_cli("upload", url, env=sqlite_env).returncode == 0
+    paths = [str(make_file(f"file-{i}.png")) for i in range(5)]
+    uploaded = run_cli("upload", *paths, env=sqlite_env).stdout.splitlines()
     api.fail(status=500, method="DELETE", times=10)  # the last one's DELETE stays owed
-    run_cli("delete", files[4], env=sqlite_env)
+    run_cli("delete", paths[4], env=sqlite_env)
     sqlite_bytes = (tmp_path / "registry.db").read_bytes()
     for _ in range(2):  # the second run copies nothing twice
         result = run_cli("migrate", "--to", postgres_url, env=sqlite_env)
         assert result.returncode == 0, result.stderr
-        assert "media:    5 of 5 rows" in result.stdout and "paths:    4 of 4 rows" in result.stdout
+        counts = {line.split(":")[0]: line.split(":")[1].split() for line in result.stdout.splitlines()[:-1]}
+        assert {table: counts[table][0::2] for table in ("media", "paths", "url_sources")} == {
+            "media": ["6", "6"], "paths": ["4", "4"], "url_sources": ["1", "1"]}
     assert (tmp_path / "registry.db").read_bytes() == sqlite_bytes
     assert registry_db.count(postgres_url, "events") == registry_db.count(str(tmp_path / "registry.db"), "events")
     assert str(psycopg.conninfo.conninfo_to_dict(postgres_url)["password"]) not in result.stdout
-    hits = run_cli("upload", *files[:4], env=on("app-1", fleet_env))
-    assert hits.stdout.splitlines() == [line.replace("uploaded", "cached") for line in uploaded[:4]]
-    assert api.uploads == 5
+    hits = run_cli("upload", *paths[:4], url, env=on("app-1", fleet_env))
+    assert hits.stdout.splitlines()[:4] == [line.replace("uploaded", "cached") for line in uploaded[:4]]
+    assert hits.stdout.splitlines()[4].split("\t")[1] == "cached"
+    assert api.uploads == 6 and files.count("/card.png") == 1  # the URL's mapping came along
     assert registry_db.media_ids(postgres_url, "deleting") == [uploaded[4].split("\t")[0]]
 
 

@@ -5,21 +5,25 @@ down, wrong password, missing database, restarts) in one line that never shows t
 from __future__ import annotations
 
 import logging
+import shutil
 import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import psycopg
 import pytest
 
 from media_registry import RegistryCorrupt, RegistryError, RegistryUnreachable, SchemaTooNew
 from media_registry.hashing import Fingerprint
+from media_registry.migrate import migrate_to_postgres
 from media_registry.pgstore import MIGRATIONS, PostgresStore
 from media_registry.store import LeaseStatus, NewMedia, Recorded, UrlSource
 
+import registry_db
 from pg_server import PostgresServer, create_database, drop_database
 
 SHA = "ab" * 32
@@ -321,3 +325,18 @@ def test_the_password_never_shows_in_stats(open_store: Callable[..., PostgresSto
     stats = open_store().stats(NOW, NOW)
     assert str(password) not in repr(stats)
     assert stats.backend["db"] == postgres_url.replace(f":{password}@", "@")
+
+
+def test_migrate_copies_a_first_schema_registry_and_leaves_it_byte_identical(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    db = tmp_path / "registry-v1.db"
+    shutil.copy(Path(__file__).parent / "data" / "registry-v1.db", db)
+    before = db.read_bytes()
+    copies = {copy.table: copy for copy in migrate_to_postgres(db, postgres_url, host_id="old-host")}
+    assert db.read_bytes() == before
+    assert all(copy.copied_rows == copy.source_rows for copy in copies.values())
+    assert copies["contents"].source_rows == 3 and copies["url_sources"].source_rows == 0
+    states = "SELECT state, count(*) FROM media GROUP BY state ORDER BY 1"
+    assert registry_db.query(postgres_url, states) == registry_db.query(str(db), states)
+    assert {host for (host,) in table(postgres_url, "SELECT DISTINCT host_id FROM paths")} == {"old-host"}

@@ -463,8 +463,9 @@ def _migrate(args: argparse.Namespace) -> int:
 
     settings = load_settings(db=args.db)
     copies = migrate_to_postgres(settings.db, args.to, host_id=settings.host_id)
+    width = max(len(copy.table) for copy in copies) + 2
     for copy in copies:
-        print(f"{copy.table + ':':10}{copy.copied_rows} of {copy.source_rows} rows")
+        print(f"{copy.table + ':':{width}}{copy.copied_rows} of {copy.source_rows} rows")
     print(f"migrated {settings.db} into {PostgresURL(args.to)} as host {settings.host_id}")
     return 0
 

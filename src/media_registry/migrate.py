@@ -1,7 +1,7 @@
 """``media-registry migrate --to URL``: copy a single-host SQLite registry into PostgreSQL.
 
-The SQLite file is only read. Its contents, media IDs (with their times and states), events
-and inbound media join the PostgreSQL registry, and its paths become this host's
+The SQLite file is only read. Its contents, media IDs (with their times and states), events,
+inbound media and URL sources join the PostgreSQL registry, and its paths become this host's
 (``MEDIA_REGISTRY_HOST_ID``), so the senders pointed at PostgreSQL afterwards get cache hits
 for every file the SQLite registry knew: no upload. Running it twice copies nothing twice.
 """

@@ -696,9 +696,15 @@ class PostgresStore:
                  "upload": _oid(LOCK_UPLOAD)},
             ).fetchone()
             phones = con.execute(
-                "SELECT phone_number_id, count(*), count(*) FILTER (WHERE expires_at <= %s) FROM media "
-                "WHERE state = 'current' AND expires_at > %s GROUP BY phone_number_id ORDER BY 1",
-                (expiring_before, now),
+                """
+                SELECT phone_number_id,
+                  count(*) FILTER (WHERE state = 'current' AND expires_at > %(now)s),
+                  count(*) FILTER (WHERE state = 'current' AND expires_at > %(now)s
+                                   AND expires_at <= %(before)s),
+                  count(*) FILTER (WHERE expires_at <= %(now)s)
+                FROM media GROUP BY phone_number_id ORDER BY 1
+                """,
+                {"now": now, "before": expiring_before},
             ).fetchall()
             facts = con.execute(
                 "SELECT current_setting('server_version'), pg_database_size(current_database()), "
@@ -711,7 +717,7 @@ class PostgresStore:
             "db": self.location, "db_bytes": facts[1], "server_version": facts[0],
             "host_id": self.host_id, "hosts": facts[2],
         }
-        by_phone = {phone: PhoneStats(live, expiring) for phone, live, expiring in phones}
+        by_phone = {phone: PhoneStats(*counts_of_phone) for phone, *counts_of_phone in phones}
         return StoreStats._make([*counts, by_phone, backend])
 
     # -- migration from SQLite ------------------------------------------------------------------
@@ -824,6 +830,16 @@ IMPORT_SQL = {
                              %(c4)s::text[], %(c5)s::timestamptz[])
         ON CONFLICT (media_id) DO NOTHING""",
         "SELECT count(*) FROM inbound WHERE media_id = ANY(%(c0)s::text[])",
+    ),
+    # A URL the fleet already knows keeps the fleet's mapping: it was checked more recently.
+    "url_sources": (
+        """INSERT INTO url_sources (url, sha256, etag, last_modified, checked_at, refetchable)
+        SELECT url, sha256, etag, last_modified, checked_at, refetchable <> 0
+        FROM unnest(%(c0)s::text[], %(c1)s::text[], %(c2)s::text[], %(c3)s::text[],
+                    %(c4)s::timestamptz[], %(c5)s::bigint[])
+             AS u(url, sha256, etag, last_modified, checked_at, refetchable)
+        ON CONFLICT (url) DO NOTHING""",
+        "SELECT count(*) FROM url_sources WHERE url = ANY(%(c0)s::text[])",
     ),
 }
 

@@ -723,8 +723,10 @@ EXPORT_SQL = {
     "paths": "SELECT path, sha256, size_bytes, mtime_ns, {ctime}, inode, {device}, seen_at FROM paths ORDER BY path",
     "events": "SELECT at, action, sha256, media_id, phone_number_id, path, detail FROM events ORDER BY id",
     "inbound": "SELECT media_id, sha256, mime_type, size_bytes, path, downloaded_at FROM inbound ORDER BY media_id",
+    "url_sources": "SELECT url, sha256, etag, last_modified, checked_at, refetchable FROM url_sources ORDER BY url",
 }
-_EXPORT_TIMES = {"contents": (3, 4), "media": (4, 5), "paths": (7,), "events": (0,), "inbound": (5,)}
+_EXPORT_TIMES = {"contents": (3, 4), "media": (4, 5), "paths": (7,), "events": (0,), "inbound": (5,),
+                 "url_sources": (4,)}
 
 
 def export_registry(path: str | os.PathLike[str]) -> dict[str, list[tuple[Any, ...]]]:
@@ -743,9 +745,11 @@ def export_registry(path: str | os.PathLike[str]) -> dict[str, list[tuple[Any, .
                 raise SchemaTooNew(f"registry {location} is newer than this media-registry; "
                                    "upgrade: pip install -U media-registry")
             ctime, device = ("ctime_ns", "device") if "device" in columns else ("0", "0")
+            present = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             return {
                 table: [_export_row(row, _EXPORT_TIMES[table])
                         for row in con.execute(sql.format(ctime=ctime, device=device))]
+                if table in present else []  # an older schema has no url_sources yet
                 for table, sql in EXPORT_SQL.items()
             }
     except sqlite3.Error as exc:
