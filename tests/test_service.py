@@ -306,14 +306,15 @@ def test_healthz_is_ok_on_a_fresh_registry(server: Server) -> None:
 
 def test_serve_will_not_run_the_schedule_beside_a_daemon(cli_env: dict[str, str], tmp_path: Path) -> None:
     run_cli("init", env=cli_env)
-    daemon = subprocess.Popen([str(CLI), "daemon"], env=cli_env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    lock = Path(cli_env["MEDIA_REGISTRY_DB"] + ".daemon-lock")
-    wait_for(lambda: lock.exists() and lock.read_text() == str(daemon.pid), "the daemon's lock")
+    log = tmp_path / "daemon.log"
+    with log.open("w") as stderr:
+        daemon = subprocess.Popen([str(CLI), "daemon"], env=cli_env, stdout=subprocess.DEVNULL, stderr=stderr)
+    wait_for(lambda: "daemon started" in log.read_text(), "the daemon to take its lock")
     try:
         refused = run_cli("serve", "--port", "0", env=cli_env)
         assert refused.returncode == 1
-        assert f"another media-registry daemon (pid {daemon.pid}) already serves" in refused.stderr
+        assert refused.stderr.startswith("media-registry: error: another media-registry daemon ")
+        assert refused.stderr.count("\n") == 1
         beside = start_server(cli_env, tmp_path / "serve.log", "--no-schedule")
         assert beside.stop() == 0
     finally:
