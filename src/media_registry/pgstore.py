@@ -251,30 +251,52 @@ class PostgresStore:
         its own until record_upload or release_lease) or WAIT (another session holds it)."""
 
         def work(con: Connection) -> LeaseOutcome:
-            # Served without the lock when possible: a refresh holding it must not make a
-            # sender wait for an ID that is still valid for the sender's purpose.
-            outcome = _serve_or_deleted(con, sha256, phone_number_id, valid_until)
-            if outcome is not None:
-                return outcome
             key = lock_key(sha256, phone_number_id)
-            if not _one(con.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_UPLOAD, key))):
+            # One round trip: served without the lock when possible (a refresh holding it must
+            # not make a sender wait for an ID that is still valid for the sender's purpose),
+            # else the lock tried.
+            known, deleted, media_id, locked = con.execute(
+                """
+                SELECT c.sha256 IS NOT NULL, c.deleted_at IS NOT NULL, m.media_id,
+                       CASE WHEN c.sha256 IS NOT NULL AND c.deleted_at IS NULL AND m.media_id IS NULL
+                            THEN pg_try_advisory_lock(%(kind)s, %(key)s) END
+                FROM (SELECT %(sha256)s::text AS sha256) AS wanted
+                LEFT JOIN contents AS c USING (sha256)
+                LEFT JOIN LATERAL (
+                    SELECT media_id FROM media
+                    WHERE sha256 = c.sha256 AND phone_number_id = %(phone)s
+                      AND state = 'current' AND expires_at > %(until)s) AS m ON true
+                """,
+                {"sha256": sha256, "phone": phone_number_id, "until": valid_until, "kind": LOCK_UPLOAD,
+                 "key": key},
+                prepare=True,
+            ).fetchone() or (False, False, None, None)
+            if not known or deleted:
+                return LeaseOutcome(LeaseStatus.DELETED)
+            if media_id is not None:
+                return LeaseOutcome(LeaseStatus.SERVE, media_id)
+            if not locked:
                 return LeaseOutcome(LeaseStatus.WAIT)
-            with con.transaction():  # the holder before us may have recorded an ID meanwhile
-                outcome = _serve_or_deleted(con, sha256, phone_number_id, valid_until)
-                if outcome is None:
-                    con.execute(
-                        """
-                        INSERT INTO leases (sha256, phone_number_id, owner, host_id, expires_at)
-                        VALUES (%s, %s, %s, %s, %s)
-                        ON CONFLICT (sha256, phone_number_id) DO UPDATE SET
-                            owner = excluded.owner, host_id = excluded.host_id,
-                            expires_at = excluded.expires_at
-                        """,
-                        (sha256, phone_number_id, owner, self.host_id, now + lease_for),
-                    )
-            if outcome is not None:
+            # Under the lock, the lease row goes in unless the holder before us recorded an
+            # ID (or the content was deleted) meanwhile: one statement, its own transaction.
+            if con.execute(
+                """
+                INSERT INTO leases (sha256, phone_number_id, owner, host_id, expires_at)
+                SELECT %(sha256)s, %(phone)s, %(owner)s, %(host)s, %(expires)s
+                WHERE EXISTS (SELECT 1 FROM contents WHERE sha256 = %(sha256)s AND deleted_at IS NULL)
+                  AND NOT EXISTS (SELECT 1 FROM media WHERE sha256 = %(sha256)s AND phone_number_id = %(phone)s
+                                  AND state = 'current' AND expires_at > %(until)s)
+                ON CONFLICT (sha256, phone_number_id) DO UPDATE SET
+                    owner = excluded.owner, host_id = excluded.host_id, expires_at = excluded.expires_at
+                RETURNING 1
+                """,
+                {"sha256": sha256, "phone": phone_number_id, "owner": owner, "host": self.host_id,
+                 "expires": now + lease_for, "until": valid_until},
+                prepare=True,
+            ).fetchone() is None:
                 con.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_UPLOAD, key))
-                return outcome
+                return (_serve_or_deleted(con, sha256, phone_number_id, valid_until)
+                        or LeaseOutcome(LeaseStatus.WAIT))  # changed again meanwhile: ask anew
             with self._claims_lock:
                 self._claims[owner] = con
             return LeaseOutcome(LeaseStatus.ACQUIRED)
@@ -322,8 +344,8 @@ class PostgresStore:
         con = self._pop_claim(owner)
         try:
             if con is not None and not con.closed:
-                try:
-                    with con.transaction():
+                try:  # pipelined: the transaction's statements go in two round trips
+                    with con.pipeline(), con.transaction():
                         return self._record(con, media, owner)
                 except psycopg.OperationalError as exc:
                     if not connection_lost(exc):
@@ -343,13 +365,14 @@ class PostgresStore:
             "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (sha256) DO NOTHING",
             (media.sha256, media.mime_type, media.size_bytes, media.uploaded_at, media.uploaded_at),
         )
-        deleted = _one(con.execute(
+        content = con.execute(
             "SELECT deleted_at IS NOT NULL FROM contents WHERE sha256 = %s FOR UPDATE", (media.sha256,)
-        ))
-        held = con.execute(
+        )
+        lease = con.execute(
             "DELETE FROM leases WHERE sha256 = %s AND phone_number_id = %s AND owner = %s RETURNING 1",
             (media.sha256, media.phone_number_id, owner),
-        ).fetchone()
+        )
+        deleted, held = _one(content), lease.fetchone()
         if deleted or held is None:
             # Deleted meanwhile, or the claim died with its session (a server restart) and
             # another uploader may have taken over: this ID is never served, only DELETEd.
