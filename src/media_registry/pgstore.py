@@ -696,9 +696,13 @@ class PostgresStore:
                  "upload": _oid(LOCK_UPLOAD)},
             ).fetchone()
             phones = con.execute(
-                "SELECT phone_number_id, count(*), count(*) FILTER (WHERE expires_at <= %s) FROM media "
-                "WHERE state = 'current' AND expires_at > %s GROUP BY phone_number_id ORDER BY 1",
-                (expiring_before, now),
+                "SELECT phone_number_id, "
+                "count(*) FILTER (WHERE state = 'current' AND expires_at > %(now)s), "
+                "count(*) FILTER (WHERE state = 'current' AND expires_at > %(now)s "
+                "AND expires_at <= %(before)s), "
+                "count(*) FILTER (WHERE expires_at <= %(now)s) "
+                "FROM media GROUP BY phone_number_id ORDER BY 1",
+                {"now": now, "before": expiring_before},
             ).fetchall()
             facts = con.execute(
                 "SELECT current_setting('server_version'), pg_database_size(current_database()), "
@@ -711,7 +715,7 @@ class PostgresStore:
             "db": self.location, "db_bytes": facts[1], "server_version": facts[0],
             "host_id": self.host_id, "hosts": facts[2],
         }
-        by_phone = {phone: PhoneStats(live, expiring) for phone, live, expiring in phones}
+        by_phone = {phone: PhoneStats(*numbers) for phone, *numbers in phones}
         return StoreStats._make([*counts, by_phone, backend])
 
     # -- migration from SQLite ------------------------------------------------------------------
