@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import weakref
 from collections.abc import Callable
@@ -201,7 +202,7 @@ def _cannot_connect(text: str) -> bool:
     return any(marker in text for marker in (
         "connection refused", "could not connect", "timeout expired", "starting up",
         "shutting down", "no route to host", "could not translate host name", "name or service",
-        "connection failed", "network is unreachable",
+        "connection failed", "network is unreachable", "no such file or directory",
     ))
 
 
@@ -212,11 +213,12 @@ def _reason(exc: psycopg.Error) -> str:
     # libpq says 'connection to server at "host", port N failed: FATAL:  <why>', then hints.
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     reason = lines[0] if lines else type(exc).__name__
+    socket = re.search(r'on socket "([^"]+)"', reason)  # the URL names no host: where it looked
     for marker in ("FATAL:", "failed:"):
         if marker in reason:
             reason = reason.rsplit(marker, 1)[1].strip()
             break
-    return reason.rstrip(".")
+    return reason.rstrip(".") + (f": {socket[1]}" if socket else "")
 
 
 def _forget_pool(reference: weakref.ref[Connections]) -> None:

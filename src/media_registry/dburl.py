@@ -3,8 +3,9 @@ password (str, repr, errors, logs, ``stats``)."""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from .errors import register_secret
 
@@ -25,17 +26,20 @@ class PostgresURL:
     def __init__(self, url: str) -> None:
         if not url.startswith(SCHEMES):
             raise ValueError("must start with postgresql://")
+        # Whatever echoes it (a driver's message, a traceback) shows <password> instead; a
+        # malformed URL's password too, so registered before the checks.
+        for password in _passwords(url):
+            register_secret(password, "password")
+            register_secret(unquote(password), "password")
         parts = urlsplit(url)
         try:
             parts.port  # noqa: B018  (parsing the port is the check)
         except ValueError:
-            raise ValueError(f"bad port in {_redact(url)}") from None
+            raise ValueError(f"bad port in {_redact(url)} (a password holding @ : / ? # or % "
+                             "must be percent-encoded, e.g. @ as %40)") from None
         if not parts.path.strip("/"):
             raise ValueError(f"{_redact(url)} names no database; end it with /DBNAME") from None
         self._url = url
-        # Whatever echoes it (a driver's message, a traceback) shows <password> instead.
-        for form in {parts.password, unquote(parts.password or "")}:
-            register_secret(form, "password")
 
     def secret(self) -> str:
         """The URL with its password, for the database driver only."""
@@ -64,11 +68,19 @@ class PostgresURL:
         )
 
 
+# A password given as a query parameter: ?password=... or &password=...
+_QUERY_PASSWORD = re.compile(r"(?<=[?&])password=([^&]*)&?")
+
+
 def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    netloc = parts.netloc.rpartition("@")
-    if netloc[1]:
-        user = netloc[0].partition(":")[0]
-        parts = parts._replace(netloc=f"{user}@{netloc[2]}")
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "password"]
-    return parts._replace(query=urlencode(query)).geturl()
+    # Not urlsplit: an unencoded "#", "?" or "/" in a password would end its netloc early
+    # and show the rest. Everything before the last "@" is the user and password, whatever
+    # they hold.
+    scheme, _, rest = _QUERY_PASSWORD.sub("", url).rstrip("?&").partition("://")
+    userinfo, at, rest = rest.rpartition("@")
+    return f"{scheme}://{userinfo.partition(':')[0]}{at}{rest}"
+
+
+def _passwords(url: str) -> list[str]:
+    userinfo = _QUERY_PASSWORD.sub("", url).partition("://")[2].rpartition("@")[0]
+    return [userinfo.partition(":")[2], *_QUERY_PASSWORD.findall(url)]
