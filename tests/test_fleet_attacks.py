@@ -5,17 +5,25 @@ Each test was a defect once; all run against a real PostgreSQL server."""
 from __future__ import annotations
 
 import os
+import re
+import signal
+import socket
+import subprocess
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+import httpx
 import pytest
 
-from media_registry import ConfigError, MediaRegistry
+from media_registry import ConfigError, MediaRegistry, RegistryUnreachable
 from media_registry.config import load_settings
+from media_registry.pgstore import PostgresStore
+from media_registry.testing import FakeGraphAPI
 
 import registry_db
-from conftest import PNG, run_cli
+from conftest import CLI, PNG, run_cli, wait_for
+from pg_server import PostgresServer, create_database
 
 
 def test_stats_counts_each_phone_numbers_live_expiring_and_expired_ids(
@@ -72,3 +80,54 @@ def test_repr_of_settings_hides_a_query_password() -> None:
     settings = load_settings(db="postgresql://app@db.example:5432/registry?password=hunter2-pw&sslmode=require")
     assert "hunter2-pw" not in repr(settings) + str(settings.db)
     assert str(settings.db) == "postgresql://app@db.example:5432/registry?sslmode=require"
+
+
+# -- a long-lived process and a server restart ---------------------------------------------------
+
+
+def test_the_first_call_after_a_long_outage_works_in_a_long_lived_process(
+    postgres_server: PostgresServer,
+) -> None:
+    store = PostgresStore(create_database(postgres_server.url()), host_id="app-1", busy_timeout=1)
+    try:
+        assert store.sourced_contents() == []
+        postgres_server.stop()
+        for _ in range(10):  # the pool's reconnection backoff grows with each failed attempt
+            with pytest.raises(RegistryUnreachable, match="cannot reach the server"):
+                store.sourced_contents()
+        postgres_server.start()
+        assert store.sourced_contents() == []
+    finally:
+        store.close()
+
+
+def test_a_daemon_rides_out_a_restart_with_one_log_line_per_failed_pass(
+    postgres_server: PostgresServer, api: FakeGraphAPI, tmp_path: Path,
+) -> None:
+    env = {"PATH": os.environ["PATH"], "WHATSAPP_TOKEN": api.token,
+           "WHATSAPP_PHONE_NUMBER_ID": api.phone_number_id, "WHATSAPP_API_BASE": api.base_url,
+           "MEDIA_REGISTRY_DB": create_database(postgres_server.url()),
+           "MEDIA_REGISTRY_BUSY_TIMEOUT": "1", "MEDIA_REGISTRY_HOST_ID": "app-1"}
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as out:
+        daemon = subprocess.Popen([str(CLI), "daemon", "--refresh-every", "1", "--purge-every", "1",
+                                   "--metrics-port", str(port)], env=env, stdout=out, stderr=out)
+    try:
+        wait_for(lambda: "refresh done" in log.read_text(), "the first refresh pass")
+        postgres_server.stop()
+        wait_for(lambda: log.read_text().count("refresh failed") >= 3, "failed passes while it is down")
+        scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30)
+        assert scraped.status_code == 503 and "cannot reach the server" in scraped.json()["error"]["message"]
+        postgres_server.start()
+        done = log.read_text().count("refresh done")
+        wait_for(lambda: log.read_text().count("refresh done") > done, "a pass after the restart")
+        assert daemon.poll() is None
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0
+    lines = log.read_text().splitlines()
+    assert all(re.match(r"\d{4}-\d\d-\d\d ", line) for line in lines), lines  # no traceback, no hints
+    assert postgres_server.password not in log.read_text()
