@@ -141,10 +141,10 @@ def wsgi_app(monitor: Monitor) -> Callable[[dict[str, Any], StartResponse], Iter
             start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
             return [body]
         if path == "/healthz":
-            healthy, body = monitor.health()
+            healthy, health = monitor.health()
             start_response("200 OK" if healthy else "503 Service Unavailable",
                            [("Content-Type", "application/json")])
-            return [json.dumps(body).encode()]
+            return [json.dumps(health).encode()]
         start_response("404 Not Found", [("Content-Type", "application/json")])
         return [json.dumps({"error": {"type": "NotFound", "message": f"{path}: no such endpoint; "
                                       "try /metrics or /healthz"}}).encode()]
