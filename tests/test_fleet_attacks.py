@@ -14,9 +14,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
-from media_registry import ConfigError, MediaRegistry, RegistryUnreachable
+from media_registry import ConfigError, MediaRegistry, RegistryCorrupt, RegistryUnreachable
 from media_registry.config import load_settings
 from media_registry.pgstore import PostgresStore
 from media_registry.testing import FakeGraphAPI
@@ -131,3 +132,23 @@ def test_a_daemon_rides_out_a_restart_with_one_log_line_per_failed_pass(
     lines = log.read_text().splitlines()
     assert all(re.match(r"\d{4}-\d\d-\d\d ", line) for line in lines), lines  # no traceback, no hints
     assert postgres_server.password not in log.read_text()
+
+
+# -- a database that is not ours ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("statements", [
+    ["CREATE TABLE users (id int)"],  # another application's database
+    ["CREATE TABLE migrations (id serial, migration text, batch int)",  # Laravel's bookkeeping
+     "INSERT INTO migrations (migration, batch) VALUES ('2014_10_12_create_users', 1)"],
+    ["CREATE TABLE migrations (id serial, timestamp bigint, name text)",  # TypeORM's
+     "INSERT INTO migrations (timestamp, name) VALUES (1, 'AddUsers1700000000')"],
+], ids=["unrelated table", "laravel migrations", "typeorm migrations"])
+def test_another_applications_database_is_left_untouched(postgres_url: str, statements: list[str]) -> None:
+    with psycopg.connect(postgres_url) as con:
+        for statement in statements:
+            con.execute(statement)
+    with pytest.raises(RegistryCorrupt, match="not a media-registry registry .left untouched.; point"):
+        PostgresStore(postgres_url, host_id="app-1")
+    assert registry_db.query(postgres_url, "SELECT count(*) FROM information_schema.tables "
+                                           "WHERE table_schema = 'public'") == [(1,)]

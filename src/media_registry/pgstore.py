@@ -140,14 +140,20 @@ class PostgresStore:
         tables = {row[0] for row in con.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
         )}
+        foreign = RegistryCorrupt(
+            f"{self.location} holds tables that are not a media-registry registry (left "
+            "untouched); point MEDIA_REGISTRY_DB at a database of its own"
+        )
         if "migrations" not in tables:
-            if tables & set(TABLES):
-                raise RegistryCorrupt(
-                    f"{self.location} holds tables that are not a media-registry registry (left "
-                    "untouched); point MEDIA_REGISTRY_DB at another database"
-                )
+            if tables:  # another application's database: never add our tables to it
+                raise foreign
             return None
-        names = {row[0] for row in con.execute("SELECT name FROM migrations")}
+        try:  # another application's migrations table (Laravel, TypeORM, ...) is not ours
+            names = {row[0] for row in con.execute("SELECT name FROM migrations")}
+        except psycopg.errors.UndefinedColumn:
+            raise foreign from None
+        if MIGRATIONS[0][0] not in names:
+            raise foreign
         unknown = names - {name for name, _ in MIGRATIONS}
         if unknown:
             raise SchemaTooNew(
