@@ -152,3 +152,15 @@ def test_another_applications_database_is_left_untouched(postgres_url: str, stat
         PostgresStore(postgres_url, host_id="app-1")
     assert registry_db.query(postgres_url, "SELECT count(*) FROM information_schema.tables "
                                            "WHERE table_schema = 'public'") == [(1,)]
+
+
+# -- settings ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host_id", [" ", "app-1\nERROR forged log line", "app\t1", " app-1"])
+def test_a_host_id_that_would_break_a_log_line_is_refused(host_id: str, tmp_path: Path) -> None:
+    result = run_cli("stats", env={"PATH": os.environ["PATH"], "MEDIA_REGISTRY_HOST_ID": host_id,
+                                   "MEDIA_REGISTRY_DB": str(tmp_path / "registry.db")})
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert "invalid MEDIA_REGISTRY_HOST_ID" in result.stderr and "plain name such as app-1" in result.stderr

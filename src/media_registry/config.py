@@ -137,6 +137,15 @@ class Settings(BaseSettings):
             raise ValueError("must be the digits of the phone number ID from Meta's app dashboard")
         return value
 
+    @field_validator("host_id")
+    @classmethod
+    def _check_host_id(cls, value: str) -> str:
+        # It is printed in log lines and `stats`, and names this host's rows in the registry.
+        if value != value.strip() or not value.isprintable():
+            raise ValueError(f"{value!r} has spaces around it or control characters (a line break, "
+                             "a tab); give a plain name such as app-1")
+        return value
+
     @field_validator("ttl", "min_validity", "refresh_before", "refresh_interval", "purge_interval",
                      "url_revalidate", "host_retention", mode="before")
     @classmethod
