@@ -9,6 +9,7 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +24,7 @@ from media_registry.pgstore import PostgresStore
 from media_registry.testing import FakeGraphAPI
 
 import registry_db
-from conftest import CLI, PNG, run_cli, wait_for
+from conftest import CLI, PNG, run_cli, settle, wait_for
 from pg_server import PostgresServer, create_database
 
 
@@ -164,3 +165,30 @@ def test_a_host_id_that_would_break_a_log_line_is_refused(host_id: str, tmp_path
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1
     assert "invalid MEDIA_REGISTRY_HOST_ID" in result.stderr and "plain name such as app-1" in result.stderr
+
+
+# -- uploads in flight and cache hits --------------------------------------------------------------
+
+
+def test_uploads_in_flight_never_starve_cache_hits_of_connections(
+    postgres_url: str, api: FakeGraphAPI, make_file: Callable[..., Path],
+) -> None:
+    registry = MediaRegistry(db=postgres_url, token=api.token, phone_number_id=api.phone_number_id,
+                             api_base=api.base_url, pg_pool_size=2, busy_timeout=1)
+    try:
+        known = make_file("known.png")
+        registry.get_or_upload(known)
+        settle(known)
+        known_id = registry.get_or_upload(known)  # now a trusted fingerprint: a hit
+        api.fail(delay=5, method="POST", times=2)  # two slow uploads, each holding its claim
+        slow = [threading.Thread(target=registry.get_or_upload, args=(make_file(f"slow-{i}.png"),))
+                for i in range(2)]
+        for thread in slow:
+            thread.start()
+        wait_for(lambda: api.count("POST") == 3, "both uploads to reach the API")
+        assert registry.get_or_upload(known) == known_id
+        assert registry.get_or_upload(known.read_bytes(), mime_type=PNG) == known_id
+        for thread in slow:
+            thread.join()
+    finally:
+        registry.close()

@@ -112,6 +112,9 @@ class PostgresStore:
         self.host_id = host_id
         self.host_retention = host_retention
         self.db = Connections(self.url, size=pool_size or DEFAULT_POOL_SIZE, timeout=busy_timeout)
+        # Each upload in flight keeps its claim's session for the upload's whole duration: from
+        # a pool of their own, so uploads never starve cache hits of connections.
+        self.claim_sessions = Connections(self.url, size=pool_size or DEFAULT_POOL_SIZE, timeout=busy_timeout)
         self._claims: dict[str, Connection] = {}  # lease owner -> the session holding its lock
         self._claims_lock = threading.Lock()
         reference = weakref.ref(self)
@@ -256,12 +259,14 @@ class PostgresStore:
         """SERVE, DELETED, ACQUIRED (this process now holds the advisory lock on a session of
         its own until record_upload or release_lease) or WAIT (another session holds it)."""
 
+        # Served without the lock when possible: a refresh holding it must not make a sender
+        # wait for an ID that is still valid for the sender's purpose.
+        outcome = self.db.run(lambda con: _serve_or_deleted(con, sha256, phone_number_id, valid_until),
+                              transaction=False)
+        if outcome is not None:
+            return outcome
+
         def work(con: Connection) -> LeaseOutcome:
-            # Served without the lock when possible: a refresh holding it must not make a
-            # sender wait for an ID that is still valid for the sender's purpose.
-            outcome = _serve_or_deleted(con, sha256, phone_number_id, valid_until)
-            if outcome is not None:
-                return outcome
             key = lock_key(sha256, phone_number_id)
             if not _one(con.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_UPLOAD, key))):
                 return LeaseOutcome(LeaseStatus.WAIT)
@@ -285,7 +290,7 @@ class PostgresStore:
                 self._claims[owner] = con
             return LeaseOutcome(LeaseStatus.ACQUIRED)
 
-        return self.db.run(work, transaction=False, keep=lambda o: o.status is LeaseStatus.ACQUIRED)
+        return self.claim_sessions.run(work, transaction=False, keep=lambda o: o.status is LeaseStatus.ACQUIRED)
 
     def renew_lease(self, sha256: str, phone_number_id: str, owner: str, expires_at: datetime) -> None:
         """Push the lease row's expiry forward (the lock itself lives as long as its session)."""
@@ -320,7 +325,7 @@ class PostgresStore:
                 raise self.db.explain(exc) from None
             # A lost session took its lock with it.
         finally:
-            self.db.checkin(con)
+            self.claim_sessions.checkin(con)
 
     def record_upload(self, media: NewMedia, owner: str) -> Recorded:
         """Record a new ID as current (or as owing a DELETE if the content was deleted or the
@@ -775,7 +780,8 @@ class PostgresStore:
         with self._claims_lock:
             claims, self._claims = list(self._claims.values()), {}
         for con in claims:
-            self.db.checkin(con)
+            self.claim_sessions.checkin(con)
+        self.claim_sessions.close()
         self.db.close()
 
 
