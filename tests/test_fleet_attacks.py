@@ -103,7 +103,7 @@ def test_the_first_call_after_a_long_outage_works_in_a_long_lived_process(
         store.close()
 
 
-def test_a_daemon_rides_out_a_restart_with_one_log_line_per_failed_pass(
+def test_a_daemon_rides_out_a_restart_keeping_its_host_lock_and_one_log_line_per_failed_pass(
     postgres_server: PostgresServer, api: FakeGraphAPI, tmp_path: Path,
 ) -> None:
     env = {"PATH": os.environ["PATH"], "WHATSAPP_TOKEN": api.token,
@@ -127,6 +127,9 @@ def test_a_daemon_rides_out_a_restart_with_one_log_line_per_failed_pass(
         done = log.read_text().count("refresh done")
         wait_for(lambda: log.read_text().count("refresh done") > done, "a pass after the restart")
         assert daemon.poll() is None
+        # The restart ended the session holding this host's daemon lock: the pass took it again.
+        second = run_cli("daemon", env=env)
+        assert second.returncode == 1 and "another media-registry daemon already serves host app-1" in second.stderr
     finally:
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=60) == 0

@@ -117,6 +117,8 @@ class PostgresStore:
         self.claim_sessions = Connections(self.url, size=pool_size or DEFAULT_POOL_SIZE, timeout=busy_timeout)
         self._claims: dict[str, Connection] = {}  # lease owner -> the session holding its lock
         self._claims_lock = threading.Lock()
+        self._daemon_session: Connection | None = None  # holds this host's daemon lock
+        self._daemon_mutex = threading.Lock()
         reference = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _forget_claims(reference))
         with self.db.direct() as con:
@@ -393,6 +395,7 @@ class PostgresStore:
     def expiring_media(self, before: datetime) -> list[MediaRow]:
         """Current IDs expiring by ``before``, of contents not deleted that this host has a
         source of (or that no host has: bytes sent directly), soonest first."""
+        self._keep_daemon_lock()
         return self._media_rows(
             "m.state = 'current' AND m.expires_at <= %s AND c.deleted_at IS NULL AND ("
             " EXISTS (SELECT 1 FROM paths AS p WHERE p.sha256 = m.sha256 AND p.host_id = %s)"
@@ -416,6 +419,7 @@ class PostgresStore:
     def sourced_contents(self) -> list[ContentRef]:
         """Contents not deleted with a source path on this host. Hosts unseen for the
         retention period are dropped first, with their paths."""
+        self._keep_daemon_lock()
         self._touch_host()
 
         def work(con: Connection) -> list[Any]:
@@ -763,17 +767,40 @@ class PostgresStore:
         """Hold this host's daemon lock for the block, on a session of its own: a second
         daemon on the same host is refused (RegistryLocked); other hosts run their own. The
         lock goes with the session, so a killed daemon never blocks the next one."""
-        con = self.db.direct()
+        with self._daemon_mutex:
+            self._daemon_session = self._take_daemon_lock()
         try:
-            if not _one(con.execute("SELECT pg_try_advisory_lock(%s, %s)",
-                                    (LOCK_DAEMON, lock_key(self.host_id)))):
-                raise RegistryLocked(
-                    f"another media-registry daemon already serves host {self.host_id} on "
-                    f"{self.location}; stop it first, or give this one its own MEDIA_REGISTRY_HOST_ID"
-                )
             yield
         finally:
+            with self._daemon_mutex:
+                session, self._daemon_session = self._daemon_session, None
+            if session is not None:
+                session.close()
+
+    def _take_daemon_lock(self) -> Connection:
+        con = self.db.direct()
+        if not _one(con.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_DAEMON, lock_key(self.host_id)))):
             con.close()
+            raise RegistryLocked(
+                f"another media-registry daemon already serves host {self.host_id} on "
+                f"{self.location}; stop it first, or give this one its own MEDIA_REGISTRY_HOST_ID"
+            )
+        return con
+
+    def _keep_daemon_lock(self) -> None:
+        """A daemon's pass first makes sure it still holds its host's lock: a server restart
+        ends the session that held it, and another daemon of this host may have started since
+        (then this one's passes fail with RegistryLocked until that one stops)."""
+        with self._daemon_mutex:
+            session = self._daemon_session
+            if session is None:
+                return
+            try:
+                session.execute("SELECT 1")
+                return
+            except psycopg.Error:
+                session.close()
+            self._daemon_session = self._take_daemon_lock()
 
     def close(self) -> None:
         """Release held claims and every connection."""
