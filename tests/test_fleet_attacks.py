@@ -10,9 +10,11 @@ import signal
 import socket
 import subprocess
 import threading
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -195,3 +197,28 @@ def test_uploads_in_flight_never_starve_cache_hits_of_connections(
             thread.join()
     finally:
         registry.close()
+
+
+def test_a_read_only_role_inspects_the_registry_and_writes_nothing(
+    postgres_url: str, api: FakeGraphAPI, make_file: Callable[..., Path],
+) -> None:
+    env = {"PATH": os.environ["PATH"], "WHATSAPP_TOKEN": api.token, "MEDIA_REGISTRY_HOST_ID": "app-1",
+           "WHATSAPP_PHONE_NUMBER_ID": api.phone_number_id, "WHATSAPP_API_BASE": api.base_url,
+           "MEDIA_REGISTRY_DB": postgres_url}
+    assert run_cli("upload", str(make_file("a.png")), env=env).returncode == 0
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_url, autocommit=True) as con:
+        con.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'reader-pw-123'")
+        con.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    try:
+        parts = urlsplit(postgres_url)
+        reader = parts._replace(netloc=f"{role}:reader-pw-123@{parts.hostname}:{parts.port}").geturl()
+        hosts = registry_db.query(postgres_url, "SELECT * FROM hosts")
+        for command in ("stats", "ls"):
+            result = run_cli(command, env={**env, "MEDIA_REGISTRY_DB": reader, "MEDIA_REGISTRY_HOST_ID": "inspector"})
+            assert result.returncode == 0, result.stderr
+        assert registry_db.query(postgres_url, "SELECT * FROM hosts") == hosts
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as con:
+            con.execute(f"DROP OWNED BY {role}")
+            con.execute(f"DROP ROLE {role}")

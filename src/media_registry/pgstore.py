@@ -123,7 +123,8 @@ class PostgresStore:
         os.register_at_fork(after_in_child=lambda: _forget_claims(reference))
         with self.db.direct() as con:
             self._ensure_schema(con, create)
-        self._touch_host()
+        if create:  # a read-only open (ls, stats) writes nothing: a read-only role may inspect
+            self._touch_host()
 
     # -- schema ---------------------------------------------------------------------------
 
