@@ -222,3 +222,13 @@ def test_a_read_only_role_inspects_the_registry_and_writes_nothing(
         with psycopg.connect(postgres_url, autocommit=True) as con:
             con.execute(f"DROP OWNED BY {role}")
             con.execute(f"DROP ROLE {role}")
+
+
+@pytest.mark.parametrize("url", ["PostgreSQL://app:Secret-pw-42@db/reg", "postgresql+psycopg://app:Secret-pw-42@db/reg",
+                                 " postgresql://app:Secret-pw-42@db/reg", "mysql://app:Secret-pw-42@db/reg"])
+def test_a_database_url_of_another_form_is_no_file_path(url: str, tmp_path: Path) -> None:
+    result = run_cli("init", env={"PATH": os.environ["PATH"], "MEDIA_REGISTRY_DB": url}, cwd=tmp_path)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert "Secret-pw-42" not in result.stderr
+    assert "is neither a file path nor a postgresql:// URL" in result.stderr
+    assert list(tmp_path.iterdir()) == []

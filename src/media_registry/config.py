@@ -12,7 +12,7 @@ from typing import Annotated, Any, NamedTuple
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
-from .dburl import PostgresURL, is_postgres_url
+from .dburl import PostgresURL, is_postgres_url, refuse_other_url
 from .errors import ConfigError, register_secret
 from .graph import (
     DOWNLOAD_DEADLINE,
@@ -97,6 +97,8 @@ class Settings(BaseSettings):
     @field_validator("db", mode="before")
     @classmethod
     def _check_db(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            refuse_other_url(value)
         return PostgresURL(value) if is_postgres_url(value) and isinstance(value, str) else value
 
     @field_validator("token")

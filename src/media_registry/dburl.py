@@ -20,6 +20,17 @@ def is_postgres_url(value: object) -> bool:
     return isinstance(value, PostgresURL) or (isinstance(value, str) and value.startswith(SCHEMES))
 
 
+def refuse_other_url(value: str) -> None:
+    """ValueError for a value that names a database by URL, but not as PostgreSQL's own
+    ``postgresql://`` (``PostgreSQL://``, ``postgresql+psycopg://``, ``mysql://``): it must not
+    be taken for a file path, nor its password shown."""
+    if "://" in value and not is_postgres_url(value):
+        _register_passwords(value)
+        raise ValueError(f"{_redact(value)!r} is neither a file path nor a postgresql:// URL; "
+                         "give postgresql://user:password@host:port/dbname (lower case, no driver "
+                         "name), or a file path for SQLite")
+
+
 class PostgresURL:
     """``postgresql://user:password@host:port/dbname``; ``str()`` leaves the password out."""
 
@@ -28,9 +39,7 @@ class PostgresURL:
             raise ValueError("must start with postgresql://")
         # Whatever echoes it (a driver's message, a traceback) shows <password> instead; a
         # malformed URL's password too, so registered before the checks.
-        for password in _passwords(url):
-            register_secret(password, "password")
-            register_secret(unquote(password), "password")
+        _register_passwords(url)
         parts = urlsplit(url)
         try:
             parts.port  # noqa: B018  (parsing the port is the check)
@@ -84,3 +93,9 @@ def _redact(url: str) -> str:
 def _passwords(url: str) -> list[str]:
     userinfo = _QUERY_PASSWORD.sub("", url).partition("://")[2].rpartition("@")[0]
     return [userinfo.partition(":")[2], *_QUERY_PASSWORD.findall(url)]
+
+
+def _register_passwords(url: str) -> None:
+    for password in _passwords(url):
+        register_secret(password, "password")
+        register_secret(unquote(password), "password")
