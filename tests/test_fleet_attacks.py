@@ -232,3 +232,14 @@ def test_a_database_url_of_another_form_is_no_file_path(url: str, tmp_path: Path
     assert "Secret-pw-42" not in result.stderr
     assert "is neither a file path nor a postgresql:// URL" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("password", ["registry", "postgres", "12345678"])
+def test_a_dictionary_password_does_not_mangle_and_so_reveal_itself_in_messages(password: str) -> None:
+    url = f"postgresql://postgres:{password}@127.0.0.1:1/registry"
+    result = run_cli("stats", env={"PATH": os.environ["PATH"], "MEDIA_REGISTRY_DB": url})
+    assert result.returncode == 1
+    assert "<password>" not in result.stderr  # the words "registry", "postgresql" stay as they are
+    assert result.stderr.startswith(
+        "media-registry: error: PostgreSQL registry postgresql://postgres@127.0.0.1:1/registry: "
+        "cannot reach the server (Connection refused)"), result.stderr

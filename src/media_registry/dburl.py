@@ -97,5 +97,9 @@ def _passwords(url: str) -> list[str]:
 
 def _register_passwords(url: str) -> None:
     for password in _passwords(url):
-        register_secret(password, "password")
-        register_secret(unquote(password), "password")
+        for form in {password, unquote(password)}:
+            # Letters alone or digits alone hold nothing that could make the URL's parser echo
+            # them; redacting such a password would mangle, and so reveal, ordinary words and
+            # numbers of every message ("media-<password>" for "registry").
+            if not (form.isalpha() or form.isdigit()):
+                register_secret(form, "password")
