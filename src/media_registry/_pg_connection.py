@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import weakref
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.abc import Buffer
 from psycopg.types.datetime import DatetimeBinaryDumper, DatetimeDumper
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from .dburl import PostgresURL
 from .errors import RegistryError, RegistryLocked, RegistryUnreachable
@@ -59,9 +60,10 @@ CONNECTION_KWARGS: dict[str, Any] = {
 }
 Connection = psycopg.Connection[Any]
 
-# The pool logs each failed reconnection as a warning; with no logging configured Python
-# would print those on stderr, beside the one line the caller reports.
+# The pool logs each failed reconnection as a multi-line warning: printed (without logging
+# configured) or passed on to the daemon's log, beside the one line the caller reports.
 logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
+logging.getLogger("psycopg.pool").propagate = False
 
 
 class Connections:
@@ -77,6 +79,7 @@ class Connections:
         self.kwargs = {**CONNECTION_KWARGS, "options": options}
         self._lock = threading.Lock()
         self._pool: ConnectionPool[Connection] | None = None
+        self._lent: dict[int, ConnectionPool[Connection]] = {}  # id of a connection out -> its pool
         reference = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _forget_pool(reference))
 
@@ -103,14 +106,41 @@ class Connections:
 
     def checkout(self) -> Connection:
         """A connection of the pool for the caller alone, until :meth:`checkin`."""
-        try:
-            return self.pool.getconn()
-        except PoolTimeout:
-            raise self.unreachable() from None
+        for attempt in (1, 2):
+            pool = self.pool
+            try:
+                con = pool.getconn()
+            except PoolClosed:  # another thread renewed the pool meanwhile
+                continue
+            except PoolTimeout:
+                error = self.unreachable()
+                if attempt == 2 or not isinstance(error, RegistryLocked) or len(self._lent) >= self.size:
+                    raise error from None
+                # The server answers and the pool has room, yet no connection came: after an
+                # outage the pool reconnects with a growing backoff (up to minutes), so the
+                # first calls after a restart would fail. A fresh pool connects at once.
+                self._renew(pool)
+                continue
+            with self._lock:
+                self._lent[id(con)] = pool
+            return con
+        raise self.unreachable()
 
     def checkin(self, con: Connection) -> None:
-        """Give a connection back (the pool discards it if it broke)."""
-        self.pool.putconn(con)
+        """Give a connection back (its pool discards it if it broke, or if renewed since)."""
+        with self._lock:
+            pool = self._lent.pop(id(con), None)
+        if pool is None:
+            con.close()
+        else:
+            pool.putconn(con)
+
+    def _renew(self, stale: ConnectionPool[Connection]) -> None:
+        with self._lock:
+            if self._pool is not stale:
+                return
+            self._pool = None
+        stale.close(timeout=0)
 
     def run(self, work: Callable[[Connection], T], *, transaction: bool = True,
             keep: Callable[[T], bool] | None = None) -> T:
@@ -201,7 +231,7 @@ def _cannot_connect(text: str) -> bool:
     return any(marker in text for marker in (
         "connection refused", "could not connect", "timeout expired", "starting up",
         "shutting down", "no route to host", "could not translate host name", "name or service",
-        "connection failed", "network is unreachable",
+        "connection failed", "network is unreachable", "no such file or directory",
     ))
 
 
@@ -212,11 +242,12 @@ def _reason(exc: psycopg.Error) -> str:
     # libpq says 'connection to server at "host", port N failed: FATAL:  <why>', then hints.
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     reason = lines[0] if lines else type(exc).__name__
+    socket = re.search(r'on socket "([^"]+)"', reason)  # the URL names no host: where it looked
     for marker in ("FATAL:", "failed:"):
         if marker in reason:
             reason = reason.rsplit(marker, 1)[1].strip()
             break
-    return reason.rstrip(".")
+    return reason.rstrip(".") + (f": {socket[1]}" if socket else "")
 
 
 def _forget_pool(reference: weakref.ref[Connections]) -> None:
@@ -226,3 +257,4 @@ def _forget_pool(reference: weakref.ref[Connections]) -> None:
         # parent's: start afresh without closing them.
         connections._lock = threading.Lock()
         connections._pool = None
+        connections._lent = {}

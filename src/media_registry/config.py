@@ -12,7 +12,7 @@ from typing import Annotated, Any, NamedTuple
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
-from .dburl import PostgresURL, is_postgres_url
+from .dburl import PostgresURL, is_postgres_url, refuse_other_url
 from .errors import ConfigError, register_secret
 from .graph import (
     DOWNLOAD_DEADLINE,
@@ -97,6 +97,8 @@ class Settings(BaseSettings):
     @field_validator("db", mode="before")
     @classmethod
     def _check_db(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            refuse_other_url(value)
         return PostgresURL(value) if is_postgres_url(value) and isinstance(value, str) else value
 
     @field_validator("token")
@@ -135,6 +137,15 @@ class Settings(BaseSettings):
     def _check_phone_number_id(cls, value: str | None) -> str | None:
         if value is not None and not (value.isascii() and value.isdigit()):
             raise ValueError("must be the digits of the phone number ID from Meta's app dashboard")
+        return value
+
+    @field_validator("host_id")
+    @classmethod
+    def _check_host_id(cls, value: str) -> str:
+        # It is printed in log lines and `stats`, and names this host's rows in the registry.
+        if value != value.strip() or not value.isprintable():
+            raise ValueError(f"{value!r} has spaces around it or control characters (a line break, "
+                             "a tab); give a plain name such as app-1")
         return value
 
     @field_validator("ttl", "min_validity", "refresh_before", "refresh_interval", "purge_interval",

@@ -3,8 +3,9 @@ password (str, repr, errors, logs, ``stats``)."""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from .errors import register_secret
 
@@ -19,23 +20,35 @@ def is_postgres_url(value: object) -> bool:
     return isinstance(value, PostgresURL) or (isinstance(value, str) and value.startswith(SCHEMES))
 
 
+def refuse_other_url(value: str) -> None:
+    """ValueError for a value that names a database by URL, but not as PostgreSQL's own
+    ``postgresql://`` (``PostgreSQL://``, ``postgresql+psycopg://``, ``mysql://``): it must not
+    be taken for a file path, nor its password shown."""
+    if "://" in value and not is_postgres_url(value):
+        _register_passwords(value)
+        raise ValueError(f"{_redact(value)!r} is neither a file path nor a postgresql:// URL; "
+                         "give postgresql://user:password@host:port/dbname (lower case, no driver "
+                         "name), or a file path for SQLite")
+
+
 class PostgresURL:
     """``postgresql://user:password@host:port/dbname``; ``str()`` leaves the password out."""
 
     def __init__(self, url: str) -> None:
         if not url.startswith(SCHEMES):
             raise ValueError("must start with postgresql://")
+        # Whatever echoes it (a driver's message, a traceback) shows <password> instead; a
+        # malformed URL's password too, so registered before the checks.
+        _register_passwords(url)
         parts = urlsplit(url)
         try:
             parts.port  # noqa: B018  (parsing the port is the check)
         except ValueError:
-            raise ValueError(f"bad port in {_redact(url)}") from None
+            raise ValueError(f"bad port in {_redact(url)} (a password holding @ : / ? # or % "
+                             "must be percent-encoded, e.g. @ as %40)") from None
         if not parts.path.strip("/"):
             raise ValueError(f"{_redact(url)} names no database; end it with /DBNAME") from None
         self._url = url
-        # Whatever echoes it (a driver's message, a traceback) shows <password> instead.
-        for form in {parts.password, unquote(parts.password or "")}:
-            register_secret(form, "password")
 
     def secret(self) -> str:
         """The URL with its password, for the database driver only."""
@@ -64,11 +77,29 @@ class PostgresURL:
         )
 
 
+# A password given as a query parameter: ?password=... or &password=...
+_QUERY_PASSWORD = re.compile(r"(?<=[?&])password=([^&]*)&?")
+
+
 def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    netloc = parts.netloc.rpartition("@")
-    if netloc[1]:
-        user = netloc[0].partition(":")[0]
-        parts = parts._replace(netloc=f"{user}@{netloc[2]}")
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "password"]
-    return parts._replace(query=urlencode(query)).geturl()
+    # Not urlsplit: an unencoded "#", "?" or "/" in a password would end its netloc early
+    # and show the rest. Everything before the last "@" is the user and password, whatever
+    # they hold.
+    scheme, _, rest = _QUERY_PASSWORD.sub("", url).rstrip("?&").partition("://")
+    userinfo, at, rest = rest.rpartition("@")
+    return f"{scheme}://{userinfo.partition(':')[0]}{at}{rest}"
+
+
+def _passwords(url: str) -> list[str]:
+    userinfo = _QUERY_PASSWORD.sub("", url).partition("://")[2].rpartition("@")[0]
+    return [userinfo.partition(":")[2], *_QUERY_PASSWORD.findall(url)]
+
+
+def _register_passwords(url: str) -> None:
+    for password in _passwords(url):
+        for form in {password, unquote(password)}:
+            # Letters alone or digits alone hold nothing that could make the URL's parser echo
+            # them; redacting such a password would mangle, and so reveal, ordinary words and
+            # numbers of every message ("media-<password>" for "registry").
+            if not (form.isalpha() or form.isdigit()):
+                register_secret(form, "password")

@@ -133,13 +133,18 @@ def wsgi_app(monitor: Monitor) -> Callable[[dict[str, Any], StartResponse], Iter
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
+            try:
+                body = monitor.exposition()
+            except MediaRegistryError as exc:  # the registry is out of reach: say so, in one line
+                start_response("503 Service Unavailable", [("Content-Type", "application/json")])
+                return [json.dumps({"error": {"type": type(exc).__name__, "message": str(exc)}}).encode()]
             start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
-            return [monitor.exposition()]
+            return [body]
         if path == "/healthz":
-            healthy, body = monitor.health()
+            healthy, health = monitor.health()
             start_response("200 OK" if healthy else "503 Service Unavailable",
                            [("Content-Type", "application/json")])
-            return [json.dumps(body).encode()]
+            return [json.dumps(health).encode()]
         start_response("404 Not Found", [("Content-Type", "application/json")])
         return [json.dumps({"error": {"type": "NotFound", "message": f"{path}: no such endpoint; "
                                       "try /metrics or /healthz"}}).encode()]

@@ -112,13 +112,19 @@ class PostgresStore:
         self.host_id = host_id
         self.host_retention = host_retention
         self.db = Connections(self.url, size=pool_size or DEFAULT_POOL_SIZE, timeout=busy_timeout)
+        # Each upload in flight keeps its claim's session for the upload's whole duration: from
+        # a pool of their own, so uploads never starve cache hits of connections.
+        self.claim_sessions = Connections(self.url, size=pool_size or DEFAULT_POOL_SIZE, timeout=busy_timeout)
         self._claims: dict[str, Connection] = {}  # lease owner -> the session holding its lock
         self._claims_lock = threading.Lock()
+        self._daemon_session: Connection | None = None  # holds this host's daemon lock
+        self._daemon_mutex = threading.Lock()
         reference = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _forget_claims(reference))
         with self.db.direct() as con:
             self._ensure_schema(con, create)
-        self._touch_host()
+        if create:  # a read-only open (ls, stats) writes nothing: a read-only role may inspect
+            self._touch_host()
 
     # -- schema ---------------------------------------------------------------------------
 
@@ -140,14 +146,20 @@ class PostgresStore:
         tables = {row[0] for row in con.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
         )}
+        foreign = RegistryCorrupt(
+            f"{self.location} holds tables that are not a media-registry registry (left "
+            "untouched); point MEDIA_REGISTRY_DB at a database of its own"
+        )
         if "migrations" not in tables:
-            if tables & set(TABLES):
-                raise RegistryCorrupt(
-                    f"{self.location} holds tables that are not a media-registry registry (left "
-                    "untouched); point MEDIA_REGISTRY_DB at another database"
-                )
+            if tables:  # another application's database: never add our tables to it
+                raise foreign
             return None
-        names = {row[0] for row in con.execute("SELECT name FROM migrations")}
+        try:  # another application's migrations table (Laravel, TypeORM, ...) is not ours
+            names = {row[0] for row in con.execute("SELECT name FROM migrations")}
+        except psycopg.errors.UndefinedColumn:
+            raise foreign from None
+        if MIGRATIONS[0][0] not in names:
+            raise foreign
         unknown = names - {name for name, _ in MIGRATIONS}
         if unknown:
             raise SchemaTooNew(
@@ -250,11 +262,17 @@ class PostgresStore:
         """SERVE, DELETED, ACQUIRED (this process now holds the advisory lock on a session of
         its own until record_upload or release_lease) or WAIT (another session holds it)."""
 
+        # Served without the lock when possible: a refresh holding it must not make a sender
+        # wait for an ID that is still valid for the sender's purpose.
+        outcome = self.db.run(lambda con: _serve_or_deleted(con, sha256, phone_number_id, valid_until),
+                              transaction=False)
+        if outcome is not None:
+            return outcome
+
         def work(con: Connection) -> LeaseOutcome:
             key = lock_key(sha256, phone_number_id)
-            # One round trip: served without the lock when possible (a refresh holding it must
-            # not make a sender wait for an ID that is still valid for the sender's purpose),
-            # else the lock tried.
+            # Checked again on the claim's session (an upload may have ended meanwhile), the
+            # lock tried in the same statement: one round trip.
             known, deleted, media_id, locked = con.execute(
                 """
                 SELECT c.sha256 IS NOT NULL, c.deleted_at IS NOT NULL, m.media_id,
@@ -301,7 +319,7 @@ class PostgresStore:
                 self._claims[owner] = con
             return LeaseOutcome(LeaseStatus.ACQUIRED)
 
-        return self.db.run(work, transaction=False, keep=lambda o: o.status is LeaseStatus.ACQUIRED)
+        return self.claim_sessions.run(work, transaction=False, keep=lambda o: o.status is LeaseStatus.ACQUIRED)
 
     def renew_lease(self, sha256: str, phone_number_id: str, owner: str, expires_at: datetime) -> None:
         """Push the lease row's expiry forward (the lock itself lives as long as its session)."""
@@ -336,7 +354,7 @@ class PostgresStore:
                 raise self.db.explain(exc) from None
             # A lost session took its lock with it.
         finally:
-            self.db.checkin(con)
+            self.claim_sessions.checkin(con)
 
     def record_upload(self, media: NewMedia, owner: str) -> Recorded:
         """Record a new ID as current (or as owing a DELETE if the content was deleted or the
@@ -405,6 +423,7 @@ class PostgresStore:
     def expiring_media(self, before: datetime) -> list[MediaRow]:
         """Current IDs expiring by ``before``, of contents not deleted that this host has a
         source of (or that no host has: bytes sent directly), soonest first."""
+        self._keep_daemon_lock()
         return self._media_rows(
             "m.state = 'current' AND m.expires_at <= %s AND c.deleted_at IS NULL AND ("
             " EXISTS (SELECT 1 FROM paths AS p WHERE p.sha256 = m.sha256 AND p.host_id = %s)"
@@ -428,6 +447,7 @@ class PostgresStore:
     def sourced_contents(self) -> list[ContentRef]:
         """Contents not deleted with a source path on this host. Hosts unseen for the
         retention period are dropped first, with their paths."""
+        self._keep_daemon_lock()
         self._touch_host()
 
         def work(con: Connection) -> list[Any]:
@@ -719,14 +739,12 @@ class PostgresStore:
                  "upload": _oid(LOCK_UPLOAD)},
             ).fetchone()
             phones = con.execute(
-                """
-                SELECT phone_number_id,
-                  count(*) FILTER (WHERE state = 'current' AND expires_at > %(now)s),
-                  count(*) FILTER (WHERE state = 'current' AND expires_at > %(now)s
-                                   AND expires_at <= %(before)s),
-                  count(*) FILTER (WHERE expires_at <= %(now)s)
-                FROM media GROUP BY phone_number_id ORDER BY 1
-                """,
+                "SELECT phone_number_id, "
+                "count(*) FILTER (WHERE state = 'current' AND expires_at > %(now)s), "
+                "count(*) FILTER (WHERE state = 'current' AND expires_at > %(now)s "
+                "AND expires_at <= %(before)s), "
+                "count(*) FILTER (WHERE expires_at <= %(now)s) "
+                "FROM media GROUP BY phone_number_id ORDER BY 1",
                 {"now": now, "before": expiring_before},
             ).fetchall()
             facts = con.execute(
@@ -740,7 +758,7 @@ class PostgresStore:
             "db": self.location, "db_bytes": facts[1], "server_version": facts[0],
             "host_id": self.host_id, "hosts": facts[2],
         }
-        by_phone = {phone: PhoneStats(*counts_of_phone) for phone, *counts_of_phone in phones}
+        by_phone = {phone: PhoneStats(*numbers) for phone, *numbers in phones}
         return StoreStats._make([*counts, by_phone, backend])
 
     # -- migration from SQLite ------------------------------------------------------------------
@@ -777,24 +795,48 @@ class PostgresStore:
         """Hold this host's daemon lock for the block, on a session of its own: a second
         daemon on the same host is refused (RegistryLocked); other hosts run their own. The
         lock goes with the session, so a killed daemon never blocks the next one."""
-        con = self.db.direct()
+        with self._daemon_mutex:
+            self._daemon_session = self._take_daemon_lock()
         try:
-            if not _one(con.execute("SELECT pg_try_advisory_lock(%s, %s)",
-                                    (LOCK_DAEMON, lock_key(self.host_id)))):
-                raise RegistryLocked(
-                    f"another media-registry daemon already serves host {self.host_id} on "
-                    f"{self.location}; stop it first, or give this one its own MEDIA_REGISTRY_HOST_ID"
-                )
             yield
         finally:
+            with self._daemon_mutex:
+                session, self._daemon_session = self._daemon_session, None
+            if session is not None:
+                session.close()
+
+    def _take_daemon_lock(self) -> Connection:
+        con = self.db.direct()
+        if not _one(con.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_DAEMON, lock_key(self.host_id)))):
             con.close()
+            raise RegistryLocked(
+                f"another media-registry daemon already serves host {self.host_id} on "
+                f"{self.location}; stop it first, or give this one its own MEDIA_REGISTRY_HOST_ID"
+            )
+        return con
+
+    def _keep_daemon_lock(self) -> None:
+        """A daemon's pass first makes sure it still holds its host's lock: a server restart
+        ends the session that held it, and another daemon of this host may have started since
+        (then this one's passes fail with RegistryLocked until that one stops)."""
+        with self._daemon_mutex:
+            session = self._daemon_session
+            if session is None:
+                return
+            try:
+                session.execute("SELECT 1")
+                return
+            except psycopg.Error:
+                session.close()
+            self._daemon_session = self._take_daemon_lock()
 
     def close(self) -> None:
         """Release held claims and every connection."""
         with self._claims_lock:
             claims, self._claims = list(self._claims.values()), {}
         for con in claims:
-            self.db.checkin(con)
+            self.claim_sessions.checkin(con)
+        self.claim_sessions.close()
         self.db.close()
 
 
