@@ -79,3 +79,19 @@ def test_settings_with_other_arguments_beside_them_is_refused(tmp_path: Path) ->
     with pytest.raises(ConfigError, match=r"pass settings= or individual settings \(min_validty\), not both"):
         MediaRegistry(settings=settings, min_validty=3600)
     assert not (tmp_path / "r.db").exists()
+
+
+@pytest.mark.parametrize(("variables", "expected"), [
+    ({"MEDIA_REGISTRY_HOST_RETENTION": "60"}, "invalid MEDIA_REGISTRY_HOST_RETENTION: must be longer than"),
+    ({"MEDIA_REGISTRY_HOST_RETENTION": "P1D", "MEDIA_REGISTRY_PURGE_INTERVAL": "P2D"},
+     "invalid MEDIA_REGISTRY_HOST_RETENTION: must be longer than"),
+    ({"MEDIA_REGISTRY_HOST_RETENTION": "-1"}, "invalid MEDIA_REGISTRY_HOST_RETENTION: must be a positive duration"),
+    ({"MEDIA_REGISTRY_TTL": "-0.5"}, "invalid MEDIA_REGISTRY_TTL: must be a positive duration"),
+])
+def test_a_retention_shorter_than_a_daemon_pass_or_a_negative_duration_is_refused(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], expected: str
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=expected):
+        load_settings()

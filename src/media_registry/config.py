@@ -9,7 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from .dburl import PostgresURL, is_postgres_url, refuse_other_url
@@ -183,6 +183,17 @@ class Settings(BaseSettings):
             raise ValueError("must be a positive duration up to 36500 days")
         return value
 
+    @field_validator("host_retention")
+    @classmethod
+    def _check_retention(cls, value: timedelta, info: ValidationInfo) -> timedelta:
+        # A host is seen again at each pass of its daemon: a retention shorter than a pass
+        # would drop the paths of hosts that are alive.
+        passes = [info.data[name] for name in ("refresh_interval", "purge_interval") if name in info.data]
+        if passes and value <= max(passes):
+            raise ValueError("must be longer than MEDIA_REGISTRY_REFRESH_INTERVAL and "
+                             "MEDIA_REGISTRY_PURGE_INTERVAL (a live host is seen once a pass); "
+                             "the default is 14 days")
+        return value
 
     @field_validator("ttl_by_phone_number")
     @classmethod
@@ -212,7 +223,8 @@ class Settings(BaseSettings):
 def _seconds_as_number(value: Any) -> Any:
     # Environment values arrive as text, and pydantic reads "86400" as a malformed ISO
     # duration rather than as seconds.
-    if isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
+    # A negative number too, so that it gets the range's message rather than a parser's.
+    if isinstance(value, str) and re.fullmatch(r"-?(\d+\.?\d*|\.\d+)", value.strip()):
         return float(value)
     return value
 
