@@ -420,12 +420,12 @@ class SQLiteStore:
             con.execute("DELETE FROM leases WHERE sha256 = ?", (sha256,))
             _log(con, now, "delete", sha256=sha256, detail=reason)
 
-    @_mapped
     def claim_deletes(self, sha256: str | None, claim_for: timedelta) -> list[MediaRow]:
         """Every owed DELETE: one daemon serves an SQLite registry (its lock file), so there
         is no other host to share them with."""
         return self.pending_deletes(sha256)
 
+    @_mapped
     def pending_deletes(self, sha256: str | None = None) -> list[MediaRow]:
         """See :meth:`Store.pending_deletes`."""
         return self._media_rows(
