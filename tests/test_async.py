@@ -319,15 +319,11 @@ def test_a_task_cancelled_while_waiting_for_the_lease_leaves_no_lease(
             later[0] = timedelta(days=40)
             calls = sender.store = ThreadsOfCalls(sender.store)  # type: ignore[assignment]
             with registry_db.write_lock_in_another_process(sender.settings.db) as release:
-                async def expire_once_its_thread_waits_for_the_lock() -> None:
-                    await asyncio.to_thread(calls.entered("take_lease").wait)
-                    deadline.reschedule(asyncio.get_running_loop().time())
-
-                with pytest.raises(TimeoutError):  # a timeout cancels it, as wait_for would
-                    async with asyncio.timeout(None) as deadline:
-                        watcher = asyncio.create_task(expire_once_its_thread_waits_for_the_lock())
-                        await sender.get_or_upload(path)
-                await watcher
+                upload = asyncio.create_task(sender.get_or_upload(path))
+                await asyncio.to_thread(calls.entered("take_lease").wait)
+                upload.cancel()  # as a timeout (asyncio.wait_for, asyncio.timeout) would
+                with pytest.raises(asyncio.CancelledError):
+                    await upload
                 release()
             # A leaked lease (held by this live process) would make this wait an hour.
             assert (await sender.get_or_upload_with_status(path)).uploaded

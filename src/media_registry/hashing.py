@@ -68,7 +68,8 @@ def sha256_file(file: io.BufferedReader) -> str:
     import hashlib  # here, not at the top: a cache hit never hashes, and OpenSSL is slow to load
 
     if hasattr(hashlib, "file_digest"):  # Python 3.11+: releases the GIL, no copies
-        return hashlib.file_digest(file, "sha256").hexdigest()
+        hex_digest: str = hashlib.file_digest(file, "sha256").hexdigest()
+        return hex_digest
     digest = hashlib.sha256()
     buffer = bytearray(BLOCK_SIZE)
     view = memoryview(buffer)
