@@ -6,6 +6,7 @@ deterministic: the upload (or the remote DELETE) is held in flight while the oth
 from __future__ import annotations
 
 import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,8 +17,6 @@ from media_registry.testing import FakeGraphAPI
 
 import registry_db
 from conftest import CLI, PDF, run_cli, wait_for
-
-HOLD = 2.0  # seconds the fake API holds the request in flight while the other side runs
 
 
 def start(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
@@ -59,10 +58,12 @@ def test_delete_during_a_refresh_upload(
     db = cli_env["MEDIA_REGISTRY_DB"]
     if remote_delete == "fails":
         api.fail(status=500, method="DELETE", times=1000)
-    api.fail(delay=HOLD, method="POST")
+    held = threading.Event()  # the refresh's upload stays in flight until the delete is done
+    api.fail(until=held, method="POST")
     refresh = start("refresh", env=cli_env)
     wait_for(lambda: api.count("POST") == 2, "the refresh upload to be in flight")
     deleted = run_cli("delete", str(expiring), env=cli_env)
+    held.set()
     assert deleted.returncode == (0 if remote_delete == "succeeds" else 1), deleted.stderr  # 1: DELETE owed
     code, out, err = finish(refresh)
     assert api.uploads == 2  # the refresh's upload did reach the API ...
@@ -82,13 +83,15 @@ def test_refresh_during_a_delete(
     cli_env: dict[str, str], api: FakeGraphAPI, expiring: Path, remote_delete: str
 ) -> None:
     db = cli_env["MEDIA_REGISTRY_DB"]
+    held = threading.Event()  # the remote DELETE stays in flight until the refresh is done
     if remote_delete == "fails":
-        api.fail(status=500, method="DELETE", times=1000, delay=HOLD)
+        api.fail(status=500, method="DELETE", times=1000, until=held)
     else:
-        api.fail(method="DELETE", delay=HOLD)
+        api.fail(method="DELETE", until=held)
     delete = start("delete", str(expiring), env=cli_env)
     wait_for(lambda: api.count("DELETE") == 1, "the remote DELETE to be in flight")
     refreshed = run_cli("refresh", env=cli_env)
+    held.set()
     assert refreshed.returncode == 0, refreshed.stderr
     finish(delete)
     assert api.uploads == 1  # the deleted content was not uploaded again
@@ -100,11 +103,14 @@ def test_delete_during_a_first_upload(
 ) -> None:
     db = cli_env["MEDIA_REGISTRY_DB"]
     path = make_file("quote.pdf", PDF)
-    api.fail(delay=HOLD, method="POST")
+    held = threading.Event()  # the upload stays in flight until the delete is done
+    api.fail(until=held, method="POST")
     upload = start("upload", str(path), env=cli_env)
     wait_for(lambda: api.count("POST") == 1, "the upload to be in flight")
     wait_for(lambda: registry_db.count(db, "leases") == 1, "the upload to hold its lease")
-    assert run_cli("delete", str(path), env=cli_env).returncode == 0
+    deleted = run_cli("delete", str(path), env=cli_env)
+    held.set()
+    assert deleted.returncode == 0, deleted.stderr
     code, out, err = finish(upload)
     assert code == 1 and "deleted" in err and len(err.strip().splitlines()) == 1
     assert_deletion_won(db, api, path, cli_env)

@@ -50,7 +50,9 @@ class Fault:
 
     ``status`` answers with a Graph error envelope (``code``, ``subcode``, ``transient``,
     ``retry_after``); ``reset`` drops the connection; ``delay`` stalls before either (or
-    before the normal answer when neither is set); ``body`` replaces the answer's body;
+    before the normal answer when neither is set), and ``until`` holds the request until that
+    ``threading.Event`` is set (60 s at most: a race's other side runs meanwhile, however slow);
+    ``body`` replaces the answer's body;
     ``headers`` are added to the answer (e.g. ``Location`` with ``status=302``);
     ``advance`` moves the fake's clock by that many seconds first (e.g. past a URL's life);
     ``truncate`` sends only that many bytes of a download but announces them all, then
@@ -65,6 +67,7 @@ class Fault:
     retry_after: str | None = None
     reset: bool = False
     delay: float = 0.0
+    until: threading.Event | None = None
     body: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
     advance: float = 0.0
@@ -416,6 +419,8 @@ class _GraphHandler(BaseHTTPRequestHandler):
             self.fake.advance(seconds=fault.advance)
         if fault is not None and fault.delay:
             time.sleep(fault.delay)
+        if fault is not None and fault.until is not None:
+            fault.until.wait(60)
         if fault is not None and fault.reset:
             self._reset()
             return
