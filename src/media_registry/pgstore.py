@@ -271,29 +271,7 @@ class PostgresStore:
 
         def work(con: Connection) -> LeaseOutcome:
             key = lock_key(sha256, phone_number_id)
-            # Checked again on the claim's session (an upload may have ended meanwhile), the
-            # lock tried in the same statement: one round trip.
-            known, deleted, media_id, locked = con.execute(
-                """
-                SELECT c.sha256 IS NOT NULL, c.deleted_at IS NOT NULL, m.media_id,
-                       CASE WHEN c.sha256 IS NOT NULL AND c.deleted_at IS NULL AND m.media_id IS NULL
-                            THEN pg_try_advisory_lock(%(kind)s, %(key)s) END
-                FROM (SELECT %(sha256)s::text AS sha256) AS wanted
-                LEFT JOIN contents AS c USING (sha256)
-                LEFT JOIN LATERAL (
-                    SELECT media_id FROM media
-                    WHERE sha256 = c.sha256 AND phone_number_id = %(phone)s
-                      AND state = 'current' AND expires_at > %(until)s) AS m ON true
-                """,
-                {"sha256": sha256, "phone": phone_number_id, "until": valid_until, "kind": LOCK_UPLOAD,
-                 "key": key},
-                prepare=True,
-            ).fetchone() or (False, False, None, None)
-            if not known or deleted:
-                return LeaseOutcome(LeaseStatus.DELETED)
-            if media_id is not None:
-                return LeaseOutcome(LeaseStatus.SERVE, media_id)
-            if not locked:
+            if not _one(con.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_UPLOAD, key))):
                 return LeaseOutcome(LeaseStatus.WAIT)
             # Under the lock, the lease row goes in unless the holder before us recorded an
             # ID (or the content was deleted) meanwhile: one statement, its own transaction.
