@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         APIUnreachable,
         AuthError,
         ConfigError,
+        ContentDeleted,
         DownloadError,
         DownloadURLExpired,
         GraphAPIError,
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
         SourceChanged,
         SourceNotFound,
         SourceUnavailable,
+        SourceUnreadable,
         UnsafeDownloadURL,
         UnsafeSourceURL,
         UnsupportedMedia,
@@ -47,24 +49,6 @@ if TYPE_CHECKING:
     from .refusal import media_id_refused
     from .registry import AsyncMediaRegistry, MediaRegistry, Outcome
 
-
-# Where each public name lives.
-_MODULES = {
-    "Settings": "config",
-    **dict.fromkeys(
-        ("AccessDenied", "APIUnreachable", "AuthError", "ConfigError", "DownloadError", "DownloadURLExpired",
-         "GraphAPIError", "InputError", "IntegrityError", "MediaNotFound", "MediaRegistryError",
-         "MediaTooLarge", "MislabelledMedia", "NotAuthenticated", "NotInRegistry", "RateLimited",
-         "RegistryCorrupt", "RegistryError", "RegistryLocked", "RegistryUnreachable", "SchemaTooNew",
-         "SourceChanged", "SourceNotFound", "SourceUnavailable", "UnsafeDownloadURL",
-         "UnsafeSourceURL", "UnsupportedMedia"),
-        "errors",
-    ),
-    **dict.fromkeys(("DownloadedMedia", "InboundMedia", "LifecycleAction", "MediaEvent",
-                     "MediaRecord", "Report"), "models"),
-    **dict.fromkeys(("AsyncMediaRegistry", "MediaRegistry", "Outcome"), "registry"),
-    "media_id_refused": "refusal",
-}
 
 __all__ = [
     "APIUnreachable",
@@ -77,8 +61,8 @@ __all__ = [
     "DownloadURLExpired",
     "DownloadedMedia",
     "GraphAPIError",
-    "InputError",
     "InboundMedia",
+    "InputError",
     "IntegrityError",
     "LifecycleAction",
     "MediaEvent",
@@ -102,6 +86,7 @@ __all__ = [
     "SourceChanged",
     "SourceNotFound",
     "SourceUnavailable",
+    "SourceUnreadable",
     "UnsafeDownloadURL",
     "UnsafeSourceURL",
     "UnsupportedMedia",
@@ -109,17 +94,24 @@ __all__ = [
     "media_id_refused",
 ]
 
+# The modules a public name may live in, lightest first: a name is looked up in them in turn,
+# so __all__ stays the one list of public names.
+_HOMES = ("errors", "refusal", "models", "config", "registry")
+
 
 def __getattr__(name: str) -> Any:
     """Import a public name's module the first time the name is asked for."""
-    module = _MODULES.get(name)
-    if module is None:
+    if name not in __all__:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
+    for home in _HOMES:
+        module = importlib.import_module(f".{home}", __name__)
+        if hasattr(module, name):
+            value = getattr(module, name)
+            globals()[name] = value  # later lookups skip this function
+            return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

@@ -2,7 +2,8 @@
 
     MediaRegistryError
     ├── InputError              bad input from the caller; nothing was sent anywhere
-    │   ├── SourceNotFound      the file is missing, unreadable or not a regular file (a URL: 404/410)
+    │   ├── SourceNotFound      no such file (ENOENT, ENOTDIR), or a URL answered 404/410
+    │   ├── SourceUnreadable    the source exists but cannot be read (permission, not a regular file, I/O)
     │   ├── SourceChanged       the file changed while it was read
     │   ├── SourceUnavailable   a URL source could not be fetched (network, HTTP error)
     │   ├── UnsafeSourceURL     a URL source that is neither https nor http to this machine
@@ -93,7 +94,16 @@ class InputError(MediaRegistryError):
 
 
 class SourceNotFound(InputError):
-    """The source file is missing, unreadable or not a regular file; or a URL answered 404/410."""
+    """The source file does not exist (ENOENT, ENOTDIR), or a URL answered 404/410.
+
+    Only this error means a source vanished: purge forgets a path for it, never for
+    :class:`SourceUnreadable`.
+    """
+
+
+class SourceUnreadable(InputError):
+    """The source exists but cannot be read: permission denied, not a regular file, an I/O
+    error, or a stream that failed or was not binary; the original error is ``__cause__``."""
 
 
 class SourceChanged(InputError):
