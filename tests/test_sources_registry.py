@@ -5,14 +5,17 @@ Real parts only: the FakeGraphAPI, a local HTTP file server, real SQLite files, 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import io
 import os
+import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,6 +27,7 @@ from media_registry import (
     MediaTooLarge,
     NotInRegistry,
     SourceNotFound,
+    SourceUnreadable,
     UnsupportedMedia,
 )
 from media_registry.errors import SourceUnavailable, UnsafeSourceURL
@@ -379,3 +383,39 @@ def test_a_validator_that_is_not_ascii_is_not_kept_and_never_breaks_the_url(
     assert reg.get_or_upload_with_status(url) == (media_id, False)
     assert files.count("/card.png") == 3 and api.uploads == 1
 
+
+class FailingStream(io.RawIOBase):
+    """A binary stream whose second read fails, as a network file system or a socket may."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        self.reads += 1
+        if self.reads > 1:
+            raise OSError(errno.EIO, "Input/output error")
+        buffer[:8] = DATA[:8]
+        return 8
+
+
+def test_unreadable_streams_are_source_unreadable_with_the_original_as_cause(
+        reg: MediaRegistry, api: FakeGraphAPI, tmp_path: Path) -> None:
+    path = tmp_path / "card.png"
+    path.write_bytes(DATA)
+    closed = path.open("rb")
+    closed.close()
+    text = path.open("r", encoding="latin-1")
+    cases = [(FailingStream(), OSError, r"<stream>: reading the stream failed \(Input/output error\); "
+                                        "check the source and try again$"),
+             (closed, ValueError, rf"{re.escape(str(path))}: the file object cannot be read \(.*closed file\); pass an "
+                                  "open binary file object$"),
+             (text, type(None), rf"{re.escape(str(path))}: a text-mode file; open it in binary mode \('rb'\)$")]
+    for stream, cause, message in cases:
+        with pytest.raises(SourceUnreadable, match=message) as refused:
+            reg.get_or_upload(stream)  # type: ignore[arg-type]
+        assert type(refused.value.__cause__) is cause
+    text.close()
+    assert api.uploads == 0

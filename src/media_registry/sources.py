@@ -23,6 +23,7 @@ import io
 import ipaddress
 import os
 import re
+import selectors
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -39,6 +40,7 @@ from .errors import (
     SourceChanged,
     SourceNotFound,
     SourceUnavailable,
+    SourceUnreadable,
     UnsafeSourceURL,
 )
 from .media_types import SNIFF_BYTES, ZIP_MAGIC, MediaType, check, size_limit
@@ -218,9 +220,11 @@ class Content:
                 yield self._data[start:start + CHUNK_SIZE]
             return
         assert self._file is not None
-        self._file.seek(self._offset)
-        while chunk := self._file.read(CHUNK_SIZE):
-            yield chunk
+        try:
+            self._file.seek(self._offset)
+        except (OSError, ValueError) as exc:
+            raise _unreadable(self.label, exc) from exc
+        yield from _blocks(self._file, self.label)
 
     def close(self) -> None:
         """Remove the temporary file, if this content has one."""
@@ -278,21 +282,68 @@ def from_stream(stream: IO[bytes], label: str = "-", suffix: str = "") -> Conten
     """Content of a binary file object, read once from where it stands.
 
     A seekable file is hashed in place; anything else (a pipe, a socket, a response body) is
-    spooled to a temporary file while hashing. Either way it is read in blocks, never whole,
-    and cut off with MediaTooLarge as soon as it is over the limit."""
+    spooled to a temporary file while hashing. Either way it is read in blocks to its end,
+    never whole, and cut off with MediaTooLarge as soon as it is over the limit. A stream that
+    fails, is closed or is not binary raises SourceUnreadable (the original as its cause)."""
     if isinstance(stream, io.TextIOBase):
-        raise TypeError(f"{label}: a text-mode file; open it in binary mode ('rb')")
+        raise _not_binary(label)
     if _seekable(stream):
-        offset = stream.tell()
+        try:
+            offset = stream.tell()
+        except (OSError, ValueError) as exc:
+            raise _unreadable(label, exc) from exc
         meter = _Meter(label)
-        while chunk := stream.read(CHUNK_SIZE):
+        for chunk in _blocks(stream, label):
             meter.update(chunk)
         return _content(meter, suffix, _file=stream, _offset=offset)
     spool = Spool(label, suffix)
     with spool:
-        while chunk := stream.read(CHUNK_SIZE):
+        for chunk in _blocks(stream, label):
             spool.write(chunk)
         return spool.finish()
+
+
+def _blocks(stream: IO[bytes], label: str) -> Iterator[bytes]:
+    """The stream's blocks up to its end. A non-blocking stream with nothing ready reads as
+    None (or raises BlockingIOError): that is not the end, so wait until it is readable."""
+    while True:
+        try:
+            chunk = stream.read(CHUNK_SIZE)
+        except BlockingIOError:
+            chunk = None
+        except (OSError, ValueError) as exc:
+            raise _unreadable(label, exc) from exc
+        if chunk is None:
+            _wait_readable(stream, label)
+        elif not isinstance(chunk, (bytes, bytearray, memoryview)):
+            raise _not_binary(label)
+        elif not chunk:
+            return
+        else:
+            yield chunk
+
+
+def _wait_readable(stream: IO[bytes], label: str) -> None:
+    try:
+        with selectors.DefaultSelector() as selector:
+            selector.register(stream.fileno(), selectors.EVENT_READ)
+            selector.select()
+    except (OSError, ValueError) as exc:  # no descriptor to wait on
+        raise SourceUnreadable(f"{label}: a non-blocking stream with no data ready; pass a blocking "
+                               "stream") from exc
+
+
+def _unreadable(label: str, exc: OSError | ValueError) -> SourceUnreadable:
+    reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc).rstrip(".")
+    if isinstance(exc, ValueError):  # e.g. a closed file
+        return SourceUnreadable(f"{label}: the file object cannot be read ({reason}); pass an open "
+                                "binary file object")
+    return SourceUnreadable(f"{label}: reading the stream failed ({reason}); check the source and "
+                            "try again")
+
+
+def _not_binary(label: str) -> SourceUnreadable:
+    return SourceUnreadable(f"{label}: a text-mode file; open it in binary mode ('rb')")
 
 
 def _seekable(stream: IO[bytes]) -> bool:
