@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import io
 import os
+import struct
 import tempfile
+import termios
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +20,7 @@ import pytest
 from file_server import FileServer
 from media_registry import MediaTooLarge, MislabelledMedia, SourceChanged, SourceNotFound, UnsupportedMedia
 from media_registry.config import load_settings
-from media_registry.errors import ConfigError, SourceUnavailable, UnsafeSourceURL
+from media_registry.errors import ConfigError, SourceUnavailable, SourceUnreadable, UnsafeSourceURL
 from media_registry.media_types import MAX_BYTES, size_limit
 from media_registry.sources import (
     AsyncSourceFetcher,
@@ -329,8 +333,37 @@ def test_a_seekable_file_is_hashed_in_place_from_where_it_stands(spool_dir: Path
 
 
 def test_a_text_stream_is_refused() -> None:
-    with pytest.raises(TypeError, match="open it in binary mode"):
-        from_stream(io.StringIO("hello"))
+    with pytest.raises(SourceUnreadable, match="open it in binary mode"):
+        from_stream(io.StringIO("hello"))  # type: ignore[arg-type]
+
+
+class Drained(io.RawIOBase):
+    """A non-blocking stream with nothing ready and no descriptor to wait on."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: object) -> None:
+        return None
+
+
+def test_a_non_blocking_stream_is_read_to_its_end_never_cut_short(spool_dir: Path) -> None:
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    os.write(write_end, PDF[:50_000])  # less than a pipe holds; the rest once it is drained
+
+    def feed() -> None:
+        while struct.unpack("i", fcntl.ioctl(read_end, termios.FIONREAD, b"\0\0\0\0"))[0]:
+            time.sleep(0.005)
+        with os.fdopen(write_end, "wb") as pipe:
+            pipe.write(PDF[50_000:])
+
+    threading.Thread(target=feed, daemon=True).start()
+    with os.fdopen(read_end, "rb") as stream, from_stream(stream) as content:
+        assert content.size == len(PDF) and content.sha256 == hashlib.sha256(PDF).hexdigest()
+    with pytest.raises(SourceUnreadable, match="a non-blocking stream with no data ready; pass a blocking"):
+        from_stream(io.BufferedReader(Drained()))
+    assert leftovers(spool_dir) == []
 
 
 # -- limits and settings -------------------------------------------------------------------

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import struct
 import subprocess
+import termios
+import threading
+import time
 from pathlib import Path
 
 from file_server import FileServer
@@ -96,3 +101,41 @@ def test_show_and_delete_of_a_signed_url_never_echo_its_signature(cli_env: dict[
         assert result.returncode == 1 and "SECRETSIG" not in result.stdout + result.stderr
         assert result.stderr.startswith(
             "media-registry: error: https://bucket.example.com/a.png?v=2: not in the registry")
+
+
+def unread(descriptor: int) -> int:
+    """How many bytes wait in a pipe, not yet read."""
+    return struct.unpack("i", fcntl.ioctl(descriptor, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+def test_upload_stdin_from_a_non_blocking_pipe_reads_it_to_the_end(cli_env: dict[str, str],
+                                                                   api: FakeGraphAPI) -> None:
+    data = sample_media("application/pdf", size=4_000_000, salt="non-blocking stdin")
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)  # as a writer may leave it: stdin then reads empty when drained
+    upload = subprocess.Popen([str(CLI), "upload", "-"], stdin=read_end, env=cli_env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def feed() -> None:  # in blocks, letting the reader drain the pipe between them
+        try:
+            with os.fdopen(write_end, "wb") as pipe:
+                for start in range(0, len(data), 1 << 18):
+                    pipe.write(data[start:start + (1 << 18)])
+                    pipe.flush()
+                    while unread(read_end) and upload.poll() is None:
+                        time.sleep(0.005)
+                    time.sleep(0.005)  # the reader now finds the pipe empty
+        except OSError:
+            pass  # the reader stopped early: the asserts below say how
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    try:
+        stdout, stderr = upload.communicate(timeout=60)
+    finally:
+        os.close(read_end)  # a writer still blocked (the reader stopped early) gets EPIPE
+        writer.join(timeout=60)
+    assert upload.returncode == 0, stderr
+    media_id, status, shown = stdout.decode().rstrip("\n").split("\t")
+    assert (status, shown) == ("uploaded", "-")
+    assert len(api.media[media_id].data) == len(data) and api.media[media_id].data == data

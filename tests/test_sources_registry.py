@@ -5,14 +5,17 @@ Real parts only: the FakeGraphAPI, a local HTTP file server, real SQLite files, 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import io
 import os
+import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,6 +27,7 @@ from media_registry import (
     MediaTooLarge,
     NotInRegistry,
     SourceNotFound,
+    SourceUnreadable,
     UnsupportedMedia,
 )
 from media_registry.errors import SourceUnavailable, UnsafeSourceURL
@@ -343,4 +347,75 @@ def test_a_304_without_validators_is_a_clear_error(reg: MediaRegistry, api: Fake
     url = files.add("/odd.png", b"", status=304)  # a 304 has no body
     with pytest.raises(SourceUnavailable, match="HTTP 304 to a request without validators"):
         reg.get_or_upload(url)
+    assert api.uploads == 0
+
+
+def test_a_url_with_credentials_is_refused_never_answered_from_the_registry(
+        reg: MediaRegistry, api: FakeGraphAPI, files: FileServer) -> None:
+    plain = files.add("/me/avatar.png", DATA)
+    media_id = reg.get_or_upload(plain)
+    hop = files.add("/hop.png", location=plain.replace("http://", "http://carol:hop-s3cret@"))
+    for user in ("alice", "bob"):
+        with pytest.raises(UnsafeSourceURL) as refused:
+            reg.get_or_upload(plain.replace("http://", f"http://{user}:s3cret-{user}@"))
+        assert str(refused.value) == (f"{plain}: a URL with user:password@ is not taken as a source; "
+                                      "use a signed URL or one that needs no credentials")
+    with pytest.raises(UnsafeSourceURL, match=r"\(redirected to .*/me/avatar.png\): a URL with user:pass"):
+        reg.get_or_upload(hop)
+    assert files.count("/me/avatar.png") == 1 and api.uploads == 1
+    assert reg.get_or_upload(plain) == media_id
+
+
+def test_a_validator_that_is_not_ascii_is_not_kept_and_never_breaks_the_url(
+        reg: MediaRegistry, api: FakeGraphAPI, files: FileServer, clock: Clock) -> None:
+    when = "Wed, 25 Nov 2026 10:00:00 GMT"
+    url = files.add("/card.png", DATA, etag='"caf\u00e9"', last_modified=when)  # sent as byte 0xE9
+    media_id = reg.get_or_upload(url)
+    clock.advance(minutes=6)
+    assert reg.get_or_upload_with_status(url) == (media_id, False)
+    assert "if-none-match" not in files.hits[-1].headers
+    assert files.hits[-1].headers["if-modified-since"] == when
+    stored = reg.store.url_source(url)
+    assert stored is not None and (stored.etag, stored.last_modified) == (None, when)
+    # A registry written before kept such a value: it is not sent, the URL still works.
+    reg.store.remember_url(stored._replace(etag='"caf\u00e9"', checked_at=clock.now))
+    clock.advance(minutes=6)
+    assert reg.get_or_upload_with_status(url) == (media_id, False)
+    assert files.count("/card.png") == 3 and api.uploads == 1
+
+
+class FailingStream(io.RawIOBase):
+    """A binary stream whose second read fails, as a network file system or a socket may."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        self.reads += 1
+        if self.reads > 1:
+            raise OSError(errno.EIO, "Input/output error")
+        buffer[:8] = DATA[:8]
+        return 8
+
+
+def test_unreadable_streams_are_source_unreadable_with_the_original_as_cause(
+        reg: MediaRegistry, api: FakeGraphAPI, tmp_path: Path) -> None:
+    path = tmp_path / "card.png"
+    path.write_bytes(DATA)
+    closed = path.open("rb")
+    closed.close()
+    text = path.open("r", encoding="latin-1")
+    cases = [(FailingStream(), OSError, r"<stream>: reading the stream failed \(Input/output error\); "
+                                        "check the source and try again$"),
+             (closed, ValueError, rf"{re.escape(str(path))}: the file object cannot be read \(.*closed file\); pass an "
+                                  "open binary file object$"),
+             (text, type(None), rf"{re.escape(str(path))}: a text-mode file; open it in binary mode \('rb'\)$")]
+    for stream, cause, message in cases:
+        with pytest.raises(SourceUnreadable, match=message) as refused:
+            reg.get_or_upload(stream)  # type: ignore[arg-type]
+        assert type(refused.value.__cause__) is cause
+    text.close()
     assert api.uploads == 0

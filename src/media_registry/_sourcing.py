@@ -82,11 +82,14 @@ class Sourcing(Sending):
 
     def _url_fast_path(self, url: str, phone_number_id: str | None, declared: str | None) -> Outcome | None:
         """The URL cache hit, inline in both drivers: checked within ``url_revalidate``,
-        with a valid ID; no network, one indexed query."""
+        with a valid ID; no network, one indexed query. A URL with credentials is refused
+        here: its key leaves them out, so it must never be answered from the registry."""
+        key = self.sources.key(url)
+        sources.refuse_credentials(url, key)
         if declared is not None:  # a declared type is checked against the bytes
             return None
         phone = self._phone(phone_number_id)
-        media_id = self.store.url_hit(self.sources.key(url), phone,
+        media_id = self.store.url_hit(key, phone,
                                       self._valid_until(self._windows(phone).min_validity),
                                       self._valid_until(-self.settings.url_revalidate))
         return None if media_id is None else Outcome(media_id, uploaded=False)

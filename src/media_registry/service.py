@@ -370,13 +370,33 @@ async def _public_address(host: str, port: int) -> str:
     addresses = [str(info[4][0]).split("%")[0] for info in found]
     for address in addresses:
         ip = ipaddress.ip_address(address)
-        ip = getattr(ip, "ipv4_mapped", None) or ip
-        if not ip.is_global or ip.is_multicast:
+        if not is_public(ip):
             raise AccessDenied(
                 f"{host}: resolves to {ip}, a loopback, private or link-local address; "
                 "start the service with --allow-private-urls to fetch from such hosts"
             )
     return addresses[0]
+
+
+# IPv6 prefixes whose last 32 bits are an IPv4 address the packet ends up at: NAT64,
+# IPv4-compatible (deprecated) and IPv4-translated. Python calls them all global.
+_LAST_32_BITS_V4 = tuple(ipaddress.IPv6Network(net) for net in ("64:ff9b::/96", "::/96", "::ffff:0:0:0/96"))
+# Not globally reachable, though Python calls them global: site-local (deprecated), local NAT64.
+_NOT_PUBLIC_V6 = tuple(ipaddress.IPv6Network(net) for net in ("fec0::/10", "64:ff9b:1::/48"))
+
+
+def is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether the service may fetch from ``ip``: a global unicast address, and for an IPv6
+    address that embeds an IPv4 one (mapped, 6to4, NAT64, compatible), that one too."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if any(ip in net for net in _NOT_PUBLIC_V6):
+            return False
+        inner = ip.ipv4_mapped or ip.sixtofour
+        if inner is None and any(ip in net for net in _LAST_32_BITS_V4):
+            inner = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if inner is not None:
+            return is_public(inner)
+    return ip.is_global and not ip.is_multicast
 
 
 async def _known_query(request: Request) -> None:

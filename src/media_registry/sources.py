@@ -10,8 +10,9 @@ URL sources are fetched by :class:`SourceFetcher` (sync) and :class:`AsyncSource
 https only (http only to this machine), redirects followed by hand under the same rule (at
 most 5), conditional GETs from a remembered ``ETag``/``Last-Modified``, and a client of
 their own that never carries the WhatsApp token. A URL is printed, logged and stored only in
-its key form (:func:`url_key`): without user:password, fragment, or the query parameters of
-a signed URL (its signature is a credential, and changes on every request).
+its key form (:func:`url_key`): without fragment or the query parameters of a signed URL (its
+signature is a credential, and changes on every request). A URL with ``user:password@`` is
+refused: it would be keyed without them, so another user's answer would be served.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import io
 import ipaddress
 import os
 import re
+import selectors
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -38,6 +40,7 @@ from .errors import (
     SourceChanged,
     SourceNotFound,
     SourceUnavailable,
+    SourceUnreadable,
     UnsafeSourceURL,
 )
 from .media_types import SNIFF_BYTES, ZIP_MAGIC, MediaType, check, size_limit
@@ -48,6 +51,9 @@ SPOOL_PREFIX = "media-registry-"
 # A suffix taken from a URL's path names the temporary file (Office formats are told apart
 # by name); anything odd is dropped rather than put in a file name.
 SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
+# A host as it goes to the resolver: a name (IDNs in punycode) or an IPv6 literal. Anything
+# else (percent-encoding, a zone ID, spaces) is refused before any name is resolved.
+PLAIN_HOST = re.compile(r"[A-Za-z0-9_.-]+|[0-9A-Fa-f:.]+")
 
 
 # -- URLs --------------------------------------------------------------------------------
@@ -79,8 +85,16 @@ def _url_key(url: str, ignore_query: tuple[str, ...]) -> str:
 
 def refetchable(url: str, key: str) -> bool:
     """Whether ``key`` (the stored form of ``url``) is enough to fetch the URL again: nothing
-    of it was left out but a fragment (no signature, no user:password)."""
-    return key == url_key(url, ()) and not httpx.URL(url).userinfo
+    of it was left out but a fragment (no signature)."""
+    return key == url_key(url, ())
+
+
+def refuse_credentials(url: str | httpx.URL, label: str) -> None:
+    """UnsafeSourceURL for a URL with ``user:password@`` (named by ``label``, its key form):
+    its key would leave them out, so another user's content would be served for it."""
+    if "@" in str(url) and httpx.URL(url).userinfo:  # no parse for the usual URL: hits stay cheap
+        raise UnsafeSourceURL(f"{label}: a URL with user:password@ is not taken as a source; "
+                              "use a signed URL or one that needs no credentials")
 
 
 def _ignored(name: str, patterns: list[str]) -> bool:
@@ -89,13 +103,18 @@ def _ignored(name: str, patterns: list[str]) -> bool:
 
 
 def check_url(url: str | httpx.URL, label: str) -> httpx.URL:
-    """``url`` parsed, if it may be fetched: https, or http to a loopback host.
-    Raises UnsafeSourceURL (naming it by ``label``) before anything is sent."""
+    """``url`` parsed, if it may be fetched: https, or http to a loopback host, without
+    credentials, its host a plain name or address. Raises UnsafeSourceURL (naming it by
+    ``label``) before anything is resolved or sent."""
     try:
         parsed = httpx.URL(url)
         host = parsed.host  # an invalid IDN host fails only here (a UnicodeError)
     except (httpx.InvalidURL, ValueError):
         raise UnsafeSourceURL(f"{label}: not a valid URL; check it") from None
+    refuse_credentials(parsed, label)
+    if host and not PLAIN_HOST.fullmatch(parsed.raw_host.decode("ascii")):
+        raise UnsafeSourceURL(f"{label}: the host is not a plain name or address (percent-encoding, "
+                              "a zone ID or a space in it); fix the URL")
     if host and (parsed.scheme == "https" or (parsed.scheme == "http" and is_loopback(host))):
         return parsed
     raise UnsafeSourceURL(
@@ -125,16 +144,23 @@ class Validators:
     def headers(self) -> dict[str, str]:
         """``If-None-Match`` / ``If-Modified-Since`` for what is known."""
         headers = {}
-        if self.etag:
+        if self.etag and _sendable(self.etag):  # an older registry may hold any value
             headers["If-None-Match"] = self.etag
-        if self.last_modified:
+        if self.last_modified and _sendable(self.last_modified):
             headers["If-Modified-Since"] = self.last_modified
         return headers
 
     @classmethod
     def of(cls, response: httpx.Response) -> Validators:
-        """The validators a response carries."""
-        return cls(response.headers.get("ETag"), response.headers.get("Last-Modified"))
+        """The validators a response carries; one that is not printable ASCII is left out
+        (it could not be sent back as the bytes it was)."""
+        etag, last_modified = response.headers.get("ETag"), response.headers.get("Last-Modified")
+        return cls(etag if etag and _sendable(etag) else None,
+                   last_modified if last_modified and _sendable(last_modified) else None)
+
+
+def _sendable(value: str) -> bool:
+    return value.isascii() and value.isprintable()
 
 
 # -- content -----------------------------------------------------------------------------
@@ -194,9 +220,11 @@ class Content:
                 yield self._data[start:start + CHUNK_SIZE]
             return
         assert self._file is not None
-        self._file.seek(self._offset)
-        while chunk := self._file.read(CHUNK_SIZE):
-            yield chunk
+        try:
+            self._file.seek(self._offset)
+        except (OSError, ValueError) as exc:
+            raise _unreadable(self.label, exc) from exc
+        yield from _blocks(self._file, self.label)
 
     def close(self) -> None:
         """Remove the temporary file, if this content has one."""
@@ -254,21 +282,68 @@ def from_stream(stream: IO[bytes], label: str = "-", suffix: str = "") -> Conten
     """Content of a binary file object, read once from where it stands.
 
     A seekable file is hashed in place; anything else (a pipe, a socket, a response body) is
-    spooled to a temporary file while hashing. Either way it is read in blocks, never whole,
-    and cut off with MediaTooLarge as soon as it is over the limit."""
+    spooled to a temporary file while hashing. Either way it is read in blocks to its end,
+    never whole, and cut off with MediaTooLarge as soon as it is over the limit. A stream that
+    fails, is closed or is not binary raises SourceUnreadable (the original as its cause)."""
     if isinstance(stream, io.TextIOBase):
-        raise TypeError(f"{label}: a text-mode file; open it in binary mode ('rb')")
+        raise _not_binary(label)
     if _seekable(stream):
-        offset = stream.tell()
+        try:
+            offset = stream.tell()
+        except (OSError, ValueError) as exc:
+            raise _unreadable(label, exc) from exc
         meter = _Meter(label)
-        while chunk := stream.read(CHUNK_SIZE):
+        for chunk in _blocks(stream, label):
             meter.update(chunk)
         return _content(meter, suffix, _file=stream, _offset=offset)
     spool = Spool(label, suffix)
     with spool:
-        while chunk := stream.read(CHUNK_SIZE):
+        for chunk in _blocks(stream, label):
             spool.write(chunk)
         return spool.finish()
+
+
+def _blocks(stream: IO[bytes], label: str) -> Iterator[bytes]:
+    """The stream's blocks up to its end. A non-blocking stream with nothing ready reads as
+    None (or raises BlockingIOError): that is not the end, so wait until it is readable."""
+    while True:
+        try:
+            chunk = stream.read(CHUNK_SIZE)
+        except BlockingIOError:
+            chunk = None
+        except (OSError, ValueError) as exc:
+            raise _unreadable(label, exc) from exc
+        if chunk is None:
+            _wait_readable(stream, label)
+        elif not isinstance(chunk, (bytes, bytearray, memoryview)):
+            raise _not_binary(label)
+        elif not chunk:
+            return
+        else:
+            yield chunk
+
+
+def _wait_readable(stream: IO[bytes], label: str) -> None:
+    try:
+        with selectors.DefaultSelector() as selector:
+            selector.register(stream.fileno(), selectors.EVENT_READ)
+            selector.select()
+    except (OSError, ValueError) as exc:  # no descriptor to wait on
+        raise SourceUnreadable(f"{label}: a non-blocking stream with no data ready; pass a blocking "
+                               "stream") from exc
+
+
+def _unreadable(label: str, exc: OSError | ValueError) -> SourceUnreadable:
+    reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc).rstrip(".")
+    if isinstance(exc, ValueError):  # e.g. a closed file
+        return SourceUnreadable(f"{label}: the file object cannot be read ({reason}); pass an open "
+                                "binary file object")
+    return SourceUnreadable(f"{label}: reading the stream failed ({reason}); check the source and "
+                            "try again")
+
+
+def _not_binary(label: str) -> SourceUnreadable:
+    return SourceUnreadable(f"{label}: a text-mode file; open it in binary mode ('rb')")
 
 
 def _seekable(stream: IO[bytes]) -> bool:
