@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException
 
 from . import __version__, media_types
+from .confined import open_under
 from .errors import (
     AccessDenied,
     APIUnreachable,
@@ -254,7 +255,11 @@ class _Service:
         """Raw bytes as the body, or JSON ``{"url": ...}`` or ``{"path": ...}``."""
         if _media_type(request) == "application/json":
             source = await self._json_source(request)
-            outcome = await self._timed(source, phone_number_id, mime_type)
+            try:
+                outcome = await self._timed(source, phone_number_id, mime_type)
+            finally:
+                if not isinstance(source, str):
+                    source.close()
             record = self.registry.lookup(outcome.media_id, phone_number_id=phone_number_id)
             return _answer(outcome, record)
         file, sha256, _size = await _spool(request, self.options.max_body)
@@ -306,7 +311,8 @@ class _Service:
             self.monitor.uploads.inc()
         return outcome
 
-    async def _json_source(self, request: Request) -> str | Path:
+    async def _json_source(self, request: Request) -> str | IO[bytes]:
+        """The URL, or the file opened under an allowed folder (see :mod:`.confined`)."""
         body = b""
         async for chunk in request.stream():
             body += chunk
@@ -319,22 +325,13 @@ class _Service:
             raise InputError('the JSON body must be {"url": "https://..."} or {"path": "/absolute/path"}; '
                              "send raw bytes as application/octet-stream") from None
         if isinstance(source, PathSource):
-            return self._allowed_path(source.path)
+            return await asyncio.to_thread(open_under, self.options.allow_roots, source.path)
         try:
             httpx.URL(source.url)
         except httpx.InvalidURL:
             raise InputError("the url is not a valid URL; check it") from None
         return source.url  # each hop is checked by PublicOnly, unless --allow-private-urls
 
-    def _allowed_path(self, given: str) -> Path:
-        try:
-            resolved = Path(given).resolve()  # symlinks followed and `..` gone, before the check
-        except (ValueError, OSError):
-            raise InputError("the path is not a valid file name; give an absolute path") from None
-        if not any(resolved.is_relative_to(root) for root in self.options.allow_roots):
-            raise AccessDenied(f"{given}: outside the folders this service may read; start it with "
-                               "--allow-root FOLDER for the folders senders may name")
-        return resolved
 
 class PublicOnly(httpx.AsyncBaseTransport):
     """The transport of URL sources in the service: every request, each hop of a redirect

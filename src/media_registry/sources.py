@@ -258,6 +258,7 @@ def from_stream(stream: IO[bytes], label: str = "-", suffix: str = "") -> Conten
     and cut off with MediaTooLarge as soon as it is over the limit."""
     if isinstance(stream, io.TextIOBase):
         raise TypeError(f"{label}: a text-mode file; open it in binary mode ('rb')")
+    suffix = suffix if SAFE_SUFFIX.match(suffix) else ""
     if _seekable(stream):
         offset = stream.tell()
         meter = _Meter(label)
