@@ -9,14 +9,14 @@ import asyncio
 import hashlib
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from media_registry import AsyncMediaRegistry
+from media_registry import AsyncMediaRegistry, MediaRegistry
 from media_registry.metrics import Monitor
 from media_registry.service import Options, create_app
 from media_registry.testing import FakeGraphAPI, sample_media
@@ -54,8 +54,10 @@ def layout(tmp_path: Path) -> dict[str, Path]:
     return {"root": root, "outside": outside, "file": root / "sub" / "brochure.pdf"}
 
 
-def post_paths(api: FakeGraphAPI, tmp_path: Path, root: Path, *paths: str) -> list[httpx.Response]:
-    """POST each ``{"path": ...}`` to the service (allowed folder: ``root``), in order."""
+def in_process(api: FakeGraphAPI, tmp_path: Path, root: Path,
+               send: Callable[[httpx.AsyncClient, AsyncMediaRegistry], Awaitable[list[httpx.Response]]]
+               ) -> list[httpx.Response]:
+    """The answers ``send`` gets from the service (allowed folder: ``root``) in this process."""
 
     async def run() -> list[httpx.Response]:
         async with AsyncMediaRegistry(db=tmp_path / "registry.db", token=api.token, api_base=api.base_url,
@@ -63,9 +65,18 @@ def post_paths(api: FakeGraphAPI, tmp_path: Path, root: Path, *paths: str) -> li
             app = create_app(registry, Monitor(registry), Options(allow_roots=(root.resolve(),)))
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                          base_url="http://service") as client:
-                return [await client.post("/v1/media", json={"path": path}) for path in paths]
+                return await send(client, registry)
 
     return asyncio.run(run())
+
+
+def post_paths(api: FakeGraphAPI, tmp_path: Path, root: Path, *paths: str) -> list[httpx.Response]:
+    """POST each ``{"path": ...}`` to the service, in order."""
+
+    async def send(client: httpx.AsyncClient, _registry: AsyncMediaRegistry) -> list[httpx.Response]:
+        return [await client.post("/v1/media", json={"path": path}) for path in paths]
+
+    return in_process(api, tmp_path, root, send)
 
 
 def swap_for_outside_link(folder: Path, outside: Path) -> None:
@@ -147,3 +158,45 @@ def test_every_way_out_of_the_folder_is_403_and_odd_files_are_400(
                                        (400, "SourceUnreadable"), (400, "SourceNotFound")]
     assert "symlinks (a loop)" in answers[len(refused)].json()["error"]["message"]
     assert api.uploads == 0
+
+
+def test_a_file_that_changes_between_its_hash_and_its_upload_is_409(
+    api: FakeGraphAPI, tmp_path: Path, layout: dict[str, Path], on_open: Callable[[Hook], None]
+) -> None:
+    path = layout["file"]
+    rewrite = sample_media(PDF, salt="rewrite")[:path.stat().st_size].ljust(path.stat().st_size, b"\0")
+
+    def rewrite_in_place_when_the_upload_copy_is_made(name: str, _flags: int) -> None:
+        if os.path.basename(name).startswith("media-registry-") and path.read_bytes() != rewrite:
+            with open(path, "r+b") as file:  # the same inode: the service's descriptor sees it
+                file.write(rewrite)
+
+    on_open(rewrite_in_place_when_the_upload_copy_is_made)
+    answer = post_paths(api, tmp_path, layout["root"], str(path))[0]
+    assert path.read_bytes() == rewrite  # the rewrite happened, in the middle of the request
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["error"]["type"] == "SourceChanged" and api.uploads == 0
+
+
+def test_content_deleted_after_its_upload_but_before_the_answer_is_409(
+    api: FakeGraphAPI, tmp_path: Path, layout: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = sample_media(PDF, salt="late delete")
+
+    async def send(client: httpx.AsyncClient, registry: AsyncMediaRegistry) -> list[httpx.Response]:
+        looked_up = registry.valid_record
+
+        def deleted_just_before(sha256: str, **kwargs: Any) -> Any:
+            if api.uploads:  # the upload is recorded: a delete lands before the answer is made
+                with MediaRegistry(db=tmp_path / "registry.db", token=api.token,
+                                   api_base=api.base_url) as other:
+                    other.delete(sha256)
+            return looked_up(sha256, **kwargs)
+
+        monkeypatch.setattr(registry, "valid_record", deleted_just_before)
+        return [await client.post("/v1/media", content=data)]
+
+    answer = in_process(api, tmp_path, layout["root"], send)[0]
+    assert api.uploads == 1 and api.count("DELETE") == 1
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["error"]["type"] == "ContentDeleted"
