@@ -206,7 +206,8 @@ def read(source: object) -> Content:
     if callable(getattr(source, "read", None)):
         name = getattr(source, "name", None)
         label = "-" if name == "<stdin>" else name if isinstance(name, str) and not name.startswith("<") else "<stream>"
-        return sources.from_stream(source, label)  # type: ignore[arg-type]
+        # A named file keeps its suffix: an old Office file's type is told by its name.
+        return sources.from_stream(source, label, os.path.splitext(label)[1])  # type: ignore[arg-type]
     raise TypeError(f"get_or_upload takes a path, bytes, a binary file object or an https:// URL, "
                     f"not {type(source).__name__}")
 

@@ -16,9 +16,10 @@ import ipaddress
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Generator, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import tenacity
@@ -34,6 +35,7 @@ from .errors import (
     GraphAPIError,
     IntegrityError,
     MediaRegistryError,
+    SourceChanged,
     UnsafeDownloadURL,
     from_graph_response,
     register_secret,
@@ -423,7 +425,7 @@ class GraphClient(_GraphBase):
         url, data, (name, part_type) = self._upload_request(path, mime_type, phone_number_id, ttl_minutes)
 
         def send() -> httpx.Response:
-            with open(path, "rb") as file:  # reopened per attempt: a retry starts at byte 0
+            with _upload_file(path) as file:  # reopened per attempt: a retry starts at byte 0
                 return self._http.post(url, data=data, files={"file": (name, file, part_type)})
 
         return self._media_id(self._call(send))
@@ -498,7 +500,7 @@ class AsyncGraphClient(_GraphBase):
         url, data, (name, part_type) = self._upload_request(path, mime_type, phone_number_id, ttl_minutes)
 
         async def send() -> httpx.Response:
-            with open(path, "rb") as file:  # reopened per attempt: a retry starts at byte 0
+            with _upload_file(path) as file:  # reopened per attempt: a retry starts at byte 0
                 return await self._http.post(url, data=data, files={"file": (name, file, part_type)})
 
         return self._media_id(await self._call(send))
@@ -553,6 +555,21 @@ class AsyncGraphClient(_GraphBase):
             return await send()
         except (httpx.TransportError, httpx.InvalidURL, ValueError) as exc:
             raise self._failed(exc, budget) from None
+
+
+@contextmanager
+def _upload_file(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
+    """The file to upload, open; SourceChanged when its size changed while it was sent (the
+    body no longer matched the Content-Length announced, which the HTTP stack refuses)."""
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        try:
+            yield file
+        except Exception:
+            if os.fstat(file.fileno()).st_size == size:
+                raise
+            raise SourceChanged(f"{path}: the file changed while it was uploaded; try again once "
+                                "it is written") from None
 
 
 def retry_after(value: str | None) -> float | None:

@@ -9,6 +9,7 @@ Needs prometheus_client (the ``serve`` extra).
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -23,6 +24,8 @@ from prometheus_client.registry import Collector
 from .errors import MediaRegistryError
 from .models import Report
 from .registry import AsyncMediaRegistry, MediaRegistry
+
+log = logging.getLogger("media_registry.health")
 
 PREFIX = "media_registry"
 
@@ -79,7 +82,10 @@ class Monitor:
         try:
             overdue = self.registry.overdue()
         except MediaRegistryError as exc:
-            return False, _health("registry", str(exc))
+            # The message names the database (user, host, port): the log has it, probes do not.
+            log.warning("health check: %s", exc)
+            what = (type(exc).__doc__ or "").strip().splitlines()[0].rstrip(".")
+            return False, _health("registry", f"{type(exc).__name__}: {what}; details in the log")
         if self.last_refresh_failures:
             return False, _health("refresh", f"the last refresh pass had {self.last_refresh_failures} "
                                   "failure(s); see the log")

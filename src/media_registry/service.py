@@ -37,10 +37,12 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException
 
 from . import __version__, media_types
+from .confined import open_under
 from .errors import (
     AccessDenied,
     APIUnreachable,
     ConfigError,
+    ContentDeleted,
     DownloadError,
     GraphAPIError,
     InputError,
@@ -50,6 +52,7 @@ from .errors import (
     NotInRegistry,
     RateLimited,
     RegistryError,
+    SourceChanged,
     UnsafeDownloadURL,
     UnsupportedMedia,
 )
@@ -71,6 +74,8 @@ STATUS_BY_ERROR: dict[type[MediaRegistryError], int] = {
     NotAuthenticated: 401,
     AccessDenied: 403,
     NotInRegistry: 404,
+    SourceChanged: 409,
+    ContentDeleted: 409,
     MediaTooLarge: 413,
     UnsupportedMedia: 415,
     InputError: 400,
@@ -144,7 +149,8 @@ BEARER = HTTPBearer(auto_error=False, description="The service's MEDIA_REGISTRY_
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     words = {400: "Bad input", 401: "No valid client token", 403: "Source not allowed",
-             404: "Not in the registry", 413: "Too large", 415: "Unsupported media type",
+             404: "Not in the registry", 409: "The source changed, or its content was deleted, "
+             "while it was uploaded; send it again", 413: "Too large", 415: "Unsupported media type",
              502: "Graph API error", 503: "Graph API or registry unavailable, retry later"}
     return {status: {"model": ErrorBody, "description": words[status]} for status in statuses}
 
@@ -152,7 +158,8 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 UPLOAD_BODY = {
     "requestBody": {
         "required": True,
-        "description": "The media's bytes (any content type but JSON), or a JSON source.",
+        "description": "The media's bytes (any content type but JSON: application/json, "
+                       "text/json, application/*+json), or a JSON source.",
         "content": {
             "application/octet-stream": {"schema": {"type": "string", "format": "binary",
                                                     "minLength": 1}},
@@ -225,7 +232,7 @@ class _Service:
     def routes(self, router: APIRouter) -> None:
         router.add_api_route(
             "/v1/media", self.upload, methods=["POST"], response_model=Upload,
-            responses=_errors(400, 403, 413, 415, 502, 503), openapi_extra=UPLOAD_BODY,
+            responses=_errors(400, 403, 409, 413, 415, 502, 503), openapi_extra=UPLOAD_BODY,
             summary="The media ID for these bytes (or this URL or path), uploading only if new",
         )
         router.add_api_route(
@@ -252,13 +259,23 @@ class _Service:
         mime_type: Annotated[str | None, Query(max_length=255)] = None,
     ) -> Upload:
         """Raw bytes as the body, or JSON ``{"url": ...}`` or ``{"path": ...}``."""
-        if _media_type(request) == "application/json":
+        if mime_type == "":
+            raise InputError("mime_type is empty; give a MIME type (e.g. image/png), or leave it "
+                             "out to let the bytes decide")
+        if _is_json(_media_type(request)):
             source = await self._json_source(request)
-            outcome = await self._timed(source, phone_number_id, mime_type)
+            try:
+                outcome = await self._timed(source, phone_number_id, mime_type)
+            finally:
+                if not isinstance(source, str):
+                    source.close()
             record = self.registry.lookup(outcome.media_id, phone_number_id=phone_number_id)
             return _answer(outcome, record)
-        file, sha256, _size = await _spool(request, self.options.max_body)
+        file, sha256, size = await _spool(request, self.options.max_body)
         with file:
+            if size == 0:
+                raise InputError("the body is empty; send the media's bytes, or JSON "
+                                 '{"url": ...} or {"path": ...}')
             record = self.registry.valid_record(sha256, phone_number_id=phone_number_id)
             if record is not None and mime_type in (None, record.mime_type):
                 self.monitor.cache_hits.inc()
@@ -306,7 +323,8 @@ class _Service:
             self.monitor.uploads.inc()
         return outcome
 
-    async def _json_source(self, request: Request) -> str | Path:
+    async def _json_source(self, request: Request) -> str | IO[bytes]:
+        """The URL, or the file opened under an allowed folder (see :mod:`.confined`)."""
         body = b""
         async for chunk in request.stream():
             body += chunk
@@ -319,22 +337,13 @@ class _Service:
             raise InputError('the JSON body must be {"url": "https://..."} or {"path": "/absolute/path"}; '
                              "send raw bytes as application/octet-stream") from None
         if isinstance(source, PathSource):
-            return self._allowed_path(source.path)
+            return await asyncio.to_thread(open_under, self.options.allow_roots, source.path)
         try:
             httpx.URL(source.url)
         except httpx.InvalidURL:
             raise InputError("the url is not a valid URL; check it") from None
         return source.url  # each hop is checked by PublicOnly, unless --allow-private-urls
 
-    def _allowed_path(self, given: str) -> Path:
-        try:
-            resolved = Path(given).resolve()  # symlinks followed and `..` gone, before the check
-        except (ValueError, OSError):
-            raise InputError("the path is not a valid file name; give an absolute path") from None
-        if not any(resolved.is_relative_to(root) for root in self.options.allow_roots):
-            raise AccessDenied(f"{given}: outside the folders this service may read; start it with "
-                               "--allow-root FOLDER for the folders senders may name")
-        return resolved
 
 class PublicOnly(httpx.AsyncBaseTransport):
     """The transport of URL sources in the service: every request, each hop of a redirect
@@ -414,6 +423,12 @@ def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
+def _is_json(media_type: str) -> bool:
+    """JSON by its media type: ``application/json``, ``text/json`` or ``application/*+json``."""
+    return media_type in ("application/json", "text/json") or (
+        media_type.startswith("application/") and media_type.endswith("+json"))
+
+
 async def _spool(request: Request, limit: int) -> tuple[IO[bytes], str, int]:
     """Stream the body into an unnamed temporary file while hashing it: (file at 0, sha256, size).
 
@@ -446,7 +461,8 @@ def _too_large(size: int, limit: int) -> MediaTooLarge:
 
 def _answer(outcome: Outcome, record: MediaRecord | None) -> Upload:
     if record is None or record.expires_at is None:
-        raise NotInRegistry("the content was deleted while it was being uploaded; send it again")
+        raise ContentDeleted("the content was deleted from the registry while it was being uploaded; "
+                             "nothing is served; send it again to upload it anew")
     return Upload(media_id=outcome.media_id, status="uploaded" if outcome.uploaded else "cached",
                   sha256=record.sha256, mime_type=record.mime_type, expires_at=record.expires_at)
 

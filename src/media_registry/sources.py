@@ -287,6 +287,7 @@ def from_stream(stream: IO[bytes], label: str = "-", suffix: str = "") -> Conten
     fails, is closed or is not binary raises SourceUnreadable (the original as its cause)."""
     if isinstance(stream, io.TextIOBase):
         raise _not_binary(label)
+    suffix = suffix if SAFE_SUFFIX.match(suffix) else ""
     if _seekable(stream):
         try:
             offset = stream.tell()

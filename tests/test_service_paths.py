@@ -1,0 +1,202 @@
+"""`{"path": ...}` in the service: walked from the allowed folder's descriptor, never reopened
+by name. The app runs in this process (FastAPI over httpx's ASGI transport, the FakeGraphAPI
+behind it) so that an audit hook sees every file the service opens, and swaps a folder for a
+symlink at the very moment the service is about to open the next step."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from media_registry import AsyncMediaRegistry, MediaRegistry
+from media_registry.metrics import Monitor
+from media_registry.service import Options, create_app
+from media_registry.testing import FakeGraphAPI, sample_media
+
+from conftest import PDF
+
+Hook = Callable[[str, int], None]
+_hooks: list[Hook] = []
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if event == "open" and _hooks and isinstance(args[0], str):
+        for hook in list(_hooks):
+            hook(args[0], args[2] if len(args) > 2 and isinstance(args[2], int) else 0)
+
+
+sys.addaudithook(_audit)  # for the whole run (hooks cannot be removed); idle without a hook
+
+
+@pytest.fixture
+def on_open() -> Iterator[Callable[[Hook], None]]:
+    """Call a function with (name, flags) of every file opened in this process, for one test."""
+    yield _hooks.append
+    _hooks.clear()
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> dict[str, Path]:
+    """media/sub/brochure.pdf inside the allowed folder; outside/brochure.pdf, other bytes."""
+    root, outside = tmp_path / "media", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (root / "sub" / "brochure.pdf").write_bytes(sample_media(PDF, salt="inside"))
+    (outside / "brochure.pdf").write_bytes(sample_media(PDF, salt="secret"))
+    return {"root": root, "outside": outside, "file": root / "sub" / "brochure.pdf"}
+
+
+def in_process(api: FakeGraphAPI, tmp_path: Path, root: Path,
+               send: Callable[[httpx.AsyncClient, AsyncMediaRegistry], Awaitable[list[httpx.Response]]]
+               ) -> list[httpx.Response]:
+    """The answers ``send`` gets from the service (allowed folder: ``root``) in this process."""
+
+    async def run() -> list[httpx.Response]:
+        async with AsyncMediaRegistry(db=tmp_path / "registry.db", token=api.token, api_base=api.base_url,
+                                      phone_number_id=api.phone_number_id) as registry:
+            app = create_app(registry, Monitor(registry), Options(allow_roots=(root.resolve(),)))
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                         base_url="http://service") as client:
+                return await send(client, registry)
+
+    return asyncio.run(run())
+
+
+def post_paths(api: FakeGraphAPI, tmp_path: Path, root: Path, *paths: str) -> list[httpx.Response]:
+    """POST each ``{"path": ...}`` to the service, in order."""
+
+    async def send(client: httpx.AsyncClient, _registry: AsyncMediaRegistry) -> list[httpx.Response]:
+        return [await client.post("/v1/media", json={"path": path}) for path in paths]
+
+    return in_process(api, tmp_path, root, send)
+
+
+def swap_for_outside_link(folder: Path, outside: Path) -> None:
+    folder.rename(folder.with_name(folder.name + ".old"))
+    folder.symlink_to(outside)
+
+
+def test_a_folder_swapped_for_an_outside_symlink_after_the_check_is_not_read(
+    api: FakeGraphAPI, tmp_path: Path, layout: dict[str, Path], on_open: Callable[[Hook], None]
+) -> None:
+    root, inside = layout["root"], layout["file"].read_bytes()
+    by_name: list[str] = []
+
+    def swap_before_the_file_is_opened(name: str, _flags: int) -> None:
+        if name.endswith("brochure.pdf") and not (root / "sub").is_symlink():
+            swap_for_outside_link(root / "sub", layout["outside"])
+        if name.startswith(str(root.resolve()) + "/"):
+            by_name.append(name)
+
+    on_open(swap_before_the_file_is_opened)
+    answer = post_paths(api, tmp_path, root, str(layout["file"]))[0]
+    assert (root / "sub").is_symlink()  # the swap happened, in the middle of the request
+    assert by_name == []  # nothing under the folder was opened by its full name
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["sha256"] == hashlib.sha256(inside).hexdigest()
+    assert [media.data for media in api.media.values()] == [inside]
+
+
+def test_a_folder_swapped_for_an_outside_symlink_before_the_walk_reaches_it_is_403(
+    api: FakeGraphAPI, tmp_path: Path, layout: dict[str, Path], on_open: Callable[[Hook], None]
+) -> None:
+    root = layout["root"]
+
+    def swap_before_sub_is_opened(name: str, _flags: int) -> None:
+        if (name == "sub" or name.endswith("/sub/brochure.pdf")) and not (root / "sub").is_symlink():
+            swap_for_outside_link(root / "sub", layout["outside"])
+
+    on_open(swap_before_sub_is_opened)
+    answer = post_paths(api, tmp_path, root, str(layout["file"]))[0]
+    assert (root / "sub").is_symlink()
+    assert answer.status_code == 403, answer.text
+    assert answer.json()["error"]["type"] == "AccessDenied" and api.uploads == 0
+
+
+def test_symlinks_that_stay_inside_the_folder_are_followed(
+    api: FakeGraphAPI, tmp_path: Path, layout: dict[str, Path]
+) -> None:
+    root = layout["root"]
+    (root / "current").symlink_to("sub/")  # a deploy's current -> release/
+    (root / "pinned").symlink_to(root.resolve() / "sub")  # absolute, naming the folder itself
+    (root / "sub" / "latest.pdf").symlink_to("../current/brochure.pdf")
+    answers = post_paths(api, tmp_path, root, f"{root}/current/brochure.pdf",
+                         f"{root}/pinned/brochure.pdf", f"{root}/sub/latest.pdf",
+                         f"{root}/current/../sub/brochure.pdf")
+    assert [answer.status_code for answer in answers] == [200] * 4, [a.text for a in answers]
+    assert [answer.json()["status"] for answer in answers] == ["uploaded"] + ["cached"] * 3
+    assert api.uploads == 1
+
+
+def test_every_way_out_of_the_folder_is_403_and_odd_files_are_400(
+    api: FakeGraphAPI, tmp_path: Path, layout: dict[str, Path]
+) -> None:
+    root, outside = layout["root"], layout["outside"]
+    (root / "out").symlink_to(outside)
+    (root / "up").symlink_to("..")
+    (root / "sub" / "far.pdf").symlink_to(outside / "brochure.pdf")
+    (root / "loop").symlink_to("loop")
+    (root / "a").symlink_to("b")
+    (root / "b").symlink_to("a")
+    os.mkfifo(root / "pipe.pdf")
+    refused = [f"{root}/out/brochure.pdf", f"{root}/up/outside/brochure.pdf", f"{root}/sub/far.pdf",
+               f"{root}/sub/../../outside/brochure.pdf"]
+    odd = [f"{root}/loop", f"{root}/a/brochure.pdf", f"{root}/pipe.pdf", f"{root}/sub",
+           f"{root}/sub/brochure.pdf/x"]
+    answers = post_paths(api, tmp_path, root, *refused, *odd)
+    statuses = [(answer.status_code, answer.json()["error"]["type"]) for answer in answers]
+    assert statuses[:len(refused)] == [(403, "AccessDenied")] * len(refused)
+    assert statuses[len(refused):] == [(400, "InputError"), (400, "InputError"), (400, "SourceUnreadable"),
+                                       (400, "SourceUnreadable"), (400, "SourceNotFound")]
+    assert "symlinks (a loop)" in answers[len(refused)].json()["error"]["message"]
+    assert api.uploads == 0
+
+
+def test_a_file_that_changes_between_its_hash_and_its_upload_is_409(
+    api: FakeGraphAPI, tmp_path: Path, layout: dict[str, Path], on_open: Callable[[Hook], None]
+) -> None:
+    path = layout["file"]
+    rewrite = sample_media(PDF, salt="rewrite")[:path.stat().st_size].ljust(path.stat().st_size, b"\0")
+
+    def rewrite_in_place_when_the_upload_copy_is_made(name: str, _flags: int) -> None:
+        if os.path.basename(name).startswith("media-registry-") and path.read_bytes() != rewrite:
+            with open(path, "r+b") as file:  # the same inode: the service's descriptor sees it
+                file.write(rewrite)
+
+    on_open(rewrite_in_place_when_the_upload_copy_is_made)
+    answer = post_paths(api, tmp_path, layout["root"], str(path))[0]
+    assert path.read_bytes() == rewrite  # the rewrite happened, in the middle of the request
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["error"]["type"] == "SourceChanged" and api.uploads == 0
+
+
+def test_content_deleted_after_its_upload_but_before_the_answer_is_409(
+    api: FakeGraphAPI, tmp_path: Path, layout: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = sample_media(PDF, salt="late delete")
+
+    async def send(client: httpx.AsyncClient, registry: AsyncMediaRegistry) -> list[httpx.Response]:
+        looked_up = registry.valid_record
+
+        def deleted_just_before(sha256: str, **kwargs: Any) -> Any:
+            if api.uploads:  # the upload is recorded: a delete lands before the answer is made
+                with MediaRegistry(db=tmp_path / "registry.db", token=api.token,
+                                   api_base=api.base_url) as other:
+                    other.delete(sha256)
+            return looked_up(sha256, **kwargs)
+
+        monkeypatch.setattr(registry, "valid_record", deleted_just_before)
+        return [await client.post("/v1/media", content=data)]
+
+    answer = in_process(api, tmp_path, layout["root"], send)[0]
+    assert api.uploads == 1 and api.count("DELETE") == 1
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["error"]["type"] == "ContentDeleted"
