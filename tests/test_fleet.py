@@ -153,12 +153,14 @@ def test_migrate_then_every_file_is_a_cache_hit(
     api.fail(status=500, method="DELETE", times=10)  # the last one's DELETE stays owed
     run_cli("delete", paths[4], env=sqlite_env)
     sqlite_bytes = (tmp_path / "registry.db").read_bytes()
-    for _ in range(2):  # the second run copies nothing twice
+    for run in ("copied", "unchanged"):  # the second run copies nothing twice
         result = run_cli("migrate", "--to", postgres_url, env=sqlite_env)
         assert result.returncode == 0, result.stderr
-        counts = {line.split(":")[0]: line.split(":")[1].split() for line in result.stdout.splitlines()[:-1]}
-        assert {table: counts[table][0::2] for table in ("media", "paths", "url_sources")} == {
-            "media": ["6", "6"], "paths": ["4", "4"], "url_sources": ["1", "1"]}
+        counts = dict(line.split(":", 1) for line in result.stdout.splitlines()[:-1])
+        assert {table: counts[table].strip() for table in ("media", "paths", "url_sources")} == {
+            table: f"{rows} rows: " + ", ".join(f"{rows if kind == run else 0} {kind}"
+                                                 for kind in ("copied", "updated", "unchanged"))
+            for table, rows in (("media", 6), ("paths", 4), ("url_sources", 1))}
     assert (tmp_path / "registry.db").read_bytes() == sqlite_bytes
     assert registry_db.count(postgres_url, "events") == registry_db.count(str(tmp_path / "registry.db"), "events")
     assert str(psycopg.conninfo.conninfo_to_dict(postgres_url)["password"]) not in result.stdout
