@@ -198,9 +198,13 @@ MERGE_SQL = {
             "DELETE FROM url_sources WHERE sha256 IN (SELECT sha256 FROM s_deleted)",
             "DELETE FROM leases WHERE sha256 IN (SELECT sha256 FROM s_deleted)",
         ),
-        insert="""INSERT INTO contents (sha256, mime_type, size_bytes, first_seen_at, deleted_at)
-                  SELECT sha256, mime_type, size_bytes, first_seen_at, deleted_at FROM s_contents ORDER BY n
-                  ON CONFLICT (sha256) DO NOTHING""",
+        # One the fleet deleted (and dropped) since the file last used it arrives deleted.
+        insert=f"""INSERT INTO contents (sha256, mime_type, size_bytes, first_seen_at, deleted_at)
+                   SELECT sha256, mime_type, size_bytes, first_seen_at, coalesce(deleted_at, (
+                       SELECT max(e.at) FROM events AS e WHERE e.action = 'delete' AND e.sha256 = s.sha256
+                       HAVING max(e.at) > {_SOURCE_ACTIVE}))
+                   FROM s_contents AS s ORDER BY n
+                   ON CONFLICT (sha256) DO NOTHING""",
         present="SELECT count(*) FROM contents WHERE sha256 IN (SELECT sha256 FROM s_contents)",
     ),
     "media": Merge(
@@ -212,12 +216,15 @@ MERGE_SQL = {
                     WHERE m.media_id = s.media_id
                       AND array_position({_STATES}, s.state) > array_position({_STATES}, m.state)""",),
         after=(),
-        # A current ID arrives superseded where the registry has another current one for its
-        # content and number (one current ID at most), and owing a DELETE where the content
-        # is deleted there.
+        # An ID the fleet forgot (deleted at Meta, or expired) arrives invalidated; one of a
+        # content deleted there arrives owing a DELETE; a current ID arrives superseded where
+        # the registry has another current one for its content and number (one at most).
         insert="""INSERT INTO media (media_id, sha256, phone_number_id, state, uploaded_at, expires_at)
            SELECT media_id, sha256, phone_number_id,
-                  CASE WHEN (SELECT deleted_at FROM contents AS c WHERE c.sha256 = s.sha256) IS NOT NULL
+                  CASE WHEN EXISTS (SELECT 1 FROM events AS e WHERE e.media_id = s.media_id
+                                      AND e.action IN ('deleted', 'expired'))
+                       THEN 'invalidated'
+                       WHEN (SELECT deleted_at FROM contents AS c WHERE c.sha256 = s.sha256) IS NOT NULL
                        THEN 'deleting'
                        WHEN state = 'current' AND (rank > 1 OR EXISTS (
                            SELECT 1 FROM media AS m WHERE m.sha256 = s.sha256 AND m.state = 'current'
