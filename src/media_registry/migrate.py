@@ -115,6 +115,8 @@ def _merge(con: Connection, tables: dict[str, list[tuple[Any, ...]]], host_id: s
         arrays = ", ".join(f"%s::{kind}[]" for kind in types)
         con.execute(f"CREATE TEMP TABLE s_{table} ON COMMIT DROP AS SELECT * FROM unnest({arrays}) "
                     f"WITH ORDINALITY AS u({', '.join(names)}, n)", [list(column) for column in columns])
+        con.execute(f"CREATE INDEX ON s_{table} ({LOOKED_UP_BY[table]})")
+        con.execute(f"ANALYZE s_{table}")
     copies = []
     params = {"host": host_id}
     for table, rows in tables.items():
@@ -154,6 +156,10 @@ class Merge(NamedTuple):
     insert: str
     present: str
 
+
+# The column by which the statements below look a loaded table's rows up.
+LOOKED_UP_BY = {"contents": "sha256", "media": "sha256", "paths": "sha256", "events": "media_id",
+                "inbound": "media_id", "url_sources": "url"}
 
 # When each side last did something with a content (first seen, deleted, uploaded, a path
 # seen): the later one decides whether it is deleted, the file on a tie.
@@ -203,7 +209,7 @@ MERGE_SQL = {
                    SELECT sha256, mime_type, size_bytes, first_seen_at, coalesce(deleted_at, (
                        SELECT max(e.at) FROM events AS e WHERE e.action = 'delete' AND e.sha256 = s.sha256
                        HAVING max(e.at) > {_SOURCE_ACTIVE}))
-                   FROM s_contents AS s ORDER BY n
+                   FROM s_contents AS s WHERE s.sha256 NOT IN (SELECT sha256 FROM contents) ORDER BY n
                    ON CONFLICT (sha256) DO NOTHING""",
         present="SELECT count(*) FROM contents WHERE sha256 IN (SELECT sha256 FROM s_contents)",
     ),
@@ -221,8 +227,7 @@ MERGE_SQL = {
         # the registry has another current one for its content and number (one at most).
         insert="""INSERT INTO media (media_id, sha256, phone_number_id, state, uploaded_at, expires_at)
            SELECT media_id, sha256, phone_number_id,
-                  CASE WHEN EXISTS (SELECT 1 FROM events AS e WHERE e.media_id = s.media_id
-                                      AND e.action IN ('deleted', 'expired'))
+                  CASE WHEN media_id IN (SELECT e.media_id FROM events AS e WHERE e.action IN ('deleted', 'expired'))
                        THEN 'invalidated'
                        WHEN (SELECT deleted_at FROM contents AS c WHERE c.sha256 = s.sha256) IS NOT NULL
                        THEN 'deleting'
@@ -233,6 +238,7 @@ MERGE_SQL = {
                   uploaded_at, expires_at
            FROM (SELECT *, row_number() OVER (PARTITION BY sha256, phone_number_id, state = 'current'
                                               ORDER BY expires_at DESC) AS rank FROM s_media) AS s
+           WHERE media_id NOT IN (SELECT media_id FROM media)
            ORDER BY n
            ON CONFLICT (media_id) DO NOTHING""",
         present="SELECT count(*) FROM media WHERE media_id IN (SELECT media_id FROM s_media)",
