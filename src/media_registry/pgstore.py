@@ -1,5 +1,6 @@
 """The PostgreSQL registry, for a fleet of senders on many hosts: every SQL statement of the
-PostgreSQL backend lives in this module (install with ``pip install 'media-registry[postgres]'``).
+PostgreSQL backend lives in this module, but those of ``migrate`` (:mod:`media_registry.migrate`)
+(install with ``pip install 'media-registry[postgres]'``).
 
 It implements the same :class:`~media_registry.store.Store` contract as SQLite, with these
 fleet rules (DESIGN.md, section 3, "Fleets"):
@@ -740,8 +741,6 @@ class PostgresStore:
         }
         by_phone = {phone: PhoneStats(*numbers) for phone, *numbers in phones}
         return StoreStats._make([*counts, by_phone, backend])
-
-    # -- migration from SQLite ------------------------------------------------------------------
 
     # -- daemon -------------------------------------------------------------------------------
 
