@@ -153,12 +153,14 @@ def test_migrate_then_every_file_is_a_cache_hit(
     api.fail(status=500, method="DELETE", times=10)  # the last one's DELETE stays owed
     run_cli("delete", paths[4], env=sqlite_env)
     sqlite_bytes = (tmp_path / "registry.db").read_bytes()
-    for _ in range(2):  # the second run copies nothing twice
+    for run in ("copied", "unchanged"):  # the second run copies nothing twice
         result = run_cli("migrate", "--to", postgres_url, env=sqlite_env)
         assert result.returncode == 0, result.stderr
-        counts = {line.split(":")[0]: line.split(":")[1].split() for line in result.stdout.splitlines()[:-1]}
-        assert {table: counts[table][0::2] for table in ("media", "paths", "url_sources")} == {
-            "media": ["6", "6"], "paths": ["4", "4"], "url_sources": ["1", "1"]}
+        counts = dict(line.split(":", 1) for line in result.stdout.splitlines()[:-1])
+        assert {table: counts[table].strip() for table in ("media", "paths", "url_sources")} == {
+            table: f"{rows} rows: " + ", ".join(f"{rows if kind == run else 0} {kind}"
+                                                 for kind in ("copied", "updated", "unchanged"))
+            for table, rows in (("media", 6), ("paths", 4), ("url_sources", 1))}
     assert (tmp_path / "registry.db").read_bytes() == sqlite_bytes
     assert registry_db.count(postgres_url, "events") == registry_db.count(str(tmp_path / "registry.db"), "events")
     assert str(psycopg.conninfo.conninfo_to_dict(postgres_url)["password"]) not in result.stdout
@@ -208,3 +210,33 @@ def test_a_wrong_password_or_a_missing_database_on_the_command_line(
         assert result.returncode == 1
         assert expected in result.stderr and result.stderr.count("\n") == 1
         assert "hunter2" not in result.stderr and postgres_server.password not in result.stderr
+
+
+def test_migrate_takes_the_server_from_the_environment_or_a_file_and_names_it_in_errors(
+    fleet_env: dict[str, str], api: FakeGraphAPI, tmp_path: Path, postgres_url: str, make_file: Callable[..., Path],
+) -> None:
+    sqlite_env = {**on("app-1", fleet_env), "MEDIA_REGISTRY_DB": str(tmp_path / "registry.db")}
+    assert run_cli("upload", str(make_file("a.png")), env=sqlite_env).returncode == 0
+    password = str(psycopg.conninfo.conninfo_to_dict(postgres_url)["password"])
+    to_file = tmp_path / "target"
+    to_file.write_text(postgres_url + "\n")
+    missing = postgres_url.rsplit("/", 1)[0] + "/nowhere"
+    result = run_cli("migrate", "--to", missing, env=sqlite_env)
+    assert result.returncode == 1 and "or fix --to" in result.stderr and "MEDIA_REGISTRY_DB" not in result.stderr
+    assert password not in result.stderr
+    for args, env, named in (
+        ((), {**sqlite_env, "MEDIA_REGISTRY_MIGRATE_TO": postgres_url}, "MEDIA_REGISTRY_MIGRATE_TO"),
+        (("--to-file", str(to_file)), sqlite_env, f"--to-file {to_file}"),
+    ):
+        result = run_cli("migrate", *args, env=env)
+        assert result.returncode == 0, result.stderr
+        assert password not in result.stdout and "media:" in result.stdout
+        to_file.write_text(missing)
+        env = {**env, "MEDIA_REGISTRY_MIGRATE_TO": missing}
+        result = run_cli("migrate", *args, env=env)
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+        assert f'database "nowhere" does not exist; create it (createdb) or fix {named}' in result.stderr
+        to_file.write_text(postgres_url)
+    assert registry_db.count(postgres_url, "media") == 1
+    usage = run_cli("migrate", "--help", env=sqlite_env).stdout
+    assert "MEDIA_REGISTRY_MIGRATE_TO" in usage and "--to-file" in usage and "ps shows" in usage

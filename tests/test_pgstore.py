@@ -335,7 +335,7 @@ def test_migrate_copies_a_first_schema_registry_and_leaves_it_byte_identical(
     before = db.read_bytes()
     copies = {copy.table: copy for copy in migrate_to_postgres(db, postgres_url, host_id="old-host")}
     assert db.read_bytes() == before
-    assert all(copy.copied_rows == copy.source_rows for copy in copies.values())
+    assert all(copy.copied == copy.source_rows for copy in copies.values())
     assert copies["contents"].source_rows == 3 and copies["url_sources"].source_rows == 0
     states = "SELECT state, count(*) FROM media GROUP BY state ORDER BY 1"
     assert registry_db.query(postgres_url, states) == registry_db.query(str(db), states)

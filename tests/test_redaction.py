@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from media_registry import DownloadError, GraphAPIError, MediaRegistry, RegistryError
+from media_registry.config import load_settings
 from media_registry.errors import RedactingFilter, register_secret
 from media_registry.testing import FakeGraphAPI, sample_media
 
@@ -88,3 +90,28 @@ def test_log_lines_and_their_tracebacks_are_redacted(caplog: pytest.LogCaptureFi
     text = logging.Formatter().format(record)
     assert password not in text and "job failed with <password>" in text
     assert "server said <password>" in text
+
+
+@pytest.mark.parametrize("command", [("stats",), ("upload", "card.png")])
+def test_a_libpq_keyword_string_is_refused_without_echoing_it(
+    command: tuple[str, ...], secret_api: FakeGraphAPI, tmp_path: Path,
+) -> None:
+    (tmp_path / "card.png").write_bytes(sample_media("image/png"))
+    db = "host=127.0.0.1 port=5432 dbname=fleet user=app password=Kw-secret-42"
+    result = run_cli(*command, env={"PATH": os.environ["PATH"], "MEDIA_REGISTRY_DB": db, "WHATSAPP_TOKEN": TOKEN,
+                                    "WHATSAPP_API_BASE": secret_api.base_url,
+                                    "WHATSAPP_PHONE_NUMBER_ID": secret_api.phone_number_id}, cwd=tmp_path)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "libpq keyword string" in result.stderr and "give postgresql://" in result.stderr
+    assert "Kw-secret-42" not in result.stdout + result.stderr and "fleet" not in result.stderr
+    assert [path.name for path in tmp_path.iterdir()] == ["card.png"]  # no file of that name
+
+
+def test_a_password_query_key_is_redacted_whatever_its_case(tmp_path: Path) -> None:
+    db = "postgresql://app@127.0.0.1:1/registry?sslmode=disable&PASSWORD=Up-secret-42"
+    for args in (("stats",), ("--debug", "ls")):
+        result = run_cli(*args, env={"PATH": os.environ["PATH"], "MEDIA_REGISTRY_DB": db}, cwd=tmp_path)
+        assert result.returncode == 1
+        assert "Up-secret-42" not in result.stdout + result.stderr, result.stderr
+        assert "postgresql://app@127.0.0.1:1/registry?sslmode=disable" in result.stderr
+    assert "Up-secret-42" not in repr(load_settings(db=db.replace("PASSWORD", "Password")))

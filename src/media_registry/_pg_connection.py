@@ -70,8 +70,9 @@ class Connections:
     """A pool of autocommit connections to ``url``, re-made after a fork; waits at most
     ``timeout`` seconds for a free or new connection."""
 
-    def __init__(self, url: PostgresURL, *, size: int, timeout: float) -> None:
+    def __init__(self, url: PostgresURL, *, size: int, timeout: float, setting: str = "MEDIA_REGISTRY_DB") -> None:
         self.url = url
+        self.setting = setting  # where the URL came from, named in messages
         self.size = size
         self.timeout = timeout
         # A write waiting on another's lock gives up after the busy timeout, as in SQLite.
@@ -191,12 +192,12 @@ class Connections:
         text = reason.lower()
         if "password authentication failed" in text or "no password supplied" in text:
             return RegistryError(f"{where}: the server refused the password ({reason}); "
-                                 "fix the user or password in MEDIA_REGISTRY_DB")
+                                 f"fix the user or password in {self.setting}")
         if "database" in text and "does not exist" in text:
-            return RegistryError(f"{where}: {reason}; create it (createdb) or fix MEDIA_REGISTRY_DB")
+            return RegistryError(f"{where}: {reason}; create it (createdb) or fix {self.setting}")
         if isinstance(exc, psycopg.OperationalError) and (connection_lost(exc) or _cannot_connect(text)):
             return RegistryUnreachable(f"{where}: cannot reach the server ({reason}); start PostgreSQL "
-                                       "or fix the host and port in MEDIA_REGISTRY_DB, then retry")
+                                       f"or fix the host and port in {self.setting}, then retry")
         if isinstance(exc, psycopg.errors.LockNotAvailable):
             return RegistryLocked(f"{where}: stayed locked by another writer for over {self.timeout:g} s; "
                                   "retry, or find the session holding it (pg_stat_activity)")

@@ -458,15 +458,16 @@ def _init(args: argparse.Namespace) -> int:
 
 def _migrate(args: argparse.Namespace) -> int:
     from .config import load_settings
-    from .dburl import PostgresURL
-    from .migrate import migrate_to_postgres
+    from .migrate import migrate_to_postgres, migration_target
 
     settings = load_settings(db=args.db)
-    copies = migrate_to_postgres(settings.db, args.to, host_id=settings.host_id)
+    target, setting = migration_target(args.to, args.to_file, os.environ)
+    copies = migrate_to_postgres(settings.db, target, host_id=settings.host_id, setting=setting)
     width = max(len(copy.table) for copy in copies) + 2
     for copy in copies:
-        print(f"{copy.table + ':':{width}}{copy.copied_rows} of {copy.source_rows} rows")
-    print(f"migrated {settings.db} into {PostgresURL(args.to)} as host {settings.host_id}")
+        print(f"{copy.table + ':':{width}}{copy.source_rows} rows: {copy.copied} copied, "
+              f"{copy.updated} updated, {copy.unchanged} unchanged")
+    print(f"migrated {settings.db} into {target} as host {settings.host_id}")
     return 0
 
 
@@ -642,9 +643,12 @@ def _parser() -> argparse.ArgumentParser:
 
     command("stats", _stats, "counts and health of the registry")
     command("init", _init, "create the registry file", json_flag=False)
-    migrate = command("migrate", _migrate, "copy this SQLite registry into PostgreSQL (the file is left untouched)",
-                      json_flag=False)
-    migrate.add_argument("--to", required=True, metavar="URL", help="postgresql://user:password@host:port/dbname")
+    migrate = command("migrate", _migrate, "copy this SQLite registry into PostgreSQL (the file is left untouched); "
+                      "the server is $MEDIA_REGISTRY_MIGRATE_TO, --to-file or --to", json_flag=False)
+    to = migrate.add_mutually_exclusive_group()
+    to.add_argument("--to-file", metavar="FILE", help="a file holding postgresql://user:password@host:port/dbname")
+    to.add_argument("--to", metavar="URL", help="postgresql://user:password@host:port/dbname; ps shows it "
+                    "with its password to every user: prefer $MEDIA_REGISTRY_MIGRATE_TO or --to-file")
 
     command("demo", _demo, "run the main job end to end on a built-in local Graph API",
             json_flag=False)

@@ -21,10 +21,19 @@ def is_postgres_url(value: object) -> bool:
 
 
 def refuse_other_url(value: str) -> None:
-    """ValueError for a value that names a database by URL, but not as PostgreSQL's own
-    ``postgresql://`` (``PostgreSQL://``, ``postgresql+psycopg://``, ``mysql://``): it must not
-    be taken for a file path, nor its password shown."""
-    if "://" in value and not is_postgres_url(value):
+    """ValueError for a value that names a database, but not as a ``postgresql://`` URL: by
+    another URL (``PostgreSQL://``, ``postgresql+psycopg://``, ``mysql://``) or as a libpq
+    keyword string (``host=db password=...``). It must not be taken for a file path, nor its
+    password shown."""
+    if is_postgres_url(value):
+        return
+    if _KEYWORD.search(value):
+        for password in _KEYWORD_PASSWORD.findall(value):
+            _register(password.strip("'"))
+        raise ValueError("a libpq keyword string (host=... dbname=...) is neither a file path nor a "
+                         "postgresql:// URL; give postgresql://user:password@host:port/dbname "
+                         "(or ./NAME for a file whose name starts so)")
+    if "://" in value:
         _register_passwords(value)
         raise ValueError(f"{_redact(value)!r} is neither a file path nor a postgresql:// URL; "
                          "give postgresql://user:password@host:port/dbname (lower case, no driver "
@@ -77,8 +86,12 @@ class PostgresURL:
         )
 
 
-# A password given as a query parameter: ?password=... or &password=...
-_QUERY_PASSWORD = re.compile(r"(?<=[?&])password=([^&]*)&?")
+# A password given as a query parameter: ?password=... or &password=... (any case).
+_QUERY_PASSWORD = re.compile(r"(?<=[?&])password=([^&]*)&?", re.IGNORECASE)
+# A libpq keyword string names its parts as key=value words: "host=db dbname=fleet".
+_KEYWORD = re.compile(r"(?:^|\s)(?:host|hostaddr|port|dbname|user|password|passfile|service|sslmode|"
+                      r"connect_timeout|options|application_name|target_session_attrs)\s*=", re.IGNORECASE)
+_KEYWORD_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S*)", re.IGNORECASE)
 
 
 def _redact(url: str) -> str:
@@ -98,8 +111,12 @@ def _passwords(url: str) -> list[str]:
 def _register_passwords(url: str) -> None:
     for password in _passwords(url):
         for form in {password, unquote(password)}:
-            # Letters alone or digits alone hold nothing that could make the URL's parser echo
-            # them; redacting such a password would mangle, and so reveal, ordinary words and
-            # numbers of every message ("media-<password>" for "registry").
-            if not (form.isalpha() or form.isdigit()):
-                register_secret(form, "password")
+            _register(form)
+
+
+def _register(password: str) -> None:
+    # Letters alone or digits alone hold nothing that could make the URL's parser echo them;
+    # redacting such a password would mangle, and so reveal, ordinary words and numbers of
+    # every message ("media-<password>" for "registry").
+    if not (password.isalpha() or password.isdigit()):
+        register_secret(password, "password")

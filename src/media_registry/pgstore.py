@@ -1,5 +1,6 @@
 """The PostgreSQL registry, for a fleet of senders on many hosts: every SQL statement of the
-PostgreSQL backend lives in this module (install with ``pip install 'media-registry[postgres]'``).
+PostgreSQL backend lives in this module, but those of ``migrate`` (:mod:`media_registry.migrate`)
+(install with ``pip install 'media-registry[postgres]'``).
 
 It implements the same :class:`~media_registry.store.Store` contract as SQLite, with these
 fleet rules (DESIGN.md, section 3, "Fleets"):
@@ -105,16 +106,18 @@ class PostgresStore:
     def __init__(
         self, url: str | PostgresURL, *, create: bool = True,
         busy_timeout: float = BUSY_TIMEOUT_SECONDS, host_id: str, pool_size: int | None = None,
-        host_retention: timedelta = DEFAULT_HOST_RETENTION,
+        host_retention: timedelta = DEFAULT_HOST_RETENTION, setting: str = "MEDIA_REGISTRY_DB",
     ) -> None:
         self.url = url if isinstance(url, PostgresURL) else PostgresURL(url)
+        self.setting = setting  # where the URL came from, for messages
         self.location = str(self.url)
         self.host_id = host_id
         self.host_retention = host_retention
-        self.db = Connections(self.url, size=pool_size or DEFAULT_POOL_SIZE, timeout=busy_timeout)
+        self.db = Connections(self.url, size=pool_size or DEFAULT_POOL_SIZE, timeout=busy_timeout, setting=setting)
         # Each upload in flight keeps its claim's session for the upload's whole duration: from
         # a pool of their own, so uploads never starve cache hits of connections.
-        self.claim_sessions = Connections(self.url, size=pool_size or DEFAULT_POOL_SIZE, timeout=busy_timeout)
+        self.claim_sessions = Connections(self.url, size=pool_size or DEFAULT_POOL_SIZE, timeout=busy_timeout,
+                                          setting=setting)
         self._claims: dict[str, Connection] = {}  # lease owner -> the session holding its lock
         self._claims_lock = threading.Lock()
         self._daemon_session: Connection | None = None  # holds this host's daemon lock
@@ -148,7 +151,7 @@ class PostgresStore:
         )}
         foreign = RegistryCorrupt(
             f"{self.location} holds tables that are not a media-registry registry (left "
-            "untouched); point MEDIA_REGISTRY_DB at a database of its own"
+            f"untouched); point {self.setting} at a database of its own"
         )
         if "migrations" not in tables:
             if tables:  # another application's database: never add our tables to it
@@ -739,33 +742,6 @@ class PostgresStore:
         by_phone = {phone: PhoneStats(*numbers) for phone, *numbers in phones}
         return StoreStats._make([*counts, by_phone, backend])
 
-    # -- migration from SQLite ------------------------------------------------------------------
-
-    def import_registry(self, tables: dict[str, list[tuple[Any, ...]]]) -> dict[str, tuple[int, int]]:
-        """Copy an SQLite registry's rows (as ``sqlitestore.export_registry`` reads them)
-        into this one, its paths becoming this host's; in one transaction, idempotent.
-
-        Returns, per table, (rows in the source, of those rows how many this registry now
-        holds): equal numbers mean the copy is complete. A media ID the source holds as
-        current while this registry already has another current ID for that content and
-        number (the fleet uploaded it meanwhile) arrives superseded: one current ID at most.
-        """
-
-        def work(con: Connection) -> dict[str, tuple[int, int]]:
-            con.execute("INSERT INTO hosts (host_id, first_seen_at, last_seen_at) VALUES (%s, now(), now()) "
-                        "ON CONFLICT (host_id) DO UPDATE SET last_seen_at = now()", (self.host_id,))
-            counts = {}
-            for table, (insert, verify) in IMPORT_SQL.items():
-                rows = tables[table]
-                params: dict[str, Any] = {f"c{i}": [] for i in range(_WIDEST)}  # an empty table too
-                params.update({f"c{i}": list(column) for i, column in enumerate(zip(*rows))})
-                params["host"] = self.host_id
-                con.execute(insert, params)
-                counts[table] = (len(rows), _one(con.execute(verify, params)))
-            return counts
-
-        return self.db.run(work)
-
     # -- daemon -------------------------------------------------------------------------------
 
     @contextmanager
@@ -816,75 +792,6 @@ class PostgresStore:
             self.claim_sessions.checkin(con)
         self.claim_sessions.close()
         self.db.close()
-
-
-# Each table's rows go in as one array per column (unnest: a large registry copies in a few
-# statements), then a second statement counts how many of the source's rows are there.
-_EVENT_MATCH = """
-    coalesce(e.sha256, '') = coalesce(s.sha256, '') AND e.at = s.at AND e.action = s.action
-    AND coalesce(e.media_id, '') = coalesce(s.media_id, '') AND coalesce(e.path, '') = coalesce(s.path, '')
-    AND coalesce(e.detail, '') = coalesce(s.detail, '')"""
-_EVENTS = """unnest(%(c0)s::timestamptz[], %(c1)s::text[], %(c2)s::text[], %(c3)s::text[], %(c4)s::text[],
-    %(c5)s::text[], %(c6)s::text[]) WITH ORDINALITY
-    AS s(at, action, sha256, media_id, phone_number_id, path, detail, n)"""
-_WIDEST = 8  # columns of the widest table copied (paths)
-IMPORT_SQL = {
-    "contents": (
-        """INSERT INTO contents (sha256, mime_type, size_bytes, first_seen_at, deleted_at)
-        SELECT * FROM unnest(%(c0)s::text[], %(c1)s::text[], %(c2)s::bigint[], %(c3)s::timestamptz[],
-                             %(c4)s::timestamptz[])
-        ON CONFLICT (sha256) DO NOTHING""",
-        "SELECT count(*) FROM contents WHERE sha256 = ANY(%(c0)s::text[])",
-    ),
-    "media": (
-        """INSERT INTO media (media_id, sha256, phone_number_id, state, uploaded_at, expires_at)
-        SELECT media_id, sha256, phone_number_id,
-               CASE WHEN state = 'current' AND (rank > 1 OR EXISTS (
-                   SELECT 1 FROM media AS m WHERE m.sha256 = s.sha256 AND m.state = 'current'
-                     AND m.phone_number_id = s.phone_number_id AND m.media_id <> s.media_id))
-                    THEN 'superseded' ELSE state END,
-               uploaded_at, expires_at
-        FROM (SELECT *, row_number() OVER (PARTITION BY sha256, phone_number_id, state = 'current'
-                                           ORDER BY expires_at DESC) AS rank
-              FROM unnest(%(c0)s::text[], %(c1)s::text[], %(c2)s::text[], %(c3)s::text[],
-                          %(c4)s::timestamptz[], %(c5)s::timestamptz[])
-                   AS u(media_id, sha256, phone_number_id, state, uploaded_at, expires_at)) AS s
-        ON CONFLICT (media_id) DO NOTHING""",
-        "SELECT count(*) FROM media WHERE media_id = ANY(%(c0)s::text[])",
-    ),
-    "paths": (
-        """INSERT INTO paths (host_id, path, sha256, size_bytes, mtime_ns, ctime_ns, inode, device, seen_at)
-        SELECT %(host)s, * FROM unnest(%(c0)s::text[], %(c1)s::text[], %(c2)s::bigint[], %(c3)s::bigint[],
-                                       %(c4)s::bigint[], %(c5)s::bigint[], %(c6)s::bigint[],
-                                       %(c7)s::timestamptz[])
-        ON CONFLICT (host_id, path) DO NOTHING""",
-        "SELECT count(*) FROM paths WHERE host_id = %(host)s AND path = ANY(%(c0)s::text[])",
-    ),
-    "events": (
-        f"""INSERT INTO events (at, action, sha256, media_id, phone_number_id, path, detail, host_id)
-        SELECT at, action, sha256, media_id, phone_number_id, path, detail, %(host)s FROM {_EVENTS}
-        WHERE NOT EXISTS (SELECT 1 FROM events AS e WHERE {_EVENT_MATCH})
-        ORDER BY n""",
-        f"SELECT count(*) FROM {_EVENTS} WHERE EXISTS (SELECT 1 FROM events AS e WHERE {_EVENT_MATCH})",
-    ),
-    "inbound": (
-        """INSERT INTO inbound (media_id, sha256, mime_type, size_bytes, path, downloaded_at)
-        SELECT * FROM unnest(%(c0)s::text[], %(c1)s::text[], %(c2)s::text[], %(c3)s::bigint[],
-                             %(c4)s::text[], %(c5)s::timestamptz[])
-        ON CONFLICT (media_id) DO NOTHING""",
-        "SELECT count(*) FROM inbound WHERE media_id = ANY(%(c0)s::text[])",
-    ),
-    # A URL the fleet already knows keeps the fleet's mapping: it was checked more recently.
-    "url_sources": (
-        """INSERT INTO url_sources (url, sha256, etag, last_modified, checked_at, refetchable)
-        SELECT url, sha256, etag, last_modified, checked_at, refetchable <> 0
-        FROM unnest(%(c0)s::text[], %(c1)s::text[], %(c2)s::text[], %(c3)s::text[],
-                    %(c4)s::timestamptz[], %(c5)s::bigint[])
-             AS u(url, sha256, etag, last_modified, checked_at, refetchable)
-        ON CONFLICT (url) DO NOTHING""",
-        "SELECT count(*) FROM url_sources WHERE url = ANY(%(c0)s::text[])",
-    ),
-}
 
 
 def _serve_or_deleted(con: Connection, sha256: str, phone: str, valid_until: datetime) -> LeaseOutcome | None:

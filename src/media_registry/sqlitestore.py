@@ -736,7 +736,7 @@ def export_registry(path: str | os.PathLike[str]) -> dict[str, list[tuple[Any, .
     if not location.is_file():
         raise RegistryError(f"no registry at {location}; point --db (or MEDIA_REGISTRY_DB) at the SQLite file")
     try:
-        with _closing(sqlite3.connect(f"file:{location}?mode=ro", uri=True)) as con:
+        with _closing(sqlite3.connect(location.absolute().as_uri() + "?mode=ro", uri=True)) as con:
             version = con.execute("PRAGMA user_version").fetchone()[0]
             columns = {row[1] for row in con.execute("PRAGMA table_info(paths)")}
             if not version or "sha256" not in columns:
