@@ -297,7 +297,10 @@ class PostgresStore:
                 self._claims[owner] = con
             return LeaseOutcome(LeaseStatus.ACQUIRED)
 
-        return self.claim_sessions.run(work, transaction=False, keep=lambda o: o.status is LeaseStatus.ACQUIRED)
+        # Every claim session busy with an upload: wait a turn as for another's claim, never
+        # holding a thread on the pool meanwhile (the uploads in flight need one to record).
+        return self.claim_sessions.run(work, transaction=False, keep=lambda o: o.status is LeaseStatus.ACQUIRED,
+                                       busy=lambda: LeaseOutcome(LeaseStatus.WAIT))
 
     def renew_lease(self, sha256: str, phone_number_id: str, owner: str, expires_at: datetime) -> None:
         """Push the lease row's expiry forward (the lock itself lives as long as its session)."""
