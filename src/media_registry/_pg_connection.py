@@ -66,6 +66,16 @@ logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
 logging.getLogger("psycopg.pool").propagate = False
 
 
+def _not_an_ignored_error(record: logging.LogRecord) -> bool:
+    # The driver warns "error ignored ..." while it cleans up after the error the call raises
+    # (a lost connection, say), which the caller reports in one line: the warning repeats it.
+    return not str(record.msg).startswith("error ignored")
+
+
+for _name in ("psycopg", "psycopg.transaction"):
+    logging.getLogger(_name).addFilter(_not_an_ignored_error)
+
+
 class Connections:
     """A pool of autocommit connections to ``url``, re-made after a fork; waits at most
     ``timeout`` seconds for a free or new connection (or, asked not to wait, answers at once

@@ -380,7 +380,7 @@ class PostgresStore:
             _log(con, media.uploaded_at, media.action, self.host_id, sha256=media.sha256,
                  media_id=media.media_id, phone_number_id=media.phone_number_id, path=media.path,
                  detail=f"{why}: owes a remote DELETE")
-            return Recorded.CONTENT_DELETED
+            return Recorded.CONTENT_DELETED if deleted else Recorded.CLAIM_LOST
         con.execute(
             "UPDATE media SET state = 'superseded' "
             "WHERE sha256 = %s AND phone_number_id = %s AND state = 'current' AND media_id <> %s",
