@@ -57,6 +57,34 @@ def test_only_one_daemon_per_registry(cli_env: dict[str, str], tmp_path: Path) -
     assert first.wait(timeout=30) == 0
 
 
+@pytest.mark.sqlite_only  # the lock file beside an SQLite registry
+def test_a_daemon_started_through_a_symlink_finds_the_same_lock(cli_env: dict[str, str], tmp_path: Path) -> None:
+    run_cli("init", env=cli_env)
+    first = start_daemon(cli_env, tmp_path / "first.log")
+    lock = Path(cli_env["MEDIA_REGISTRY_DB"] + ".daemon-lock")
+    wait_for(lambda: lock.exists() and lock.read_text() == str(first.pid), "the first daemon's lock")
+    (tmp_path / "linked").mkdir()
+    by_file = tmp_path / "linked" / "other-name.db"
+    by_file.symlink_to(cli_env["MEDIA_REGISTRY_DB"])
+    by_folder = tmp_path / "folder-link"
+    by_folder.symlink_to(tmp_path, target_is_directory=True)
+    for name in (by_file, by_folder / "registry.db"):
+        log = tmp_path / "second.log"
+        second = start_daemon({**cli_env, "MEDIA_REGISTRY_DB": str(name)}, log)
+
+        def ended_or_started(second: subprocess.Popen[bytes] = second, log: Path = log) -> bool:
+            return second.poll() is not None or "daemon started" in log.read_text()
+
+        wait_for(ended_or_started, "the second daemon to start or stop")
+        if second.poll() is None:
+            second.kill()
+        assert second.wait(timeout=30) == 1, log.read_text()
+        assert f"another media-registry daemon (pid {first.pid}) already serves {name}" in log.read_text()
+    first.send_signal(signal.SIGINT)
+    assert first.wait(timeout=30) == 0
+    assert list((tmp_path / "linked").iterdir()) == [by_file]  # no lock of its own beside the link
+
+
 def test_daemon_intervals_take_seconds_or_iso_8601(cli_env: dict[str, str], tmp_path: Path) -> None:
     log = tmp_path / "daemon.log"
     with open(log, "wb") as out:

@@ -311,7 +311,7 @@ def test_a_restart_during_an_upload_leaves_no_claim_behind(postgres_server: Post
         postgres_server.start()
         # The claim died with its session: another uploader may start while this one records.
         assert lease(a, "a-2") is LeaseStatus.ACQUIRED
-        assert a.record_upload(new_media("900"), "a-1") is Recorded.CONTENT_DELETED
+        assert a.record_upload(new_media("900"), "a-1") is Recorded.CLAIM_LOST
         assert a.record_upload(new_media("901"), "a-2") is Recorded.CURRENT
         assert a.stats(NOW, NOW).leases == 0
         assert [row.media_id for row in a.pending_deletes()] == ["900"]  # never lost, never served

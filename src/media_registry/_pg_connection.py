@@ -66,9 +66,20 @@ logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
 logging.getLogger("psycopg.pool").propagate = False
 
 
+def _not_an_ignored_error(record: logging.LogRecord) -> bool:
+    # The driver warns "error ignored ..." while it cleans up after the error the call raises
+    # (a lost connection, say), which the caller reports in one line: the warning repeats it.
+    return not str(record.msg).startswith("error ignored")
+
+
+for _name in ("psycopg", "psycopg.transaction"):
+    logging.getLogger(_name).addFilter(_not_an_ignored_error)
+
+
 class Connections:
     """A pool of autocommit connections to ``url``, re-made after a fork; waits at most
-    ``timeout`` seconds for a free or new connection."""
+    ``timeout`` seconds for a free or new connection (or, asked not to wait, answers at once
+    when every one of its ``size`` connections is lent out)."""
 
     def __init__(self, url: PostgresURL, *, size: int, timeout: float, setting: str = "MEDIA_REGISTRY_DB") -> None:
         self.url = url
@@ -81,6 +92,7 @@ class Connections:
         self._lock = threading.Lock()
         self._pool: ConnectionPool[Connection] | None = None
         self._lent: dict[int, ConnectionPool[Connection]] = {}  # id of a connection out -> its pool
+        self._slots = threading.BoundedSemaphore(size)  # one per connection the pool may lend
         reference = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _forget_pool(reference))
 
@@ -107,6 +119,27 @@ class Connections:
 
     def checkout(self) -> Connection:
         """A connection of the pool for the caller alone, until :meth:`checkin`."""
+        if not self._slots.acquire(timeout=self.timeout):  # every connection stayed lent out
+            raise self.unreachable()
+        return self._lend()
+
+    def try_checkout(self) -> Connection | None:
+        """As :meth:`checkout`, but None at once when every connection is lent out."""
+        if not self._slots.acquire(blocking=False):
+            return None
+        return self._lend()
+
+    def _lend(self) -> Connection:
+        try:
+            con, pool = self._connection()
+        except BaseException:
+            self._slots.release()
+            raise
+        with self._lock:
+            self._lent[id(con)] = pool
+        return con
+
+    def _connection(self) -> tuple[Connection, ConnectionPool[Connection]]:
         for attempt in (1, 2):
             pool = self.pool
             try:
@@ -115,16 +148,14 @@ class Connections:
                 continue
             except PoolTimeout:
                 error = self.unreachable()
-                if attempt == 2 or not isinstance(error, RegistryLocked) or len(self._lent) >= self.size:
+                if attempt == 2 or not isinstance(error, RegistryLocked):
                     raise error from None
-                # The server answers and the pool has room, yet no connection came: after an
-                # outage the pool reconnects with a growing backoff (up to minutes), so the
-                # first calls after a restart would fail. A fresh pool connects at once.
+                # The server answers and this caller holds a free slot, yet no connection came:
+                # after an outage the pool reconnects with a growing backoff (up to minutes), so
+                # the first calls after a restart would fail. A fresh pool connects at once.
                 self._renew(pool)
                 continue
-            with self._lock:
-                self._lent[id(con)] = pool
-            return con
+            return con, pool
         raise self.unreachable()
 
     def checkin(self, con: Connection) -> None:
@@ -133,8 +164,11 @@ class Connections:
             pool = self._lent.pop(id(con), None)
         if pool is None:
             con.close()
-        else:
+            return
+        try:
             pool.putconn(con)
+        finally:
+            self._slots.release()
 
     def _renew(self, stale: ConnectionPool[Connection]) -> None:
         with self._lock:
@@ -144,16 +178,21 @@ class Connections:
         stale.close(timeout=0)
 
     def run(self, work: Callable[[Connection], T], *, transaction: bool = True,
-            keep: Callable[[T], bool] | None = None) -> T:
+            keep: Callable[[T], bool] | None = None, busy: Callable[[], T] | None = None) -> T:
         """``work(con)`` on a pooled connection, in one transaction unless told otherwise;
         the connection goes back to the pool unless ``keep(result)`` says the caller kept it.
+        With ``busy``, its answer comes at once when every connection is lent out, instead
+        of waiting for one.
 
         A connection lost under the call (a server restart, a network cut) is retried once on
         a fresh one: the registry's writes are idempotent, so a commit whose answer was lost
         is harmless to repeat.
         """
         for attempt in (1, 2):
-            con = self.checkout()
+            con = self.checkout() if busy is None else self.try_checkout()
+            if con is None:
+                assert busy is not None
+                return busy()
             kept = False
             try:
                 if transaction:
@@ -259,3 +298,4 @@ def _forget_pool(reference: weakref.ref[Connections]) -> None:
         connections._lock = threading.Lock()
         connections._pool = None
         connections._lent = {}
+        connections._slots = threading.BoundedSemaphore(connections.size)

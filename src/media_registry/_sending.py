@@ -111,18 +111,21 @@ class Sending(RegistryCore):
                 raise _deleted(source_name(source))
             if outcome.status is LeaseStatus.ACQUIRED:
                 media_id = yield from self._upload_holding_lease(source, sha256, phone, mime_type, owner, action)
-                return Outcome(media_id, uploaded=True)
+                if media_id is not None:
+                    return Outcome(media_id, uploaded=True)
+                continue  # the claim passed to another uploader: serve its ID, or claim anew
             yield Sleep(delay)  # another thread, task or process is uploading these bytes
             delay = min(delay * 1.5, 0.25)
 
     def _upload_holding_lease(
         self, source: UploadSource, sha256: str, phone: str, mime_type: str, owner: str,
         action: str,
-    ) -> Flow[str]:
+    ) -> Flow[str | None]:
         """Upload with the lease held (renewed meanwhile) when the pacer allows, check the
         bytes did not change, and record the new ID (which releases the lease); on any
         failure, release it. If the content was deleted meanwhile, DELETE the new ID and
-        raise ContentDeleted."""
+        raise ContentDeleted; if the claim passed to another uploader meanwhile, DELETE it
+        and return None."""
         keeper = _LeaseKeeper(self, sha256, phone, owner)
         windows = self._windows(phone)
         try:
@@ -144,11 +147,13 @@ class Sending(RegistryCore):
             yield Blocking(functools.partial(self.store.release_lease, sha256, phone, owner))
             raise
         keeper.stop()
+        if recorded is Recorded.CURRENT:
+            return media_id
+        owed = MediaRow(media_id, sha256, phone, "deleting", mime_type, uploaded_at, media.expires_at)
+        yield from self._delete_remotely(owed)
         if recorded is Recorded.CONTENT_DELETED:
-            owed = MediaRow(media_id, sha256, phone, "deleting", mime_type, uploaded_at, media.expires_at)
-            yield from self._delete_remotely(owed)
             raise _deleted(source_name(source))
-        return media_id
+        return None
 
     def _upload(self, source: UploadSource, mime_type: str, phone: str, ttl_minutes: int | None) -> Flow[str]:
         if isinstance(source, Content):

@@ -300,7 +300,10 @@ class PostgresStore:
                 self._claims[owner] = con
             return LeaseOutcome(LeaseStatus.ACQUIRED)
 
-        return self.claim_sessions.run(work, transaction=False, keep=lambda o: o.status is LeaseStatus.ACQUIRED)
+        # Every claim session busy with an upload: wait a turn as for another's claim, never
+        # holding a thread on the pool meanwhile (the uploads in flight need one to record).
+        return self.claim_sessions.run(work, transaction=False, keep=lambda o: o.status is LeaseStatus.ACQUIRED,
+                                       busy=lambda: LeaseOutcome(LeaseStatus.WAIT))
 
     def renew_lease(self, sha256: str, phone_number_id: str, owner: str, expires_at: datetime) -> None:
         """Push the lease row's expiry forward (the lock itself lives as long as its session)."""
@@ -380,7 +383,7 @@ class PostgresStore:
             _log(con, media.uploaded_at, media.action, self.host_id, sha256=media.sha256,
                  media_id=media.media_id, phone_number_id=media.phone_number_id, path=media.path,
                  detail=f"{why}: owes a remote DELETE")
-            return Recorded.CONTENT_DELETED
+            return Recorded.CONTENT_DELETED if deleted else Recorded.CLAIM_LOST
         con.execute(
             "UPDATE media SET state = 'superseded' "
             "WHERE sha256 = %s AND phone_number_id = %s AND state = 'current' AND media_id <> %s",

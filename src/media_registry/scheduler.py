@@ -141,12 +141,15 @@ def only_daemon(registry: MediaRegistry | AsyncMediaRegistry) -> Iterator[None]:
 
 @contextmanager
 def _lock_beside(db: Path) -> Iterator[None]:
-    """Hold an exclusive lock on a file beside the SQLite registry.
+    """Hold an exclusive lock on a file beside the SQLite registry, the file itself rather
+    than the name it was given: a symlink to it, or a path through a symlinked folder, finds
+    the same lock.
 
     flock is released by the kernel when the process dies, so a killed daemon never blocks
     the next one.
     """
-    handle = _open_lock(db.with_name(db.name + ".daemon-lock"))
+    registry = db.resolve()
+    handle = _open_lock(registry.with_name(registry.name + ".daemon-lock"))
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

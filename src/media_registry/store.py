@@ -85,6 +85,7 @@ class Recorded(enum.Enum):
 
     CURRENT = "current"  # recorded as the content's current ID (any previous one superseded)
     CONTENT_DELETED = "content deleted"  # deleted meanwhile: recorded as owing a remote DELETE
+    CLAIM_LOST = "claim lost"  # another uploader took the claim over: owes a DELETE, ask again
 
 
 class MediaRow(NamedTuple):
@@ -242,7 +243,9 @@ class Store(Protocol):
 
         Deletion wins: if the content was deleted after this owner took its lease (the
         delete revoked the lease) or is gone, the ID is recorded as owing a remote DELETE
-        ('deleting') and CONTENT_DELETED is returned. Otherwise it becomes the current ID
+        ('deleting') and CONTENT_DELETED is returned. If the claim passed to another uploader
+        (PostgreSQL: a server restart ended the session holding it), the ID owes a remote
+        DELETE too and CLAIM_LOST is returned. Otherwise it becomes the current ID
         and the previous current one is superseded (the one-current-ID invariant holds at
         every commit), and a deletion mark is cleared. Recording the same media ID twice
         records it once."""
