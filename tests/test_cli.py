@@ -11,7 +11,7 @@ from pathlib import Path
 from media_registry.testing import FakeGraphAPI
 
 import registry_db
-from conftest import CLI, PDF, run_cli
+from conftest import CLI, PDF, run_cli, settle
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
@@ -33,6 +33,20 @@ def test_upload_prints_the_media_id_first(cli_env: dict[str, str], api: FakeGrap
     second = run_cli("upload", str(path), env=cli_env)
     assert second.stdout == f"{media_id}\tcached\t{path}\n"
     assert api.uploads == 1
+
+
+def test_control_characters_in_a_file_name_cannot_forge_output_lines(
+        cli_env: dict[str, str], make_file: Callable[..., Path]) -> None:
+    path = make_file("evil\n1000000000000001\tuploaded\t\x1b[31mforged.png")
+    escaped = str(path).replace("\n", "\\n").replace("\t", "\\t").replace("\x1b", "\\x1b")
+    settle(path)  # the second upload is then a hit of the fast path
+    for status in ("uploaded", "cached"):
+        result = run_cli("upload", str(path), env=cli_env)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count("\n") == 1 and result.stdout.split("\t")[1:] == [status, escaped + "\n"]
+    for command in (("ls",), ("show", str(path))):
+        printed = run_cli(*command, env=cli_env).stdout
+        assert escaped in printed and "\x1b" not in printed and "\tuploaded" not in printed
 
 
 def test_upload_json_lines(cli_env: dict[str, str], make_file: Callable[..., Path]) -> None:

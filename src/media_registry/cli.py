@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _error(message: str) -> None:
     from .errors import one_line, redact
 
-    message = one_line(redact(message))
+    message = _printable(one_line(redact(message)))
     for python, cli in CLI_HINTS.items():
         message = message.replace(python, cli)
     print(f"media-registry: error: {message}", file=sys.stderr)
@@ -170,7 +170,7 @@ def _print_upload(args: argparse.Namespace, media_id: str, status: str, path: st
     elif args.json:
         _print_json({"media_id": media_id, "status": status, "path": path}, flush=True)
     else:
-        print(f"{media_id}\t{status}\t{path}", flush=True)
+        print(f"{media_id}\t{status}\t{_printable(path)}", flush=True)
 
 
 def _upload_paths(paths: Sequence[str], recursive: bool) -> list[str] | None:
@@ -288,7 +288,7 @@ def _print_report(report: Report, as_json: bool) -> None:
         if as_json:
             _print_json(action.model_dump())
         else:
-            print(action.describe())
+            print(_printable(action.describe()))
     if not report.actions and not as_json:
         print("nothing to do")
 
@@ -343,7 +343,7 @@ def _download(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(result.model_dump())
         else:
-            print(f"{result.media_id}\t{status}\t{result.path}")
+            print(f"{result.media_id}\t{status}\t{_printable(str(result.path))}")
     return 1 if failed else 0
 
 
@@ -397,7 +397,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _print_row(cells: Sequence[str]) -> None:
-    print("  ".join(cell.ljust(width) for cell, width in zip(cells, LS_COLUMNS.values())).rstrip())
+    print("  ".join(_printable(cell).ljust(width) for cell, width in zip(cells, LS_COLUMNS.values())).rstrip())
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -427,13 +427,13 @@ def _print_record(record: MediaRecord) -> None:
         "state": record.state,
     }
     for name, value in fields.items():
-        print(f"{name + ':':14}{value}")
+        print(f"{name + ':':14}{_printable(value)}")
     for path in record.paths:
-        print(f"{'path:':14}{path}")
+        print(f"{'path:':14}{_printable(path)}")
     print("history:")
     for event in record.history:
         parts = [_when(event.at), event.action, event.media_id, event.path, event.detail]
-        print("  " + "  ".join(p for p in parts if p))
+        print("  " + "  ".join(_printable(p) for p in parts if p))
 
 
 def _stats(args: argparse.Namespace) -> int:
@@ -452,7 +452,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 def _init(args: argparse.Namespace) -> int:
     with _open(args) as reg:
-        print(f"registry ready at {reg.settings.db}")
+        print(f"registry ready at {_printable(str(reg.settings.db))}")
     return 0
 
 
@@ -523,6 +523,17 @@ def _json_value(value: object) -> str:
     if isinstance(value, os.PathLike):
         return os.fsdecode(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _printable(text: str) -> str:
+    """``text`` with its control characters escaped (``\\n``, ``\\t``, ``\\x1b``): a file
+    name must not forge a line or a column of the output, nor drive the terminal."""
+    if text.isprintable():
+        return text
+    import unicodedata
+
+    return "".join(char if char.isprintable() or unicodedata.category(char) == "Zs"
+                   else char.encode("unicode_escape", "backslashreplace").decode("ascii") for char in text)
 
 
 def _when(moment: datetime | None) -> str:
