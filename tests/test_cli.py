@@ -90,6 +90,17 @@ def test_usage_errors_exit_2(cli_env: dict[str, str]) -> None:
     assert run_cli("frobnicate", env=cli_env).returncode == 2
 
 
+def test_a_bad_phone_number_id_is_a_usage_error_that_leaves_the_registry_alone(
+        cli_env: dict[str, str], make_file: Callable[..., Path]) -> None:
+    path = str(make_file("banner.png"))
+    assert run_cli("upload", path, env=cli_env).returncode == 0
+    assert run_cli("delete", path, env=cli_env).returncode == 0
+    for bad in ("abc", "10654035224292x", "\u0661\u0662"):
+        refused = run_cli("upload", "--phone-number-id", bad, path, env=cli_env)
+        assert refused.returncode == 2 and "is not a phone number ID" in refused.stderr
+    assert run_cli("ls", "--json", env=cli_env).stdout == ""  # the deleted content stays gone
+
+
 def test_ls_show_stats_and_init(cli_env: dict[str, str], make_file: Callable[..., Path],
                                 tmp_path: Path) -> None:
     init = run_cli("init", env=cli_env)
