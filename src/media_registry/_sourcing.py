@@ -194,6 +194,15 @@ class Sourcing(Sending):
                 content.close()
         return None
 
+    def resolve(self, target: str | os.PathLike[str]) -> str | None:
+        """The sha256 that ``target`` names, or None: a URL source the registry has fetched
+        (by its key: ignored query parameters do not matter), else as
+        :meth:`RegistryCore.resolve <media_registry._core.RegistryCore.resolve>` says."""
+        if sources.is_url(target):
+            known = self.store.url_source(self.sources.key(str(target)))
+            return None if known is None else known.sha256
+        return super().resolve(target)
+
     def _invalidate_flow(self, media_id: str, reason: str) -> Flow[None]:
         """Mark a media ID dead (never served again), with an event saying why."""
         graph_id(media_id, "media ID")

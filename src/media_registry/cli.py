@@ -126,11 +126,19 @@ def _upload(args: argparse.Namespace) -> int:
 
 def _invalidate(args: argparse.Namespace) -> int:
     with _open(args) as reg:
-        reg.invalidate(args.media_id)
+        media_id: str = args.media_id
+        if _is_url(media_id):  # the URL's content's current ID
+            record = reg.lookup(media_id)
+            if record is None or record.media_id is None:
+                _error(f"{_shown(reg, media_id)}: no current media ID in the registry; "
+                       "check the URL (see: media-registry ls)")
+                return 1
+            media_id = record.media_id
+        reg.invalidate(media_id)
     if args.json:
-        _print_json({"media_id": args.media_id, "status": "invalidated"})
+        _print_json({"media_id": media_id, "status": "invalidated"})
     else:
-        print(f"{args.media_id}\tinvalidated")
+        print(f"{media_id}\tinvalidated")
     return 0
 
 
@@ -611,19 +619,19 @@ def _parser() -> argparse.ArgumentParser:
     ls = command("ls", _ls, "list contents with their current media IDs")
     ls.add_argument("--expiring", type=_days, metavar="DAYS", help="only IDs expiring within DAYS")
 
-    target_help = "a path, media ID, sha256, or sha256 prefix of 8+ hex digits (as ls prints it)"
+    target_help = "a path, URL, media ID, sha256, or sha256 prefix of 8+ hex digits (as ls prints it)"
     show = command("show", _show, "one content with its paths and history")
-    show.add_argument("target", metavar="PATH|MEDIA_ID|SHA256", help=target_help)
+    show.add_argument("target", metavar="PATH|URL|MEDIA_ID|SHA256", help=target_help)
 
     invalidate = command("invalidate", _invalidate, "Meta refused this media ID at send time: "
                          "never serve it again (the next upload of its content uploads anew)")
-    invalidate.add_argument("media_id", metavar="MEDIA_ID")
+    invalidate.add_argument("media_id", metavar="MEDIA_ID|URL", help="a media ID, or a URL source (its current ID)")
 
     refresh = command("refresh", _refresh, "upload again the IDs that expire within refresh_before")
     refresh.add_argument("--dry-run", action="store_true", help="only say what would be uploaded")
 
     delete = command("delete", _delete, "forget a content and delete its media IDs at the API")
-    delete.add_argument("target", metavar="PATH|MEDIA_ID|SHA256", help=target_help)
+    delete.add_argument("target", metavar="PATH|URL|MEDIA_ID|SHA256", help=target_help)
 
     purge = command("purge", _purge, "delete vanished and deleted content remotely; drop expired IDs")
     purge.add_argument("--dry-run", action="store_true", help="only say what would be done")
