@@ -103,6 +103,10 @@ def _upload(args: argparse.Namespace) -> int:
     if args.quiet and args.json:
         _error("--quiet and --json do not go together; pick one")
         return 2
+    phone = args.phone_number_id
+    if phone is not None and not (phone.isascii() and phone.isdigit()):  # before the registry is touched
+        _error(f"{phone[:80]!r} is not a phone number ID (digits only); check the value given")
+        return 2
     paths = _upload_paths(args.paths, args.recursive)
     if paths is None:
         return 2
@@ -570,13 +574,6 @@ def _days(text: str) -> float:
     return days
 
 
-def _phone_number_id(text: str) -> str:
-    """A phone number ID: digits, as Meta's app dashboard shows it."""
-    if not (text.isascii() and text.isdigit()):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a phone number ID (the digits from Meta's app dashboard)")
-    return text
-
-
 def _port(text: str) -> int:
     """A TCP port, 0 to 65535 (0: a free one)."""
     if not (text.isascii() and text.isdigit() and int(text) <= 65535):
@@ -610,7 +607,7 @@ def _parser() -> argparse.ArgumentParser:
     upload = command("upload", _upload, "get or upload each file, https:// URL, or - (standard "
                      "input); print '<media_id> <status> <path>'")
     upload.add_argument("paths", nargs="+", metavar="PATH|URL|-")
-    upload.add_argument("--phone-number-id", type=_phone_number_id, help="default: $WHATSAPP_PHONE_NUMBER_ID")
+    upload.add_argument("--phone-number-id", help="default: $WHATSAPP_PHONE_NUMBER_ID")
     upload.add_argument("--mime-type", help="assert the type (it must agree with the bytes)")
     upload.add_argument("-r", "--recursive", action="store_true",
                         help="upload every file under the folders given (hidden ones left out)")
