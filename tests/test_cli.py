@@ -11,7 +11,7 @@ from pathlib import Path
 from media_registry.testing import FakeGraphAPI
 
 import registry_db
-from conftest import CLI, PDF, run_cli
+from conftest import CLI, PDF, run_cli, settle
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
@@ -33,6 +33,20 @@ def test_upload_prints_the_media_id_first(cli_env: dict[str, str], api: FakeGrap
     second = run_cli("upload", str(path), env=cli_env)
     assert second.stdout == f"{media_id}\tcached\t{path}\n"
     assert api.uploads == 1
+
+
+def test_control_characters_in_a_file_name_cannot_forge_output_lines(
+        cli_env: dict[str, str], make_file: Callable[..., Path]) -> None:
+    path = make_file("evil\n1000000000000001\tuploaded\t\x1b[31mforged.png")
+    escaped = str(path).replace("\n", "\\n").replace("\t", "\\t").replace("\x1b", "\\x1b")
+    settle(path)  # the second upload is then a hit of the fast path
+    for status in ("uploaded", "cached"):
+        result = run_cli("upload", str(path), env=cli_env)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count("\n") == 1 and result.stdout.split("\t")[1:] == [status, escaped + "\n"]
+    for command in (("ls",), ("show", str(path))):
+        printed = run_cli(*command, env=cli_env).stdout
+        assert escaped in printed and "\x1b" not in printed and "\tuploaded" not in printed
 
 
 def test_upload_json_lines(cli_env: dict[str, str], make_file: Callable[..., Path]) -> None:
@@ -74,6 +88,17 @@ def test_usage_errors_exit_2(cli_env: dict[str, str]) -> None:
     assert run_cli(env=cli_env).returncode == 2
     assert run_cli("upload", env=cli_env).returncode == 2
     assert run_cli("frobnicate", env=cli_env).returncode == 2
+
+
+def test_a_bad_phone_number_id_is_a_usage_error_that_leaves_the_registry_alone(
+        cli_env: dict[str, str], make_file: Callable[..., Path]) -> None:
+    path = str(make_file("banner.png"))
+    assert run_cli("upload", path, env=cli_env).returncode == 0
+    assert run_cli("delete", path, env=cli_env).returncode == 0
+    for bad in ("abc", "10654035224292x", "\u0661\u0662"):
+        refused = run_cli("upload", "--phone-number-id", bad, path, env=cli_env)
+        assert refused.returncode == 2 and "is not a phone number ID" in refused.stderr
+    assert run_cli("ls", "--json", env=cli_env).stdout == ""  # the deleted content stays gone
 
 
 def test_ls_show_stats_and_init(cli_env: dict[str, str], make_file: Callable[..., Path],

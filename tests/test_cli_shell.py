@@ -75,6 +75,26 @@ def test_the_hit_path_honours_min_validity_and_falls_back_on_unusual_settings(
 
 
 @pytest.mark.sqlite_only  # the lean hit of a registry file; a PostgreSQL URL takes the full path
+@pytest.mark.parametrize(("odd", "named"), [
+    ({"MEDIA_REGISTRY_MIN_VALIDITY": "\u00b2"}, "MEDIA_REGISTRY_MIN_VALIDITY"),
+    ({"MEDIA_REGISTRY_TTL": "9" * 20, "MEDIA_REGISTRY_MIN_VALIDITY": "9" * 19}, "MEDIA_REGISTRY_TTL"),
+    ({"MEDIA_REGISTRY_BUSY_TIMEOUT": "1" + "0" * 400}, "MEDIA_REGISTRY_BUSY_TIMEOUT"),
+    ({"WHATSAPP_API_BASE": "http://graph.example.com/v23.0"}, "WHATSAPP_API_BASE"),
+    ({"WHATSAPP_TOKEN": ""}, "WHATSAPP_TOKEN"),
+])
+def test_the_hit_path_refuses_what_the_full_path_refuses(
+    cli_env: dict[str, str], make_file: Callable[..., Path], odd: dict[str, str], named: str
+) -> None:
+    banner = make_file("banner.png")
+    settle(banner)
+    assert run_cli("upload", str(banner), env=cli_env).returncode == 0
+    assert run_cli("upload", str(banner), env=cli_env).stdout.split("\t")[1] == "cached"
+    refused = run_cli("upload", str(banner), env={**cli_env, **odd})
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert one_error_line(refused).startswith(f"media-registry: error: invalid {named}: ")
+
+
+@pytest.mark.sqlite_only  # the lean hit of a registry file; a PostgreSQL URL takes the full path
 def test_a_caller_shelling_out_200_times_makes_one_upload(
     cli_env: dict[str, str], api: FakeGraphAPI, make_file: Callable[..., Path], tmp_path: Path
 ) -> None:

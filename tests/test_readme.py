@@ -8,9 +8,11 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from media_registry.testing import sample_media
 
-from conftest import CLI, PDF
+from conftest import CLI, PDF, run_cli
 
 README = Path(__file__).parent.parent / "README.md"
 SESSION_FOLDER = "/tmp/cli-readme/shop"  # where the README's session ran
@@ -59,6 +61,22 @@ def test_the_readme_cli_session_prints_what_it_shows(tmp_path: Path) -> None:
         server.terminate()
         server.communicate(timeout=30)
     assert normalised(ran.stdout, str(shop)) == normalised(shown, str(shop))
+
+
+@pytest.mark.sqlite_only  # the example's commands, not the backend, are under test
+def test_the_readme_pending_delete_example_prints_what_it_shows(cli_env: dict[str, str], tmp_path: Path) -> None:
+    text = README.read_text(encoding="utf-8")
+    start = text.index("`delete` says so and exits 1:")
+    shown = "".join(line.strip() + "\n" for line in text[start:text.index("A later explicit", start)].splitlines()
+                    if line.strip() and not line.strip().startswith(("```", "`delete`")))
+    (tmp_path / "brochure.pdf").write_bytes(sample_media(PDF, salt="brochure"))
+    env = {**cli_env, "PATH": f"{CLI.parent}{os.pathsep}{os.environ['PATH']}"}
+    assert run_cli("upload", "brochure.pdf", env=env, cwd=tmp_path).returncode == 0
+    script = "".join(f"echo {_quote(line)}\n{line[2:]} 2>&1\n" for line in shown.splitlines()
+                     if line.startswith("$ "))
+    ran = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert normalised(ran.stdout, str(tmp_path)) == normalised(shown, str(tmp_path))
 
 
 def _quote(text: str) -> str:

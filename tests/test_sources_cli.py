@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import struct
 import subprocess
@@ -74,10 +75,28 @@ def test_invalidate(cli_env: dict[str, str], api: FakeGraphAPI) -> None:
     unknown = run_cli("invalidate", "999", env=cli_env)
     assert unknown.returncode == 1
     assert unknown.stderr == "media-registry: error: media ID 999: not in the registry; check the ID (see: ls)\n"
-    for command in ("invalidate", "download"):  # a pasted URL is refused as not an ID, never echoed
-        pasted = run_cli(command, "https://x.example.com/a.png?X-Amz-Signature=SECRETSIG", env=cli_env)
-        assert pasted.returncode == 1 and pasted.stderr == (
-            "media-registry: error: a URL is not a media ID (digits only); check the value given\n")
+    pasted = run_cli("download", "https://x.example.com/a.png?X-Amz-Signature=SECRETSIG", env=cli_env)
+    assert pasted.returncode == 1 and pasted.stderr == (  # refused as not an ID, never echoed
+        "media-registry: error: a URL is not a media ID (digits only); check the value given\n")
+    unknown_url = run_cli("invalidate", "https://x.example.com/a.png?X-Amz-Signature=SECRETSIG", env=cli_env)
+    assert unknown_url.returncode == 1 and unknown_url.stderr == (
+        "media-registry: error: https://x.example.com/a.png: no current media ID in the registry; "
+        "check the URL (see: media-registry ls)\n")
+
+
+def test_show_invalidate_and_delete_take_a_url_source(cli_env: dict[str, str], api: FakeGraphAPI,
+                                                      files: FileServer) -> None:
+    url = files.add("/card.png", DATA)
+    media_id = run_cli("upload", url + "?X-Amz-Signature=ONE", env=cli_env).stdout.split("\t")[0]
+    shown = run_cli("show", "--json", url + "?X-Amz-Signature=TWO", env=cli_env)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["media_id"] == media_id
+    invalidated = run_cli("invalidate", url, env=cli_env)
+    assert invalidated.returncode == 0 and invalidated.stdout == f"{media_id}\tinvalidated\n"
+    again = run_cli("upload", url, env=cli_env).stdout.split("\t")
+    assert again[0] != media_id and again[1] == "uploaded" and api.uploads == 2
+    deleted = run_cli("delete", url, env=cli_env)
+    assert deleted.returncode == 0 and f"deleted   {again[0]}\n" in deleted.stdout
+    assert not api.live(again[0])
 
 
 def test_stdin_twice_or_closed_is_one_clear_line(cli_env: dict[str, str], api: FakeGraphAPI) -> None:

@@ -23,6 +23,7 @@ import pytest
 from file_server import FileServer
 from media_registry import (
     AsyncMediaRegistry,
+    ConfigError,
     MediaRegistry,
     MediaTooLarge,
     NotInRegistry,
@@ -36,6 +37,7 @@ from media_registry.testing import FakeGraphAPI, sample_media
 PNG = "image/png"
 PDF = "application/pdf"
 DATA = sample_media(PNG, salt="three ways")
+DATA_SHA256 = hashlib.sha256(DATA).hexdigest()
 
 
 class Clock:
@@ -77,8 +79,8 @@ def pipe_of(data: bytes) -> io.BufferedReader:
     return os.fdopen(read_end, "rb")
 
 
-def send_image(api: FakeGraphAPI, media_id: str) -> httpx.Response:
-    return httpx.post(f"{api.base_url}/{api.phone_number_id}/messages",
+def send_image(api: FakeGraphAPI, media_id: str, phone: str | None = None) -> httpx.Response:
+    return httpx.post(f"{api.base_url}/{phone or api.phone_number_id}/messages",
                       headers={"Authorization": f"Bearer {api.token}"},
                       json={"messaging_product": "whatsapp", "to": "15550100", "type": "image",
                             "image": {"id": media_id}})
@@ -287,6 +289,45 @@ def test_send_with_media_leaves_other_errors_alone(reg: MediaRegistry, api: Fake
     other = httpx.Response(400, json={"error": {"code": 131053, "message": "Media upload error"}})
     assert reg.send_with_media(DATA, lambda _: other) is other
     assert reg.get_or_upload(DATA) == media_id and api.uploads == 1
+
+
+def test_send_with_media_from_another_number_says_so_and_uploads_at_most_twice(
+        reg: MediaRegistry, api: FakeGraphAPI, clock: Clock) -> None:
+    api.add_phone_number("42")
+    media_id = reg.get_or_upload(DATA)
+
+    def send_from_42(media_id: str) -> httpx.Response:
+        return send_image(api, media_id, phone="42")
+
+    for _ in range(5):
+        with pytest.raises(ConfigError, match=rf"phone number ID {api.phone_number_id}: .*"
+                           r"another phone number.*pass phone_number_id= with the sender's"):
+            reg.send_with_media(DATA, send_from_42)
+    assert api.uploads == 2
+    served = reg.get_or_upload(DATA)
+    assert served != media_id  # the first ID was repaired once, the second kept
+    assert reg.send_with_media(DATA, lambda media_id: send_image(api, media_id)).status_code == 200
+    clock.advance(minutes=11)  # past MEDIA_REGISTRY_REPAIR_WINDOW: one repair again
+    with pytest.raises(ConfigError, match="another phone number"):
+        reg.send_with_media(DATA, send_from_42)
+    assert api.uploads == 3
+    assert reg.send_with_media(DATA, send_from_42, phone_number_id="42").status_code == 200
+
+
+def test_a_fresh_upload_refused_at_send_is_not_repaired(reg: MediaRegistry, api: FakeGraphAPI) -> None:
+    api.add_phone_number("42")
+    with pytest.raises(ConfigError, match="pass phone_number_id="):
+        reg.send_with_media(DATA, lambda media_id: send_image(api, media_id, phone="42"))
+    assert api.uploads == 1
+    history = reg.lookup(DATA_SHA256).history  # type: ignore[union-attr]
+    assert "invalidate" not in [event.action for event in history]
+
+
+def test_the_repair_window_is_a_setting(make_registry: Callable[..., MediaRegistry]) -> None:
+    assert make_registry().settings.repair_window == timedelta(minutes=10)
+    assert make_registry(repair_window="90").settings.repair_window == timedelta(seconds=90)
+    with pytest.raises(ConfigError, match="invalid MEDIA_REGISTRY_REPAIR_WINDOW: must be a positive"):
+        make_registry(repair_window="-1")
 
 
 # -- async ---------------------------------------------------------------------------------

@@ -19,12 +19,12 @@ from typing import IO, Any
 from . import sources
 from ._flows import Blocking, Fetch, Flow, Hashing, Send, Sleep
 from ._sending import Outcome, Sending
-from .errors import MediaRegistryError, NotInRegistry, SourceNotFound, SourceUnavailable
+from .errors import ConfigError, MediaRegistryError, NotInRegistry, SourceNotFound, SourceUnavailable
 from .media_types import MediaType
 from .models import graph_id
 from .refusal import media_id_refused
 from .sources import AsyncSourceFetcher, Content, SourceFetcher, Validators
-from .store import UrlSource
+from .store import EventRow, UrlSource
 
 # What get_or_upload takes: a path, bytes, a binary file object, or an https:// URL string.
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
@@ -59,26 +59,38 @@ class Sourcing(Sending):
             return hit
         return self._source_flow(source, phone_number_id, declared)
 
-    def _media_id_flow(self, source: Source | Content, phone_number_id: str | None) -> Flow[str]:
+    def _outcome_flow(self, source: Source | Content, phone_number_id: str | None) -> Flow[Outcome]:
         found = self._lookup(source, phone_number_id, None)
-        return found.media_id if isinstance(found, Outcome) else (yield from found).media_id
+        return found if isinstance(found, Outcome) else (yield from found)
 
     def _send_with_media_flow(self, source: Source, send: Callable[[str], Any],
                               phone_number_id: str | None) -> Flow[Any]:
-        """Send with the source's ID; when Meta refuses it, invalidate, upload and send again."""
+        """Send with the source's ID; when Meta refuses it, invalidate, upload and send again,
+        unless the refusal cannot be about the media (see :func:`_wrong_sender`)."""
         held: Source | Content = yield Hashing(functools.partial(hold, source))
+        phone = self._phone(phone_number_id)
         with closing(held):
-            media_id = yield from self._media_id_flow(held, phone_number_id)
-            try:
-                result = yield Send(send, media_id)
-            except Exception as exc:
-                if not media_id_refused(exc):
-                    raise
-            else:
-                if not media_id_refused(result):
-                    return result
-            yield from self._invalidate_flow(media_id, REFUSED)
-            return (yield Send(send, (yield from self._media_id_flow(held, phone_number_id))))
+            outcome = yield from self._outcome_flow(held, phone)
+            result, refused = yield from _send(send, outcome.media_id)
+            if not refused:
+                return result
+            if outcome.uploaded or (yield from self._repaired_lately(outcome.media_id, phone)):
+                raise _wrong_sender(phone)
+            yield from self._invalidate_flow(outcome.media_id, REFUSED)
+            result, refused = yield from _send(send, (yield from self._outcome_flow(held, phone)).media_id)
+            if refused:
+                raise _wrong_sender(phone)
+            return result
+
+    def _repaired_lately(self, media_id: str, phone: str) -> Flow[bool]:
+        """Whether an ID of this media ID's content on ``phone`` was invalidated within
+        ``repair_window``: its ID now is a recent upload, so a refusal is not about the media."""
+        sha256: str | None = yield Blocking(functools.partial(self.store.resolve, media_id))
+        events: list[EventRow] = [] if sha256 is None else (
+            yield Blocking(functools.partial(self.store.events, sha256)))
+        since = self._clock() - self.settings.repair_window
+        return any(event.action == "invalidate" and event.phone_number_id == phone and event.at > since
+                   for event in events)
 
     def _url_fast_path(self, url: str, phone_number_id: str | None, declared: str | None) -> Outcome | None:
         """The URL cache hit, inline in both drivers: checked within ``url_revalidate``,
@@ -185,6 +197,15 @@ class Sourcing(Sending):
                 content.close()
         return None
 
+    def resolve(self, target: str | os.PathLike[str]) -> str | None:
+        """The sha256 that ``target`` names, or None: a URL source the registry has fetched
+        (by its key: ignored query parameters do not matter), else as
+        :meth:`RegistryCore.resolve <media_registry._core.RegistryCore.resolve>` says."""
+        if sources.is_url(target):
+            known = self.store.url_source(self.sources.key(str(target)))
+            return None if known is None else known.sha256
+        return super().resolve(target)
+
     def _invalidate_flow(self, media_id: str, reason: str) -> Flow[None]:
         """Mark a media ID dead (never served again), with an event saying why."""
         graph_id(media_id, "media ID")
@@ -192,6 +213,28 @@ class Sourcing(Sending):
             self.store.invalidate_media, media_id, self._clock(), reason))
         if not found:
             raise NotInRegistry(f"media ID {media_id}: not in the registry; check the ID (see: ls)")
+
+
+def _send(send: Callable[[str], Any], media_id: str) -> Flow[tuple[Any, bool]]:
+    """What ``send(media_id)`` returned (or raised, if Meta refused the ID), and whether
+    Meta refused the ID."""
+    try:
+        result = yield Send(send, media_id)
+    except Exception as exc:
+        if not media_id_refused(exc):
+            raise
+        return exc, True
+    return result, media_id_refused(result)
+
+
+def _wrong_sender(phone: str) -> ConfigError:
+    # Meta refuses an ID sent from another number than the one that uploaded it; the registry
+    # cannot see which number send() posts from.
+    return ConfigError(
+        f"phone number ID {phone}: Meta refused a media ID uploaded for it moments ago, so send() "
+        f"posts from another phone number (a media ID works only for the number that uploaded "
+        f"it); pass phone_number_id= with the sender's phone number ID"
+    )
 
 
 def is_path(source: object) -> bool:

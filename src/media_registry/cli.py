@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _error(message: str) -> None:
     from .errors import one_line, redact
 
-    message = one_line(redact(message))
+    message = _printable(one_line(redact(message)))
     for python, cli in CLI_HINTS.items():
         message = message.replace(python, cli)
     print(f"media-registry: error: {message}", file=sys.stderr)
@@ -103,6 +103,10 @@ def _upload(args: argparse.Namespace) -> int:
     if args.quiet and args.json:
         _error("--quiet and --json do not go together; pick one")
         return 2
+    phone = args.phone_number_id
+    if phone is not None and not (phone.isascii() and phone.isdigit()):  # before the registry is touched
+        _error(f"{phone[:80]!r} is not a phone number ID (digits only); check the value given")
+        return 2
     paths = _upload_paths(args.paths, args.recursive)
     if paths is None:
         return 2
@@ -126,11 +130,19 @@ def _upload(args: argparse.Namespace) -> int:
 
 def _invalidate(args: argparse.Namespace) -> int:
     with _open(args) as reg:
-        reg.invalidate(args.media_id)
+        media_id: str = args.media_id
+        if _is_url(media_id):  # the URL's content's current ID
+            record = reg.lookup(media_id)
+            if record is None or record.media_id is None:
+                _error(f"{_shown(reg, media_id)}: no current media ID in the registry; "
+                       "check the URL (see: media-registry ls)")
+                return 1
+            media_id = record.media_id
+        reg.invalidate(media_id)
     if args.json:
-        _print_json({"media_id": args.media_id, "status": "invalidated"})
+        _print_json({"media_id": media_id, "status": "invalidated"})
     else:
-        print(f"{args.media_id}\tinvalidated")
+        print(f"{media_id}\tinvalidated")
     return 0
 
 
@@ -170,7 +182,7 @@ def _print_upload(args: argparse.Namespace, media_id: str, status: str, path: st
     elif args.json:
         _print_json({"media_id": media_id, "status": status, "path": path}, flush=True)
     else:
-        print(f"{media_id}\t{status}\t{path}", flush=True)
+        print(f"{media_id}\t{status}\t{_printable(path)}", flush=True)
 
 
 def _upload_paths(paths: Sequence[str], recursive: bool) -> list[str] | None:
@@ -288,7 +300,7 @@ def _print_report(report: Report, as_json: bool) -> None:
         if as_json:
             _print_json(action.model_dump())
         else:
-            print(action.describe())
+            print(_printable(action.describe()))
     if not report.actions and not as_json:
         print("nothing to do")
 
@@ -343,7 +355,7 @@ def _download(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(result.model_dump())
         else:
-            print(f"{result.media_id}\t{status}\t{result.path}")
+            print(f"{result.media_id}\t{status}\t{_printable(str(result.path))}")
     return 1 if failed else 0
 
 
@@ -397,7 +409,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _print_row(cells: Sequence[str]) -> None:
-    print("  ".join(cell.ljust(width) for cell, width in zip(cells, LS_COLUMNS.values())).rstrip())
+    print("  ".join(_printable(cell).ljust(width) for cell, width in zip(cells, LS_COLUMNS.values())).rstrip())
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -427,13 +439,13 @@ def _print_record(record: MediaRecord) -> None:
         "state": record.state,
     }
     for name, value in fields.items():
-        print(f"{name + ':':14}{value}")
+        print(f"{name + ':':14}{_printable(value)}")
     for path in record.paths:
-        print(f"{'path:':14}{path}")
+        print(f"{'path:':14}{_printable(path)}")
     print("history:")
     for event in record.history:
         parts = [_when(event.at), event.action, event.media_id, event.path, event.detail]
-        print("  " + "  ".join(p for p in parts if p))
+        print("  " + "  ".join(_printable(p) for p in parts if p))
 
 
 def _stats(args: argparse.Namespace) -> int:
@@ -452,7 +464,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 def _init(args: argparse.Namespace) -> int:
     with _open(args) as reg:
-        print(f"registry ready at {reg.settings.db}")
+        print(f"registry ready at {_printable(str(reg.settings.db))}")
     return 0
 
 
@@ -526,6 +538,17 @@ def _json_value(value: object) -> str:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+def _printable(text: str) -> str:
+    """``text`` with its control characters escaped (``\\n``, ``\\t``, ``\\x1b``): a file
+    name must not forge a line or a column of the output, nor drive the terminal."""
+    if text.isprintable():
+        return text
+    import unicodedata
+
+    return "".join(char if char.isprintable() or unicodedata.category(char) == "Zs"
+                   else char.encode("unicode_escape", "backslashreplace").decode("ascii") for char in text)
+
+
 def _when(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M") if moment else "-"
 
@@ -594,19 +617,19 @@ def _parser() -> argparse.ArgumentParser:
     ls = command("ls", _ls, "list contents with their current media IDs")
     ls.add_argument("--expiring", type=_days, metavar="DAYS", help="only IDs expiring within DAYS")
 
-    target_help = "a path, media ID, sha256, or sha256 prefix of 8+ hex digits (as ls prints it)"
+    target_help = "a path, URL, media ID, sha256, or sha256 prefix of 8+ hex digits (as ls prints it)"
     show = command("show", _show, "one content with its paths and history")
-    show.add_argument("target", metavar="PATH|MEDIA_ID|SHA256", help=target_help)
+    show.add_argument("target", metavar="PATH|URL|MEDIA_ID|SHA256", help=target_help)
 
     invalidate = command("invalidate", _invalidate, "Meta refused this media ID at send time: "
                          "never serve it again (the next upload of its content uploads anew)")
-    invalidate.add_argument("media_id", metavar="MEDIA_ID")
+    invalidate.add_argument("media_id", metavar="MEDIA_ID|URL", help="a media ID, or a URL source (its current ID)")
 
     refresh = command("refresh", _refresh, "upload again the IDs that expire within refresh_before")
     refresh.add_argument("--dry-run", action="store_true", help="only say what would be uploaded")
 
     delete = command("delete", _delete, "forget a content and delete its media IDs at the API")
-    delete.add_argument("target", metavar="PATH|MEDIA_ID|SHA256", help=target_help)
+    delete.add_argument("target", metavar="PATH|URL|MEDIA_ID|SHA256", help=target_help)
 
     purge = command("purge", _purge, "delete vanished and deleted content remotely; drop expired IDs")
     purge.add_argument("--dry-run", action="store_true", help="only say what would be done")

@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     uploads_per_second: float = Field(20.0, ge=0.01, allow_inf_nan=False)  # a tinier rate overflowed the wait
     # How long a URL source's remembered content is trusted before a conditional GET.
     url_revalidate: timedelta = timedelta(minutes=5)
+    # send_with_media uploads a content again for a number at most once within this long.
+    repair_window: timedelta = timedelta(minutes=10)
     # Query parameters left out of a URL source's key, and never printed or stored: a signed
     # URL's signature changes on every request (comma-separated; "X-Goog-*" matches a prefix).
     url_ignore_query: Annotated[tuple[str, ...], NoDecode] = DEFAULT_URL_IGNORE_QUERY
@@ -149,7 +151,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("ttl", "min_validity", "refresh_before", "refresh_interval", "purge_interval",
-                     "url_revalidate", "host_retention", mode="before")
+                     "url_revalidate", "host_retention", "repair_window", mode="before")
     @classmethod
     def _seconds(cls, value: Any) -> Any:
         return _seconds_as_number(value)
@@ -176,7 +178,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("ttl", "min_validity", "refresh_before", "refresh_interval", "purge_interval",
-                     "host_retention")
+                     "host_retention", "repair_window")
     @classmethod
     def _check_positive(cls, value: timedelta) -> timedelta:
         if not timedelta(0) < value <= MAX_DURATION:

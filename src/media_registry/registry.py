@@ -126,8 +126,11 @@ class MediaRegistry(_Rules):
         When Meta refuses the ID as no longer valid (Graph error code 100, "... is not a
         valid whatsapp business account media attachment ID", raised or returned as an
         ``httpx.Response``; see :func:`~media_registry.media_id_refused`), the ID is
-        invalidated, the content uploaded again and ``send`` called once more. Any other
-        error reaches the caller untouched. A file object is read once.
+        invalidated, the content uploaded again and ``send`` called once more. An ID uploaded
+        moments ago that is refused too (or a content repaired on this number within
+        ``repair_window``) means ``send`` posts from another number: ConfigError, and nothing
+        more is invalidated. Any other error reaches the caller untouched. A file object is
+        read once.
         """
         return self._drive(self._send_with_media_flow(source, send, phone_number_id))  # type: ignore[no-any-return]
 
