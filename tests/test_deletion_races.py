@@ -126,3 +126,30 @@ def test_sending_again_after_the_race_uploads_anew(
     registry.delete(path)
     second = registry.get_or_upload(path)  # an explicit send after the delete is honoured
     assert second != first and api.live(second) and not api.live(first)
+
+
+def test_an_upload_from_before_a_delete_never_replaces_the_file_sent_again(
+    cli_env: dict[str, str], api: FakeGraphAPI, make_file: Callable[..., Path], backend: str
+) -> None:
+    db = cli_env["MEDIA_REGISTRY_DB"]
+    path = make_file("menu.pdf", PDF)
+    held = threading.Event()  # the first upload stays in flight until the file is sent again
+    api.fail(until=held, method="POST")
+    stale = start("upload", str(path), env=cli_env)
+    wait_for(lambda: api.count("POST") == 1, "the upload to be in flight")
+    wait_for(lambda: registry_db.count(db, "leases") == 1, "the upload to hold its lease")
+    assert run_cli("delete", str(path), env=cli_env).returncode == 0
+    again = start("upload", "-q", str(path), env=cli_env)  # an explicit send after the delete
+    if backend == "sqlite":  # the delete freed the lease: the new upload is done first
+        code, new_id, err = finish(again)
+        held.set()
+        assert finish(stale)[0] == 1
+    else:  # PostgreSQL: the new upload waits for the claim the first still holds
+        held.set()
+        assert finish(stale)[0] == 1
+        code, new_id, err = finish(again)
+    assert code == 0, err
+    new_id = new_id.strip()
+    assert registry_db.media_ids(db, "current") == [new_id]  # the upload sent after the delete
+    assert run_cli("upload", "-q", str(path), env=cli_env).stdout.strip() == new_id
+    assert [media_id for media_id in api.media if api.live(media_id)] == [new_id]  # the other DELETEd

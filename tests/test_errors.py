@@ -21,6 +21,7 @@ from media_registry import (
     RegistryLocked,
     SchemaTooNew,
     SourceNotFound,
+    SourceUnreadable,
     UnsupportedMedia,
 )
 from media_registry.testing import FakeGraphAPI, sample_media
@@ -46,7 +47,7 @@ def test_missing_file(registry: MediaRegistry, api: FakeGraphAPI, tmp_path: Path
 
 
 def test_directory(registry: MediaRegistry, api: FakeGraphAPI, tmp_path: Path) -> None:
-    with pytest.raises(SourceNotFound, match="is a directory; pass a file"):
+    with pytest.raises(SourceUnreadable, match="is a directory; pass a file"):
         registry.get_or_upload(tmp_path)
     assert api.count() == 0
 

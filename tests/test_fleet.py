@@ -126,6 +126,40 @@ def test_purge_judges_sources_per_host(fleet_env: dict[str, str], api: FakeGraph
     assert registry_db.count(fleet_env["MEDIA_REGISTRY_DB"], "media") == 0
 
 
+def test_a_hosts_purge_forgets_only_its_own_paths(
+    fleet_env: dict[str, str], api: FakeGraphAPI, tmp_path: Path
+) -> None:
+    db = fleet_env["MEDIA_REGISTRY_DB"]
+    [first], [second] = host_files(tmp_path, "app-1"), host_files(tmp_path, "app-2")
+    assert run_cli("upload", "-q", str(first), env=on("app-1", fleet_env)).returncode == 0
+    media_id = run_cli("upload", "-q", str(second), env=on("app-2", fleet_env)).stdout.strip()
+    first.unlink()
+    purged = run_cli("purge", env=on("app-1", fleet_env))
+    assert purged.returncode == 0, purged.stderr
+    assert purged.stdout.startswith("skipped") and "another host" in purged.stdout
+    assert api.count("DELETE") == 0 and api.live(media_id)  # app-2 still sends it
+    assert registry_db.count(db, "paths") == 1
+    again = run_cli("upload", str(second), env=on("app-2", fleet_env))
+    assert again.stdout.split("\t")[:2] == [media_id, "cached"]
+    second.unlink()  # the last copy goes: now the content is deleted
+    assert run_cli("purge", env=on("app-2", fleet_env)).stdout.startswith("vanished")
+    assert api.count("DELETE") == 1 and not api.live(media_id)
+
+
+def test_a_host_silent_past_the_retention_no_longer_holds_content(
+    fleet_env: dict[str, str], api: FakeGraphAPI, tmp_path: Path
+) -> None:
+    db = fleet_env["MEDIA_REGISTRY_DB"]
+    [first], [second] = host_files(tmp_path, "app-1"), host_files(tmp_path, "app-2")
+    assert run_cli("upload", "-q", str(first), env=on("app-1", fleet_env)).returncode == 0
+    media_id = run_cli("upload", "-q", str(second), env=on("app-2", fleet_env)).stdout.strip()
+    registry_db.execute(db, "UPDATE hosts SET last_seen_at = now() - interval '15 days' WHERE host_id = 'app-2'")
+    first.unlink()
+    purged = run_cli("purge", env={**on("app-1", fleet_env), "MEDIA_REGISTRY_HOST_RETENTION": "P14D"})
+    assert purged.stdout.startswith("vanished"), purged.stdout + purged.stderr
+    assert api.count("DELETE") == 1 and not api.live(media_id)
+
+
 def test_one_daemon_per_host(fleet_env: dict[str, str]) -> None:
     first = spawn("app-1", "daemon", env=fleet_env)
     other_host = spawn("app-2", "daemon", env=fleet_env)

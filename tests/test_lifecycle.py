@@ -215,3 +215,21 @@ def test_purge_drops_expired_deletions_without_calling_the_api(
     deletes_before = api.count("DELETE")
     assert [a.action for a in registry.purge().actions] == ["expired"]
     assert api.count("DELETE") == deletes_before and media_rows(registry) == []
+
+
+def test_stats_and_refresh_agree_on_expiring_for_a_number_with_its_own_ttl(
+    make_registry: Callable[..., MediaRegistry], api: FakeGraphAPI, make_file: Callable[..., Path]
+) -> None:
+    phone = api.phone_number_id
+    with freeze_time(DAY0) as clock:
+        registry = make_registry(ttl_by_phone_number={phone: timedelta(hours=1)})
+        registry.get_or_upload(make_file("menu.pdf", PDF))
+
+        def expiring() -> tuple[int, int, int]:
+            stats = registry.stats()
+            refresh = registry.refresh_expiring(dry_run=True)
+            return stats["expiring_ids"], stats["by_phone_number"][phone]["expiring_ids"], len(refresh.actions)
+
+        assert expiring() == (0, 0, 0)  # just uploaded: the hour has barely begun
+        clock.move_to(DAY0 + timedelta(minutes=55))  # inside the number's 6-minute window
+        assert expiring() == (1, 1, 1)

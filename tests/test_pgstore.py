@@ -21,7 +21,7 @@ from media_registry import RegistryCorrupt, RegistryError, RegistryUnreachable, 
 from media_registry.hashing import Fingerprint
 from media_registry.migrate import migrate_to_postgres
 from media_registry.pgstore import MIGRATIONS, PostgresStore
-from media_registry.store import LeaseStatus, NewMedia, Recorded, UrlSource
+from media_registry.store import Cutoffs, LeaseStatus, NewMedia, Recorded, UrlSource
 
 import registry_db
 from pg_server import PostgresServer, create_database, drop_database
@@ -188,10 +188,10 @@ def test_a_claim_is_single_flight_across_hosts_and_frees_when_recorded(
     assert lease(a, "a-1") is LeaseStatus.ACQUIRED
     assert lease(b, "b-1") is LeaseStatus.WAIT
     assert lease(a, "a-2") is LeaseStatus.WAIT  # another thread of the same process too
-    assert a.stats(NOW, NOW).leases == 1
+    assert a.stats(NOW, Cutoffs(NOW)).leases == 1
     assert a.record_upload(new_media(), "a-1") is Recorded.CURRENT
     assert b.take_lease(SHA, PHONE, "b-1", NOW, NOW + DAY, timedelta(hours=1)).media_id == "900"
-    assert a.stats(NOW, NOW).leases == 0
+    assert a.stats(NOW, Cutoffs(NOW)).leases == 0
 
 
 def test_a_claim_dies_with_its_session_whatever_the_lease_period(
@@ -313,7 +313,7 @@ def test_a_restart_during_an_upload_leaves_no_claim_behind(postgres_server: Post
         assert lease(a, "a-2") is LeaseStatus.ACQUIRED
         assert a.record_upload(new_media("900"), "a-1") is Recorded.CLAIM_LOST
         assert a.record_upload(new_media("901"), "a-2") is Recorded.CURRENT
-        assert a.stats(NOW, NOW).leases == 0
+        assert a.stats(NOW, Cutoffs(NOW)).leases == 0
         assert [row.media_id for row in a.pending_deletes()] == ["900"]  # never lost, never served
     finally:
         a.close()
@@ -322,7 +322,7 @@ def test_a_restart_during_an_upload_leaves_no_claim_behind(postgres_server: Post
 
 def test_the_password_never_shows_in_stats(open_store: Callable[..., PostgresStore], postgres_url: str) -> None:
     password = psycopg.conninfo.conninfo_to_dict(postgres_url)["password"]
-    stats = open_store().stats(NOW, NOW)
+    stats = open_store().stats(NOW, Cutoffs(NOW))
     assert str(password) not in repr(stats)
     assert stats.backend["db"] == postgres_url.replace(f":{password}@", "@")
 

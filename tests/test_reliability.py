@@ -18,7 +18,7 @@ from media_registry import (
     GraphAPIError,
     MediaRegistry,
     SourceChanged,
-    SourceNotFound,
+    SourceUnreadable,
 )
 from media_registry.testing import FakeGraphAPI, sample_media
 
@@ -277,14 +277,14 @@ def test_lasting_faults_end_in_one_clear_error(
 def test_a_symlink_loop(registry: MediaRegistry, api: FakeGraphAPI, tmp_path: Path) -> None:
     os.symlink(tmp_path / "b", tmp_path / "a")
     os.symlink(tmp_path / "a", tmp_path / "b")
-    with pytest.raises(SourceNotFound, match="Too many levels of symbolic links"):
+    with pytest.raises(SourceUnreadable, match="Too many levels of symbolic links"):
         registry.get_or_upload(tmp_path / "a")
     assert api.count() == 0
 
 
 def test_a_fifo_is_not_a_regular_file(registry: MediaRegistry, tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "pipe")
-    with pytest.raises(SourceNotFound, match="is not a regular file"):
+    with pytest.raises(SourceUnreadable, match="is not a regular file"):
         registry.get_or_upload(tmp_path / "pipe")
 
 

@@ -16,7 +16,7 @@ from media_registry import ConfigError, RegistryError
 from media_registry import sqlite_migrations as migrations
 from media_registry.errors import RegistryCorrupt
 from media_registry.hashing import Fingerprint
-from media_registry.store import LeaseStatus, NewMedia, Recorded, Store, open_store
+from media_registry.store import Cutoffs, LeaseStatus, NewMedia, Recorded, Store, open_store
 
 import registry_db
 
@@ -122,11 +122,11 @@ def test_rows_come_back_typed(store: Store) -> None:
                                                                                None)
     assert [r.media_id for r in store.content_rows(expiring_before=NOW + timedelta(days=31))] == ["111"]
     assert list(store.content_rows(expiring_before=NOW + timedelta(days=29))) == []
-    assert [m.media_id for m in store.expiring_media(NOW + timedelta(days=31))] == ["111"]
+    assert [m.media_id for m in store.expiring_media(Cutoffs(NOW + timedelta(days=31)))] == ["111"]
     assert [(s.fingerprint.path, s.recorded_at) for s in store.source_paths(SHA)][0] == ("/srv/b.png",
                                                                                           NOW + timedelta(seconds=1))
     assert [e.action for e in store.events(SHA)] == ["upload"] and store.events(SHA)[0].at == NOW
-    stats = store.stats(NOW, NOW + timedelta(days=3))
+    stats = store.stats(NOW, Cutoffs(NOW + timedelta(days=3)))
     assert (stats.contents, stats.paths, stats.live_ids, stats.by_phone_number[PHONE].live_ids) == (1, 2, 1, 1)
     assert stats.backend["db_bytes"] > 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from datetime import datetime, timedelta, timezone
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 
@@ -13,7 +13,7 @@ from ._flows import Clock, utc_now
 from .config import Settings, Windows, load_settings
 from .errors import ConfigError, InputError
 from .pacing import shared_pacer
-from .store import Store, open_store
+from .store import Cutoffs, Store, open_store
 
 C = TypeVar("C", bound="RegistryCore")
 
@@ -95,6 +95,13 @@ class RegistryCore:
         if windows is None:
             windows = self._windows_by_phone[phone] = self.settings.windows(phone)
         return windows
+
+    def _cutoffs(self, now: datetime, window: Literal["refresh_before", "min_validity"]) -> Cutoffs:
+        """``now`` plus that window, per number: "expiring" (refresh_before) means the same to
+        refresh and stats, and a number with its own TTL has its own, narrower, window."""
+        by_phone = tuple((phone, now + getattr(self._windows(phone), window))
+                         for phone in sorted(self.settings.ttl_by_phone_number))
+        return Cutoffs(now + getattr(self.settings, window), by_phone)
 
     def _valid_until(self, validity: timedelta) -> datetime:
         """``now + validity``, computed once per second: this is on every cache hit."""

@@ -5,15 +5,16 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from typing import NamedTuple
 
 from . import hashing
 from ._flows import Blocking, Flow, Hashing
 from ._sending import UploadSource, ids_of, source_name, wall_clock
 from ._sourcing import Sourcing, closing
-from .errors import ContentDeleted, MediaRegistryError, NotInRegistry, SourceNotFound
+from .errors import ContentDeleted, MediaRegistryError, NotInRegistry, SourceNotFound, SourceUnreadable
 from .models import LifecycleAction, Report
 from .sources import is_url
-from .store import ContentRef, MediaRow
+from .store import ContentRef, MediaRow, SourcePath
 
 OnAction = Callable[[LifecycleAction], None]
 
@@ -22,32 +23,25 @@ class Lifecycle(Sourcing):
     """The rules that keep IDs fresh and clean up what is no longer wanted."""
 
     def _expiring_rows(self) -> list[MediaRow]:
-        # The global window is the widest; numbers with a shorter TTL narrow theirs.
-        now = self._clock()
-        rows = self.store.expiring_media(now + self.settings.refresh_before)
-        return [row for row in rows
-                if row.expires_at <= now + self._windows(row.phone_number_id).refresh_before]
+        return self.store.expiring_media(self._cutoffs(self._clock(), "refresh_before"))
 
     def overdue(self) -> list[str]:
         """Media IDs that refresh could renew (a source still holds the content) but that have
         less than ``min_validity`` left: refresh is not keeping up."""
-        now = self._clock()
-        rows = self.store.expiring_media(now + self.settings.min_validity)
-        return [row.media_id for row in rows
-                if row.expires_at <= now + self._windows(row.phone_number_id).min_validity
-                and self._find_source(row.sha256) is not None]
+        rows = self.store.expiring_media(self._cutoffs(self._clock(), "min_validity"))
+        return [row.media_id for row in rows if self._find_source(row.sha256) is not None]
 
     def _refresh_one(self, row: MediaRow, dry_run: bool) -> Flow[LifecycleAction]:
         """Upload one expiring content again from a source file that still holds it, else
         from a URL that still serves it (single flight, so a concurrent refresh or sender
         makes no second upload). Bytes and file objects have no source to read again."""
-        source: UploadSource | None = yield Hashing(
-            functools.partial(self._find_source, row.sha256)
-        )
+        found: Sources = yield Hashing(functools.partial(self._check_sources, row.sha256))
+        source: UploadSource | None = found.holding
         if source is None and not self._stopping.is_set():
             source = yield from self._refetch(row.sha256)
         if source is None:
-            return LifecycleAction(action="skipped", detail="no source file or URL left", **ids_of(row))
+            why = found.unreadable[0] if found.unreadable else "no source file or URL left"
+            return LifecycleAction(action="skipped", detail=why, **ids_of(row))
         with closing(source):
             return (yield from self._refresh_from(source, row, dry_run))
 
@@ -88,17 +82,19 @@ class Lifecycle(Sourcing):
         return report
 
     def _purge_flow(self, dry_run: bool, on_action: OnAction | None) -> Flow[Report]:
-        """Delete contents whose sources all vanished, drop expired IDs, retry owed DELETEs."""
+        """Forget vanished source files and delete the contents no source holds any more,
+        report unreadable ones (left alone), drop expired IDs, retry owed DELETEs."""
         report = Report(dry_run=dry_run)
         contents: list[ContentRef] = yield Blocking(self.store.sourced_contents)
         for sha256, _mime_type in contents:
-            if (yield Hashing(functools.partial(self._find_source, sha256))) is None:
-                vanished = LifecycleAction(action="vanished", sha256=sha256,
-                                           detail="all source files vanished")
-                add(report, vanished, on_action)
-                if not dry_run:
-                    yield Blocking(functools.partial(
-                        self.store.mark_deleted, sha256, self._clock(), "sources vanished"))
+            found: Sources = yield Hashing(functools.partial(self._check_sources, sha256))
+            if found.holding is not None:
+                continue
+            if found.unreadable:  # it may still be there: never deleted for that
+                for problem in found.unreadable:
+                    add(report, LifecycleAction(action="unreadable", sha256=sha256, detail=problem), on_action)
+                continue
+            add(report, (yield from self._vanish(sha256, list(found.vanished), dry_run)), on_action)
         expired: list[MediaRow] = yield Blocking(functools.partial(self.store.expired_media, self._clock()))
         for row in expired:
             add(report, LifecycleAction(action="expired", **ids_of(row)), on_action)
@@ -116,21 +112,60 @@ class Lifecycle(Sourcing):
             add(report, action, on_action)
         return report
 
+    def _vanish(self, sha256: str, paths: list[str], dry_run: bool) -> Flow[LifecycleAction]:
+        """Forget this host's vanished paths of a content; it is deleted (its IDs DELETEd by
+        the owed-DELETE pass) only if no other live host's file or URL still holds it."""
+        if dry_run:
+            return LifecycleAction(action="vanished", sha256=sha256, detail="all source files here vanished")
+        deleted: bool = yield Blocking(functools.partial(self.store.forget_vanished, sha256, paths, self._clock()))
+        if deleted:
+            return LifecycleAction(action="vanished", sha256=sha256, detail="all source files vanished")
+        return LifecycleAction(action="skipped", sha256=sha256,
+                               detail="its files here vanished; another host's file or a URL still holds it")
+
     def _find_source(self, sha256: str) -> hashing.Fingerprint | None:
         """A recorded source file (of this host) that still holds the content, or None."""
+        return self._check_sources(sha256).holding
+
+    def _check_sources(self, sha256: str) -> Sources:
+        """This host's recorded source files of a content: the first that still holds it, else
+        which cannot be read (SourceUnreadable: they may still hold it) and which are gone (no
+        such file, or other bytes now)."""
+        unreadable, vanished = [], []
         for recorded in self.store.source_paths(sha256):
+            path = recorded.fingerprint.path
             try:
-                current = hashing.fingerprint(recorded.fingerprint.path)
-                if current == recorded.fingerprint and not hashing.racily_clean(current, recorded.recorded_at):
-                    return current
-                # Touched, copied over or racily recorded: only the bytes can tell.
-                with hashing.open_source(current.path) as file:
-                    if hashing.sha256_file(file) == sha256:
-                        self.store.refresh_fingerprint(current, sha256, wall_clock())
-                        return current
+                holding = self._holding(recorded, sha256)
+                if holding is not None:
+                    return Sources(holding, (), ())
+                vanished.append(path)  # other bytes now: no longer a source of this content
             except SourceNotFound:
-                continue
-        return None
+                vanished.append(path)
+            except SourceUnreadable as exc:
+                unreadable.append(str(exc))
+            except OSError as exc:  # a read failed midway (EIO): the file is there
+                unreadable.append(f"{path}: cannot read the file ({exc.strerror}); check it")
+        return Sources(None, tuple(unreadable), tuple(vanished))
+
+    def _holding(self, recorded: SourcePath, sha256: str) -> hashing.Fingerprint | None:
+        """The file's fingerprint now if it still holds the content, else None."""
+        current = hashing.fingerprint(recorded.fingerprint.path)
+        if current == recorded.fingerprint and not hashing.racily_clean(current, recorded.recorded_at):
+            return current
+        # Touched, copied over or racily recorded: only the bytes can tell.
+        with hashing.open_source(current.path) as file:
+            if hashing.sha256_file(file) != sha256:
+                return None
+        self.store.refresh_fingerprint(current, sha256, wall_clock())
+        return current
+
+
+class Sources(NamedTuple):
+    """What :meth:`Lifecycle._check_sources` found of a content's source files."""
+
+    holding: hashing.Fingerprint | None
+    unreadable: tuple[str, ...]  # one line each
+    vanished: tuple[str, ...]  # paths
 
 
 def add(report: Report, action: LifecycleAction, on_action: OnAction | None) -> None:

@@ -57,7 +57,7 @@ class Reading(RegistryCore):
         the store knows of itself (for SQLite: ``db``, ``db_bytes`` with its WAL, and
         ``journal_mode``)."""
         now = self._clock()
-        stats = self.store.stats(now, now + self.settings.refresh_before)
+        stats = self.store.stats(now, self._cutoffs(now, "refresh_before"))
         counts: dict[str, Any] = stats._asdict()
         counts["by_phone_number"] = {phone: numbers._asdict() for phone, numbers in stats.by_phone_number.items()}
         counts.update(counts.pop("backend"))

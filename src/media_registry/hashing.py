@@ -8,7 +8,7 @@ import stat
 from datetime import datetime
 from typing import NamedTuple
 
-from .errors import SourceChanged, SourceNotFound
+from .errors import SourceChanged, SourceNotFound, SourceUnreadable
 
 BLOCK_SIZE = 1 << 18
 
@@ -29,20 +29,22 @@ class Fingerprint(NamedTuple):
 def fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
     """Stat ``path`` (absolute, symlinks followed) and return its fingerprint.
 
-    Raises SourceNotFound when it is missing, a directory or otherwise not a regular file.
+    Raises SourceNotFound only when there is no such file (ENOENT, ENOTDIR: it vanished),
+    SourceUnreadable when it exists but cannot be used (permission denied, a directory or
+    another kind of file, any other error).
     """
     absolute = os.path.abspath(path)
     try:
         st = os.stat(absolute)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise SourceNotFound(f"{path}: no such file; check the path") from None
     except PermissionError:
-        raise SourceNotFound(f"{path}: permission denied; make it readable") from None
+        raise SourceUnreadable(f"{path}: permission denied; make it readable") from None
     except OSError as exc:
-        raise SourceNotFound(f"{path}: cannot stat the file ({exc.strerror}); check the path") from None
+        raise SourceUnreadable(f"{path}: cannot stat the file ({exc.strerror}); check the path") from None
     if not stat.S_ISREG(st.st_mode):
         what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        raise SourceNotFound(f"{path}: is {what}; pass a file")
+        raise SourceUnreadable(f"{path}: is {what}; pass a file")
     return Fingerprint(absolute, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
@@ -56,11 +58,14 @@ def racily_clean(fp: Fingerprint, recorded_at: datetime) -> bool:
 
 
 def open_source(path: str | os.PathLike[str]) -> io.BufferedReader:
-    """Open a source file for reading, with SourceNotFound on failure."""
+    """Open a source file for reading: SourceNotFound if there is no such file (any more),
+    SourceUnreadable for any other failure."""
     try:
         return open(path, "rb")
+    except (FileNotFoundError, NotADirectoryError):
+        raise SourceNotFound(f"{path}: no such file; check the path") from None
     except OSError as exc:
-        raise SourceNotFound(f"{path}: cannot read the file ({exc.strerror}); check it") from None
+        raise SourceUnreadable(f"{path}: cannot read the file ({exc.strerror}); check it") from None
 
 
 def sha256_file(file: io.BufferedReader) -> str:

@@ -47,7 +47,8 @@ class LifecycleAction(BaseModel):
     """One thing refresh, delete or purge did (or, in a dry run, would do).
 
     ``action`` is one of: refreshed, deleted, pending (remote delete owed, retried by purge),
-    vanished (all sources gone), expired (row dropped), failed, skipped.
+    vanished (all sources gone), unreadable (a source file there but unreadable: content
+    kept), expired (row dropped), failed, skipped.
     """
 
     action: str

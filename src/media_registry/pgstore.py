@@ -20,6 +20,7 @@ fleet rules (DESIGN.md, section 3, "Fleets"):
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import weakref
@@ -40,6 +41,7 @@ from .store import (
     BUSY_TIMEOUT_SECONDS,
     ContentRef,
     ContentRow,
+    Cutoffs,
     EventRow,
     InboundRow,
     LeaseOutcome,
@@ -91,6 +93,12 @@ MIGRATIONS: list[tuple[str, Any]] = [
     ("url sources and invalidated", lambda: _URL_SOURCES_AND_INVALIDATED),
 ]
 TABLES = ("contents", "media", "hosts", "paths", "leases", "events", "inbound", "url_sources")
+
+
+# "Expiring", shared by refresh and stats: a current ID at or before its number's cutoff
+# (%(cutoffs)s, a JSON object, for numbers with their own; %(before)s, the widest, for the others).
+EXPIRING_SQL = """m.state = 'current' AND m.expires_at <= %(before)s AND m.expires_at <= coalesce(
+    (%(cutoffs)s::jsonb ->> m.phone_number_id)::timestamptz, %(before)s)"""
 
 
 def lock_key(*parts: str) -> int:
@@ -404,16 +412,16 @@ class PostgresStore:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def expiring_media(self, before: datetime) -> list[MediaRow]:
-        """Current IDs expiring by ``before``, of contents not deleted that this host has a
-        source of (or that no host has: bytes sent directly), soonest first."""
+    def expiring_media(self, before: Cutoffs) -> list[MediaRow]:
+        """Current IDs expiring by their number's cutoff, of contents not deleted that this
+        host has a source of (or that no host has: bytes sent directly), soonest first."""
         self._keep_daemon_lock()
         return self._media_rows(
-            "m.state = 'current' AND m.expires_at <= %s AND c.deleted_at IS NULL AND ("
-            " EXISTS (SELECT 1 FROM paths AS p WHERE p.sha256 = m.sha256 AND p.host_id = %s)"
+            EXPIRING_SQL + " AND c.deleted_at IS NULL AND ("
+            " EXISTS (SELECT 1 FROM paths AS p WHERE p.sha256 = m.sha256 AND p.host_id = %(host)s)"
             " OR NOT EXISTS (SELECT 1 FROM paths AS p WHERE p.sha256 = m.sha256))"
             " ORDER BY m.expires_at",
-            (before, self.host_id),
+            {**_cutoffs(before), "host": self.host_id},
         )
 
     def source_paths(self, sha256: str) -> list[SourcePath]:
@@ -444,19 +452,44 @@ class PostgresStore:
 
         return [ContentRef(*row) for row in self.db.run(work)]
 
+    def forget_vanished(self, sha256: str, paths: list[str], now: datetime) -> bool:
+        """Forget this host's vanished paths of a content; delete it fleet-wide only when no
+        live host has a path of it and no URL serves it. One transaction, holding the content
+        row so that hosts purging it at once see each other's paths go."""
+
+        def work(con: Connection) -> bool:
+            if con.execute("SELECT 1 FROM contents WHERE sha256 = %s AND deleted_at IS NULL FOR UPDATE",
+                           (sha256,)).fetchone() is None:
+                return False
+            for (path,) in con.execute(
+                "DELETE FROM paths WHERE host_id = %s AND sha256 = %s AND path = ANY(%s) RETURNING path",
+                (self.host_id, sha256, paths),
+            ).fetchall():
+                _log(con, now, "vanished", self.host_id, sha256=sha256, path=path)
+            if _one(con.execute(
+                "SELECT EXISTS (SELECT 1 FROM paths JOIN hosts USING (host_id) WHERE sha256 = %(sha256)s"
+                " AND last_seen_at >= now() - %(retention)s)"
+                " OR EXISTS (SELECT 1 FROM url_sources WHERE sha256 = %(sha256)s)",
+                {"sha256": sha256, "retention": self.host_retention},
+            )):
+                return False
+            self._mark_deleted(con, sha256, now, "sources vanished")
+            return True
+
+        return bool(self.db.run(work))
+
     def mark_deleted(self, sha256: str, now: datetime, reason: str) -> None:
         """Fleet-wide: mark the content deleted, its IDs owing a DELETE, forget every host's
         paths of it and revoke its leases; one transaction."""
+        self.db.run(lambda con: self._mark_deleted(con, sha256, now, reason))
 
-        def work(con: Connection) -> None:
-            con.execute("UPDATE contents SET deleted_at = %s WHERE sha256 = %s", (now, sha256))
-            con.execute("UPDATE media SET state = 'deleting' WHERE sha256 = %s", (sha256,))
-            con.execute("DELETE FROM paths WHERE sha256 = %s", (sha256,))
-            con.execute("DELETE FROM url_sources WHERE sha256 = %s", (sha256,))
-            con.execute("DELETE FROM leases WHERE sha256 = %s", (sha256,))
-            _log(con, now, "delete", self.host_id, sha256=sha256, detail=reason)
-
-        self.db.run(work)
+    def _mark_deleted(self, con: Connection, sha256: str, now: datetime, reason: str) -> None:
+        con.execute("UPDATE contents SET deleted_at = %s WHERE sha256 = %s", (now, sha256))
+        con.execute("UPDATE media SET state = 'deleting' WHERE sha256 = %s", (sha256,))
+        con.execute("DELETE FROM paths WHERE sha256 = %s", (sha256,))
+        con.execute("DELETE FROM url_sources WHERE sha256 = %s", (sha256,))
+        con.execute("DELETE FROM leases WHERE sha256 = %s", (sha256,))
+        _log(con, now, "delete", self.host_id, sha256=sha256, detail=reason)
 
     def pending_deletes(self, sha256: str | None = None) -> list[MediaRow]:
         """Media IDs owing a remote DELETE (of one content, or all)."""
@@ -510,14 +543,14 @@ class PostgresStore:
         """Media rows whose ID expired at or before ``now``, whatever their state."""
         return self._media_rows("m.expires_at <= %s ORDER BY m.expires_at", (now,))
 
-    def _media_rows(self, where: str, params: tuple[Any, ...]) -> list[MediaRow]:
+    def _media_rows(self, where: str, params: tuple[Any, ...] | dict[str, Any]) -> list[MediaRow]:
         return self._rows(
             "SELECT m.media_id, m.sha256, m.phone_number_id, m.state, c.mime_type, m.uploaded_at, "
             "m.expires_at FROM media AS m JOIN contents AS c USING (sha256) WHERE " + where,
             params,
         )
 
-    def _rows(self, sql: str, params: tuple[Any, ...]) -> list[MediaRow]:
+    def _rows(self, sql: str, params: tuple[Any, ...] | dict[str, Any]) -> list[MediaRow]:
         rows = self.db.run(lambda con: con.execute(sql, params).fetchall())
         return [MediaRow(*row) for row in rows]
 
@@ -698,19 +731,18 @@ class PostgresStore:
         ).fetchall(), transaction=False)
         return [EventRow(*row) for row in rows]
 
-    def stats(self, now: datetime, expiring_before: datetime) -> StoreStats:
+    def stats(self, now: datetime, expiring_before: Cutoffs) -> StoreStats:
         """Counts, per phone number, and the server's facts (its URL without the password)."""
 
         def work(con: Connection) -> tuple[Any, list[Any], Any]:
             counts = con.execute(
-                """
+                f"""
                 SELECT
                   (SELECT count(*) FROM contents),
                   (SELECT count(*) FROM contents WHERE deleted_at IS NOT NULL),
                   (SELECT count(*) FROM paths WHERE host_id = %(host)s),
                   (SELECT count(*) FROM media WHERE state = 'current' AND expires_at > %(now)s),
-                  (SELECT count(*) FROM media WHERE state = 'current'
-                   AND expires_at > %(now)s AND expires_at <= %(before)s),
+                  (SELECT count(*) FROM media AS m WHERE m.expires_at > %(now)s AND {EXPIRING_SQL}),
                   (SELECT count(*) FROM media WHERE expires_at <= %(now)s),
                   (SELECT count(*) FROM media WHERE state = 'superseded'),
                   (SELECT count(*) FROM media WHERE state = 'deleting'),
@@ -719,17 +751,16 @@ class PostgresStore:
                    AND classid = %(upload)s AND database =
                        (SELECT oid FROM pg_database WHERE datname = current_database()))
                 """,
-                {"host": self.host_id, "now": now, "before": expiring_before,
+                {"host": self.host_id, "now": now, **_cutoffs(expiring_before),
                  "upload": _oid(LOCK_UPLOAD)},
             ).fetchone()
             phones = con.execute(
                 "SELECT phone_number_id, "
                 "count(*) FILTER (WHERE state = 'current' AND expires_at > %(now)s), "
-                "count(*) FILTER (WHERE state = 'current' AND expires_at > %(now)s "
-                "AND expires_at <= %(before)s), "
+                f"count(*) FILTER (WHERE m.expires_at > %(now)s AND {EXPIRING_SQL}), "
                 "count(*) FILTER (WHERE expires_at <= %(now)s) "
-                "FROM media GROUP BY phone_number_id ORDER BY 1",
-                {"now": now, "before": expiring_before},
+                "FROM media AS m GROUP BY phone_number_id ORDER BY 1",
+                {"now": now, **_cutoffs(expiring_before)},
             ).fetchall()
             facts = con.execute(
                 "SELECT current_setting('server_version'), pg_database_size(current_database()), "
@@ -813,6 +844,11 @@ def _serve_or_deleted(con: Connection, sha256: str, phone: str, valid_until: dat
     if row[1] is not None:
         return LeaseOutcome(LeaseStatus.SERVE, row[1])
     return None
+
+
+def _cutoffs(cutoffs: Cutoffs) -> dict[str, Any]:
+    return {"before": cutoffs.default,
+            "cutoffs": json.dumps({phone: at.isoformat() for phone, at in cutoffs.by_phone})}
 
 
 def _forget_claims(reference: weakref.ref[PostgresStore]) -> None:

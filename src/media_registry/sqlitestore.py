@@ -26,6 +26,7 @@ from .hashing import Fingerprint
 from .store import (
     ContentRef,
     ContentRow,
+    Cutoffs,
     EventRow,
     InboundRow,
     LeaseOutcome,
@@ -58,6 +59,12 @@ CONTENT_ROWS_SQL = """
     WHERE (? IS NULL OR c.sha256 = ?)
     ORDER BY m.phone_number_id, c.first_seen_at, c.sha256
 """
+
+
+# "Expiring", shared by refresh and stats: a current ID at or before its number's cutoff
+# (:cutoffs, a JSON object, for numbers with their own; :before, the widest, for the others).
+EXPIRING_SQL = """m.state = 'current' AND m.expires_at <= :before AND m.expires_at <= coalesce(
+    (SELECT value FROM json_each(:cutoffs) WHERE key = m.phone_number_id), :before)"""
 
 
 @functools.lru_cache(maxsize=256)  # the cache hit converts the same few moments over and over
@@ -355,7 +362,14 @@ class SQLiteStore:
             content = con.execute(
                 "SELECT deleted_at FROM contents WHERE sha256 = ?", (media.sha256,)
             ).fetchone()
-            deleted = content is None or content[0] is not None
+            # A delete revokes the lease: without it, this upload began before a delete (the
+            # content may have been sent again since) and is never recorded as current.
+            held = con.execute(
+                "DELETE FROM leases WHERE sha256 = ? AND phone_number_id = ? AND owner = ?",
+                (media.sha256, media.phone_number_id, owner),
+            ).rowcount
+            gone = content is None or content[0] is not None
+            deleted = gone or not held
             if content is None:  # deleted and already dropped: bring it back as deleted
                 con.execute(
                     "INSERT INTO contents (sha256, mime_type, size_bytes, first_seen_at, deleted_at) "
@@ -377,19 +391,17 @@ class SQLiteStore:
             )
             _log(con, media.uploaded_at, media.action, sha256=media.sha256, media_id=media.media_id,
                  phone_number_id=media.phone_number_id, path=media.path,
-                 detail="content deleted meanwhile: remote DELETE owed" if deleted else None)
-            _release(con, media.sha256, media.phone_number_id, owner)
+                 detail=f"{'content deleted meanwhile' if gone else 'upload lease lost'}: remote DELETE owed"
+                 if deleted else None)
             return Recorded.CONTENT_DELETED if deleted else Recorded.CURRENT
 
     # -- lifecycle ----------------------------------------------------------------------
 
     @_mapped
-    def expiring_media(self, before: datetime) -> list[MediaRow]:
+    def expiring_media(self, before: Cutoffs) -> list[MediaRow]:
         """See :meth:`Store.expiring_media`."""
-        return self._media_rows(
-            "m.state = 'current' AND m.expires_at <= ? AND c.deleted_at IS NULL ORDER BY m.expires_at",
-            (_text(before),),
-        )
+        return self._media_rows(EXPIRING_SQL + " AND c.deleted_at IS NULL ORDER BY m.expires_at",
+                                _cutoffs(before))
 
     @_mapped
     def source_paths(self, sha256: str) -> list[SourcePath]:
@@ -410,15 +422,27 @@ class SQLiteStore:
         )
         return [ContentRef(*row) for row in rows]
 
+    def forget_vanished(self, sha256: str, paths: list[str], now: datetime) -> bool:
+        """See :meth:`Store.forget_vanished` (one host: every path is this host's)."""
+        with self._transaction() as con:
+            for path in paths:
+                if con.execute("DELETE FROM paths WHERE path = ? AND sha256 = ?", (path, sha256)).rowcount:
+                    _log(con, now, "vanished", sha256=sha256, path=path)
+            kept = con.execute(
+                "SELECT deleted_at IS NOT NULL OR EXISTS (SELECT 1 FROM paths WHERE sha256 = :sha256) "
+                "OR EXISTS (SELECT 1 FROM url_sources WHERE sha256 = :sha256) "
+                "FROM contents WHERE sha256 = :sha256",
+                {"sha256": sha256},
+            ).fetchone()
+            if kept is None or kept[0]:
+                return False
+            _mark_deleted(con, sha256, now, "sources vanished")
+            return True
+
     def mark_deleted(self, sha256: str, now: datetime, reason: str) -> None:
         """See :meth:`Store.mark_deleted`."""
         with self._transaction() as con:
-            con.execute("UPDATE contents SET deleted_at = ? WHERE sha256 = ?", (_text(now), sha256))
-            con.execute("UPDATE media SET state = 'deleting' WHERE sha256 = ?", (sha256,))
-            con.execute("DELETE FROM paths WHERE sha256 = ?", (sha256,))
-            con.execute("DELETE FROM url_sources WHERE sha256 = ?", (sha256,))
-            con.execute("DELETE FROM leases WHERE sha256 = ?", (sha256,))
-            _log(con, now, "delete", sha256=sha256, detail=reason)
+            _mark_deleted(con, sha256, now, reason)
 
     def claim_deletes(self, sha256: str | None, claim_for: timedelta) -> list[MediaRow]:
         """Every owed DELETE: one daemon serves an SQLite registry (its lock file), so there
@@ -614,20 +638,19 @@ class SQLiteStore:
         return [EventRow(_time(row[0]), *row[1:]) for row in rows]
 
     @_mapped
-    def stats(self, now: datetime, expiring_before: datetime) -> StoreStats:
+    def stats(self, now: datetime, expiring_before: Cutoffs) -> StoreStats:
         """See :meth:`Store.stats`. The backend facts: ``db`` (the file), ``db_bytes`` (with
         its -wal and -shm files) and ``journal_mode``."""
         con = self._connection()
-        times = {"now": _text(now), "before": _text(expiring_before)}
+        times = {"now": _text(now), **_cutoffs(expiring_before)}
         counts = con.execute(
-            """
+            f"""
             SELECT
               (SELECT count(*) FROM contents),
               (SELECT count(*) FROM contents WHERE deleted_at IS NOT NULL),
               (SELECT count(*) FROM paths),
               (SELECT count(*) FROM media WHERE state = 'current' AND expires_at > :now),
-              (SELECT count(*) FROM media
-               WHERE state = 'current' AND expires_at > :now AND expires_at <= :before),
+              (SELECT count(*) FROM media AS m WHERE m.expires_at > :now AND {EXPIRING_SQL}),
               (SELECT count(*) FROM media WHERE expires_at <= :now),
               (SELECT count(*) FROM media WHERE state = 'superseded'),
               (SELECT count(*) FROM media WHERE state = 'deleting'),
@@ -640,8 +663,8 @@ class SQLiteStore:
             phone: PhoneStats(live, expiring, expired)
             for phone, live, expiring, expired in con.execute(
                 "SELECT phone_number_id, sum(state = 'current' AND expires_at > :now), "
-                "sum(state = 'current' AND expires_at > :now AND expires_at <= :before), "
-                "sum(expires_at <= :now) FROM media GROUP BY phone_number_id ORDER BY 1",
+                f"sum(expires_at > :now AND {EXPIRING_SQL}), "
+                "sum(expires_at <= :now) FROM media AS m GROUP BY phone_number_id ORDER BY 1",
                 times,
             )
         }
@@ -681,6 +704,22 @@ _URL_SOURCES = "SELECT url, sha256, etag, last_modified, checked_at, refetchable
 
 def _url_source(row: tuple[Any, ...]) -> UrlSource:
     return UrlSource(row[0], row[1], row[2], row[3], _time(row[4]), bool(row[5]))
+
+
+def _cutoffs(cutoffs: Cutoffs) -> dict[str, str]:
+    import json  # not on the cache hit's path
+
+    return {"before": _text(cutoffs.default),
+            "cutoffs": json.dumps({phone: _text(at) for phone, at in cutoffs.by_phone})}
+
+
+def _mark_deleted(con: sqlite3.Connection, sha256: str, now: datetime, reason: str) -> None:
+    con.execute("UPDATE contents SET deleted_at = ? WHERE sha256 = ?", (_text(now), sha256))
+    con.execute("UPDATE media SET state = 'deleting' WHERE sha256 = ?", (sha256,))
+    con.execute("DELETE FROM paths WHERE sha256 = ?", (sha256,))
+    con.execute("DELETE FROM url_sources WHERE sha256 = ?", (sha256,))
+    con.execute("DELETE FROM leases WHERE sha256 = ?", (sha256,))
+    _log(con, now, "delete", sha256=sha256, detail=reason)
 
 
 def _fingerprint_columns(fp: Fingerprint) -> tuple[int, int, int, int, int]:

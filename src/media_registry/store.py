@@ -112,6 +112,15 @@ class UrlSource(NamedTuple):
     refetchable: bool  # False when the key left out part of the URL (a signature)
 
 
+class Cutoffs(NamedTuple):
+    """Where a window ahead of now ends, per phone number: ``default`` for most numbers,
+    ``by_phone`` for numbers with their own (shorter, so narrower) windows. "Expiring" is a
+    current ID whose expiry is at or before its number's cutoff (refresh and stats agree)."""
+
+    default: datetime
+    by_phone: tuple[tuple[str, datetime], ...] = ()
+
+
 class ContentRef(NamedTuple):
     """A content named by its sha256, with its MIME type."""
 
@@ -253,9 +262,9 @@ class Store(Protocol):
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def expiring_media(self, before: datetime) -> list[MediaRow]:
-        """Current media IDs expiring at or before ``before`` whose content is not deleted,
-        soonest first."""
+    def expiring_media(self, before: Cutoffs) -> list[MediaRow]:
+        """Current media IDs expiring at or before their number's cutoff whose content is not
+        deleted, soonest first."""
         ...
 
     def source_paths(self, sha256: str) -> list[SourcePath]:
@@ -265,6 +274,12 @@ class Store(Protocol):
 
     def sourced_contents(self) -> list[ContentRef]:
         """Contents not deleted that have at least one recorded source path (this host's)."""
+        ...
+
+    def forget_vanished(self, sha256: str, paths: list[str], now: datetime) -> bool:
+        """Atomically forget these source paths of a content (this host's: they vanished) and,
+        when no path of a live host (seen within the host retention) is left and no URL serves
+        it, mark it deleted as :meth:`mark_deleted` does. True when it was deleted."""
         ...
 
     def mark_deleted(self, sha256: str, now: datetime, reason: str) -> None:
@@ -368,9 +383,10 @@ class Store(Protocol):
         """The history of one content, oldest first."""
         ...
 
-    def stats(self, now: datetime, expiring_before: datetime) -> StoreStats:
-        """Counts of contents, paths and media IDs by state, per phone number, and the
-        backend's own facts."""
+    def stats(self, now: datetime, expiring_before: Cutoffs) -> StoreStats:
+        """Counts of contents, paths and media IDs by state, per phone number (expiring: live
+        and at or before its number's cutoff, as :meth:`expiring_media`), and the backend's
+        own facts."""
         ...
 
     def close(self) -> None:
