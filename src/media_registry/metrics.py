@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import socketserver
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -176,6 +177,11 @@ class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
 
     daemon_threads = True  # nor does it hold up the daemon's exit
     block_on_close = False
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went silent or away is not the daemon's error: no traceback for it."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
 
 
 def serve_in_background(monitor: Monitor, port: int, host: str = "127.0.0.1") -> WSGIServer:
