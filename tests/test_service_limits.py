@@ -138,6 +138,7 @@ def starved_server(cli_env: dict[str, str], tmp_path: Path) -> Iterator[Server]:
     running = Server(process, log)
     wait_for(lambda: LISTENING.search(running.text()) is not None or process.poll() is not None,
              "the service to listen")
+    assert process.poll() is None, running.text()
     running.url = f"http://127.0.0.1:{LISTENING.search(running.text()).group(2)}"  # type: ignore[union-attr]
     yield running
     assert running.stop() == 0
