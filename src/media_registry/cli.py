@@ -260,7 +260,9 @@ def _serve(args: argparse.Namespace) -> int:
     service = _extra("service", "serve")
     _log_to_stderr()
     options = service.Options(allow_roots=tuple(Path(root) for root in args.allow_root),
-                              allow_private_urls=args.allow_private_urls)
+                              allow_private_urls=args.allow_private_urls,
+                              body_timeout=args.body_timeout, graceful_timeout=args.graceful_timeout,
+                              limit_concurrency=args.limit_concurrency)
     service.run_service(host=args.host, port=args.port, options=options,
                         run_schedule_too=not args.no_schedule, db=args.db,
                         refresh_interval=args.refresh_every, purge_interval=args.purge_every)
@@ -575,6 +577,13 @@ def _days(text: str) -> float:
     return days
 
 
+def _count(text: str) -> int:
+    """A whole number from 1 to 86400 (seconds, or connections)."""
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 86400):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to 86400")
+    return int(text)
+
+
 def _port(text: str) -> int:
     """A TCP port, 0 to 65535 (0: a free one)."""
     if not (text.isascii() and text.isdigit() and int(text) <= 65535):
@@ -660,6 +669,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="let URL sources reach loopback, private and link-local addresses")
     serve.add_argument("--no-schedule", action="store_true",
                        help="leave refresh and purge to a separate `daemon`")
+    serve.add_argument("--body-timeout", type=_count, default=60, metavar="SECONDS",
+                       help="a request body must arrive whole within this, or 408 (default 60)")
+    serve.add_argument("--graceful-timeout", type=_count, default=30, metavar="SECONDS",
+                       help="on SIGTERM, requests still running after this are cancelled (default 30)")
+    serve.add_argument("--limit-concurrency", type=_count, metavar="N",
+                       help="connections held at once; more are answered 503 (default 256, "
+                       "fewer if RLIMIT_NOFILE is low)")
     for flag, name in (("--refresh-every", "REFRESH"), ("--purge-every", "PURGE")):
         serve.add_argument(flag, metavar="DURATION",
                            help=f"seconds or ISO 8601 (default: $MEDIA_REGISTRY_{name}_INTERVAL or PT1H)")

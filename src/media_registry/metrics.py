@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
+import socketserver
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -135,19 +138,22 @@ StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 def wsgi_app(monitor: Monitor) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
     """``/metrics`` and ``/healthz`` as a WSGI application."""
+    # The registry keeps a connection per thread: its reads run on one lasting thread, not on
+    # the thread of each connection.
+    reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="media-registry-metrics-reads")
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
             try:
-                body = monitor.exposition()
+                body = reads.submit(monitor.exposition).result()
             except MediaRegistryError as exc:  # the registry is out of reach: say so, in one line
                 start_response("503 Service Unavailable", [("Content-Type", "application/json")])
                 return [json.dumps({"error": {"type": type(exc).__name__, "message": str(exc)}}).encode()]
             start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
             return [body]
         if path == "/healthz":
-            healthy, health = monitor.health()
+            healthy, health = reads.submit(monitor.health).result()
             start_response("200 OK" if healthy else "503 Service Unavailable",
                            [("Content-Type", "application/json")])
             return [json.dumps(health).encode()]
@@ -159,12 +165,29 @@ def wsgi_app(monitor: Monitor) -> Callable[[dict[str, Any], StartResponse], Iter
 
 
 class _QuietHandler(WSGIRequestHandler):
+    # A client that stops sending gives up its thread after this long.
+    timeout = 30
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
         """Scrapes every few seconds would drown the daemon's own log."""
 
 
+class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
+    """A thread per connection: a client that never finishes its request holds only its own."""
+
+    daemon_threads = True  # nor does it hold up the daemon's exit
+    block_on_close = False
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went silent or away is not the daemon's error: no traceback for it."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+
 def serve_in_background(monitor: Monitor, port: int, host: str = "127.0.0.1") -> WSGIServer:
-    """Serve :func:`wsgi_app` on ``host:port`` from a daemon thread; ``shutdown()`` stops it."""
-    server = make_server(host, port, wsgi_app(monitor), handler_class=_QuietHandler)
+    """Serve :func:`wsgi_app` on ``host:port`` from a daemon thread, each connection in a thread
+    of its own; ``shutdown()`` stops it."""
+    server = make_server(host, port, wsgi_app(monitor), server_class=_ThreadingServer,
+                         handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, daemon=True, name="media-registry-metrics").start()
     return server

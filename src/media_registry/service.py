@@ -25,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Annotated, Any, Literal
 
+import anyio
 import httpx
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -33,10 +34,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
-from . import __version__, media_types
+from . import __version__, _connections, media_types
 from .confined import open_under
 from .errors import (
     AccessDenied,
@@ -69,8 +71,14 @@ MAX_JSON_BODY = 64 * 1024
 SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
 DIGITS = r"^[0-9]{1,32}$"
 
+
+class BodyTimeout(InputError):
+    """The request's body did not arrive whole within the service's ``--body-timeout``."""
+
+
 # The most specific class wins: the status of the first class in the error's MRO found here.
 STATUS_BY_ERROR: dict[type[MediaRegistryError], int] = {
+    BodyTimeout: 408,
     NotAuthenticated: 401,
     AccessDenied: 403,
     NotInRegistry: 404,
@@ -149,8 +157,9 @@ BEARER = HTTPBearer(auto_error=False, description="The service's MEDIA_REGISTRY_
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     words = {400: "Bad input", 401: "No valid client token", 403: "Source not allowed",
-             404: "Not in the registry", 409: "The source changed, or its content was deleted, "
-             "while it was uploaded; send it again", 413: "Too large", 415: "Unsupported media type",
+             404: "Not in the registry", 408: "The body did not arrive within --body-timeout",
+             409: "The source changed, or its content was deleted, while it was uploaded; send it "
+             "again", 413: "Too large", 415: "Unsupported media type",
              502: "Graph API error", 503: "Graph API or registry unavailable, retry later"}
     return {status: {"model": ErrorBody, "description": words[status]} for status in statuses}
 
@@ -175,12 +184,17 @@ UPLOAD_BODY = {
 
 @dataclass(frozen=True)
 class Options:
-    """What the service allows: client token, folders for path sources, private URLs."""
+    """What the service allows: client token, folders for path sources, private URLs; how
+    long a body may take to arrive, how long a stop waits for requests in flight (seconds),
+    and how many connections it holds at once (None: as many as its file descriptors allow)."""
 
     token: str | None = None
     allow_roots: tuple[Path, ...] = ()
     allow_private_urls: bool = False
     max_body: int = MAX_BODY
+    body_timeout: int = 60
+    graceful_timeout: int = 30
+    limit_concurrency: int | None = None
 
 
 Lifespan = Callable[[FastAPI], Any]
@@ -201,6 +215,7 @@ def create_app(registry: AsyncMediaRegistry, monitor: Monitor, options: Options,
                       responses={503: {"model": Health, "description": "Not healthy"}},
                       summary="Whether the registry answers and refresh keeps up")
     app.add_exception_handler(MediaRegistryError, _registry_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
@@ -232,7 +247,7 @@ class _Service:
     def routes(self, router: APIRouter) -> None:
         router.add_api_route(
             "/v1/media", self.upload, methods=["POST"], response_model=Upload,
-            responses=_errors(400, 403, 409, 413, 415, 502, 503), openapi_extra=UPLOAD_BODY,
+            responses=_errors(400, 403, 408, 409, 413, 415, 502, 503), openapi_extra=UPLOAD_BODY,
             summary="The media ID for these bytes (or this URL or path), uploading only if new",
         )
         router.add_api_route(
@@ -271,7 +286,7 @@ class _Service:
                     source.close()
             record = self.registry.lookup(outcome.media_id, phone_number_id=phone_number_id)
             return _answer(outcome, record)
-        file, sha256, size = await _spool(request, self.options.max_body)
+        file, sha256, size = await _spool(request, self.options.max_body, self.options.body_timeout)
         with file:
             if size == 0:
                 raise InputError("the body is empty; send the media's bytes, or JSON "
@@ -325,12 +340,15 @@ class _Service:
 
     async def _json_source(self, request: Request) -> str | IO[bytes]:
         """The URL, or the file opened under an allowed folder (see :mod:`.confined`)."""
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
+        body = bytearray()
+
+        def take(chunk: bytes) -> None:
+            body.extend(chunk)
             if len(body) > MAX_JSON_BODY:
                 raise InputError(f"the JSON body is over {MAX_JSON_BODY:,} bytes; send "
                                  '{"url": ...} or {"path": ...} only')
+
+        await _receive(request, self.options.body_timeout, take)
         try:
             source = JsonSource.validate_json(body)
         except ValidationError:
@@ -429,7 +447,7 @@ def _is_json(media_type: str) -> bool:
         media_type.startswith("application/") and media_type.endswith("+json"))
 
 
-async def _spool(request: Request, limit: int) -> tuple[IO[bytes], str, int]:
+async def _spool(request: Request, limit: int, seconds: int) -> tuple[IO[bytes], str, int]:
     """Stream the body into an unnamed temporary file while hashing it: (file at 0, sha256, size).
 
     The limit is checked against Content-Length first and then as the bytes arrive.
@@ -440,18 +458,34 @@ async def _spool(request: Request, limit: int) -> tuple[IO[bytes], str, int]:
     file = tempfile.TemporaryFile(prefix="media-registry-")
     digest = hashlib.sha256()
     size = 0
+
+    def take(chunk: bytes) -> None:
+        nonlocal size
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(size, limit)
+        digest.update(chunk)
+        file.write(chunk)
+
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(size, limit)
-            digest.update(chunk)
-            file.write(chunk)
+        await _receive(request, seconds, take)
         file.seek(0)
     except BaseException:
         file.close()
         raise
     return file, digest.hexdigest(), size
+
+
+async def _receive(request: Request, seconds: int, take: Callable[[bytes], None]) -> None:
+    """Hand the body's chunks to ``take`` as they arrive; BodyTimeout unless the whole body is
+    in within ``seconds``, however it trickles."""
+    try:
+        with anyio.fail_after(seconds):
+            async for chunk in request.stream():
+                take(chunk)
+    except TimeoutError:
+        raise BodyTimeout(f"the body did not arrive whole within {seconds} s (the service's "
+                          "--body-timeout); send it again over a faster link") from None
 
 
 def _too_large(size: int, limit: int) -> MediaTooLarge:
@@ -478,8 +512,15 @@ def _error(status: int, kind: str, message: str, headers: dict[str, str] | None 
 async def _registry_error(_request: Request, exc: Exception) -> JSONResponse:
     status = next(STATUS_BY_ERROR[cls] for cls in type(exc).__mro__ if cls in STATUS_BY_ERROR)
     retry_after = getattr(exc, "retry_after", None)
-    headers = {"Retry-After": str(int(retry_after))} if retry_after else None
+    headers = {"Retry-After": str(int(retry_after))} if retry_after else {}
+    if isinstance(exc, BodyTimeout):  # the rest of the body may still trickle in: hang up
+        headers["Connection"] = "close"
     return _error(status, type(exc).__name__, str(exc), headers)
+
+
+async def _client_gone(_request: Request, _exc: Exception) -> Response:
+    log.info("a client hung up before sending the whole body; nothing was recorded")
+    return Response(status_code=400)  # nobody is left to read it
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -539,18 +580,16 @@ def run_service(*, host: str, port: int, options: Options, run_schedule_too: boo
     """
     registry = AsyncMediaRegistry.from_env(
         source_transport=None if options.allow_private_urls else PublicOnly(), **settings)
-    token = registry.settings.service_token
-    if token is None and not is_loopback(host):
-        raise ConfigError(f"binding to {host} reaches beyond this machine: set "
-                          "MEDIA_REGISTRY_SERVICE_TOKEN (e.g. `openssl rand -hex 32`) so clients must "
-                          "send it, or bind to 127.0.0.1")
-    options = dataclasses.replace(options, token=token.get_secret_value() if token else None,
-                                  allow_roots=tuple(_root(root) for root in options.allow_roots))
+    limit = options.limit_concurrency or _connections.default_limit(registry.settings.pg_pool_size)
+    options = dataclasses.replace(options, token=_client_token(registry.settings.service_token, host),
+                                  allow_roots=tuple(_root(root) for root in options.allow_roots),
+                                  limit_concurrency=limit)
     monitor = Monitor(registry)
     stopping = asyncio.Event()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        asyncio.get_running_loop().set_exception_handler(_connections.OutOfFiles())
         passes = [run_schedule(registry, stopping, monitor.observe_pass)] if run_schedule_too else []
         schedule = [asyncio.create_task(coroutine) for coroutine in passes]
         # Said once uvicorn's signal handlers are in place: from now on SIGTERM is graceful.
@@ -564,8 +603,10 @@ def run_service(*, host: str, port: int, options: Options, run_schedule_too: boo
         await registry.aclose()
 
     app = create_app(registry, monitor, options, lifespan)
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, server_header=False,
-                            proxy_headers=False)
+    config = uvicorn.Config(_connections.answering_when_cut_short(app), host=host, port=port,
+                            log_config=None, server_header=False, proxy_headers=False,
+                            http=_connections.LimitedH11, limit_concurrency=limit,
+                            timeout_graceful_shutdown=options.graceful_timeout)
     # A signal before uvicorn takes over (nothing in flight yet), and the one uvicorn raises
     # again once it has shut down gracefully: like the daemon, a stop exits 0.
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -573,6 +614,25 @@ def run_service(*, host: str, port: int, options: Options, run_schedule_too: boo
     with only_daemon(registry) if run_schedule_too else nullcontext():
         listener = _listen(host, port)
         uvicorn.Server(config).run(sockets=[listener])
+
+
+def _client_token(token: SecretStr | None, host: str) -> str | None:
+    """The token clients must send (None: none), or ConfigError. A blank one counts as unset,
+    since it would let anyone in; one with spaces or a line break around it is refused, since
+    no client could send it (unlike WHATSAPP_TOKEN, it is not stripped: the clients' copy must
+    be the same bytes, and a mismatch is better found now than as a 401 for everyone)."""
+    given = token.get_secret_value() if token else ""
+    if not given.strip():
+        if not is_loopback(host):
+            raise ConfigError(f"binding to {host} reaches beyond this machine: set "
+                              "MEDIA_REGISTRY_SERVICE_TOKEN (unset or blank now; e.g. `openssl rand "
+                              "-hex 32`) so clients must send it, or bind to 127.0.0.1")
+        return None
+    if given != given.strip() or not (given.isascii() and given.isprintable()):
+        raise ConfigError("MEDIA_REGISTRY_SERVICE_TOKEN has spaces or a line break around it, or "
+                          "characters a client cannot send in a header, so no client could match "
+                          "it; set it to the bare token (e.g. `openssl rand -hex 32`)")
+    return given
 
 
 def _exit_quietly(_signum: int, _frame: object) -> None:
