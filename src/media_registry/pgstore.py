@@ -469,7 +469,7 @@ class PostgresStore:
             if _one(con.execute(
                 "SELECT EXISTS (SELECT 1 FROM paths JOIN hosts USING (host_id) WHERE sha256 = %(sha256)s"
                 " AND last_seen_at >= now() - %(retention)s)"
-                " OR EXISTS (SELECT 1 FROM url_sources WHERE sha256 = %(sha256)s)",
+                " OR EXISTS (SELECT 1 FROM url_sources WHERE sha256 = %(sha256)s) OR " + SENT_WITHOUT_A_FILE,
                 {"sha256": sha256, "retention": self.host_retention},
             )):
                 return False
@@ -558,11 +558,19 @@ class PostgresStore:
 
     def remember_content(self, sha256: str, mime_type: str, size_bytes: int, recorded_at: datetime) -> None:
         """See :meth:`Store.remember_content`."""
-        self.db.run(lambda con: con.execute(
-            "INSERT INTO contents (sha256, mime_type, size_bytes, first_seen_at) "
-            "VALUES (%s, %s, %s, %s) ON CONFLICT (sha256) DO UPDATE SET deleted_at = NULL",
-            (sha256, mime_type, size_bytes, recorded_at),
-        ))
+        def work(con: Connection) -> None:
+            con.execute(
+                "INSERT INTO contents (sha256, mime_type, size_bytes, first_seen_at) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (sha256) DO UPDATE SET deleted_at = NULL",
+                (sha256, mime_type, size_bytes, recorded_at),
+            )
+            con.execute(
+                "INSERT INTO events (at, action, sha256, detail, host_id) SELECT %(at)s, 'sent', "
+                "%(sha256)s, %(detail)s, %(host_id)s WHERE NOT " + SENT_WITHOUT_A_FILE,
+                {"at": recorded_at, "sha256": sha256, "detail": SENT_DETAIL, "host_id": self.host_id},
+            )
+
+        self.db.run(work)
 
     def current_media_id(self, sha256: str, phone_number_id: str, valid_until: datetime) -> str | None:
         """See :meth:`Store.current_media_id`."""
@@ -872,6 +880,15 @@ def _log(con: Connection, at: datetime, action: str, host_id: str, **fields: str
         {"sha256": None, "media_id": None, "phone_number_id": None, "path": None, "detail": None,
          **fields, "at": at, "action": action, "host_id": host_id},
     )
+
+
+# Content sent as bytes, a stream or a URL (remember_content) since it was last deleted: an
+# event says so, and such content never vanishes with a file of the same bytes.
+SENT_DETAIL = "without a file: never purged as vanished"
+SENT_WITHOUT_A_FILE = """EXISTS (
+    SELECT 1 FROM events AS s WHERE s.sha256 = %(sha256)s AND s.action = 'sent' AND s.at >= COALESCE(
+        (SELECT max(d.at) FROM events AS d WHERE d.sha256 = %(sha256)s AND d.action = 'delete'),
+        '-infinity'::timestamptz))"""
 
 
 def _int64(value: int) -> int:

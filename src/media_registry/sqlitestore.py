@@ -67,6 +67,14 @@ EXPIRING_SQL = """m.state = 'current' AND m.expires_at <= :before AND m.expires_
     (SELECT value FROM json_each(:cutoffs) WHERE key = m.phone_number_id), :before)"""
 
 
+# Content sent as bytes, a stream or a URL (remember_content) since it was last deleted: an
+# event says so, and such content never vanishes with a file of the same bytes.
+SENT_DETAIL = "without a file: never purged as vanished"
+SENT_WITHOUT_A_FILE = """EXISTS (
+    SELECT 1 FROM events AS s WHERE s.sha256 = :sha256 AND s.action = 'sent' AND s.at >= COALESCE(
+        (SELECT max(d.at) FROM events AS d WHERE d.sha256 = :sha256 AND d.action = 'delete'), ''))"""
+
+
 @functools.lru_cache(maxsize=256)  # the cache hit converts the same few moments over and over
 def _text(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="seconds")[:19] + "Z"
@@ -430,8 +438,8 @@ class SQLiteStore:
                     _log(con, now, "vanished", sha256=sha256, path=path)
             kept = con.execute(
                 "SELECT deleted_at IS NOT NULL OR EXISTS (SELECT 1 FROM paths WHERE sha256 = :sha256) "
-                "OR EXISTS (SELECT 1 FROM url_sources WHERE sha256 = :sha256) "
-                "FROM contents WHERE sha256 = :sha256",
+                "OR EXISTS (SELECT 1 FROM url_sources WHERE sha256 = :sha256) OR " + SENT_WITHOUT_A_FILE
+                + " FROM contents WHERE sha256 = :sha256",
                 {"sha256": sha256},
             ).fetchone()
             if kept is None or kept[0]:
@@ -499,6 +507,11 @@ class SQLiteStore:
                 (sha256, mime_type, size_bytes, _text(recorded_at)),
             )
             con.execute("UPDATE contents SET deleted_at = NULL WHERE sha256 = ?", (sha256,))
+            con.execute(
+                "INSERT INTO events (at, action, sha256, detail) SELECT :at, 'sent', :sha256, "
+                f"'{SENT_DETAIL}' WHERE NOT " + SENT_WITHOUT_A_FILE,
+                {"at": _text(recorded_at), "sha256": sha256},
+            )
 
     @_mapped
     def current_media_id(self, sha256: str, phone_number_id: str, valid_until: datetime) -> str | None:
