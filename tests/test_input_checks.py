@@ -45,7 +45,7 @@ def test_the_cli_refuses_a_phone_number_id_that_is_not_digits(
     cli_env: dict[str, str], api: FakeGraphAPI, make_file: Callable[..., Path]
 ) -> None:
     result = run_cli("upload", str(make_file("a.png")), "--phone-number-id", "abc", env=cli_env)
-    assert result.returncode == 1
+    assert result.returncode == 2  # a usage error, found before the registry is opened
     assert result.stderr.strip().splitlines() == [
         "media-registry: error: 'abc' is not a phone number ID (digits only); check the value given"
     ]
