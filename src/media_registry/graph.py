@@ -42,6 +42,7 @@ from .errors import (
 )
 from .media_types import MAX_BYTES
 from .models import MediaMetadata, graph_id
+from .setting_checks import check_token
 
 MEDIA_HOST_SUFFIXES = (".fbsbx.com", ".whatsapp.net", ".facebook.com", ".fbcdn.net")
 MAX_REDIRECTS = 5
@@ -61,19 +62,6 @@ _HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 
 # -- settings the client checks (config.py reports them under their variable's name) ----
-
-
-def check_token(token: str | None) -> str | None:
-    """The token without surrounding whitespace (a pasted newline); ValueError if it holds
-    whitespace inside, which no token does."""
-    if token is None:
-        return None
-    token = token.strip()
-    if not token:  # e.g. `export WHATSAPP_TOKEN=$(cmd)` where the command failed
-        raise ValueError("is empty; set it to the access token, or leave it unset for cache hits only")
-    if any(char.isspace() for char in token):
-        raise ValueError("must be the token alone, without spaces or line breaks inside")
-    return token
 
 
 def check_api_base(api_base: str) -> str:
