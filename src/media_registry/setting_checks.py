@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import re
 from datetime import timedelta
-from decimal import Decimal
 from typing import NamedTuple
 
 # Bounds that keep every wait and date computable (a huge value overflowed a C int or a date).
@@ -114,5 +113,6 @@ def plain_seconds(text: str) -> timedelta | None:
     text = text.strip()
     if not _PLAIN_NUMBER.fullmatch(text) or abs(float(text)) > MAX_DURATION.total_seconds():
         return None
-    microseconds = Decimal(text).scaleb(6)
-    return timedelta(microseconds=int(microseconds)) if microseconds % 1 == 0 else None
+    if len(text.partition(".")[2]) > 6:
+        return None
+    return timedelta(seconds=float(text))  # a whole number of microseconds: read alike
