@@ -25,6 +25,7 @@ from .graph import (
 )
 from .setting_checks import (
     DURATIONS,
+    PHONE_NUMBER_ID,
     POSITIVE_DURATIONS,
     RANGES,
     check_host_id,
@@ -203,7 +204,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_ttls(cls, value: dict[str, timedelta]) -> dict[str, timedelta]:
         for phone, ttl in value.items():
-            if not phone.isdigit():
+            if not PHONE_NUMBER_ID.fullmatch(phone):
                 raise ValueError(f"{phone!r} is not a phone number ID (digits)")
             if not MIN_UPLOAD_TTL <= ttl <= MAX_UPLOAD_TTL or ttl.total_seconds() % 60:
                 raise ValueError(f"TTL for {phone} must be whole minutes from 60 to 43200")

@@ -42,6 +42,7 @@ from .errors import (
 )
 from .media_types import MAX_BYTES
 from .models import MediaMetadata, graph_id
+from .models import phone_number_id as phone_number_id_checked
 from .setting_checks import check_token
 
 MEDIA_HOST_SUFFIXES = (".fbsbx.com", ".whatsapp.net", ".facebook.com", ".fbcdn.net")
@@ -206,7 +207,7 @@ class _GraphBase:
         data = {"messaging_product": "whatsapp", "type": mime_type}
         if ttl_minutes is not None:  # No-Storage numbers: how long Meta keeps the media
             data["ttl_minutes"] = str(ttl_minutes)
-        url = f"{self.api_base}/{graph_id(phone_number_id, 'phone number ID')}/media"
+        url = f"{self.api_base}/{phone_number_id_checked(phone_number_id)}/media"
         return url, data, (os.path.basename(path), mime_type)
 
     def _media_url(self, media_id: str) -> str:
@@ -214,7 +215,7 @@ class _GraphBase:
 
     @staticmethod
     def _params(phone_number_id: str | None) -> dict[str, str] | None:
-        return {"phone_number_id": graph_id(phone_number_id, "phone number ID")} if phone_number_id else None
+        return {"phone_number_id": phone_number_id_checked(phone_number_id)} if phone_number_id else None
 
     @staticmethod
     def _media_id(payload: dict[str, Any]) -> str:
