@@ -24,11 +24,11 @@ from conftest import run_cli
 BAD_IDS = ["abc", "../../v21.0/999", "123?fields=owner", "123/media", "١٢٣", ""]
 
 
-@pytest.mark.parametrize("phone", BAD_IDS[:-1])
+@pytest.mark.parametrize("phone", [*BAD_IDS[:-1], "1" * 33])
 def test_a_phone_number_id_argument_is_checked_before_any_request(
     registry: MediaRegistry, api: FakeGraphAPI, make_file: Callable[..., Path], phone: str
 ) -> None:
-    with pytest.raises(InputError, match="is not a phone number ID \\(digits only\\)"):
+    with pytest.raises(InputError, match="is not a phone number ID \\(1 to 32 digits\\)"):
         registry.get_or_upload(make_file("a.png"), phone_number_id=phone)
     assert api.received == []
 
@@ -47,9 +47,26 @@ def test_the_cli_refuses_a_phone_number_id_that_is_not_digits(
     result = run_cli("upload", str(make_file("a.png")), "--phone-number-id", "abc", env=cli_env)
     assert result.returncode == 2  # a usage error, found before the registry is opened
     assert result.stderr.strip().splitlines() == [
-        "media-registry: error: 'abc' is not a phone number ID (digits only); check the value given"
+        "media-registry: error: 'abc' is not a phone number ID (1 to 32 digits); check the value given"
     ]
     assert api.received == []
+
+
+def test_a_phone_number_id_has_1_to_32_digits_everywhere(
+    monkeypatch: pytest.MonkeyPatch, cli_env: dict[str, str], make_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    long = "1" * 35
+    db = tmp_path / "fresh.db"
+    result = run_cli("upload", "--phone-number-id", long, str(make_file("a.png")),
+                     env={**cli_env, "MEDIA_REGISTRY_DB": str(db)})
+    assert (result.returncode, result.stderr) == (2, f"media-registry: error: '{long}' is not a phone number ID "
+                                                     "(1 to 32 digits); check the value given\n")
+    assert not db.exists()
+    monkeypatch.setenv("WHATSAPP_PHONE_NUMBER_ID", long)
+    with pytest.raises(ConfigError, match=r"invalid WHATSAPP_PHONE_NUMBER_ID: .*\(1 to 32 digits\)"):
+        MediaRegistry.from_env(db=db)
+    monkeypatch.setenv("WHATSAPP_PHONE_NUMBER_ID", "1" * 32)
+    MediaRegistry.from_env(db=db).close()
 
 
 @pytest.mark.parametrize("media_id", BAD_IDS)

@@ -12,6 +12,7 @@ import pytest
 
 from media_registry import DownloadError, GraphAPIError, MediaRegistry, RegistryError
 from media_registry.config import load_settings
+from media_registry.dburl import PostgresURL
 from media_registry.errors import RedactingFilter, register_secret
 from media_registry.testing import FakeGraphAPI, sample_media
 
@@ -115,3 +116,21 @@ def test_a_password_query_key_is_redacted_whatever_its_case(tmp_path: Path) -> N
         assert "Up-secret-42" not in result.stdout + result.stderr, result.stderr
         assert "postgresql://app@127.0.0.1:1/registry?sslmode=disable" in result.stderr
     assert "Up-secret-42" not in repr(load_settings(db=db.replace("PASSWORD", "Password")))
+
+
+@pytest.mark.parametrize("key", ["%70assword", "pass%77ord", "PASS%57ORD"])
+def test_a_percent_encoded_password_query_key_is_redacted(tmp_path: Path, key: str) -> None:
+    import psycopg
+
+    db = f"postgresql://app@127.0.0.1:1/registry?sslmode=disable&{key}=Enc-secret-42"
+    if key.islower():  # libpq decodes the key, and logs in with the password it names
+        assert psycopg.conninfo.conninfo_to_dict(db)["password"] == "Enc-secret-42"
+    assert str(PostgresURL(db)) == "postgresql://app@127.0.0.1:1/registry?sslmode=disable"
+    for args in (("stats",), ("ls",)):
+        result = run_cli(*args, env={"PATH": os.environ["PATH"], "MEDIA_REGISTRY_DB": db}, cwd=tmp_path)
+        assert result.returncode == 1
+        assert "Enc-secret-42" not in result.stdout + result.stderr, result.stderr
+    assert run_cli("init", env={"PATH": os.environ["PATH"], "MEDIA_REGISTRY_DB": "r.db"}, cwd=tmp_path).returncode == 0
+    result = run_cli("migrate", env={"PATH": os.environ["PATH"], "MEDIA_REGISTRY_DB": "r.db",
+                                        "MEDIA_REGISTRY_MIGRATE_TO": db}, cwd=tmp_path)
+    assert result.returncode == 1 and "Enc-secret-42" not in result.stdout + result.stderr, result.stderr

@@ -95,3 +95,16 @@ def test_a_retention_shorter_than_a_daemon_pass_or_a_negative_duration_is_refuse
         monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=expected):
         load_settings()
+
+
+@pytest.mark.parametrize("value", ["0", "0.0", "PT0S", "0.0000001", "-1"])
+def test_a_repair_window_of_zero_is_refused_like_any_non_positive_one(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("MEDIA_REGISTRY_REPAIR_WINDOW", value)
+    with pytest.raises(ConfigError, match="invalid MEDIA_REGISTRY_REPAIR_WINDOW: must be a positive duration"):
+        load_settings()
+    monkeypatch.setenv("MEDIA_REGISTRY_REPAIR_WINDOW", "0.000001")
+    assert load_settings().repair_window.total_seconds() == 0.000001
+    with pytest.raises(ConfigError, match="invalid MEDIA_REGISTRY_REPAIR_WINDOW: must be a positive duration"):
+        load_settings(repair_window=0)

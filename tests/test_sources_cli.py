@@ -99,6 +99,20 @@ def test_show_invalidate_and_delete_take_a_url_source(cli_env: dict[str, str], a
     assert not api.live(again[0])
 
 
+def test_show_invalidate_and_delete_refuse_a_url_with_credentials_as_upload_does(
+        cli_env: dict[str, str], api: FakeGraphAPI, files: FileServer) -> None:
+    url = files.add("/card.png", DATA)
+    media_id = run_cli("upload", url, env=cli_env).stdout.split("\t")[0]
+    credentialed = url.replace("http://", "http://alice:s3cret@")
+    refusal = f"media-registry: error: {url}: a URL with user:password@ is not taken as a source"
+    for command in ("upload", "show", "invalidate", "delete"):
+        result = run_cli(command, credentialed, env=cli_env)
+        assert (result.returncode, result.stdout) == (1, ""), (command, result.stdout)
+        assert result.stderr.startswith(refusal) and result.stderr.count("\n") == 1, result.stderr
+    assert api.live(media_id) and api.uploads == 1
+    assert run_cli("upload", url, env=cli_env).stdout.split("\t")[:2] == [media_id, "cached"]
+
+
 def test_stdin_twice_or_closed_is_one_clear_line(cli_env: dict[str, str], api: FakeGraphAPI) -> None:
     twice = subprocess.run([str(CLI), "upload", "-", "-"], input=DATA, env=cli_env, capture_output=True,
                            timeout=60)

@@ -407,6 +407,16 @@ def test_a_url_with_credentials_is_refused_never_answered_from_the_registry(
     assert reg.get_or_upload(plain) == media_id
 
 
+def test_lookup_and_delete_refuse_a_url_with_credentials(reg: MediaRegistry, files: FileServer) -> None:
+    plain = files.add("/me/card.png", DATA)
+    media_id = reg.get_or_upload(plain)
+    credentialed = plain.replace("http://", "http://alice:s3cret@")
+    for act in (reg.lookup, reg.delete):
+        with pytest.raises(UnsafeSourceURL, match="a URL with user:password@ is not taken as a source"):
+            act(credentialed)
+    assert reg.get_or_upload(plain) == media_id
+
+
 def test_a_validator_that_is_not_ascii_is_not_kept_and_never_breaks_the_url(
         reg: MediaRegistry, api: FakeGraphAPI, files: FileServer, clock: Clock) -> None:
     when = "Wed, 25 Nov 2026 10:00:00 GMT"

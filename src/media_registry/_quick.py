@@ -13,21 +13,31 @@ usual way: the hit is never served under settings every other command refuses.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import NamedTuple
 
 from . import hashing
+from .dburl import is_postgres_url, refuse_other_url
 from .errors import MediaRegistryError
+from .setting_checks import (
+    DURATIONS,
+    PHONE_NUMBER_ID,
+    RANGES,
+    check_host_id,
+    check_phone_number_id,
+    check_positive_duration,
+    check_revalidate,
+    check_token,
+    plain_seconds,
+)
 from .store import BUSY_TIMEOUT_SECONDS, Store, open_store
 
 DEFAULT_DB = "media-registry.db"
-# Each duration read here, with its default and the most the full settings accept (seconds).
-DURATIONS = {"MEDIA_REGISTRY_TTL": ("2592000", 36500 * 86400.0),
-             "MEDIA_REGISTRY_MIN_VALIDITY": ("86400", 36500 * 86400.0),
-             "MEDIA_REGISTRY_BUSY_TIMEOUT": (str(BUSY_TIMEOUT_SECONDS), 86400.0)}
 PREFIXES = ("MEDIA_REGISTRY_", "WHATSAPP_")
+# Variables of these prefixes that are no setting, which the full settings ignore too.
+NOT_SETTINGS = frozenset({"MEDIA_REGISTRY_MIGRATE_TO"})
 # An API base the full settings surely accept: https to a plain host name, or http to loopback.
 _LABEL = "[a-z0-9]([a-z0-9-]*[a-z0-9])?"
 PLAIN_API_BASE = re.compile(rf"(https://{_LABEL}(\.{_LABEL})*|http://(127\.0\.0\.1|localhost|\[::1\]))"
@@ -44,38 +54,75 @@ class HitSettings(NamedTuple):
 
 
 def hit_settings(environ: Mapping[str, str], db: str | None, phone_number_id: str | None) -> HitSettings | None:
-    """The hit's settings from the environment and the command's flags, or None when any of
-    them is unusual enough to need the full Settings validation."""
-    if "MEDIA_REGISTRY_TTL_BY_PHONE_NUMBER" in environ or any(
-        name != name.upper() and name.upper().startswith(PREFIXES) for name in environ
-    ):
-        return None  # per-number windows, or lower-case names (pydantic-settings reads those)
-    ttl, min_validity, busy_timeout = (_seconds(environ.get(name, default), most)
-                                       for name, (default, most) in DURATIONS.items())
-    phone = phone_number_id or environ.get("WHATSAPP_PHONE_NUMBER_ID") or ""
-    if not (phone.isascii() and phone.isdigit() and 0 < min_validity < ttl and busy_timeout > 0
-            and _plainly_valid(environ)):
+    """The hit's settings from the environment and the command's flags, or None when any
+    setting given is one this module cannot tell, with setting_checks, that the full
+    Settings validation accepts."""
+    given = {name: text for name, text in environ.items()
+             if name.upper().startswith(PREFIXES) and name not in NOT_SETTINGS}
+    if any(name != name.upper() for name in given):
+        return None  # lower-case names: pydantic-settings reads those
+    durations = _durations(given)
+    phone = phone_number_id or given.get("WHATSAPP_PHONE_NUMBER_ID") or ""
+    busy_timeout = given.get("MEDIA_REGISTRY_BUSY_TIMEOUT", str(BUSY_TIMEOUT_SECONDS))
+    if (durations is None or not PHONE_NUMBER_ID.fullmatch(phone)
+            or not all(_plainly_valid(name, text) for name, text in given.items())):
         return None  # missing, out of range or unusual: the full path says what is wrong
-    path = Path(db if db is not None else environ.get("MEDIA_REGISTRY_DB", DEFAULT_DB))
-    return HitSettings(path, phone, timedelta(seconds=min_validity), busy_timeout)
+    path = Path(db if db is not None else given.get("MEDIA_REGISTRY_DB", DEFAULT_DB))
+    return HitSettings(path, phone, durations["min_validity"], float(busy_timeout))
 
 
-def _seconds(text: str, most: float) -> float:
-    """A duration given as plain seconds up to ``most``, as config.py reads it; NaN for
-    anything else (ISO 8601 durations, other digits, huge values go the full path)."""
-    text = text.strip()
-    if not re.fullmatch(r"[0-9]+(\.[0-9]*)?", text) or float(text) > most:
-        return float("nan")
-    return float(text)
+def _durations(given: Mapping[str, str]) -> dict[str, timedelta] | None:
+    """Every duration setting, if each is plain seconds the full settings accept, else None."""
+    durations = dict(DURATIONS)
+    for name in DURATIONS:
+        text = given.get(f"MEDIA_REGISTRY_{name.upper()}")
+        value = durations[name] if text is None else plain_seconds(text)
+        check = check_revalidate if name == "url_revalidate" else check_positive_duration
+        try:
+            if value is None:
+                return None  # ISO 8601, or a fraction of a microsecond: the full path reads it
+            durations[name] = check(value)
+        except ValueError:
+            return None
+    passes = max(durations["refresh_interval"], durations["purge_interval"])
+    ttl = durations["ttl"]
+    if not (durations["min_validity"] < ttl and durations["refresh_before"] < ttl
+            and durations["host_retention"] > passes):
+        return None
+    return durations
 
 
-def _plainly_valid(environ: Mapping[str, str]) -> bool:
-    """Whether the API base and token are ones the full settings accept (any doubt: False)."""
-    token = environ.get("WHATSAPP_TOKEN")
-    if token is not None and (not token.strip() or any(char.isspace() for char in token.strip())):
+def _plainly_valid(name: str, text: str) -> bool:
+    """Whether a setting other than a duration is one the full settings accept (any doubt: False)."""
+    field = name.removeprefix("MEDIA_REGISTRY_").lower()
+    try:
+        if field in DURATIONS:
+            return True  # checked by _durations
+        if field in RANGES:
+            return RANGES[field].accepts(text)
+        if name == "WHATSAPP_API_BASE":
+            api_base = PLAIN_API_BASE.fullmatch(text)
+            return api_base is not None and int(api_base["port"] or 443) <= 65535
+        return name in _TEXT_CHECKS and _TEXT_CHECKS[name](text) is not None
+    except ValueError:
         return False
-    api_base = PLAIN_API_BASE.fullmatch(environ.get("WHATSAPP_API_BASE", "https://graph.facebook.com"))
-    return api_base is not None and int(api_base["port"] or 443) <= 65535
+
+
+def _check_file_db(text: str) -> str:
+    """``text``, naming an SQLite file; ValueError for a URL (a PostgreSQL registry is the full
+    path's) or a libpq keyword string."""
+    refuse_other_url(text)
+    if is_postgres_url(text) or not text:
+        raise ValueError("not a plain file name")
+    return text
+
+
+# The settings given as text that the hit checks as the full settings do; any other (a user
+# agent, media hosts, per-number TTLs) takes the full path.
+_TEXT_CHECKS: dict[str, Callable[[str], object]] = {
+    "WHATSAPP_TOKEN": check_token, "WHATSAPP_PHONE_NUMBER_ID": check_phone_number_id,
+    "MEDIA_REGISTRY_HOST_ID": check_host_id, "MEDIA_REGISTRY_DB": _check_file_db,
+    "MEDIA_REGISTRY_SERVICE_TOKEN": str}
 
 
 class CacheHits:

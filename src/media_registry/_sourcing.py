@@ -199,10 +199,13 @@ class Sourcing(Sending):
 
     def resolve(self, target: str | os.PathLike[str]) -> str | None:
         """The sha256 that ``target`` names, or None: a URL source the registry has fetched
-        (by its key: ignored query parameters do not matter), else as
+        (by its key: ignored query parameters do not matter; UnsafeSourceURL for one with
+        user:password@, which upload refuses too), else as
         :meth:`RegistryCore.resolve <media_registry._core.RegistryCore.resolve>` says."""
         if sources.is_url(target):
-            known = self.store.url_source(self.sources.key(str(target)))
+            key = self.sources.key(str(target))
+            sources.refuse_credentials(str(target), key)  # its key leaves them out: another URL's
+            known = self.store.url_source(key)
             return None if known is None else known.sha256
         return super().resolve(target)
 

@@ -12,6 +12,7 @@ import sys
 from contextlib import contextmanager
 
 from . import __version__
+from .setting_checks import PHONE_NUMBER_ID
 
 # Start-up is most of what a cached upload costs a shell script, so this module imports only
 # what every run needs; the rest is imported by the commands that use it. (TYPE_CHECKING
@@ -104,8 +105,8 @@ def _upload(args: argparse.Namespace) -> int:
         _error("--quiet and --json do not go together; pick one")
         return 2
     phone = args.phone_number_id
-    if phone is not None and not (phone.isascii() and phone.isdigit()):  # before the registry is touched
-        _error(f"{phone[:80]!r} is not a phone number ID (digits only); check the value given")
+    if phone is not None and not PHONE_NUMBER_ID.fullmatch(phone):  # before the registry is touched
+        _error(f"{phone[:80]!r} is not a phone number ID (1 to 32 digits); check the value given")
         return 2
     paths = _upload_paths(args.paths, args.recursive)
     if paths is None:

@@ -21,20 +21,34 @@ from .graph import (
     USER_AGENT,
     check_api_base,
     check_media_hosts,
-    check_token,
     check_user_agent,
+)
+from .setting_checks import (
+    DURATIONS,
+    PHONE_NUMBER_ID,
+    POSITIVE_DURATIONS,
+    RANGES,
+    check_host_id,
+    check_phone_number_id,
+    check_positive_duration,
+    check_revalidate,
+    check_token,
 )
 
 # Meta retires a Graph API version about two years after its release.
 DEFAULT_API_BASE = "https://graph.facebook.com/v23.0"
 # S3 and GCS presigned URLs: the signature and the parameters that change with it.
-# Bounds that keep every wait and date computable (a huge value overflowed a C int or a date).
-MAX_SECONDS = 86400.0
-MAX_DURATION = timedelta(days=36500)
 DEFAULT_URL_IGNORE_QUERY = (
     "X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires", "X-Amz-Security-Token",
     "X-Amz-Signature", "X-Amz-SignedHeaders", "X-Goog-*",
 )
+
+
+def _ranged(default: float, field: str) -> Any:
+    """A numeric field within its range of setting_checks.RANGES."""
+    low, high, low_open, whole = RANGES[field]
+    return Field(default, gt=low if low_open else None, ge=None if low_open else low, le=high,
+                 allow_inf_nan=None if whole else False)
 
 
 def _env(name: str, default: Any = None) -> Any:
@@ -56,45 +70,45 @@ class Settings(BaseSettings):
     # A file path (SQLite) or a postgresql://user:password@host:port/dbname URL (a fleet).
     db: Path | PostgresURL = Path("media-registry.db")
     blob_dir: Path = Path("media-blobs")
-    ttl: timedelta = timedelta(days=30)
+    ttl: timedelta = DURATIONS["ttl"]
     # Numbers in No-Storage mode keep media a shorter time, asked for at upload (ttl_minutes).
     ttl_by_phone_number: dict[str, timedelta] = {}
-    min_validity: timedelta = timedelta(days=1)
-    refresh_before: timedelta = timedelta(days=3)
+    min_validity: timedelta = DURATIONS["min_validity"]
+    refresh_before: timedelta = DURATIONS["refresh_before"]
     # Graph API requests carry the project's own (Meta's spec constrains it); downloads from
     # the media hosts a browser-like one.
     user_agent: str = USER_AGENT
     download_user_agent: str = Field(DOWNLOAD_USER_AGENT, pattern=r"^[\x20-\x7e]+$")
-    timeout: float = Field(60.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
+    timeout: float = _ranged(60.0, "timeout")
     # A download as a whole, however slowly the server sends it.
-    download_deadline: float = Field(DOWNLOAD_DEADLINE, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
-    max_retries: int = Field(4, ge=0, le=20)
-    retry_backoff: float = Field(0.5, ge=0, allow_inf_nan=False)
+    download_deadline: float = _ranged(DOWNLOAD_DEADLINE, "download_deadline")
+    max_retries: int = _ranged(4, "max_retries")
+    retry_backoff: float = _ranged(0.5, "retry_backoff")
     # Host suffixes that may receive the token over https for downloads, besides the API base.
     media_hosts: tuple[str, ...] = MEDIA_HOST_SUFFIXES
-    refresh_concurrency: int = Field(4, ge=1, le=64)
-    refresh_interval: timedelta = timedelta(hours=1)
-    purge_interval: timedelta = timedelta(hours=1)
+    refresh_concurrency: int = _ranged(4, "refresh_concurrency")
+    refresh_interval: timedelta = DURATIONS["refresh_interval"]
+    purge_interval: timedelta = DURATIONS["purge_interval"]
     # How long to wait for another writer before RegistryLocked.
-    busy_timeout: float = Field(10.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
+    busy_timeout: float = _ranged(10.0, "busy_timeout")
     # Seconds between lease heartbeats is a third of this; a dead owner frees it after this.
-    lease_seconds: float = Field(60.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
+    lease_seconds: float = _ranged(60.0, "lease_seconds")
     # The bearer token clients of `serve` must send; required when it binds beyond loopback.
     service_token: SecretStr | None = None
     # Upload starts per second per phone number, across a process's threads and tasks.
-    uploads_per_second: float = Field(20.0, ge=0.01, allow_inf_nan=False)  # a tinier rate overflowed the wait
+    uploads_per_second: float = _ranged(20.0, "uploads_per_second")
     # How long a URL source's remembered content is trusted before a conditional GET.
-    url_revalidate: timedelta = timedelta(minutes=5)
+    url_revalidate: timedelta = DURATIONS["url_revalidate"]
     # send_with_media uploads a content again for a number at most once within this long.
-    repair_window: timedelta = timedelta(minutes=10)
+    repair_window: timedelta = DURATIONS["repair_window"]
     # Query parameters left out of a URL source's key, and never printed or stored: a signed
     # URL's signature changes on every request (comma-separated; "X-Goog-*" matches a prefix).
     url_ignore_query: Annotated[tuple[str, ...], NoDecode] = DEFAULT_URL_IGNORE_QUERY
     # PostgreSQL only: connections per process, this host's name in the fleet (stable across
     # restarts, unlike a Kubernetes pod's hostname), and how long an unseen host keeps its paths.
-    pg_pool_size: int = Field(10, ge=2, le=1000)
+    pg_pool_size: int = _ranged(10, "pg_pool_size")
     host_id: str = Field(default_factory=lambda: os.uname().nodename, min_length=1, max_length=200)
-    host_retention: timedelta = timedelta(days=14)
+    host_retention: timedelta = DURATIONS["host_retention"]
 
     @field_validator("db", mode="before")
     @classmethod
@@ -137,18 +151,12 @@ class Settings(BaseSettings):
     @field_validator("phone_number_id")
     @classmethod
     def _check_phone_number_id(cls, value: str | None) -> str | None:
-        if value is not None and not (value.isascii() and value.isdigit()):
-            raise ValueError("must be the digits of the phone number ID from Meta's app dashboard")
-        return value
+        return None if value is None else check_phone_number_id(value)
 
     @field_validator("host_id")
     @classmethod
     def _check_host_id(cls, value: str) -> str:
-        # It is printed in log lines and `stats`, and names this host's rows in the registry.
-        if value != value.strip() or not value.isprintable():
-            raise ValueError(f"{value!r} has spaces around it or control characters (a line break, "
-                             "a tab); give a plain name such as app-1")
-        return value
+        return check_host_id(value)
 
     @field_validator("ttl", "min_validity", "refresh_before", "refresh_interval", "purge_interval",
                      "url_revalidate", "host_retention", "repair_window", mode="before")
@@ -159,9 +167,7 @@ class Settings(BaseSettings):
     @field_validator("url_revalidate")
     @classmethod
     def _check_not_negative(cls, value: timedelta) -> timedelta:
-        if not timedelta(0) <= value <= MAX_DURATION:
-            raise ValueError("must be zero (always revalidate) or a positive duration up to 36500 days")
-        return value
+        return check_revalidate(value)
 
     @field_validator("url_ignore_query", mode="before")
     @classmethod
@@ -177,13 +183,10 @@ class Settings(BaseSettings):
             return {phone: _seconds_as_number(ttl) for phone, ttl in value.items()}
         return value
 
-    @field_validator("ttl", "min_validity", "refresh_before", "refresh_interval", "purge_interval",
-                     "host_retention", "repair_window")
+    @field_validator(*POSITIVE_DURATIONS)
     @classmethod
     def _check_positive(cls, value: timedelta) -> timedelta:
-        if not timedelta(0) < value <= MAX_DURATION:
-            raise ValueError("must be a positive duration up to 36500 days")
-        return value
+        return check_positive_duration(value)
 
     @field_validator("host_retention")
     @classmethod
@@ -201,7 +204,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_ttls(cls, value: dict[str, timedelta]) -> dict[str, timedelta]:
         for phone, ttl in value.items():
-            if not phone.isdigit():
+            if not PHONE_NUMBER_ID.fullmatch(phone):
                 raise ValueError(f"{phone!r} is not a phone number ID (digits)")
             if not MIN_UPLOAD_TTL <= ttl <= MAX_UPLOAD_TTL or ttl.total_seconds() % 60:
                 raise ValueError(f"TTL for {phone} must be whole minutes from 60 to 43200")

@@ -86,8 +86,9 @@ class PostgresURL:
         )
 
 
-# A password given as a query parameter: ?password=... or &password=... (any case).
-_QUERY_PASSWORD = re.compile(r"(?<=[?&])password=([^&]*)&?", re.IGNORECASE)
+# A query parameter, ?key=value or &key=value; libpq percent-decodes its key, so
+# ?%70assword=... gives the password too.
+_QUERY_PARAMETER = re.compile(r"(?<=[?&])([^&=]*)=([^&]*)&?")
 # A libpq keyword string names its parts as key=value words: "host=db dbname=fleet".
 _KEYWORD = re.compile(r"(?:^|\s)(?:host|hostaddr|port|dbname|user|password|passfile|service|sslmode|"
                       r"connect_timeout|options|application_name|target_session_attrs)\s*=", re.IGNORECASE)
@@ -98,14 +99,23 @@ def _redact(url: str) -> str:
     # Not urlsplit: an unencoded "#", "?" or "/" in a password would end its netloc early
     # and show the rest. Everything before the last "@" is the user and password, whatever
     # they hold.
-    scheme, _, rest = _QUERY_PASSWORD.sub("", url).rstrip("?&").partition("://")
+    scheme, _, rest = _without_query_passwords(url).rstrip("?&").partition("://")
     userinfo, at, rest = rest.rpartition("@")
     return f"{scheme}://{userinfo.partition(':')[0]}{at}{rest}"
 
 
+def _is_password_key(key: str) -> bool:
+    return unquote(key).strip().lower() == "password"
+
+
+def _without_query_passwords(url: str) -> str:
+    return _QUERY_PARAMETER.sub(lambda match: "" if _is_password_key(match[1]) else match[0], url)
+
+
 def _passwords(url: str) -> list[str]:
-    userinfo = _QUERY_PASSWORD.sub("", url).partition("://")[2].rpartition("@")[0]
-    return [userinfo.partition(":")[2], *_QUERY_PASSWORD.findall(url)]
+    userinfo = _without_query_passwords(url).partition("://")[2].rpartition("@")[0]
+    query = [value for key, value in _QUERY_PARAMETER.findall(url) if _is_password_key(key)]
+    return [userinfo.partition(":")[2], *query]
 
 
 def _register_passwords(url: str) -> None:

@@ -42,6 +42,8 @@ from .errors import (
 )
 from .media_types import MAX_BYTES
 from .models import MediaMetadata, graph_id
+from .models import phone_number_id as phone_number_id_checked
+from .setting_checks import check_token
 
 MEDIA_HOST_SUFFIXES = (".fbsbx.com", ".whatsapp.net", ".facebook.com", ".fbcdn.net")
 MAX_REDIRECTS = 5
@@ -61,19 +63,6 @@ _HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 
 # -- settings the client checks (config.py reports them under their variable's name) ----
-
-
-def check_token(token: str | None) -> str | None:
-    """The token without surrounding whitespace (a pasted newline); ValueError if it holds
-    whitespace inside, which no token does."""
-    if token is None:
-        return None
-    token = token.strip()
-    if not token:  # e.g. `export WHATSAPP_TOKEN=$(cmd)` where the command failed
-        raise ValueError("is empty; set it to the access token, or leave it unset for cache hits only")
-    if any(char.isspace() for char in token):
-        raise ValueError("must be the token alone, without spaces or line breaks inside")
-    return token
 
 
 def check_api_base(api_base: str) -> str:
@@ -218,7 +207,7 @@ class _GraphBase:
         data = {"messaging_product": "whatsapp", "type": mime_type}
         if ttl_minutes is not None:  # No-Storage numbers: how long Meta keeps the media
             data["ttl_minutes"] = str(ttl_minutes)
-        url = f"{self.api_base}/{graph_id(phone_number_id, 'phone number ID')}/media"
+        url = f"{self.api_base}/{phone_number_id_checked(phone_number_id)}/media"
         return url, data, (os.path.basename(path), mime_type)
 
     def _media_url(self, media_id: str) -> str:
@@ -226,7 +215,7 @@ class _GraphBase:
 
     @staticmethod
     def _params(phone_number_id: str | None) -> dict[str, str] | None:
-        return {"phone_number_id": graph_id(phone_number_id, "phone number ID")} if phone_number_id else None
+        return {"phone_number_id": phone_number_id_checked(phone_number_id)} if phone_number_id else None
 
     @staticmethod
     def _media_id(payload: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import InputError
+from .setting_checks import PHONE_NUMBER_ID
 
 
 class MediaEvent(BaseModel):
@@ -129,6 +130,15 @@ def graph_id(value: object, what: str) -> str:
     if not isinstance(value, str) or not value.isascii() or not value.isdigit():
         shown = "a URL" if "://" in str(value) else repr(str(value)[:80])  # a URL may carry a signature
         raise InputError(f"{shown} is not a {what} (digits only); check the value given")
+    return value
+
+
+def phone_number_id(value: object) -> str:
+    """``value`` if it is a phone number ID (1 to 32 digits, as the service's paths take), else
+    InputError: it goes into request paths too."""
+    if not isinstance(value, str) or not PHONE_NUMBER_ID.fullmatch(value):
+        shown = "a URL" if "://" in str(value) else repr(str(value)[:80])
+        raise InputError(f"{shown} is not a phone number ID (1 to 32 digits); check the value given")
     return value
 
 
