@@ -218,6 +218,7 @@ def create_app(registry: AsyncMediaRegistry, monitor: Monitor, options: Options,
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(OSError, _os_error)
     app.add_exception_handler(Exception, _unexpected_error)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
@@ -534,6 +535,16 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     return _error(exc.status_code, "HTTPError", str(exc.detail), getattr(exc, "headers", None))
 
 
+async def _os_error(request: Request, exc: Exception) -> JSONResponse:
+    """Out of file descriptors (spooling a body, opening a path): 503 and a WARNING at most
+    once a minute; any other OSError is unexpected."""
+    if not _connections.is_out_of_files(exc):
+        return await _unexpected_error(request, exc)
+    _connections.OUT_OF_FILES.say(exc)
+    return _error(503, "ServiceBusy", "the service is out of file descriptors for now; retry in "
+                  "a moment", {"Retry-After": "1"})
+
+
 async def _unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error")  # the message may hold anything: keep it in the log
     return _error(500, "InternalError", f"unexpected {type(exc).__name__}; see the service's log")
@@ -586,10 +597,11 @@ def run_service(*, host: str, port: int, options: Options, run_schedule_too: boo
                                   limit_concurrency=limit)
     monitor = Monitor(registry)
     stopping = asyncio.Event()
+    tempfile.gettempdir()  # found now: looked for with no file descriptor left, none is usable
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        asyncio.get_running_loop().set_exception_handler(_connections.OutOfFiles())
+        asyncio.get_running_loop().set_exception_handler(_connections.OUT_OF_FILES)
         passes = [run_schedule(registry, stopping, monitor.observe_pass)] if run_schedule_too else []
         schedule = [asyncio.create_task(coroutine) for coroutine in passes]
         # Said once uvicorn's signal handlers are in place: from now on SIGTERM is graceful.
