@@ -80,6 +80,16 @@ def test_an_empty_body_and_an_empty_mime_type_are_400(server: Server, api: FakeG
     assert api.uploads == 0
 
 
+@pytest.mark.parametrize("blank", [" ", "\t", " \n "])
+def test_a_blank_mime_type_is_400_like_an_empty_one(server: Server, api: FakeGraphAPI, blank: str) -> None:
+    with server.client() as client:
+        answer = client.post("/v1/media", params={"mime_type": blank}, content=sample_media(PDF),
+                             headers={"Content-Type": "application/octet-stream"})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["message"].startswith("mime_type is empty or blank; ")
+    assert api.uploads == 0
+
+
 def test_content_deleted_while_its_upload_runs_is_409(
     server: Server, api: FakeGraphAPI, cli_env: dict[str, str]
 ) -> None:

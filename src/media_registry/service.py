@@ -119,7 +119,7 @@ class UrlSource(BaseModel):
     """Fetch the content from this URL (https; private addresses only if the service allows)."""
 
     model_config = ConfigDict(extra="forbid")
-    url: str = Field(max_length=8192, pattern=r"^https?://")
+    url: str = Field(max_length=8192, pattern=r"^[hH][tT][tT][pP][sS]?://")  # any case, as RFC 3986
 
 
 class PathSource(BaseModel):
@@ -275,8 +275,8 @@ class _Service:
         mime_type: Annotated[str | None, Query(max_length=255)] = None,
     ) -> Upload:
         """Raw bytes as the body, or JSON ``{"url": ...}`` or ``{"path": ...}``."""
-        if mime_type == "":
-            raise InputError("mime_type is empty; give a MIME type (e.g. image/png), or leave it "
+        if mime_type is not None and not mime_type.strip():
+            raise InputError("mime_type is empty or blank; give a MIME type (e.g. image/png), or leave it "
                              "out to let the bytes decide")
         if _is_json(_media_type(request)):
             source = await self._json_source(request)
