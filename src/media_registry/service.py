@@ -58,7 +58,7 @@ from .errors import (
     UnsafeDownloadURL,
     UnsupportedMedia,
 )
-from .metrics import Monitor
+from .metrics import Monitor, registry_trouble
 from .models import MediaRecord
 from .registry import AsyncMediaRegistry, Outcome
 from .scheduler import only_daemon, run_schedule
@@ -510,13 +510,18 @@ def _error(status: int, kind: str, message: str, headers: dict[str, str] | None 
                         headers=headers)
 
 
-async def _registry_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _registry_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, MediaRegistryError)
     status = next(STATUS_BY_ERROR[cls] for cls in type(exc).__mro__ if cls in STATUS_BY_ERROR)
     retry_after = getattr(exc, "retry_after", None)
     headers = {"Retry-After": str(int(retry_after))} if retry_after else {}
     if isinstance(exc, BodyTimeout):  # the rest of the body may still trickle in: hang up
         headers["Connection"] = "close"
-    return _error(status, type(exc).__name__, str(exc), headers)
+    message = str(exc)
+    if status == 503 and isinstance(exc, RegistryError):  # the message names the database
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        message = registry_trouble(exc)
+    return _error(status, type(exc).__name__, message, headers)
 
 
 async def _client_gone(_request: Request, _exc: Exception) -> Response:
