@@ -3,6 +3,7 @@ and the CLI with the system clock shifted by libfaketime."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 from freezegun import freeze_time
 
 from media_registry import MediaRegistry
+from media_registry.scheduler import only_daemon
 from media_registry.testing import FakeGraphAPI
 
 import registry_db
@@ -83,6 +85,52 @@ def test_a_daemon_started_through_a_symlink_finds_the_same_lock(cli_env: dict[st
     first.send_signal(signal.SIGINT)
     assert first.wait(timeout=30) == 0
     assert list((tmp_path / "linked").iterdir()) == [by_file]  # no lock of its own beside the link
+
+
+@pytest.mark.sqlite_only  # the lock on an SQLite registry file
+def test_a_daemon_started_through_a_hard_link_finds_the_same_lock(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    run_cli("init", env=cli_env)
+    first = start_daemon(cli_env, tmp_path / "first.log")
+    lock = Path(cli_env["MEDIA_REGISTRY_DB"] + ".daemon-lock")
+    wait_for(lambda: lock.exists() and lock.read_text() == str(first.pid), "the first daemon's lock")
+    (tmp_path / "other").mkdir()
+    hard = tmp_path / "other" / "same-file.db"
+    hard.hardlink_to(cli_env["MEDIA_REGISTRY_DB"])  # the same inode: the same registry
+    log = tmp_path / "second.log"
+    second = start_daemon({**cli_env, "MEDIA_REGISTRY_DB": str(hard)}, log)
+
+    def ended_or_started() -> bool:
+        return second.poll() is not None or "daemon started" in log.read_text()
+
+    wait_for(ended_or_started, "the second daemon to start or stop")
+    if second.poll() is None:
+        second.kill()
+    # Two daemons (and two -wal files) on one SQLite file: the second is refused.
+    assert second.wait(timeout=30) == 1, log.read_text()
+    assert f"another media-registry daemon already serves {hard} under another name" in log.read_text()
+    assert "Traceback" not in log.read_text()
+    first.send_signal(signal.SIGINT)
+    assert first.wait(timeout=30) == 0
+
+
+def _locks_on(path: Path) -> list[str]:
+    """This process's locks on ``path`` as /proc/locks lists them: kind and access."""
+    inode = f":{path.stat().st_ino} "
+    return sorted(" ".join(line.split()[1:4]) for line in Path("/proc/locks").read_text().splitlines()
+                  if inode in line and line.split()[4] == str(os.getpid()))
+
+
+@pytest.mark.sqlite_only  # SQLite's own POSIX locks on its file
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux's /proc/locks")
+def test_the_daemon_lock_leaves_sqlite_s_own_locks_alone(registry: MediaRegistry) -> None:
+    db = Path(str(registry.settings.db))
+    registry.stats()  # a connection open in WAL mode holds a shared POSIX lock on the file
+    assert _locks_on(db) == ["POSIX ADVISORY READ"]
+    with only_daemon(registry):
+        assert _locks_on(db) == ["FLOCK ADVISORY WRITE", "POSIX ADVISORY READ"]
+    assert _locks_on(db) == ["POSIX ADVISORY READ"]  # SQLite's lock outlives the daemon's
 
 
 def test_daemon_intervals_take_seconds_or_iso_8601(cli_env: dict[str, str], tmp_path: Path) -> None:

@@ -124,7 +124,9 @@ def test_a_daemon_rides_out_a_restart_keeping_its_host_lock_and_one_log_line_per
         postgres_server.stop()
         wait_for(lambda: log.read_text().count("refresh failed") >= 3, "failed passes while it is down")
         scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30)
-        assert scraped.status_code == 503 and "cannot reach the server" in scraped.json()["error"]["message"]
+        assert scraped.status_code == 503, scraped.text
+        assert scraped.json()["error"]["message"].startswith("RegistryUnreachable: The PostgreSQL server could not")
+        assert "cannot reach the server" in log.read_text()  # the details, in the log only
         postgres_server.start()
         done = log.read_text().count("refresh done")
         wait_for(lambda: log.read_text().count("refresh done") > done, "a pass after the restart")

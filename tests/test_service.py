@@ -172,6 +172,15 @@ def test_url_sources_to_private_addresses_are_refused(server: Server) -> None:
             assert client.post("/v1/media", json={"url": url}).status_code == 400, url
 
 
+def test_a_url_source_with_an_upper_case_scheme_is_a_url(server: Server) -> None:
+    with server.client() as client:
+        for url in ("HTTPS://127.0.0.1/a.png", "Https://10.1.2.3/a.png"):
+            answer = client.post("/v1/media", json={"url": url})
+            # Taken as a URL, so the address is checked (and refused: not a public one).
+            assert answer.status_code == 403, (url, answer.text)
+            assert "--allow-private-urls" in answer.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("body, why", [
     (b'{"path": 1}', "not a string"),
     (b'{"url": "https://x", "path": "/y"}', "both"),

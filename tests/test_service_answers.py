@@ -80,6 +80,16 @@ def test_an_empty_body_and_an_empty_mime_type_are_400(server: Server, api: FakeG
     assert api.uploads == 0
 
 
+@pytest.mark.parametrize("blank", [" ", "\t", " \n "])
+def test_a_blank_mime_type_is_400_like_an_empty_one(server: Server, api: FakeGraphAPI, blank: str) -> None:
+    with server.client() as client:
+        answer = client.post("/v1/media", params={"mime_type": blank}, content=sample_media(PDF),
+                             headers={"Content-Type": "application/octet-stream"})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["message"].startswith("mime_type is empty or blank; ")
+    assert api.uploads == 0
+
+
 def test_content_deleted_while_its_upload_runs_is_409(
     server: Server, api: FakeGraphAPI, cli_env: dict[str, str]
 ) -> None:
@@ -102,23 +112,28 @@ def test_content_deleted_while_its_upload_runs_is_409(
     assert registry_db.media_states(cli_env["MEDIA_REGISTRY_DB"]) == []
 
 
-def test_healthz_names_no_database_while_postgresql_is_down(
+def test_no_answer_names_the_database_while_postgresql_is_down(
     cli_env: dict[str, str], tmp_path: Path, postgres_server: PostgresServer
 ) -> None:
     url = create_database(postgres_server.url())
     env = {**cli_env, "MEDIA_REGISTRY_DB": url, "MEDIA_REGISTRY_BUSY_TIMEOUT": "1"}  # fail fast once down
     running = start_server(env, tmp_path / "serve.log", "--no-schedule")
+    data = sample_media(PDF, salt="while down")
     try:
         with running.client() as client:
             assert client.get("/healthz").status_code == 200
             postgres_server.stop()
-            answer = client.get("/healthz")
+            health = client.get("/healthz")
+            answers = [client.post("/v1/media", content=data),
+                       client.get(f"/v1/media/{hashlib.sha256(data).hexdigest()}"), client.get("/metrics")]
     finally:
         assert running.stop() == 0
     parsed = httpx.URL(url)
-    assert answer.status_code == 503 and answer.json()["failing"] == "registry", answer.text
-    reason = answer.json()["reason"]
-    assert reason.startswith("RegistryUnreachable: ") and "log" in reason, reason
-    for secretive in (parsed.username, parsed.host, str(parsed.port), parsed.path.strip("/")):
-        assert secretive and secretive not in reason, (secretive, reason)
-    assert parsed.path.strip("/") in running.text()  # the details are in the log
+    assert health.status_code == 503 and health.json()["failing"] == "registry", health.text
+    reasons = [health.json()["reason"]] + [answer.json()["error"]["message"] for answer in answers]
+    assert [answer.status_code for answer in answers] == [503] * 3, [answer.text for answer in answers]
+    for reason in reasons:
+        assert reason.startswith("RegistryUnreachable: ") and reason.endswith("details in the log"), reason
+        for secretive in (parsed.username, parsed.host, str(parsed.port), parsed.path.strip("/")):
+            assert secretive and secretive not in reason, (secretive, reason)
+    assert running.text().count(parsed.path.strip("/")) >= 4  # the details are in the log

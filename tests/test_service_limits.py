@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import httpx
@@ -159,6 +160,52 @@ def test_idle_connections_cannot_starve_serve_of_file_descriptors(starved_server
     log = starved_server.text()
     assert log.count("Too many open files") <= 1 and "Traceback" not in log
     assert log.count("\n") < 20, log[-2000:]
+
+
+def sixty_file_descriptors() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (60, 60))
+
+
+def test_running_out_of_file_descriptors_with_a_limit_set_too_high_is_no_traceback(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [str(CLI), "serve", "--port", "0", "--no-schedule", "--limit-concurrency", "200"],
+            env=cli_env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=sixty_file_descriptors)
+    running = Server(process, log)
+    wait_for(lambda: LISTENING.search(running.text()) is not None or process.poll() is not None,
+             "the service to listen")
+    port = int(LISTENING.search(running.text()).group(2))  # type: ignore[union-attr]
+    # 80 requests at once, each body to be spooled to a file of its own: 60 descriptors cannot
+    # hold them all.
+    held = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(80)]
+    try:
+        for number, connection in enumerate(held):
+            body = b"%PDF-1.4 fd " + str(number).encode()
+            connection.sendall(b"POST /v1/media HTTP/1.1\r\nHost: x\r\nContent-Type: application/pdf\r\n"
+                               b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        answers = [whole_answer(connection) for connection in held]
+    finally:
+        for connection in held:
+            connection.close()
+        assert running.stop() == 0
+    statuses = sorted({answer.split(b"\r\n")[0] for answer in answers})
+    assert statuses == [b"HTTP/1.1 200 OK", b"HTTP/1.1 503 Service Unavailable"], statuses
+    for refused in (answer for answer in answers if b" 503 " in answer.split(b"\r\n")[0]):
+        assert b"retry-after: 1\r\n" in refused.lower() and b'"type":"ServiceBusy"' in refused, refused
+    text = running.text()
+    assert "Traceback" not in text and text.count("out of file descriptors") == 1, text[-3000:]
+
+
+def whole_answer(client: socket.socket) -> bytes:
+    """All the service answered before it closed the connection."""
+    answer = b""
+    with suppress(ConnectionResetError):
+        while chunk := client.recv(4096):
+            answer += chunk
+    return answer
 
 
 def test_daemon_metrics_answer_beside_a_client_that_never_finishes_its_request(

@@ -160,6 +160,22 @@ def test_every_way_out_of_the_folder_is_403_and_odd_files_are_400(
     assert api.uploads == 0
 
 
+def test_a_file_named_with_a_trailing_slash_or_dot_is_not_a_directory(
+    api: FakeGraphAPI, tmp_path: Path, layout: dict[str, Path]
+) -> None:
+    root = layout["root"]
+    (root / "link.pdf").symlink_to("sub/brochure.pdf")
+    named = [f"{root}/sub/brochure.pdf/", f"{root}/sub/brochure.pdf/.", f"{root}/sub/brochure.pdf/./",
+             f"{root}/link.pdf/"]
+    answers = post_paths(api, tmp_path, root, *named, f"{root}/sub/")
+    for path, answer in zip(named, answers):
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["type"] == "SourceNotFound"
+        assert answer.json()["error"]["message"].startswith(f"{path}: not a directory")
+    assert answers[-1].json()["error"]["message"] == f"{root}/sub/: is a directory; name a file"
+    assert api.uploads == 0
+
+
 def test_a_file_that_changes_between_its_hash_and_its_upload_is_409(
     api: FakeGraphAPI, tmp_path: Path, layout: dict[str, Path], on_open: Callable[[Hook], None]
 ) -> None:

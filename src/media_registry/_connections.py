@@ -12,7 +12,7 @@ import json
 import logging
 import resource
 import time
-from typing import Any
+from typing import Any, TypeGuard
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.config import Config
@@ -53,17 +53,31 @@ class Throttled:
             log.warning(message, *args)
 
 
+def is_out_of_files(exc: object) -> TypeGuard[OSError]:
+    """Whether ``exc`` says the process (or the system) has no file descriptor left."""
+    return isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)
+
+
 class OutOfFiles(Throttled):
-    """The event loop's exception handler: asyncio reports every accept that finds no file
-    descriptor left (with a traceback, many times a second); this says it once a minute."""
+    """Running out of file descriptors, said once a minute however often it happens. As the
+    event loop's exception handler: asyncio reports every accept that finds none left (with a
+    traceback, many times a second)."""
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
-        if not (isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)):
+        if not is_out_of_files(exc):
             loop.default_exception_handler(context)
             return
-        self.warn("out of file descriptors (%s): new connections wait until some close; raise "
-                  "the limit (systemd: LimitNOFILE) or lower --limit-concurrency", exc.strerror)
+        self.say(exc)
+
+    def say(self, exc: OSError) -> None:
+        """Log the WARNING, unless it was logged less than a minute ago."""
+        self.warn("out of file descriptors (%s): new connections wait, and requests that need one "
+                  "are answered 503, until some close; raise the limit (systemd: LimitNOFILE) or "
+                  "lower --limit-concurrency", exc.strerror)
+
+
+OUT_OF_FILES = OutOfFiles()
 
 
 class LimitedH11(H11Protocol):

@@ -42,7 +42,14 @@ def open_under(roots: Sequence[Path], given: str) -> io.BufferedReader:
     except PermissionError:
         raise SourceUnreadable(f"{given}: permission denied; make it readable by the service") from None
     except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):  # the service's state, not the file's
+            raise
         raise SourceUnreadable(f"{given}: cannot open it ({exc.strerror}); check the file") from None
+    # A trailing / or /. names a folder, as POSIX reads it (the parts walked have lost it).
+    if given.endswith(("/", "/.")) and not stat.S_ISDIR(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise SourceNotFound(f"{given}: not a directory (a trailing / or /. names one); name the "
+                             "file without it")
     return _regular(descriptor, given)
 
 

@@ -85,10 +85,8 @@ class Monitor:
         try:
             overdue = self.registry.overdue()
         except MediaRegistryError as exc:
-            # The message names the database (user, host, port): the log has it, probes do not.
             log.warning("health check: %s", exc)
-            what = (type(exc).__doc__ or "").strip().splitlines()[0].rstrip(".")
-            return False, _health("registry", f"{type(exc).__name__}: {what}; details in the log")
+            return False, _health("registry", registry_trouble(exc))
         if self.last_refresh_failures:
             return False, _health("refresh", f"the last refresh pass had {self.last_refresh_failures} "
                                   "failure(s); see the log")
@@ -97,6 +95,14 @@ class Monitor:
                                   f"less than min_validity left (e.g. {overdue[0]}); refresh is not "
                                   "keeping up")
         return True, _health(None, None, self.last_refresh_ok)
+
+
+def registry_trouble(exc: MediaRegistryError) -> str:
+    """What keeps the registry from answering, for a client: the error's class and what it
+    means, never its message, which names the database (user, host, port, name or path); the
+    caller logs that."""
+    what = (type(exc).__doc__ or "").strip().splitlines()[0].rstrip(".")
+    return f"{type(exc).__name__}: {what}; details in the log"
 
 
 def _health(failing: str | None, reason: str | None, last_refresh: float | None = None) -> dict[str, Any]:
@@ -148,8 +154,10 @@ def wsgi_app(monitor: Monitor) -> Callable[[dict[str, Any], StartResponse], Iter
             try:
                 body = reads.submit(monitor.exposition).result()
             except MediaRegistryError as exc:  # the registry is out of reach: say so, in one line
+                log.warning("metrics: %s", exc)
                 start_response("503 Service Unavailable", [("Content-Type", "application/json")])
-                return [json.dumps({"error": {"type": type(exc).__name__, "message": str(exc)}}).encode()]
+                return [json.dumps({"error": {"type": type(exc).__name__,
+                                              "message": registry_trouble(exc)}}).encode()]
             start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
             return [body]
         if path == "/healthz":

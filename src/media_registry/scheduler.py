@@ -141,9 +141,9 @@ def only_daemon(registry: MediaRegistry | AsyncMediaRegistry) -> Iterator[None]:
 
 @contextmanager
 def _lock_beside(db: Path) -> Iterator[None]:
-    """Hold an exclusive lock on a file beside the SQLite registry, the file itself rather
-    than the name it was given: a symlink to it, or a path through a symlinked folder, finds
-    the same lock.
+    """Hold the daemon's lock on the SQLite registry: an exclusive flock on the registry file
+    itself, so that any name of it (a symlink, a hard link) finds the same lock, and one on a
+    file beside it that holds the daemon's PID for the message of the next one.
 
     flock is released by the kernel when the process dies, so a killed daemon never blocks
     the next one.
@@ -151,19 +151,33 @@ def _lock_beside(db: Path) -> Iterator[None]:
     registry = db.resolve()
     handle = _open_lock(registry.with_name(registry.name + ".daemon-lock"))
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _flock(handle):
             holder = os.pread(handle, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise RegistryLocked(
-                f"another media-registry daemon (pid {holder}) already serves {db}; "
-                "stop it first, or run this one on another registry"
-            ) from None
+            raise RegistryLocked(f"another media-registry daemon (pid {holder}) already serves "
+                                 f"{db}; stop it first, or run this one on another registry")
+        # Never closed: closing any descriptor of the registry file would drop the POSIX locks
+        # SQLite holds on it in this process (flock and POSIX locks do not meet on Linux).
+        file = os.open(registry, os.O_RDONLY)
+        if not _flock(file):
+            raise RegistryLocked(f"another media-registry daemon already serves {db} under another "
+                                 "name (a hard link); stop it first, or run this one on another registry")
         os.ftruncate(handle, 0)
         os.pwrite(handle, str(os.getpid()).encode(), 0)
-        yield
+        try:
+            yield
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)
     finally:
         os.close(handle)
+
+
+def _flock(handle: int) -> bool:
+    """Take an exclusive flock on ``handle`` unless another holds one: whether it was taken."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _open_lock(path: Path) -> int:

@@ -58,7 +58,7 @@ from .errors import (
     UnsafeDownloadURL,
     UnsupportedMedia,
 )
-from .metrics import Monitor
+from .metrics import Monitor, registry_trouble
 from .models import MediaRecord
 from .registry import AsyncMediaRegistry, Outcome
 from .scheduler import only_daemon, run_schedule
@@ -119,7 +119,7 @@ class UrlSource(BaseModel):
     """Fetch the content from this URL (https; private addresses only if the service allows)."""
 
     model_config = ConfigDict(extra="forbid")
-    url: str = Field(max_length=8192, pattern=r"^https?://")
+    url: str = Field(max_length=8192, pattern=r"^[hH][tT][tT][pP][sS]?://")  # any case, as RFC 3986
 
 
 class PathSource(BaseModel):
@@ -218,6 +218,7 @@ def create_app(registry: AsyncMediaRegistry, monitor: Monitor, options: Options,
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(OSError, _os_error)
     app.add_exception_handler(Exception, _unexpected_error)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
@@ -274,8 +275,8 @@ class _Service:
         mime_type: Annotated[str | None, Query(max_length=255)] = None,
     ) -> Upload:
         """Raw bytes as the body, or JSON ``{"url": ...}`` or ``{"path": ...}``."""
-        if mime_type == "":
-            raise InputError("mime_type is empty; give a MIME type (e.g. image/png), or leave it "
+        if mime_type is not None and not mime_type.strip():
+            raise InputError("mime_type is empty or blank; give a MIME type (e.g. image/png), or leave it "
                              "out to let the bytes decide")
         if _is_json(_media_type(request)):
             source = await self._json_source(request)
@@ -509,13 +510,18 @@ def _error(status: int, kind: str, message: str, headers: dict[str, str] | None 
                         headers=headers)
 
 
-async def _registry_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _registry_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, MediaRegistryError)
     status = next(STATUS_BY_ERROR[cls] for cls in type(exc).__mro__ if cls in STATUS_BY_ERROR)
     retry_after = getattr(exc, "retry_after", None)
     headers = {"Retry-After": str(int(retry_after))} if retry_after else {}
     if isinstance(exc, BodyTimeout):  # the rest of the body may still trickle in: hang up
         headers["Connection"] = "close"
-    return _error(status, type(exc).__name__, str(exc), headers)
+    message = str(exc)
+    if status == 503 and isinstance(exc, RegistryError):  # the message names the database
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        message = registry_trouble(exc)
+    return _error(status, type(exc).__name__, message, headers)
 
 
 async def _client_gone(_request: Request, _exc: Exception) -> Response:
@@ -532,6 +538,16 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     return _error(exc.status_code, "HTTPError", str(exc.detail), getattr(exc, "headers", None))
+
+
+async def _os_error(request: Request, exc: Exception) -> JSONResponse:
+    """Out of file descriptors (spooling a body, opening a path): 503 and a WARNING at most
+    once a minute; any other OSError is unexpected."""
+    if not _connections.is_out_of_files(exc):
+        return await _unexpected_error(request, exc)
+    _connections.OUT_OF_FILES.say(exc)
+    return _error(503, "ServiceBusy", "the service is out of file descriptors for now; retry in "
+                  "a moment", {"Retry-After": "1"})
 
 
 async def _unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -586,10 +602,11 @@ def run_service(*, host: str, port: int, options: Options, run_schedule_too: boo
                                   limit_concurrency=limit)
     monitor = Monitor(registry)
     stopping = asyncio.Event()
+    tempfile.gettempdir()  # found now: looked for with no file descriptor left, none is usable
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        asyncio.get_running_loop().set_exception_handler(_connections.OutOfFiles())
+        asyncio.get_running_loop().set_exception_handler(_connections.OUT_OF_FILES)
         passes = [run_schedule(registry, stopping, monitor.observe_pass)] if run_schedule_too else []
         schedule = [asyncio.create_task(coroutine) for coroutine in passes]
         # Said once uvicorn's signal handlers are in place: from now on SIGTERM is graceful.
