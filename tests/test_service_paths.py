@@ -19,6 +19,7 @@ import pytest
 from media_registry import AsyncMediaRegistry, MediaRegistry
 from media_registry.metrics import Monitor
 from media_registry.service import Options, create_app
+from media_registry.store import NewMedia, Recorded
 from media_registry.testing import FakeGraphAPI, sample_media
 
 from conftest import PDF
@@ -178,22 +179,23 @@ def test_a_file_that_changes_between_its_hash_and_its_upload_is_409(
     assert answer.json()["error"]["type"] == "SourceChanged" and api.uploads == 0
 
 
-def test_content_deleted_after_its_upload_but_before_the_answer_is_409(
+def test_content_deleted_after_its_upload_but_before_it_is_recorded_is_409(
     api: FakeGraphAPI, tmp_path: Path, layout: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = sample_media(PDF, salt="late delete")
 
     async def send(client: httpx.AsyncClient, registry: AsyncMediaRegistry) -> list[httpx.Response]:
-        looked_up = registry.valid_record
+        record_upload = registry.store.record_upload
 
-        def deleted_just_before(sha256: str, **kwargs: Any) -> Any:
-            if api.uploads:  # the upload is recorded: a delete lands before the answer is made
-                with MediaRegistry(db=tmp_path / "registry.db", token=api.token,
-                                   api_base=api.base_url) as other:
-                    other.delete(sha256)
-            return looked_up(sha256, **kwargs)
+        def deleted_just_before(media: NewMedia, owner: str) -> Recorded:
+            # The upload is done: a delete lands before it is recorded (the answer is made
+            # from what the registry's call learned, so this is the last moment to catch it).
+            with MediaRegistry(db=tmp_path / "registry.db", token=api.token,
+                               api_base=api.base_url) as other:
+                other.delete(media.sha256)
+            return record_upload(media, owner)
 
-        monkeypatch.setattr(registry, "valid_record", deleted_just_before)
+        monkeypatch.setattr(registry.store, "record_upload", deleted_just_before)
         return [await client.post("/v1/media", content=data)]
 
     answer = in_process(api, tmp_path, layout["root"], send)[0]

@@ -12,7 +12,7 @@ import os
 import threading
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from .. import hashing, media_types
 from ..errors import ConfigError, ContentDeleted, GraphAPIError, MediaNotFound, MediaRegistryError
@@ -48,7 +48,7 @@ class Outcome(_Answer):
         return outcome
 
     @property
-    def status(self) -> str:
+    def status(self) -> Literal["cached", "uploaded"]:
         """``uploaded`` or ``cached``."""
         return "uploaded" if self.uploaded else "cached"
 

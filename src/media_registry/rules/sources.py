@@ -33,8 +33,9 @@ from .context import Context
 from .effects import Blocking, Fetch, Flow, Hashing, Send, Sleep, ask
 from .sending import Outcome, Sending
 
-# What get_or_upload takes: a path, bytes, a binary file object, or an https:// URL string.
-Source = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
+# What get_or_upload takes: a path, bytes, a binary file object, or an https:// URL string;
+# or a Content already read (the service spools a body once, hashing it on the way).
+Source = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes] | Content
 REFUSED = "Meta refused it at send time"
 
 
@@ -48,7 +49,7 @@ class Sourcing:
         self.key = key
         self._urls_in_flight = _Claims()
 
-    def lookup(self, source: Source | Content, phone_number_id: str | None,
+    def lookup(self, source: Source, phone_number_id: str | None,
                 declared: str | None) -> Outcome | Flow[Outcome]:
         """A cache hit answered inline (a path's fingerprint, a fresh URL), or the flow that
         serves or uploads the source: each driver runs the flow its own way."""
@@ -61,7 +62,7 @@ class Sourcing:
             return hit
         return self._source_flow(source, phone_number_id, declared)
 
-    def _outcome_flow(self, source: Source | Content, phone_number_id: str | None) -> Flow[Outcome]:
+    def _outcome_flow(self, source: Source, phone_number_id: str | None) -> Flow[Outcome]:
         found = self.lookup(source, phone_number_id, None)
         return found if isinstance(found, Outcome) else (yield from found)
 
@@ -71,7 +72,7 @@ class Sourcing:
         unless the refusal cannot be about the media (see :func:`_wrong_sender`)."""
         held = yield from ask(Hashing(functools.partial(hold, source)))
         phone = self.ctx.phone(phone_number_id)
-        with closing(held):
+        with closing(None if held is source else held):
             outcome = yield from self._outcome_flow(held, phone)
             result, refused = yield from _send(send, outcome.media_id)
             if not refused:
@@ -108,7 +109,7 @@ class Sourcing:
                                      ctx.valid_until(-ctx.settings.url_revalidate))
         return None if media_id is None else Outcome(media_id, uploaded=False)
 
-    def _source_flow(self, source: Source | Content, phone_number_id: str | None,
+    def _source_flow(self, source: Source, phone_number_id: str | None,
                      declared: str | None) -> Flow[Outcome]:
         """get_or_upload of a URL, bytes or a file object (a path takes ``fast_path``)."""
         phone = self.ctx.phone(phone_number_id)
@@ -270,9 +271,9 @@ def read(source: object) -> Content:
                     f"not {type(source).__name__}")
 
 
-def hold(source: Source) -> Source | Content:
+def hold(source: Source) -> Source:
     """A source that can be read twice: a file object is read once, into a Content."""
-    if isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)):
+    if isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview, Content)):
         return source
     return read(source)
 
