@@ -24,7 +24,7 @@ from typing import IO, Any
 import httpx
 import tenacity
 
-from ._upload_body import FileBody, changed_while_uploaded
+from ._async_io import Batches, FileBody, changed_while_uploaded
 from ._version import __version__
 from .blobs import VerifiedFile
 from .errors import (
@@ -542,9 +542,11 @@ class AsyncGraphClient(_GraphBase):
             if not response.is_success:
                 await response.aread()
             self._check_download(response)
+            batches = Batches(file.write)  # hashed and written in a thread
             try:
                 async for chunk in response.aiter_bytes():
-                    file.write(budget.spend(chunk))
+                    await batches.write(budget.spend(chunk))
+                await batches.flush()
             except httpx.TransportError as exc:
                 raise self._broke_off(budget, exc) from None
         finally:

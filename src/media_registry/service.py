@@ -37,6 +37,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from . import __version__, _connections, media_types
+from ._async_io import Batches
 from .confined import open_under
 from .errors import (
     AccessDenied,
@@ -67,7 +68,6 @@ log = logging.getLogger("media_registry.service")
 # The largest thing WhatsApp takes (a 100 MB document); each kind's own limit is checked later.
 MAX_BODY = max(media_types.MAX_BYTES.values())
 MAX_JSON_BODY = 64 * 1024
-SPOOL_BATCH = 1024 * 1024  # bytes of a raw body handed to the spooling thread at a time
 SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
 DIGITS = r"^[0-9]{1,32}$"
 
@@ -452,8 +452,8 @@ def _is_json(media_type: str) -> bool:
 
 
 async def _spool(request: Request, limit: int, seconds: int) -> Content:
-    """Stream the body into a temporary file while hashing it, both in threads (in batches of
-    ``SPOOL_BATCH`` bytes), never on the event loop: the content, read once.
+    """Stream the body into a temporary file while hashing it, both in threads (in batches),
+    never on the event loop: the content, read once.
 
     The limit is checked against Content-Length first and then as the bytes arrive.
     """
@@ -461,7 +461,7 @@ async def _spool(request: Request, limit: int, seconds: int) -> Content:
     if declared.isdigit() and int(declared) > limit:
         raise _too_large(int(declared), limit)
     spool = await asyncio.to_thread(Spool, "<stream>")
-    pending = bytearray()
+    batches = Batches(spool.write)
     size = 0
 
     async def take(chunk: bytes) -> None:
@@ -469,15 +469,11 @@ async def _spool(request: Request, limit: int, seconds: int) -> Content:
         size += len(chunk)
         if size > limit:
             raise _too_large(size, limit)
-        pending.extend(chunk)
-        if len(pending) >= SPOOL_BATCH:
-            batch = bytes(pending)
-            pending.clear()
-            await asyncio.to_thread(spool.write, batch)
+        await batches.write(chunk)
 
     try:
         await _receive(request, seconds, take)
-        await asyncio.to_thread(spool.write, bytes(pending))
+        await batches.flush()
         return await asyncio.to_thread(spool.finish)
     except BaseException:
         await asyncio.shield(asyncio.to_thread(spool.__exit__, None, None, None))

@@ -1,13 +1,12 @@
-"""An upload's body for the async Graph client: multipart/form-data with the form fields and
-one file, whose blocks are read in a thread (never on the event loop), as httpx would
-encode it (HTML5 escaping of the file name)."""
+"""The file work of the async clients, done in threads, never on the event loop: an upload's
+body (read in blocks) and the writes of downloads and spools (handed over in batches)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import IO
 
 from .errors import SourceChanged
@@ -18,8 +17,10 @@ _ESCAPED = re.compile("|".join(re.escape(c) for c in _ESCAPES))
 
 
 class FileBody:
-    """The body of one attempt: the file open at byte 0 (a retry opens it again) and the
-    Content-Length announced from its size; :meth:`close` closes the file."""
+    """An upload's multipart/form-data body: the form fields and one file, encoded as httpx
+    would (HTML5 escaping of the file name), for one attempt: the file open at byte 0 (a
+    retry opens it again), the Content-Length announced from its size. :meth:`close` closes
+    the file."""
 
     def __init__(self, file: IO[bytes], fields: dict[str, str], name: str, part_type: str) -> None:
         self._file = file
@@ -67,3 +68,25 @@ def changed_while_uploaded(path: str | os.PathLike[str]) -> SourceChanged:
     """The error of a file whose size changed while it was sent (the body no longer matched
     the Content-Length announced, which the HTTP stack refuses)."""
     return SourceChanged(f"{path}: the file changed while it was uploaded; try again once it is written")
+
+
+class Batches:
+    """Hands the bytes given to :meth:`write` to ``write`` in a thread, ``BLOCK`` bytes or
+    more at a time; :meth:`flush` hands over the rest."""
+
+    def __init__(self, write: Callable[[bytes], object]) -> None:
+        self._write = write
+        self._pending = bytearray()
+
+    async def write(self, chunk: bytes) -> None:
+        """Take one chunk (as it arrives from the network)."""
+        self._pending += chunk
+        if len(self._pending) >= BLOCK:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Hand over what is pending."""
+        if self._pending:
+            batch = bytes(self._pending)
+            self._pending.clear()
+            await asyncio.to_thread(self._write, batch)
