@@ -303,7 +303,7 @@ class AsyncMediaRegistry(_Registry[httpx.AsyncBaseTransport]):
         """Close the HTTP connection pools and the database connections."""
         await self.graph.aclose()
         await self.sources.aclose()
-        self.store.close()
+        await asyncio.to_thread(self.store.close)
 
     async def _hit(self, read: Callable[[], T]) -> T:
         """A cache hit's read: inline on SQLite, in a thread on PostgreSQL (a round trip)."""

@@ -15,7 +15,7 @@ from ..store import MediaRow, SourcePath
 from .context import Context, wall_clock
 from .effects import Blocking, Flow, Hashing, ask
 from .sending import Sending, UploadSource, ids_of, source_name
-from .sources import Sourcing, closing
+from .sources import Sourcing, closing_after
 
 OnAction = Callable[[LifecycleAction], None]
 
@@ -49,8 +49,7 @@ class Lifecycle:
         if source is None:
             why = found.unreadable[0] if found.unreadable else "no source file or URL left"
             return LifecycleAction(action="skipped", detail=why, **ids_of(row))
-        with closing(source):
-            return (yield from self._refresh_from(source, row, dry_run))
+        return (yield from closing_after(source, self._refresh_from(source, row, dry_run)))
 
     def _refresh_from(self, source: UploadSource, row: MediaRow, dry_run: bool) -> Flow[LifecycleAction]:
         found = ids_of(row)

@@ -182,9 +182,13 @@ class Sending:
         return None
 
     def _upload(self, source: UploadSource, mime_type: str, phone: str, ttl_minutes: int | None) -> Flow[str]:
-        if isinstance(source, Content):
-            with source.file() as path:
+        if isinstance(source, Content):  # a file of its bytes, made and removed off the loop
+            files = source.file()
+            path = yield from ask(Hashing(files.__enter__))
+            try:
                 return (yield from ask(Upload(path, mime_type, phone, ttl_minutes)))
+            finally:
+                yield from ask(Blocking(functools.partial(files.__exit__, None, None, None)))
         media_id = yield from ask(Upload(source.path, mime_type, phone, ttl_minutes))
         # Bytes that changed under the upload must not be recorded under the old hash.
         yield from ask(Blocking(functools.partial(hashing.ensure_unchanged, source)))

@@ -12,9 +12,8 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import IO, Any, TypeGuard
+from collections.abc import Callable
+from typing import IO, Any, TypeGuard, TypeVar
 
 from .. import sources
 from ..errors import (
@@ -37,6 +36,7 @@ from .sending import Outcome, Sending
 # or a Content already read (the service spools a body once, hashing it on the way).
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes] | Content
 REFUSED = "Meta refused it at send time"
+T = TypeVar("T")
 
 
 class Sourcing:
@@ -72,18 +72,21 @@ class Sourcing:
         unless the refusal cannot be about the media (see :func:`_wrong_sender`)."""
         held = yield from ask(Hashing(functools.partial(hold, source)))
         phone = self.ctx.phone(phone_number_id)
-        with closing(None if held is source else held):
-            outcome = yield from self._outcome_flow(held, phone)
-            result, refused = yield from _send(send, outcome.media_id)
-            if not refused:
-                return result
-            if outcome.uploaded or (yield from self._repaired_lately(outcome.media_id, phone)):
-                raise _wrong_sender(phone)
-            yield from self.invalidate_flow(outcome.media_id, REFUSED)
-            result, refused = yield from _send(send, (yield from self._outcome_flow(held, phone)).media_id)
-            if refused:
-                raise _wrong_sender(phone)
+        flow = self._send_held(held, send, phone)
+        return (yield from (flow if held is source else closing_after(held, flow)))
+
+    def _send_held(self, held: Source, send: Callable[[str], Any], phone: str) -> Flow[Any]:
+        outcome = yield from self._outcome_flow(held, phone)
+        result, refused = yield from _send(send, outcome.media_id)
+        if not refused:
             return result
+        if outcome.uploaded or (yield from self._repaired_lately(outcome.media_id, phone)):
+            raise _wrong_sender(phone)
+        yield from self.invalidate_flow(outcome.media_id, REFUSED)
+        result, refused = yield from _send(send, (yield from self._outcome_flow(held, phone)).media_id)
+        if refused:
+            raise _wrong_sender(phone)
+        return result
 
     def _repaired_lately(self, media_id: str, phone: str) -> Flow[bool]:
         """Whether an ID of this media ID's content on ``phone`` was invalidated within
@@ -118,8 +121,7 @@ class Sourcing:
         if isinstance(source, Content):  # read once already (send_with_media)
             return (yield from self._content_flow(source, phone, declared))
         content = yield from ask(Hashing(functools.partial(read, source)))
-        with content:
-            return (yield from self._content_flow(content, phone, declared))
+        return (yield from closing_after(content, self._content_flow(content, phone, declared)))
 
     def _content_flow(self, content: Content, phone: str, declared: str | None,
                       url: str | None = None) -> Flow[Outcome]:
@@ -182,8 +184,7 @@ class Sourcing:
             content = yield from ask(Fetch(url, None))
         if content is None:
             raise SourceUnavailable(f"{key}: HTTP 304 to a request without validators; check the server")
-        with content:
-            return (yield from self._content_flow(content, phone, declared, url))
+        return (yield from closing_after(content, self._content_flow(content, phone, declared, url)))
 
     def refetch(self, sha256: str) -> Flow[Content | None]:
         """A URL source that still serves the content, fetched again; None if there is none."""
@@ -278,14 +279,13 @@ def hold(source: Source) -> Source:
     return read(source)
 
 
-@contextmanager
-def closing(source: object) -> Iterator[None]:
-    """Remove a Content's temporary file when the block ends."""
+def closing_after(source: object, flow: Flow[T]) -> Flow[T]:
+    """Run ``flow``, then remove a Content's temporary file (blocking work, as an effect)."""
     try:
-        yield
+        return (yield from flow)
     finally:
         if isinstance(source, Content):
-            source.close()
+            yield from ask(Blocking(source.close))
 
 
 class _Claims:
