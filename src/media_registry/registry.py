@@ -28,7 +28,7 @@ from typing_extensions import Self, Unpack
 from .config import Settings
 from .graph import AsyncGraphClient, GraphClient
 from .models import DownloadedMedia, LifecycleAction, MediaRecord, Report
-from .rules.context import Context, PathArg, SettingsArgs, open_context
+from .rules.context import Context, PathArg, SettingsArgs, fetcher_options, graph_options, open_context
 from .rules.effects import Clock, adrive, drive, utc_now
 from .rules.inbound import Inbound
 from .rules.lifecycle import Lifecycle, OnAction, add
@@ -97,21 +97,6 @@ class _Registry(Generic[TransportT]):
     def store(self, store: Store) -> None:
         self.ctx.store = store
 
-    def _graph_options(self) -> dict[str, Any]:
-        settings = self.settings
-        return {
-            "token": settings.token.get_secret_value() if settings.token else None,
-            "api_base": settings.api_base, "user_agent": settings.user_agent,
-            "download_user_agent": settings.download_user_agent, "timeout": settings.timeout,
-            "download_deadline": settings.download_deadline, "max_retries": settings.max_retries,
-            "backoff": settings.retry_backoff, "media_host_suffixes": settings.media_hosts,
-        }
-
-    def _fetcher_options(self) -> dict[str, Any]:
-        settings = self.settings
-        return {"ignore_query": settings.url_ignore_query, "timeout": settings.timeout,
-                "deadline": settings.download_deadline, "user_agent": settings.user_agent}
-
     def stop(self) -> None:
         """Ask a running refresh to finish its current uploads and start no new ones."""
         self.ctx.stopping.set()
@@ -157,8 +142,8 @@ class MediaRegistry(_Registry[httpx.BaseTransport]):
 
     def _connect(self, transport: httpx.BaseTransport | None,
                  source_transport: httpx.BaseTransport | None) -> Callable[[str], str]:
-        self.graph = GraphClient(transport=transport, **self._graph_options())
-        self.sources = SourceFetcher(transport=source_transport, **self._fetcher_options())
+        self.graph = GraphClient(transport=transport, **graph_options(self.settings))
+        self.sources = SourceFetcher(transport=source_transport, **fetcher_options(self.settings))
         return self.sources.key
 
     def __enter__(self) -> Self:
@@ -287,8 +272,8 @@ class AsyncMediaRegistry(_Registry[httpx.AsyncBaseTransport]):
 
     def _connect(self, transport: httpx.AsyncBaseTransport | None,
                  source_transport: httpx.AsyncBaseTransport | None) -> Callable[[str], str]:
-        self.graph = AsyncGraphClient(transport=transport, **self._graph_options())
-        self.sources = AsyncSourceFetcher(transport=source_transport, **self._fetcher_options())
+        self.graph = AsyncGraphClient(transport=transport, **graph_options(self.settings))
+        self.sources = AsyncSourceFetcher(transport=source_transport, **fetcher_options(self.settings))
         # Hashing threads contend with the event loop for the GIL: one at a time.
         self.hash_slot = asyncio.Semaphore(1)
         return self.sources.key

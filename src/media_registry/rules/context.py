@@ -54,6 +54,45 @@ class SettingsArgs(TypedDict, total=False):
     host_retention: timedelta | float | None
 
 
+class GraphOptions(TypedDict):
+    """What the Graph clients take from the settings."""
+
+    token: str | None
+    api_base: str
+    user_agent: str
+    download_user_agent: str
+    timeout: float
+    download_deadline: float
+    max_retries: int
+    backoff: float
+    media_host_suffixes: tuple[str, ...]
+
+
+def graph_options(settings: Settings) -> GraphOptions:
+    """The Graph client's options from the settings."""
+    return GraphOptions(
+        token=settings.token.get_secret_value() if settings.token else None,
+        api_base=settings.api_base, user_agent=settings.user_agent,
+        download_user_agent=settings.download_user_agent, timeout=settings.timeout,
+        download_deadline=settings.download_deadline, max_retries=settings.max_retries,
+        backoff=settings.retry_backoff, media_host_suffixes=settings.media_hosts)
+
+
+class FetcherOptions(TypedDict):
+    """What the URL-source fetchers take from the settings."""
+
+    ignore_query: tuple[str, ...]
+    timeout: float
+    deadline: float
+    user_agent: str
+
+
+def fetcher_options(settings: Settings) -> FetcherOptions:
+    """The URL-source fetcher's options from the settings."""
+    return FetcherOptions(ignore_query=settings.url_ignore_query, timeout=settings.timeout,
+                          deadline=settings.download_deadline, user_agent=settings.user_agent)
+
+
 def open_context(settings: Settings | None, given: dict[str, object], clock: Clock,
                  create: bool) -> Context:
     """The context of a new registry: ``settings``, or the environment's with the ``given``
