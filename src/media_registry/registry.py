@@ -78,10 +78,12 @@ class _Registry(Generic[TransportT]):
         raise NotImplementedError
 
     @classmethod
-    def from_env(cls, db: PathArg | None = None, *, create: bool = True,
+    def from_env(cls, db: PathArg | None = None, *, token: str | None = None,
+                 phone_number_id: str | None = None, create: bool = True,
                  source_transport: TransportT | None = None, **overrides: Unpack[SettingsArgs]) -> Self:
         """A registry configured from the environment; keyword arguments override it."""
-        return cls(db, create=create, source_transport=source_transport, **overrides)
+        return cls(db, token=token, phone_number_id=phone_number_id, create=create,
+                   source_transport=source_transport, **overrides)
 
     @property
     def settings(self) -> Settings:

@@ -60,6 +60,7 @@ from .errors import (
 from .metrics import Monitor
 from .models import MediaRecord
 from .registry import AsyncMediaRegistry, Outcome
+from .rules.sources import Source
 from .scheduler import only_daemon, run_schedule
 from .sources import Content, Spool
 
@@ -332,7 +333,7 @@ class _Service:
 
     # -- helpers --------------------------------------------------------------------------
 
-    async def _timed(self, source: Any, phone_number_id: str | None, mime_type: str | None) -> Outcome:
+    async def _timed(self, source: Source, phone_number_id: str | None, mime_type: str | None) -> Outcome:
         """The registry's answer for a source that missed the hash lookup, counted and timed."""
         self.monitor.cache_misses.inc()
         with self.monitor.upload_seconds.time():
