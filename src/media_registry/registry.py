@@ -309,7 +309,10 @@ class AsyncMediaRegistry(_Registry[httpx.AsyncBaseTransport]):
         self, source: Source, *, phone_number_id: str | None = None, mime_type: str | None = None,
     ) -> Outcome:
         """See :meth:`MediaRegistry.get_or_upload_with_status`."""
-        found = await self._hit(functools.partial(self.sourcing.lookup, source, phone_number_id, mime_type))
+        if self.ctx.in_postgres:  # a hit is a round trip to a server: it leaves the loop too
+            found = await asyncio.to_thread(self.sourcing.lookup, source, phone_number_id, mime_type)
+        else:
+            found = self.sourcing.lookup(source, phone_number_id, mime_type)
         return found if isinstance(found, Outcome) else await adrive(found, self)
 
     async def invalidate(self, media_id: str, *, reason: str = REFUSED) -> None:
