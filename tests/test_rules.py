@@ -18,10 +18,6 @@ from media_registry.config import Settings
 from media_registry.registry import AsyncMediaRegistry, Outcome
 from media_registry.rules.context import SettingsArgs
 from media_registry.rules.effects import Blocking, Effect, Flow, Sleep, Upload
-from media_registry.testing import sample_media
-from test_async import ThreadsOfCalls
-
-from conftest import PNG
 
 EXPLICIT = {"db", "token", "phone_number_id"}
 
@@ -126,12 +122,3 @@ def test_the_public_classes_have_one_base_of_their_own() -> None:
     for cls in (MediaRegistry, AsyncMediaRegistry):
         ours = [base for base in cls.__mro__[1:] if base.__module__.startswith("media_registry")]
         assert [base.__name__ for base in ours] == ["_Registry"]
-
-
-def test_a_bytes_cache_hit_is_one_read(registry: MediaRegistry) -> None:
-    data = sample_media(PNG, salt="read once")
-    first = registry.get_or_upload_with_status(data)
-    calls = registry.store = ThreadsOfCalls(registry.store)  # type: ignore[assignment]
-    again = registry.get_or_upload_with_status(data)
-    assert again == (first.media_id, False) and again.sha256 == first.sha256
-    assert [name for name, _ in calls.calls] == ["current_media_id"]

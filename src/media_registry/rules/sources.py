@@ -125,15 +125,10 @@ class Sourcing:
 
     def _content_flow(self, content: Content, phone: str, declared: str | None,
                       url: str | None = None) -> Flow[Outcome]:
-        """Check the content like a file; serve its valid ID (a read: a cache hit writes
-        nothing), else record it (and the URL it came from) and go through single flight."""
+        """Check the content like a file, record it (and the URL it came from), then single
+        flight."""
         store = self.ctx.store
         media_type = yield from ask(Hashing(functools.partial(content.media_type, declared)))
-        if url is None:
-            media_id = yield from ask(Blocking(functools.partial(
-                store.current_media_id, content.sha256, phone, self.ctx.min_valid_until(phone))))
-            if media_id is not None:
-                return Outcome(media_id, uploaded=False, sha256=content.sha256, mime_type=media_type.mime_type)
         now = self.ctx.clock()
         yield from ask(Blocking(functools.partial(
             store.remember_content, content.sha256, media_type.mime_type, content.size, now)))
