@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -362,3 +364,51 @@ def test_a_cancelled_upload_releases_its_lease_off_the_loop_while_another_proces
     calls, loop_thread = asyncio.run(main())
     assert "release_lease" not in calls.on(loop_thread)
     assert leases(registry_db_value) == 0
+
+
+# The reads a cache hit makes: on the loop with SQLite (one short query), as documented.
+HIT_READS = {"lookup_path", "url_hit", "content_rows"}
+
+
+def test_no_verb_or_read_does_store_or_file_work_on_the_event_loop(
+    async_registry: Callable[..., AsyncMediaRegistry], api: FakeGraphAPI, make_file: Callable[..., Path],
+    tmp_path: Path, backend: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spools = tmp_path / "spools"
+    spools.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spools))  # temporary files land where watched
+    path = make_file("watched.png")
+    inbound = api.add_media(sample_media("image/jpeg", salt="hook"), "image/jpeg")
+    hook = {"entry": [{"changes": [{"value": {
+        "metadata": {"phone_number_id": api.phone_number_id},
+        "messages": [{"from": "1", "id": "wamid.A", "type": "image",
+                      "image": {"id": inbound, "mime_type": "image/jpeg"}}]}}]}]}
+
+    async def send(media_id: str) -> str:
+        return f"sent {media_id}"
+
+    async def main() -> tuple[ThreadsOfCalls, list[tuple[str, int]], int]:
+        async with async_registry() as registry:
+            calls = registry.store = ThreadsOfCalls(registry.store)  # type: ignore[assignment]
+            with open(path, "rb") as stream, file_events_under(tmp_path) as files:
+                from_bytes = await registry.get_or_upload_with_status(sample_media(PNG, salt="bytes"))
+                assert from_bytes.uploaded and from_bytes.sha256 is not None
+                assert await registry.get_or_upload(stream) == await registry.get_or_upload(path)
+                assert await registry.send_with_media(io.BytesIO(sample_media(PDF)), send) == (
+                    f"sent {await registry.get_or_upload(sample_media(PDF))}")
+                await registry.invalidate(from_bytes.media_id)
+                assert [d.fetched for d in await registry.download_webhook(hook, tmp_path / "in")] == [True]
+                assert (await registry.alookup(path)) is not None
+                assert len(await registry.arecords()) == 3
+                assert (await registry.astats())["contents"] == 3
+                assert await registry.aoverdue() == []
+                assert await registry.avalid_record(from_bytes.sha256) is None  # invalidated
+            return calls, files, threading.get_ident()
+
+    calls, files, loop_thread = asyncio.run(main())
+    made = {name for name, _ in calls.calls}
+    assert {"remember_content", "take_lease", "record_upload", "invalidate_media", "record_inbound",
+            "events", "stats", "expiring_media"} <= made
+    assert calls.on(loop_thread) <= (HIT_READS if backend == "sqlite" else set())
+    assert {"open", "os.rename", "os.remove"} <= {event for event, _ in files}  # spools, download
+    assert [event for event, thread in files if thread == loop_thread] == []

@@ -9,6 +9,8 @@ import asyncio
 import hashlib
 import os
 import sys
+import tempfile
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,9 @@ import pytest
 from media_registry import AsyncMediaRegistry, MediaRegistry
 from media_registry.metrics import Monitor
 from media_registry.service import Options, create_app
+from media_registry.store import NewMedia, Recorded
 from media_registry.testing import FakeGraphAPI, sample_media
+from test_async import ThreadsOfCalls, file_events_under
 
 from conftest import PDF
 
@@ -194,25 +198,61 @@ def test_a_file_that_changes_between_its_hash_and_its_upload_is_409(
     assert answer.json()["error"]["type"] == "SourceChanged" and api.uploads == 0
 
 
-def test_content_deleted_after_its_upload_but_before_the_answer_is_409(
+def test_content_deleted_after_its_upload_but_before_it_is_recorded_is_409(
     api: FakeGraphAPI, tmp_path: Path, layout: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = sample_media(PDF, salt="late delete")
 
     async def send(client: httpx.AsyncClient, registry: AsyncMediaRegistry) -> list[httpx.Response]:
-        looked_up = registry.valid_record
+        record_upload = registry.store.record_upload
 
-        def deleted_just_before(sha256: str, **kwargs: Any) -> Any:
-            if api.uploads:  # the upload is recorded: a delete lands before the answer is made
-                with MediaRegistry(db=tmp_path / "registry.db", token=api.token,
-                                   api_base=api.base_url) as other:
-                    other.delete(sha256)
-            return looked_up(sha256, **kwargs)
+        def deleted_just_before(media: NewMedia, owner: str) -> Recorded:
+            # The upload is done: a delete lands before it is recorded (the answer is made
+            # from what the registry's call learned, so this is the last moment to catch it).
+            with MediaRegistry(db=tmp_path / "registry.db", token=api.token,
+                               api_base=api.base_url) as other:
+                other.delete(media.sha256)
+            return record_upload(media, owner)
 
-        monkeypatch.setattr(registry, "valid_record", deleted_just_before)
+        monkeypatch.setattr(registry.store, "record_upload", deleted_just_before)
         return [await client.post("/v1/media", content=data)]
 
     answer = in_process(api, tmp_path, layout["root"], send)[0]
     assert api.uploads == 1 and api.count("DELETE") == 1
     assert answer.status_code == 409, answer.text
     assert answer.json()["error"]["type"] == "ContentDeleted"
+
+
+def test_no_request_does_store_or_file_work_on_the_event_loop(
+    api: FakeGraphAPI, tmp_path: Path, layout: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spools = tmp_path / "spools"
+    spools.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spools))  # the body's spool lands where watched
+    data = sample_media(PDF, salt="threads")
+    sha256 = hashlib.sha256(data).hexdigest()
+    path = layout["root"] / "threads.pdf"
+    path.write_bytes(sample_media(PDF, salt="by path"))
+    seen: dict[str, Any] = {}
+
+    async def send(client: httpx.AsyncClient, registry: AsyncMediaRegistry) -> list[httpx.Response]:
+        calls = registry.store = ThreadsOfCalls(registry.store)  # type: ignore[assignment]
+        with file_events_under(tmp_path) as files:
+            answers = [await client.post("/v1/media", content=data),  # a miss: spooled, uploaded
+                       await client.post("/v1/media", content=data),  # the hash lookup's hit
+                       await client.post("/v1/media", json={"path": str(path)}),
+                       await client.get(f"/v1/media/{sha256}")]
+            media_id = answers[0].json()["media_id"]
+            answers.append(await client.post(f"/v1/media/{media_id}/invalidate"))
+        seen.update(calls=calls, files=files, loop=threading.get_ident())
+        return answers
+
+    answers = in_process(api, tmp_path, layout["root"], send)
+    assert [answer.status_code for answer in answers] == [200] * 5, [a.text for a in answers]
+    assert [answer.json().get("status") for answer in answers[:3]] == ["uploaded", "cached", "uploaded"]
+    assert api.uploads == 2  # the body was hashed once: its second POST is the hash lookup's hit
+    calls, loop = seen["calls"], seen["loop"]
+    assert {"take_lease", "record_upload", "invalidate_media", "events"} <= {name for name, _ in calls.calls}
+    assert calls.on(loop) <= {"content_rows"}  # the hash lookup: a cache hit, as documented
+    assert {"open", "os.remove"} <= {event for event, _ in seen["files"]}
+    assert [event for event, thread in seen["files"] if thread == loop] == []

@@ -24,6 +24,7 @@ from typing import IO, Any
 import httpx
 import tenacity
 
+from ._async_io import Batches, FileBody, changed_while_uploaded
 from ._version import __version__
 from .blobs import VerifiedFile
 from .errors import (
@@ -35,7 +36,6 @@ from .errors import (
     GraphAPIError,
     IntegrityError,
     MediaRegistryError,
-    SourceChanged,
     UnsafeDownloadURL,
     from_graph_response,
     register_secret,
@@ -489,8 +489,17 @@ class AsyncGraphClient(_GraphBase):
         url, data, (name, part_type) = self._upload_request(path, mime_type, phone_number_id, ttl_minutes)
 
         async def send() -> httpx.Response:
-            with _upload_file(path) as file:  # reopened per attempt: a retry starts at byte 0
-                return await self._http.post(url, data=data, files={"file": (name, file, part_type)})
+            # Reopened per attempt (a retry starts at byte 0); opened and read in threads.
+            body = await asyncio.to_thread(FileBody.open, path, data, name, part_type)
+            try:
+                return await self._http.post(url, content=body, headers=body.headers)
+            except Exception:
+                changed = await asyncio.to_thread(body.changed, path)
+                if changed is None:
+                    raise
+                raise changed from None
+            finally:
+                await asyncio.to_thread(body.close)
 
         return self._media_id(await self._call(send))
 
@@ -522,9 +531,11 @@ class AsyncGraphClient(_GraphBase):
             if not response.is_success:
                 await response.aread()
             self._check_download(response)
+            batches = Batches(file.write)  # hashed and written in a thread
             try:
                 async for chunk in response.aiter_bytes():
-                    file.write(budget.spend(chunk))
+                    await batches.write(budget.spend(chunk))
+                await batches.flush()
             except httpx.TransportError as exc:
                 raise self._broke_off(budget, exc) from None
         finally:
@@ -557,8 +568,7 @@ def _upload_file(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
         except Exception:
             if os.fstat(file.fileno()).st_size == size:
                 raise
-            raise SourceChanged(f"{path}: the file changed while it was uploaded; try again once "
-                                "it is written") from None
+            raise changed_while_uploaded(path) from None
 
 
 def retry_after(value: str | None) -> float | None:

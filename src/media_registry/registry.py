@@ -1,47 +1,134 @@
 """MediaRegistry and AsyncMediaRegistry: what senders use.
 
-The rules live once, as generator flows (see :mod:`media_registry._flows`) in mixins on a
-shared core: sending (:mod:`._sending`), sources beyond paths (:mod:`._sourcing`), lifecycle
-(:mod:`._lifecycle`), inbound media (:mod:`._inbound`) and reading (:mod:`._reading`).
-Each registry here is only a driver for those flows: :class:`MediaRegistry` performs their
-effects inline with the sync clients; :class:`AsyncMediaRegistry` awaits the async ones and
-runs every blocking effect (hashing, SQLite writes that may wait for a lock, file creation
-and renames) in a thread, off the event loop. Both step flows through the same :class:`~media_registry._flows.Run`.
+The rules live once, in :mod:`media_registry.rules`, as generator flows that yield typed
+effects; each registry composes them over one shared
+:class:`~media_registry.rules.context.Context`: ``sending`` (the cache hit, single flight),
+``sourcing`` (bytes, file objects, URLs, ``send_with_media``, ``invalidate``), ``lifecycle``
+(refresh, delete, purge), ``inbound`` (downloads) and ``reading`` (records, stats). Each
+registry is only a driver for those flows: :class:`MediaRegistry` performs their effects
+inline with the sync clients (:func:`~media_registry.rules.effects.drive`);
+:class:`AsyncMediaRegistry` awaits the async ones and runs every blocking effect (hashing,
+SQLite writes that may wait for a lock, file creation and renames) in a thread, off the
+event loop (:func:`~media_registry.rules.effects.adrive`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
+import functools
 import os
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from datetime import timedelta
+from typing import Any, Generic, TypeVar
 
-from ._flows import Blocking, Effect, Fetch, Flow, Hashing, Run, Send, Sleep, in_thread
-from ._inbound import Inbound
-from ._lifecycle import Lifecycle, OnAction, add
-from ._reading import Reading
-from ._sending import Outcome
-from ._sourcing import REFUSED, Source
-from .dburl import PostgresURL
+import httpx
+from typing_extensions import Self, Unpack
+
+from .config import Settings
 from .graph import AsyncGraphClient, GraphClient
-from .models import DownloadedMedia, LifecycleAction, Report
+from .models import DownloadedMedia, LifecycleAction, MediaRecord, Report
+from .rules.context import Context, PathArg, SettingsArgs, fetcher_options, graph_options, open_context
+from .rules.effects import Clock, adrive, drive, utc_now
+from .rules.inbound import Inbound
+from .rules.lifecycle import Lifecycle, OnAction, add
+from .rules.reading import Reading
+from .rules.sending import Outcome, Sending
+from .rules.sources import REFUSED, Source, Sourcing
 from .sources import AsyncSourceFetcher, SourceFetcher
-from .store import MediaRow
+from .store import MediaRow, Store
 from .webhooks import OnInvalid
 
 __all__ = ["AsyncMediaRegistry", "MediaRegistry", "Outcome"]
 
 T = TypeVar("T")
+TransportT = TypeVar("TransportT", httpx.BaseTransport, httpx.AsyncBaseTransport)
 
 
-class _Rules(Lifecycle, Inbound, Reading):
-    """Every rule of the registry, for a driver to run."""
+class _Registry(Generic[TransportT]):
+    """What both registries share: the context, the rules composed over it, and the reads.
+    ``TransportT`` is the kind of HTTP transport the registry's clients take."""
+
+    def __init__(
+        self,
+        db: PathArg | None = None,
+        *,
+        token: str | None = None,
+        phone_number_id: str | None = None,
+        settings: Settings | None = None,
+        transport: TransportT | None = None,
+        source_transport: TransportT | None = None,
+        clock: Clock = utc_now,
+        create: bool = True,
+        **overrides: Unpack[SettingsArgs],
+    ) -> None:
+        given = {"db": db, "token": token, "phone_number_id": phone_number_id, **overrides}
+        self.ctx: Context = open_context(settings, given, clock, create)
+        # The URL fetcher is a client of its own, without the token: a URL's host never sees
+        # it. ``source_transport`` swaps its HTTP transport (e.g. the service's guard).
+        key = self._connect(transport, source_transport)
+        self.sending = Sending(self.ctx)
+        self.sourcing = Sourcing(self.ctx, self.sending, key)
+        self.lifecycle = Lifecycle(self.ctx, self.sending, self.sourcing)
+        self.inbound = Inbound(self.ctx)
+        self.reading = Reading(self.ctx, self.sourcing)
+
+    def _connect(self, transport: TransportT | None, source_transport: TransportT | None) -> Callable[[str], str]:
+        """Make the Graph client and the URL fetcher; return the fetcher's key form."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_env(cls, db: PathArg | None = None, *, token: str | None = None,
+                 phone_number_id: str | None = None, create: bool = True,
+                 source_transport: TransportT | None = None, **overrides: Unpack[SettingsArgs]) -> Self:
+        """A registry configured from the environment; keyword arguments override it."""
+        return cls(db, token=token, phone_number_id=phone_number_id, create=create,
+                   source_transport=source_transport, **overrides)
+
+    @property
+    def settings(self) -> Settings:
+        """The registry's settings, validated once."""
+        return self.ctx.settings
+
+    @property
+    def store(self) -> Store:
+        """The registry's store."""
+        return self.ctx.store
+
+    @store.setter
+    def store(self, store: Store) -> None:
+        self.ctx.store = store
+
+    def stop(self) -> None:
+        """Ask a running refresh to finish its current uploads and start no new ones."""
+        self.ctx.stopping.set()
+
+    def resolve(self, target: str | os.PathLike[str]) -> str | None:
+        """See :meth:`Sourcing.resolve <media_registry.rules.sources.Sourcing.resolve>`."""
+        return self.sourcing.resolve(target)
+
+    def lookup(self, target: str | os.PathLike[str], *, phone_number_id: str | None = None) -> MediaRecord | None:
+        """See :meth:`Reading.lookup <media_registry.rules.reading.Reading.lookup>`."""
+        return self.reading.lookup(target, phone_number_id=phone_number_id)
+
+    def records(self, *, expiring_within: timedelta | None = None) -> Iterator[MediaRecord]:
+        """See :meth:`Reading.records <media_registry.rules.reading.Reading.records>`."""
+        return self.reading.records(expiring_within=expiring_within)
+
+    def valid_record(self, sha256: str, *, phone_number_id: str | None = None) -> MediaRecord | None:
+        """See :meth:`Reading.valid_record <media_registry.rules.reading.Reading.valid_record>`."""
+        return self.reading.valid_record(sha256, phone_number_id=phone_number_id)
+
+    def stats(self) -> dict[str, Any]:
+        """See :meth:`Reading.stats <media_registry.rules.reading.Reading.stats>`."""
+        return self.reading.stats()
+
+    def overdue(self) -> list[str]:
+        """See :meth:`Lifecycle.overdue <media_registry.rules.lifecycle.Lifecycle.overdue>`."""
+        return self.lifecycle.overdue()
 
 
-class MediaRegistry(_Rules):
+class MediaRegistry(_Registry[httpx.BaseTransport]):
     """Media IDs that are valid now, uploading each content only once.
 
     Build it from the environment with :meth:`from_env`, or pass settings as arguments
@@ -52,12 +139,16 @@ class MediaRegistry(_Rules):
     yet (for read-only use; an older registry is still upgraded).
     """
 
-    _client = GraphClient
-    _fetcher = SourceFetcher
     graph: GraphClient
     sources: SourceFetcher
 
-    def __enter__(self) -> MediaRegistry:
+    def _connect(self, transport: httpx.BaseTransport | None,
+                 source_transport: httpx.BaseTransport | None) -> Callable[[str], str]:
+        self.graph = GraphClient(transport=transport, **graph_options(self.settings))
+        self.sources = SourceFetcher(transport=source_transport, **fetcher_options(self.settings))
+        return self.sources.key
+
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -68,28 +159,6 @@ class MediaRegistry(_Rules):
         self.graph.close()
         self.sources.close()
         self.store.close()
-
-    def _drive(self, flow: Flow[T]) -> T:
-        """Run a flow, performing its effects inline."""
-        run = Run(flow)
-        while (effect := run.next()) is not None:
-            try:
-                run.value = self._perform(effect)
-            except BaseException as exc:  # handed to the flow, which decides
-                run.error = exc
-        return run.result
-
-    def _perform(self, effect: Effect) -> object:
-        if isinstance(effect, Sleep):
-            time.sleep(effect.seconds)
-            return None
-        if isinstance(effect, Blocking):
-            return effect.work()
-        if isinstance(effect, Fetch):
-            return effect.on(self.sources)
-        if isinstance(effect, Send):
-            return effect.send(effect.media_id)
-        return effect.on(self.graph)
 
     def get_or_upload(
         self, source: Source, *, phone_number_id: str | None = None, mime_type: str | None = None,
@@ -110,14 +179,15 @@ class MediaRegistry(_Rules):
     def get_or_upload_with_status(
         self, source: Source, *, phone_number_id: str | None = None, mime_type: str | None = None,
     ) -> Outcome:
-        """Like :meth:`get_or_upload`, also telling whether this call uploaded the content."""
-        found = self._lookup(source, phone_number_id, mime_type)
-        return found if isinstance(found, Outcome) else self._drive(found)
+        """Like :meth:`get_or_upload`, also telling whether this call uploaded the content,
+        with what it learned of it (see :class:`~media_registry.rules.sending.Outcome`)."""
+        found = self.sourcing.lookup(source, phone_number_id, mime_type)
+        return found if isinstance(found, Outcome) else drive(found, self)
 
     def invalidate(self, media_id: str, *, reason: str = REFUSED) -> None:
         """Never serve ``media_id`` again (Meta refused it at send time: it died early); the
         next :meth:`get_or_upload` of its content uploads anew. The event log records why."""
-        self._drive(self._invalidate_flow(media_id, reason))
+        drive(self.sourcing.invalidate_flow(media_id, reason), self)
 
     def send_with_media(self, source: Source, send: Callable[[str], T], *,
                         phone_number_id: str | None = None) -> T:
@@ -132,7 +202,8 @@ class MediaRegistry(_Rules):
         more is invalidated. Any other error reaches the caller untouched. A file object is
         read once.
         """
-        return self._drive(self._send_with_media_flow(source, send, phone_number_id))  # type: ignore[no-any-return]
+        result: T = drive(self.sourcing.send_with_media_flow(source, send, phone_number_id), self)
+        return result
 
     def refresh_expiring(self, *, dry_run: bool = False, on_action: OnAction | None = None) -> Report:
         """Upload again every current ID with less than ``refresh_before`` left whose content
@@ -143,8 +214,8 @@ class MediaRegistry(_Rules):
         """
         report = Report(dry_run=dry_run)
         with ThreadPoolExecutor(max_workers=self.settings.refresh_concurrency) as pool:
-            flows = (self._refresh_one(row, dry_run) for row in self._expiring_rows())
-            for action in pool.map(self._drive, flows):
+            flows = (self.lifecycle.refresh_one(row, dry_run) for row in self.lifecycle.expiring_rows())
+            for action in pool.map(functools.partial(drive, env=self), flows):
                 add(report, action, on_action)
         return report
 
@@ -152,13 +223,13 @@ class MediaRegistry(_Rules):
         """Forget a content (named by path, sha256 or media ID): its IDs are no longer served
         or refreshed, and each is DELETEd remotely now; any the API could not delete stay
         marked, and :meth:`purge` retries them."""
-        return self._drive(self._delete_flow(target))
+        return drive(self.lifecycle.delete_flow(target), self)
 
     def purge(self, *, dry_run: bool = False, on_action: OnAction | None = None) -> Report:
         """Clean up: contents whose source files all vanished are deleted (remotely too);
         rows of expired IDs are dropped; remote DELETEs still owed are retried.
         ``on_action`` is called with each action as it completes."""
-        return self._drive(self._purge_flow(dry_run, on_action))
+        return drive(self.lifecycle.purge_flow(dry_run, on_action), self)
 
     def download(
         self, media_id: str, dest_dir: str | os.PathLike[str] | None = None, *,
@@ -171,7 +242,7 @@ class MediaRegistry(_Rules):
         transfer is retried with backoff (fresh metadata each time), then ends in one clear
         error with no partial file left.
         """
-        return self._drive(self._download_flow(media_id, dest_dir, phone_number_id))
+        return drive(self.inbound.download_flow(media_id, dest_dir, phone_number_id), self)
 
     def download_webhook(
         self, payload: dict[str, Any], dest_dir: str | os.PathLike[str] | None = None, *,
@@ -181,10 +252,10 @@ class MediaRegistry(_Rules):
         :func:`~media_registry.webhooks.media_in_webhook`, which says what ``on_invalid``
         gets for an item of the wrong shape; the others are downloaded all the same); a
         webhook's own sha256 must agree with what was fetched."""
-        return self._drive(self._download_webhook_flow(payload, dest_dir, on_invalid))
+        return drive(self.inbound.download_webhook_flow(payload, dest_dir, on_invalid), self)
 
 
-class AsyncMediaRegistry(_Rules):
+class AsyncMediaRegistry(_Registry[httpx.AsyncBaseTransport]):
     """:class:`MediaRegistry` for asyncio senders, with the same verbs as coroutines.
 
     Cache hits run inline (one stat, one short query; in a thread on PostgreSQL, where the
@@ -194,21 +265,22 @@ class AsyncMediaRegistry(_Rules):
     ``httpx.AsyncClient``. Single flight holds across tasks, threads and processes alike, and
     a cancelled task leaves no upload lease behind, even one its thread took after the
     cancellation. Arguments as for :class:`MediaRegistry` (``transport`` is an
-    ``httpx.AsyncBaseTransport``).
+    ``httpx.AsyncBaseTransport``). The reads have awaitable forms that run in a thread
+    (:meth:`alookup`, :meth:`arecords`, :meth:`astats`, :meth:`aoverdue`, :meth:`avalid_record`).
     """
 
-    _client = AsyncGraphClient
-    _fetcher = AsyncSourceFetcher
     graph: AsyncGraphClient
     sources: AsyncSourceFetcher
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._one_hash_at_a_time = asyncio.Semaphore(1)
-        # A PostgreSQL hit is a round trip to a server: it leaves the event loop too.
-        self._hits_in_thread = isinstance(self.settings.db, PostgresURL)
+    def _connect(self, transport: httpx.AsyncBaseTransport | None,
+                 source_transport: httpx.AsyncBaseTransport | None) -> Callable[[str], str]:
+        self.graph = AsyncGraphClient(transport=transport, **graph_options(self.settings))
+        self.sources = AsyncSourceFetcher(transport=source_transport, **fetcher_options(self.settings))
+        # Hashing threads contend with the event loop for the GIL: one at a time.
+        self.hash_slot = asyncio.Semaphore(1)
+        return self.sources.key
 
-    async def __aenter__(self) -> AsyncMediaRegistry:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -218,35 +290,11 @@ class AsyncMediaRegistry(_Rules):
         """Close the HTTP connection pools and the database connections."""
         await self.graph.aclose()
         await self.sources.aclose()
-        self.store.close()
+        await asyncio.to_thread(self.store.close)
 
-    async def _drive(self, flow: Flow[T]) -> T:
-        """Run a flow, awaiting its effects."""
-        run = Run(flow)
-        while (effect := run.next()) is not None:
-            try:
-                run.value = await self._perform(effect)
-            except BaseException as exc:  # cancellation too: the flow releases its lease
-                run.error = exc
-        return run.result
-
-    async def _perform(self, effect: Effect) -> object:
-        if isinstance(effect, Sleep):
-            await asyncio.sleep(effect.seconds)
-            return None
-        if isinstance(effect, Hashing):
-            # Hashing threads contend with the event loop for the GIL: one at a time keeps the
-            # loop responsive (8 new 10 MB files at once: 38 ms stalls become 8 ms).
-            async with self._one_hash_at_a_time:
-                return await in_thread(effect)
-        if isinstance(effect, Blocking):
-            return await in_thread(effect)
-        if isinstance(effect, Fetch):
-            return await effect.on(self.sources)
-        if isinstance(effect, Send):
-            result = effect.send(effect.media_id)
-            return await result if inspect.isawaitable(result) else result
-        return await effect.on(self.graph)
+    async def _hit(self, read: Callable[[], T]) -> T:
+        """A cache hit's read: inline on SQLite, in a thread on PostgreSQL (a round trip)."""
+        return await asyncio.to_thread(read) if self.ctx.in_postgres else read()
 
     async def get_or_upload(
         self, source: Source, *, phone_number_id: str | None = None, mime_type: str | None = None,
@@ -261,20 +309,21 @@ class AsyncMediaRegistry(_Rules):
         self, source: Source, *, phone_number_id: str | None = None, mime_type: str | None = None,
     ) -> Outcome:
         """See :meth:`MediaRegistry.get_or_upload_with_status`."""
-        if self._hits_in_thread:
-            found = await asyncio.to_thread(self._lookup, source, phone_number_id, mime_type)
+        if self.ctx.in_postgres:  # a hit is a round trip to a server: it leaves the loop too
+            found = await asyncio.to_thread(self.sourcing.lookup, source, phone_number_id, mime_type)
         else:
-            found = self._lookup(source, phone_number_id, mime_type)
-        return found if isinstance(found, Outcome) else await self._drive(found)
+            found = self.sourcing.lookup(source, phone_number_id, mime_type)
+        return found if isinstance(found, Outcome) else await adrive(found, self)
 
     async def invalidate(self, media_id: str, *, reason: str = REFUSED) -> None:
         """See :meth:`MediaRegistry.invalidate`."""
-        await self._drive(self._invalidate_flow(media_id, reason))
+        await adrive(self.sourcing.invalidate_flow(media_id, reason), self)
 
     async def send_with_media(self, source: Source, send: Callable[[str], Awaitable[T] | T], *,
                               phone_number_id: str | None = None) -> T:
         """See :meth:`MediaRegistry.send_with_media`; ``send`` may be a coroutine function."""
-        return await self._drive(self._send_with_media_flow(source, send, phone_number_id))
+        result: T = await adrive(self.sourcing.send_with_media_flow(source, send, phone_number_id), self)
+        return result
 
     async def refresh_expiring(self, *, dry_run: bool = False, on_action: OnAction | None = None) -> Report:
         """See :meth:`MediaRegistry.refresh_expiring`; ``refresh_concurrency`` tasks at a time."""
@@ -282,9 +331,9 @@ class AsyncMediaRegistry(_Rules):
 
         async def refresh(row: MediaRow) -> LifecycleAction:
             async with limit:
-                return await self._drive(self._refresh_one(row, dry_run))
+                return await adrive(self.lifecycle.refresh_one(row, dry_run), self)
 
-        rows = await asyncio.to_thread(self._expiring_rows)
+        rows = await asyncio.to_thread(self.lifecycle.expiring_rows)
         report = Report(dry_run=dry_run)
         for action in await asyncio.gather(*(refresh(row) for row in rows)):
             add(report, action, on_action)
@@ -292,22 +341,43 @@ class AsyncMediaRegistry(_Rules):
 
     async def delete(self, target: str | os.PathLike[str]) -> Report:
         """See :meth:`MediaRegistry.delete`."""
-        return await self._drive(self._delete_flow(target))
+        return await adrive(self.lifecycle.delete_flow(target), self)
 
     async def purge(self, *, dry_run: bool = False, on_action: OnAction | None = None) -> Report:
         """See :meth:`MediaRegistry.purge`."""
-        return await self._drive(self._purge_flow(dry_run, on_action))
+        return await adrive(self.lifecycle.purge_flow(dry_run, on_action), self)
 
     async def download(
         self, media_id: str, dest_dir: str | os.PathLike[str] | None = None, *,
         phone_number_id: str | None = None,
     ) -> DownloadedMedia:
         """See :meth:`MediaRegistry.download`."""
-        return await self._drive(self._download_flow(media_id, dest_dir, phone_number_id))
+        return await adrive(self.inbound.download_flow(media_id, dest_dir, phone_number_id), self)
 
     async def download_webhook(
         self, payload: dict[str, Any], dest_dir: str | os.PathLike[str] | None = None, *,
         on_invalid: OnInvalid | None = None,
     ) -> list[DownloadedMedia]:
         """See :meth:`MediaRegistry.download_webhook`."""
-        return await self._drive(self._download_webhook_flow(payload, dest_dir, on_invalid))
+        return await adrive(self.inbound.download_webhook_flow(payload, dest_dir, on_invalid), self)
+
+    async def alookup(self, target: str | os.PathLike[str], *,
+                      phone_number_id: str | None = None) -> MediaRecord | None:
+        """:meth:`~MediaRegistry.lookup`, in a thread."""
+        return await asyncio.to_thread(self.reading.lookup, target, phone_number_id=phone_number_id)
+
+    async def arecords(self, *, expiring_within: timedelta | None = None) -> list[MediaRecord]:
+        """:meth:`~MediaRegistry.records`, read whole in a thread."""
+        return await asyncio.to_thread(lambda: list(self.reading.records(expiring_within=expiring_within)))
+
+    async def avalid_record(self, sha256: str, *, phone_number_id: str | None = None) -> MediaRecord | None:
+        """:meth:`~MediaRegistry.valid_record`: a cache hit (inline on SQLite)."""
+        return await self._hit(functools.partial(self.reading.valid_record, sha256, phone_number_id=phone_number_id))
+
+    async def astats(self) -> dict[str, Any]:
+        """:meth:`~MediaRegistry.stats`, in a thread."""
+        return await asyncio.to_thread(self.reading.stats)
+
+    async def aoverdue(self) -> list[str]:
+        """:meth:`~MediaRegistry.overdue` (it reads source files), in a thread."""
+        return await asyncio.to_thread(self.lifecycle.overdue)

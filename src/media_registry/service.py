@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import hmac
 import ipaddress
 import logging
 import signal
 import socket
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +38,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from . import __version__, _connections, media_types
+from ._async_io import Batches
 from .confined import open_under
 from .errors import (
     AccessDenied,
@@ -61,7 +61,9 @@ from .errors import (
 from .metrics import Monitor, registry_trouble
 from .models import MediaRecord
 from .registry import AsyncMediaRegistry, Outcome
+from .rules.sources import Source
 from .scheduler import only_daemon, run_schedule
+from .sources import Content, Spool
 
 log = logging.getLogger("media_registry.service")
 
@@ -285,24 +287,28 @@ class _Service:
             finally:
                 if not isinstance(source, str):
                     source.close()
-            record = self.registry.lookup(outcome.media_id, phone_number_id=phone_number_id)
-            return _answer(outcome, record)
-        file, sha256, size = await _spool(request, self.options.max_body, self.options.body_timeout)
-        with file:
-            if size == 0:
+            return _known(outcome) or _answer(outcome, await self.registry.alookup(
+                outcome.media_id, phone_number_id=phone_number_id))
+        # Hashed and spooled once, off the loop: the registry takes the content as it is.
+        content = await _spool(request, self.options.max_body, self.options.body_timeout)
+        try:
+            if content.size == 0:
                 raise InputError("the body is empty; send the media's bytes, or JSON "
                                  '{"url": ...} or {"path": ...}')
-            record = self.registry.valid_record(sha256, phone_number_id=phone_number_id)
+            record = await self.registry.avalid_record(content.sha256, phone_number_id=phone_number_id)
             if record is not None and mime_type in (None, record.mime_type):
                 self.monitor.cache_hits.inc()
                 return _answer(Outcome(record.media_id or "", uploaded=False), record)
-            outcome = await self._timed(file, phone_number_id, mime_type)
-        return _answer(outcome, self.registry.valid_record(sha256, phone_number_id=phone_number_id))
+            outcome = await self._timed(content, phone_number_id, mime_type)
+        finally:
+            await asyncio.to_thread(content.close)
+        return _known(outcome) or _answer(outcome, await self.registry.avalid_record(
+            content.sha256, phone_number_id=phone_number_id))
 
     async def get(self, sha256: Annotated[str, PathParam(pattern=SHA256_PATTERN)],
                   phone_number_id: Annotated[str | None, Query(pattern=DIGITS)] = None) -> MediaID:
         """Hash locally, ask here, and send the bytes only on a 404."""
-        record = self.registry.valid_record(sha256, phone_number_id=phone_number_id)
+        record = await self.registry.avalid_record(sha256, phone_number_id=phone_number_id)
         if record is None or record.media_id is None or record.expires_at is None:
             raise NotInRegistry(f"{sha256.lower()}: no valid media ID for this content on this "
                                 "number; POST the bytes to /v1/media")
@@ -311,10 +317,10 @@ class _Service:
 
     async def invalidate(self, media_id: Annotated[str, PathParam(pattern=DIGITS)]) -> MediaRecord:
         """The record of the content, after its ID was marked dead."""
-        if self.registry.lookup(media_id) is None:
+        if await self.registry.alookup(media_id) is None:
             raise NotInRegistry(f"media ID {media_id}: not in the registry; check the ID")
         await self.registry.invalidate(media_id)
-        record = self.registry.lookup(media_id)
+        record = await self.registry.alookup(media_id)
         if record is None:  # deleted meanwhile: nothing left to serve, as asked
             raise NotInRegistry(f"media ID {media_id}: no longer in the registry")
         return record
@@ -329,7 +335,7 @@ class _Service:
 
     # -- helpers --------------------------------------------------------------------------
 
-    async def _timed(self, source: Any, phone_number_id: str | None, mime_type: str | None) -> Outcome:
+    async def _timed(self, source: Source, phone_number_id: str | None, mime_type: str | None) -> Outcome:
         """The registry's answer for a source that missed the hash lookup, counted and timed."""
         self.monitor.cache_misses.inc()
         with self.monitor.upload_seconds.time():
@@ -343,7 +349,7 @@ class _Service:
         """The URL, or the file opened under an allowed folder (see :mod:`.confined`)."""
         body = bytearray()
 
-        def take(chunk: bytes) -> None:
+        async def take(chunk: bytes) -> None:
             body.extend(chunk)
             if len(body) > MAX_JSON_BODY:
                 raise InputError(f"the JSON body is over {MAX_JSON_BODY:,} bytes; send "
@@ -448,42 +454,42 @@ def _is_json(media_type: str) -> bool:
         media_type.startswith("application/") and media_type.endswith("+json"))
 
 
-async def _spool(request: Request, limit: int, seconds: int) -> tuple[IO[bytes], str, int]:
-    """Stream the body into an unnamed temporary file while hashing it: (file at 0, sha256, size).
+async def _spool(request: Request, limit: int, seconds: int) -> Content:
+    """Stream the body into a temporary file while hashing it, both in threads (in batches),
+    never on the event loop: the content, read once.
 
     The limit is checked against Content-Length first and then as the bytes arrive.
     """
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _too_large(int(declared), limit)
-    file = tempfile.TemporaryFile(prefix="media-registry-")
-    digest = hashlib.sha256()
+    spool = await asyncio.to_thread(Spool, "<stream>")
+    batches = Batches(spool.write)
     size = 0
 
-    def take(chunk: bytes) -> None:
+    async def take(chunk: bytes) -> None:
         nonlocal size
         size += len(chunk)
         if size > limit:
             raise _too_large(size, limit)
-        digest.update(chunk)
-        file.write(chunk)
+        await batches.write(chunk)
 
     try:
         await _receive(request, seconds, take)
-        file.seek(0)
+        await batches.flush()
+        return await asyncio.to_thread(spool.finish)
     except BaseException:
-        file.close()
+        await asyncio.shield(asyncio.to_thread(spool.__exit__, None, None, None))
         raise
-    return file, digest.hexdigest(), size
 
 
-async def _receive(request: Request, seconds: int, take: Callable[[bytes], None]) -> None:
+async def _receive(request: Request, seconds: int, take: Callable[[bytes], Awaitable[None]]) -> None:
     """Hand the body's chunks to ``take`` as they arrive; BodyTimeout unless the whole body is
     in within ``seconds``, however it trickles."""
     try:
         with anyio.fail_after(seconds):
             async for chunk in request.stream():
-                take(chunk)
+                await take(chunk)
     except TimeoutError:
         raise BodyTimeout(f"the body did not arrive whole within {seconds} s (the service's "
                           "--body-timeout); send it again over a faster link") from None
@@ -492,6 +498,14 @@ async def _receive(request: Request, seconds: int, take: Callable[[bytes], None]
 def _too_large(size: int, limit: int) -> MediaTooLarge:
     return MediaTooLarge(f"the body ({size:,} bytes or more) is over the service's {limit:,}-byte "
                          "limit, WhatsApp's largest; send a smaller file")
+
+
+def _known(outcome: Outcome) -> Upload | None:
+    """The answer, from what the registry's call learned, when it learned all of it."""
+    if outcome.sha256 is None or outcome.mime_type is None or outcome.expires_at is None:
+        return None
+    return Upload(media_id=outcome.media_id, status=outcome.status, sha256=outcome.sha256,
+                  mime_type=outcome.mime_type, expires_at=outcome.expires_at)
 
 
 def _answer(outcome: Outcome, record: MediaRecord | None) -> Upload:

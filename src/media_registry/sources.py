@@ -17,6 +17,7 @@ refused: it would be keyed without them, so another user's answer would be serve
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import io
@@ -34,6 +35,7 @@ from typing import IO, Any
 
 import httpx
 
+from ._async_io import Batches
 from .config import DEFAULT_URL_IGNORE_QUERY
 from .errors import (
     MediaTooLarge,
@@ -548,10 +550,16 @@ class AsyncSourceFetcher(_FetcherBase):
             if self._unchanged(response, label):
                 await response.aread()
                 return None
-            with self._spool(response, url, label) as spool:
+            # Created, written (hashed) and finished in threads: never on the event loop.
+            spool = await asyncio.to_thread(self._spool, response, url, label)
+            try:
+                batches = Batches(spool.write)
                 async for chunk in response.aiter_bytes():
-                    spool.write(chunk)
+                    await batches.write(chunk)
                     self._check_deadline(ends, label)
-                return spool.finish()
+                await batches.flush()
+                return await asyncio.to_thread(spool.finish)
+            finally:
+                await asyncio.shield(asyncio.to_thread(spool.__exit__, None, None, None))
         finally:
             await response.aclose()

@@ -10,27 +10,47 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
-from . import hashing, media_types
-from ._core import RegistryCore
-from ._flows import Blocking, DeleteMedia, Flow, Hashing, Sleep, Upload
-from .errors import ConfigError, ContentDeleted, GraphAPIError, MediaNotFound, MediaRegistryError
-from .models import LifecycleAction
-from .sources import Content
-from .store import LeaseOutcome, LeaseStatus, MediaRow, NewMedia, Recorded, new_owner
+from .. import hashing, media_types
+from ..errors import ConfigError, ContentDeleted, GraphAPIError, MediaNotFound, MediaRegistryError
+from ..models import LifecycleAction
+from ..sources import Content
+from ..store import LeaseOutcome, LeaseStatus, MediaRow, NewMedia, Recorded, new_owner
+from .context import Context, wall_clock
+from .effects import Blocking, DeleteMedia, Flow, Hashing, Sleep, Upload, ask
 
 # Where the bytes to upload are: a source file (fingerprinted) or a hashed Content.
 UploadSource = hashing.Fingerprint | Content
 
 
-class Outcome(NamedTuple):
-    """A media ID and whether the call that produced it uploaded the file."""
-
+class _Answer(NamedTuple):
     media_id: str
     uploaded: bool
+
+
+class Outcome(_Answer):
+    """A media ID and whether the call that produced it uploaded the file (the pair it
+    compares and unpacks as), with what the call learned of the content on the way: its
+    ``sha256``, ``mime_type`` and the ID's ``expires_at`` (None where a cache hit did not
+    need to know)."""
+
+    sha256: str | None
+    mime_type: str | None
+    expires_at: datetime | None
+
+    def __new__(cls, media_id: str, uploaded: bool, sha256: str | None = None,
+                mime_type: str | None = None, expires_at: datetime | None = None) -> Outcome:
+        outcome = super().__new__(cls, media_id, uploaded)
+        outcome.sha256, outcome.mime_type, outcome.expires_at = sha256, mime_type, expires_at
+        return outcome
+
+    @property
+    def status(self) -> Literal["cached", "uploaded"]:
+        """``uploaded`` or ``cached``."""
+        return "uploaded" if self.uploaded else "cached"
 
 
 class _Miss(NamedTuple):
@@ -42,33 +62,36 @@ class _Miss(NamedTuple):
     phone: str
 
 
-class Sending(RegistryCore):
+class Sending:
     """The rules of ``get_or_upload``: serve a valid ID, else upload once across processes."""
 
-    def _fast_path(
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def fast_path(
         self, path: str | os.PathLike[str], phone_number_id: str | None, mime_type: str | None
     ) -> Outcome | _Miss:
         """The cache hit, done inline by both drivers: one stat and one indexed query."""
-        phone = self._phone(phone_number_id)
+        ctx = self.ctx
+        phone = ctx.phone(phone_number_id)
         fp = hashing.fingerprint(path)
-        hit = self.store.lookup_path(fp, phone, self._valid_until(self._windows(phone).min_validity))
+        hit = ctx.store.lookup_path(fp, phone, ctx.min_valid_until(phone))
         if hit is None or hashing.racily_clean(fp, hit.recorded_at):
             return _Miss(fp, None, None, phone)  # new, changed, or not to be trusted: hash it
         if hit.media_id is not None and mime_type is None:
-            return Outcome(hit.media_id, uploaded=False)
+            return Outcome(hit.media_id, uploaded=False, sha256=hit.sha256)
         return _Miss(fp, hit.sha256, hit.media_id, phone)
 
-    def _get_or_upload_flow(self, path: str | os.PathLike[str], miss: _Miss,
+    def get_or_upload_flow(self, path: str | os.PathLike[str], miss: _Miss,
                             mime_type: str | None) -> Flow[Outcome]:
         """After a cache miss: examine the file (sniff, check, hash if new), then serve the
         ID checked against a declared type, or go through single flight."""
-        examined: tuple[media_types.MediaType, str] = yield Hashing(
+        media_type, sha256 = yield from ask(Hashing(
             functools.partial(self._examine, Path(path), miss, mime_type)
-        )
-        media_type, sha256 = examined
+        ))
         if miss.media_id is not None:  # a declared type was checked against a cached ID
-            return Outcome(miss.media_id, uploaded=False)
-        return (yield from self._single_flight(miss.fp, sha256, miss.phone, media_type.mime_type))
+            return Outcome(miss.media_id, uploaded=False, sha256=sha256, mime_type=media_type.mime_type)
+        return (yield from self.single_flight(miss.fp, sha256, miss.phone, media_type.mime_type))
 
     def _examine(self, path: Path, miss: _Miss, declared: str | None) -> tuple[media_types.MediaType, str]:
         """Sniff and check the file against WhatsApp's limits; hash and record it if new."""
@@ -81,10 +104,10 @@ class Sending(RegistryCore):
             file.seek(0)
             sha256 = hashing.sha256_file(file)
         hashing.ensure_unchanged(fp)
-        self.store.remember_path(fp, sha256, media_type.mime_type, wall_clock())
+        self.ctx.store.remember_path(fp, sha256, media_type.mime_type, wall_clock())
         return media_type, sha256
 
-    def _single_flight(
+    def single_flight(
         self, source: UploadSource, sha256: str, phone: str, mime_type: str,
         valid_for: timedelta | None = None, action: str = "upload",
     ) -> Flow[Outcome]:
@@ -92,103 +115,103 @@ class Sending(RegistryCore):
         appears while waiting; else take the lease and upload, exactly once across processes.
         A lease taken for a flow cancelled meanwhile is released (the effect's ``undo``).
         Raises ContentDeleted when the content is (or gets) deleted before its ID is recorded."""
+        ctx = self.ctx
         owner = new_owner()
         delay = 0.02
-        valid_for = valid_for or self._windows(phone).min_validity
+        valid_for = valid_for or ctx.windows(phone).min_validity
 
         def release_if_taken(outcome: LeaseOutcome) -> None:
             if outcome.status is LeaseStatus.ACQUIRED:
-                self.store.release_lease(sha256, phone, owner)
+                ctx.store.release_lease(sha256, phone, owner)
 
         while True:
-            now = self._clock()
-            outcome: LeaseOutcome = yield Blocking(functools.partial(
-                self.store.take_lease, sha256, phone, owner, now, now + valid_for, self._lease_for
-            ), undo=release_if_taken)
+            now = ctx.clock()
+            outcome = yield from ask(Blocking(functools.partial(
+                ctx.store.take_lease, sha256, phone, owner, now, now + valid_for, ctx.lease_for
+            ), undo=release_if_taken))
             if outcome.status is LeaseStatus.SERVE and outcome.media_id is not None:
-                return Outcome(outcome.media_id, uploaded=False)
+                return Outcome(outcome.media_id, uploaded=False, sha256=sha256, mime_type=mime_type)
             if outcome.status is LeaseStatus.DELETED:
                 raise _deleted(source_name(source))
             if outcome.status is LeaseStatus.ACQUIRED:
-                media_id = yield from self._upload_holding_lease(source, sha256, phone, mime_type, owner, action)
-                if media_id is not None:
-                    return Outcome(media_id, uploaded=True)
+                media = yield from self._upload_holding_lease(source, sha256, phone, mime_type, owner, action)
+                if media is not None:
+                    return Outcome(media.media_id, uploaded=True, sha256=sha256, mime_type=mime_type,
+                                   expires_at=media.expires_at)
                 continue  # the claim passed to another uploader: serve its ID, or claim anew
-            yield Sleep(delay)  # another thread, task or process is uploading these bytes
+            yield from ask(Sleep(delay))  # another thread, task or process is uploading these bytes
             delay = min(delay * 1.5, 0.25)
 
     def _upload_holding_lease(
         self, source: UploadSource, sha256: str, phone: str, mime_type: str, owner: str,
         action: str,
-    ) -> Flow[str | None]:
+    ) -> Flow[NewMedia | None]:
         """Upload with the lease held (renewed meanwhile) when the pacer allows, check the
         bytes did not change, and record the new ID (which releases the lease); on any
-        failure, release it. If the content was deleted meanwhile, DELETE the new ID and
-        raise ContentDeleted; if the claim passed to another uploader meanwhile, DELETE it
-        and return None."""
-        keeper = _LeaseKeeper(self, sha256, phone, owner)
-        windows = self._windows(phone)
+        failure, release it. The new media as recorded; if the content was deleted meanwhile,
+        DELETE the new ID and raise ContentDeleted; if the claim passed to another uploader
+        meanwhile, DELETE it and return None."""
+        ctx = self.ctx
+        keeper = _LeaseKeeper(ctx, sha256, phone, owner)
+        windows = ctx.windows(phone)
         try:
-            wait = self._pacer.reserve(phone)
+            wait = ctx.pacer.reserve(phone)
             if wait:
-                yield Sleep(wait)
+                yield from ask(Sleep(wait))
             # Meta starts the TTL when it receives the file: counting from before sending
             # errs on the safe side.
-            uploaded_at = self._clock()
+            uploaded_at = ctx.clock()
             try:
                 media_id = yield from self._upload(source, mime_type, phone, windows.ttl_minutes)
             except MediaNotFound as exc:  # code 100/33 on an upload: the number is unknown, not the media
                 raise _unknown_number(phone, exc) from None
             media = NewMedia(media_id, sha256, phone, mime_type, source.size, uploaded_at,
                              uploaded_at + windows.ttl, source_name(source), action)
-            recorded: Recorded = yield Blocking(functools.partial(self.store.record_upload, media, owner))
+            recorded = yield from ask(Blocking(functools.partial(ctx.store.record_upload, media, owner)))
         except BaseException:  # errors, cancellation, Ctrl-C: nobody may wait on our lease
             keeper.stop()
-            yield Blocking(functools.partial(self.store.release_lease, sha256, phone, owner))
+            yield from ask(Blocking(functools.partial(ctx.store.release_lease, sha256, phone, owner)))
             raise
         keeper.stop()
         if recorded is Recorded.CURRENT:
-            return media_id
+            return media
         owed = MediaRow(media_id, sha256, phone, "deleting", mime_type, uploaded_at, media.expires_at)
-        yield from self._delete_remotely(owed)
+        yield from self.delete_remotely(owed)
         if recorded is Recorded.CONTENT_DELETED:
             raise _deleted(source_name(source))
         return None
 
     def _upload(self, source: UploadSource, mime_type: str, phone: str, ttl_minutes: int | None) -> Flow[str]:
-        if isinstance(source, Content):
-            with source.file() as path:
-                uploaded: str = yield Upload(path, mime_type, phone, ttl_minutes)
-                return uploaded
-        media_id: str = yield Upload(source.path, mime_type, phone, ttl_minutes)
+        if isinstance(source, Content):  # a file of its bytes, made and removed off the loop
+            files = source.file()
+            path = yield from ask(Hashing(files.__enter__))
+            try:
+                return (yield from ask(Upload(path, mime_type, phone, ttl_minutes)))
+            finally:
+                yield from ask(Blocking(functools.partial(files.__exit__, None, None, None)))
+        media_id = yield from ask(Upload(source.path, mime_type, phone, ttl_minutes))
         # Bytes that changed under the upload must not be recorded under the old hash.
-        yield Blocking(functools.partial(hashing.ensure_unchanged, source))
+        yield from ask(Blocking(functools.partial(hashing.ensure_unchanged, source)))
         return media_id
 
-    def _delete_remotely(self, row: MediaRow) -> Flow[LifecycleAction]:
+    def delete_remotely(self, row: MediaRow) -> Flow[LifecycleAction]:
         """DELETE one ID at the API and forget it; an API failure leaves it owed to purge."""
         found = ids_of(row)
         try:
-            yield DeleteMedia(row.media_id, row.phone_number_id)
+            yield from ask(DeleteMedia(row.media_id, row.phone_number_id))
             detail = None
         except MediaNotFound:
             detail = "already gone from the API"
         except GraphAPIError as exc:
             return LifecycleAction(action="pending", detail=str(exc), **found)
-        yield Blocking(functools.partial(
-            self.store.forget_media, row.media_id, self._clock(), "deleted", detail))
+        yield from ask(Blocking(functools.partial(
+            self.ctx.store.forget_media, row.media_id, self.ctx.clock(), "deleted", detail)))
         return LifecycleAction(action="deleted", detail=detail, **found)
 
 
 def ids_of(row: MediaRow) -> dict[str, str]:
     """The names of a media row, as a LifecycleAction takes them."""
     return {"sha256": row.sha256, "phone_number_id": row.phone_number_id, "media_id": row.media_id}
-
-
-def wall_clock() -> datetime:
-    """The real time, whatever clock the registry runs on: a fingerprint's recording time is
-    compared with the file's own timestamps (the racily-clean rule)."""
-    return datetime.now(timezone.utc)
 
 
 def _unknown_number(phone: str, exc: MediaNotFound) -> ConfigError:
@@ -215,19 +238,19 @@ class _LeaseKeeper:
     """Renews an upload lease from a background thread while the (slow) upload runs, so a
     live owner keeps it and a killed one loses it within ``lease_seconds``."""
 
-    def __init__(self, registry: RegistryCore, sha256: str, phone: str, owner: str) -> None:
-        self._registry = registry
+    def __init__(self, ctx: Context, sha256: str, phone: str, owner: str) -> None:
+        self._ctx = ctx
         self._key = (sha256, phone, owner)
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="media-registry-lease")
         self._thread.start()
 
     def _run(self) -> None:
-        interval = self._registry.settings.lease_seconds / 3
+        interval = self._ctx.settings.lease_seconds / 3
         while not self._stopped.wait(interval):
-            expires_at = self._registry._clock() + self._registry._lease_for
+            expires_at = self._ctx.clock() + self._ctx.lease_for
             try:
-                self._registry.store.renew_lease(*self._key, expires_at)
+                self._ctx.store.renew_lease(*self._key, expires_at)
             except MediaRegistryError:
                 pass  # a busy registry: the next beat tries again, well before expiry
 

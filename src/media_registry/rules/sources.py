@@ -12,83 +12,89 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import IO, Any
+from collections.abc import Callable
+from typing import IO, Any, TypeGuard, TypeVar
 
-from . import sources
-from ._flows import Blocking, Fetch, Flow, Hashing, Send, Sleep
-from ._sending import Outcome, Sending
-from .errors import ConfigError, MediaRegistryError, NotInRegistry, SourceNotFound, SourceUnavailable
-from .media_types import MediaType
-from .models import graph_id
-from .refusal import media_id_refused
-from .sources import AsyncSourceFetcher, Content, SourceFetcher, Validators
-from .store import EventRow, UrlSource
+from .. import sources
+from ..errors import (
+    ConfigError,
+    InputError,
+    MediaRegistryError,
+    NotInRegistry,
+    SourceNotFound,
+    SourceUnavailable,
+)
+from ..models import graph_id
+from ..refusal import media_id_refused
+from ..sources import Content, Validators
+from ..store import UrlSource
+from .context import Context
+from .effects import Blocking, Fetch, Flow, Hashing, Send, Sleep, ask
+from .sending import Outcome, Sending
 
-# What get_or_upload takes: a path, bytes, a binary file object, or an https:// URL string.
-Source = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
+# What get_or_upload takes: a path, bytes, a binary file object, or an https:// URL string;
+# or a Content already read (the service spools a body once, hashing it on the way).
+Source = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes] | Content
 REFUSED = "Meta refused it at send time"
+T = TypeVar("T")
 
 
-class Sourcing(Sending):
-    """``get_or_upload`` of bytes, file objects and URLs, and ``invalidate``."""
+class Sourcing:
+    """Which flow a source takes; ``get_or_upload`` of bytes, file objects and URLs,
+    ``send_with_media`` and ``invalidate``. ``key`` is the URL fetcher's key form."""
 
-    _fetcher: Any  # the URL-source fetcher class: SourceFetcher or AsyncSourceFetcher
-    sources: SourceFetcher | AsyncSourceFetcher
-
-    def __init__(self, *args: Any, source_transport: Any = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # A client of its own, without the token: a URL's host never sees it.
-        # ``source_transport`` swaps its HTTP transport (e.g. the service's guard).
-        self.sources = self._fetcher(ignore_query=self.settings.url_ignore_query, timeout=self.settings.timeout,
-                                     deadline=self.settings.download_deadline,
-                                     user_agent=self.settings.user_agent, transport=source_transport)
+    def __init__(self, ctx: Context, sending: Sending, key: Callable[[str], str]) -> None:
+        self.ctx = ctx
+        self.sending = sending
+        self.key = key
         self._urls_in_flight = _Claims()
 
-    def _lookup(self, source: Source | Content, phone_number_id: str | None,
+    def lookup(self, source: Source, phone_number_id: str | None,
                 declared: str | None) -> Outcome | Flow[Outcome]:
         """A cache hit answered inline (a path's fingerprint, a fresh URL), or the flow that
         serves or uploads the source: each driver runs the flow its own way."""
         if is_path(source):
-            found = self._fast_path(source, phone_number_id, declared)  # type: ignore[arg-type]
+            found = self.sending.fast_path(source, phone_number_id, declared)
             if isinstance(found, Outcome):
                 return found
-            return self._get_or_upload_flow(source, found, declared)  # type: ignore[arg-type]
+            return self.sending.get_or_upload_flow(source, found, declared)
         if isinstance(source, str) and (hit := self._url_fast_path(source, phone_number_id, declared)):
             return hit
         return self._source_flow(source, phone_number_id, declared)
 
-    def _outcome_flow(self, source: Source | Content, phone_number_id: str | None) -> Flow[Outcome]:
-        found = self._lookup(source, phone_number_id, None)
+    def _outcome_flow(self, source: Source, phone_number_id: str | None) -> Flow[Outcome]:
+        found = self.lookup(source, phone_number_id, None)
         return found if isinstance(found, Outcome) else (yield from found)
 
-    def _send_with_media_flow(self, source: Source, send: Callable[[str], Any],
+    def send_with_media_flow(self, source: Source, send: Callable[[str], Any],
                               phone_number_id: str | None) -> Flow[Any]:
         """Send with the source's ID; when Meta refuses it, invalidate, upload and send again,
         unless the refusal cannot be about the media (see :func:`_wrong_sender`)."""
-        held: Source | Content = yield Hashing(functools.partial(hold, source))
-        phone = self._phone(phone_number_id)
-        with closing(held):
-            outcome = yield from self._outcome_flow(held, phone)
-            result, refused = yield from _send(send, outcome.media_id)
-            if not refused:
-                return result
-            if outcome.uploaded or (yield from self._repaired_lately(outcome.media_id, phone)):
-                raise _wrong_sender(phone)
-            yield from self._invalidate_flow(outcome.media_id, REFUSED)
-            result, refused = yield from _send(send, (yield from self._outcome_flow(held, phone)).media_id)
-            if refused:
-                raise _wrong_sender(phone)
+        held = yield from ask(Hashing(functools.partial(hold, source)))
+        phone = self.ctx.phone(phone_number_id)
+        flow = self._send_held(held, send, phone)
+        return (yield from (flow if held is source else closing_after(held, flow)))
+
+    def _send_held(self, held: Source, send: Callable[[str], Any], phone: str) -> Flow[Any]:
+        outcome = yield from self._outcome_flow(held, phone)
+        result, refused = yield from _send(send, outcome.media_id)
+        if not refused:
             return result
+        if outcome.uploaded or (yield from self._repaired_lately(outcome.media_id, phone)):
+            raise _wrong_sender(phone)
+        yield from self.invalidate_flow(outcome.media_id, REFUSED)
+        result, refused = yield from _send(send, (yield from self._outcome_flow(held, phone)).media_id)
+        if refused:
+            raise _wrong_sender(phone)
+        return result
 
     def _repaired_lately(self, media_id: str, phone: str) -> Flow[bool]:
         """Whether an ID of this media ID's content on ``phone`` was invalidated within
         ``repair_window``: its ID now is a recent upload, so a refusal is not about the media."""
-        sha256: str | None = yield Blocking(functools.partial(self.store.resolve, media_id))
-        events: list[EventRow] = [] if sha256 is None else (
-            yield Blocking(functools.partial(self.store.events, sha256)))
-        since = self._clock() - self.settings.repair_window
+        store = self.ctx.store
+        sha256 = yield from ask(Blocking(functools.partial(store.resolve, media_id)))
+        events = [] if sha256 is None else (yield from ask(Blocking(functools.partial(store.events, sha256))))
+        since = self.ctx.clock() - self.ctx.settings.repair_window
         return any(event.action == "invalidate" and event.phone_number_id == phone and event.at > since
                    for event in events)
 
@@ -96,58 +102,58 @@ class Sourcing(Sending):
         """The URL cache hit, inline in both drivers: checked within ``url_revalidate``,
         with a valid ID; no network, one indexed query. A URL with credentials is refused
         here: its key leaves them out, so it must never be answered from the registry."""
-        key = self.sources.key(url)
+        key = self.key(url)
         sources.refuse_credentials(url, key)
         if declared is not None:  # a declared type is checked against the bytes
             return None
-        phone = self._phone(phone_number_id)
-        media_id = self.store.url_hit(key, phone,
-                                      self._valid_until(self._windows(phone).min_validity),
-                                      self._valid_until(-self.settings.url_revalidate))
+        ctx = self.ctx
+        phone = ctx.phone(phone_number_id)
+        media_id = ctx.store.url_hit(key, phone, ctx.min_valid_until(phone),
+                                     ctx.valid_until(-ctx.settings.url_revalidate))
         return None if media_id is None else Outcome(media_id, uploaded=False)
 
-    def _source_flow(self, source: Source | Content, phone_number_id: str | None,
+    def _source_flow(self, source: Source, phone_number_id: str | None,
                      declared: str | None) -> Flow[Outcome]:
-        """get_or_upload of a URL, bytes or a file object (a path takes ``_fast_path``)."""
-        phone = self._phone(phone_number_id)
+        """get_or_upload of a URL, bytes or a file object (a path takes ``fast_path``)."""
+        phone = self.ctx.phone(phone_number_id)
         if isinstance(source, str):
             return (yield from self._url_flow(source, phone, declared))
         if isinstance(source, Content):  # read once already (send_with_media)
             return (yield from self._content_flow(source, phone, declared))
-        content: Content = yield Hashing(functools.partial(read, source))
-        with content:
-            return (yield from self._content_flow(content, phone, declared))
+        content = yield from ask(Hashing(functools.partial(read, source)))
+        return (yield from closing_after(content, self._content_flow(content, phone, declared)))
 
     def _content_flow(self, content: Content, phone: str, declared: str | None,
                       url: str | None = None) -> Flow[Outcome]:
         """Check the content like a file, record it (and the URL it came from), then single
         flight."""
-        media_type: MediaType = yield Hashing(functools.partial(content.media_type, declared))
-        now = self._clock()
-        yield Blocking(functools.partial(
-            self.store.remember_content, content.sha256, media_type.mime_type, content.size, now))
+        store = self.ctx.store
+        media_type = yield from ask(Hashing(functools.partial(content.media_type, declared)))
+        now = self.ctx.clock()
+        yield from ask(Blocking(functools.partial(
+            store.remember_content, content.sha256, media_type.mime_type, content.size, now)))
         if url is not None:
-            key = self.sources.key(url)
-            yield Blocking(functools.partial(self.store.remember_url, UrlSource(
+            key = self.key(url)
+            yield from ask(Blocking(functools.partial(store.remember_url, UrlSource(
                 key, content.sha256, content.validators.etag, content.validators.last_modified, now,
-                sources.refetchable(url, key))))
-        return (yield from self._single_flight(content, content.sha256, phone, media_type.mime_type))
+                sources.refetchable(url, key)))))
+        return (yield from self.sending.single_flight(content, content.sha256, phone, media_type.mime_type))
 
     def _url_flow(self, url: str, phone: str, declared: str | None) -> Flow[Outcome]:
         """Serve a fresh mapping's ID, or claim the URL and fetch it; others wait for the
         claim and then find the mapping fresh."""
-        key = self.sources.key(url)
+        key = self.key(url)
+        store = self.ctx.store
         delay = 0.02
         while True:
-            known: UrlSource | None = yield Blocking(functools.partial(self.store.url_source, key))
-            media_id = None if known is None else (yield Blocking(functools.partial(
-                self.store.current_media_id, known.sha256, phone,
-                self._valid_until(self._windows(phone).min_validity))))
+            known = yield from ask(Blocking(functools.partial(store.url_source, key)))
+            media_id = None if known is None else (yield from ask(Blocking(functools.partial(
+                store.current_media_id, known.sha256, phone, self.ctx.min_valid_until(phone)))))
             if media_id is not None and declared is None and self._fresh(known):
-                return Outcome(media_id, uploaded=False)
+                return Outcome(media_id, uploaded=False, sha256=known.sha256 if known else None)
             if self._urls_in_flight.claim(key):
                 break
-            yield Sleep(delay)
+            yield from ask(Sleep(delay))
             delay = min(delay * 1.5, 0.25)
         try:
             return (yield from self._fetch_url(url, key, phone, declared, known if media_id else None))
@@ -155,40 +161,39 @@ class Sourcing(Sending):
             self._urls_in_flight.release(key)
 
     def _fresh(self, known: UrlSource | None) -> bool:
-        return known is not None and self._clock() < known.checked_at + self.settings.url_revalidate
+        return known is not None and self.ctx.clock() < known.checked_at + self.ctx.settings.url_revalidate
 
     def _fetch_url(self, url: str, key: str, phone: str, declared: str | None,
                    known: UrlSource | None) -> Flow[Outcome]:
         """Fetch (conditionally when ``known`` has a valid ID), then serve or upload."""
+        ctx = self.ctx
         validators = Validators(known.etag, known.last_modified) if known else None
         try:
-            content: Content | None = yield Fetch(url, validators)
+            content = yield from ask(Fetch(url, validators))
         except SourceNotFound:
-            yield Blocking(functools.partial(
-                self.store.forget_url, key, self._clock(), "the URL answered 404/410"))
+            yield from ask(Blocking(functools.partial(
+                ctx.store.forget_url, key, ctx.clock(), "the URL answered 404/410")))
             raise
         if content is None and known is not None:  # 304: the same bytes, so the same ID
-            yield Blocking(functools.partial(self.store.touch_url, key, self._clock()))
-            media_id = yield Blocking(functools.partial(
-                self.store.current_media_id, known.sha256, phone,
-                self._valid_until(self._windows(phone).min_validity)))
+            yield from ask(Blocking(functools.partial(ctx.store.touch_url, key, ctx.clock())))
+            media_id = yield from ask(Blocking(functools.partial(
+                ctx.store.current_media_id, known.sha256, phone, ctx.min_valid_until(phone))))
             if media_id is not None:
-                return Outcome(media_id, uploaded=False)
+                return Outcome(media_id, uploaded=False, sha256=known.sha256)
         if content is None:  # the ID went meanwhile: the bytes are needed
-            content = yield Fetch(url, None)
+            content = yield from ask(Fetch(url, None))
         if content is None:
             raise SourceUnavailable(f"{key}: HTTP 304 to a request without validators; check the server")
-        with content:
-            return (yield from self._content_flow(content, phone, declared, url))
+        return (yield from closing_after(content, self._content_flow(content, phone, declared, url)))
 
-    def _refetch(self, sha256: str) -> Flow[Content | None]:
+    def refetch(self, sha256: str) -> Flow[Content | None]:
         """A URL source that still serves the content, fetched again; None if there is none."""
-        known: list[UrlSource] = yield Blocking(functools.partial(self.store.url_sources, sha256))
+        known = yield from ask(Blocking(functools.partial(self.ctx.store.url_sources, sha256)))
         for mapping in known:
             if not mapping.refetchable:
                 continue  # a signed URL: its signature was never stored
             try:
-                content: Content | None = yield Fetch(mapping.url, None)
+                content = yield from ask(Fetch(mapping.url, None))
             except MediaRegistryError:
                 continue
             if content is not None and content.sha256 == sha256:
@@ -200,20 +205,31 @@ class Sourcing(Sending):
     def resolve(self, target: str | os.PathLike[str]) -> str | None:
         """The sha256 that ``target`` names, or None: a URL source the registry has fetched
         (by its key: ignored query parameters do not matter; UnsafeSourceURL for one with
-        user:password@, which upload refuses too), else as
-        :meth:`RegistryCore.resolve <media_registry._core.RegistryCore.resolve>` says."""
+        user:password@, which upload refuses too), else as a path the registry has seen, an
+        exact media ID, an exact sha256, or a unique sha256 prefix of at least 8 hex digits,
+        tried in that order. An ambiguous prefix raises InputError listing the candidates."""
+        store = self.ctx.store
         if sources.is_url(target):
-            key = self.sources.key(str(target))
+            key = self.key(str(target))
             sources.refuse_credentials(str(target), key)  # its key leaves them out: another URL's
-            known = self.store.url_source(key)
+            known = store.url_source(key)
             return None if known is None else known.sha256
-        return super().resolve(target)
+        text = os.fspath(target)
+        sha256 = store.resolve(text)
+        if sha256 is not None or len(text) < 8 or not all(c in "0123456789abcdefABCDEF" for c in text):
+            return sha256
+        candidates = store.sha256s_starting_with(text.lower(), limit=4)
+        if len(candidates) > 1:
+            listed = ", ".join(candidates[:3]) + (", ..." if len(candidates) > 3 else "")
+            raise InputError(f"{text}: more than one content's sha256 starts with it ({listed}); "
+                             "give more digits")
+        return candidates[0] if candidates else None
 
-    def _invalidate_flow(self, media_id: str, reason: str) -> Flow[None]:
+    def invalidate_flow(self, media_id: str, reason: str) -> Flow[None]:
         """Mark a media ID dead (never served again), with an event saying why."""
         graph_id(media_id, "media ID")
-        found: bool = yield Blocking(functools.partial(
-            self.store.invalidate_media, media_id, self._clock(), reason))
+        found = yield from ask(Blocking(functools.partial(
+            self.ctx.store.invalidate_media, media_id, self.ctx.clock(), reason)))
         if not found:
             raise NotInRegistry(f"media ID {media_id}: not in the registry; check the ID (see: ls)")
 
@@ -222,7 +238,7 @@ def _send(send: Callable[[str], Any], media_id: str) -> Flow[tuple[Any, bool]]:
     """What ``send(media_id)`` returned (or raised, if Meta refused the ID), and whether
     Meta refused the ID."""
     try:
-        result = yield Send(send, media_id)
+        result = yield from ask(Send(send, media_id))
     except Exception as exc:
         if not media_id_refused(exc):
             raise
@@ -240,7 +256,7 @@ def _wrong_sender(phone: str) -> ConfigError:
     )
 
 
-def is_path(source: object) -> bool:
+def is_path(source: object) -> TypeGuard[str | os.PathLike[str]]:
     """Whether a source names a file (any str but a URL, or a PathLike)."""
     return isinstance(source, os.PathLike) or (isinstance(source, str) and not sources.is_url(source))
 
@@ -258,21 +274,20 @@ def read(source: object) -> Content:
                     f"not {type(source).__name__}")
 
 
-def hold(source: Source) -> Source | Content:
+def hold(source: Source) -> Source:
     """A source that can be read twice: a file object is read once, into a Content."""
-    if isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)):
+    if isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview, Content)):
         return source
     return read(source)
 
 
-@contextmanager
-def closing(source: object) -> Iterator[None]:
-    """Remove a Content's temporary file when the block ends."""
+def closing_after(source: object, flow: Flow[T]) -> Flow[T]:
+    """Run ``flow``, then remove a Content's temporary file (blocking work, as an effect)."""
     try:
-        yield
+        return (yield from flow)
     finally:
         if isinstance(source, Content):
-            source.close()
+            yield from ask(Blocking(source.close))
 
 
 class _Claims:
