@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,3 +53,21 @@ def start_server(env: dict[str, str], log: Path, *flags: str, connect_host: str 
     port = LISTENING.search(server.text()).group(2)  # type: ignore[union-attr]
     server.url = f"http://{connect_host}:{port}"
     return server
+
+
+def start_metrics_daemon(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """``daemon --metrics-port`` on a free loopback port, its output in ``log``; returns once
+    its first refresh pass is done (the caller stops it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with open(log, "wb") as out:
+        daemon = subprocess.Popen([str(CLI), "daemon", "--metrics-port", str(port)], env=env,
+                                  stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "refresh done" in log.read_text(), "the first refresh pass")
+    except BaseException:
+        daemon.kill()
+        daemon.wait()
+        raise
+    return daemon, port

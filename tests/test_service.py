@@ -11,7 +11,6 @@ import http.server
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -27,7 +26,7 @@ from media_registry.testing import FakeGraphAPI, sample_media
 
 import registry_db
 from conftest import CLI, PDF, PNG, run_cli, wait_for
-from service_helpers import Server, start_server
+from service_helpers import Server, start_metrics_daemon, start_server
 
 
 @pytest.fixture
@@ -422,15 +421,8 @@ def test_no_secret_reaches_a_response_a_metric_or_the_log(
 
 
 def test_daemon_metrics_port_serves_metrics_and_health(cli_env: dict[str, str], tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = tmp_path / "daemon.log"
-    with open(log, "wb") as out:
-        daemon = subprocess.Popen([str(CLI), "daemon", "--metrics-port", str(port)], env=cli_env,
-                                  stdout=out, stderr=subprocess.STDOUT)
+    daemon, port = start_metrics_daemon(cli_env, tmp_path / "daemon.log")
     try:
-        wait_for(lambda: "refresh done" in log.read_text(), "the first refresh pass")
         scraped = httpx.get(f"http://127.0.0.1:{port}/metrics").text
         families = {f.name for f in text_string_to_metric_families(scraped)}
         assert {"media_registry_refreshes", "media_registry_media_ids",

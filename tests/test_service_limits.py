@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from conftest import CLI, wait_for
-from service_helpers import LISTENING, Server, start_server
+from service_helpers import LISTENING, Server, start_metrics_daemon, start_server
 
 REQUEST_HEAD = ("POST /v1/media HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {type}\r\n"
                 "Content-Length: 1000\r\nExpect: 100-continue\r\n\r\n")
@@ -211,15 +211,8 @@ def whole_answer(client: socket.socket) -> bytes:
 def test_daemon_metrics_answer_beside_a_client_that_never_finishes_its_request(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = tmp_path / "daemon.log"
-    with open(log, "wb") as out:
-        daemon = subprocess.Popen([str(CLI), "daemon", "--metrics-port", str(port)], env=cli_env,
-                                  stdout=out, stderr=subprocess.STDOUT)
+    daemon, port = start_metrics_daemon(cli_env, tmp_path / "daemon.log")
     try:
-        wait_for(lambda: "refresh done" in log.read_text(), "the first refresh pass")
         with socket.create_connection(("127.0.0.1", port), timeout=30) as stalled:
             stalled.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never the blank line
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
