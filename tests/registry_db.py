@@ -194,7 +194,7 @@ def make_foreign_database(db: Db) -> None:
 def upgrade_partly(db: Db, steps: int) -> None:
     """Apply only the first ``steps`` named migrations to a version-1 registry, as an upgrade
     stopped half-way would leave it."""
-    from media_registry import sqlite_migrations as migrations
+    from media_registry.store import migrations
 
     with closing(sqlite3.connect(db, isolation_level=None)) as con:
         con.execute("CREATE TABLE migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
@@ -207,10 +207,10 @@ def upgrade_partly(db: Db, steps: int) -> None:
 
 def content_rows_plan(db: Db) -> str:
     """SQLite's query plan for the listing (``ls``, ``records()``), one step per line."""
-    from media_registry.sqlitestore import CONTENT_ROWS_SQL
+    from media_registry.store.sqlite import SQLiteStore
 
-    sql = "EXPLAIN QUERY PLAN " + CONTENT_ROWS_SQL.format(join="LEFT JOIN")
-    return "\n".join(row[-1] for row in query(db, sql, None, None, None, None))
+    sql = "EXPLAIN QUERY PLAN " + SQLiteStore.listing_sql()
+    return "\n".join(row[-1] for row in query(db, sql))
 
 
 def schema(db: Db) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import pytest
 
 from media_registry import ConfigError, MediaRegistry, RegistryCorrupt, RegistryUnreachable
 from media_registry.config import load_settings
-from media_registry.pgstore import PostgresStore
+from media_registry.store.postgres import PostgresStore
 from media_registry.testing import FakeGraphAPI
 
 import registry_db

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from media_registry import MediaRegistry
-from media_registry import sqlite_migrations as migrations
+from media_registry.store import migrations
 from media_registry.testing import FakeGraphAPI
 
 import registry_db

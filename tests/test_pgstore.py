@@ -20,8 +20,8 @@ import pytest
 from media_registry import RegistryCorrupt, RegistryError, RegistryUnreachable, SchemaTooNew
 from media_registry.hashing import Fingerprint
 from media_registry.migrate import migrate_to_postgres
-from media_registry.pgstore import MIGRATIONS, PostgresStore
 from media_registry.store import Cutoffs, LeaseStatus, NewMedia, Recorded, UrlSource
+from media_registry.store.postgres import MIGRATIONS, PostgresStore
 
 import registry_db
 from pg_server import PostgresServer, create_database, drop_database
@@ -98,7 +98,7 @@ def test_one_current_id_per_content_and_number_is_enforced_by_the_schema(
 
 def test_first_opens_from_many_processes_at_once_apply_each_migration_once(postgres_url: str) -> None:
     script = textwrap.dedent(f"""
-        from media_registry.pgstore import PostgresStore
+        from media_registry.store.postgres import PostgresStore
         PostgresStore({postgres_url!r}, host_id="h").close()
     """)
     processes = [subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
@@ -201,7 +201,7 @@ def test_a_claim_dies_with_its_session_whatever_the_lease_period(
     script = textwrap.dedent(f"""
         import time
         from datetime import datetime, timedelta, timezone
-        from media_registry.pgstore import PostgresStore
+        from media_registry.store.postgres import PostgresStore
         store = PostgresStore({postgres_url!r}, host_id="host-a")
         now = datetime.now(timezone.utc)
         outcome = store.take_lease({SHA!r}, {PHONE!r}, "doomed", now, now, timedelta(days=365))

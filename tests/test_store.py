@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 
 from media_registry import ConfigError, RegistryError
-from media_registry import sqlite_migrations as migrations
 from media_registry.errors import RegistryCorrupt
 from media_registry.hashing import Fingerprint
-from media_registry.store import Cutoffs, LeaseStatus, NewMedia, Recorded, Store, open_store
+from media_registry.store import Cutoffs, LeaseStatus, NewMedia, Recorded, Store, migrations, open_store
 
 import registry_db
 
@@ -133,8 +132,8 @@ def test_rows_come_back_typed(store: Store) -> None:
 
 def test_postgres_needs_its_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "psycopg", None)  # as if the extra were not installed
-    monkeypatch.delitem(sys.modules, "media_registry.pgstore", raising=False)
-    monkeypatch.delitem(sys.modules, "media_registry._pg_connection", raising=False)
+    monkeypatch.delitem(sys.modules, "media_registry.store.postgres", raising=False)
+    monkeypatch.delitem(sys.modules, "media_registry.store._pg_pool", raising=False)
     with pytest.raises(ConfigError, match=r"pip install 'media-registry\[postgres\]'"):
         open_store("postgresql://app:secret@db.example:5432/media")
 

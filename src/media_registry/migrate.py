@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .dburl import PostgresURL
 from .errors import ConfigError, RegistryError
-from .sqlitestore import export_registry
+from .store.sqlite import export_registry
 
 if TYPE_CHECKING:
-    from ._pg_connection import Connection
+    from .store._pg_pool import Connection
 
 TARGET_VARIABLE = "MEDIA_REGISTRY_MIGRATE_TO"
 
@@ -83,7 +83,7 @@ def migrate_to_postgres(source: str | os.PathLike[str] | PostgresURL, target: st
         target = _url(target, setting)
     tables = export_registry(source)
     try:
-        from .pgstore import PostgresStore
+        from .store.postgres import PostgresStore
     except ModuleNotFoundError as exc:
         if exc.name not in ("psycopg", "psycopg_pool"):
             raise
@@ -132,7 +132,7 @@ def _merge(con: Connection, tables: dict[str, list[tuple[Any, ...]]], host_id: s
     return copies
 
 
-# Each table's columns as sqlitestore.EXPORT_SQL reads them, with their PostgreSQL types.
+# Each table's columns as store.sqlite.EXPORT_SQL reads them, with their PostgreSQL types.
 COLUMNS = {
     "contents": "sha256 text, mime_type text, size_bytes bigint, first_seen_at timestamptz, deleted_at timestamptz",
     "media": "media_id text, sha256 text, phone_number_id text, state text, uploaded_at timestamptz, "

@@ -103,11 +103,18 @@ def _url_sources_and_invalidated(con: sqlite3.Connection) -> None:
     con.execute("CREATE INDEX IF NOT EXISTS url_sources_by_content ON url_sources (sha256)")
 
 
+def _delete_claims(con: sqlite3.Connection) -> None:
+    # Who sends an owed DELETE now, and until when: each is claimed before it is sent.
+    con.execute("ALTER TABLE media ADD COLUMN claimed_by TEXT")
+    con.execute("ALTER TABLE media ADD COLUMN claimed_until TEXT")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_initial", _initial),
     Migration("0002_fingerprint_ctime_device", _fingerprint_ctime_device),
     Migration("0003_one_current_id", _one_current_id),
     Migration("0004_url_sources_and_invalidated", _url_sources_and_invalidated),
+    Migration("0005_delete_claims", _delete_claims),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

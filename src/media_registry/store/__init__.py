@@ -4,8 +4,12 @@ The registry only ever holds a :class:`Store`; it never sees SQL, a driver's obj
 dialect's time format. Times go in and out as timezone-aware UTC datetimes, rows as the
 NamedTuples below, paths as tuples. Each backend is one module implementing the contract:
 
-- SQLite (:mod:`media_registry.sqlitestore`), the embedded default, a file path;
-- PostgreSQL (``media_registry.pgstore``, the ``postgres`` extra), a ``postgresql://`` URL.
+- SQLite (:mod:`media_registry.store.sqlite`), the embedded default, a file path;
+- PostgreSQL (:mod:`media_registry.store.postgres`, the ``postgres`` extra), a ``postgresql://`` URL.
+
+Both are :class:`~media_registry.store._sql.SQLStore`: every rule written once in shared SQL
+over a small backend port; :mod:`media_registry.testing.store` holds the conformance suite
+any backend must pass.
 
 The rules the registry relies on are enforced by each backend's schema as well (at most
 one current ID per content and phone number, states from a fixed set, foreign keys), so
@@ -19,14 +23,14 @@ import enum
 import os
 import threading
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
-from importlib import import_module
 from typing import NamedTuple, Protocol
 
-from ._processes import alive
-from .dburl import PostgresURL, is_postgres_url
-from .errors import ConfigError
-from .hashing import Fingerprint
+from .._processes import alive
+from ..dburl import PostgresURL, is_postgres_url
+from ..errors import ConfigError
+from ..hashing import Fingerprint
 
 BUSY_TIMEOUT_SECONDS = 10.0
 
@@ -389,6 +393,12 @@ class Store(Protocol):
         own facts."""
         ...
 
+    def daemon_lock(self) -> AbstractContextManager[None]:
+        """Hold, for the block, the lock that lets one daemon serve this registry (one per host
+        of a shared database): RegistryLocked if another daemon holds it. The lock goes with
+        the process (or its session), so a killed daemon never blocks the next one."""
+        ...
+
     def close(self) -> None:
         """Release every connection; the store is not used afterwards."""
         ...
@@ -413,20 +423,19 @@ def open_store(
     """
     if isinstance(db, PostgresURL) or is_postgres_url(db):
         try:
-            pgstore = import_module("media_registry.pgstore")
+            from .postgres import DEFAULT_HOST_RETENTION, PostgresStore
         except ModuleNotFoundError as exc:
-            if exc.name not in ("media_registry.pgstore", "psycopg", "psycopg_pool"):
+            if exc.name not in ("psycopg", "psycopg_pool"):
                 raise
             raise ConfigError(
                 "MEDIA_REGISTRY_DB is a PostgreSQL URL, which needs the postgres extra: "
                 "pip install 'media-registry[postgres]'"
             ) from None
-        store: Store = pgstore.PostgresStore(
-            db, create=create, busy_timeout=busy_timeout, host_id=host_id or HOST,
-            pool_size=pool_size, **({"host_retention": host_retention} if host_retention else {}),
+        return PostgresStore(
+            db if isinstance(db, PostgresURL) else os.fspath(db), create=create, busy_timeout=busy_timeout,
+            host_id=host_id or HOST, pool_size=pool_size, host_retention=host_retention or DEFAULT_HOST_RETENTION,
         )
-        return store
-    from .sqlitestore import SQLiteStore
+    from .sqlite import SQLiteStore
 
     return SQLiteStore(os.fspath(db), create=create, busy_timeout=busy_timeout)
 
