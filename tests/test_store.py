@@ -71,7 +71,8 @@ def test_one_current_id_per_content_and_number(store: Store, registry_db_value: 
     with pytest.raises(Exception, match="CHECK|check"):
         registry_db.execute(registry_db_value, "UPDATE media SET state = 'lost' WHERE media_id = '111'")
     with pytest.raises(Exception, match="FOREIGN KEY|foreign key"):
-        registry_db.execute(registry_db_value, "INSERT INTO media VALUES ('9', ?, ?, 'current', ?, ?)",
+        registry_db.execute(registry_db_value, "INSERT INTO media (media_id, sha256, phone_number_id, state, "
+                            "uploaded_at, expires_at) VALUES ('9', ?, ?, 'current', ?, ?)",
                             "b" * 64, PHONE, registry_db.stamp(NOW), registry_db.stamp(NOW))
     assert registry_db.media_states(registry_db_value)[-1] == ("222", "current")
 
@@ -144,11 +145,12 @@ def test_postgres_needs_its_extra(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_version_1_registry_is_upgraded_in_place_keeping_every_id(tmp_path: Path) -> None:
     db = tmp_path / "old.db"
     shutil.copy(V1, db)
-    media_before = registry_db.query(db, "SELECT * FROM media ORDER BY media_id")
+    media = "SELECT media_id, sha256, phone_number_id, state, uploaded_at, expires_at FROM media ORDER BY 1"
+    media_before = registry_db.query(db, media)
     events_before = registry_db.query(db, "SELECT * FROM events ORDER BY id")
     inbound_before = registry_db.query(db, "SELECT * FROM inbound")
     open_store(db, create=False).close()
-    assert registry_db.query(db, "SELECT * FROM media ORDER BY media_id") == media_before
+    assert registry_db.query(db, media) == media_before
     assert registry_db.query(db, "SELECT * FROM events ORDER BY id") == events_before
     assert registry_db.query(db, "SELECT * FROM inbound") == inbound_before
     names = [name for name, _ in registry_db.query(db, "SELECT name, applied_at FROM migrations ORDER BY name")]

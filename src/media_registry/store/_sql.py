@@ -149,9 +149,10 @@ class SQLStore:
 
     # -- optional capabilities, with their defaults -------------------------------------------
 
-    def _on_claim(self, owner: str, sha256: str, phone: str, work: Callable[[Tx], T]) -> T:
-        """Run ``work`` where the upload mutex of ``owner`` lives, then let the mutex go."""
-        return self._write(work)
+    def _on_claim(self, owner: str, sha256: str, phone: str, work: Callable[[Tx, bool], T]) -> T:
+        """Run ``work`` where the upload mutex of ``owner`` lives (told whether it still held
+        it), then let the mutex go."""
+        return self._write(lambda tx: work(tx, True))
 
     def _let_go(self, owner: str, sha256: str, phone: str) -> None:
         """Let the upload mutex of ``owner`` go (its lease row is already dropped)."""
@@ -300,9 +301,10 @@ class SQLStore:
 
     def record_upload(self, media: NewMedia, owner: str) -> Recorded:
         """See :meth:`Store.record_upload`."""
-        return self._on_claim(owner, media.sha256, media.phone_number_id, lambda tx: self._record(tx, media, owner))
+        return self._on_claim(owner, media.sha256, media.phone_number_id,
+                              lambda tx, held: self._record(tx, media, owner, held))
 
-    def _record(self, tx: Tx, media: NewMedia, owner: str) -> Recorded:
+    def _record(self, tx: Tx, media: NewMedia, owner: str, mutex_held: bool) -> Recorded:
         params = self._scope(media_id=media.media_id, sha256=media.sha256, phone=media.phone_number_id,
                              owner=owner, mime=media.mime_type, size=media.size_bytes,
                              at=self._when(media.uploaded_at), expires=self._when(media.expires_at))
@@ -316,21 +318,25 @@ class SQLStore:
                    "VALUES (:sha256, :mime, :size, :at, :at) ON CONFLICT (sha256) DO NOTHING", params)
         deleted = tx.execute(self._sql("SELECT deleted_at IS NOT NULL FROM contents WHERE sha256 = :sha256"
                                        "{for_update}"), params).fetchone()[0]
-        # A delete revokes the lease; so does another uploader taking an expired or dead one.
+        # Without its lease row, this upload began before a delete (which revokes leases; the
+        # content may have been sent again since) unless the claim passed to another uploader:
+        # the mutex was lost (a session that ended) or another owner holds the lease now.
         held = tx.execute(_RELEASE + " RETURNING 1", params).fetchone() is not None
-        state = "deleting" if deleted or not held else "current"
+        lost = not held and (not mutex_held or tx.execute(
+            "SELECT 1 FROM leases WHERE sha256 = :sha256 AND phone_number_id = :phone", params).fetchone() is not None)
+        state = "current" if held and not deleted else "deleting"
         if state == "current":
             tx.execute("UPDATE media SET state = 'superseded' "
                        "WHERE sha256 = :sha256 AND phone_number_id = :phone AND state = 'current'", params)
         tx.execute("INSERT INTO media (media_id, sha256, phone_number_id, state, uploaded_at, expires_at) "
                    "VALUES (:media_id, :sha256, :phone, :state, :at, :expires)", {**params, "state": state})
-        why = "content deleted meanwhile" if deleted else "upload claim lost"
+        why = "upload claim lost" if lost and not deleted else "content deleted meanwhile"
         self._log(tx, media.uploaded_at, media.action, sha256=media.sha256, media_id=media.media_id,
                   phone_number_id=media.phone_number_id, path=media.path,
                   detail=None if state == "current" else f"{why}: owes a remote DELETE")
         if state == "current":
             return Recorded.CURRENT
-        return Recorded.CONTENT_DELETED if deleted else Recorded.CLAIM_LOST
+        return Recorded.CLAIM_LOST if lost and not deleted else Recorded.CONTENT_DELETED
 
     # -- lifecycle ----------------------------------------------------------------------------
 

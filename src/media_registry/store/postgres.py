@@ -264,7 +264,7 @@ class PostgresStore(SQLStore):
         return self.claim_sessions.run(work, transaction=False, keep=lambda o: o.status is LeaseStatus.ACQUIRED,
                                        busy=lambda: LeaseOutcome(LeaseStatus.WAIT))
 
-    def _on_claim(self, owner: str, sha256: str, phone: str, work: Callable[[Tx], T]) -> T:
+    def _on_claim(self, owner: str, sha256: str, phone: str, work: Callable[[Tx, bool], T]) -> T:
         """On the claim's own session, pipelined (two round trips); on a fresh connection if
         that session died (a restart); then the lock goes."""
         con = self._pop_claim(owner)
@@ -272,13 +272,13 @@ class PostgresStore(SQLStore):
             if con is not None and not con.closed:
                 try:
                     with con.pipeline(), con.transaction():
-                        return work(_Tx(con))
+                        return work(_Tx(con), True)
                 except psycopg.OperationalError as exc:
                     if not connection_lost(exc):
                         raise self.db.explain(exc) from None
                 except psycopg.Error as exc:
                     raise self.db.explain(exc) from None
-            return self._write(work)
+            return self._write(lambda tx: work(tx, False))
         finally:
             if con is not None:
                 self._unlock(con, sha256, phone)
