@@ -1,8 +1,5 @@
-"""The PostgreSQL registry, for a fleet of senders on many hosts: every SQL statement of the
-PostgreSQL backend lives in this module, but those of ``migrate`` (:mod:`media_registry.migrate`)
-(install with ``pip install 'media-registry[postgres]'``).
-
-It implements the same :class:`~media_registry.store.Store` contract as SQLite, with these
+"""The PostgreSQL backend of the Store contract, for a fleet of senders on many hosts
+(``pip install 'media-registry[postgres]'``): the port under the shared rules, with these
 fleet rules (DESIGN.md, section 3, "Fleets"):
 
 - Paths belong to a host (``MEDIA_REGISTRY_HOST_ID``): a host reads, checks and refreshes
@@ -39,7 +36,8 @@ from ..dburl import PostgresURL
 from ..errors import RegistryCorrupt, RegistryError, RegistryLocked, SchemaTooNew
 from . import BUSY_TIMEOUT_SECONDS, LeaseOutcome, LeaseStatus
 from ._pg_pool import Connection, Connections, connection_lost
-from ._sql import EXPIRING, Params, SQLStore, Tx
+from ._port import EXPIRING, Params, Tx
+from ._sql import SQLStore
 
 T = TypeVar("T")
 
@@ -396,8 +394,3 @@ def _one(cursor: psycopg.Cursor[Any]) -> Any:
     row = cursor.fetchone()
     assert row is not None, "the statement always returns one row"
     return row[0]
-
-
-def _oid(key: int) -> int:
-    """pg_locks shows an advisory lock's first key as an unsigned oid."""
-    return key & 0xFFFF_FFFF

@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 
 from ..errors import RegistryCorrupt, RegistryError, RegistryLocked, SchemaTooNew
 from . import HOST, LeaseOutcome, LeaseStatus, migrations, owner_alive
-from ._sql import EXPIRING, Params, SQLStore, Tx, utc_text
+from ._port import EXPIRING, Params, Tx, utc_text
+from ._sql import SQLStore
 
 T = TypeVar("T")
 

@@ -1,0 +1,190 @@
+"""The backend port under the Store contract's shared rules (:mod:`media_registry.store._sql`).
+
+A backend subclasses :class:`~media_registry.store._sql.SQLStore` and provides the few primitives that really differ
+between databases (model: dogpile.cache's ``CacheBackend``): a read, a write transaction, a
+stream, the upload mutex, the time adapter, the host scope of paths (as SQL fragments) and
+its own facts for ``stats``. Optional capabilities (the daemon lock, a pass's bookkeeping)
+have a default here, so no caller ever asks which backend it has.
+
+SQL is written once with named parameters (``:name``), ``ON CONFLICT`` and ``RETURNING``;
+``{fragments}`` are the dialect's words, filled in once per backend class.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from datetime import datetime, timezone
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from ..hashing import Fingerprint
+from .rows import Cutoffs, LeaseOutcome, MediaRow, UrlSource
+
+T = TypeVar("T")
+Params = Mapping[str, Any]
+
+
+class Cursor(Protocol):
+    """What a statement gives back, in both drivers."""
+
+    @property
+    def rowcount(self) -> int:
+        """Rows the statement changed."""
+        ...
+
+    def fetchone(self) -> Any:
+        """The next row, or None."""
+        ...
+
+    def fetchall(self) -> list[Any]:
+        """Every row left."""
+        ...
+
+
+class Tx(Protocol):
+    """A connection inside one transaction: statements with ``:named`` parameters."""
+
+    def execute(self, sql: str, params: Params, /) -> Cursor:
+        """Run one statement."""
+        ...
+
+
+@functools.lru_cache(maxsize=256)  # the cache hit converts the same few moments over and over
+def utc_text(moment: datetime) -> str:
+    """A moment as SQLite stores it: UTC ISO-8601 to the second, 'YYYY-MM-DDTHH:MM:SSZ'."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="seconds")[:19] + "Z"
+
+
+def int64(value: int) -> int:
+    """An unsigned 64-bit stat field (inode, device) as the signed integer databases store."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def uint64(value: int) -> int:
+    """A stored stat field back as the unsigned value ``os.stat`` gives."""
+    return value & 0xFFFF_FFFF_FFFF_FFFF
+
+
+_MEDIA = ("SELECT m.media_id, m.sha256, m.phone_number_id, m.state, c.mime_type, m.uploaded_at, "
+          "m.expires_at FROM media AS m JOIN contents AS c USING (sha256) WHERE ")
+_URLS = "SELECT url, sha256, etag, last_modified, checked_at, refetchable FROM url_sources "
+_CURRENT = ("SELECT media_id FROM media WHERE sha256 = :sha256 AND phone_number_id = :phone "
+            "AND state = 'current' AND expires_at > :until")
+_NEW_CONTENT = ("INSERT INTO contents (sha256, mime_type, size_bytes, first_seen_at) "
+                "VALUES (:sha256, :mime, :size, :at) ON CONFLICT (sha256) DO UPDATE SET deleted_at = NULL")
+_FINGERPRINT = "size_bytes = :size, mtime_ns = :mtime, ctime_ns = :ctime, inode = :inode, device = :device"
+_RELEASE = "DELETE FROM leases WHERE sha256 = :sha256 AND phone_number_id = :phone AND owner = :owner"
+
+
+class Port:
+    """The backend port, its optional capabilities, and the helpers the shared rules use."""
+
+    location: str
+    host_id: str  # who claims owed DELETEs (and, on a shared database, whose paths they are)
+    scope: dict[str, Any]  # the parameters of the dialect's fragments: at least "host"
+    # The dialect's words: `here`/`p_here` scope paths to this host ("... AND "), `host_col`/
+    # `host_val` add the host to inserted paths and events, `for_update`/`skip_locked` lock
+    # rows where two writers could meet, `db_now`/`claim_until` are the database's clock,
+    # `live_path` keeps paths of live hosts, `cutoff` reads :cutoffs (JSON) for a number.
+    dialect: ClassVar[dict[str, str]]
+
+    # -- the port ---------------------------------------------------------------------------
+
+    def _read(self, sql: str, params: Params) -> list[Any]:
+        """Every row of one read, outside any write transaction."""
+        raise NotImplementedError
+
+    def _read_one(self, sql: str, params: Params) -> Any:
+        """The first row of one read, or None (the cache hit: keep it lean)."""
+        raise NotImplementedError
+
+    def _write(self, work: Callable[[Tx], T]) -> T:
+        """``work`` in one short write transaction (retried whole if the backend may)."""
+        raise NotImplementedError
+
+    def _stream(self, sql: str, params: Params) -> Iterator[Any]:
+        """The rows of one read, one snapshot, in constant memory."""
+        raise NotImplementedError
+
+    def _acquire(self, sha256: str, phone: str, owner: str, now: datetime,
+                 claim: Callable[[Tx], LeaseOutcome]) -> LeaseOutcome:
+        """The upload mutex: WAIT if another live owner holds (sha256, phone), else ``claim``
+        (which writes the lease row) while holding it."""
+        raise NotImplementedError
+
+    def _time(self, value: Any) -> datetime:
+        """A stored time back as an aware datetime."""
+        raise NotImplementedError
+
+    def _when(self, moment: datetime) -> Any:
+        """A time as a parameter."""
+        raise NotImplementedError
+
+    def _paths(self, value: Any) -> tuple[str, ...]:
+        """The paths column of :meth:`content_rows`."""
+        raise NotImplementedError
+
+    def _facts(self) -> dict[str, str | int]:
+        """The backend's own facts for :meth:`stats`."""
+        raise NotImplementedError
+
+    # -- optional capabilities, with their defaults -------------------------------------------
+
+    def _on_claim(self, owner: str, sha256: str, phone: str, work: Callable[[Tx, bool], T]) -> T:
+        """Run ``work`` where the upload mutex of ``owner`` lives (told whether it still held
+        it), then let the mutex go."""
+        return self._write(lambda tx: work(tx, True))
+
+    def _let_go(self, owner: str, sha256: str, phone: str) -> None:
+        """Let the upload mutex of ``owner`` go (its lease row is already dropped)."""
+
+    def _pass_started(self) -> None:
+        """A lifecycle pass (refresh, purge) begins: the backend's bookkeeping."""
+
+    def daemon_lock(self) -> AbstractContextManager[None]:
+        """Hold the lock that lets one daemon serve this registry (per host, where hosts
+        share it) for the block; RegistryLocked if another holds it."""
+        return nullcontext()
+
+    def close(self) -> None:
+        """Release every connection; the store is not used afterwards."""
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    @classmethod
+    @functools.cache
+    def _sql(cls, template: str) -> str:
+        return template.format(**cls.dialect)
+
+    def _scope(self, **params: Any) -> dict[str, Any]:
+        return {**self.scope, **params}
+
+    def _log(self, tx: Tx, at: datetime, action: str, **fields: str | None) -> None:
+        tx.execute(self._sql(
+            "INSERT INTO events (at, action, sha256, media_id, phone_number_id, path, detail{host_cols}) "
+            "VALUES (:at, :action, :sha256, :media_id, :phone_number_id, :path, :detail{host_vals})"),
+            {"sha256": None, "media_id": None, "phone_number_id": None, "path": None, "detail": None,
+             **fields, "at": self._when(at), "action": action, "host": self.host_id})
+
+    def _media_rows(self, rows: list[Any]) -> list[MediaRow]:
+        return [MediaRow._make((*row[:5], self._time(row[5]), self._time(row[6]))) for row in rows]
+
+    def _url_source(self, row: Any) -> UrlSource:
+        return UrlSource(row[0], row[1], row[2], row[3], self._time(row[4]), bool(row[5]))
+
+    def _cutoffs(self, cutoffs: Cutoffs) -> dict[str, Any]:
+        import json  # not on the cache hit's path
+
+        return {"before": self._when(cutoffs.default),
+                "cutoffs": json.dumps({phone: utc_text(at) for phone, at in cutoffs.by_phone})}
+
+    def _fingerprint(self, fp: Fingerprint, sha256: str, at: datetime) -> dict[str, Any]:
+        return self._scope(path=fp.path, sha256=sha256, size=fp.size, mtime=fp.mtime_ns, ctime=fp.ctime_ns,
+                           inode=int64(fp.inode), device=int64(fp.device), at=self._when(at))
+
+
+# "Expiring", shared by refresh and stats: a current ID at or before its number's cutoff
+# (:cutoffs, a JSON object, for numbers with their own; :before, the widest, for the others).
+EXPIRING = ("m.state = 'current' AND m.expires_at <= :before AND m.expires_at <= "
+            "coalesce({cutoff}, :before)")
