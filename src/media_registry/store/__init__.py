@@ -45,6 +45,7 @@ from .rows import (
     Recorded,
     SourcePath,
     StoreStats,
+    TableCopy,
     UrlSource,
 )
 
@@ -65,6 +66,7 @@ __all__ = [
     "InboundRow",
     "PhoneStats",
     "StoreStats",
+    "TableCopy",
 ]
 
 BUSY_TIMEOUT_SECONDS = 10.0

@@ -18,8 +18,9 @@ from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timezone
 from typing import Any, ClassVar, Protocol, TypeVar
 
+from ..errors import ConfigError
 from ..hashing import Fingerprint
-from .rows import Cutoffs, LeaseOutcome, MediaRow, UrlSource
+from .rows import Cutoffs, LeaseOutcome, MediaRow, TableCopy, UrlSource
 
 T = TypeVar("T")
 Params = Mapping[str, Any]
@@ -146,6 +147,12 @@ class Port:
         """Hold the lock that lets one daemon serve this registry (per host, where hosts
         share it) for the block; RegistryLocked if another holds it."""
         return nullcontext()
+
+    def import_rows(self, tables: dict[str, list[tuple[Any, ...]]]) -> list[TableCopy]:
+        """Bring this registry up to date with another's rows, table by table (as
+        :func:`~media_registry.store.sqlite.export_registry` reads them), the paths as this
+        host's; what became of each table's rows. Only a shared database takes them."""
+        raise ConfigError(f"{self.location} cannot take another registry's rows; migrate into PostgreSQL")
 
     def close(self) -> None:
         """Release every connection; the store is not used afterwards."""

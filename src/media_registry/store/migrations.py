@@ -1,4 +1,4 @@
-"""The SQLite registry's schema: recognising it, creating it, upgrading it by named steps.
+"""The registry's named schema steps, for both databases; SQLite's recognised, created, upgraded.
 
 A new registry is made from ``schema.sql`` (the schema as the last step leaves it) with every
 step recorded as applied. An older registry of ours is upgraded in place by the steps it
@@ -197,3 +197,35 @@ def _statements(script: str) -> Iterator[str]:
         if sqlite3.complete_statement(buffer):
             yield buffer
             buffer = ""
+
+
+def _postgres_schema() -> str:
+    from importlib import resources
+
+    return resources.files("media_registry.store").joinpath("schema_postgres.sql").read_text("utf-8")
+
+
+_URL_SOURCES_AND_INVALIDATED = """
+-- 'invalidated': Meta refused the ID at send time; never served or refreshed, dropped once expired.
+ALTER TABLE media DROP CONSTRAINT media_state_check;
+ALTER TABLE media ADD CONSTRAINT media_state_check
+    CHECK (state IN ('current', 'superseded', 'deleting', 'invalidated'));
+-- What each URL source served when last fetched, shared by every host of the fleet: the URL
+-- in key form (no signature, no user:password), the validators for a conditional GET.
+CREATE TABLE url_sources (
+    url           text PRIMARY KEY,
+    sha256        text NOT NULL REFERENCES contents (sha256),
+    etag          text,
+    last_modified text,
+    checked_at    timestamptz NOT NULL,
+    refetchable   boolean NOT NULL
+);
+CREATE INDEX url_sources_by_content ON url_sources (sha256);
+"""
+
+# PostgreSQL's named schema changes, applied in order by the backend (one opener at a time),
+# each in its own transaction and recorded in `migrations`. Append; never edit or reorder.
+POSTGRES_MIGRATIONS: tuple[tuple[str, Callable[[], str]], ...] = (
+    ("create registry", _postgres_schema),
+    ("url sources and invalidated", lambda: _URL_SOURCES_AND_INVALIDATED),
+)

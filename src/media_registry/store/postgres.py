@@ -26,7 +26,6 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from importlib import resources
 from typing import Any, TypeVar
 
 import psycopg
@@ -34,10 +33,11 @@ from psycopg.rows import tuple_row
 
 from ..dburl import PostgresURL
 from ..errors import RegistryCorrupt, RegistryError, RegistryLocked, SchemaTooNew
-from . import BUSY_TIMEOUT_SECONDS, LeaseOutcome, LeaseStatus
+from . import BUSY_TIMEOUT_SECONDS, LeaseOutcome, LeaseStatus, TableCopy
 from ._pg_pool import Connection, Connections, connection_lost
 from ._port import EXPIRING, Params, Tx
 from ._sql import SQLStore
+from .migrations import POSTGRES_MIGRATIONS as MIGRATIONS
 
 T = TypeVar("T")
 
@@ -49,34 +49,6 @@ DEFAULT_POOL_SIZE = 10
 DEFAULT_HOST_RETENTION = timedelta(days=14)
 
 
-def _schema() -> str:
-    return resources.files("media_registry.store").joinpath("schema_postgres.sql").read_text("utf-8")
-
-
-_URL_SOURCES_AND_INVALIDATED = """
--- 'invalidated': Meta refused the ID at send time; never served or refreshed, dropped once expired.
-ALTER TABLE media DROP CONSTRAINT media_state_check;
-ALTER TABLE media ADD CONSTRAINT media_state_check
-    CHECK (state IN ('current', 'superseded', 'deleting', 'invalidated'));
--- What each URL source served when last fetched, shared by every host of the fleet: the URL
--- in key form (no signature, no user:password), the validators for a conditional GET.
-CREATE TABLE url_sources (
-    url           text PRIMARY KEY,
-    sha256        text NOT NULL REFERENCES contents (sha256),
-    etag          text,
-    last_modified text,
-    checked_at    timestamptz NOT NULL,
-    refetchable   boolean NOT NULL
-);
-CREATE INDEX url_sources_by_content ON url_sources (sha256);
-"""
-
-# Named schema changes, applied in order, each in its own transaction and recorded in the
-# `migrations` table. Append new ones; never edit or reorder the ones released.
-MIGRATIONS: list[tuple[str, Any]] = [
-    ("create registry", _schema),
-    ("url sources and invalidated", lambda: _URL_SOURCES_AND_INVALIDATED),
-]
 TABLES = ("contents", "media", "hosts", "paths", "leases", "events", "inbound", "url_sources")
 
 
@@ -322,6 +294,12 @@ class PostgresStore(SQLStore):
             "(SELECT count(*) FROM hosts)", {})
         return {"db": self.location, "db_bytes": size, "server_version": version, "host_id": self.host_id,
                 "hosts": hosts}
+
+    def import_rows(self, tables: dict[str, list[tuple[Any, ...]]]) -> list[TableCopy]:
+        """See :meth:`Port.import_rows`: in one transaction."""
+        from ._pg_import import merge
+
+        return self.db.run(lambda con: merge(con, tables, self.host_id))
 
     def _pass_started(self) -> None:
         """The daemon still holds its lock; this host is alive; hosts unseen for the retention

@@ -167,3 +167,14 @@ class StoreStats(NamedTuple):
     leases: int
     by_phone_number: dict[str, PhoneStats]
     backend: dict[str, str | int]
+
+
+class TableCopy(NamedTuple):
+    """One table of a migration: rows in the SQLite registry, and what became of them in the
+    PostgreSQL registry (copied anew, updated, or already as they were)."""
+
+    table: str
+    source_rows: int
+    copied: int
+    updated: int
+    unchanged: int
