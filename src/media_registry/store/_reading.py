@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from datetime import datetime
@@ -26,15 +27,18 @@ class Reading(Port):
                                         "until": self._when(valid_until)})
         return None if row is None else str(row[0])
 
-    def url_hit(self, url: str, phone_number_id: str, valid_until: datetime,
-                checked_after: datetime) -> str | None:
-        """See :meth:`Store.url_hit`: one indexed read."""
-        row = self._read_one(
+    @functools.cached_property
+    def _url_hit(self) -> str:
+        return self._positional(
             "SELECT m.media_id FROM url_sources AS u JOIN media AS m USING (sha256) "
             "WHERE u.url = :url AND u.checked_at > :after AND m.phone_number_id = :phone "
-            "AND m.state = 'current' AND m.expires_at > :until",
-            {"url": url, "after": self._when(checked_after), "phone": phone_number_id,
-             "until": self._when(valid_until)})
+            "AND m.state = 'current' AND m.expires_at > :until")
+
+    def url_hit(self, url: str, phone_number_id: str, valid_until: datetime,
+                checked_after: datetime) -> str | None:
+        """See :meth:`Store.url_hit`: one indexed read, every URL cache hit."""
+        row = self._read_one(self._url_hit, (url, self._when(checked_after), phone_number_id,
+                                             self._when(valid_until)))
         return None if row is None else str(row[0])
 
     def url_source(self, url: str) -> UrlSource | None:

@@ -3,6 +3,7 @@ port (:mod:`media_registry.store._port`): a backend is a subclass filling in the
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
@@ -19,19 +20,23 @@ class SQLStore(Reading):
 
     # -- sending (the hot path) ---------------------------------------------------------------
 
-    def lookup_path(self, fp: Fingerprint, phone_number_id: str, valid_until: datetime) -> PathHit | None:
-        """See :meth:`Store.lookup_path`: one indexed read."""
-        row = self._read_one(self._sql(
+    @functools.cached_property
+    def _lookup(self) -> str:
+        return self._positional(self._sql(
             """SELECT p.sha256, (
                    SELECT m.media_id FROM media AS m
                    WHERE m.sha256 = p.sha256 AND m.phone_number_id = :phone
                      AND m.state = 'current' AND m.expires_at > :until), p.seen_at
                FROM paths AS p
-               WHERE {p_here}p.path = :path AND p.size_bytes = :size AND p.mtime_ns = :mtime
-                 AND p.ctime_ns = :ctime AND p.inode = :inode AND p.device = :device"""),
-            {"phone": phone_number_id, "until": self._when(valid_until), "host": self.host_id,
-             "path": fp.path, "size": fp.size, "mtime": fp.mtime_ns, "ctime": fp.ctime_ns,
-             "inode": int64(fp.inode), "device": int64(fp.device)})
+               WHERE p.path = :path AND p.size_bytes = :size AND p.mtime_ns = :mtime
+                 AND p.ctime_ns = :ctime AND p.inode = :inode AND p.device = :device{and_p_here}"""))
+
+    def lookup_path(self, fp: Fingerprint, phone_number_id: str, valid_until: datetime) -> PathHit | None:
+        """See :meth:`Store.lookup_path`: one indexed read, every cache hit: keep it lean."""
+        inode, device = fp.inode, fp.device
+        row = self._read_one(self._lookup, (
+            phone_number_id, self._when(valid_until), fp.path, fp.size, fp.mtime_ns, fp.ctime_ns,
+            inode if inode < 1 << 63 else int64(inode), device if device < 1 << 63 else int64(device)) + self._here)
         return None if row is None else PathHit(row[0], row[1], self._time(row[2]))
 
     def remember_path(self, fp: Fingerprint, sha256: str, mime_type: str, recorded_at: datetime) -> None:

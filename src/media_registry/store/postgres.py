@@ -60,7 +60,8 @@ def lock_key(*parts: str) -> int:
 
 
 DIALECT = {
-    "here": "host_id = :host AND ", "p_here": "p.host_id = :host AND ", "host_col": "host_id, ",
+    "here": "host_id = :host AND ", "p_here": "p.host_id = :host AND ",
+    "and_p_here": " AND p.host_id = :host", "host_col": "host_id, ",
     "host_val": ":host, ", "host_cols": ", host_id", "host_vals": ", :host", "host_set": ", host_id = excluded.host_id",
     "for_update": " FOR UPDATE", "skip_locked": " FOR UPDATE SKIP LOCKED",
     # The server's clock, shared by every host of the fleet.
@@ -79,6 +80,10 @@ DIALECT = {
 def _pg(sql: str) -> str:
     """The shared SQL's ``:name`` parameters in psycopg's ``%(name)s`` style."""
     return re.sub(r"(?<!:):([a-z_][a-z0-9_]*)", r"%(\1)s", sql.replace("%", "%%"))
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 class _Tx:
@@ -194,8 +199,12 @@ class PostgresStore(SQLStore):
     def _read(self, sql: str, params: Params) -> list[Any]:
         return self.db.run(lambda con: con.execute(_pg(sql), params).fetchall(), transaction=False)
 
+    def _positional(self, sql: str) -> str:
+        return re.sub(r"(?<!:):[a-z_][a-z0-9_]*", "%s", sql.replace("%", "%%"))
+
     def _read_one(self, sql: str, params: Params) -> Any:
-        return self.db.run(lambda con: con.execute(_pg(sql), params).fetchone(), transaction=False)
+        statement = sql if isinstance(params, tuple) else _pg(sql)  # a tuple's is positional already
+        return self.db.run(lambda con: con.execute(statement, params).fetchone(), transaction=False)
 
     def _write(self, work: Callable[[Tx], T]) -> T:
         return self.db.run(lambda con: work(_Tx(con)))
@@ -278,11 +287,8 @@ class PostgresStore(SQLStore):
         finally:
             self.claim_sessions.checkin(con)
 
-    def _time(self, value: Any) -> datetime:
-        return value  # type: ignore[no-any-return]
-
-    def _when(self, moment: datetime) -> Any:
-        return moment  # the session's dumpers send it to the second
+    _time = staticmethod(_same)
+    _when = staticmethod(_same)  # the session's dumpers send times to the second
 
     def _paths(self, value: Any) -> tuple[str, ...]:
         return tuple(value)

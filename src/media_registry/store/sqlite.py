@@ -31,7 +31,7 @@ from ._sql import SQLStore
 T = TypeVar("T")
 
 DIALECT = {
-    "here": "", "p_here": "", "host_col": "", "host_val": "", "host_cols": "", "host_vals": "",
+    "here": "", "p_here": "", "and_p_here": "", "host_col": "", "host_val": "", "host_cols": "", "host_vals": "",
     "host_set": "", "for_update": "", "skip_locked": "", "db_now": ":now", "claim_until": ":claim_until",
     "live_path": "TRUE", "touch_host": "",
     # The paths as a JSON array: a file name may hold any character, a newline included.
@@ -217,6 +217,9 @@ class SQLiteStore(SQLStore):
         except sqlite3.Error as exc:
             raise self._explain(exc) from None
 
+    def _positional(self, sql: str) -> str:
+        return re.sub(r"(?<!:):[a-z_][a-z0-9_]*", "?", sql)
+
     def _read_one(self, sql: str, params: Params) -> Any:
         try:
             return self._connection().execute(sql, params).fetchone()
@@ -258,11 +261,8 @@ class SQLiteStore(SQLStore):
 
         return self._write(work)
 
-    def _time(self, value: Any) -> datetime:
-        return _parse(value)
-
-    def _when(self, moment: datetime) -> Any:
-        return utc_text(moment)
+    _time = staticmethod(_parse)
+    _when = staticmethod(utc_text)
 
     def _paths(self, value: Any) -> tuple[str, ...]:
         import json  # only listings need it: the cache hit's start-up stays lean
