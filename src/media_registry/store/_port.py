@@ -86,8 +86,8 @@ class Port:
     scope: dict[str, Any]  # the parameters of the dialect's fragments: at least "host"
     # The dialect's words: `here`/`p_here` scope paths to this host ("... AND "; `and_p_here`
     # after a condition), `host_col`/`host_val` add the host to inserted paths and events,
-    # `for_update`/`skip_locked` lock rows where two writers could meet, `db_now`/`claim_until` are the database's clock,
-    # `live_path` keeps paths of live hosts, `cutoff` reads :cutoffs (JSON) for a number.
+    # `for_update`/`skip_locked` lock rows where two writers could meet, `db_now`/`claim_until`
+    # are the database's clock, `live_path` keeps paths of live hosts, `cutoff` reads :cutoffs (JSON) for a number.
     dialect: ClassVar[dict[str, str]]
 
     # -- the port ---------------------------------------------------------------------------
