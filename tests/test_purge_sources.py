@@ -1,11 +1,13 @@
 """What purge takes for a vanished source: only "no such file" (ENOENT, ENOTDIR) is; a file
 that is there but cannot be read (permission denied, a folder in its place) is reported and
-left alone, and refresh skips it; content a URL still serves never vanishes."""
+left alone, and refresh skips it; content a URL still serves, or once sent as bytes, never
+vanishes."""
 
 from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -93,3 +95,34 @@ def test_content_a_url_still_serves_never_vanishes(
     assert api.count("DELETE") == 0 and registry.lookup(media_id).state == "current"
     assert registry.lookup(media_id).paths == ()  # the vanished path is forgotten
     assert registry.purge().actions == []  # and judged no more
+
+
+@pytest.mark.parametrize("bytes_first", [True, False], ids=["bytes-first", "file-first"])
+def test_content_sent_as_bytes_never_vanishes_with_a_file_of_it(
+    registry: MediaRegistry, api: FakeGraphAPI, make_file: Callable[..., Path], bytes_first: bool
+) -> None:
+    path = make_file("card.png")
+    data = path.read_bytes()
+    sends = [lambda: registry.get_or_upload(data), lambda: registry.get_or_upload(path)]
+    media_id, same = (send() for send in (sends if bytes_first else sends[::-1]))
+    assert same == media_id and api.uploads == 1
+    path.unlink()
+    assert [a.action for a in registry.purge().actions] == ["skipped"]
+    assert api.live(media_id)
+    assert registry.get_or_upload_with_status(data) == (media_id, False)
+
+
+def test_a_delete_ends_what_a_bytes_send_promised(
+    make_registry: Callable[..., MediaRegistry], api: FakeGraphAPI, make_file: Callable[..., Path]
+) -> None:
+    now = [datetime.now(timezone.utc)]
+    registry = make_registry(clock=lambda: now[0])
+    path = make_file("card.png")
+    first = registry.get_or_upload(path.read_bytes())
+    now[0] += timedelta(seconds=1)  # within one second, a send and a delete keep the content
+    registry.delete(first)
+    now[0] += timedelta(seconds=1)
+    second = registry.get_or_upload(path)  # sent again, from a file only
+    path.unlink()
+    assert [action.action for action in registry.purge().actions] == ["vanished", "deleted"]
+    assert not api.live(first) and not api.live(second)

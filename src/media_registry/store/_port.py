@@ -75,6 +75,12 @@ _CURRENT = ("SELECT media_id FROM media WHERE sha256 = :sha256 AND phone_number_
 _NEW_CONTENT = ("INSERT INTO contents (sha256, mime_type, size_bytes, first_seen_at) "
                 "VALUES (:sha256, :mime, :size, :at) ON CONFLICT (sha256) DO UPDATE SET deleted_at = NULL")
 _FINGERPRINT = "size_bytes = :size, mtime_ns = :mtime, ctime_ns = :ctime, inode = :inode, device = :device"
+# Content sent as bytes, a stream or a URL (remember_content) since it was last deleted: an
+# event says so, and such content never vanishes with a file of the same bytes.
+SENT_DETAIL = "without a file: never purged as vanished"
+SENT_WITHOUT_A_FILE = """EXISTS (
+    SELECT 1 FROM events AS s WHERE s.sha256 = :sha256 AND s.action = 'sent' AND NOT EXISTS (
+        SELECT 1 FROM events AS d WHERE d.sha256 = :sha256 AND d.action = 'delete' AND d.at > s.at))"""
 _RELEASE = "DELETE FROM leases WHERE sha256 = :sha256 AND phone_number_id = :phone AND owner = :owner"
 
 

@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 from datetime import datetime
 
-from ._port import _CURRENT, _NEW_CONTENT, _URLS, Port, Tx
+from ._port import _CURRENT, _NEW_CONTENT, _URLS, SENT_DETAIL, SENT_WITHOUT_A_FILE, Port, Tx
 from .rows import ContentRow, Cutoffs, EventRow, InboundRow, PhoneStats, StoreStats, UrlSource
 
 
@@ -17,9 +17,17 @@ class Reading(Port):
     # -- sources beyond paths ----------------------------------------------------------------
 
     def remember_content(self, sha256: str, mime_type: str, size_bytes: int, recorded_at: datetime) -> None:
-        """See :meth:`Store.remember_content`."""
-        self._write(lambda tx: tx.execute(_NEW_CONTENT, {"sha256": sha256, "mime": mime_type,
-                                                         "size": size_bytes, "at": self._when(recorded_at)}))
+        """See :meth:`Store.remember_content`; logged once per delete, as never vanishing."""
+        params = self._scope(sha256=sha256, mime=mime_type, size=size_bytes, at=self._when(recorded_at),
+                             detail=SENT_DETAIL)
+
+        def work(tx: Tx) -> None:
+            tx.execute(_NEW_CONTENT, params)
+            tx.execute(self._sql("INSERT INTO events (at, action, sha256, detail{host_cols}) "
+                                 "SELECT :at, 'sent', :sha256, :detail{host_vals} WHERE NOT ") + SENT_WITHOUT_A_FILE,
+                       params)
+
+        self._write(work)
 
     def current_media_id(self, sha256: str, phone_number_id: str, valid_until: datetime) -> str | None:
         """See :meth:`Store.current_media_id`."""

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 from ..hashing import Fingerprint
-from ._port import _FINGERPRINT, _MEDIA, _NEW_CONTENT, _RELEASE, Tx, int64, uint64
+from ._port import _FINGERPRINT, _MEDIA, _NEW_CONTENT, _RELEASE, SENT_WITHOUT_A_FILE, Tx, int64, uint64
 from ._reading import Reading
 from .rows import ContentRef, Cutoffs, LeaseOutcome, LeaseStatus, MediaRow, NewMedia, PathHit, Recorded, SourcePath
 
@@ -203,7 +203,8 @@ class SQLStore(Reading):
                     self._log(tx, now, "vanished", sha256=sha256, path=path)
             if tx.execute(self._sql(
                 "SELECT EXISTS (SELECT 1 FROM paths AS p WHERE p.sha256 = :sha256 AND {live_path})"
-                " OR EXISTS (SELECT 1 FROM url_sources WHERE sha256 = :sha256)"), params).fetchone()[0]:
+                " OR EXISTS (SELECT 1 FROM url_sources WHERE sha256 = :sha256) OR " + SENT_WITHOUT_A_FILE),
+                    params).fetchone()[0]:
                 return False
             self._mark_deleted(tx, sha256, now, "sources vanished")
             return True
