@@ -25,9 +25,9 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from media_registry import MediaRegistry
-from media_registry._pg_connection import CONNECTION_KWARGS
-from media_registry.pgstore import PostgresStore
 from media_registry.store import NewMedia
+from media_registry.store._pg_pool import CONNECTION_KWARGS
+from media_registry.store.postgres import PostgresStore
 from media_registry.testing import FakeGraphAPI, sample_media
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -17,8 +17,8 @@ from psycopg.abc import Buffer
 from psycopg.types.datetime import DatetimeBinaryDumper, DatetimeDumper
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
-from .dburl import PostgresURL
-from .errors import RegistryError, RegistryLocked, RegistryUnreachable
+from ..dburl import PostgresURL
+from ..errors import RegistryError, RegistryLocked, RegistryUnreachable
 
 T = TypeVar("T")
 CONNECT_TIMEOUT_SECONDS = 5

@@ -1,0 +1,79 @@
+"""The registry's database: one :class:`Store` holding every rule of the contract, over a
+backend (:class:`~media_registry.store.backend.Backend`) that knows one database:
+
+- SQLite (:mod:`media_registry.store.sqlite`), the embedded default, a file path;
+- PostgreSQL (:mod:`media_registry.store.postgres`, the ``postgres`` extra), a ``postgresql://`` URL.
+
+The registry only ever holds a Store; it never sees SQL, a driver's objects or a dialect's
+time format. Times go in and out as timezone-aware UTC datetimes, rows as the NamedTuples of
+:mod:`media_registry.store.rows`, paths as tuples. The rules the registry relies on are
+enforced by each backend's schema as well (at most one current ID per content and phone
+number, states from a fixed set, foreign keys), so correctness never depends on how a backend
+serializes writers. :mod:`media_registry.testing.store` holds the conformance suite.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+from ..dburl import PostgresURL, is_postgres_url
+from ..errors import ConfigError
+from .core import Store
+from .owners import HOST, new_owner, owner_alive
+from .rows import (
+    ContentRef,
+    ContentRow,
+    Cutoffs,
+    EventRow,
+    InboundRow,
+    LeaseOutcome,
+    LeaseStatus,
+    MediaRow,
+    NewMedia,
+    PathHit,
+    PhoneStats,
+    Recorded,
+    SourcePath,
+    StoreStats,
+    TableCopy,
+    UrlSource,
+)
+
+__all__ = [
+    "BUSY_TIMEOUT_SECONDS", "HOST", "ContentRef", "ContentRow", "Cutoffs", "EventRow", "InboundRow", "LeaseOutcome",
+    "LeaseStatus", "MediaRow", "NewMedia", "PathHit", "PhoneStats", "Recorded", "SourcePath", "Store", "StoreStats",
+    "TableCopy", "UrlSource", "new_owner", "open_store", "owner_alive",
+]
+
+BUSY_TIMEOUT_SECONDS = 10.0
+
+
+def open_store(
+    db: str | os.PathLike[str] | PostgresURL, *, create: bool = True,
+    busy_timeout: float = BUSY_TIMEOUT_SECONDS, host_id: str | None = None,
+    pool_size: int | None = None, host_retention: timedelta | None = None,
+) -> Store:
+    """The store that ``MEDIA_REGISTRY_DB`` names: a ``postgresql://`` URL means PostgreSQL,
+    anything else is an SQLite file path.
+
+    ``create=False`` (read-only commands) never creates a registry: a missing one, or a
+    database that is not a media-registry registry, is refused untouched. Either mode
+    upgrades an older registry of ours in place. ``host_id`` names this machine in a fleet
+    (PostgreSQL only; default its hostname); ``pool_size`` bounds PostgreSQL's connection
+    pool; ``host_retention`` is how long an unseen host keeps its paths there.
+    """
+    if isinstance(db, PostgresURL) or is_postgres_url(db):
+        try:
+            from .postgres import PostgresBackend
+        except ModuleNotFoundError as exc:
+            if exc.name not in ("psycopg", "psycopg_pool"):
+                raise
+            raise ConfigError("MEDIA_REGISTRY_DB is a PostgreSQL URL, which needs the postgres extra: "
+                              "pip install 'media-registry[postgres]'") from None
+        return Store(PostgresBackend(db if isinstance(db, PostgresURL) else os.fspath(db), create=create,
+                                     busy_timeout=busy_timeout, host_id=host_id or HOST, pool_size=pool_size,
+                                     host_retention=host_retention))
+    from .sqlite import SQLiteBackend
+
+    return Store(SQLiteBackend(os.fspath(db), create=create, busy_timeout=busy_timeout))
