@@ -105,10 +105,16 @@ RESOLVE = ("SELECT coalesce((SELECT sha256 FROM paths WHERE {here}path = :path),
 PREFIX = "SELECT sha256 FROM contents WHERE sha256 >= :prefix AND sha256 < :end ORDER BY sha256 LIMIT :limit"
 # Contents drive the plan, each looks up its current IDs (the one-current-ID index) and its
 # paths: linear in the registry's size.
-LISTING = """SELECT c.sha256, c.mime_type, c.size_bytes, c.first_seen_at, c.deleted_at,
+_LISTING = """SELECT c.sha256, c.mime_type, c.size_bytes, c.first_seen_at, c.deleted_at,
        m.phone_number_id, m.media_id, m.uploaded_at, m.expires_at, {path_list}
     FROM contents AS c {join} media AS m ON m.sha256 = c.sha256 AND m.state = 'current' {until}
     {one} ORDER BY m.phone_number_id, c.first_seen_at, c.sha256"""
+
+
+def listing(*, one: bool, expiring: bool) -> str:
+    """The listing of every content (or ``:sha256``'s), of current IDs expiring before ``:before`` only."""
+    return _LISTING.replace("{join}", "JOIN" if expiring else "LEFT JOIN").replace(
+        "{until}", "AND m.expires_at < :before" if expiring else "").replace("{one}", "WHERE c.sha256 = :sha256" * one)
 EVENTS = ("SELECT at, action, media_id, phone_number_id, path, detail FROM events "
           "WHERE sha256 = :sha256 ORDER BY id")
 COUNTS = """SELECT (SELECT count(*) FROM contents),

@@ -56,6 +56,19 @@ def utc_text(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="seconds")[:19] + "Z"
 
 
+SIGNED = 1 << 63
+
+
+def int64(value: int) -> int:
+    """An unsigned 64-bit stat field (inode, device) as the signed integer databases store."""
+    return value - (1 << 64) if value >= SIGNED else value
+
+
+def uint64(value: int) -> int:
+    """A stored stat field back as the unsigned value ``os.stat`` gives."""
+    return value & 0xFFFF_FFFF_FFFF_FFFF
+
+
 class Backend:
     """The port under the Store's rules; subclass it and fill in the primitives."""
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..hashing import Fingerprint
 from . import _sql as q
-from .backend import Backend, Tx, utc_text
+from .backend import SIGNED, Backend, Tx, int64, uint64, utc_text
 from .rows import (
     ContentRef,
     ContentRow,
@@ -38,13 +38,6 @@ from .rows import (
     UrlSource,
 )
 
-_SIGNED = 1 << 63
-
-
-def int64(value: int) -> int:
-    """An unsigned 64-bit stat field (inode, device) as the signed integer databases store."""
-    return value - (1 << 64) if value >= _SIGNED else value
-
 
 class Store:
     """The registry's database: the rules of the contract over ``backend``'s primitives."""
@@ -60,8 +53,6 @@ class Store:
         self._url_hit = backend.positional(q.URL_HIT)
         self._here = (backend.host_id,) if backend.dialect["and_p_here"] else ()
 
-    # -- sending (the hot path) -------------------------------------------------------------
-
     def lookup_path(self, fp: Fingerprint, phone_number_id: str, valid_until: datetime) -> PathHit | None:
         """The content recorded at a path whose fingerprint matches ``fp`` in every field,
         with its current media ID if that expires after ``valid_until``. One indexed read:
@@ -69,7 +60,7 @@ class Store:
         inode, device = fp.inode, fp.device
         row = self._read_one(self._lookup, (
             phone_number_id, self._when(valid_until), fp.path, fp.size, fp.mtime_ns, fp.ctime_ns,
-            inode if inode < _SIGNED else int64(inode), device if device < _SIGNED else int64(device), *self._here))
+            inode if inode < SIGNED else int64(inode), device if device < SIGNED else int64(device), *self._here))
         return None if row is None else PathHit(row[0], row[1], self._time(row[2]))
 
     def remember_path(self, fp: Fingerprint, sha256: str, mime_type: str, recorded_at: datetime) -> None:
@@ -84,8 +75,6 @@ class Store:
         that no longer points at ``sha256`` is left alone."""
         params = self._fingerprint(fp, sha256, recorded_at)
         self._write(lambda tx: self._run(tx, params, q.REFRESH_PATH))
-
-    # -- single flight (dogpile's get_mutex, per content and phone number) -----------------
 
     def take_lease(self, sha256: str, phone_number_id: str, owner: str, now: datetime, valid_until: datetime,
                    lease_for: timedelta) -> LeaseOutcome:
@@ -167,8 +156,6 @@ class Store:
             return Recorded.CURRENT
         return Recorded.CLAIM_LOST if lost else Recorded.CONTENT_DELETED
 
-    # -- lifecycle ------------------------------------------------------------------------
-
     def expiring_media(self, before: Cutoffs) -> list[MediaRow]:
         """Current media IDs expiring at or before their number's cutoff whose content is not
         deleted and that this host has a source of (or no host has: bytes sent), soonest first."""
@@ -179,7 +166,7 @@ class Store:
         """The recorded source files of a content (this host's, for a shared database),
         most recently seen first."""
         rows = self._read(self._sql(q.SOURCE_PATHS), {**self.backend.scope, "sha256": sha256})
-        return [SourcePath(Fingerprint(path, size, mtime, ctime, inode & _MASK, device & _MASK), self._time(seen))
+        return [SourcePath(Fingerprint(path, size, mtime, ctime, uint64(inode), uint64(device)), self._time(seen))
                 for path, size, mtime, ctime, inode, device, seen in rows]
 
     def sourced_contents(self) -> list[ContentRef]:
@@ -248,8 +235,6 @@ class Store:
         """Media rows whose ID expired at or before ``now``, whatever their state."""
         return self._media(q.MEDIA + "m.expires_at <= :now ORDER BY m.expires_at", {"now": self._when(now)})
 
-    # -- sources beyond paths -------------------------------------------------------------
-
     def remember_content(self, sha256: str, mime_type: str, size_bytes: int, recorded_at: datetime) -> None:
         """An explicit send of content that has no path (bytes, a stream, a URL): the content
         row is created if new and a deletion mark is cleared; logged once per delete, as
@@ -315,8 +300,6 @@ class Store:
 
         return self._write(work)
 
-    # -- inbound media --------------------------------------------------------------------
-
     def record_inbound(self, row: InboundRow, detail: str | None = None) -> None:
         """Record a verified download (replacing an earlier one of the same ID) and log it."""
 
@@ -326,8 +309,6 @@ class Store:
                       path=row.path, detail=detail)
 
         self._write(work)
-
-    # -- reading for people ---------------------------------------------------------------
 
     def resolve(self, target: str) -> str | None:
         """The sha256 that a path (made absolute; this host's), a media ID or a sha256 names,
@@ -350,17 +331,15 @@ class Store:
         t, paths = self._time, self.backend.paths
         params = {**self.backend.scope, "sha256": sha256,
                   "before": None if expiring_before is None else self._when(expiring_before)}
-        for row in self.backend.stream(self.listing_sql(one=sha256 is not None,
-                                                        expiring=expiring_before is not None), params):
+        sql = self.listing_sql(one=sha256 is not None, expiring=expiring_before is not None)
+        for row in self.backend.stream(sql, params):
             yield ContentRow(row[0], row[1], row[2], t(row[3]), row[4] and t(row[4]), row[5], row[6],
                              row[7] and t(row[7]), row[8] and t(row[8]), paths(row[9]))
 
     def listing_sql(self, *, one: bool = False, expiring: bool = False) -> str:
         """The statement of :meth:`content_rows`: of one content (``:sha256``), of current
         IDs expiring before ``:before`` only."""
-        return self._sql(q.LISTING.replace("{join}", "JOIN" if expiring else "LEFT JOIN").replace(
-            "{until}", "AND m.expires_at < :before" if expiring else "").replace(
-            "{one}", "WHERE c.sha256 = :sha256" if one else ""))
+        return self._sql(q.listing(one=one, expiring=expiring))
 
     def events(self, sha256: str) -> list[EventRow]:
         """The history of one content, oldest first."""
@@ -375,8 +354,6 @@ class Store:
         by_phone = {phone: PhoneStats(*numbers) for phone, *numbers in self._read(self._sql(q.BY_PHONE), params)}
         return StoreStats._make((*counts, by_phone, self.backend.facts()))
 
-    # -- the backend's capabilities -------------------------------------------------------
-
     def daemon_lock(self) -> AbstractContextManager[None]:
         """See :meth:`Backend.daemon_lock`."""
         return self.backend.daemon_lock()
@@ -388,8 +365,6 @@ class Store:
     def close(self) -> None:
         """Release every connection; the store is not used afterwards."""
         self.backend.close()
-
-    # -- helpers --------------------------------------------------------------------------
 
     def _run(self, tx: Tx, params: dict[str, Any], *statements: str) -> None:
         for statement in statements:
@@ -418,9 +393,6 @@ class Store:
     def _fingerprint(self, fp: Fingerprint, sha256: str, at: datetime) -> dict[str, Any]:
         return {**self.backend.scope, "path": fp.path, "sha256": sha256, "size": fp.size, "mtime": fp.mtime_ns,
                 "ctime": fp.ctime_ns, "inode": int64(fp.inode), "device": int64(fp.device), "at": self._when(at)}
-
-
-_MASK = (1 << 64) - 1  # a stored stat field back as the unsigned value os.stat gives
 
 
 def _serve_or_deleted(row: Any) -> LeaseOutcome | None:

@@ -49,6 +49,22 @@ class Target(Protocol):
         ...
 
 
+# What `media-registry migrate` copies: each table's columns, in this order, and its order.
+EXPORTED = {
+    "contents": ("sha256, mime_type, size_bytes, first_seen_at, deleted_at", "sha256"),
+    "media": ("media_id, sha256, phone_number_id, state, uploaded_at, expires_at", "media_id"),
+    "paths": ("path, sha256, size_bytes, mtime_ns, ctime_ns, inode, device, seen_at", "path"),
+    "events": ("at, action, sha256, media_id, phone_number_id, path, detail", "id"),
+    "inbound": ("media_id, sha256, mime_type, size_bytes, path, downloaded_at", "media_id"),
+    "url_sources": ("url, sha256, etag, last_modified, checked_at, refetchable", "url"),
+}
+
+
+def is_time(column: str) -> bool:
+    """Whether a column holds a time (the schema names each one ``at`` or ``*_at``)."""
+    return column == "at" or column.endswith("_at")
+
+
 def upgrade(target: Target, steps: Sequence[Migration]) -> None:
     """Apply the steps ``target`` lacks, in order, each in its own transaction, rechecked
     inside it: safe against other openers doing the same at the same moment."""

@@ -210,6 +210,7 @@ class PostgresBackend(Backend):
     def stream(self, sql: str, params: Params) -> Iterator[Any]:
         """From a server-side cursor, in one snapshot."""
         con = self.db.checkout()
+        assert con is not None  # waited for
         try:
             with con.transaction(), con.cursor("content_rows", row_factory=tuple_row) as cursor:
                 cursor.execute(_pg(sql), params)
@@ -333,10 +334,8 @@ class PostgresBackend(Backend):
         con = self.db.direct()
         if not _one(con.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_DAEMON, lock_key(self.host_id)))):
             con.close()
-            raise RegistryLocked(
-                f"another media-registry daemon already serves host {self.host_id} on "
-                f"{self.location}; stop it first, or give this one its own MEDIA_REGISTRY_HOST_ID"
-            )
+            raise RegistryLocked(f"another media-registry daemon already serves host {self.host_id} on "
+                                 f"{self.location}; stop it first, or give this one its own MEDIA_REGISTRY_HOST_ID")
         return con
 
     def _keep_daemon_lock(self) -> None:

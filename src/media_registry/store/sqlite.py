@@ -18,7 +18,7 @@ import stat
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -75,8 +75,6 @@ class SQLiteBackend(Backend):
     dialect = DIALECT
     _con: sqlite3.Connection  # the connection being opened, while its schema is brought up to date
 
-    # -- opening ------------------------------------------------------------------------
-
     def _check_file(self) -> None:
         """Refuse, before SQLite writes anything, what is not (or cannot become) ours."""
         try:
@@ -87,28 +85,20 @@ class SQLiteBackend(Backend):
                     f"registry {self.path}: folder {self.path.parent} does not exist; create it first"
                 ) from None
             if not self._create:
-                raise RegistryError(
-                    f"no registry at {self.path}; check MEDIA_REGISTRY_DB (or --db), "
-                    "or create one with: media-registry init"
-                ) from None
+                raise RegistryError(f"no registry at {self.path}; check MEDIA_REGISTRY_DB (or --db), "
+                                    "or create one with: media-registry init") from None
             return
         except OSError as exc:
             raise RegistryError(f"registry {self.path}: cannot stat it ({exc.strerror})") from None
         if stat.S_ISDIR(st.st_mode):
-            raise RegistryCorrupt(
-                f"registry {self.path} is a directory; point MEDIA_REGISTRY_DB (or --db) at a file"
-            )
+            raise RegistryCorrupt(f"registry {self.path} is a directory; point MEDIA_REGISTRY_DB (or --db) at a file")
         if not stat.S_ISREG(st.st_mode):  # a FIFO would block the first read forever
-            raise RegistryCorrupt(
-                f"registry {self.path} is not a regular file (left untouched); "
-                "point MEDIA_REGISTRY_DB (or --db) at a registry file"
-            )
+            raise RegistryCorrupt(f"registry {self.path} is not a regular file (left untouched); "
+                                  "point MEDIA_REGISTRY_DB (or --db) at a registry file")
         if st.st_size == 0:
             if not self._create:
-                raise RegistryCorrupt(
-                    f"registry {self.path} is an empty file, not a media-registry registry "
-                    "(left untouched); create one with: media-registry init"
-                )
+                raise RegistryCorrupt(f"registry {self.path} is an empty file, not a media-registry registry "
+                                      "(left untouched); create one with: media-registry init")
             return
         self._check_ours()
 
@@ -118,7 +108,7 @@ class SQLiteBackend(Backend):
         # file: closing any descriptor of it drops this process's SQLite locks on it.
         uri = self.path.absolute().as_uri() + "?mode=ro"
         try:
-            with _closing(sqlite3.connect(uri, uri=True, timeout=self.busy_timeout)) as con:
+            with closing(sqlite3.connect(uri, uri=True, timeout=self.busy_timeout)) as con:
                 version = _user_version(con)
                 tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.DatabaseError as exc:
@@ -133,10 +123,8 @@ class SQLiteBackend(Backend):
             raise self._not_ours("is an SQLite database but not a media-registry registry")
 
     def _not_ours(self, what: str) -> RegistryCorrupt:
-        return RegistryCorrupt(
-            f"registry {self.path} {what} (left untouched); "
-            "point MEDIA_REGISTRY_DB (or --db) at a registry file"
-        )
+        return RegistryCorrupt(f"registry {self.path} {what} (left untouched); "
+                               "point MEDIA_REGISTRY_DB (or --db) at a registry file")
 
     def _open(self) -> sqlite3.Connection:
         mode = "rwc" if self._create else "rw"
@@ -192,8 +180,6 @@ class SQLiteBackend(Backend):
                                  "nothing was changed, retry")
         return RegistryError(f"registry {self.path}: {text}")
 
-    # -- the schema's steps (migrations.Target) -------------------------------------------
-
     def applied(self, con: sqlite3.Connection) -> set[str]:
         """Steps counted by ``user_version`` (a version-1 registry has no table) and recorded."""
         names = {step.name for step in migrations.SQLITE[:_user_version(con)]}
@@ -217,8 +203,6 @@ class SQLiteBackend(Backend):
         con.executemany("INSERT OR IGNORE INTO migrations (name, applied_at) VALUES (?, ?)",
                         [(step.name, utc_text(datetime.now(timezone.utc))) for step in migrations.SQLITE[:version]])
         con.execute(f"PRAGMA user_version = {version}")
-
-    # -- the port -------------------------------------------------------------------------
 
     def read(self, sql: str, params: Params) -> list[Any]:
         """Every row, on this thread's connection."""
@@ -316,58 +300,35 @@ def _forget_connections(reference: weakref.ref[SQLiteBackend]) -> None:
         store._connections = []  # the parent's; closing them here would disturb the parent
 
 
-@contextmanager
-def _closing(con: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    try:
-        yield con
-    finally:
-        con.close()
-
-
-# What `media-registry migrate` copies, table by table, in this column order: times as
-# datetimes, and the fingerprint's ctime and device as 0 where a version-1 registry lacks
-# them (the first cache hit then hashes the file once and records them).
-EXPORT_SQL = {
-    "contents": "SELECT sha256, mime_type, size_bytes, first_seen_at, deleted_at FROM contents ORDER BY sha256",
-    "media": "SELECT media_id, sha256, phone_number_id, state, uploaded_at, expires_at FROM media ORDER BY media_id",
-    "paths": "SELECT path, sha256, size_bytes, mtime_ns, {ctime}, inode, {device}, seen_at FROM paths ORDER BY path",
-    "events": "SELECT at, action, sha256, media_id, phone_number_id, path, detail FROM events ORDER BY id",
-    "inbound": "SELECT media_id, sha256, mime_type, size_bytes, path, downloaded_at FROM inbound ORDER BY media_id",
-    "url_sources": "SELECT url, sha256, etag, last_modified, checked_at, refetchable FROM url_sources ORDER BY url",
-}
-_EXPORT_TIMES = {"contents": (3, 4), "media": (4, 5), "paths": (7,), "events": (0,), "inbound": (5,),
-                 "url_sources": (4,)}
-
-
 def export_registry(path: str | os.PathLike[str]) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of the SQLite registry at ``path`` that a migration copies, read without
-    changing the file (a read-only connection; an older schema version is read as it is)."""
+    """Every row of the SQLite registry at ``path`` that a migration copies (columns and
+    order as :data:`~media_registry.store.migrations.EXPORTED`), read without changing the
+    file: a read-only connection; an older schema version read as it is (a version-1
+    registry's ctime and device as 0: the first cache hit then hashes the file once)."""
     location = Path(path)
     if not location.is_file():
         raise RegistryError(f"no registry at {location}; point --db (or MEDIA_REGISTRY_DB) at the SQLite file")
     try:
-        with _closing(sqlite3.connect(location.absolute().as_uri() + "?mode=ro", uri=True)) as con:
-            version = con.execute("PRAGMA user_version").fetchone()[0]
+        with closing(sqlite3.connect(location.absolute().as_uri() + "?mode=ro", uri=True)) as con:
+            version = _user_version(con)
             columns = {row[1] for row in con.execute("PRAGMA table_info(paths)")}
             if not version or "sha256" not in columns:
                 raise RegistryCorrupt(f"{location} is not a media-registry registry (left untouched)")
             if version > migrations.SCHEMA_VERSION:
                 raise SchemaTooNew(f"registry {location} is newer than this media-registry; "
                                    "upgrade: pip install -U media-registry")
-            ctime, device = ("ctime_ns", "device") if "device" in columns else ("0", "0")
             present = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            return {
-                table: [_export_row(row, _EXPORT_TIMES[table])
-                        for row in con.execute(sql.format(ctime=ctime, device=device))]
-                if table in present else []  # an older schema has no url_sources yet
-                for table, sql in EXPORT_SQL.items()
-            }
+            tables = {}
+            for table, (names, order) in migrations.EXPORTED.items():
+                if "device" not in columns:
+                    names = names.replace("ctime_ns,", "0,").replace("device,", "0,")
+                times = [index for index, name in enumerate(names.split(", ")) if migrations.is_time(name)]
+                rows = con.execute(f"SELECT {names} FROM {table} ORDER BY {order}") if table in present else []
+                tables[table] = [tuple(_parse(value) if index in times and value else value
+                                       for index, value in enumerate(row)) for row in rows]
+            return tables
     except sqlite3.Error as exc:
         raise RegistryError(f"registry {location} cannot be read ({exc}); check the file") from None
-
-
-def _export_row(row: tuple[Any, ...], times: tuple[int, ...]) -> tuple[Any, ...]:
-    return tuple(_parse(value) if index in times and value else value for index, value in enumerate(row))
 
 
 @contextmanager
@@ -419,17 +380,13 @@ def _open_lock(path: Path) -> int:
         handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     except OSError as exc:
         what = "is a symlink" if exc.errno == errno.ELOOP else f"cannot be opened ({exc.strerror})"
-        raise RegistryError(
-            f"{path}: {what}, not a daemon lock; remove it, then start the daemon again"
-        ) from None
+        raise RegistryError(f"{path}: {what}, not a daemon lock; remove it, then start the daemon again") from None
     facts = os.fstat(handle)
     if not (stat.S_ISREG(facts.st_mode) and facts.st_nlink == 1 and facts.st_size <= 32
             and re.fullmatch(rb"\d*\s*", os.pread(handle, 32, 0))):
         os.close(handle)
-        raise RegistryError(
-            f"{path}: holds something other than a daemon lock; remove it, then start the "
-            "daemon again"
-        )
+        raise RegistryError(f"{path}: holds something other than a daemon lock; remove it, then start the "
+                            "daemon again")
     return handle
 
 
