@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 from ._pg_pool import Connection
 from .migrations import EXPORTED, is_time
+from .postgres import TOUCH_HOST
 from .rows import TableCopy
 
 
@@ -28,8 +29,7 @@ class Merge(NamedTuple):
 
 def merge(con: Connection, tables: dict[str, list[tuple[Any, ...]]], host_id: str) -> list[TableCopy]:
     """Load the file's rows of each table, bring the registry's rows up to date, count."""
-    con.execute("INSERT INTO hosts (host_id, first_seen_at, last_seen_at) VALUES (%s, now(), now()) "
-                "ON CONFLICT (host_id) DO UPDATE SET last_seen_at = now()", (host_id,))
+    con.execute(TOUCH_HOST, (host_id,))
     for table, rows in tables.items():
         names = EXPORTED[table][0].split(", ")
         arrays = ", ".join(f"%s::{_type(name)}[]" for name in names)

@@ -46,8 +46,8 @@ LOCK_UPLOAD = 0x6D72_0002  # one uploader per (content, phone number)
 LOCK_DAEMON = 0x6D72_0003  # one daemon per host
 DEFAULT_POOL_SIZE = 10
 DEFAULT_HOST_RETENTION = timedelta(days=14)
-
-
+TOUCH_HOST = ("INSERT INTO hosts (host_id, first_seen_at, last_seen_at) VALUES (%s, now(), now()) "
+              "ON CONFLICT (host_id) DO UPDATE SET last_seen_at = now()")
 TABLES = ("contents", "media", "hosts", "paths", "leases", "events", "inbound", "url_sources")
 
 
@@ -101,22 +101,20 @@ class PostgresBackend(Backend):
     dialect = DIALECT
     _con: Connection  # the opening connection, while it brings the schema up to date
 
-    def __init__(
-        self, url: str | PostgresURL, *, create: bool = True,
-        busy_timeout: float = 10.0, host_id: str, pool_size: int | None = None,
-        host_retention: timedelta | None = None, setting: str = "MEDIA_REGISTRY_DB",
-    ) -> None:
+    def __init__(self, url: str | PostgresURL, *, create: bool = True, busy_timeout: float = 10.0, host_id: str,
+                 pool_size: int | None = None, host_retention: timedelta | None = None,
+                 setting: str = "MEDIA_REGISTRY_DB") -> None:
         self.url = url if isinstance(url, PostgresURL) else PostgresURL(url)
         self.setting = setting  # where the URL came from, for messages
         self.location = str(self.url)
         self.host_id = host_id
         self.host_retention = host_retention or DEFAULT_HOST_RETENTION
         self.scope = {"host": host_id, "retention": self.host_retention}
-        self.db = Connections(self.url, size=pool_size or DEFAULT_POOL_SIZE, timeout=busy_timeout, setting=setting)
+        size = pool_size or DEFAULT_POOL_SIZE
+        self.db = Connections(self.url, size=size, timeout=busy_timeout, setting=setting)
         # Each upload in flight keeps its claim's session for the upload's whole duration: from
         # a pool of their own, so uploads never starve cache hits of connections.
-        self.claim_sessions = Connections(self.url, size=pool_size or DEFAULT_POOL_SIZE, timeout=busy_timeout,
-                                          setting=setting)
+        self.claim_sessions = Connections(self.url, size=size, timeout=busy_timeout, setting=setting)
         self._claims: dict[str, Connection] = {}  # lease owner -> the session holding its lock
         self._claims_lock = threading.Lock()
         self._daemon_session: Connection | None = None  # holds this host's daemon lock
@@ -127,8 +125,6 @@ class PostgresBackend(Backend):
             self._ensure_schema(con, create)
         if create:  # a read-only open (ls, stats) writes nothing: a read-only role may inspect
             self._touch_host()
-
-    # -- schema (migrations.Target) ----------------------------------------------------------
 
     def _ensure_schema(self, con: Connection, create: bool) -> None:
         try:
@@ -186,13 +182,7 @@ class PostgresBackend(Backend):
 
     def _touch_host(self) -> None:
         """Record that this host is alive (at open, at each purge, with each new path)."""
-        self.db.run(lambda con: con.execute(
-            "INSERT INTO hosts (host_id, first_seen_at, last_seen_at) VALUES (%s, now(), now()) "
-            "ON CONFLICT (host_id) DO UPDATE SET last_seen_at = now()",
-            (self.host_id,),
-        ))
-
-    # -- the port ---------------------------------------------------------------------------
+        self.db.run(lambda con: con.execute(TOUCH_HOST, (self.host_id,)))
 
     def read(self, sql: str, params: Params) -> list[Any]:
         return self.db.run(lambda con: con.execute(_pg(sql), params).fetchall(), transaction=False)
@@ -312,8 +302,6 @@ class PostgresBackend(Backend):
         self._touch_host()
         self.db.run(lambda con: con.execute("DELETE FROM hosts WHERE last_seen_at < now() - %s",
                                             (self.host_retention,)))
-
-    # -- daemon -------------------------------------------------------------------------------
 
     @contextmanager
     def daemon_lock(self) -> Iterator[None]:

@@ -194,18 +194,28 @@ class StoreConformance:
         assert store.url_hit(URL, PHONE, NOW + DAY, NOW - timedelta(minutes=5)) == "111"
         assert store.url_hit(URL, PHONE, NOW + DAY, NOW + timedelta(minutes=7)) is None  # checked too long ago
         assert store.url_hit(URL, PHONE, NOW + 31 * DAY, NOW) is None
+        assert store.url_hit(URL, "999", NOW, NOW - timedelta(minutes=5)) is None  # another number
         store.forget_url(URL, NOW, "the URL answered 404/410")
         store.forget_url(URL, NOW, "again")  # already gone: nothing to do
         assert store.url_source(URL) is None and store.current_media_id(SHA, PHONE, NOW) == "111"
         assert [(e.path, e.detail) for e in store.events(SHA) if e.action == "forget url"] == [
             (URL, "the URL answered 404/410")]
+        store.remember_url(mapping())
+        store.mark_deleted(SHA, NOW, "delete")  # a deleted content loses its URL mappings
+        assert store.url_source(URL) is None and store.url_sources(SHA) == []
+        store.remember_content(SHA, "image/png", 10, NOW)  # sent again: the deletion mark is cleared
+        assert store.take_lease(SHA, PHONE, "me2", NOW, NOW + DAY, LEASE).status is LeaseStatus.ACQUIRED
 
     def test_an_invalidated_id_is_never_served_and_an_owed_delete_stays_owed(self, store: Store) -> None:
         store.remember_content(SHA, "image/png", 10, NOW)
         upload(store, "111")
+        store.remember_url(mapping())
         assert store.invalidate_media("111", NOW, "Meta refused it at send time")
         assert not store.invalidate_media("404", NOW, "unknown")
         assert store.current_media_id(SHA, PHONE, NOW) is None
+        assert store.url_hit(URL, PHONE, NOW, NOW - timedelta(minutes=1)) is None
+        assert [(e.action, e.media_id, e.detail) for e in store.events(SHA) if e.action == "invalidate"] == [
+            ("invalidate", "111", "Meta refused it at send time")]
         assert store.take_lease(SHA, PHONE, "you", NOW, NOW, LEASE).status is LeaseStatus.ACQUIRED
         assert [row.state for row in store.expired_media(NOW + 31 * DAY)] == ["invalidated"]
         store.mark_deleted(SHA, NOW, "delete")
