@@ -60,7 +60,7 @@ class Store:
         inode, device = fp.inode, fp.device
         row = self._read_one(self._lookup, (
             phone_number_id, self._when(valid_until), fp.path, fp.size, fp.mtime_ns, fp.ctime_ns,
-            inode if inode < SIGNED else int64(inode), device if device < SIGNED else int64(device), *self._here))
+            inode if inode < SIGNED else int64(inode), device if device < SIGNED else int64(device)) + self._here)
         return None if row is None else PathHit(row[0], row[1], self._time(row[2]))
 
     def remember_path(self, fp: Fingerprint, sha256: str, mime_type: str, recorded_at: datetime) -> None:
@@ -78,11 +78,10 @@ class Store:
 
     def take_lease(self, sha256: str, phone_number_id: str, owner: str, now: datetime, valid_until: datetime,
                    lease_for: timedelta) -> LeaseOutcome:
-        """Atomically: SERVE a current ID valid past ``valid_until`` if there is one; else
-        DELETED if the content is deleted or unknown; else take the lease (ACQUIRED) if it is
-        free (absent, expired, or its holder died); else WAIT. At most one owner holds a lease
-        at a time across every process (and host) sharing the database. Served without the
-        mutex when possible: a refresh holding it must not make a sender wait."""
+        """Atomically: SERVE a current ID valid past ``valid_until`` if there is one (without the
+        mutex: a refresh holding it must not make a sender wait); else DELETED if the content is
+        deleted or unknown; else take the lease (ACQUIRED) if it is free (absent, expired, or its
+        holder died); else WAIT. At most one owner holds a lease at a time, fleet-wide."""
         params = {**self.backend.scope, "sha256": sha256, "phone": phone_number_id, "owner": owner,
                   "until": self._when(valid_until), "expires": self._when(now + lease_for)}
         outcome = _serve_or_deleted(self._read_one(q.SERVE, params))
