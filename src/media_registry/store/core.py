@@ -43,8 +43,7 @@ class Store:
     """The registry's database: the rules of the contract over ``backend``'s primitives."""
 
     def __init__(self, backend: Backend) -> None:
-        self.backend = backend
-        self.location = backend.location
+        self.backend, self.location = backend, backend.location
         # Bound once: the cache hits take no attribute hop through the backend.
         self._read_one, self._read, self._write = backend.read_one, backend.read, backend.write
         self._when, self._time = backend.when, backend.time
@@ -57,11 +56,12 @@ class Store:
         """The content recorded at a path whose fingerprint matches ``fp`` in every field,
         with its current media ID if that expires after ``valid_until``. One indexed read:
         this is every cache hit."""
-        inode, device = fp.inode, fp.device
-        row = self._read_one(self._lookup, (
-            phone_number_id, self._when(valid_until), fp.path, fp.size, fp.mtime_ns, fp.ctime_ns,
+        # Callables bound to locals first: called as attributes, they would cost a type lookup each.
+        read_one, when, parse, inode, device = self._read_one, self._when, self._time, fp.inode, fp.device
+        row = read_one(self._lookup, (
+            phone_number_id, when(valid_until), fp.path, fp.size, fp.mtime_ns, fp.ctime_ns,
             inode if inode < SIGNED else int64(inode), device if device < SIGNED else int64(device)) + self._here)
-        return None if row is None else PathHit(row[0], row[1], self._time(row[2]))
+        return None if row is None else PathHit(row[0], row[1], parse(row[2]))
 
     def remember_path(self, fp: Fingerprint, sha256: str, mime_type: str, recorded_at: datetime) -> None:
         """An explicit send: ``fp.path`` holds ``sha256`` (the content row is created if new,
