@@ -1,15 +1,10 @@
-"""The registry's database: one :class:`Store` holding every rule of the contract, over a
-backend (:class:`~media_registry.store.backend.Backend`) that knows one database:
-
-- SQLite (:mod:`media_registry.store.sqlite`), the embedded default, a file path;
-- PostgreSQL (:mod:`media_registry.store.postgres`, the ``postgres`` extra), a ``postgresql://`` URL.
-
-The registry only ever holds a Store; it never sees SQL, a driver's objects or a dialect's
-time format. Times go in and out as timezone-aware UTC datetimes, rows as the NamedTuples of
-:mod:`media_registry.store.rows`, paths as tuples. The rules the registry relies on are
-enforced by each backend's schema as well (at most one current ID per content and phone
-number, states from a fixed set, foreign keys), so correctness never depends on how a backend
-serializes writers. :mod:`media_registry.testing.store` holds the conformance suite.
+"""The registry's database: one :class:`Store` holding every rule of the contract over a
+backend (:class:`~media_registry.store.backend.Backend`): SQLite (:mod:`.sqlite`), the
+embedded default, for a file path; PostgreSQL (:mod:`.postgres`, the ``postgres`` extra) for
+a ``postgresql://`` URL. Callers never see SQL, a driver's objects or a dialect's time format:
+times are aware UTC datetimes, rows the NamedTuples of :mod:`.rows`. Each backend's schema
+enforces the rules too (one current ID per content and number, fixed states, foreign keys).
+:mod:`media_registry.testing.store` holds the conformance suite.
 """
 
 from __future__ import annotations
