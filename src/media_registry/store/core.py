@@ -56,11 +56,13 @@ class Store:
         """The content recorded at a path whose fingerprint matches ``fp`` in every field,
         with its current media ID if that expires after ``valid_until``. One indexed read:
         this is every cache hit."""
-        # Callables bound to locals first: called as attributes, they would cost a type lookup each.
-        read_one, when, parse, inode, device = self._read_one, self._when, self._time, fp.inode, fp.device
-        row = read_one(self._lookup, (
-            phone_number_id, when(valid_until), fp.path, fp.size, fp.mtime_ns, fp.ctime_ns,
-            inode if inode < SIGNED else int64(inode), device if device < SIGNED else int64(device)) + self._here)
+        # fp's fields are the statement's last parameters (inode and device stored signed), and
+        # the callables bound in __init__ are called from locals: an attribute call costs a type
+        # lookup, a field read a descriptor call.
+        if fp[4] | fp[5] >= SIGNED:
+            fp = fp._replace(inode=int64(fp.inode), device=int64(fp.device))
+        read_one, when, parse = self._read_one, self._when, self._time
+        row = read_one(self._lookup, (phone_number_id, when(valid_until)) + fp + self._here)
         return None if row is None else PathHit(row[0], row[1], parse(row[2]))
 
     def remember_path(self, fp: Fingerprint, sha256: str, mime_type: str, recorded_at: datetime) -> None:
