@@ -53,12 +53,10 @@ class Store:
         self._here = (backend.host_id,) if backend.dialect["and_p_here"] else ()
 
     def lookup_path(self, fp: Fingerprint, phone_number_id: str, valid_until: datetime) -> PathHit | None:
-        """The content recorded at a path whose fingerprint matches ``fp`` in every field,
-        with its current media ID if that expires after ``valid_until``. One indexed read:
-        this is every cache hit."""
-        # fp's fields are the statement's last parameters (inode and device stored signed), and
-        # the callables bound in __init__ are called from locals: an attribute call costs a type
-        # lookup, a field read a descriptor call.
+        """The content recorded at a path whose fingerprint matches ``fp`` in every field, with its
+        current media ID if that expires after ``valid_until``. One indexed read: every cache hit."""
+        # fp is the statement's last parameters (inode, device stored signed); bound callables are
+        # called from locals: an attribute call costs a type lookup, a field read a descriptor call.
         if fp[4] | fp[5] >= SIGNED:
             fp = fp._replace(inode=int64(fp.inode), device=int64(fp.device))
         read_one, when, parse = self._read_one, self._when, self._time
