@@ -14,32 +14,12 @@ from datetime import timedelta
 
 from ..dburl import PostgresURL, is_postgres_url
 from ..errors import ConfigError
+from . import rows
 from .core import Store
 from .owners import HOST, new_owner, owner_alive
-from .rows import (
-    ContentRef,
-    ContentRow,
-    Cutoffs,
-    EventRow,
-    InboundRow,
-    LeaseOutcome,
-    LeaseStatus,
-    MediaRow,
-    NewMedia,
-    PathHit,
-    PhoneStats,
-    Recorded,
-    SourcePath,
-    StoreStats,
-    TableCopy,
-    UrlSource,
-)
+from .rows import *  # noqa: F403  (the contract's row types: rows.__all__)
 
-__all__ = [
-    "BUSY_TIMEOUT_SECONDS", "HOST", "ContentRef", "ContentRow", "Cutoffs", "EventRow", "InboundRow", "LeaseOutcome",
-    "LeaseStatus", "MediaRow", "NewMedia", "PathHit", "PhoneStats", "Recorded", "SourcePath", "Store", "StoreStats",
-    "TableCopy", "UrlSource", "new_owner", "open_store", "owner_alive",
-]
+__all__ = ["BUSY_TIMEOUT_SECONDS", "HOST", "Store", "new_owner", "open_store", "owner_alive", *rows.__all__]
 
 BUSY_TIMEOUT_SECONDS = 10.0
 

@@ -8,6 +8,11 @@ from typing import NamedTuple
 
 from ..hashing import Fingerprint
 
+__all__ = [
+    "ContentRef", "ContentRow", "Cutoffs", "EventRow", "InboundRow", "LeaseOutcome", "LeaseStatus", "MediaRow",
+    "NewMedia", "PathHit", "PhoneStats", "Recorded", "SourcePath", "StoreStats", "TableCopy", "UrlSource",
+]
+
 
 class PathHit(NamedTuple):
     """An unchanged path's content, its current media ID (if valid long enough), and when
