@@ -22,6 +22,7 @@ from . import defaults, hashing
 from .dburl import is_postgres_url, refuse_other_url
 from .errors import ConfigError, MediaRegistryError
 from .setting_checks import (
+    DAEMON_PASSES,
     DURATION_CHECKS,
     PHONE_NUMBER_ID,
     RANGES,
@@ -73,36 +74,34 @@ def hit_settings(environ: Mapping[str, str], db: str | None, phone_number_id: st
     phone = phone_number_id or given.get("WHATSAPP_PHONE_NUMBER_ID") or ""
     if values is None or not PHONE_NUMBER_ID.fullmatch(phone):
         return None
-    min_validity = values.get("min_validity", defaults.MIN_VALIDITY)
     busy_timeout = values.get("busy_timeout", defaults.BUSY_TIMEOUT)
-    assert isinstance(min_validity, timedelta) and isinstance(busy_timeout, int | float)
-    return HitSettings(Path(given.get("MEDIA_REGISTRY_DB", defaults.DB)), phone, min_validity, float(busy_timeout))
+    assert isinstance(busy_timeout, float)
+    return HitSettings(Path(given.get("MEDIA_REGISTRY_DB", defaults.DB)), phone,
+                       _duration(values, "min_validity"), busy_timeout)
 
 
 def read_settings(given: Mapping[str, str]) -> dict[str, object] | None:
     """The settings given, by field name, checked as the full settings check them; None if
     one is a variable this module cannot read; ConfigError for the first they refuse."""
-    by_variable = {variable(field): field for field in FIELDS}
-    if any(name not in by_variable for name in given):
+    if not given.keys() <= {variable(field) for field in FIELDS}:
         return None
     values: dict[str, object] = {}
-    refused: list[str] = []
+    refused: dict[str, str] = {}
     for field in FIELDS:
         text = given.get(variable(field))
         if text is None:
             continue
         try:
             value = _READERS[field](text)
-            if field == "host_retention" and isinstance(value, timedelta):
-                value = check_retention(value, _passes(values, given))
         except ValueError as exc:
-            refused.append(refusal(variable(field), str(exc)))
+            refused[field] = refusal(variable(field), str(exc))
             continue
         if value is None:
             return None  # a form only the full settings read, which may refuse it first
         values[field] = value
+    _check_retention(values, refused)
     if refused:
-        raise ConfigError(refused[0])
+        raise ConfigError(next(iter(refused.values())))
     try:
         check_windows(_duration(values, "ttl"), _duration(values, "min_validity"),
                       _duration(values, "refresh_before"))
@@ -111,17 +110,24 @@ def read_settings(given: Mapping[str, str]) -> dict[str, object] | None:
     return values
 
 
+def _check_retention(values: Mapping[str, object], refused: dict[str, str]) -> None:
+    """Refuse a host retention, given or default, that a valid daemon pass outlasts (the
+    full settings check their defaults too)."""
+    if "host_retention" in refused:
+        return
+    passes = [_duration(values, field) for field in DAEMON_PASSES
+              if field not in refused]
+    try:
+        check_retention(_duration(values, "host_retention"), passes)
+    except ValueError as exc:
+        refused["host_retention"] = refusal(variable("host_retention"), str(exc))
+
+
 def _duration(values: Mapping[str, object], field: str) -> timedelta:
     """A duration's value: as given, else its default."""
     value = values.get(field, getattr(defaults, field.upper()))
     assert isinstance(value, timedelta)
     return value
-
-
-def _passes(values: Mapping[str, object], given: Mapping[str, str]) -> list[timedelta]:
-    """The daemon's passes a host's retention must outlast: those not refused."""
-    return [_duration(values, field) for field in ("refresh_interval", "purge_interval")
-            if field in values or variable(field) not in given]
 
 
 def _plain_api_base(text: str) -> str | None:

@@ -17,6 +17,7 @@ from .dburl import PostgresURL, is_postgres_url, refuse_other_url
 from .errors import ConfigError, register_secret
 from .graph import check_api_base, check_media_hosts
 from .setting_checks import (
+    DAEMON_PASSES,
     DURATION_CHECKS,
     ENV_NAMES,
     RANGES,
@@ -39,8 +40,6 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "download_user_agent": check_download_user_agent, "host_id": check_host_id,
     "ttl_by_phone_number": check_upload_ttls,
 }
-# The daemon's passes, which a host's retention must outlast.
-_PASSES = ("refresh_interval", "purge_interval")
 
 
 def _env(name: str, default: Any = None) -> Any:
@@ -164,7 +163,7 @@ class Settings(BaseSettings):
     def _check_duration(cls, value: timedelta, info: ValidationInfo) -> timedelta:
         value = DURATION_CHECKS[str(info.field_name)](value)
         if info.field_name == "host_retention":  # after the passes, which come first
-            return check_retention(value, [info.data[name] for name in _PASSES if name in info.data])
+            return check_retention(value, [info.data[name] for name in DAEMON_PASSES if name in info.data])
         return value
 
     def windows(self, phone_number_id: str) -> Windows:

@@ -21,7 +21,7 @@ MAX_DURATION = timedelta(days=36500)
 PHONE_NUMBER_ID = re.compile(r"[0-9]{1,32}")
 # A number as plain text (no exponent, sign or separator): read alike by float() and pydantic.
 PLAIN_NUMBER = re.compile(r"-?([0-9]+\.?[0-9]*|\.[0-9]+)")
-_PLAIN_WHOLE = re.compile(r"[0-9]+")
+_PLAIN_WHOLE = re.compile(r"-?[0-9]+")
 _PLAIN_LENGTH = 20  # a longer number is a mistake, read by the full settings
 # Meta's OpenAPI spec constrains the User-Agent of Graph API requests to this pattern.
 USER_AGENT_PATTERN = re.compile(
@@ -114,6 +114,10 @@ def check_revalidate(value: timedelta) -> timedelta:
 DURATION_CHECKS = {name: check_positive_duration for name in (
     "ttl", "min_validity", "refresh_before", "refresh_interval", "purge_interval",
     "repair_window", "host_retention")} | {"url_revalidate": check_revalidate}
+
+
+# The daemon's passes, which a host's retention must outlast.
+DAEMON_PASSES = ("refresh_interval", "purge_interval")
 
 
 def check_retention(value: timedelta, passes: list[timedelta]) -> timedelta:
