@@ -2,12 +2,12 @@
 
 A shell script, cron job or PHP/Node app that runs ``media-registry upload FILE`` pays the
 process's start-up on every call. A cache hit needs only the registry file, the phone number
-ID and ``min_validity``: those are read here from the environment with the standard library,
-and the hit is answered by the same store query the registry uses (one ``stat``, one indexed
-query). Anything unusual (a setting this module does not parse, a per-number TTL, a missing
-registry, a miss, a value the full settings might refuse) returns None, and the caller takes
-the full path, which validates every setting with pydantic-settings and reports errors the
-usual way: the hit is never served under settings every other command refuses.
+ID and ``min_validity``: the settings are read here from the environment with the standard
+library and the checks the full settings call (setting_checks), and the hit is answered by
+the same store query the registry uses (one ``stat``, one indexed query). A value they refuse
+is refused here in their words; anything unusual (a form only pydantic-settings reads, such
+as ISO 8601 or JSON, a missing registry, a miss) returns None, and the caller takes the full
+path: the hit is never served under settings every other command refuses.
 """
 
 from __future__ import annotations
@@ -26,12 +26,10 @@ from .setting_checks import (
     DURATION_CHECKS,
     PHONE_NUMBER_ID,
     RANGES,
-    check_download_user_agent,
-    check_host_id,
+    TEXT_CHECKS,
     check_phone_number_id,
     check_retention,
     check_token,
-    check_user_agent,
     check_windows,
     plain_seconds,
     refusal,
@@ -167,10 +165,9 @@ def _reader(field: str) -> Callable[[str], object]:
 
 
 _TEXT_READERS: dict[str, Callable[[str], object]] = {
-    "token": check_token, "phone_number_id": check_phone_number_id, "api_base": _plain_api_base,
-    "db": _file_db, "blob_dir": _text, "user_agent": check_user_agent,
-    "download_user_agent": check_download_user_agent, "service_token": _text,
-    "url_ignore_query": _text, "host_id": check_host_id,
+    **TEXT_CHECKS, "token": check_token, "phone_number_id": check_phone_number_id,
+    "api_base": _plain_api_base, "db": _file_db, "blob_dir": _text, "service_token": _text,
+    "url_ignore_query": _text,
 }
 # Every setting, in the order of the full settings' fields: their first refusal is the one told.
 FIELDS = (

@@ -21,13 +21,11 @@ from .setting_checks import (
     DURATION_CHECKS,
     ENV_NAMES,
     RANGES,
-    check_download_user_agent,
-    check_host_id,
+    TEXT_CHECKS,
     check_phone_number_id,
     check_retention,
     check_token,
     check_upload_ttls,
-    check_user_agent,
     check_windows,
     refusal,
     seconds_as_number,
@@ -36,8 +34,7 @@ from .setting_checks import (
 
 # The checks of the other settings given as text or lists, by field name.
 _CHECKS: dict[str, Callable[[Any], Any]] = {
-    "api_base": check_api_base, "media_hosts": check_media_hosts, "user_agent": check_user_agent,
-    "download_user_agent": check_download_user_agent, "host_id": check_host_id,
+    **TEXT_CHECKS, "api_base": check_api_base, "media_hosts": check_media_hosts,
     "ttl_by_phone_number": check_upload_ttls,
 }
 

@@ -42,6 +42,10 @@ LEASE_SECONDS = 60.0
 UPLOADS_PER_SECOND = 20.0
 PG_POOL_SIZE = 10
 
+# The HTTP service's limits (`serve` options), in seconds.
+BODY_TIMEOUT = 60
+GRACEFUL_TIMEOUT = 30
+
 # Durations.
 TTL = timedelta(days=30)
 MIN_VALIDITY = timedelta(days=1)

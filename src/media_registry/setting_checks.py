@@ -197,6 +197,11 @@ def check_host_id(value: str) -> str:
     return value
 
 
+# The checks of settings given as plain text that take it whole, by field name.
+TEXT_CHECKS = {"user_agent": check_user_agent, "download_user_agent": check_download_user_agent,
+               "host_id": check_host_id}
+
+
 def seconds_as_number(value: object) -> object:
     """A duration given as plain-number text, as a float of seconds; any other value as is.
 
