@@ -25,8 +25,9 @@ import httpx
 import tenacity
 
 from ._async_io import Batches, FileBody, changed_while_uploaded
-from ._version import __version__
 from .blobs import VerifiedFile
+from .defaults import DOWNLOAD_DEADLINE, DOWNLOAD_USER_AGENT, MAX_RETRIES, RETRY_BACKOFF, TIMEOUT, USER_AGENT
+from .defaults import MEDIA_HOSTS as MEDIA_HOST_SUFFIXES
 from .errors import (
     APIUnreachable,
     AuthError,
@@ -43,22 +44,11 @@ from .errors import (
 from .media_types import MAX_BYTES
 from .models import MediaMetadata, graph_id
 from .models import phone_number_id as phone_number_id_checked
-from .setting_checks import check_token
+from .setting_checks import check_token, check_user_agent
 
-MEDIA_HOST_SUFFIXES = (".fbsbx.com", ".whatsapp.net", ".facebook.com", ".fbcdn.net")
 MAX_REDIRECTS = 5
 # The largest media WhatsApp takes (documents): nothing larger is ever downloaded.
 MAX_MEDIA_BYTES = max(MAX_BYTES.values())
-DOWNLOAD_DEADLINE = 300.0
-# Meta's OpenAPI spec constrains the User-Agent of Graph API requests to this pattern.
-USER_AGENT_PATTERN = re.compile(
-    r"^[a-zA-Z0-9\-_]+\/[0-9]+\.[0-9]+\.[0-9]+(;[a-zA-Z0-9\-=\.]+)?(\s+[a-zA-Z0-9\-_]+\/[0-9\-\.]+)?$"
-)
-USER_AGENT = f"media-registry/{__version__}"
-# Some clients report Meta's media hosts refusing requests without a browser-like User-Agent.
-DOWNLOAD_USER_AGENT = (
-    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"
-)
 _HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 
@@ -90,13 +80,6 @@ def check_media_hosts(suffixes: Iterable[str]) -> tuple[str, ...]:
             )
         checked.append(suffix.lower())
     return tuple(checked)
-
-
-def check_user_agent(user_agent: str) -> str:
-    """``user_agent`` if it matches the pattern of Meta's OpenAPI spec, else ValueError."""
-    if not USER_AGENT_PATTERN.match(user_agent):
-        raise ValueError(f"must look like {USER_AGENT!r} (name/X.Y.Z, Meta's spec)")
-    return user_agent
 
 
 def is_loopback(host: str) -> bool:
@@ -174,10 +157,10 @@ class _GraphBase:
         api_base: str,
         user_agent: str = USER_AGENT,
         download_user_agent: str = DOWNLOAD_USER_AGENT,
-        timeout: float = 60.0,
+        timeout: float = TIMEOUT,
         download_deadline: float = DOWNLOAD_DEADLINE,
-        max_retries: int = 4,
-        backoff: float = 0.5,
+        max_retries: int = MAX_RETRIES,
+        backoff: float = RETRY_BACKOFF,
         max_wait: float = 30.0,
         media_host_suffixes: Iterable[str] = MEDIA_HOST_SUFFIXES,
     ) -> None:

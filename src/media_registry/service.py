@@ -40,6 +40,7 @@ from starlette.requests import ClientDisconnect
 from . import __version__, _connections, media_types
 from ._async_io import Batches
 from .confined import open_under
+from .defaults import BODY_TIMEOUT, GRACEFUL_TIMEOUT
 from .errors import (
     AccessDenied,
     APIUnreachable,
@@ -194,8 +195,8 @@ class Options:
     allow_roots: tuple[Path, ...] = ()
     allow_private_urls: bool = False
     max_body: int = MAX_BODY
-    body_timeout: int = 60
-    graceful_timeout: int = 30
+    body_timeout: int = BODY_TIMEOUT
+    graceful_timeout: int = GRACEFUL_TIMEOUT
     limit_concurrency: int | None = None
 
 

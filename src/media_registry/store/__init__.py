@@ -13,6 +13,7 @@ import os
 from datetime import timedelta
 
 from ..dburl import PostgresURL, is_postgres_url
+from ..defaults import BUSY_TIMEOUT as BUSY_TIMEOUT_SECONDS
 from ..errors import ConfigError
 from . import rows
 from .core import Store
@@ -20,9 +21,6 @@ from .owners import HOST, new_owner, owner_alive
 from .rows import *  # noqa: F403  (the contract's row types: rows.__all__)
 
 __all__ = ["BUSY_TIMEOUT_SECONDS", "HOST", "Store", "new_owner", "open_store", "owner_alive", *rows.__all__]
-
-BUSY_TIMEOUT_SECONDS = 10.0
-
 
 def open_store(
     db: str | os.PathLike[str] | PostgresURL, *, create: bool = True,

@@ -6,8 +6,9 @@ import os
 import threading
 
 from .._processes import alive
+from ..defaults import HOST_ID
 
-HOST = os.uname().nodename  # socket.gethostname() without loading socket on a cache hit
+HOST = HOST_ID  # this machine, in the lease owners it names
 
 
 def new_owner() -> str:

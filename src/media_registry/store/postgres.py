@@ -32,6 +32,7 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from ..dburl import PostgresURL
+from ..defaults import BUSY_TIMEOUT, HOST_RETENTION, PG_POOL_SIZE
 from ..errors import RegistryCorrupt, RegistryError, RegistryLocked
 from . import migrations
 from ._pg_pool import Connection, Connections, connection_lost
@@ -44,8 +45,6 @@ T = TypeVar("T")
 LOCK_SCHEMA = 0x6D72_0001  # migrations, one opener at a time
 LOCK_UPLOAD = 0x6D72_0002  # one uploader per (content, phone number)
 LOCK_DAEMON = 0x6D72_0003  # one daemon per host
-DEFAULT_POOL_SIZE = 10
-DEFAULT_HOST_RETENTION = timedelta(days=14)
 TOUCH_HOST = ("INSERT INTO hosts (host_id, first_seen_at, last_seen_at) VALUES (%s, now(), now()) "
               "ON CONFLICT (host_id) DO UPDATE SET last_seen_at = now()")
 TABLES = ("contents", "media", "hosts", "paths", "leases", "events", "inbound", "url_sources")
@@ -101,16 +100,16 @@ class PostgresBackend(Backend):
     dialect = DIALECT
     _con: Connection  # the opening connection, while it brings the schema up to date
 
-    def __init__(self, url: str | PostgresURL, *, create: bool = True, busy_timeout: float = 10.0, host_id: str,
+    def __init__(self, url: str | PostgresURL, *, create: bool = True, busy_timeout: float = BUSY_TIMEOUT, host_id: str,
                  pool_size: int | None = None, host_retention: timedelta | None = None,
                  setting: str = "MEDIA_REGISTRY_DB") -> None:
         self.url = url if isinstance(url, PostgresURL) else PostgresURL(url)
         self.setting = setting  # where the URL came from, for messages
         self.location = str(self.url)
         self.host_id = host_id
-        self.host_retention = host_retention or DEFAULT_HOST_RETENTION
+        self.host_retention = host_retention or HOST_RETENTION
         self.scope = {"host": host_id, "retention": self.host_retention}
-        size = pool_size or DEFAULT_POOL_SIZE
+        size = pool_size or PG_POOL_SIZE
         self.db = Connections(self.url, size=size, timeout=busy_timeout, setting=setting)
         # Each upload in flight keeps its claim's session for the upload's whole duration: from
         # a pool of their own, so uploads never starve cache hits of connections.

@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..defaults import BUSY_TIMEOUT
 from ..errors import RegistryCorrupt, RegistryError, RegistryLocked, SchemaTooNew
 from . import migrations
 from .backend import Backend, Params, Tx, utc_text
@@ -55,7 +56,7 @@ class SQLiteBackend(Backend):
     """
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True,
-                 busy_timeout: float = 10.0) -> None:
+                 busy_timeout: float = BUSY_TIMEOUT) -> None:
         self.path = Path(path)
         self.location = str(self.path)
         self.host_id = HOST
