@@ -117,13 +117,22 @@ def _url_sources_and_invalidated(con: Any) -> None:
     views = con.execute("SELECT name, sql FROM sqlite_master WHERE type = 'view'").fetchall()
     indexes = con.execute("SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'media' "
                           "AND sql IS NOT NULL").fetchall()
-    script = schema("schema.sql")
-    media = script[script.index("CREATE TABLE IF NOT EXISTS media"):script.index("CREATE INDEX IF NOT EXISTS media_")]
-    media = media.replace(",\n    claimed_by      TEXT,\n    claimed_until   TEXT", "")  # a later step's
-    urls = script[script.index("CREATE TABLE IF NOT EXISTS url_sources"):script.index("-- Single flight")]
+    # The tables as this step made them, frozen: a later step's columns come with that step.
+    media = """CREATE TABLE media (
+        media_id        TEXT PRIMARY KEY,
+        sha256          TEXT NOT NULL REFERENCES contents (sha256),
+        phone_number_id TEXT NOT NULL,
+        state           TEXT NOT NULL DEFAULT 'current'
+                        CHECK (state IN ('current', 'superseded', 'deleting', 'invalidated')),
+        uploaded_at     TEXT NOT NULL,
+        expires_at      TEXT NOT NULL)"""
+    urls = """CREATE TABLE IF NOT EXISTS url_sources (url TEXT PRIMARY KEY,
+        sha256 TEXT NOT NULL REFERENCES contents (sha256), etag TEXT, last_modified TEXT,
+        checked_at TEXT NOT NULL, refetchable INTEGER NOT NULL)"""
     for statement in (*(f'DROP VIEW "{name}"' for name, _ in views), "ALTER TABLE media RENAME TO media_v3",
                       media, "INSERT INTO media SELECT * FROM media_v3", "DROP TABLE media_v3",
-                      *(sql for (sql,) in indexes), *(sql for _, sql in views), *_statements(urls)):
+                      *(sql for (sql,) in indexes), *(sql for _, sql in views), urls,
+                      "CREATE INDEX IF NOT EXISTS url_sources_by_content ON url_sources (sha256)"):
         con.execute(statement)
 
 
