@@ -1,4 +1,4 @@
--- media-registry schema, as the named migrations in src/media_registry/sqlite_migrations.py
+-- media-registry schema, as the named migrations in src/media_registry/store/migrations.py
 -- leave it (their names and times are in the `migrations` table; PRAGMA user_version counts
 -- them). A new registry is made from this file; an older one is upgraded step by step.
 -- Times are UTC ISO-8601 text ("2026-11-25T06:18:52Z"), so they sort and compare as text.
@@ -24,6 +24,7 @@ CREATE TABLE IF NOT EXISTS contents (
 --        'superseded' (replaced by a refresh, kept until it expires, never served),
 --        'deleting' (remote DELETE still owed; purge retries it),
 --        'invalidated' (Meta refused it at send time; never served, dropped once expired).
+-- claimed_by/claimed_until: the host sending an owed DELETE now (each is sent once).
 CREATE TABLE IF NOT EXISTS media (
     media_id        TEXT PRIMARY KEY,
     sha256          TEXT NOT NULL REFERENCES contents (sha256),
@@ -31,7 +32,9 @@ CREATE TABLE IF NOT EXISTS media (
     state           TEXT NOT NULL DEFAULT 'current'
                     CHECK (state IN ('current', 'superseded', 'deleting', 'invalidated')),
     uploaded_at     TEXT NOT NULL,
-    expires_at      TEXT NOT NULL
+    expires_at      TEXT NOT NULL,
+    claimed_by      TEXT,
+    claimed_until   TEXT
 );
 CREATE INDEX IF NOT EXISTS media_by_content
     ON media (sha256, phone_number_id, state, expires_at);

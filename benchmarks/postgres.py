@@ -25,9 +25,8 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from media_registry import MediaRegistry
-from media_registry._pg_connection import CONNECTION_KWARGS
-from media_registry.pgstore import PostgresStore
-from media_registry.store import NewMedia
+from media_registry.store import NewMedia, open_store
+from media_registry.store._pg_pool import CONNECTION_KWARGS
 from media_registry.testing import FakeGraphAPI, sample_media
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -120,10 +119,10 @@ def bench_claim(admin_url: str, api: FakeGraphAPI, folder: Path, uploads: int) -
     lock on a pooled session of its own, and the lease row), then recording the new ID under
     it and letting it go; against a whole cold ``get_or_upload`` of a 200 KB file."""
     url = fresh_database(admin_url)
-    store = PostgresStore(url, host_id=HOST)
+    store = open_store(url, host_id=HOST)
     now = datetime.now(timezone.utc)
     shas = [f"{i:064x}" for i in range(4 * uploads)]
-    with store.db.pool.connection() as con:  # contents known, no ID yet: as after hashing
+    with psycopg.connect(url) as con:  # contents known, no ID yet: as after hashing
         con.execute("INSERT INTO contents SELECT unnest(%s::text[]), %s, 1, now(), NULL", (shas, PDF))
     pending = iter(shas)
 

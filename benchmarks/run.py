@@ -59,7 +59,8 @@ def fill(db: Path, contents: int, phone: str) -> None:
             con.executemany("INSERT INTO paths (path, sha256, size_bytes, mtime_ns, inode, seen_at) "
                             "VALUES (?, ?, 1000, 1, ?, ?)",
                             ((f"/srv/media/{i}.pdf", sha, i, stamp) for i, sha in zip(batch, shas)))
-            con.executemany("INSERT INTO media VALUES (?, ?, ?, 'current', ?, ?)",
+            con.executemany("INSERT INTO media (media_id, sha256, phone_number_id, state, uploaded_at, expires_at) "
+                            "VALUES (?, ?, ?, 'current', ?, ?)",
                             ((str(10**15 + i), sha, phone, stamp, expires) for i, sha in zip(batch, shas)))
         con.commit()
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # as a long-lived registry would be

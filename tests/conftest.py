@@ -18,7 +18,8 @@ import psycopg
 import pytest
 
 from file_server import FileServer
-from media_registry import MediaRegistry, pgstore
+from media_registry import MediaRegistry
+from media_registry.store.postgres import TABLES as PG_TABLES
 from media_registry.testing import FakeGraphAPI, sample_media
 
 from pg_server import PostgresServer, create_database, drop_database
@@ -123,7 +124,7 @@ def stored_bytes(backend: str, registry_db_value: str) -> Callable[[], bytes]:
         with psycopg.connect(registry_db_value) as con:
             return "\n".join(
                 str(con.execute(f"SELECT string_agg(t::text, ' ') FROM {table} AS t").fetchone())
-                for table in pgstore.TABLES
+                for table in PG_TABLES
             ).encode()
 
     return read

@@ -194,23 +194,28 @@ def make_foreign_database(db: Db) -> None:
 def upgrade_partly(db: Db, steps: int) -> None:
     """Apply only the first ``steps`` named migrations to a version-1 registry, as an upgrade
     stopped half-way would leave it."""
-    from media_registry import sqlite_migrations as migrations
+    from media_registry.store import migrations
 
     with closing(sqlite3.connect(db, isolation_level=None)) as con:
         con.execute("CREATE TABLE migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
         con.execute("INSERT INTO migrations VALUES (?, '2026-01-01T00:00:00Z')", (migrations.MIGRATIONS[0].name,))
         for version, migration in enumerate(migrations.MIGRATIONS[1:steps], start=2):
-            migration.apply(con)
+            if isinstance(migration.apply, str):
+                con.executescript(migration.apply)
+            else:
+                migration.apply(con)
             con.execute("INSERT INTO migrations VALUES (?, '2026-01-01T00:00:00Z')", (migration.name,))
             con.execute(f"PRAGMA user_version = {version}")
 
 
 def content_rows_plan(db: Db) -> str:
     """SQLite's query plan for the listing (``ls``, ``records()``), one step per line."""
-    from media_registry.sqlitestore import CONTENT_ROWS_SQL
+    from media_registry.store import open_store
 
-    sql = "EXPLAIN QUERY PLAN " + CONTENT_ROWS_SQL.format(join="LEFT JOIN")
-    return "\n".join(row[-1] for row in query(db, sql, None, None, None, None))
+    store = open_store(db)
+    sql = "EXPLAIN QUERY PLAN " + store.listing_sql()
+    store.close()
+    return "\n".join(row[-1] for row in query(db, sql))
 
 
 def schema(db: Db) -> dict[str, Any]:

@@ -22,7 +22,8 @@ import pytest
 
 from media_registry import ConfigError, MediaRegistry, RegistryCorrupt, RegistryUnreachable
 from media_registry.config import load_settings
-from media_registry.pgstore import PostgresStore
+from media_registry.store import Store
+from media_registry.store.postgres import PostgresBackend
 from media_registry.testing import FakeGraphAPI
 
 import registry_db
@@ -92,7 +93,7 @@ def test_repr_of_settings_hides_a_query_password() -> None:
 def test_the_first_call_after_a_long_outage_works_in_a_long_lived_process(
     postgres_server: PostgresServer,
 ) -> None:
-    store = PostgresStore(create_database(postgres_server.url()), host_id="app-1", busy_timeout=1)
+    store = Store(PostgresBackend(create_database(postgres_server.url()), host_id="app-1", busy_timeout=1))
     try:
         assert store.sourced_contents() == []
         postgres_server.stop()
@@ -157,7 +158,7 @@ def test_another_applications_database_is_left_untouched(postgres_url: str, stat
         for statement in statements:
             con.execute(statement)
     with pytest.raises(RegistryCorrupt, match="not a media-registry registry .left untouched.; point"):
-        PostgresStore(postgres_url, host_id="app-1")
+        Store(PostgresBackend(postgres_url, host_id="app-1"))
     assert registry_db.query(postgres_url, "SELECT count(*) FROM information_schema.tables "
                                            "WHERE table_schema = 'public'") == [(1,)]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from media_registry import MediaRegistry
-from media_registry import sqlite_migrations as migrations
+from media_registry.store import migrations
 from media_registry.testing import FakeGraphAPI
 
 import registry_db
@@ -42,7 +42,8 @@ def rows(db: Path) -> dict[str, list[tuple[object, ...]]]:
     """Everything a version-1 registry recorded, table by table."""
     return {
         "contents": registry_db.query(db, "SELECT * FROM contents ORDER BY sha256"),
-        "media": registry_db.query(db, "SELECT * FROM media ORDER BY media_id"),
+        "media": registry_db.query(db, "SELECT media_id, sha256, phone_number_id, state, uploaded_at, expires_at "
+                                       "FROM media ORDER BY media_id"),
         "paths": registry_db.query(db, "SELECT path, sha256, size_bytes, mtime_ns, inode, seen_at FROM paths"),
         "events": registry_db.query(db, "SELECT * FROM events WHERE id <= 10 ORDER BY id"),
         "inbound": registry_db.query(db, "SELECT * FROM inbound"),

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -20,8 +21,8 @@ import pytest
 from media_registry import RegistryCorrupt, RegistryError, RegistryUnreachable, SchemaTooNew
 from media_registry.hashing import Fingerprint
 from media_registry.migrate import migrate_to_postgres
-from media_registry.pgstore import MIGRATIONS, PostgresStore
-from media_registry.store import Cutoffs, LeaseStatus, NewMedia, Recorded, UrlSource
+from media_registry.store import Cutoffs, LeaseStatus, NewMedia, Recorded, Store, UrlSource, migrations
+from media_registry.store.postgres import PostgresBackend
 
 import registry_db
 from pg_server import PostgresServer, create_database, drop_database
@@ -32,13 +33,18 @@ NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 DAY = timedelta(days=1)
 
 
-@pytest.fixture
-def open_store(postgres_url: str) -> Iterator[Callable[..., PostgresStore]]:
-    """Open stores on the test's database, as host ``host_id``; closed after the test."""
-    opened: list[PostgresStore] = []
+def pg_store(url: str, **options: Any) -> Store:
+    """A Store over the PostgreSQL backend, with the backend's own options."""
+    return Store(PostgresBackend(url, **options))
 
-    def open_(host_id: str = "host-a", url: str = postgres_url, **options: object) -> PostgresStore:
-        store = PostgresStore(url, host_id=host_id, busy_timeout=3, **options)  # type: ignore[arg-type]
+
+@pytest.fixture
+def open_store(postgres_url: str) -> Iterator[Callable[..., Store]]:
+    """Open stores on the test's database, as host ``host_id``; closed after the test."""
+    opened: list[Store] = []
+
+    def open_(host_id: str = "host-a", url: str = postgres_url, **options: object) -> Store:
+        store = pg_store(url, host_id=host_id, busy_timeout=3, **options)
         opened.append(store)
         return store
 
@@ -51,7 +57,7 @@ def fingerprint(path: str = "/srv/media/a.png", inode: int = 7) -> Fingerprint:
     return Fingerprint(path, 10, 1_700_000_000_000_000_000, 1_700_000_000_000_000_000, inode, 2049)
 
 
-def lease(store: PostgresStore, owner: str, valid_until: datetime = NOW + DAY) -> LeaseStatus:
+def lease(store: Store, owner: str, valid_until: datetime = NOW + DAY) -> LeaseStatus:
     return store.take_lease(SHA, PHONE, owner, NOW, valid_until, timedelta(hours=1)).status
 
 
@@ -68,11 +74,11 @@ def table(url: str, sql: str) -> list[tuple[object, ...]]:
 
 
 def test_the_schema_is_postgresql_native_with_named_migrations(
-    open_store: Callable[..., PostgresStore], postgres_url: str
+    open_store: Callable[..., Store], postgres_url: str
 ) -> None:
     open_store()
     assert [row[0] for row in table(postgres_url, "SELECT name FROM migrations")] == [
-        name for name, _ in MIGRATIONS
+        name for name, _ in migrations.POSTGRES
     ]
     types = dict(table(postgres_url, "SELECT column_name || '.' || table_name, data_type "
                                      "FROM information_schema.columns WHERE table_schema = 'public'"))
@@ -85,7 +91,7 @@ def test_the_schema_is_postgresql_native_with_named_migrations(
 
 
 def test_one_current_id_per_content_and_number_is_enforced_by_the_schema(
-    open_store: Callable[..., PostgresStore], postgres_url: str
+    open_store: Callable[..., Store], postgres_url: str
 ) -> None:
     store = open_store()
     store.remember_path(fingerprint(), SHA, "image/png", NOW)
@@ -98,22 +104,22 @@ def test_one_current_id_per_content_and_number_is_enforced_by_the_schema(
 
 def test_first_opens_from_many_processes_at_once_apply_each_migration_once(postgres_url: str) -> None:
     script = textwrap.dedent(f"""
-        from media_registry.pgstore import PostgresStore
-        PostgresStore({postgres_url!r}, host_id="h").close()
+        from media_registry.store import open_store
+        open_store({postgres_url!r}, host_id="h").close()
     """)
     processes = [subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
                  for _ in range(6)]
     errors = [process.communicate(timeout=60)[1] for process in processes]
     assert [process.returncode for process in processes] == [0] * 6, errors
-    assert table(postgres_url, "SELECT count(*) FROM migrations") == [(len(MIGRATIONS),)]
+    assert table(postgres_url, "SELECT count(*) FROM migrations") == [(len(migrations.POSTGRES),)]
 
 
 def test_a_registry_of_the_first_schema_gains_url_sources_and_invalidated_ids(
-    open_store: Callable[..., PostgresStore], postgres_url: str
+    open_store: Callable[..., Store], postgres_url: str
 ) -> None:
-    first_name, first_schema = MIGRATIONS[0]
+    first_name = migrations.POSTGRES[0].name
     with psycopg.connect(postgres_url) as con:
-        con.execute(first_schema())
+        con.execute(migrations.schema("store/schema_postgres.sql"))
         con.execute("INSERT INTO migrations (name) VALUES (%s)", (first_name,))
         con.execute("INSERT INTO contents (sha256, mime_type, size_bytes, first_seen_at) "
                     "VALUES (%s, 'image/png', 10, now())", (SHA,))
@@ -121,14 +127,14 @@ def test_a_registry_of_the_first_schema_gains_url_sources_and_invalidated_ids(
                     "VALUES ('900', %s, %s, now(), now() + interval '30 days')", (SHA, PHONE))
     store = open_store()
     assert [row[0] for row in table(postgres_url, "SELECT name FROM migrations ORDER BY applied_at, name")] \
-        == [name for name, _ in MIGRATIONS]
+        == [name for name, _ in migrations.POSTGRES]
     assert store.invalidate_media("900", NOW, "refused at send time")
     assert table(postgres_url, "SELECT media_id, state FROM media") == [("900", "invalidated")]
     store.remember_url(UrlSource("https://cdn.example/a.png", SHA, '"v1"', None, NOW, True))
     assert store.url_sources(SHA)[0].etag == '"v1"'
 
 
-def test_url_mappings_are_shared_by_every_host(open_store: Callable[..., PostgresStore]) -> None:
+def test_url_mappings_are_shared_by_every_host(open_store: Callable[..., Store]) -> None:
     here, there = open_store("host-a"), open_store("host-b")
     here.remember_content(SHA, "image/png", 10, NOW)
     here.remember_url(UrlSource("https://cdn.example/a.png", SHA, None, "Tue, 24 Nov 2026", NOW, True))
@@ -138,7 +144,7 @@ def test_url_mappings_are_shared_by_every_host(open_store: Callable[..., Postgre
 
 
 def test_a_read_only_open_never_creates_a_registry(
-    open_store: Callable[..., PostgresStore], postgres_url: str
+    open_store: Callable[..., Store], postgres_url: str
 ) -> None:
     with pytest.raises(RegistryError, match="no media-registry registry in .*media-registry init"):
         open_store(create=False)
@@ -147,7 +153,7 @@ def test_a_read_only_open_never_creates_a_registry(
 
 
 def test_a_database_of_someone_else_is_left_untouched(
-    open_store: Callable[..., PostgresStore], postgres_url: str
+    open_store: Callable[..., Store], postgres_url: str
 ) -> None:
     with psycopg.connect(postgres_url) as con:
         con.execute("CREATE TABLE media (id int)")
@@ -158,7 +164,7 @@ def test_a_database_of_someone_else_is_left_untouched(
 
 
 def test_a_registry_from_a_newer_version_is_refused(
-    open_store: Callable[..., PostgresStore], postgres_url: str
+    open_store: Callable[..., Store], postgres_url: str
 ) -> None:
     open_store().close()
     with psycopg.connect(postgres_url) as con:
@@ -170,7 +176,7 @@ def test_a_registry_from_a_newer_version_is_refused(
 # -- fleet rules ----------------------------------------------------------------------------
 
 
-def test_paths_belong_to_their_host(open_store: Callable[..., PostgresStore]) -> None:
+def test_paths_belong_to_their_host(open_store: Callable[..., Store]) -> None:
     a, b = open_store("host-a"), open_store("host-b")
     a.remember_path(fingerprint(), SHA, "image/png", NOW)
     assert a.lookup_path(fingerprint(), PHONE, NOW) is not None
@@ -181,7 +187,7 @@ def test_paths_belong_to_their_host(open_store: Callable[..., PostgresStore]) ->
 
 
 def test_a_claim_is_single_flight_across_hosts_and_frees_when_recorded(
-    open_store: Callable[..., PostgresStore],
+    open_store: Callable[..., Store],
 ) -> None:
     a, b = open_store("host-a"), open_store("host-b")
     a.remember_path(fingerprint(), SHA, "image/png", NOW)
@@ -195,14 +201,14 @@ def test_a_claim_is_single_flight_across_hosts_and_frees_when_recorded(
 
 
 def test_a_claim_dies_with_its_session_whatever_the_lease_period(
-    open_store: Callable[..., PostgresStore], postgres_url: str
+    open_store: Callable[..., Store], postgres_url: str
 ) -> None:
     open_store("host-b").remember_path(fingerprint(), SHA, "image/png", NOW)
     script = textwrap.dedent(f"""
         import time
         from datetime import datetime, timedelta, timezone
-        from media_registry.pgstore import PostgresStore
-        store = PostgresStore({postgres_url!r}, host_id="host-a")
+        from media_registry.store import open_store
+        store = open_store({postgres_url!r}, host_id="host-a")
         now = datetime.now(timezone.utc)
         outcome = store.take_lease({SHA!r}, {PHONE!r}, "doomed", now, now, timedelta(days=365))
         print(outcome.status.value, flush=True)
@@ -219,7 +225,7 @@ def test_a_claim_dies_with_its_session_whatever_the_lease_period(
     assert b.record_upload(new_media(), "b-1") is Recorded.CURRENT
 
 
-def test_a_delete_revokes_the_upload_in_flight(open_store: Callable[..., PostgresStore]) -> None:
+def test_a_delete_revokes_the_upload_in_flight(open_store: Callable[..., Store]) -> None:
     a, b = open_store("host-a"), open_store("host-b")
     a.remember_path(fingerprint(), SHA, "image/png", NOW)
     assert lease(a, "a-1") is LeaseStatus.ACQUIRED
@@ -229,7 +235,7 @@ def test_a_delete_revokes_the_upload_in_flight(open_store: Callable[..., Postgre
     assert a.lookup_path(fingerprint(), PHONE, NOW) is None  # every host's paths are gone
 
 
-def test_each_owed_delete_is_claimed_by_one_host(open_store: Callable[..., PostgresStore]) -> None:
+def test_each_owed_delete_is_claimed_by_one_host(open_store: Callable[..., Store]) -> None:
     a, b = open_store("host-a"), open_store("host-b")
     a.remember_path(fingerprint(), SHA, "image/png", NOW)
     for media_id in ("900", "901", "902"):
@@ -243,7 +249,7 @@ def test_each_owed_delete_is_claimed_by_one_host(open_store: Callable[..., Postg
 
 
 def test_a_host_unseen_for_the_retention_period_loses_its_paths(
-    open_store: Callable[..., PostgresStore], postgres_url: str
+    open_store: Callable[..., Store], postgres_url: str
 ) -> None:
     gone = open_store("gone-host")
     gone.remember_path(fingerprint(), SHA, "image/png", NOW)
@@ -261,7 +267,7 @@ def test_a_host_unseen_for_the_retention_period_loses_its_paths(
 def test_a_server_that_is_down(postgres_server: PostgresServer) -> None:
     postgres_server.stop()
     with pytest.raises(RegistryUnreachable) as caught:
-        PostgresStore(postgres_server.url(), host_id="h")
+        pg_store(postgres_server.url(), host_id="h")
     message = str(caught.value)
     assert "127.0.0.1" in message and "Connection refused" in message and "start PostgreSQL" in message
     assert postgres_server.password not in message and "\n" not in message
@@ -270,14 +276,14 @@ def test_a_server_that_is_down(postgres_server: PostgresServer) -> None:
 def test_a_wrong_password(postgres_server: PostgresServer, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     with pytest.raises(RegistryError) as caught:
-        PostgresStore(postgres_server.url(password="not-the-password"), host_id="h")
+        pg_store(postgres_server.url(password="not-the-password"), host_id="h")
     assert "refused the password" in str(caught.value)
     assert "not-the-password" not in str(caught.value) + caplog.text
 
 
 def test_a_missing_database(postgres_server: PostgresServer) -> None:
     with pytest.raises(RegistryError, match='database "nope" does not exist; create it') as caught:
-        PostgresStore(postgres_server.url("nope"), host_id="h")
+        pg_store(postgres_server.url("nope"), host_id="h")
     assert postgres_server.password not in str(caught.value)
 
 
@@ -285,7 +291,7 @@ def test_the_next_call_after_a_restart_works(postgres_server: PostgresServer,
                                              caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     url = create_database(postgres_server.url())
-    store = PostgresStore(url, host_id="h", pool_size=4)
+    store = pg_store(url, host_id="h", pool_size=4)
     try:
         store.remember_path(fingerprint(), SHA, "image/png", NOW)
         postgres_server.stop()
@@ -303,7 +309,7 @@ def test_the_next_call_after_a_restart_works(postgres_server: PostgresServer,
 
 def test_a_restart_during_an_upload_leaves_no_claim_behind(postgres_server: PostgresServer) -> None:
     url = create_database(postgres_server.url())
-    a = PostgresStore(url, host_id="a")
+    a = pg_store(url, host_id="a")
     try:
         a.remember_path(fingerprint(), SHA, "image/png", NOW)
         assert lease(a, "a-1") is LeaseStatus.ACQUIRED
@@ -320,7 +326,7 @@ def test_a_restart_during_an_upload_leaves_no_claim_behind(postgres_server: Post
         drop_database(postgres_server.url(), url)
 
 
-def test_the_password_never_shows_in_stats(open_store: Callable[..., PostgresStore], postgres_url: str) -> None:
+def test_the_password_never_shows_in_stats(open_store: Callable[..., Store], postgres_url: str) -> None:
     password = psycopg.conninfo.conninfo_to_dict(postgres_url)["password"]
     stats = open_store().stats(NOW, Cutoffs(NOW))
     assert str(password) not in repr(stats)

@@ -1,5 +1,6 @@
-"""The Store contract on every backend, and the SQLite file's own promises: named
-migrations from version 1, refusing what is not a registry, linear listings."""
+"""The Store contract's conformance suite on every backend, what only the schema can show, and
+the SQLite file's own promises: named migrations from version 1, refusing what is not a
+registry, linear listings."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from media_registry import ConfigError, RegistryError
-from media_registry import sqlite_migrations as migrations
 from media_registry.errors import RegistryCorrupt
 from media_registry.hashing import Fingerprint
-from media_registry.store import Cutoffs, LeaseStatus, NewMedia, Recorded, Store, open_store
+from media_registry.store import LeaseStatus, NewMedia, Recorded, Store, migrations, open_store
+from media_registry.testing.store import StoreConformance, mapping
 
 import registry_db
 
@@ -51,14 +52,15 @@ def upload(store: Store, media_id: str, sha256: str = SHA) -> Recorded:
 # -- the contract --------------------------------------------------------------------------
 
 
-def test_a_cache_hit_gives_back_datetimes_and_the_current_id(store: Store) -> None:
-    store.remember_path(fp("/srv/a.png"), SHA, "image/png", NOW)
-    assert upload(store, "111") is Recorded.CURRENT
-    hit = store.lookup_path(fp("/srv/a.png"), PHONE, NOW + timedelta(days=1))
-    assert hit is not None and hit.sha256 == SHA and hit.media_id == "111" and hit.recorded_at == NOW
-    assert store.lookup_path(fp("/srv/a.png"), PHONE, NOW + timedelta(days=31)).media_id is None
-    assert store.lookup_path(fp("/srv/a.png")._replace(ctime_ns=9), PHONE, NOW) is None
-    assert store.lookup_path(fp("/srv/a.png")._replace(device=9), PHONE, NOW) is None
+class TestStoreContract(StoreConformance):
+    """The conformance suite, on each backend the tests run on."""
+
+    @pytest.fixture
+    def store(self, registry_db_value: str) -> Iterator[Store]:
+        opened = open_store(registry_db_value)
+        yield opened
+        opened.close()
+
 
 
 def test_one_current_id_per_content_and_number(store: Store, registry_db_value: str) -> None:
@@ -72,21 +74,10 @@ def test_one_current_id_per_content_and_number(store: Store, registry_db_value: 
     with pytest.raises(Exception, match="CHECK|check"):
         registry_db.execute(registry_db_value, "UPDATE media SET state = 'lost' WHERE media_id = '111'")
     with pytest.raises(Exception, match="FOREIGN KEY|foreign key"):
-        registry_db.execute(registry_db_value, "INSERT INTO media VALUES ('9', ?, ?, 'current', ?, ?)",
+        registry_db.execute(registry_db_value, "INSERT INTO media (media_id, sha256, phone_number_id, state, "
+                            "uploaded_at, expires_at) VALUES ('9', ?, ?, 'current', ?, ?)",
                             "b" * 64, PHONE, registry_db.stamp(NOW), registry_db.stamp(NOW))
     assert registry_db.media_states(registry_db_value)[-1] == ("222", "current")
-
-
-def test_deletion_wins_over_an_upload_in_flight(store: Store, registry_db_value: str) -> None:
-    store.remember_path(fp("/srv/a.png"), SHA, "image/png", NOW)
-    assert store.take_lease(SHA, PHONE, "me", NOW, NOW, timedelta(minutes=5)).status is LeaseStatus.ACQUIRED
-    store.mark_deleted(SHA, NOW, "delete")  # while the upload is in flight
-    assert registry_db.count(registry_db_value, "leases") == 0  # the delete revoked the lease
-    assert store.record_upload(new_media("333"), "me") is Recorded.CONTENT_DELETED
-    assert [row.media_id for row in store.pending_deletes(SHA)] == ["333"]
-    assert store.lookup_path(fp("/srv/a.png"), PHONE, NOW) is None
-    # A refresh (or a sender) that asks for the lease now is told the content is deleted.
-    assert store.take_lease(SHA, PHONE, "you", NOW, NOW, timedelta(minutes=5)).status is LeaseStatus.DELETED
 
 
 def test_deletion_wins_even_when_the_content_is_already_gone(store: Store, registry_db_value: str) -> None:
@@ -101,40 +92,10 @@ def test_deletion_wins_even_when_the_content_is_already_gone(store: Store, regis
     registry_db.check_consistent(registry_db_value)
 
 
-def test_sending_again_after_a_delete_revives_the_content(store: Store) -> None:
-    store.remember_path(fp("/srv/a.png"), SHA, "image/png", NOW)
-    upload(store, "111")
-    store.mark_deleted(SHA, NOW, "delete")
-    store.refresh_fingerprint(fp("/srv/a.png"), SHA, NOW)  # a refresh never revives
-    assert store.take_lease(SHA, PHONE, "me", NOW, NOW, timedelta(minutes=5)).status is LeaseStatus.DELETED
-    store.remember_path(fp("/srv/a.png"), SHA, "image/png", NOW)  # an explicit send does
-    assert upload(store, "222") is Recorded.CURRENT
-
-
-def test_rows_come_back_typed(store: Store) -> None:
-    odd = "/srv/a\nnew line.png"
-    store.remember_path(fp(odd), SHA, "image/png", NOW)
-    store.remember_path(fp("/srv/b.png"), SHA, "image/png", NOW + timedelta(seconds=1))
-    upload(store, "111")
-    [row] = store.content_rows()
-    assert sorted(row.paths) == ["/srv/a\nnew line.png", "/srv/b.png"]
-    assert (row.media_id, row.uploaded_at, row.expires_at, row.deleted_at) == ("111", NOW, NOW + timedelta(days=30),
-                                                                               None)
-    assert [r.media_id for r in store.content_rows(expiring_before=NOW + timedelta(days=31))] == ["111"]
-    assert list(store.content_rows(expiring_before=NOW + timedelta(days=29))) == []
-    assert [m.media_id for m in store.expiring_media(Cutoffs(NOW + timedelta(days=31)))] == ["111"]
-    assert [(s.fingerprint.path, s.recorded_at) for s in store.source_paths(SHA)][0] == ("/srv/b.png",
-                                                                                          NOW + timedelta(seconds=1))
-    assert [e.action for e in store.events(SHA)] == ["upload"] and store.events(SHA)[0].at == NOW
-    stats = store.stats(NOW, Cutoffs(NOW + timedelta(days=3)))
-    assert (stats.contents, stats.paths, stats.live_ids, stats.by_phone_number[PHONE].live_ids) == (1, 2, 1, 1)
-    assert stats.backend["db_bytes"] > 0
-
-
 def test_postgres_needs_its_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "psycopg", None)  # as if the extra were not installed
-    monkeypatch.delitem(sys.modules, "media_registry.pgstore", raising=False)
-    monkeypatch.delitem(sys.modules, "media_registry._pg_connection", raising=False)
+    monkeypatch.delitem(sys.modules, "media_registry.store.postgres", raising=False)
+    monkeypatch.delitem(sys.modules, "media_registry.store._pg_pool", raising=False)
     with pytest.raises(ConfigError, match=r"pip install 'media-registry\[postgres\]'"):
         open_store("postgresql://app:secret@db.example:5432/media")
 
@@ -145,11 +106,12 @@ def test_postgres_needs_its_extra(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_version_1_registry_is_upgraded_in_place_keeping_every_id(tmp_path: Path) -> None:
     db = tmp_path / "old.db"
     shutil.copy(V1, db)
-    media_before = registry_db.query(db, "SELECT * FROM media ORDER BY media_id")
+    media = "SELECT media_id, sha256, phone_number_id, state, uploaded_at, expires_at FROM media ORDER BY 1"
+    media_before = registry_db.query(db, media)
     events_before = registry_db.query(db, "SELECT * FROM events ORDER BY id")
     inbound_before = registry_db.query(db, "SELECT * FROM inbound")
     open_store(db, create=False).close()
-    assert registry_db.query(db, "SELECT * FROM media ORDER BY media_id") == media_before
+    assert registry_db.query(db, media) == media_before
     assert registry_db.query(db, "SELECT * FROM events ORDER BY id") == events_before
     assert registry_db.query(db, "SELECT * FROM inbound") == inbound_before
     names = [name for name, _ in registry_db.query(db, "SELECT name, applied_at FROM migrations ORDER BY name")]
@@ -159,6 +121,21 @@ def test_a_version_1_registry_is_upgraded_in_place_keeping_every_id(tmp_path: Pa
     fresh = tmp_path / "fresh.db"
     open_store(fresh).close()
     assert registry_db.schema(db) == registry_db.schema(fresh)
+
+
+def test_a_version_1_registry_takes_url_sources_and_invalidated_ids(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    shutil.copy(V1, db)
+    current = registry_db.query(db, "SELECT media_id, sha256 FROM media WHERE state = 'current' ORDER BY media_id")
+    media_id, sha256 = current[0]
+    store = open_store(db)
+    try:
+        assert store.invalidate_media(media_id, NOW, "refused")
+        store.remember_url(mapping(sha256=sha256))
+        assert store.url_sources(sha256) == [mapping(sha256=sha256)]
+    finally:
+        store.close()
+    assert registry_db.media_states(db).count((media_id, "invalidated")) == 1
 
 
 def test_an_upgrade_stopped_half_way_resumes(tmp_path: Path) -> None:

@@ -8,24 +8,17 @@ in flight finish and are recorded, no new one starts, and the process exits 0.
 from __future__ import annotations
 
 import asyncio
-import errno
-import fcntl
 import logging
-import os
-import re
 import signal
-import stat
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from .dburl import PostgresURL
-from .errors import MediaRegistryError, RegistryError, RegistryLocked
+from .errors import MediaRegistryError
 from .models import LifecycleAction, Report
 from .registry import AsyncMediaRegistry, MediaRegistry
 
@@ -125,78 +118,6 @@ def _log_action(action: LifecycleAction) -> None:
 @contextmanager
 def only_daemon(registry: MediaRegistry | AsyncMediaRegistry) -> Iterator[None]:
     """Hold the daemon's lock for as long as the daemon (or the service running its schedule)
-    runs: one per SQLite registry; one per host of a PostgreSQL one (an advisory lock held on
-    a session of its own, which a killed daemon's death frees)."""
-    db = registry.settings.db
-    if not isinstance(db, PostgresURL):
-        with _lock_beside(db):
-            yield
-        return
-    from .pgstore import PostgresStore
-
-    assert isinstance(registry.store, PostgresStore)
+    runs: one per SQLite registry; one per host of a PostgreSQL one."""
     with registry.store.daemon_lock():
         yield
-
-
-@contextmanager
-def _lock_beside(db: Path) -> Iterator[None]:
-    """Hold the daemon's lock on the SQLite registry: an exclusive flock on the registry file
-    itself, so that any name of it (a symlink, a hard link) finds the same lock, and one on a
-    file beside it that holds the daemon's PID for the message of the next one.
-
-    flock is released by the kernel when the process dies, so a killed daemon never blocks
-    the next one.
-    """
-    registry = db.resolve()
-    handle = _open_lock(registry.with_name(registry.name + ".daemon-lock"))
-    try:
-        if not _flock(handle):
-            holder = os.pread(handle, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise RegistryLocked(f"another media-registry daemon (pid {holder}) already serves "
-                                 f"{db}; stop it first, or run this one on another registry")
-        # Never closed: closing any descriptor of the registry file would drop the POSIX locks
-        # SQLite holds on it in this process (flock and POSIX locks do not meet on Linux).
-        file = os.open(registry, os.O_RDONLY)
-        if not _flock(file):
-            raise RegistryLocked(f"another media-registry daemon already serves {db} under another "
-                                 "name (a hard link); stop it first, or run this one on another registry")
-        os.ftruncate(handle, 0)
-        os.pwrite(handle, str(os.getpid()).encode(), 0)
-        try:
-            yield
-        finally:
-            fcntl.flock(file, fcntl.LOCK_UN)
-    finally:
-        os.close(handle)
-
-
-def _flock(handle: int) -> bool:
-    """Take an exclusive flock on ``handle`` unless another holds one: whether it was taken."""
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
-def _open_lock(path: Path) -> int:
-    """Open (or create) the daemon's lock file without following a symlink, and only if it is
-    one a daemon wrote: a regular file of one link holding at most a PID. Anything else placed
-    there is refused and left exactly as it was."""
-    try:
-        handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
-    except OSError as exc:
-        what = "is a symlink" if exc.errno == errno.ELOOP else f"cannot be opened ({exc.strerror})"
-        raise RegistryError(
-            f"{path}: {what}, not a daemon lock; remove it, then start the daemon again"
-        ) from None
-    facts = os.fstat(handle)
-    if not (stat.S_ISREG(facts.st_mode) and facts.st_nlink == 1 and facts.st_size <= 32
-            and re.fullmatch(rb"\d*\s*", os.pread(handle, 32, 0))):
-        os.close(handle)
-        raise RegistryError(
-            f"{path}: holds something other than a daemon lock; remove it, then start the "
-            "daemon again"
-        )
-    return handle

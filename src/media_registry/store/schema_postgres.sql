@@ -1,6 +1,6 @@
 -- media-registry schema for PostgreSQL, migration "create registry": the same tables and views
 -- as the SQLite schema (schema.sql), in PostgreSQL's own types: times are timestamptz (UTC),
--- sizes and stat fields bigint. Later changes are further named migrations in pgstore.py;
+-- sizes and stat fields bigint. Later changes are further named migrations in store/migrations.py;
 -- the `migrations` table records which ones this database has had, and when.
 
 CREATE TABLE migrations (

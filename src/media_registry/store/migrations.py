@@ -1,0 +1,180 @@
+"""The registry's named schema steps, per dialect, and the one runner that applies them.
+
+A backend gives the runner its steps and a :class:`Target`: which steps a database has had,
+a transaction, one opener at a time. Each missing step runs in its own transaction and is
+recorded in the ``migrations`` table (name, applied_at); sqlite-utils' ``migrations.py`` is
+the model. A new SQLite registry is made from ``schema.sql`` (the schema as the last step
+leaves it) with every step recorded; ``PRAGMA user_version`` counts its steps. Nothing here
+ever writes to a database that is not ours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, NamedTuple, Protocol
+
+from ..errors import SchemaTooNew
+
+# The tables every SQLite registry has had since version 1: how a registry of ours is recognised.
+OUR_TABLES = frozenset({"contents", "media", "paths", "leases", "events", "inbound"})
+
+
+class Migration(NamedTuple):
+    """One named schema change: its statements, or a function of the step's connection."""
+
+    name: str
+    apply: str | Callable[[Any], None]
+
+
+class Target(Protocol):
+    """A database the runner upgrades (each backend has one)."""
+
+    location: str
+
+    def applied(self, con: Any) -> set[str]:
+        """The names of the steps this database has had."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[Any]:
+        """One transaction, on the connection it gives."""
+        ...
+
+    def execute(self, con: Any, script: str) -> None:
+        """Run a script of statements."""
+        ...
+
+    def recorded(self, con: Any, done: Sequence[Migration]) -> None:
+        """Record these steps as applied (a step applied already stays as it was)."""
+        ...
+
+
+# What `media-registry migrate` copies: each table's columns, in this order, and its order.
+EXPORTED = {
+    "contents": ("sha256, mime_type, size_bytes, first_seen_at, deleted_at", "sha256"),
+    "media": ("media_id, sha256, phone_number_id, state, uploaded_at, expires_at", "media_id"),
+    "paths": ("path, sha256, size_bytes, mtime_ns, ctime_ns, inode, device, seen_at", "path"),
+    "events": ("at, action, sha256, media_id, phone_number_id, path, detail", "id"),
+    "inbound": ("media_id, sha256, mime_type, size_bytes, path, downloaded_at", "media_id"),
+    "url_sources": ("url, sha256, etag, last_modified, checked_at, refetchable", "url"),
+}
+
+
+def is_time(column: str) -> bool:
+    """Whether a column holds a time (the schema names each one ``at`` or ``*_at``)."""
+    return column == "at" or column.endswith("_at")
+
+
+def upgrade(target: Target, steps: Sequence[Migration]) -> None:
+    """Apply the steps ``target`` lacks, in order, each in its own transaction, rechecked
+    inside it: safe against other openers doing the same at the same moment."""
+    for index, step in enumerate(steps, start=1):
+        with target.transaction() as con:
+            applied = target.applied(con)
+            if unknown := applied - {known.name for known in steps}:
+                raise SchemaTooNew(
+                    f"registry {target.location} has schema changes this media-registry does not know "
+                    f"({', '.join(sorted(unknown))}); upgrade: pip install -U media-registry")
+            if step.name in applied:
+                pass
+            elif isinstance(step.apply, str):
+                target.execute(con, step.apply)
+            else:
+                step.apply(con)
+            target.recorded(con, steps[:index])
+
+
+def schema(name: str) -> str:
+    """A schema file shipped in the package."""
+    from importlib import resources  # only to create a registry: keep the cache hit's start-up lean
+
+    return resources.files("media_registry").joinpath(name).read_text("utf-8")
+
+
+def _initial(con: Any) -> None:
+    """Version 1: a new registry, made at once as the last step leaves it (``schema.sql``)."""
+    for statement in _statements(schema("schema.sql")):
+        con.execute(statement)
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")  # every step: recorded as applied
+
+
+def _statements(script: str) -> list[str]:
+    import sqlite3
+
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements, buffer = [*statements, buffer], ""
+    return statements
+
+
+def _url_sources_and_invalidated(con: Any) -> None:
+    # 'invalidated' joins the media states. SQLite cannot alter a CHECK constraint: the media
+    # table is rebuilt (its views dropped meanwhile, as a rename re-reads them), every row and
+    # index kept; URL sources get their table.
+    views = con.execute("SELECT name, sql FROM sqlite_master WHERE type = 'view'").fetchall()
+    indexes = con.execute("SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'media' "
+                          "AND sql IS NOT NULL").fetchall()
+    # The tables as this step made them, frozen: a later step's columns come with that step.
+    media = """CREATE TABLE media (
+        media_id        TEXT PRIMARY KEY,
+        sha256          TEXT NOT NULL REFERENCES contents (sha256),
+        phone_number_id TEXT NOT NULL,
+        state           TEXT NOT NULL DEFAULT 'current'
+                        CHECK (state IN ('current', 'superseded', 'deleting', 'invalidated')),
+        uploaded_at     TEXT NOT NULL,
+        expires_at      TEXT NOT NULL)"""
+    urls = """CREATE TABLE IF NOT EXISTS url_sources (url TEXT PRIMARY KEY,
+        sha256 TEXT NOT NULL REFERENCES contents (sha256), etag TEXT, last_modified TEXT,
+        checked_at TEXT NOT NULL, refetchable INTEGER NOT NULL)"""
+    for statement in (*(f'DROP VIEW "{name}"' for name, _ in views), "ALTER TABLE media RENAME TO media_v3",
+                      media, "INSERT INTO media SELECT * FROM media_v3", "DROP TABLE media_v3",
+                      *(sql for (sql,) in indexes), *(sql for _, sql in views), urls,
+                      "CREATE INDEX IF NOT EXISTS url_sources_by_content ON url_sources (sha256)"):
+        con.execute(statement)
+
+
+SQLITE: tuple[Migration, ...] = (
+    Migration("0001_initial", _initial),
+    # Rows recorded before this step get 0, match no real file, and are hashed (and
+    # re-recorded) on their next use: every ID is kept.
+    Migration("0002_fingerprint_ctime_device", "ALTER TABLE paths ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT 0;"
+              "ALTER TABLE paths ADD COLUMN device INTEGER NOT NULL DEFAULT 0"),
+    # Older versions relied on the write lock alone; should two current rows exist, the one
+    # that lives longest stays current and the other is retired as superseded (never lost).
+    Migration("0003_one_current_id", """UPDATE media SET state = 'superseded' WHERE state = 'current' AND EXISTS (
+        SELECT 1 FROM media AS newer WHERE newer.sha256 = media.sha256 AND newer.state = 'current'
+          AND newer.phone_number_id = media.phone_number_id
+          AND (newer.expires_at, newer.media_id) > (media.expires_at, media.media_id));
+        CREATE UNIQUE INDEX IF NOT EXISTS media_one_current ON media (sha256, phone_number_id)
+        WHERE state = 'current'"""),
+    Migration("0004_url_sources_and_invalidated", _url_sources_and_invalidated),
+    # Who sends an owed DELETE now, and until when: each is claimed before it is sent.
+    Migration("0005_delete_claims", "ALTER TABLE media ADD COLUMN claimed_by TEXT;"
+              "ALTER TABLE media ADD COLUMN claimed_until TEXT"),
+)
+SCHEMA_VERSION = len(SQLITE)
+MIGRATIONS = SQLITE
+
+# PostgreSQL's steps, applied in order by one opener at a time. Append; never edit or reorder.
+POSTGRES: tuple[Migration, ...] = (
+    Migration("create registry", lambda con: con.execute(schema("store/schema_postgres.sql"))),
+    Migration("url sources and invalidated", """
+-- 'invalidated': Meta refused the ID at send time; never served or refreshed, dropped once expired.
+ALTER TABLE media DROP CONSTRAINT media_state_check;
+ALTER TABLE media ADD CONSTRAINT media_state_check
+    CHECK (state IN ('current', 'superseded', 'deleting', 'invalidated'));
+-- What each URL source served when last fetched, shared by every host of the fleet: the URL
+-- in key form (no signature, no user:password), the validators for a conditional GET.
+CREATE TABLE url_sources (
+    url           text PRIMARY KEY,
+    sha256        text NOT NULL REFERENCES contents (sha256),
+    etag          text,
+    last_modified text,
+    checked_at    timestamptz NOT NULL,
+    refetchable   boolean NOT NULL
+);
+CREATE INDEX url_sources_by_content ON url_sources (sha256);"""),
+)

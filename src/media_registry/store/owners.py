@@ -1,0 +1,24 @@
+"""Who holds an upload lease: ``host:pid:thread:nonce``, and whether it may still be alive."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from .._processes import alive
+from ..defaults import HOST_ID
+
+HOST = HOST_ID  # this machine, in the lease owners it names
+
+
+def new_owner() -> str:
+    """A lease owner name unique to this host, process, thread and call."""
+    return f"{HOST}:{os.getpid()}:{threading.get_ident()}:{os.urandom(4).hex()}"
+
+
+def owner_alive(owner: str) -> bool:
+    """False only when the owner ran on this host in a process that has since died."""
+    host, pid, *_ = owner.split(":")
+    if host != HOST or not pid.isdigit():
+        return True  # another host: only the lease expiry can tell
+    return alive(int(pid))

@@ -1,0 +1,396 @@
+"""The SQLite backend of the Store (:mod:`media_registry.store`), the embedded default.
+
+Connections are per thread and per process (re-opened after a fork), in autocommit mode;
+writes are ``BEGIN IMMEDIATE`` transactions, kept short and never around a network call. WAL
+lets readers run while one writer commits. Times are stored as UTC ISO-8601 text, so people
+reading the file with ``sqlite3`` see dates. One host uses the file: every path is its own.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import functools
+import os
+import re
+import sqlite3
+import stat
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, closing, contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..defaults import BUSY_TIMEOUT
+from ..errors import RegistryCorrupt, RegistryError, RegistryLocked, SchemaTooNew
+from . import migrations
+from .backend import Backend, Params, Tx, utc_text
+from .owners import HOST, owner_alive
+from .rows import LeaseOutcome, LeaseStatus
+
+T = TypeVar("T")
+
+DIALECT = {
+    **dict.fromkeys(("here", "p_here", "and_p_here", "host_col", "host_val", "host_cols", "host_vals", "host_set",
+                     "for_update", "skip_locked", "touch_host"), ""),
+    "db_now": ":now", "claim_until": ":claim_until", "live_path": "TRUE",
+    # The paths as a JSON array: a file name may hold any character, a newline included.
+    "path_list": "(SELECT json_group_array(p.path) FROM paths AS p WHERE p.sha256 = c.sha256)",
+    "cutoff": "(SELECT value FROM json_each(:cutoffs) WHERE key = m.phone_number_id)",
+}
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+class SQLiteBackend(Backend):
+    """The registry in the SQLite file at ``path``.
+
+    ``create=False`` refuses a missing file instead of creating a registry. A file that is
+    not a media-registry registry (not SQLite, someone else's tables, a FIFO) is refused in
+    either mode without a byte of it changed; an older registry of ours is upgraded.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True,
+                 busy_timeout: float = BUSY_TIMEOUT) -> None:
+        self.path = Path(path)
+        self.location = str(self.path)
+        self.host_id = HOST
+        self.scope = {"host": HOST}
+        self.busy_timeout = busy_timeout
+        self._create = create
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._check_file()
+        # A connection must not cross a fork: the child starts with none and opens its own.
+        # (Registered here rather than checked per call: os.getpid() is a syscall on the hot path.)
+        reference = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _forget_connections(reference))
+        self._con_here()  # open now so that a bad file fails at construction
+
+    dialect = DIALECT
+    _con: sqlite3.Connection  # the connection being opened, while its schema is brought up to date
+
+    def _check_file(self) -> None:
+        """Refuse, before SQLite writes anything, what is not (or cannot become) ours."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            if not self.path.parent.is_dir():
+                raise RegistryError(
+                    f"registry {self.path}: folder {self.path.parent} does not exist; create it first"
+                ) from None
+            if not self._create:
+                raise RegistryError(f"no registry at {self.path}; check MEDIA_REGISTRY_DB (or --db), "
+                                    "or create one with: media-registry init") from None
+            return
+        except OSError as exc:
+            raise RegistryError(f"registry {self.path}: cannot stat it ({exc.strerror})") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise RegistryCorrupt(f"registry {self.path} is a directory; point MEDIA_REGISTRY_DB (or --db) at a file")
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block the first read forever
+            raise RegistryCorrupt(f"registry {self.path} is not a regular file (left untouched); "
+                                  "point MEDIA_REGISTRY_DB (or --db) at a registry file")
+        if st.st_size == 0:
+            if not self._create:
+                raise RegistryCorrupt(f"registry {self.path} is an empty file, not a media-registry registry "
+                                      "(left untouched); create one with: media-registry init")
+            return
+        self._check_ours()
+
+    def _check_ours(self) -> None:
+        # Through SQLite, read-only, so that someone else's database stays byte-identical (no
+        # schema, no user_version, no switch to WAL). Never a plain open() and close() of the
+        # file: closing any descriptor of it drops this process's SQLite locks on it.
+        uri = self.path.absolute().as_uri() + "?mode=ro"
+        try:
+            with closing(sqlite3.connect(uri, uri=True, timeout=self.busy_timeout)) as con:
+                version = _user_version(con)
+                tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as exc:
+            if "not a database" in str(exc):
+                raise self._not_ours("is not an SQLite database") from None
+            raise self._explain(exc) from None
+        if version == 0 and not tables:
+            if not self._create:
+                raise self._not_ours("is an empty SQLite database")
+            return
+        if version < 1 or not migrations.OUR_TABLES <= tables:
+            raise self._not_ours("is an SQLite database but not a media-registry registry")
+
+    def _not_ours(self, what: str) -> RegistryCorrupt:
+        return RegistryCorrupt(f"registry {self.path} {what} (left untouched); "
+                               "point MEDIA_REGISTRY_DB (or --db) at a registry file")
+
+    def _open(self) -> sqlite3.Connection:
+        mode = "rwc" if self._create else "rw"
+        try:
+            con = sqlite3.connect(self.path.absolute().as_uri() + f"?mode={mode}", uri=True,
+                                  timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
+            try:
+                con.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+                version = _user_version(con)
+                if version > migrations.SCHEMA_VERSION:
+                    raise SchemaTooNew(
+                        f"registry {self.path} has schema version {version}, newer than this media-registry "
+                        f"knows ({migrations.SCHEMA_VERSION}); upgrade: pip install -U media-registry")
+                con.execute("PRAGMA journal_mode = WAL")
+                # NORMAL is durable against a killed process in WAL mode; only power loss can
+                # undo the last commits, never corrupt the file.
+                con.execute("PRAGMA synchronous = NORMAL")
+                con.execute("PRAGMA foreign_keys = ON")
+                if version < migrations.SCHEMA_VERSION:
+                    self._con = con
+                    migrations.upgrade(self, migrations.SQLITE)
+            except BaseException:
+                con.close()  # a connection is kept only once the schema is known good
+                raise
+        except sqlite3.Error as exc:
+            raise self._explain(exc) from None
+        self._local.con = con
+        with self._lock:
+            self._connections.append(con)
+        return con
+
+    def close(self) -> None:
+        """Close every connection this backend opened."""
+        with self._lock:
+            for con in self._connections:
+                con.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    def _explain(self, exc: sqlite3.Error) -> RegistryError:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            return RegistryLocked(f"registry {self.path} stayed locked by another writer for over "
+                                  f"{self.busy_timeout:g} s; retry, or find the process holding it")
+        if "not a database" in text or "malformed" in text:
+            return RegistryCorrupt(f"registry {self.path} is damaged ({text}); restore it from a backup "
+                                   "or move it away to start afresh")
+        if "readonly" in text or "unable to open" in text:
+            return RegistryError(f"registry {self.path} cannot be written ({text}); check the permissions "
+                                 "of the file and its folder")
+        if isinstance(exc, sqlite3.IntegrityError):
+            return RegistryError(f"registry {self.path} refused a change that would break its rules ({text}); "
+                                 "nothing was changed, retry")
+        return RegistryError(f"registry {self.path}: {text}")
+
+    def applied(self, con: sqlite3.Connection) -> set[str]:
+        """Steps counted by ``user_version`` (a version-1 registry has no table) and recorded."""
+        names = {step.name for step in migrations.SQLITE[:_user_version(con)]}
+        if con.execute("SELECT 1 FROM sqlite_master WHERE name = 'migrations'").fetchone():
+            names |= {name for (name,) in con.execute("SELECT name FROM migrations")}
+        return names
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """A ``BEGIN IMMEDIATE`` transaction on the connection being opened."""
+        return _immediate(self._con)
+
+    def execute(self, con: sqlite3.Connection, script: str) -> None:
+        """Statement by statement: sqlite3 runs one per call."""
+        for statement in script.split(";"):
+            con.execute(statement)
+
+    def recorded(self, con: sqlite3.Connection, done: Sequence[migrations.Migration]) -> None:
+        """Recorded by name, counted in ``user_version``."""
+        version = max(_user_version(con), len(done))
+        con.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+        con.executemany("INSERT OR IGNORE INTO migrations (name, applied_at) VALUES (?, ?)",
+                        [(step.name, utc_text(datetime.now(timezone.utc))) for step in migrations.SQLITE[:version]])
+        con.execute(f"PRAGMA user_version = {version}")
+
+    def read(self, sql: str, params: Params) -> list[Any]:
+        """Every row, on this thread's connection."""
+        try:
+            return self._con_here().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise self._explain(exc) from None
+
+    def read_one(self, sql: str, params: Params) -> Any:
+        """The first row, on this thread's connection: the cache hit, kept lean."""
+        try:
+            con = self._local.con
+        except AttributeError:
+            con = self._open()
+        try:
+            return con.execute(sql, params).fetchone()
+        except sqlite3.Error as exc:
+            raise self._explain(exc) from None
+
+    def positional(self, sql: str) -> str:
+        """``?`` for each ``:name``."""
+        return re.sub(r"(?<!:):[a-z_][a-z0-9_]*", "?", sql)
+
+    def write(self, work: Callable[[Tx], T]) -> T:
+        """``work`` in a short write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error)."""
+        try:
+            with _immediate(self._con_here()) as con:
+                return work(con)
+        except sqlite3.Error as exc:
+            raise self._explain(exc) from None
+
+    def stream(self, sql: str, params: Params) -> Iterator[Any]:
+        """The rows as SQLite steps through them."""
+        try:
+            yield from self._con_here().execute(sql, params)
+        except sqlite3.Error as exc:
+            raise self._explain(exc) from None
+
+    def acquire(self, sha256: str, phone: str, owner: str, now: datetime,
+                claim: Callable[[Tx], LeaseOutcome]) -> LeaseOutcome:
+        """The lease row is the mutex: free when absent, expired, or its owner died."""
+
+        def work(con: Tx) -> LeaseOutcome:
+            row = con.execute("SELECT owner, expires_at FROM leases "
+                              "WHERE sha256 = :sha256 AND phone_number_id = :phone",
+                              {"sha256": sha256, "phone": phone}).fetchone()
+            if row and row[1] > utc_text(now) and owner_alive(row[0]):
+                return LeaseOutcome(LeaseStatus.WAIT)
+            return claim(con)
+
+        return self.write(work)
+
+    time = staticmethod(_parse)
+    when = staticmethod(utc_text)
+
+    def paths(self, value: Any) -> tuple[str, ...]:
+        """From the JSON array."""
+        import json  # only listings need it: the cache hit's start-up stays lean
+
+        return tuple(json.loads(value))
+
+    def facts(self) -> dict[str, str | int]:
+        """``db`` (the file), ``db_bytes`` (with its -wal and -shm files) and ``journal_mode``."""
+        size = sum(os.stat(name).st_size for name in (f"{self.path}{suffix}" for suffix in ("", "-wal", "-shm"))
+                   if os.path.exists(name))
+        return {"db": self.location, "db_bytes": size, "journal_mode": self.read_one("PRAGMA journal_mode", {})[0]}
+
+    @contextmanager
+    def daemon_lock(self) -> Iterator[None]:
+        """One daemon per registry file, whatever name it is reached by."""
+        with _lock_beside(self.path):
+            yield
+
+    def _con_here(self) -> sqlite3.Connection:
+        con: sqlite3.Connection | None = getattr(self._local, "con", None)
+        return con if con is not None else self._open()
+
+
+
+@contextmanager
+def _immediate(con: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+def _forget_connections(reference: weakref.ref[SQLiteBackend]) -> None:
+    store = reference()
+    if store is not None:
+        store._local = threading.local()
+        store._connections = []  # the parent's; closing them here would disturb the parent
+
+
+def export_registry(path: str | os.PathLike[str]) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the SQLite registry at ``path`` that a migration copies (columns and
+    order as :data:`~media_registry.store.migrations.EXPORTED`), read without changing the
+    file: a read-only connection; an older schema version read as it is (a version-1
+    registry's ctime and device as 0: the first cache hit then hashes the file once)."""
+    location = Path(path)
+    if not location.is_file():
+        raise RegistryError(f"no registry at {location}; point --db (or MEDIA_REGISTRY_DB) at the SQLite file")
+    try:
+        with closing(sqlite3.connect(location.absolute().as_uri() + "?mode=ro", uri=True)) as con:
+            version = _user_version(con)
+            columns = {row[1] for row in con.execute("PRAGMA table_info(paths)")}
+            if not version or "sha256" not in columns:
+                raise RegistryCorrupt(f"{location} is not a media-registry registry (left untouched)")
+            if version > migrations.SCHEMA_VERSION:
+                raise SchemaTooNew(f"registry {location} is newer than this media-registry; "
+                                   "upgrade: pip install -U media-registry")
+            present = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            tables = {}
+            for table, (names, order) in migrations.EXPORTED.items():
+                if "device" not in columns:
+                    names = names.replace("ctime_ns,", "0,").replace("device,", "0,")
+                times = [index for index, name in enumerate(names.split(", ")) if migrations.is_time(name)]
+                rows = con.execute(f"SELECT {names} FROM {table} ORDER BY {order}") if table in present else []
+                tables[table] = [tuple(_parse(value) if index in times and value else value
+                                       for index, value in enumerate(row)) for row in rows]
+            return tables
+    except sqlite3.Error as exc:
+        raise RegistryError(f"registry {location} cannot be read ({exc}); check the file") from None
+
+
+@contextmanager
+def _lock_beside(db: Path) -> Iterator[None]:
+    """Hold the daemon's lock on the SQLite registry: an exclusive flock on the registry file
+    itself, so that any name of it (a symlink, a hard link) finds the same lock, and one on a
+    file beside it that holds the daemon's PID for the message of the next one.
+
+    flock is released by the kernel when the process dies, so a killed daemon never blocks
+    the next one.
+    """
+    registry = db.resolve()
+    handle = _open_lock(registry.with_name(registry.name + ".daemon-lock"))
+    try:
+        if not _flock(handle):
+            holder = os.pread(handle, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise RegistryLocked(f"another media-registry daemon (pid {holder}) already serves "
+                                 f"{db}; stop it first, or run this one on another registry")
+        # Never closed: closing any descriptor of the registry file would drop the POSIX locks
+        # SQLite holds on it in this process (flock and POSIX locks do not meet on Linux).
+        file = os.open(registry, os.O_RDONLY)
+        if not _flock(file):
+            raise RegistryLocked(f"another media-registry daemon already serves {db} under another "
+                                 "name (a hard link); stop it first, or run this one on another registry")
+        os.ftruncate(handle, 0)
+        os.pwrite(handle, str(os.getpid()).encode(), 0)
+        try:
+            yield
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)
+    finally:
+        os.close(handle)
+
+
+def _flock(handle: int) -> bool:
+    """Take an exclusive flock on ``handle`` unless another holds one: whether it was taken."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _open_lock(path: Path) -> int:
+    """Open (or create) the daemon's lock file without following a symlink, and only if it is
+    one a daemon wrote: a regular file of one link holding at most a PID. Anything else placed
+    there is refused and left exactly as it was."""
+    try:
+        handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as exc:
+        what = "is a symlink" if exc.errno == errno.ELOOP else f"cannot be opened ({exc.strerror})"
+        raise RegistryError(f"{path}: {what}, not a daemon lock; remove it, then start the daemon again") from None
+    facts = os.fstat(handle)
+    if not (stat.S_ISREG(facts.st_mode) and facts.st_nlink == 1 and facts.st_size <= 32
+            and re.fullmatch(rb"\d*\s*", os.pread(handle, 32, 0))):
+        os.close(handle)
+        raise RegistryError(f"{path}: holds something other than a daemon lock; remove it, then start the "
+                            "daemon again")
+    return handle
+
+
+def _user_version(con: sqlite3.Connection) -> int:
+    """The number of schema steps applied (``PRAGMA user_version``)."""
+    return int(con.execute("PRAGMA user_version").fetchone()[0])
