@@ -19,7 +19,7 @@ from werkzeug.datastructures import Headers, ImmutableMultiDict
 import media_registry
 from media_registry import MediaRegistry
 from media_registry.config import DEFAULT_API_BASE, load_settings
-from media_registry.graph import GraphClient
+from media_registry.graph.client import GraphClient
 from media_registry.testing import FakeGraphAPI, sample_media
 
 SPEC = Path(__file__).parent / "data" / "meta-media-api.openapi.yaml"

@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 
 from .dburl import PostgresURL, is_postgres_url, refuse_other_url
 from .errors import ConfigError, register_secret
-from .graph import (
+from .graph.client import (
     DOWNLOAD_DEADLINE,
     DOWNLOAD_USER_AGENT,
     MEDIA_HOST_SUFFIXES,

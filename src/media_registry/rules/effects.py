@@ -23,10 +23,10 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
-    from ..blobs import VerifiedFile
-    from ..graph import AsyncGraphClient, GraphClient
+    from ..content.blobs import VerifiedFile
+    from ..content.sources import AsyncSourceFetcher, Content, SourceFetcher, Validators
+    from ..graph.client import AsyncGraphClient, GraphClient
     from ..models import MediaMetadata
-    from ..sources import AsyncSourceFetcher, Content, SourceFetcher, Validators
 
 T = TypeVar("T")
 R = TypeVar("R")

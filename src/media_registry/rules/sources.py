@@ -15,7 +15,8 @@ import threading
 from collections.abc import Callable
 from typing import IO, Any, TypeGuard, TypeVar
 
-from .. import sources
+from ..content import sources
+from ..content.sources import Content, Validators
 from ..errors import (
     ConfigError,
     InputError,
@@ -24,9 +25,8 @@ from ..errors import (
     SourceNotFound,
     SourceUnavailable,
 )
+from ..graph.refusal import media_id_refused
 from ..models import graph_id
-from ..refusal import media_id_refused
-from ..sources import Content, Validators
 from ..store import UrlSource
 from .context import Context
 from .effects import Blocking, Fetch, Flow, Hashing, Send, Sleep, ask

@@ -35,9 +35,8 @@ from typing import IO, Any
 
 import httpx
 
-from ._async_io import Batches
-from .config import DEFAULT_URL_IGNORE_QUERY
-from .errors import (
+from ..config import DEFAULT_URL_IGNORE_QUERY
+from ..errors import (
     MediaTooLarge,
     SourceChanged,
     SourceNotFound,
@@ -45,6 +44,7 @@ from .errors import (
     SourceUnreadable,
     UnsafeSourceURL,
 )
+from ._async_io import Batches
 from .media_types import SNIFF_BYTES, ZIP_MAGIC, MediaType, check, size_limit
 
 MAX_REDIRECTS = 5

@@ -37,10 +37,12 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, Valid
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from . import __version__, _connections, media_types
-from ._async_io import Batches
-from .confined import open_under
-from .errors import (
+from .. import __version__
+from ..content import media_types
+from ..content._async_io import Batches
+from ..content.confined import open_under
+from ..content.sources import Content, Spool
+from ..errors import (
     AccessDenied,
     APIUnreachable,
     ConfigError,
@@ -58,12 +60,12 @@ from .errors import (
     UnsafeDownloadURL,
     UnsupportedMedia,
 )
+from ..models import MediaRecord
+from ..registry import AsyncMediaRegistry, Outcome
+from ..rules.sources import Source
+from . import _connections
 from .metrics import Monitor, registry_trouble
-from .models import MediaRecord
-from .registry import AsyncMediaRegistry, Outcome
-from .rules.sources import Source
 from .scheduler import only_daemon, run_schedule
-from .sources import Content, Spool
 
 log = logging.getLogger("media_registry.service")
 

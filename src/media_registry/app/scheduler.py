@@ -24,10 +24,10 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from .dburl import PostgresURL
-from .errors import MediaRegistryError, RegistryError, RegistryLocked
-from .models import LifecycleAction, Report
-from .registry import AsyncMediaRegistry, MediaRegistry
+from ..dburl import PostgresURL
+from ..errors import MediaRegistryError, RegistryError, RegistryLocked
+from ..models import LifecycleAction, Report
+from ..registry import AsyncMediaRegistry, MediaRegistry
 
 log = logging.getLogger("media_registry.daemon")
 
@@ -132,7 +132,7 @@ def only_daemon(registry: MediaRegistry | AsyncMediaRegistry) -> Iterator[None]:
         with _lock_beside(db):
             yield
         return
-    from .pgstore import PostgresStore
+    from ..pgstore import PostgresStore
 
     assert isinstance(registry.store, PostgresStore)
     with registry.store.daemon_lock():

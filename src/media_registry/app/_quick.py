@@ -18,10 +18,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import NamedTuple
 
-from . import hashing
-from .dburl import is_postgres_url, refuse_other_url
-from .errors import MediaRegistryError
-from .setting_checks import (
+from .. import hashing
+from ..dburl import is_postgres_url, refuse_other_url
+from ..errors import MediaRegistryError
+from ..setting_checks import (
     DURATIONS,
     PHONE_NUMBER_ID,
     RANGES,
@@ -32,7 +32,7 @@ from .setting_checks import (
     check_token,
     plain_seconds,
 )
-from .store import BUSY_TIMEOUT_SECONDS, Store, open_store
+from ..store import BUSY_TIMEOUT_SECONDS, Store, open_store
 
 DEFAULT_DB = "media-registry.db"
 PREFIXES = ("MEDIA_REGISTRY_", "WHATSAPP_")

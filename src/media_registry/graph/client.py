@@ -24,10 +24,11 @@ from typing import IO, Any
 import httpx
 import tenacity
 
-from ._async_io import Batches, FileBody, changed_while_uploaded
-from ._version import __version__
-from .blobs import VerifiedFile
-from .errors import (
+from .._version import __version__
+from ..content._async_io import Batches, FileBody, changed_while_uploaded
+from ..content.blobs import VerifiedFile
+from ..content.media_types import MAX_BYTES
+from ..errors import (
     APIUnreachable,
     AuthError,
     ConfigError,
@@ -40,10 +41,9 @@ from .errors import (
     from_graph_response,
     register_secret,
 )
-from .media_types import MAX_BYTES
-from .models import MediaMetadata, graph_id
-from .models import phone_number_id as phone_number_id_checked
-from .setting_checks import check_token
+from ..models import MediaMetadata, graph_id
+from ..models import phone_number_id as phone_number_id_checked
+from ..setting_checks import check_token
 
 MEDIA_HOST_SUFFIXES = (".fbsbx.com", ".whatsapp.net", ".facebook.com", ".fbcdn.net")
 MAX_REDIRECTS = 5

@@ -11,8 +11,8 @@ import os
 import sys
 from contextlib import contextmanager
 
-from . import __version__
-from .setting_checks import PHONE_NUMBER_ID
+from .. import __version__
+from ..setting_checks import PHONE_NUMBER_ID
 
 # Start-up is most of what a cached upload costs a shell script, so this module imports only
 # what every run needs; the rest is imported by the commands that use it. (TYPE_CHECKING
@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from datetime import datetime
     from typing import Any, TypeVar
 
-    from .models import MediaRecord, Report
-    from .registry import MediaRegistry
+    from ..models import MediaRecord, Report
+    from ..registry import MediaRegistry
 
     Command = Callable[[argparse.Namespace], int]
     T = TypeVar("T")
@@ -42,7 +42,7 @@ CLI_HINTS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser().parse_args(argv)  # exits here for --version and --help
-    from .errors import MediaRegistryError, redact
+    from ..errors import MediaRegistryError, redact
 
     if args.json and not args.json_applies:
         _error(f"--json does not apply to {args.command}; leave it out")
@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _error(message: str) -> None:
-    from .errors import one_line, redact
+    from ..errors import one_line, redact
 
     message = _printable(one_line(redact(message)))
     for python, cli in CLI_HINTS.items():
@@ -79,7 +79,7 @@ def _error(message: str) -> None:
 
 def _open(args: argparse.Namespace, *, create: bool = True) -> MediaRegistry:
     """The registry; read-only commands pass ``create=False`` (never create one)."""
-    from .registry import MediaRegistry
+    from ..registry import MediaRegistry
 
     return MediaRegistry.from_env(db=args.db, create=create)
 
@@ -89,7 +89,7 @@ def _open(args: argparse.Namespace, *, create: bool = True) -> MediaRegistry:
 
 def _attempt(args: argparse.Namespace, action: Callable[..., T], *params: Any, **options: Any) -> T | None:
     """Run one item of a multi-item command; on failure say so in one line and go on."""
-    from .errors import MediaRegistryError
+    from ..errors import MediaRegistryError
 
     try:
         return action(*params, **options)
@@ -236,7 +236,7 @@ def _purge(args: argparse.Namespace) -> int:
 
 
 def _daemon(args: argparse.Namespace) -> int:
-    from .registry import MediaRegistry
+    from ..registry import MediaRegistry
     from .scheduler import run_daemon  # APScheduler is only needed here
 
     metrics = _extra("metrics", "daemon --metrics-port") if args.metrics_port is not None else None
@@ -274,10 +274,10 @@ def _extra(module: str, command: str) -> Any:
     """Import a module that needs the ``serve`` extra, or say how to install it."""
     import importlib
 
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     try:
-        return importlib.import_module(f"media_registry.{module}")
+        return importlib.import_module(f"media_registry.app.{module}")
     except ImportError as exc:
         if exc.name not in SERVE_EXTRA:
             raise
@@ -288,7 +288,7 @@ def _extra(module: str, command: str) -> Any:
 def _log_to_stderr() -> None:
     import logging
 
-    from .errors import RedactingFilter
+    from ..errors import RedactingFilter
 
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactingFilter())
@@ -365,7 +365,7 @@ def _download(args: argparse.Namespace) -> int:
 def _read_json(source: str) -> Any:
     import json
 
-    from .errors import InputError
+    from ..errors import InputError
 
     try:
         text = sys.stdin.read() if source == "-" else _read_text(source)
@@ -472,7 +472,7 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from .config import load_settings
+    from ..config import load_settings
     from .migrate import migrate_to_postgres, migration_target
 
     settings = load_settings(db=args.db)
@@ -499,8 +499,8 @@ def _fake_api(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from .errors import InputError
-    from .testing import FakeGraphAPI  # the local server: only load it here
+    from ..errors import InputError
+    from ..testing import FakeGraphAPI  # the local server: only load it here
 
     try:
         api = FakeGraphAPI(port=args.port)

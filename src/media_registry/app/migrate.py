@@ -19,12 +19,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .dburl import PostgresURL
-from .errors import ConfigError, RegistryError
-from .sqlitestore import export_registry
+from ..dburl import PostgresURL
+from ..errors import ConfigError, RegistryError
+from ..sqlitestore import export_registry
 
 if TYPE_CHECKING:
-    from ._pg_connection import Connection
+    from .._pg_connection import Connection
 
 TARGET_VARIABLE = "MEDIA_REGISTRY_MIGRATE_TO"
 
@@ -83,7 +83,7 @@ def migrate_to_postgres(source: str | os.PathLike[str] | PostgresURL, target: st
         target = _url(target, setting)
     tables = export_registry(source)
     try:
-        from .pgstore import PostgresStore
+        from ..pgstore import PostgresStore
     except ModuleNotFoundError as exc:
         if exc.name not in ("psycopg", "psycopg_pool"):
             raise

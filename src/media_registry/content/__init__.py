@@ -1,0 +1,1 @@
+"""What the registry sends: hashing aside, media types, sources and verified files."""
