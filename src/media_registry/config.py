@@ -14,15 +14,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 
 from .dburl import PostgresURL, is_postgres_url, refuse_other_url
 from .errors import ConfigError, register_secret
-from .graph.client import (
-    DOWNLOAD_DEADLINE,
-    DOWNLOAD_USER_AGENT,
-    MEDIA_HOST_SUFFIXES,
-    USER_AGENT,
-    check_api_base,
-    check_media_hosts,
-    check_user_agent,
-)
+from .graph.base import DOWNLOAD_DEADLINE, DOWNLOAD_USER_AGENT, MEDIA_HOST_SUFFIXES
+from .graph.checks import USER_AGENT, check_api_base, check_media_hosts, check_user_agent
 from .setting_checks import (
     DURATIONS,
     PHONE_NUMBER_ID,

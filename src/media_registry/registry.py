@@ -26,8 +26,8 @@ import httpx
 from typing_extensions import Self, Unpack
 
 from .config import Settings
-from .content.sources import AsyncSourceFetcher, SourceFetcher
 from .graph.client import AsyncGraphClient, GraphClient
+from .graph.fetch import AsyncSourceFetcher, SourceFetcher
 from .models import DownloadedMedia, LifecycleAction, MediaRecord, Report
 from .rules.context import Context, PathArg, SettingsArgs, fetcher_options, graph_options, open_context
 from .rules.effects import Clock, adrive, drive, utc_now

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from ..content.blobs import VerifiedFile
-    from ..content.sources import AsyncSourceFetcher, Content, SourceFetcher, Validators
+    from ..content.sources import Content, Validators
     from ..graph.client import AsyncGraphClient, GraphClient
+    from ..graph.fetch import AsyncSourceFetcher, SourceFetcher
     from ..models import MediaMetadata
 
 T = TypeVar("T")
