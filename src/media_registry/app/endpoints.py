@@ -180,7 +180,7 @@ class Endpoints:
         return outcome
 
     async def _json_source(self, request: Request) -> str | IO[bytes]:
-        """The URL, or the file opened under an allowed folder (see :mod:`.confined`)."""
+        """The URL, or the file opened under an allowed folder (see :mod:`media_registry.content.confined`)."""
         body = bytearray()
 
         async def take(chunk: bytes) -> None:

@@ -31,7 +31,7 @@ from ..models import phone_number_id as phone_number_id_checked
 from ..setting_checks import check_token
 from .auth import BearerAuth
 from .checks import USER_AGENT, check_api_base, check_user_agent, configured
-from .redirects import MAX_REDIRECTS, Walk, redirects
+from .redirects import MAX_REDIRECTS, Redirects
 from .urls import parse_url
 
 MEDIA_HOST_SUFFIXES: tuple[str, ...] = (".fbsbx.com", ".whatsapp.net", ".facebook.com", ".fbcdn.net")
@@ -202,9 +202,9 @@ class GraphBase:
             timeout=budget.timeout(self._timeout),
         )
 
-    def _download_walk(self, url: str) -> Walk:
+    def _download_walk(self, url: str) -> Redirects:
         """The redirects from a download URL; each hop is checked as its request is built."""
-        return redirects(parse_url(url), hop=lambda target: target, too_many=lambda last: UnsafeDownloadURL(
+        return Redirects(parse_url(url), hop=lambda target: target, too_many=lambda last: UnsafeDownloadURL(
             f"more than {MAX_REDIRECTS} redirects from {last.host}; refusing"))
 
     def _download_target(self, url: httpx.URL) -> httpx.URL:

@@ -20,7 +20,7 @@ from ..config import DEFAULT_URL_IGNORE_QUERY
 from ..content._async_io import Batches
 from ..content.sources import Content, Spool, Validators, refuse_credentials, url_key
 from ..errors import SourceNotFound, SourceUnavailable, UnsafeSourceURL
-from .redirects import MAX_REDIRECTS, Walk, afollow, follow, redirects
+from .redirects import MAX_REDIRECTS, Redirects, afollow, follow
 from .urls import is_loopback
 
 # A host as it goes to the resolver: a name (IDNs in punycode) or an IPv6 literal. Anything
@@ -72,9 +72,9 @@ class _FetcherBase:
                  known: Validators | None) -> httpx.Request:
         return client.build_request("GET", url, headers=known.headers() if known else None)
 
-    def _walk(self, url: str, label: str) -> Walk:
+    def _walk(self, url: str, label: str) -> Redirects:
         """The redirects from ``url``, each hop under the same rule as the URL itself."""
-        return redirects(
+        return Redirects(
             check_url(url, label),
             hop=lambda target: check_url(target, f"{label} (redirected to {self.key(target)})"),
             too_many=lambda _last: UnsafeSourceURL(f"{label}: more than {MAX_REDIRECTS} redirects; use the final URL"),

@@ -131,7 +131,7 @@ class DeleteMedia(Effect[None]):
 
 @dataclass(frozen=True)
 class DownloadTo(Effect[None]):
-    """Stream a download URL into an open :class:`~media_registry.blobs.VerifiedFile`."""
+    """Stream a download URL into an open :class:`~media_registry.content.blobs.VerifiedFile`."""
 
     url: str
     file: VerifiedFile
@@ -147,7 +147,7 @@ class DownloadTo(Effect[None]):
 
 @dataclass(frozen=True)
 class Fetch(Effect["Content | None"]):
-    """Download a URL source: its :class:`~media_registry.sources.Content`, or None when the
+    """Download a URL source: its :class:`~media_registry.content.sources.Content`, or None when the
     server answers 304 (``known`` still holds)."""
 
     url: str

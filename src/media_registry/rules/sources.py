@@ -1,6 +1,6 @@
 """Sources beyond paths: bytes, file objects and URLs; and IDs Meta refused (invalidate).
 
-Bytes and file objects become a :class:`~media_registry.sources.Content` (hashed, spooled if
+Bytes and file objects become a :class:`~media_registry.content.sources.Content` (hashed, spooled if
 unseekable) and then go through the same checks and single flight as a file. A URL is
 served from its remembered mapping (URL → sha256 with its ``ETag``/``Last-Modified``) with no
 request within ``url_revalidate``, else after one conditional GET; one thread or task of a

@@ -13,16 +13,13 @@ import struct
 import sys
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..content.media_types import KIND_BY_MIME
 from .multipart import parse_multipart
 from .records import Fault, Received, StoredMedia
-
-if TYPE_CHECKING:
-    from .fake_api import FakeGraphAPI
 
 UPLOAD_PATH = re.compile(r"^/(?P<version>v[\d.]+)/(?P<phone>\d+)/media$")
 MEDIA_PATH = re.compile(r"^/(?P<version>v[\d.]+)/(?P<media_id>[^/]+)$")
@@ -74,7 +71,32 @@ class Server(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-def handler_for(api: FakeGraphAPI) -> type[BaseHTTPRequestHandler]:
+class Fake(Protocol):
+    """What the handler asks of the fake Graph API it answers for (its state and clock)."""
+
+    token: str
+    delete_answer: str
+    download_origin: str | None
+    sha256_encoding: str
+    file_size_as_string: bool
+    _server: Server
+
+    @property
+    def origin(self) -> str: ...
+    def now(self) -> datetime: ...
+    def advance(self, **delta: float) -> None: ...
+    def _store(self, media: StoredMedia, upload: bool = False) -> str: ...
+    def _receive(self, request: Received) -> None: ...
+    def _usable(self, media_id: str, phone_number_id: str) -> bool: ...
+    def _record_message(self, message: dict[str, Any]) -> None: ...
+    def _knows_phone_number(self, phone_number_id: str) -> bool: ...
+    def _take_live(self, media_id: str, delete: bool) -> StoredMedia | None: ...
+    def _issue_url(self) -> str: ...
+    def _downloadable(self, media_id: str, nonce: str) -> StoredMedia | None: ...
+    def _next_fault(self, method: str, path: str) -> Fault | None: ...
+
+
+def handler_for(api: Fake) -> type[BaseHTTPRequestHandler]:
     """The request handler class that answers for ``api``."""
     class Handler(_GraphHandler):
         fake = api
@@ -87,7 +109,7 @@ class _GraphHandler(BaseHTTPRequestHandler):
     _fault: Fault | None = None
     # Headers and body go out in separate writes; with Nagle on, delayed ACKs add ~40 ms.
     disable_nagle_algorithm = True
-    fake: FakeGraphAPI
+    fake: Fake
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's name
         """Silence the default stderr log."""
