@@ -1,1 +1,2 @@
-"""What the registry sends: hashing aside, media types, sources and verified files."""
+"""Content: media types (sniffing and WhatsApp's limits), sources (bytes, streams, URL keys), files
+confined to allowed folders, and verified files."""

@@ -364,6 +364,3 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-# -- fetching ----------------------------------------------------------------------------
