@@ -18,7 +18,8 @@ from werkzeug.datastructures import Headers, ImmutableMultiDict
 
 import media_registry
 from media_registry import MediaRegistry
-from media_registry.config import DEFAULT_API_BASE, load_settings
+from media_registry.config import load_settings
+from media_registry.defaults import API_BASE as DEFAULT_API_BASE
 from media_registry.graph.client import GraphClient
 from media_registry.testing import FakeGraphAPI, sample_media
 

@@ -69,16 +69,26 @@ def test_the_hit_is_still_served_under_plain_good_settings(
 
 
 def _hit_and_full(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> tuple[bool, bool]:
-    """Whether the lean hit, and the full settings, take ``name=value`` in a plain environment."""
+    """Whether the lean hit, and the full settings, take ``name=value`` in a plain environment
+    (the hit refusing a value in the full settings' words)."""
     for variable in ("WHATSAPP_TOKEN", "WHATSAPP_API_BASE", "MEDIA_REGISTRY_DB"):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("WHATSAPP_PHONE_NUMBER_ID", "106540352242922")
     monkeypatch.setenv(name, value)
     try:
         load_settings()
-    except ConfigError:
-        return hit_settings(os.environ, None, None) is not None, False
-    return hit_settings(os.environ, None, None) is not None, True
+    except ConfigError as exc:
+        return _hit_served(str(exc)), False
+    return _hit_served(None), True
+
+
+def _hit_served(refused: str | None) -> bool:
+    """Whether the lean hit serves under the environment; a refusal must be ``refused``."""
+    try:
+        return hit_settings(os.environ, None, None) is not None
+    except ConfigError as exc:
+        assert str(exc) == refused
+        return False
 
 
 @pytest.mark.parametrize(("name", "value"), BAD + ALSO_BAD)

@@ -35,10 +35,12 @@ from psycopg.rows import tuple_row
 
 from ._pg_connection import Connection, Connections, connection_lost
 from .dburl import PostgresURL
+from .defaults import BUSY_TIMEOUT as BUSY_TIMEOUT_SECONDS
+from .defaults import HOST_RETENTION as DEFAULT_HOST_RETENTION
+from .defaults import PG_POOL_SIZE as DEFAULT_POOL_SIZE
 from .errors import RegistryCorrupt, RegistryError, RegistryLocked, SchemaTooNew
 from .hashing import Fingerprint
 from .store import (
-    BUSY_TIMEOUT_SECONDS,
     ContentRef,
     ContentRow,
     Cutoffs,
@@ -60,8 +62,6 @@ from .store import (
 LOCK_SCHEMA = 0x6D72_0001  # migrations, one opener at a time
 LOCK_UPLOAD = 0x6D72_0002  # one uploader per (content, phone number)
 LOCK_DAEMON = 0x6D72_0003  # one daemon per host
-DEFAULT_POOL_SIZE = 10
-DEFAULT_HOST_RETENTION = timedelta(days=14)
 
 
 def _schema() -> str:

@@ -1,8 +1,8 @@
-"""Checks of single settings, in the standard library alone.
+"""Every check of a setting, written once, in the standard library alone.
 
-The pydantic settings (config.py) call them to refuse a value, and the command line's lean
-cache hit (_quick.py) to tell, without loading pydantic, that a value given as plain text is
-one the full settings accept: one definition of each rule, so the two never disagree.
+The pydantic settings (config.py) call them from their validators, and the command line's
+lean cache hit (_quick.py) on the values given as plain text, without loading pydantic: a
+value is refused by both, in the same words, or by neither.
 """
 
 from __future__ import annotations
@@ -12,12 +12,43 @@ import re
 from datetime import timedelta
 from typing import NamedTuple
 
+from .defaults import USER_AGENT
+
 # Bounds that keep every wait and date computable (a huge value overflowed a C int or a date).
 MAX_SECONDS = 86400.0
 MAX_DURATION = timedelta(days=36500)
 # A phone number ID as Meta gives it, and as the service's paths accept it.
 PHONE_NUMBER_ID = re.compile(r"[0-9]{1,32}")
-_PLAIN_NUMBER = re.compile(r"-?(\d+\.?\d*|\.\d+)")
+# A number as plain text (no exponent, sign or separator): read alike by float() and pydantic.
+PLAIN_NUMBER = re.compile(r"-?([0-9]+\.?[0-9]*|\.[0-9]+)")
+_PLAIN_WHOLE = re.compile(r"-?[0-9]+")
+_PLAIN_LENGTH = 20  # a longer number is a mistake, read by the full settings
+# Meta's OpenAPI spec constrains the User-Agent of Graph API requests to this pattern.
+USER_AGENT_PATTERN = re.compile(
+    r"^[a-zA-Z0-9\-_]+\/[0-9]+\.[0-9]+\.[0-9]+(;[a-zA-Z0-9\-=\.]+)?(\s+[a-zA-Z0-9\-_]+\/[0-9\-\.]+)?$"
+)
+# The TTL a number may ask for at upload (Meta's ttl_minutes).
+MIN_UPLOAD_TTL = timedelta(minutes=60)
+MAX_UPLOAD_TTL = timedelta(minutes=43200)
+
+
+# The settings read from a variable of their own rather than MEDIA_REGISTRY_ and their name.
+ENV_NAMES = {
+    "token": "WHATSAPP_TOKEN",
+    "phone_number_id": "WHATSAPP_PHONE_NUMBER_ID",
+    "api_base": "WHATSAPP_API_BASE",
+}
+
+
+def variable(field: str) -> str:
+    """The environment variable of a settings field (or of a variable's name as pydantic gives it)."""
+    return ENV_NAMES.get(field, field.upper() if field.upper().startswith("WHATSAPP_")
+                         else f"MEDIA_REGISTRY_{field.upper()}")
+
+
+def refusal(name: str, message: str) -> str:
+    """The one line that refuses a setting's value, naming its variable ``name``."""
+    return f"invalid {name}: {message}; fix the variable or argument"
 
 
 class Range(NamedTuple):
@@ -28,35 +59,39 @@ class Range(NamedTuple):
     low_open: bool = False
     whole: bool = False
 
-    def accepts(self, text: str) -> bool:
-        """Whether ``text`` is a plain number in this range (any doubt: False)."""
-        text = text.strip()
-        if not (re.fullmatch(r"[0-9]+", text) if self.whole else _PLAIN_NUMBER.fullmatch(text)):
-            return False
-        value = float(text)
+    def check(self, value: float) -> float:
+        """``value``, or ValueError unless it is a finite number in this range."""
         above = value > self.low if self.low_open else value >= self.low
-        return math.isfinite(value) and above and value <= self.high
+        if not (math.isfinite(value) and above and value <= self.high):
+            bounds = [f"greater than {self.low:g}" if self.low_open else f"greater than or equal to {self.low:g}"]
+            if math.isfinite(self.high):
+                bounds.append(f"less than or equal to {self.high:g}")
+            kind = "whole" if self.whole else "finite"
+            raise ValueError(f"must be a {kind} number {' and '.join(bounds)}")
+        return value
+
+    def read(self, text: str) -> float | None:
+        """``text`` as a checked number; None unless it is plain (e.g. ``1e3``, ``2.0`` for a
+        whole number: the full settings read those)."""
+        text = text.strip()
+        plain = _PLAIN_WHOLE if self.whole else PLAIN_NUMBER
+        if len(text) > _PLAIN_LENGTH or not plain.fullmatch(text):
+            return None
+        return self.check(int(text) if self.whole else float(text))
 
 
-# The numeric settings, by field name (config.py builds its Field constraints from these).
+# The numeric settings, by field name.
 RANGES = {
     "timeout": Range(0, MAX_SECONDS, low_open=True),
     "download_deadline": Range(0, MAX_SECONDS, low_open=True),
+    "max_retries": Range(0, 20, whole=True),
+    "retry_backoff": Range(0, math.inf),
+    "refresh_concurrency": Range(1, 64, whole=True),
     "busy_timeout": Range(0, MAX_SECONDS, low_open=True),
     "lease_seconds": Range(0, MAX_SECONDS, low_open=True),
-    "max_retries": Range(0, 20, whole=True),
-    "refresh_concurrency": Range(1, 64, whole=True),
-    "pg_pool_size": Range(2, 1000, whole=True),
-    "retry_backoff": Range(0, math.inf),
     "uploads_per_second": Range(0.01, math.inf),  # a tinier rate overflowed the wait
+    "pg_pool_size": Range(2, 1000, whole=True),
 }
-# The durations and their defaults; all must be positive but url_revalidate, which may be
-# zero (always revalidate).
-DURATIONS = {"ttl": timedelta(days=30), "min_validity": timedelta(days=1),
-             "refresh_before": timedelta(days=3), "refresh_interval": timedelta(hours=1),
-             "purge_interval": timedelta(hours=1), "host_retention": timedelta(days=14),
-             "repair_window": timedelta(minutes=10), "url_revalidate": timedelta(minutes=5)}
-POSITIVE_DURATIONS = tuple(name for name in DURATIONS if name != "url_revalidate")
 
 
 def check_positive_duration(value: timedelta) -> timedelta:
@@ -71,6 +106,47 @@ def check_revalidate(value: timedelta) -> timedelta:
     """``value``, or ValueError unless it is zero or positive, up to 36500 days."""
     if not timedelta(0) <= value <= MAX_DURATION:
         raise ValueError("must be zero (always revalidate) or a positive duration up to 36500 days")
+    return value
+
+
+# The durations, by field name: each must be positive but url_revalidate, which may be zero
+# (always revalidate).
+DURATION_CHECKS = {name: check_positive_duration for name in (
+    "ttl", "min_validity", "refresh_before", "refresh_interval", "purge_interval",
+    "repair_window", "host_retention")} | {"url_revalidate": check_revalidate}
+
+
+# The daemon's passes, which a host's retention must outlast.
+DAEMON_PASSES = ("refresh_interval", "purge_interval")
+
+
+def check_retention(value: timedelta, passes: list[timedelta]) -> timedelta:
+    """``value``, or ValueError unless longer than each daemon pass that is valid."""
+    # A host is seen again at each pass of its daemon: a retention shorter than a pass
+    # would drop the paths of hosts that are alive.
+    if passes and value <= max(passes):
+        raise ValueError("must be longer than MEDIA_REGISTRY_REFRESH_INTERVAL and "
+                         "MEDIA_REGISTRY_PURGE_INTERVAL (a live host is seen once a pass); "
+                         "the default is 14 days")
+    return value
+
+
+def check_windows(ttl: timedelta, min_validity: timedelta, refresh_before: timedelta) -> None:
+    """ValueError, worded whole, unless both windows are shorter than the TTL (checked once
+    every setting is valid)."""
+    for name, window in (("min_validity", min_validity), ("refresh_before", refresh_before)):
+        if window >= ttl:
+            raise ValueError(f"MEDIA_REGISTRY_{name.upper()} must be shorter than MEDIA_REGISTRY_TTL; lower it")
+
+
+def check_upload_ttls(value: dict[str, timedelta]) -> dict[str, timedelta]:
+    """``value``, or ValueError unless each key is a phone number ID and each TTL whole
+    minutes from 60 to 43200."""
+    for phone, ttl in value.items():
+        if not PHONE_NUMBER_ID.fullmatch(phone):
+            raise ValueError(f"{phone!r} is not a phone number ID (digits)")
+        if not MIN_UPLOAD_TTL <= ttl <= MAX_UPLOAD_TTL or ttl.total_seconds() % 60:
+            raise ValueError(f"TTL for {phone} must be whole minutes from 60 to 43200")
     return value
 
 
@@ -95,6 +171,20 @@ def check_token(token: str | None) -> str | None:
     return token
 
 
+def check_user_agent(user_agent: str) -> str:
+    """``user_agent`` if it matches the pattern of Meta's OpenAPI spec, else ValueError."""
+    if not USER_AGENT_PATTERN.match(user_agent):
+        raise ValueError(f"must look like {USER_AGENT!r} (name/X.Y.Z, Meta's spec)")
+    return user_agent
+
+
+def check_download_user_agent(user_agent: str) -> str:
+    """``user_agent``, or ValueError unless it is printable ASCII (a header's value)."""
+    if not user_agent or not all(" " <= char <= "~" for char in user_agent):
+        raise ValueError("must be printable ASCII characters, such as a browser's User-Agent")
+    return user_agent
+
+
 def check_host_id(value: str) -> str:
     """``value``, or ValueError unless 1 to 200 characters without spaces around them or
     control characters."""
@@ -107,11 +197,27 @@ def check_host_id(value: str) -> str:
     return value
 
 
+# The checks of settings given as plain text that take it whole, by field name.
+TEXT_CHECKS = {"user_agent": check_user_agent, "download_user_agent": check_download_user_agent,
+               "host_id": check_host_id}
+
+
+def seconds_as_number(value: object) -> object:
+    """A duration given as plain-number text, as a float of seconds; any other value as is.
+
+    pydantic reads "86400" as a malformed ISO duration rather than as seconds; a negative
+    number is read too, so that it gets the range's message rather than a parser's.
+    """
+    if isinstance(value, str) and PLAIN_NUMBER.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
 def plain_seconds(text: str) -> timedelta | None:
     """A duration given as plain seconds, as a timedelta; None for any other form, and for a
     fraction of a microsecond (pydantic and timedelta round those differently)."""
     text = text.strip()
-    if not _PLAIN_NUMBER.fullmatch(text) or abs(float(text)) > MAX_DURATION.total_seconds():
+    if not PLAIN_NUMBER.fullmatch(text) or abs(float(text)) > MAX_DURATION.total_seconds():
         return None
     if len(text.partition(".")[2]) > 6:
         return None

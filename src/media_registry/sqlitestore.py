@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import sqlite_migrations as migrations
+from .defaults import BUSY_TIMEOUT
 from .errors import RegistryCorrupt, RegistryError, RegistryLocked, SchemaTooNew
 from .hashing import Fingerprint
 from .store import (
@@ -111,7 +112,7 @@ class SQLiteStore:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True,
-                 busy_timeout: float = 10.0) -> None:
+                 busy_timeout: float = BUSY_TIMEOUT) -> None:
         self.path = Path(path)
         self.location = str(self.path)
         self.busy_timeout = busy_timeout

@@ -25,11 +25,10 @@ from typing import NamedTuple, Protocol
 
 from ._processes import alive
 from .dburl import PostgresURL, is_postgres_url
+from .defaults import BUSY_TIMEOUT as BUSY_TIMEOUT_SECONDS
+from .defaults import HOST_ID as HOST
 from .errors import ConfigError
 from .hashing import Fingerprint
-
-BUSY_TIMEOUT_SECONDS = 10.0
-
 
 # -- rows --------------------------------------------------------------------------------
 
@@ -432,9 +431,6 @@ def open_store(
 
 
 # -- lease owners ------------------------------------------------------------------------
-
-HOST = os.uname().nodename  # socket.gethostname() without loading socket on a cache hit
-
 
 def new_owner() -> str:
     """A lease owner name unique to this host, process, thread and call:

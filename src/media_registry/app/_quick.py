@@ -2,12 +2,12 @@
 
 A shell script, cron job or PHP/Node app that runs ``media-registry upload FILE`` pays the
 process's start-up on every call. A cache hit needs only the registry file, the phone number
-ID and ``min_validity``: those are read here from the environment with the standard library,
-and the hit is answered by the same store query the registry uses (one ``stat``, one indexed
-query). Anything unusual (a setting this module does not parse, a per-number TTL, a missing
-registry, a miss, a value the full settings might refuse) returns None, and the caller takes
-the full path, which validates every setting with pydantic-settings and reports errors the
-usual way: the hit is never served under settings every other command refuses.
+ID and ``min_validity``: the settings are read here from the environment with the standard
+library and the checks the full settings call (setting_checks), and the hit is answered by
+the same store query the registry uses (one ``stat``, one indexed query). A value they refuse
+is refused here in their words; anything unusual (a form only pydantic-settings reads, such
+as ISO 8601 or JSON, a missing registry, a miss) returns None, and the caller takes the full
+path: the hit is never served under settings every other command refuses.
 """
 
 from __future__ import annotations
@@ -18,23 +18,25 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import NamedTuple
 
-from .. import hashing
+from .. import defaults, hashing
 from ..dburl import is_postgres_url, refuse_other_url
-from ..errors import MediaRegistryError
+from ..errors import ConfigError, MediaRegistryError
 from ..setting_checks import (
-    DURATIONS,
+    DAEMON_PASSES,
+    DURATION_CHECKS,
     PHONE_NUMBER_ID,
     RANGES,
-    check_host_id,
+    TEXT_CHECKS,
     check_phone_number_id,
-    check_positive_duration,
-    check_revalidate,
+    check_retention,
     check_token,
+    check_windows,
     plain_seconds,
+    refusal,
+    variable,
 )
-from ..store import BUSY_TIMEOUT_SECONDS, Store, open_store
+from ..store import Store, open_store
 
-DEFAULT_DB = "media-registry.db"
 PREFIXES = ("MEDIA_REGISTRY_", "WHATSAPP_")
 # Variables of these prefixes that are no setting, which the full settings ignore too.
 NOT_SETTINGS = frozenset({"MEDIA_REGISTRY_MIGRATE_TO"})
@@ -54,75 +56,129 @@ class HitSettings(NamedTuple):
 
 
 def hit_settings(environ: Mapping[str, str], db: str | None, phone_number_id: str | None) -> HitSettings | None:
-    """The hit's settings from the environment and the command's flags, or None when any
-    setting given is one this module cannot tell, with setting_checks, that the full
-    Settings validation accepts."""
+    """The hit's settings from the environment and the command's flags; None when a setting
+    given is one this module cannot read (the full settings read it, and say what is wrong).
+
+    Raises ConfigError, worded as the full settings word it, for the first value (in their
+    order) that they refuse.
+    """
     given = {name: text for name, text in environ.items()
              if name.upper().startswith(PREFIXES) and name not in NOT_SETTINGS}
     if any(name != name.upper() for name in given):
         return None  # lower-case names: pydantic-settings reads those
-    durations = _durations(given)
+    if db is not None:  # the flag stands for the variable, as an argument does in the full settings
+        given["MEDIA_REGISTRY_DB"] = db
+    values = read_settings(given)
     phone = phone_number_id or given.get("WHATSAPP_PHONE_NUMBER_ID") or ""
-    busy_timeout = given.get("MEDIA_REGISTRY_BUSY_TIMEOUT", str(BUSY_TIMEOUT_SECONDS))
-    if (durations is None or not PHONE_NUMBER_ID.fullmatch(phone)
-            or not all(_plainly_valid(name, text) for name, text in given.items())):
-        return None  # missing, out of range or unusual: the full path says what is wrong
-    path = Path(db if db is not None else given.get("MEDIA_REGISTRY_DB", DEFAULT_DB))
-    return HitSettings(path, phone, durations["min_validity"], float(busy_timeout))
-
-
-def _durations(given: Mapping[str, str]) -> dict[str, timedelta] | None:
-    """Every duration setting, if each is plain seconds the full settings accept, else None."""
-    durations = dict(DURATIONS)
-    for name in DURATIONS:
-        text = given.get(f"MEDIA_REGISTRY_{name.upper()}")
-        value = durations[name] if text is None else plain_seconds(text)
-        check = check_revalidate if name == "url_revalidate" else check_positive_duration
-        try:
-            if value is None:
-                return None  # ISO 8601, or a fraction of a microsecond: the full path reads it
-            durations[name] = check(value)
-        except ValueError:
-            return None
-    passes = max(durations["refresh_interval"], durations["purge_interval"])
-    ttl = durations["ttl"]
-    if not (durations["min_validity"] < ttl and durations["refresh_before"] < ttl
-            and durations["host_retention"] > passes):
+    if values is None or not PHONE_NUMBER_ID.fullmatch(phone):
         return None
-    return durations
+    busy_timeout = values.get("busy_timeout", defaults.BUSY_TIMEOUT)
+    assert isinstance(busy_timeout, float)
+    return HitSettings(Path(given.get("MEDIA_REGISTRY_DB", defaults.DB)), phone,
+                       _duration(values, "min_validity"), busy_timeout)
 
 
-def _plainly_valid(name: str, text: str) -> bool:
-    """Whether a setting other than a duration is one the full settings accept (any doubt: False)."""
-    field = name.removeprefix("MEDIA_REGISTRY_").lower()
+def read_settings(given: Mapping[str, str]) -> dict[str, object] | None:
+    """The settings given, by field name, checked as the full settings check them; None if
+    one is a variable this module cannot read; ConfigError for the first they refuse."""
+    if not given.keys() <= {variable(field) for field in FIELDS}:
+        return None
+    values: dict[str, object] = {}
+    refused: dict[str, str] = {}
+    for field in FIELDS:
+        text = given.get(variable(field))
+        if text is None:
+            continue
+        try:
+            value = _READERS[field](text)
+        except ValueError as exc:
+            refused[field] = refusal(variable(field), str(exc))
+            continue
+        if value is None:
+            return None  # a form only the full settings read, which may refuse it first
+        values[field] = value
+    _check_retention(values, refused)
+    if refused:
+        raise ConfigError(next(iter(refused.values())))
     try:
-        if field in DURATIONS:
-            return True  # checked by _durations
-        if field in RANGES:
-            return RANGES[field].accepts(text)
-        if name == "WHATSAPP_API_BASE":
-            api_base = PLAIN_API_BASE.fullmatch(text)
-            return api_base is not None and int(api_base["port"] or 443) <= 65535
-        return name in _TEXT_CHECKS and _TEXT_CHECKS[name](text) is not None
-    except ValueError:
-        return False
+        check_windows(_duration(values, "ttl"), _duration(values, "min_validity"),
+                      _duration(values, "refresh_before"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return values
 
 
-def _check_file_db(text: str) -> str:
-    """``text``, naming an SQLite file; ValueError for a URL (a PostgreSQL registry is the full
-    path's) or a libpq keyword string."""
+def _check_retention(values: Mapping[str, object], refused: dict[str, str]) -> None:
+    """Refuse a host retention, given or default, that a valid daemon pass outlasts (the
+    full settings check their defaults too)."""
+    if "host_retention" in refused:
+        return
+    passes = [_duration(values, field) for field in DAEMON_PASSES
+              if field not in refused]
+    try:
+        check_retention(_duration(values, "host_retention"), passes)
+    except ValueError as exc:
+        refused["host_retention"] = refusal(variable("host_retention"), str(exc))
+
+
+def _duration(values: Mapping[str, object], field: str) -> timedelta:
+    """A duration's value: as given, else its default."""
+    value = values.get(field, getattr(defaults, field.upper()))
+    assert isinstance(value, timedelta)
+    return value
+
+
+def _plain_api_base(text: str) -> str | None:
+    """``text`` if the full settings surely accept it as it is, else None (they read it)."""
+    api_base = PLAIN_API_BASE.fullmatch(text)
+    return text if api_base is not None and int(api_base["port"] or 443) <= 65535 else None
+
+
+def _file_db(text: str) -> str | None:
+    """``text``, naming an SQLite file; None for a PostgreSQL URL (the full path's) or an
+    empty name; ValueError for any other database's URL or a libpq keyword string."""
     refuse_other_url(text)
-    if is_postgres_url(text) or not text:
-        raise ValueError("not a plain file name")
-    return text
+    return None if is_postgres_url(text) or not text else text
 
 
-# The settings given as text that the hit checks as the full settings do; any other (a user
-# agent, media hosts, per-number TTLs) takes the full path.
-_TEXT_CHECKS: dict[str, Callable[[str], object]] = {
-    "WHATSAPP_TOKEN": check_token, "WHATSAPP_PHONE_NUMBER_ID": check_phone_number_id,
-    "MEDIA_REGISTRY_HOST_ID": check_host_id, "MEDIA_REGISTRY_DB": _check_file_db,
-    "MEDIA_REGISTRY_SERVICE_TOKEN": str}
+def _text(text: str) -> str | None:
+    """Any text but an empty one, which the full settings read their own way."""
+    return text or None
+
+
+def _unread(text: str) -> None:
+    """A JSON value, which the full settings read."""
+
+
+def _reader(field: str) -> Callable[[str], object]:
+    """How this module reads a setting given as text."""
+    if field in RANGES:
+        return RANGES[field].read
+    if field in DURATION_CHECKS:
+        check = DURATION_CHECKS[field]
+
+        def duration(text: str) -> timedelta | None:
+            value = plain_seconds(text)
+            return None if value is None else check(value)
+        return duration
+    return _TEXT_READERS.get(field, _unread)
+
+
+_TEXT_READERS: dict[str, Callable[[str], object]] = {
+    **TEXT_CHECKS, "token": check_token, "phone_number_id": check_phone_number_id,
+    "api_base": _plain_api_base, "db": _file_db, "blob_dir": _text, "service_token": _text,
+    "url_ignore_query": _text,
+}
+# Every setting, in the order of the full settings' fields: their first refusal is the one told.
+FIELDS = (
+    "token", "phone_number_id", "api_base", "db", "blob_dir", "ttl", "ttl_by_phone_number",
+    "min_validity", "refresh_before", "user_agent", "download_user_agent", "timeout",
+    "download_deadline", "max_retries", "retry_backoff", "media_hosts", "refresh_concurrency",
+    "refresh_interval", "purge_interval", "busy_timeout", "lease_seconds", "service_token",
+    "uploads_per_second", "url_revalidate", "repair_window", "url_ignore_query", "pg_pool_size",
+    "host_id", "host_retention",
+)
+_READERS = {field: _reader(field) for field in FIELDS}
 
 
 class CacheHits:

@@ -12,6 +12,7 @@ import os
 import sys
 
 from .. import __version__
+from ..defaults import BODY_TIMEOUT, DB, GRACEFUL_TIMEOUT
 from ..setting_checks import PHONE_NUMBER_ID
 from .console import error, is_url_arg, print_json, printable, progress
 
@@ -174,7 +175,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Media IDs for the WhatsApp Cloud API that are valid now, uploaded once.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--db", help="registry file (default: $MEDIA_REGISTRY_DB or ./media-registry.db)")
+    parser.add_argument("--db", help=f"registry file (default: $MEDIA_REGISTRY_DB or ./{DB})")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("--json", action="store_true", help="JSON lines instead of text, where it applies")
     # The same options after the command; SUPPRESS keeps a value given before it.
@@ -246,10 +247,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="let URL sources reach loopback, private and link-local addresses")
     serve.add_argument("--no-schedule", action="store_true",
                        help="leave refresh and purge to a separate `daemon`")
-    serve.add_argument("--body-timeout", type=_count, default=60, metavar="SECONDS",
-                       help="a request body must arrive whole within this, or 408 (default 60)")
-    serve.add_argument("--graceful-timeout", type=_count, default=30, metavar="SECONDS",
-                       help="on SIGTERM, requests still running after this are cancelled (default 30)")
+    serve.add_argument("--body-timeout", type=_count, default=BODY_TIMEOUT, metavar="SECONDS",
+                       help=f"a request body must arrive whole within this, or 408 (default {BODY_TIMEOUT})")
+    serve.add_argument("--graceful-timeout", type=_count, default=GRACEFUL_TIMEOUT, metavar="SECONDS",
+                       help=f"on SIGTERM, requests still running after this are cancelled (default {GRACEFUL_TIMEOUT})")
     serve.add_argument("--limit-concurrency", type=_count, metavar="N",
                        help="connections held at once; more are answered 503 (default 256, "
                        "fewer if RLIMIT_NOFILE is low)")

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from ..content._async_io import Batches
 from ..content.confined import open_under
 from ..content.sources import Content, Spool
+from ..defaults import BODY_TIMEOUT, GRACEFUL_TIMEOUT
 from ..errors import ContentDeleted, InputError, MediaTooLarge, NotAuthenticated, NotInRegistry
 from ..models import MediaRecord
 from ..registry import AsyncMediaRegistry, Outcome
@@ -52,8 +53,8 @@ class Options:
     allow_roots: tuple[Path, ...] = ()
     allow_private_urls: bool = False
     max_body: int = MAX_BODY
-    body_timeout: int = 60
-    graceful_timeout: int = 30
+    body_timeout: int = BODY_TIMEOUT
+    graceful_timeout: int = GRACEFUL_TIMEOUT
     limit_concurrency: int | None = None
 
 

@@ -29,7 +29,7 @@ from typing import IO, Any
 
 import httpx
 
-from ..config import DEFAULT_URL_IGNORE_QUERY
+from ..defaults import URL_IGNORE_QUERY as DEFAULT_URL_IGNORE_QUERY
 from ..errors import (
     MediaTooLarge,
     SourceChanged,

@@ -14,6 +14,8 @@ import httpx
 import tenacity
 
 from ..content.media_types import MAX_BYTES
+from ..defaults import DOWNLOAD_DEADLINE, DOWNLOAD_USER_AGENT, MAX_RETRIES, RETRY_BACKOFF, TIMEOUT, USER_AGENT
+from ..defaults import MEDIA_HOSTS as MEDIA_HOST_SUFFIXES
 from ..errors import (
     APIUnreachable,
     AuthError,
@@ -28,20 +30,14 @@ from ..errors import (
 )
 from ..models import MediaMetadata, graph_id
 from ..models import phone_number_id as phone_number_id_checked
-from ..setting_checks import check_token
+from ..setting_checks import check_token, check_user_agent
 from .auth import BearerAuth
-from .checks import USER_AGENT, check_api_base, check_user_agent, configured
+from .checks import check_api_base, configured
 from .redirects import MAX_REDIRECTS, Redirects
 from .urls import parse_url
 
-MEDIA_HOST_SUFFIXES: tuple[str, ...] = (".fbsbx.com", ".whatsapp.net", ".facebook.com", ".fbcdn.net")
 # The largest media WhatsApp takes (documents): nothing larger is ever downloaded.
 MAX_MEDIA_BYTES = max(MAX_BYTES.values())
-DOWNLOAD_DEADLINE = 300.0
-# Some clients report Meta's media hosts refusing requests without a browser-like User-Agent.
-DOWNLOAD_USER_AGENT = (
-    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"
-)
 
 
 class GraphBase:
@@ -57,10 +53,10 @@ class GraphBase:
         api_base: str,
         user_agent: str = USER_AGENT,
         download_user_agent: str = DOWNLOAD_USER_AGENT,
-        timeout: float = 60.0,
+        timeout: float = TIMEOUT,
         download_deadline: float = DOWNLOAD_DEADLINE,
-        max_retries: int = 4,
-        backoff: float = 0.5,
+        max_retries: int = MAX_RETRIES,
+        backoff: float = RETRY_BACKOFF,
         max_wait: float = 30.0,
         media_host_suffixes: Iterable[str] = MEDIA_HOST_SUFFIXES,
     ) -> None:

@@ -1,4 +1,4 @@
-"""The Graph client's own settings, checked: its API base, Meta's media hosts and its User-Agent.
+"""The Graph client's own settings, checked: its API base and Meta's media hosts.
 Each check raises ValueError; :func:`configured` turns that into a ConfigError naming the setting."""
 
 from __future__ import annotations
@@ -7,15 +7,9 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .._version import __version__
 from ..errors import ConfigError
 from .urls import is_loopback, parse_url
 
-# Meta's OpenAPI spec constrains the User-Agent of Graph API requests to this pattern.
-USER_AGENT_PATTERN = re.compile(
-    r"^[a-zA-Z0-9\-_]+\/[0-9]+\.[0-9]+\.[0-9]+(;[a-zA-Z0-9\-=\.]+)?(\s+[a-zA-Z0-9\-_]+\/[0-9\-\.]+)?$"
-)
-USER_AGENT: str = f"media-registry/{__version__}"
 _HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 
@@ -45,12 +39,6 @@ def check_media_hosts(suffixes: Iterable[str]) -> tuple[str, ...]:
         checked.append(suffix.lower())
     return tuple(checked)
 
-
-def check_user_agent(user_agent: str) -> str:
-    """``user_agent`` if it matches the pattern of Meta's OpenAPI spec, else ValueError."""
-    if not USER_AGENT_PATTERN.match(user_agent):
-        raise ValueError(f"must look like {USER_AGENT!r} (name/X.Y.Z, Meta's spec)")
-    return user_agent
 
 
 def configured(check: Callable[[Any], Any], value: Any, name: str) -> Any:

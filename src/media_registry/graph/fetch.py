@@ -16,9 +16,10 @@ from typing import Any
 
 import httpx
 
-from ..config import DEFAULT_URL_IGNORE_QUERY
 from ..content._async_io import Batches
 from ..content.sources import Content, Spool, Validators, refuse_credentials, url_key
+from ..defaults import DOWNLOAD_DEADLINE, TIMEOUT, USER_AGENT
+from ..defaults import URL_IGNORE_QUERY as DEFAULT_URL_IGNORE_QUERY
 from ..errors import SourceNotFound, SourceUnavailable, UnsafeSourceURL
 from .redirects import MAX_REDIRECTS, Redirects, afollow, follow
 from .urls import is_loopback
@@ -54,7 +55,7 @@ class _FetcherBase:
     status rules, and error messages that name a URL only by its key form."""
 
     def __init__(self, *, ignore_query: Iterable[str] = DEFAULT_URL_IGNORE_QUERY,
-                 timeout: float = 60.0, deadline: float = 600.0, user_agent: str = "media-registry") -> None:
+                 timeout: float = TIMEOUT, deadline: float = DOWNLOAD_DEADLINE, user_agent: str = USER_AGENT) -> None:
         self.ignore_query = tuple(ignore_query)
         self.deadline = deadline  # a whole download, however slowly the server trickles it
         # No auth at all: this client never carries the WhatsApp token, whatever the host.
