@@ -44,8 +44,8 @@ def serve_with_floors() -> None:
     import uvicorn
 
     from media_registry import AsyncMediaRegistry
-    from media_registry.metrics import Monitor
-    from media_registry.service import Options, create_app
+    from media_registry.app.metrics import Monitor
+    from media_registry.app.service import Options, create_app
 
     registry = AsyncMediaRegistry.from_env()
     service = create_app(registry, Monitor(registry), Options())

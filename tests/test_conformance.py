@@ -20,7 +20,7 @@ import media_registry
 from media_registry import MediaRegistry
 from media_registry.config import load_settings
 from media_registry.defaults import API_BASE as DEFAULT_API_BASE
-from media_registry.graph import GraphClient
+from media_registry.graph.client import GraphClient
 from media_registry.testing import FakeGraphAPI, sample_media
 
 SPEC = Path(__file__).parent / "data" / "meta-media-api.openapi.yaml"

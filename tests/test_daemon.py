@@ -15,7 +15,7 @@ import pytest
 from freezegun import freeze_time
 
 from media_registry import MediaRegistry
-from media_registry.scheduler import only_daemon
+from media_registry.app.scheduler import only_daemon
 from media_registry.testing import FakeGraphAPI
 
 import registry_db

@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from media_registry import AsyncMediaRegistry, DownloadError, MediaRegistry
-from media_registry.graph import MAX_MEDIA_BYTES, GraphClient
+from media_registry.graph.base import MAX_MEDIA_BYTES
+from media_registry.graph.client import GraphClient
 
 API = "https://graph.facebook.com/v23.0"
 MEDIA_URL = "https://lookaside.fbsbx.com/whatsapp_business/attachments/?mid=7"

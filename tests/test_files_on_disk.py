@@ -26,7 +26,7 @@ from conftest import CLI, PDF, run_cli, unprivileged
 HALF_WRITTEN = textwrap.dedent("""
     import hashlib, sys
     from pathlib import Path
-    from media_registry.blobs import VerifiedFile
+    from media_registry.content.blobs import VerifiedFile
     data = bytes(range(256)) * 400
     destination = Path(sys.argv[1]) / "theirs.bin"
     with VerifiedFile(destination, len(data), hashlib.sha256(data).hexdigest()) as file:

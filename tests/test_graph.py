@@ -9,7 +9,9 @@ import httpx
 import pytest
 
 from media_registry import APIUnreachable, AuthError, GraphAPIError, MediaNotFound, RateLimited
-from media_registry.graph import BearerAuth, GraphClient, retry_after
+from media_registry.graph.auth import BearerAuth
+from media_registry.graph.base import retry_after
+from media_registry.graph.client import GraphClient
 from media_registry.testing import FakeGraphAPI, sample_media
 
 

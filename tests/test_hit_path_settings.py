@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from media_registry import ConfigError
-from media_registry._quick import hit_settings
+from media_registry.app._quick import hit_settings
 from media_registry.config import load_settings
 
 from conftest import run_cli, settle

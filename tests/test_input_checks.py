@@ -16,7 +16,7 @@ from media_registry import (
     MediaRegistry,
     UnsafeDownloadURL,
 )
-from media_registry.graph import GraphClient
+from media_registry.graph.client import GraphClient
 from media_registry.testing import FakeGraphAPI
 
 from conftest import run_cli

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from media_registry import MediaTooLarge, MislabelledMedia, UnsupportedMedia
-from media_registry.media_types import DOC, MAX_BYTES, PPTX, XLSX, check, sniff
+from media_registry.content.media_types import DOC, MAX_BYTES, PPTX, XLSX, check, sniff
 from media_registry.testing import SAMPLE_HEADS, sample_media
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from media_registry import MediaRegistry
-from media_registry.migrate import migrate_to_postgres
+from media_registry.app.migrate import migrate_to_postgres
 from media_registry.testing import FakeGraphAPI
 
 import registry_db

@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from media_registry.graph import GraphClient
-from media_registry.pacing import UploadPacer
+from media_registry.graph.client import GraphClient
+from media_registry.graph.pacing import UploadPacer
 from media_registry.testing import FakeGraphAPI, sample_media
 
 

@@ -19,8 +19,8 @@ import psycopg
 import pytest
 
 from media_registry import RegistryCorrupt, RegistryError, RegistryUnreachable, SchemaTooNew
+from media_registry.app.migrate import migrate_to_postgres
 from media_registry.hashing import Fingerprint
-from media_registry.migrate import migrate_to_postgres
 from media_registry.store import Cutoffs, LeaseStatus, NewMedia, Recorded, Store, UrlSource, migrations
 from media_registry.store.postgres import PostgresBackend
 

@@ -554,7 +554,7 @@ def test_a_url_source_on_this_machine_with_allow_private_urls(
 
 
 def test_a_redirect_to_a_private_address_is_refused(tmp_path: Path, api: FakeGraphAPI) -> None:
-    from media_registry.service import PublicOnly
+    from media_registry.graph.guard import PublicOnly
 
     hops: list[str] = []
 

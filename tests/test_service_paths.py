@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from media_registry import AsyncMediaRegistry, MediaRegistry
-from media_registry.metrics import Monitor
-from media_registry.service import Options, create_app
+from media_registry.app.metrics import Monitor
+from media_registry.app.service import Options, create_app
 from media_registry.store import NewMedia, Recorded
 from media_registry.testing import FakeGraphAPI, sample_media
 from test_async import ThreadsOfCalls, file_events_under

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from media_registry import ConfigError, defaults
-from media_registry._quick import FIELDS, PREFIXES, HitSettings, hit_settings
+from media_registry.app._quick import FIELDS, PREFIXES, HitSettings, hit_settings
 from media_registry.config import Settings, load_settings
 from media_registry.setting_checks import variable
 

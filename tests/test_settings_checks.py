@@ -10,7 +10,7 @@ import pytest
 
 from media_registry import AsyncMediaRegistry, ConfigError, MediaRegistry
 from media_registry.config import load_settings
-from media_registry.graph import GraphClient
+from media_registry.graph.client import GraphClient
 from media_registry.testing import FakeGraphAPI
 
 from conftest import run_cli

@@ -20,19 +20,10 @@ import pytest
 from file_server import FileServer
 from media_registry import MediaTooLarge, MislabelledMedia, SourceChanged, SourceNotFound, UnsupportedMedia
 from media_registry.config import load_settings
+from media_registry.content.media_types import MAX_BYTES, size_limit
+from media_registry.content.sources import Content, Validators, from_bytes, from_stream, is_url, url_key
 from media_registry.errors import ConfigError, SourceUnavailable, SourceUnreadable, UnsafeSourceURL
-from media_registry.media_types import MAX_BYTES, size_limit
-from media_registry.sources import (
-    AsyncSourceFetcher,
-    Content,
-    SourceFetcher,
-    Validators,
-    check_url,
-    from_bytes,
-    from_stream,
-    is_url,
-    url_key,
-)
+from media_registry.graph.fetch import AsyncSourceFetcher, SourceFetcher, check_url
 from media_registry.testing import sample_media
 
 PNG = sample_media("image/png", salt="url source")

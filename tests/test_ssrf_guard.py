@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from media_registry import AccessDenied, AsyncMediaRegistry, MediaRegistry, UnsafeSourceURL
-from media_registry.service import PublicOnly, is_public
+from media_registry.graph.guard import PublicOnly, is_public
 from media_registry.testing import FakeGraphAPI
 
 REFUSED = [

@@ -45,8 +45,8 @@ if TYPE_CHECKING:
         UnsafeSourceURL,
         UnsupportedMedia,
     )
+    from .graph.refusal import media_id_refused
     from .models import DownloadedMedia, InboundMedia, LifecycleAction, MediaEvent, MediaRecord, Report
-    from .refusal import media_id_refused
     from .registry import AsyncMediaRegistry, MediaRegistry, Outcome
 
 
@@ -96,7 +96,7 @@ __all__ = [
 
 # The modules a public name may live in, lightest first: a name is looked up in them in turn,
 # so __all__ stays the one list of public names.
-_HOMES = ("errors", "refusal", "models", "config", "registry")
+_HOMES = ("errors", "graph.refusal", "models", "config", "registry")
 
 
 def __getattr__(name: str) -> Any:

@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 from . import defaults
 from .dburl import PostgresURL, is_postgres_url, refuse_other_url
 from .errors import ConfigError, register_secret
-from .graph import check_api_base, check_media_hosts
+from .graph.checks import check_api_base, check_media_hosts
 from .setting_checks import (
     DAEMON_PASSES,
     DURATION_CHECKS,

@@ -26,7 +26,8 @@ import httpx
 from typing_extensions import Self, Unpack
 
 from .config import Settings
-from .graph import AsyncGraphClient, GraphClient
+from .graph.client import AsyncGraphClient, GraphClient
+from .graph.fetch import AsyncSourceFetcher, SourceFetcher
 from .models import DownloadedMedia, LifecycleAction, MediaRecord, Report
 from .rules.context import Context, PathArg, SettingsArgs, fetcher_options, graph_options, open_context
 from .rules.effects import Clock, adrive, drive, utc_now
@@ -35,7 +36,6 @@ from .rules.lifecycle import Lifecycle, OnAction, add
 from .rules.reading import Reading
 from .rules.sending import Outcome, Sending
 from .rules.sources import REFUSED, Source, Sourcing
-from .sources import AsyncSourceFetcher, SourceFetcher
 from .store import MediaRow, Store
 from .webhooks import OnInvalid
 

@@ -14,7 +14,7 @@ from typing_extensions import TypedDict
 from ..config import Settings, Windows, load_settings
 from ..dburl import PostgresURL
 from ..errors import ConfigError
-from ..pacing import UploadPacer, shared_pacer
+from ..graph.pacing import UploadPacer, shared_pacer
 from ..store import Cutoffs, Store, open_store
 from .effects import Clock
 

@@ -23,10 +23,11 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
-    from ..blobs import VerifiedFile
-    from ..graph import AsyncGraphClient, GraphClient
+    from ..content.blobs import VerifiedFile
+    from ..content.sources import Content, Validators
+    from ..graph.client import AsyncGraphClient, GraphClient
+    from ..graph.fetch import AsyncSourceFetcher, SourceFetcher
     from ..models import MediaMetadata
-    from ..sources import AsyncSourceFetcher, Content, SourceFetcher, Validators
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -130,7 +131,7 @@ class DeleteMedia(Effect[None]):
 
 @dataclass(frozen=True)
 class DownloadTo(Effect[None]):
-    """Stream a download URL into an open :class:`~media_registry.blobs.VerifiedFile`."""
+    """Stream a download URL into an open :class:`~media_registry.content.blobs.VerifiedFile`."""
 
     url: str
     file: VerifiedFile
@@ -146,7 +147,7 @@ class DownloadTo(Effect[None]):
 
 @dataclass(frozen=True)
 class Fetch(Effect["Content | None"]):
-    """Download a URL source: its :class:`~media_registry.sources.Content`, or None when the
+    """Download a URL source: its :class:`~media_registry.content.sources.Content`, or None when the
     server answers 304 (``known`` still holds)."""
 
     url: str

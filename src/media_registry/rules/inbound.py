@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .. import blobs
+from ..content import blobs
 from ..errors import DownloadURLExpired, IntegrityError, MediaNotFound, MediaRegistryError
 from ..models import DownloadedMedia, InboundMedia, MediaMetadata
 from ..store import InboundRow

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from .. import hashing
+from ..content.sources import is_url
 from ..errors import ContentDeleted, MediaRegistryError, NotInRegistry, SourceNotFound, SourceUnreadable
 from ..models import LifecycleAction, Report
-from ..sources import is_url
 from ..store import MediaRow, SourcePath
 from .context import Context, wall_clock
 from .effects import Blocking, Flow, Hashing, ask

@@ -14,10 +14,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from .. import hashing, media_types
+from .. import hashing
+from ..content import media_types
+from ..content.sources import Content
 from ..errors import ConfigError, ContentDeleted, GraphAPIError, MediaNotFound, MediaRegistryError
 from ..models import LifecycleAction
-from ..sources import Content
 from ..store import LeaseOutcome, LeaseStatus, MediaRow, NewMedia, Recorded, new_owner
 from .context import Context, wall_clock
 from .effects import Blocking, DeleteMedia, Flow, Hashing, Sleep, Upload, ask

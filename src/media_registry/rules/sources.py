@@ -1,6 +1,6 @@
 """Sources beyond paths: bytes, file objects and URLs; and IDs Meta refused (invalidate).
 
-Bytes and file objects become a :class:`~media_registry.sources.Content` (hashed, spooled if
+Bytes and file objects become a :class:`~media_registry.content.sources.Content` (hashed, spooled if
 unseekable) and then go through the same checks and single flight as a file. A URL is
 served from its remembered mapping (URL → sha256 with its ``ETag``/``Last-Modified``) with no
 request within ``url_revalidate``, else after one conditional GET; one thread or task of a
@@ -15,7 +15,8 @@ import threading
 from collections.abc import Callable
 from typing import IO, Any, TypeGuard, TypeVar
 
-from .. import sources
+from ..content import sources
+from ..content.sources import Content, Validators
 from ..errors import (
     ConfigError,
     InputError,
@@ -24,9 +25,8 @@ from ..errors import (
     SourceNotFound,
     SourceUnavailable,
 )
+from ..graph.refusal import media_id_refused
 from ..models import graph_id
-from ..refusal import media_id_refused
-from ..sources import Content, Validators
 from ..store import UrlSource
 from .context import Context
 from .effects import Blocking, Fetch, Flow, Hashing, Send, Sleep, ask

@@ -18,9 +18,9 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from .errors import MediaRegistryError
-from .models import LifecycleAction, Report
-from .registry import AsyncMediaRegistry, MediaRegistry
+from ..errors import MediaRegistryError
+from ..models import LifecycleAction, Report
+from ..registry import AsyncMediaRegistry, MediaRegistry
 
 log = logging.getLogger("media_registry.daemon")
 

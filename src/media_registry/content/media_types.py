@@ -13,7 +13,7 @@ from pathlib import Path
 
 import filetype
 
-from .errors import MediaTooLarge, MislabelledMedia, UnsupportedMedia
+from ..errors import MediaTooLarge, MislabelledMedia, UnsupportedMedia
 
 SNIFF_BYTES = 8192
 

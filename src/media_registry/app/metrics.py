@@ -24,9 +24,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from .errors import MediaRegistryError
-from .models import Report
-from .registry import AsyncMediaRegistry, MediaRegistry
+from ..errors import MediaRegistryError
+from ..models import Report
+from ..registry import AsyncMediaRegistry, MediaRegistry
 
 log = logging.getLogger("media_registry.health")
 

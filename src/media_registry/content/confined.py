@@ -17,7 +17,7 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
-from .errors import AccessDenied, InputError, SourceNotFound, SourceUnreadable
+from ..errors import AccessDenied, InputError, SourceNotFound, SourceUnreadable
 
 MAX_LINKS = 40  # the kernel's own limit: more is a loop
 STEP = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .testing import FakeGraphAPI
+from .fake_api import FakeGraphAPI
 
 
 @pytest.fixture

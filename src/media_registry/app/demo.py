@@ -13,9 +13,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import MediaRegistryError
-from .registry import MediaRegistry
-from .testing import FakeGraphAPI, sample_media
+from ..errors import MediaRegistryError
+from ..registry import MediaRegistry
+from ..testing import FakeGraphAPI, sample_media
 
 SAMPLES = {
     "brochure.pdf": "application/pdf",

@@ -18,10 +18,10 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from .dburl import PostgresURL
-from .errors import ConfigError, RegistryError
-from .store import Store, TableCopy
-from .store.sqlite import export_registry
+from ..dburl import PostgresURL
+from ..errors import ConfigError, RegistryError
+from ..store import Store, TableCopy
+from ..store.sqlite import export_registry
 
 TARGET_VARIABLE = "MEDIA_REGISTRY_MIGRATE_TO"
 
@@ -69,7 +69,7 @@ def migrate_to_postgres(source: str | os.PathLike[str] | PostgresURL, target: st
         target = _url(target, setting)
     tables = export_registry(source)
     try:
-        from .store.postgres import PostgresBackend
+        from ..store.postgres import PostgresBackend
     except ModuleNotFoundError as exc:
         if exc.name not in ("psycopg", "psycopg_pool"):
             raise

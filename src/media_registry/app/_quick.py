@@ -18,10 +18,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import NamedTuple
 
-from . import defaults, hashing
-from .dburl import is_postgres_url, refuse_other_url
-from .errors import ConfigError, MediaRegistryError
-from .setting_checks import (
+from .. import defaults, hashing
+from ..dburl import is_postgres_url, refuse_other_url
+from ..errors import ConfigError, MediaRegistryError
+from ..setting_checks import (
     DAEMON_PASSES,
     DURATION_CHECKS,
     PHONE_NUMBER_ID,
@@ -35,7 +35,7 @@ from .setting_checks import (
     refusal,
     variable,
 )
-from .store import Store, open_store
+from ..store import Store, open_store
 
 PREFIXES = ("MEDIA_REGISTRY_", "WHATSAPP_")
 # Variables of these prefixes that are no setting, which the full settings ignore too.

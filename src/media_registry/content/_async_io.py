@@ -9,7 +9,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from typing import IO
 
-from .errors import SourceChanged
+from ..errors import SourceChanged
 
 BLOCK = 1024 * 1024
 _ESCAPES = {'"': "%22", "\\": "\\\\", **{chr(c): f"%{c:02X}" for c in range(0x20) if c != 0x1B}}

@@ -1,0 +1,275 @@
+"""The ``media-registry`` command: argument parsing, and ``upload`` with its lean cache hit.
+
+Every command is a thin wrapper over a :class:`~media_registry.MediaRegistry` method; the
+others are in :mod:`.commands`, imported only when one of them runs. Exit status: 0 ok, 1 an
+operation failed, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse  # every run parses its arguments
+import os
+import sys
+
+from .. import __version__
+from ..defaults import BODY_TIMEOUT, DB, GRACEFUL_TIMEOUT
+from ..setting_checks import PHONE_NUMBER_ID
+from .console import error, is_url_arg, print_json, printable, progress
+
+# Start-up is most of what a cached upload costs a shell script, so this module imports only
+# what every run needs; the rest is imported by the commands that use it. (TYPE_CHECKING
+# without `typing`, which alone costs a fifth of --version.)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = _parser().parse_args(argv)  # exits here for --version and --help
+    from ..errors import MediaRegistryError, redact
+
+    if args.json and not args.json_applies:
+        error(f"--json does not apply to {args.command}; leave it out")
+        return 2
+    try:
+        status = _upload(args) if args.command == "upload" else _run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in a traceback at exit
+        return status
+    except BrokenPipeError:  # the reader left (`ls | head -1`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one line, not a traceback, even for the unforeseen
+        if args.debug:  # the traceback, with every secret a server may have echoed redacted
+            import traceback
+
+            sys.stderr.write(redact("".join(traceback.format_exception(exc))))
+        elif isinstance(exc, MediaRegistryError):
+            error(str(exc))
+        else:
+            error(f"unexpected {exc.__class__.__name__}: {exc}; rerun with --debug and report it")
+    return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    """A command other than ``upload``: its module is imported only now."""
+    from .commands import COMMANDS
+
+    return COMMANDS[args.command](args)
+
+
+def _upload(args: argparse.Namespace) -> int:
+    if args.quiet and args.json:
+        error("--quiet and --json do not go together; pick one")
+        return 2
+    phone = args.phone_number_id
+    if phone is not None and not PHONE_NUMBER_ID.fullmatch(phone):  # before the registry is touched
+        error(f"{phone[:80]!r} is not a phone number ID (1 to 32 digits); check the value given")
+        return 2
+    paths = _upload_paths(args.paths, args.recursive)
+    if paths is None:
+        return 2
+    done = _cache_hits(args, paths)
+    if done == len(paths):
+        return 0
+    from .commands import attempt, open_registry, shown_as
+
+    failed = 0
+    with open_registry(args) as reg, progress("uploading", len(paths) - done) as advance:
+        for given in paths[done:]:
+            source = sys.stdin.buffer if given == "-" else given
+            path = shown_as(reg, given)
+            outcome = attempt(args, reg.get_or_upload_with_status, source,
+                               phone_number_id=args.phone_number_id, mime_type=args.mime_type)
+            advance(path)
+            if outcome is None:
+                failed += 1
+            else:
+                _print_upload(args, outcome.media_id, "uploaded" if outcome.uploaded else "cached", path)
+    return 1 if failed else 0
+
+
+def _cache_hits(args: argparse.Namespace, paths: Sequence[str]) -> int:
+    """Print the leading paths that are cache hits, read without the full settings (start-up
+    is most of a cached upload's cost); return how many. A miss leaves the rest to the registry."""
+    from ._quick import CacheHits, hit_settings
+
+    settings = hit_settings(os.environ, args.db, args.phone_number_id)
+    if settings is None or args.mime_type:
+        return 0
+    hits = CacheHits(settings)
+    try:
+        for done, path in enumerate(paths):
+            media_id = None if path == "-" or is_url_arg(path) else hits.media_id(path)
+            if media_id is None:
+                return done
+            _print_upload(args, media_id, "cached", path)
+        return len(paths)
+    finally:
+        hits.close()
+
+
+def _print_upload(args: argparse.Namespace, media_id: str, status: str, path: str) -> None:
+    if args.quiet:
+        print(media_id, flush=True)
+    elif args.json:
+        print_json({"media_id": media_id, "status": status, "path": path}, flush=True)
+    else:
+        print(f"{media_id}\t{status}\t{printable(path)}", flush=True)
+
+
+def _upload_paths(paths: Sequence[str], recursive: bool) -> list[str] | None:
+    """The files to upload: the paths given, or with ``--recursive`` every file under the
+    folders given (hidden ones left out); None after saying why when a folder is given without it,
+    or ``-`` more than once or with standard input closed."""
+    if "-" in paths and (paths.count("-") > 1 or sys.stdin is None):
+        error("-: standard input is read once, and must be open; give - once and pipe the content in")
+        return None
+    if not recursive:
+        for path in paths:
+            if os.path.isdir(path):
+                error(f"{path}: is a folder; pass --recursive (-r) to upload every file under it")
+                return None
+        return list(paths)
+    files = []
+    for path in paths:
+        if not os.path.isdir(path):
+            files.append(path)
+            continue
+        for folder, subfolders, names in os.walk(path):
+            subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+            files.extend(os.path.join(folder, name) for name in sorted(names) if not name.startswith("."))
+    return files
+
+
+def _days(text: str) -> float:
+    """A number of days from 0 to a century (``nan``, ``inf`` and ``-1`` are refused)."""
+    try:
+        days = float(text)
+    except ValueError:
+        days = -1
+    if not 0 <= days <= 36500:  # also False for nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days from 0 to 36500 (e.g. 3 or 0.5)")
+    return days
+
+
+def _count(text: str) -> int:
+    """A whole number from 1 to 86400 (seconds, or connections)."""
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 86400):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to 86400")
+    return int(text)
+
+
+def _port(text: str) -> int:
+    """A TCP port, 0 to 65535 (0: a free one)."""
+    if not (text.isascii() and text.isdigit() and int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port from 0 to 65535")
+    return int(text)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="media-registry",
+        description="Media IDs for the WhatsApp Cloud API that are valid now, uploaded once.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--db", help=f"registry file (default: $MEDIA_REGISTRY_DB or ./{DB})")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--json", action="store_true", help="JSON lines instead of text, where it applies")
+    # The same options after the command; SUPPRESS keeps a value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND", dest="command")
+
+    def command(name: str, help_text: str, json_flag: bool = True) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text, parents=[common])
+        sub.set_defaults(json_applies=json_flag)
+        if json_flag:
+            sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                             help="JSON lines instead of text")
+        return sub
+
+    upload = command("upload", "get or upload each file, https:// URL, or - (standard "
+                     "input); print '<media_id> <status> <path>'")
+    upload.add_argument("paths", nargs="+", metavar="PATH|URL|-")
+    upload.add_argument("--phone-number-id", help="default: $WHATSAPP_PHONE_NUMBER_ID")
+    upload.add_argument("--mime-type", help="assert the type (it must agree with the bytes)")
+    upload.add_argument("-r", "--recursive", action="store_true",
+                        help="upload every file under the folders given (hidden ones left out)")
+    upload.add_argument("-q", "--quiet", action="store_true", help="print only the media IDs, one per line")
+
+    ls = command("ls", "list contents with their current media IDs")
+    ls.add_argument("--expiring", type=_days, metavar="DAYS", help="only IDs expiring within DAYS")
+
+    target_help = "a path, URL, media ID, sha256, or sha256 prefix of 8+ hex digits (as ls prints it)"
+    show = command("show", "one content with its paths and history")
+    show.add_argument("target", metavar="PATH|URL|MEDIA_ID|SHA256", help=target_help)
+
+    invalidate = command("invalidate", "Meta refused this media ID at send time: "
+                         "never serve it again (the next upload of its content uploads anew)")
+    invalidate.add_argument("media_id", metavar="MEDIA_ID|URL", help="a media ID, or a URL source (its current ID)")
+
+    refresh = command("refresh", "upload again the IDs that expire within refresh_before")
+    refresh.add_argument("--dry-run", action="store_true", help="only say what would be uploaded")
+
+    delete = command("delete", "forget a content and delete its media IDs at the API")
+    delete.add_argument("target", metavar="PATH|URL|MEDIA_ID|SHA256", help=target_help)
+
+    purge = command("purge", "delete vanished and deleted content remotely; drop expired IDs")
+    purge.add_argument("--dry-run", action="store_true", help="only say what would be done")
+
+    download = command("download", "fetch inbound media, verified, written atomically")
+    download.add_argument("media_ids", nargs="*", metavar="MEDIA_ID")
+    download.add_argument("--out", metavar="DIR", help="folder (default: $MEDIA_REGISTRY_BLOB_DIR)")
+    download.add_argument("--webhook", metavar="FILE", help="download the media of a webhook payload (- for stdin)")
+
+    daemon = command("daemon", "run refresh and purge on a schedule until SIGTERM/SIGINT",
+                     json_flag=False)
+    daemon.add_argument("--refresh-every", metavar="DURATION",
+                        help="seconds or ISO 8601 (default: $MEDIA_REGISTRY_REFRESH_INTERVAL or PT1H)")
+    daemon.add_argument("--purge-every", metavar="DURATION",
+                        help="seconds or ISO 8601 (default: $MEDIA_REGISTRY_PURGE_INTERVAL or PT1H)")
+    daemon.add_argument("--metrics-port", type=int, metavar="N",
+                        help="also serve /metrics and /healthz on 127.0.0.1:N (the serve extra)")
+
+    serve = command("serve", "an HTTP service for senders in any language, with the "
+                    "daemon's schedule (the serve extra)", json_flag=False)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="bind address (default 127.0.0.1; beyond loopback needs "
+                       "$MEDIA_REGISTRY_SERVICE_TOKEN)")
+    serve.add_argument("--port", type=int, default=8080, help="bind port (default 8080)")
+    serve.add_argument("--allow-root", action="append", default=[], metavar="DIR",
+                       help='a folder whose files clients may name with {"path": ...} (repeatable)')
+    serve.add_argument("--allow-private-urls", action="store_true",
+                       help="let URL sources reach loopback, private and link-local addresses")
+    serve.add_argument("--no-schedule", action="store_true",
+                       help="leave refresh and purge to a separate `daemon`")
+    serve.add_argument("--body-timeout", type=_count, default=BODY_TIMEOUT, metavar="SECONDS",
+                       help=f"a request body must arrive whole within this, or 408 (default {BODY_TIMEOUT})")
+    serve.add_argument("--graceful-timeout", type=_count, default=GRACEFUL_TIMEOUT, metavar="SECONDS",
+                       help=f"on SIGTERM, requests still running after this are cancelled (default {GRACEFUL_TIMEOUT})")
+    serve.add_argument("--limit-concurrency", type=_count, metavar="N",
+                       help="connections held at once; more are answered 503 (default 256, "
+                       "fewer if RLIMIT_NOFILE is low)")
+    for flag, name in (("--refresh-every", "REFRESH"), ("--purge-every", "PURGE")):
+        serve.add_argument(flag, metavar="DURATION",
+                           help=f"seconds or ISO 8601 (default: $MEDIA_REGISTRY_{name}_INTERVAL or PT1H)")
+
+    command("stats", "counts and health of the registry")
+    command("init", "create the registry file", json_flag=False)
+    migrate = command("migrate", "copy this SQLite registry into PostgreSQL (the file is left untouched); "
+                      "the server is $MEDIA_REGISTRY_MIGRATE_TO, --to-file or --to", json_flag=False)
+    to = migrate.add_mutually_exclusive_group()
+    to.add_argument("--to-file", metavar="FILE", help="a file holding postgresql://user:password@host:port/dbname")
+    to.add_argument("--to", metavar="URL", help="postgresql://user:password@host:port/dbname; ps shows it "
+                    "with its password to every user: prefer $MEDIA_REGISTRY_MIGRATE_TO or --to-file")
+
+    command("demo", "run the main job end to end on a built-in local Graph API",
+            json_flag=False)
+    fake_api = command("fake-api", "serve the built-in local Graph API until Ctrl-C "
+                       "and print the export lines that point this command at it", json_flag=False)
+    fake_api.add_argument("--port", type=_port, default=0, help="default: a free port")
+    return parser
