@@ -61,15 +61,24 @@ def postgres_url(postgres_admin_url: str) -> Iterator[str]:
     drop_database(postgres_admin_url, url)
 
 
-@pytest.fixture
-def postgres_server() -> Iterator[PostgresServer]:
-    """A throwaway PostgreSQL server of the test's own, which it may stop and start."""
+@pytest.fixture(scope="session")
+def restartable_postgres() -> Iterator[PostgresServer]:
+    """A second throwaway PostgreSQL server for the whole run (initdb takes seconds), apart
+    from ``postgres_admin_url``'s so that stopping it stops no other test's database."""
     server = PostgresServer()
     try:
-        server.start()
         yield server
     finally:
         server.remove()
+
+
+@pytest.fixture
+def postgres_server(restartable_postgres: PostgresServer) -> PostgresServer:
+    """A running PostgreSQL server that the test may stop and start; no other test uses it
+    meanwhile, and each test makes its own database on it."""
+    if not restartable_postgres.running():
+        restartable_postgres.start()
+    return restartable_postgres
 
 
 @pytest.fixture
