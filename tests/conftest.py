@@ -62,15 +62,24 @@ def postgres_url(postgres_admin_url: str) -> Iterator[str]:
     drop_database(postgres_admin_url, url)
 
 
-@pytest.fixture
-def postgres_server() -> Iterator[PostgresServer]:
-    """A throwaway PostgreSQL server of the test's own, which it may stop and start."""
+@pytest.fixture(scope="session")
+def restartable_postgres() -> Iterator[PostgresServer]:
+    """A second throwaway PostgreSQL server for the whole run (initdb takes seconds), apart
+    from ``postgres_admin_url``'s so that stopping it stops no other test's database."""
     server = PostgresServer()
     try:
-        server.start()
         yield server
     finally:
         server.remove()
+
+
+@pytest.fixture
+def postgres_server(restartable_postgres: PostgresServer) -> PostgresServer:
+    """A running PostgreSQL server that the test may stop and start; no other test uses it
+    meanwhile, and each test makes its own database on it."""
+    if not restartable_postgres.running():
+        restartable_postgres.start()
+    return restartable_postgres
 
 
 @pytest.fixture
@@ -84,9 +93,16 @@ def api(fake_graph_api: FakeGraphAPI) -> FakeGraphAPI:
 BACKENDS = ["sqlite", "postgres"]
 
 
+# The modules whose single tests take longest (whole-tree type checks, benchmark scripts,
+# fleets of processes) run first, so that no worker is left with one of them at the end.
+LONGEST_FIRST = ("test_tooling.py", "test_benchmarks.py", "test_fleet.py", "test_pg_pools.py",
+                 "test_service_limits.py")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A test marked ``sqlite_only`` checks something only SQLite has (its lock file beside
-    the registry): it runs on SQLite alone, and PostgreSQL's counterpart lives elsewhere."""
+    the registry): it runs on SQLite alone, and PostgreSQL's counterpart lives elsewhere.
+    The modules of ``LONGEST_FIRST`` are moved to the front."""
     keep, drop = [], []
     for item in items:
         params = getattr(item, "callspec", None)
@@ -94,7 +110,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         (drop if on_postgres and item.get_closest_marker("sqlite_only") else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
-        items[:] = keep
+    items[:] = sorted(keep, key=lambda item: item.path.name not in LONGEST_FIRST)
 
 
 @pytest.fixture(params=BACKENDS)

@@ -68,6 +68,12 @@ class PostgresServer:
         options = f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections=300"
         self._run("pg_ctl", "-w", "-D", str(self.data), "-l", str(self.root / "log"), "-o", options, "start")
 
+    def running(self) -> bool:
+        """Whether the server runs (``pg_ctl status``)."""
+        status = subprocess.run([str(self.bin / "pg_ctl"), "status", "-D", str(self.data)],
+                                capture_output=True, user=self._user, cwd=self.root, timeout=60)
+        return status.returncode == 0
+
     def stop(self, mode: str = "fast") -> None:
         """Stop the server: ``fast`` ends every session, ``immediate`` is a crash."""
         self._run("pg_ctl", "-w", "-D", str(self.data), "-m", mode, "stop")
@@ -88,7 +94,11 @@ class PostgresServer:
 def create_database(admin_url: str) -> str:
     """Create a fresh, uniquely named database on the server at ``admin_url``; return its URL."""
     name = f"registry_{uuid.uuid4().hex[:12]}"
-    _admin(admin_url, f'CREATE DATABASE "{name}"')
+    # Copying template1's files is several times faster than the default WAL_LOG strategy
+    # (PostgreSQL 15 on) for a database this small; the result is the same empty database.
+    with psycopg.connect(admin_url, autocommit=True) as con:
+        strategy = " STRATEGY FILE_COPY" if con.info.server_version >= 150000 else ""
+        con.execute(f'CREATE DATABASE "{name}"{strategy}')
     return _with_database(admin_url, name)
 
 
