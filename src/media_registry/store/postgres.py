@@ -19,12 +19,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import os
 import re
 import threading
-import weakref
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -36,7 +34,7 @@ from ..defaults import BUSY_TIMEOUT, HOST_RETENTION, PG_POOL_SIZE
 from ..errors import RegistryCorrupt, RegistryError, RegistryLocked
 from . import migrations
 from ._pg_pool import Connection, Connections, connection_lost
-from .backend import Backend, Params, Tx
+from .backend import Backend, Params, Tx, at_fork
 from .rows import LeaseOutcome, LeaseStatus, TableCopy
 
 T = TypeVar("T")
@@ -80,10 +78,6 @@ def _pg(sql: str) -> str:
     return re.sub(r"(?<!:):([a-z_][a-z0-9_]*)", r"%(\1)s", sql.replace("%", "%%"))
 
 
-def _same(value: Any) -> Any:
-    return value
-
-
 class _Tx:
     """A psycopg connection speaking the shared SQL."""
 
@@ -98,7 +92,6 @@ class PostgresBackend(Backend):
     """The registry in the PostgreSQL database at ``url``, as seen from host ``host_id``."""
 
     dialect = DIALECT
-    _con: Connection  # the opening connection, while it brings the schema up to date
 
     def __init__(self, url: str | PostgresURL, *, create: bool = True, busy_timeout: float = BUSY_TIMEOUT, host_id: str,
                  pool_size: int | None = None, host_retention: timedelta | None = None,
@@ -118,8 +111,7 @@ class PostgresBackend(Backend):
         self._claims_lock = threading.Lock()
         self._daemon_session: Connection | None = None  # holds this host's daemon lock
         self._daemon_mutex = threading.Lock()
-        reference = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _forget_claims(reference))
+        at_fork(self, PostgresBackend._forget_claims)
         with self.db.direct() as con:
             self._ensure_schema(con, create)
         if create:  # a read-only open (ls, stats) writes nothing: a read-only role may inspect
@@ -136,9 +128,9 @@ class PostgresBackend(Backend):
                 # others wait here (however long it takes) and then find nothing left to do.
                 con.execute("SET lock_timeout = 0")
                 con.execute("SELECT pg_advisory_lock(%s, 0)", (LOCK_SCHEMA,))
-                self._con = con
                 try:
-                    migrations.upgrade(self, migrations.POSTGRES)
+                    migrations.upgrade(con, self.location, migrations.POSTGRES, con.transaction,
+                                       lambda c: self._applied_here(c) or set(), _recorded)
                 finally:
                     con.execute("SELECT pg_advisory_unlock(%s, 0)", (LOCK_SCHEMA,))
         except psycopg.Error as exc:
@@ -161,23 +153,6 @@ class PostgresBackend(Backend):
         if migrations.POSTGRES[0].name not in names:
             raise foreign
         return names
-
-    def applied(self, con: Connection) -> set[str]:
-        """The steps recorded in ``migrations`` (none in an empty database)."""
-        return self._applied_here(con) or set()
-
-    def transaction(self) -> AbstractContextManager[Connection]:
-        """On the opening connection, which holds the schema lock."""
-        return _on(self._con)
-
-    def execute(self, con: Connection, script: str) -> None:
-        """The whole script at once: PostgreSQL takes several statements without parameters."""
-        con.execute(script)
-
-    def recorded(self, con: Connection, done: Sequence[migrations.Migration]) -> None:
-        """Recorded by name, with the server's time."""
-        con.execute("INSERT INTO migrations (name) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING",
-                    ([step.name for step in done],))
 
     def _touch_host(self) -> None:
         """Record that this host is alive (at open, at each purge, with each new path)."""
@@ -216,7 +191,7 @@ class PostgresBackend(Backend):
 
         def work(con: Connection) -> LeaseOutcome:
             key = lock_key(sha256, phone)
-            if not _one(con.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_UPLOAD, key))):
+            if con.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_UPLOAD, key)).fetchone() != (True,):
                 return LeaseOutcome(LeaseStatus.WAIT)
             outcome = claim(_Tx(con))  # autocommit: each statement its own transaction
             if outcome.status is not LeaseStatus.ACQUIRED:
@@ -274,8 +249,7 @@ class PostgresBackend(Backend):
         finally:
             self.claim_sessions.checkin(con)
 
-    time = staticmethod(_same)
-    when = staticmethod(_same)  # the session's dumpers send times to the second
+    time = when = staticmethod(lambda value: value)  # the session's dumpers send times to the second
 
     def paths(self, value: Any) -> tuple[str, ...]:
         return tuple(value)
@@ -319,7 +293,8 @@ class PostgresBackend(Backend):
 
     def _take_daemon_lock(self) -> Connection:
         con = self.db.direct()
-        if not _one(con.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_DAEMON, lock_key(self.host_id)))):
+        key = lock_key(self.host_id)
+        if con.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_DAEMON, key)).fetchone() != (True,):
             con.close()
             raise RegistryLocked(f"another media-registry daemon already serves host {self.host_id} on "
                                  f"{self.location}; stop it first, or give this one its own MEDIA_REGISTRY_HOST_ID")
@@ -340,6 +315,9 @@ class PostgresBackend(Backend):
                 session.close()
             self._daemon_session = self._take_daemon_lock()
 
+    def _forget_claims(self) -> None:
+        self._claims, self._claims_lock = {}, threading.Lock()
+
     def close(self) -> None:
         """Release held claims and every connection."""
         with self._claims_lock:
@@ -350,20 +328,6 @@ class PostgresBackend(Backend):
         self.db.close()
 
 
-def _forget_claims(reference: weakref.ref[PostgresBackend]) -> None:
-    store = reference()
-    if store is not None:  # the parent's sessions and locks stay the parent's
-        store._claims, store._claims_lock = {}, threading.Lock()
-
-
-@contextmanager
-def _on(con: Connection) -> Iterator[Connection]:
-    with con.transaction():
-        yield con
-
-
-def _one(cursor: psycopg.Cursor[Any]) -> Any:
-    """The first column of the one row a statement returns."""
-    row = cursor.fetchone()
-    assert row is not None, "the statement always returns one row"
-    return row[0]
+def _recorded(con: Connection, done: Sequence[migrations.Migration]) -> None:
+    con.execute("INSERT INTO migrations (name) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING",
+                ([step.name for step in done],))
