@@ -102,11 +102,10 @@ class PostgresBackend(Backend):
         self.host_id = host_id
         self.host_retention = host_retention or HOST_RETENTION
         self.scope = {"host": host_id, "retention": self.host_retention}
-        size = pool_size or PG_POOL_SIZE
-        self.db = Connections(self.url, size=size, timeout=busy_timeout, setting=setting)
         # Each upload in flight keeps its claim's session for the upload's whole duration: from
         # a pool of their own, so uploads never starve cache hits of connections.
-        self.claim_sessions = Connections(self.url, size=size, timeout=busy_timeout, setting=setting)
+        self.db, self.claim_sessions = (Connections(self.url, size=pool_size or PG_POOL_SIZE, timeout=busy_timeout,
+                                                    setting=setting) for _ in range(2))
         self._claims: dict[str, Connection] = {}  # lease owner -> the session holding its lock
         self._claims_lock = threading.Lock()
         self._daemon_session: Connection | None = None  # holds this host's daemon lock
@@ -115,7 +114,7 @@ class PostgresBackend(Backend):
         with self.db.direct() as con:
             self._ensure_schema(con, create)
         if create:  # a read-only open (ls, stats) writes nothing: a read-only role may inspect
-            self._touch_host()
+            self.db.run(lambda con: con.execute(TOUCH_HOST, (self.host_id,)))
 
     def _ensure_schema(self, con: Connection, create: bool) -> None:
         try:
@@ -153,10 +152,6 @@ class PostgresBackend(Backend):
         if migrations.POSTGRES[0].name not in names:
             raise foreign
         return names
-
-    def _touch_host(self) -> None:
-        """Record that this host is alive (at open, at each purge, with each new path)."""
-        self.db.run(lambda con: con.execute(TOUCH_HOST, (self.host_id,)))
 
     def read(self, sql: str, params: Params) -> list[Any]:
         return self.db.run(lambda con: con.execute(_pg(sql), params).fetchall(), transaction=False)
@@ -269,10 +264,18 @@ class PostgresBackend(Backend):
         return self.db.run(lambda con: merge(con, tables, self.host_id))
 
     def pass_started(self) -> None:
-        """The daemon still holds its lock; this host is alive; hosts unseen for the retention
-        period are dropped, with their paths."""
-        self._keep_daemon_lock()
-        self._touch_host()
+        """The daemon still holds its host's lock (a server restart ends the session that held
+        it, and another daemon of this host may have started since: then this one's passes
+        fail with RegistryLocked until that one stops); this host is alive; hosts unseen for
+        the retention period are dropped, with their paths."""
+        with self._daemon_mutex:
+            if (session := self._daemon_session) is not None:
+                try:
+                    session.execute("SELECT 1")
+                except psycopg.Error:
+                    session.close()
+                    self._daemon_session = self._take_daemon_lock()
+        self.db.run(lambda con: con.execute(TOUCH_HOST, (self.host_id,)))
         self.db.run(lambda con: con.execute("DELETE FROM hosts WHERE last_seen_at < now() - %s",
                                             (self.host_retention,)))
 
@@ -299,21 +302,6 @@ class PostgresBackend(Backend):
             raise RegistryLocked(f"another media-registry daemon already serves host {self.host_id} on "
                                  f"{self.location}; stop it first, or give this one its own MEDIA_REGISTRY_HOST_ID")
         return con
-
-    def _keep_daemon_lock(self) -> None:
-        """A daemon's pass first makes sure it still holds its host's lock: a server restart
-        ends the session that held it, and another daemon of this host may have started since
-        (then this one's passes fail with RegistryLocked until that one stops)."""
-        with self._daemon_mutex:
-            session = self._daemon_session
-            if session is None:
-                return
-            try:
-                session.execute("SELECT 1")
-                return
-            except psycopg.Error:
-                session.close()
-            self._daemon_session = self._take_daemon_lock()
 
     def _forget_claims(self) -> None:
         self._claims, self._claims_lock = {}, threading.Lock()

@@ -98,9 +98,6 @@ class SQLiteBackend(Backend):
                 raise RegistryCorrupt(f"registry {self.path} is an empty file, not a media-registry registry "
                                       "(left untouched); create one with: media-registry init")
             return
-        self._check_ours()
-
-    def _check_ours(self) -> None:
         # Through SQLite, read-only, so that someone else's database stays byte-identical (no
         # schema, no user_version, no switch to WAL). Never a plain open() and close() of the
         # file: closing any descriptor of it drops this process's SQLite locks on it.
@@ -158,8 +155,7 @@ class SQLiteBackend(Backend):
         with self._lock:
             for con in self._connections:
                 con.close()
-            self._connections.clear()
-        self._local = threading.local()
+            self._forget()
 
     def _explain(self, exc: sqlite3.Error) -> RegistryError:
         text = str(exc)
