@@ -10,21 +10,21 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ._pg_pool import Connection
-from .migrations import EXPORTED, is_time
+from .migrations import EXPORTED
 from .postgres import TOUCH_HOST
 from .rows import TableCopy
 
 
 class Merge(NamedTuple):
-    """How one table's rows join the registry: statements run first, the updates of the
-    file's rows (each counted once), statements run after them, the insert of the missing
-    rows (``{columns}`` filled in), and the count of the file's rows held afterwards."""
+    """How one table's rows join the registry: the insert of the missing rows (``{columns}``
+    filled in), the count of the file's rows held afterwards, statements run first, the
+    updates of the file's rows (each counted once), and statements run after them."""
 
-    before: tuple[str, ...]
-    update: tuple[str, ...]
-    after: tuple[str, ...]
     insert: str
     present: str
+    before: tuple[str, ...] = ()
+    update: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
 
 
 def merge(con: Connection, tables: dict[str, list[tuple[Any, ...]]], host_id: str) -> list[TableCopy]:
@@ -52,7 +52,7 @@ def merge(con: Connection, tables: dict[str, list[tuple[Any, ...]]], host_id: st
 
 
 def _type(column: str) -> str:
-    if is_time(column):
+    if column == "at" or column.endswith("_at"):  # times come as SQLite stores them: UTC ISO-8601 text
         return "timestamptz"
     return "bigint" if column in ("size_bytes", "mtime_ns", "ctime_ns", "inode", "device", "refetchable") else "text"
 
@@ -62,7 +62,6 @@ def _newer(table: str, key: str, when: str, *, host: str = "", values: str = "{c
     columns = [name for name in EXPORTED[table][0].split(", ") if name != key]
     cast = {"refetchable": "s.refetchable <> 0"}
     return Merge(
-        before=(), after=(),
         update=(f"UPDATE {table} AS t SET " + ", ".join(f"{c} = {cast.get(c, 's.' + c)}" for c in columns)
                 + f" FROM s_{table} AS s WHERE {host}t.{key} = s.{key} AND s.{when} > t.{when}",),
         insert=f"INSERT INTO {table} ({'host_id, ' * bool(host)}{{columns}}) SELECT {values} FROM s_{table} "
@@ -120,7 +119,6 @@ MERGE_SQL = {
                 + ") AND m.media_id NOT IN (SELECT media_id FROM s_media)",),
         update=(f"""UPDATE media AS m SET state = s.state FROM s_media AS s WHERE m.media_id = s.media_id
                     AND array_position({_STATES}, s.state) > array_position({_STATES}, m.state)""",),
-        after=(),
         # An ID the fleet forgot (deleted at Meta, or expired) arrives invalidated; one of a
         # content deleted there arrives owing a DELETE; a current ID arrives superseded where
         # the registry has another current one for its content and number (one at most).
@@ -137,7 +135,6 @@ MERGE_SQL = {
         present="SELECT count(*) FROM media WHERE media_id IN (SELECT media_id FROM s_media)"),
     "paths": _newer("paths", "path", "seen_at", host="t.host_id = %(host)s AND ", values="%(host)s, {columns}"),
     "events": Merge(
-        before=(), update=(), after=(),
         insert=f"""INSERT INTO events ({{columns}}, host_id) SELECT {{columns}}, %(host)s FROM s_events AS s
                    WHERE NOT EXISTS (SELECT 1 FROM events AS e WHERE {_EVENT_MATCH}) ORDER BY n""",
         present=f"SELECT count(*) FROM s_events AS s WHERE EXISTS (SELECT 1 FROM events AS e WHERE {_EVENT_MATCH})"),

@@ -4,10 +4,8 @@ every driver error turned into one line that names the server (never its passwor
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
-import weakref
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
@@ -19,6 +17,7 @@ from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from ..dburl import PostgresURL
 from ..errors import RegistryError, RegistryLocked, RegistryUnreachable
+from .backend import at_fork
 
 T = TypeVar("T")
 Connection = psycopg.Connection[Any]
@@ -70,12 +69,9 @@ class Connections:
         # A write waiting on another's lock gives up after the busy timeout, as in SQLite.
         self.kwargs = {**CONNECTION_KWARGS, "options": f"{SESSION_OPTIONS} -c lock_timeout={int(timeout * 1000)}"}
         self._forget()
-        reference = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _forget(reference))
+        at_fork(self, Connections._forget)
 
     def _forget(self) -> None:
-        # After a fork the parent's pool threads are gone and its sockets are the parent's:
-        # start afresh without closing them.
         self._lock = threading.Lock()
         self._pool: ConnectionPool[Connection] | None = None
         self._lent: dict[int, ConnectionPool[Connection]] = {}  # id of a connection out -> its pool
@@ -218,12 +214,6 @@ def connection_lost(exc: BaseException) -> bool:
     if isinstance(exc, (psycopg.errors.AdminShutdown, psycopg.errors.CrashShutdown, psycopg.errors.CannotConnectNow)):
         return True
     return isinstance(exc, psycopg.OperationalError) and any(marker in str(exc).lower() for marker in _LOST)
-
-
-def _forget(reference: weakref.ref[Connections]) -> None:
-    connections = reference()
-    if connections is not None:
-        connections._forget()
 
 
 def _reason(exc: psycopg.Error) -> str:

@@ -5,14 +5,13 @@ databases speak, and a :class:`Backend` (dogpile.cache's ``CacheBackend`` is the
 a read, a write transaction, a stream, the upload mutex, the time adapter, the dialect's
 words (host scope of paths, row locks, the clock of claims) and its own facts for ``stats``.
 Optional capabilities have a default here, so no caller ever asks which backend it has.
-
-SQL is written with named parameters (``:name``), ``ON CONFLICT`` and ``RETURNING``;
-``{word}`` is filled in from :attr:`Backend.dialect` once per statement.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timezone
@@ -22,31 +21,15 @@ from ..errors import ConfigError
 from .rows import LeaseOutcome, TableCopy
 
 T = TypeVar("T")
+Owner = TypeVar("Owner")
 Params = Mapping[str, Any] | tuple[Any, ...]  # by name, or by position where each name is once
-
-
-class Cursor(Protocol):
-    """What a statement gives back, in every driver."""
-
-    @property
-    def rowcount(self) -> int:
-        """Rows the statement changed."""
-        ...
-
-    def fetchone(self) -> Any:
-        """The next row, or None."""
-        ...
-
-    def fetchall(self) -> list[Any]:
-        """Every row left."""
-        ...
 
 
 class Tx(Protocol):
     """A connection inside one transaction: statements with ``:named`` parameters."""
 
-    def execute(self, sql: str, params: Params, /) -> Cursor:
-        """Run one statement."""
+    def execute(self, sql: str, params: Params, /) -> Any:
+        """Run one statement: the driver's cursor (``rowcount``, ``fetchone()``, ``fetchall()``)."""
         ...
 
 
@@ -54,6 +37,13 @@ class Tx(Protocol):
 def utc_text(moment: datetime) -> str:
     """A moment as SQLite stores it: UTC ISO-8601 to the second, 'YYYY-MM-DDTHH:MM:SSZ'."""
     return moment.astimezone(timezone.utc).isoformat(timespec="seconds")[:19] + "Z"
+
+
+def at_fork(owner: Owner, forget: Callable[[Owner], None]) -> None:
+    """In a forked child, ``forget(owner)`` while it lives: the parent's connections, threads
+    and locks stay the parent's (closing them from the child would disturb the parent)."""
+    reference = weakref.ref(owner)
+    os.register_at_fork(after_in_child=lambda: None if (alive := reference()) is None else forget(alive))
 
 
 SIGNED = 1 << 63

@@ -1,18 +1,18 @@
 """The registry's named schema steps, per dialect, and the one runner that applies them.
 
-A backend gives the runner its steps and a :class:`Target`: which steps a database has had,
-a transaction, one opener at a time. Each missing step runs in its own transaction and is
-recorded in the ``migrations`` table (name, applied_at); sqlite-utils' ``migrations.py`` is
-the model. A new SQLite registry is made from ``schema.sql`` (the schema as the last step
-leaves it) with every step recorded; ``PRAGMA user_version`` counts its steps. Nothing here
-ever writes to a database that is not ours.
+A backend gives the runner its steps, a connection held by one opener at a time, how to begin
+a transaction on it, which steps it has had, and how to record them. Each missing step runs in
+its own transaction and is recorded in the ``migrations`` table (name, applied_at);
+sqlite-utils' ``migrations.py`` is the model. A new SQLite registry is made from ``schema.sql``
+(the schema as the last step leaves it) with every step recorded; ``PRAGMA user_version``
+counts its steps. Nothing here ever writes to a database that is not ours.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from ..errors import SchemaTooNew
 
@@ -27,28 +27,6 @@ class Migration(NamedTuple):
     apply: str | Callable[[Any], None]
 
 
-class Target(Protocol):
-    """A database the runner upgrades (each backend has one)."""
-
-    location: str
-
-    def applied(self, con: Any) -> set[str]:
-        """The names of the steps this database has had."""
-        ...
-
-    def transaction(self) -> AbstractContextManager[Any]:
-        """One transaction, on the connection it gives."""
-        ...
-
-    def execute(self, con: Any, script: str) -> None:
-        """Run a script of statements."""
-        ...
-
-    def recorded(self, con: Any, done: Sequence[Migration]) -> None:
-        """Record these steps as applied (a step applied already stays as it was)."""
-        ...
-
-
 # What `media-registry migrate` copies: each table's columns, in this order, and its order.
 EXPORTED = {
     "contents": ("sha256, mime_type, size_bytes, first_seen_at, deleted_at", "sha256"),
@@ -60,28 +38,25 @@ EXPORTED = {
 }
 
 
-def is_time(column: str) -> bool:
-    """Whether a column holds a time (the schema names each one ``at`` or ``*_at``)."""
-    return column == "at" or column.endswith("_at")
-
-
-def upgrade(target: Target, steps: Sequence[Migration]) -> None:
-    """Apply the steps ``target`` lacks, in order, each in its own transaction, rechecked
+def upgrade(con: Any, location: str, steps: Sequence[Migration], begin: Callable[[], AbstractContextManager[Any]],
+            applied: Callable[[Any], set[str]], record: Callable[[Any, Sequence[Migration]], None]) -> None:
+    """Apply the steps ``con``'s database lacks, in order, each in its own transaction, rechecked
     inside it: safe against other openers doing the same at the same moment."""
     for index, step in enumerate(steps, start=1):
-        with target.transaction() as con:
-            applied = target.applied(con)
-            if unknown := applied - {known.name for known in steps}:
+        with begin():
+            done = applied(con)
+            if unknown := done - {known.name for known in steps}:
                 raise SchemaTooNew(
-                    f"registry {target.location} has schema changes this media-registry does not know "
+                    f"registry {location} has schema changes this media-registry does not know "
                     f"({', '.join(sorted(unknown))}); upgrade: pip install -U media-registry")
-            if step.name in applied:
+            if step.name in done:
                 pass
             elif isinstance(step.apply, str):
-                target.execute(con, step.apply)
+                for statement in _statements(step.apply):
+                    con.execute(statement)
             else:
                 step.apply(con)
-            target.recorded(con, steps[:index])
+            record(con, steps[:index])
 
 
 def schema(name: str) -> str:
@@ -99,15 +74,15 @@ def _initial(con: Any) -> None:
 
 
 def _statements(script: str) -> list[str]:
-    import sqlite3
+    import sqlite3  # its tokenizer: a ';' in a string, a comment or a trigger ends no statement
 
     statements: list[str] = []
     buffer = ""
-    for line in script.splitlines(keepends=True):
-        buffer += line
+    for part in script.split(";"):
+        buffer += part + ";"
         if sqlite3.complete_statement(buffer):
             statements, buffer = [*statements, buffer], ""
-    return statements
+    return [statement for statement in statements if statement.strip("; \n")]
 
 
 def _url_sources_and_invalidated(con: Any) -> None:

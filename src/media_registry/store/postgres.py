@@ -19,12 +19,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import os
 import re
 import threading
-import weakref
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -36,7 +34,7 @@ from ..defaults import BUSY_TIMEOUT, HOST_RETENTION, PG_POOL_SIZE
 from ..errors import RegistryCorrupt, RegistryError, RegistryLocked
 from . import migrations
 from ._pg_pool import Connection, Connections, connection_lost
-from .backend import Backend, Params, Tx
+from .backend import Backend, Params, Tx, at_fork
 from .rows import LeaseOutcome, LeaseStatus, TableCopy
 
 T = TypeVar("T")
@@ -80,10 +78,6 @@ def _pg(sql: str) -> str:
     return re.sub(r"(?<!:):([a-z_][a-z0-9_]*)", r"%(\1)s", sql.replace("%", "%%"))
 
 
-def _same(value: Any) -> Any:
-    return value
-
-
 class _Tx:
     """A psycopg connection speaking the shared SQL."""
 
@@ -98,7 +92,6 @@ class PostgresBackend(Backend):
     """The registry in the PostgreSQL database at ``url``, as seen from host ``host_id``."""
 
     dialect = DIALECT
-    _con: Connection  # the opening connection, while it brings the schema up to date
 
     def __init__(self, url: str | PostgresURL, *, create: bool = True, busy_timeout: float = BUSY_TIMEOUT, host_id: str,
                  pool_size: int | None = None, host_retention: timedelta | None = None,
@@ -109,21 +102,19 @@ class PostgresBackend(Backend):
         self.host_id = host_id
         self.host_retention = host_retention or HOST_RETENTION
         self.scope = {"host": host_id, "retention": self.host_retention}
-        size = pool_size or PG_POOL_SIZE
-        self.db = Connections(self.url, size=size, timeout=busy_timeout, setting=setting)
         # Each upload in flight keeps its claim's session for the upload's whole duration: from
         # a pool of their own, so uploads never starve cache hits of connections.
-        self.claim_sessions = Connections(self.url, size=size, timeout=busy_timeout, setting=setting)
+        self.db, self.claim_sessions = (Connections(self.url, size=pool_size or PG_POOL_SIZE, timeout=busy_timeout,
+                                                    setting=setting) for _ in range(2))
         self._claims: dict[str, Connection] = {}  # lease owner -> the session holding its lock
         self._claims_lock = threading.Lock()
         self._daemon_session: Connection | None = None  # holds this host's daemon lock
         self._daemon_mutex = threading.Lock()
-        reference = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _forget_claims(reference))
+        at_fork(self, PostgresBackend._forget_claims)
         with self.db.direct() as con:
             self._ensure_schema(con, create)
         if create:  # a read-only open (ls, stats) writes nothing: a read-only role may inspect
-            self._touch_host()
+            self.db.run(lambda con: con.execute(TOUCH_HOST, (self.host_id,)))
 
     def _ensure_schema(self, con: Connection, create: bool) -> None:
         try:
@@ -136,9 +127,9 @@ class PostgresBackend(Backend):
                 # others wait here (however long it takes) and then find nothing left to do.
                 con.execute("SET lock_timeout = 0")
                 con.execute("SELECT pg_advisory_lock(%s, 0)", (LOCK_SCHEMA,))
-                self._con = con
                 try:
-                    migrations.upgrade(self, migrations.POSTGRES)
+                    migrations.upgrade(con, self.location, migrations.POSTGRES, con.transaction,
+                                       lambda c: self._applied_here(c) or set(), _recorded)
                 finally:
                     con.execute("SELECT pg_advisory_unlock(%s, 0)", (LOCK_SCHEMA,))
         except psycopg.Error as exc:
@@ -161,27 +152,6 @@ class PostgresBackend(Backend):
         if migrations.POSTGRES[0].name not in names:
             raise foreign
         return names
-
-    def applied(self, con: Connection) -> set[str]:
-        """The steps recorded in ``migrations`` (none in an empty database)."""
-        return self._applied_here(con) or set()
-
-    def transaction(self) -> AbstractContextManager[Connection]:
-        """On the opening connection, which holds the schema lock."""
-        return _on(self._con)
-
-    def execute(self, con: Connection, script: str) -> None:
-        """The whole script at once: PostgreSQL takes several statements without parameters."""
-        con.execute(script)
-
-    def recorded(self, con: Connection, done: Sequence[migrations.Migration]) -> None:
-        """Recorded by name, with the server's time."""
-        con.execute("INSERT INTO migrations (name) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING",
-                    ([step.name for step in done],))
-
-    def _touch_host(self) -> None:
-        """Record that this host is alive (at open, at each purge, with each new path)."""
-        self.db.run(lambda con: con.execute(TOUCH_HOST, (self.host_id,)))
 
     def read(self, sql: str, params: Params) -> list[Any]:
         return self.db.run(lambda con: con.execute(_pg(sql), params).fetchall(), transaction=False)
@@ -216,7 +186,7 @@ class PostgresBackend(Backend):
 
         def work(con: Connection) -> LeaseOutcome:
             key = lock_key(sha256, phone)
-            if not _one(con.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_UPLOAD, key))):
+            if con.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_UPLOAD, key)).fetchone() != (True,):
                 return LeaseOutcome(LeaseStatus.WAIT)
             outcome = claim(_Tx(con))  # autocommit: each statement its own transaction
             if outcome.status is not LeaseStatus.ACQUIRED:
@@ -274,8 +244,7 @@ class PostgresBackend(Backend):
         finally:
             self.claim_sessions.checkin(con)
 
-    time = staticmethod(_same)
-    when = staticmethod(_same)  # the session's dumpers send times to the second
+    time = when = staticmethod(lambda value: value)  # the session's dumpers send times to the second
 
     def paths(self, value: Any) -> tuple[str, ...]:
         return tuple(value)
@@ -295,10 +264,18 @@ class PostgresBackend(Backend):
         return self.db.run(lambda con: merge(con, tables, self.host_id))
 
     def pass_started(self) -> None:
-        """The daemon still holds its lock; this host is alive; hosts unseen for the retention
-        period are dropped, with their paths."""
-        self._keep_daemon_lock()
-        self._touch_host()
+        """The daemon still holds its host's lock (a server restart ends the session that held
+        it, and another daemon of this host may have started since: then this one's passes
+        fail with RegistryLocked until that one stops); this host is alive; hosts unseen for
+        the retention period are dropped, with their paths."""
+        with self._daemon_mutex:
+            if (session := self._daemon_session) is not None:
+                try:
+                    session.execute("SELECT 1")
+                except psycopg.Error:
+                    session.close()
+                    self._daemon_session = self._take_daemon_lock()
+        self.db.run(lambda con: con.execute(TOUCH_HOST, (self.host_id,)))
         self.db.run(lambda con: con.execute("DELETE FROM hosts WHERE last_seen_at < now() - %s",
                                             (self.host_retention,)))
 
@@ -319,26 +296,15 @@ class PostgresBackend(Backend):
 
     def _take_daemon_lock(self) -> Connection:
         con = self.db.direct()
-        if not _one(con.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_DAEMON, lock_key(self.host_id)))):
+        key = lock_key(self.host_id)
+        if con.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_DAEMON, key)).fetchone() != (True,):
             con.close()
             raise RegistryLocked(f"another media-registry daemon already serves host {self.host_id} on "
                                  f"{self.location}; stop it first, or give this one its own MEDIA_REGISTRY_HOST_ID")
         return con
 
-    def _keep_daemon_lock(self) -> None:
-        """A daemon's pass first makes sure it still holds its host's lock: a server restart
-        ends the session that held it, and another daemon of this host may have started since
-        (then this one's passes fail with RegistryLocked until that one stops)."""
-        with self._daemon_mutex:
-            session = self._daemon_session
-            if session is None:
-                return
-            try:
-                session.execute("SELECT 1")
-                return
-            except psycopg.Error:
-                session.close()
-            self._daemon_session = self._take_daemon_lock()
+    def _forget_claims(self) -> None:
+        self._claims, self._claims_lock = {}, threading.Lock()
 
     def close(self) -> None:
         """Release held claims and every connection."""
@@ -350,20 +316,6 @@ class PostgresBackend(Backend):
         self.db.close()
 
 
-def _forget_claims(reference: weakref.ref[PostgresBackend]) -> None:
-    store = reference()
-    if store is not None:  # the parent's sessions and locks stay the parent's
-        store._claims, store._claims_lock = {}, threading.Lock()
-
-
-@contextmanager
-def _on(con: Connection) -> Iterator[Connection]:
-    with con.transaction():
-        yield con
-
-
-def _one(cursor: psycopg.Cursor[Any]) -> Any:
-    """The first column of the one row a statement returns."""
-    row = cursor.fetchone()
-    assert row is not None, "the statement always returns one row"
-    return row[0]
+def _recorded(con: Connection, done: Sequence[migrations.Migration]) -> None:
+    con.execute("INSERT INTO migrations (name) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING",
+                ([step.name for step in done],))

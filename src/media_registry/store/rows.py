@@ -15,24 +15,20 @@ __all__ = [
 
 
 class PathHit(NamedTuple):
-    """An unchanged path's content, its current media ID (if valid long enough), and when
-    its fingerprint was recorded (the racily-clean rule needs it)."""
-
+    """An unchanged path's content, its current media ID (if valid long enough), and when it was recorded."""
     sha256: str
     media_id: str | None
     recorded_at: datetime
 
 
 class SourcePath(NamedTuple):
-    """A recorded source file of a content: the fingerprint last seen, and when."""
-
+    """A recorded source file of a content."""
     fingerprint: Fingerprint
     recorded_at: datetime
 
 
 class LeaseStatus(enum.Enum):
     """What asking for the upload lease of (content, phone number) found."""
-
     SERVE = "serve"  # a valid ID exists (it is in ``LeaseOutcome.media_id``): no upload
     ACQUIRED = "acquired"  # the caller holds the lease: upload, then record_upload
     WAIT = "wait"  # a live owner holds it: poll again
@@ -41,14 +37,12 @@ class LeaseStatus(enum.Enum):
 
 class LeaseOutcome(NamedTuple):
     """Result of :meth:`Store.take_lease`."""
-
     status: LeaseStatus
     media_id: str | None = None
 
 
 class NewMedia(NamedTuple):
     """A media ID the API just issued, to be recorded by :meth:`Store.record_upload`."""
-
     media_id: str
     sha256: str
     phone_number_id: str
@@ -62,7 +56,6 @@ class NewMedia(NamedTuple):
 
 class Recorded(enum.Enum):
     """What :meth:`Store.record_upload` did."""
-
     CURRENT = "current"  # recorded as the content's current ID (any previous one superseded)
     CONTENT_DELETED = "content deleted"  # deleted meanwhile: recorded as owing a remote DELETE
     CLAIM_LOST = "claim lost"  # another uploader took the claim over: owes a DELETE, ask again
@@ -70,7 +63,6 @@ class Recorded(enum.Enum):
 
 class MediaRow(NamedTuple):
     """One media ID with its content's MIME type."""
-
     media_id: str
     sha256: str
     phone_number_id: str
@@ -81,9 +73,7 @@ class MediaRow(NamedTuple):
 
 
 class UrlSource(NamedTuple):
-    """What a URL source served when last fetched: the URL in key form (no signature, no
-    user:password), the content, the validators for a conditional GET, and when it was checked."""
-
+    """What a URL (key form: no signature, no user:password) served when last fetched."""
     url: str
     sha256: str
     etag: str | None
@@ -109,10 +99,7 @@ class ContentRef(NamedTuple):
 
 
 class ContentRow(NamedTuple):
-    """One content and phone number with the current media ID (if any) and the paths.
-
-    A content without any current ID appears once, with ``phone_number_id`` None.
-    """
+    """One content and phone number with its current ID (a content without any: once, number None)."""
 
     sha256: str
     mime_type: str
@@ -128,7 +115,6 @@ class ContentRow(NamedTuple):
 
 class EventRow(NamedTuple):
     """One line of a content's history."""
-
     at: datetime
     action: str
     media_id: str | None
@@ -139,7 +125,6 @@ class EventRow(NamedTuple):
 
 class InboundRow(NamedTuple):
     """Inbound media downloaded and verified."""
-
     media_id: str
     sha256: str
     mime_type: str
@@ -150,16 +135,13 @@ class InboundRow(NamedTuple):
 
 class PhoneStats(NamedTuple):
     """Live, expiring and expired (not yet purged) media IDs of one phone number."""
-
     live_ids: int
     expiring_ids: int
     expired_ids: int
 
 
 class StoreStats(NamedTuple):
-    """Counts for health checks, plus facts only the backend knows (``backend``: e.g. the
-    database's location with any password hidden, its size on disk, its journal mode)."""
-
+    """Counts for health checks, and the backend's own facts (location without password, size...)."""
     contents: int
     deleted_contents: int
     paths: int
@@ -175,9 +157,7 @@ class StoreStats(NamedTuple):
 
 
 class TableCopy(NamedTuple):
-    """One table of a migration: rows in the SQLite registry, and what became of them in the
-    PostgreSQL registry (copied anew, updated, or already as they were)."""
-
+    """One table of a migration: the SQLite registry's rows, and what became of them in PostgreSQL."""
     table: str
     source_rows: int
     copied: int

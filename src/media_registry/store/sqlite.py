@@ -16,7 +16,6 @@ import re
 import sqlite3
 import stat
 import threading
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, closing, contextmanager
 from datetime import datetime, timezone
@@ -26,7 +25,7 @@ from typing import Any, TypeVar
 from ..defaults import BUSY_TIMEOUT
 from ..errors import RegistryCorrupt, RegistryError, RegistryLocked, SchemaTooNew
 from . import migrations
-from .backend import Backend, Params, Tx, utc_text
+from .backend import Backend, Params, Tx, at_fork, utc_text
 from .owners import HOST, owner_alive
 from .rows import LeaseOutcome, LeaseStatus
 
@@ -67,14 +66,12 @@ class SQLiteBackend(Backend):
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._check_file()
-        # A connection must not cross a fork: the child starts with none and opens its own.
-        # (Registered here rather than checked per call: os.getpid() is a syscall on the hot path.)
-        reference = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _forget_connections(reference))
+        # A connection must not cross a fork: registered here rather than checked per call
+        # (os.getpid() is a syscall on the hot path).
+        at_fork(self, SQLiteBackend._forget)
         self._con_here()  # open now so that a bad file fails at construction
 
     dialect = DIALECT
-    _con: sqlite3.Connection  # the connection being opened, while its schema is brought up to date
 
     def _check_file(self) -> None:
         """Refuse, before SQLite writes anything, what is not (or cannot become) ours."""
@@ -101,9 +98,6 @@ class SQLiteBackend(Backend):
                 raise RegistryCorrupt(f"registry {self.path} is an empty file, not a media-registry registry "
                                       "(left untouched); create one with: media-registry init")
             return
-        self._check_ours()
-
-    def _check_ours(self) -> None:
         # Through SQLite, read-only, so that someone else's database stays byte-identical (no
         # schema, no user_version, no switch to WAL). Never a plain open() and close() of the
         # file: closing any descriptor of it drops this process's SQLite locks on it.
@@ -133,7 +127,6 @@ class SQLiteBackend(Backend):
             con = sqlite3.connect(self.path.absolute().as_uri() + f"?mode={mode}", uri=True,
                                   timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
             try:
-                con.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
                 version = _user_version(con)
                 if version > migrations.SCHEMA_VERSION:
                     raise SchemaTooNew(
@@ -145,8 +138,8 @@ class SQLiteBackend(Backend):
                 con.execute("PRAGMA synchronous = NORMAL")
                 con.execute("PRAGMA foreign_keys = ON")
                 if version < migrations.SCHEMA_VERSION:
-                    self._con = con
-                    migrations.upgrade(self, migrations.SQLITE)
+                    migrations.upgrade(con, self.location, migrations.SQLITE, lambda: _immediate(con),
+                                       _applied, _recorded)
             except BaseException:
                 con.close()  # a connection is kept only once the schema is known good
                 raise
@@ -162,8 +155,7 @@ class SQLiteBackend(Backend):
         with self._lock:
             for con in self._connections:
                 con.close()
-            self._connections.clear()
-        self._local = threading.local()
+            self._forget()
 
     def _explain(self, exc: sqlite3.Error) -> RegistryError:
         text = str(exc)
@@ -180,30 +172,6 @@ class SQLiteBackend(Backend):
             return RegistryError(f"registry {self.path} refused a change that would break its rules ({text}); "
                                  "nothing was changed, retry")
         return RegistryError(f"registry {self.path}: {text}")
-
-    def applied(self, con: sqlite3.Connection) -> set[str]:
-        """Steps counted by ``user_version`` (a version-1 registry has no table) and recorded."""
-        names = {step.name for step in migrations.SQLITE[:_user_version(con)]}
-        if con.execute("SELECT 1 FROM sqlite_master WHERE name = 'migrations'").fetchone():
-            names |= {name for (name,) in con.execute("SELECT name FROM migrations")}
-        return names
-
-    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        """A ``BEGIN IMMEDIATE`` transaction on the connection being opened."""
-        return _immediate(self._con)
-
-    def execute(self, con: sqlite3.Connection, script: str) -> None:
-        """Statement by statement: sqlite3 runs one per call."""
-        for statement in script.split(";"):
-            con.execute(statement)
-
-    def recorded(self, con: sqlite3.Connection, done: Sequence[migrations.Migration]) -> None:
-        """Recorded by name, counted in ``user_version``."""
-        version = max(_user_version(con), len(done))
-        con.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
-        con.executemany("INSERT OR IGNORE INTO migrations (name, applied_at) VALUES (?, ?)",
-                        [(step.name, utc_text(datetime.now(timezone.utc))) for step in migrations.SQLITE[:version]])
-        con.execute(f"PRAGMA user_version = {version}")
 
     def read(self, sql: str, params: Params) -> list[Any]:
         """Every row, on this thread's connection."""
@@ -271,16 +239,16 @@ class SQLiteBackend(Backend):
                    if os.path.exists(name))
         return {"db": self.location, "db_bytes": size, "journal_mode": self.read_one("PRAGMA journal_mode", {})[0]}
 
-    @contextmanager
-    def daemon_lock(self) -> Iterator[None]:
+    def daemon_lock(self) -> AbstractContextManager[None]:
         """One daemon per registry file, whatever name it is reached by."""
-        with _lock_beside(self.path):
-            yield
+        return _lock_beside(self.path)
+
+    def _forget(self) -> None:
+        self._local, self._connections = threading.local(), []
 
     def _con_here(self) -> sqlite3.Connection:
         con: sqlite3.Connection | None = getattr(self._local, "con", None)
         return con if con is not None else self._open()
-
 
 
 @contextmanager
@@ -294,18 +262,11 @@ def _immediate(con: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     con.execute("COMMIT")
 
 
-def _forget_connections(reference: weakref.ref[SQLiteBackend]) -> None:
-    store = reference()
-    if store is not None:
-        store._local = threading.local()
-        store._connections = []  # the parent's; closing them here would disturb the parent
-
-
 def export_registry(path: str | os.PathLike[str]) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of the SQLite registry at ``path`` that a migration copies (columns and
-    order as :data:`~media_registry.store.migrations.EXPORTED`), read without changing the
-    file: a read-only connection; an older schema version read as it is (a version-1
-    registry's ctime and device as 0: the first cache hit then hashes the file once)."""
+    """Every row of the SQLite registry at ``path`` that a migration copies (columns and order
+    as :data:`~media_registry.store.migrations.EXPORTED`, times as stored), read without
+    changing the file: a read-only connection; an older schema version read as it is (a
+    version-1 registry's ctime and device as 0: the first cache hit then hashes it once)."""
     location = Path(path)
     if not location.is_file():
         raise RegistryError(f"no registry at {location}; point --db (or MEDIA_REGISTRY_DB) at the SQLite file")
@@ -323,10 +284,8 @@ def export_registry(path: str | os.PathLike[str]) -> dict[str, list[tuple[Any, .
             for table, (names, order) in migrations.EXPORTED.items():
                 if "device" not in columns:
                     names = names.replace("ctime_ns,", "0,").replace("device,", "0,")
-                times = [index for index, name in enumerate(names.split(", ")) if migrations.is_time(name)]
-                rows = con.execute(f"SELECT {names} FROM {table} ORDER BY {order}") if table in present else []
-                tables[table] = [tuple(_parse(value) if index in times and value else value
-                                       for index, value in enumerate(row)) for row in rows]
+                tables[table] = (con.execute(f"SELECT {names} FROM {table} ORDER BY {order}").fetchall()
+                                 if table in present else [])
             return tables
     except sqlite3.Error as exc:
         raise RegistryError(f"registry {location} cannot be read ({exc}); check the file") from None
@@ -389,6 +348,23 @@ def _open_lock(path: Path) -> int:
         raise RegistryError(f"{path}: holds something other than a daemon lock; remove it, then start the "
                             "daemon again")
     return handle
+
+
+def _applied(con: sqlite3.Connection) -> set[str]:
+    """Steps counted by ``user_version`` (a version-1 registry has no table) and recorded."""
+    names = {step.name for step in migrations.SQLITE[:_user_version(con)]}
+    if con.execute("SELECT 1 FROM sqlite_master WHERE name = 'migrations'").fetchone():
+        names |= {name for (name,) in con.execute("SELECT name FROM migrations")}
+    return names
+
+
+def _recorded(con: sqlite3.Connection, done: Sequence[migrations.Migration]) -> None:
+    """Recorded by name, counted in ``user_version``."""
+    version = max(_user_version(con), len(done))
+    con.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+    con.executemany("INSERT OR IGNORE INTO migrations (name, applied_at) VALUES (?, ?)",
+                    [(step.name, utc_text(datetime.now(timezone.utc))) for step in migrations.SQLITE[:version]])
+    con.execute(f"PRAGMA user_version = {version}")
 
 
 def _user_version(con: sqlite3.Connection) -> int:
