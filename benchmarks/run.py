@@ -27,7 +27,7 @@ import httpx
 from bench_sources import bench_sources
 
 from media_registry import AsyncMediaRegistry, MediaRegistry
-from media_registry.hashing import sha256_file
+from media_registry.content.hashing import sha256_file
 from media_registry.testing import FakeGraphAPI, sample_media
 
 PDF = "application/pdf"

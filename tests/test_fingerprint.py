@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from media_registry import MediaRegistry
-from media_registry.hashing import fingerprint
+from media_registry.content.hashing import fingerprint
 from media_registry.testing import FakeGraphAPI, sample_media
 
 import registry_db

@@ -20,7 +20,7 @@ import pytest
 
 from media_registry import RegistryCorrupt, RegistryError, RegistryUnreachable, SchemaTooNew
 from media_registry.app.migrate import migrate_to_postgres
-from media_registry.hashing import Fingerprint
+from media_registry.content.hashing import Fingerprint
 from media_registry.store import Cutoffs, LeaseStatus, NewMedia, Recorded, Store, UrlSource, migrations
 from media_registry.store.postgres import PostgresBackend
 

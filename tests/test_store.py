@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from media_registry import ConfigError, RegistryError
+from media_registry.content.hashing import Fingerprint
 from media_registry.errors import RegistryCorrupt
-from media_registry.hashing import Fingerprint
 from media_registry.store import LeaseStatus, NewMedia, Recorded, Store, migrations, open_store
 from media_registry.testing.store import StoreConformance, mapping
 

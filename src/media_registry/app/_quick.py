@@ -18,7 +18,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import NamedTuple
 
-from .. import defaults, hashing
+from .. import defaults
+from ..content import hashing
 from ..dburl import is_postgres_url, refuse_other_url
 from ..errors import ConfigError, MediaRegistryError
 from ..setting_checks import (

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import DownloadError, IntegrityError
-from ..hashing import sha256_file
+from .hashing import sha256_file
 
 # What mimetypes gets wrong or leaves to chance for WhatsApp's types.
 EXTENSIONS = {

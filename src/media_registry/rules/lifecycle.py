@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from typing import NamedTuple
 
-from .. import hashing
+from ..content import hashing
 from ..content.sources import is_url
 from ..errors import ContentDeleted, MediaRegistryError, NotInRegistry, SourceNotFound, SourceUnreadable
 from ..models import LifecycleAction, Report

@@ -14,8 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from .. import hashing
-from ..content import media_types
+from ..content import hashing, media_types
 from ..content.sources import Content
 from ..errors import ConfigError, ContentDeleted, GraphAPIError, MediaNotFound, MediaRegistryError
 from ..models import LifecycleAction

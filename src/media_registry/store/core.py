@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from ..hashing import Fingerprint
+from ..content.hashing import Fingerprint
 from . import _sql as q
 from .backend import SIGNED, Backend, Tx, int64, uint64, utc_text
 from .rows import (

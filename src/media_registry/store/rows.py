@@ -6,7 +6,7 @@ import enum
 from datetime import datetime
 from typing import NamedTuple
 
-from ..hashing import Fingerprint
+from ..content.hashing import Fingerprint
 
 __all__ = [
     "ContentRef", "ContentRow", "Cutoffs", "EventRow", "InboundRow", "LeaseOutcome", "LeaseStatus", "MediaRow",

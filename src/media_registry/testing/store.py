@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from ..content.hashing import Fingerprint
 from ..errors import RegistryLocked
-from ..hashing import Fingerprint
 from ..store import Cutoffs, InboundRow, LeaseStatus, NewMedia, Recorded, Store, UrlSource, new_owner
 
 NOW = datetime(2026, 3, 1, 9, 0, tzinfo=timezone.utc)

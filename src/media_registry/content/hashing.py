@@ -8,7 +8,7 @@ import stat
 from datetime import datetime
 from typing import NamedTuple
 
-from .errors import SourceChanged, SourceNotFound, SourceUnreadable
+from ..errors import SourceChanged, SourceNotFound, SourceUnreadable
 
 BLOCK_SIZE = 1 << 18
 
