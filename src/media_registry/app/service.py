@@ -132,7 +132,7 @@ def _exit_quietly(_signum: int, _frame: object) -> None:
 
 def _listen(host: str, port: int) -> socket.socket:
     """The listening socket, or one line saying why there is none (uvicorn would log it)."""
-    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    listener = _connections.Listener(socket.AF_INET6 if ":" in host else socket.AF_INET)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         listener.bind((host, port))
