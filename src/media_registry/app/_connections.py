@@ -11,6 +11,7 @@ import errno
 import json
 import logging
 import resource
+import socket
 import time
 from typing import Any, TypeGuard
 
@@ -78,6 +79,58 @@ class OutOfFiles(Throttled):
 
 
 OUT_OF_FILES = OutOfFiles()
+# asyncio's wait before it accepts again once accept found no file descriptor left.
+ACCEPT_RETRY_DELAY = 1.0
+
+
+class Listener(socket.socket):
+    """The listening socket, fit for asyncio's way with running out of file descriptors: on
+    that error asyncio stops watching it and starts again a second later, but goes on calling
+    accept for the rest of its batch (up to the backlog: 2048), scheduling a restart per call;
+    and a restart that comes after the server closed the socket finds no descriptor (-1) and
+    logs a traceback. Here the batch ends at the first such error (one restart), and a close
+    while a restart is due only stops listening: the restart finds the descriptor, and the
+    first accept after it closes the socket for good."""
+
+    def __init__(self, family: int) -> None:
+        super().__init__(family, socket.SOCK_STREAM)
+        self._batch_over = False
+        self._restart_due = -1.0  # loop time until which asyncio may still restart
+        self._closing = False
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        """``socket.accept``; BlockingIOError (asyncio's "none left") after running out."""
+        if self._closing:
+            asyncio.get_running_loop().remove_reader(self)
+            super().close()
+            raise BlockingIOError
+        if self._batch_over:
+            self._batch_over = False
+            raise BlockingIOError
+        try:
+            return super().accept()
+        except OSError as exc:
+            if is_out_of_files(exc):
+                self._batch_over = True
+                # Late timers included: a loaded loop runs the restart after its time.
+                self._restart_due = asyncio.get_running_loop().time() + 2 * ACCEPT_RETRY_DELAY
+            raise
+
+    def close(self) -> None:
+        """Close; or, with a restart due, stop listening and close at the first accept after it."""
+        if self._closing:
+            return
+        if not self._restart_pending():
+            super().close()
+            return
+        self._closing = True
+        self.shutdown(socket.SHUT_RDWR)  # waiting connections are reset; the restart wakes accept
+
+    def _restart_pending(self) -> bool:
+        try:
+            return asyncio.get_running_loop().time() < self._restart_due
+        except RuntimeError:  # no loop running: nothing will restart
+            return False
 
 
 class LimitedH11(H11Protocol):

@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+import anyio
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI
 from pydantic import SecretStr
@@ -81,6 +82,7 @@ def run_service(*, host: str, port: int, options: Options, run_schedule_too: boo
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         asyncio.get_running_loop().set_exception_handler(_connections.OUT_OF_FILES)
+        anyio.current_time()  # anyio's backend imported now: at the first request, it needs a descriptor
         passes = [run_schedule(registry, stopping, monitor.observe_pass)] if run_schedule_too else []
         schedule = [asyncio.create_task(coroutine) for coroutine in passes]
         # Said once uvicorn's signal handlers are in place: from now on SIGTERM is graceful.
@@ -132,7 +134,7 @@ def _exit_quietly(_signum: int, _frame: object) -> None:
 
 def _listen(host: str, port: int) -> socket.socket:
     """The listening socket, or one line saying why there is none (uvicorn would log it)."""
-    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    listener = _connections.Listener(socket.AF_INET6 if ":" in host else socket.AF_INET)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         listener.bind((host, port))
