@@ -11,7 +11,6 @@ from typing import Any, NamedTuple
 
 from ._pg_pool import Connection
 from .migrations import EXPORTED
-from .postgres import TOUCH_HOST
 from .rows import TableCopy
 
 
@@ -29,7 +28,6 @@ class Merge(NamedTuple):
 
 def merge(con: Connection, tables: dict[str, list[tuple[Any, ...]]], host_id: str) -> list[TableCopy]:
     """Load the file's rows of each table, bring the registry's rows up to date, count."""
-    con.execute(TOUCH_HOST, (host_id,))
     for table, rows in tables.items():
         names = EXPORTED[table][0].split(", ")
         arrays = ", ".join(f"%s::{_type(name)}[]" for name in names)

@@ -261,7 +261,11 @@ class PostgresBackend(Backend):
         """In one transaction."""
         from ._pg_import import merge
 
-        return self.db.run(lambda con: merge(con, tables, self.host_id))
+        def touch_and_merge(con: Connection) -> list[TableCopy]:
+            con.execute(TOUCH_HOST, (self.host_id,))
+            return merge(con, tables, self.host_id)
+
+        return self.db.run(touch_and_merge)
 
     def pass_started(self) -> None:
         """The daemon still holds its host's lock (a server restart ends the session that held
