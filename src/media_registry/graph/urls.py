@@ -11,9 +11,10 @@ from ..errors import UnsafeDownloadURL
 
 
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` names this machine: ``localhost`` (any case, a trailing dot allowed),
-    127.0.0.0/8 or ::1. Any other name may resolve to anything, so it never counts."""
-    if host.lower() in ("localhost", "localhost."):  # one trailing dot: "localhost.." is no name
+    """Whether ``host`` names this machine: ``localhost`` (any case), 127.0.0.0/8 or ::1. Any
+    other name may resolve to anything, so it never counts; nor does ``localhost.``, which the
+    hosts file may not match, so a resolver would answer it."""
+    if host.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
