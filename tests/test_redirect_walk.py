@@ -11,7 +11,7 @@ import pytest
 from media_registry.errors import UnsafeDownloadURL
 from media_registry.graph.client import AsyncGraphClient, GraphClient
 
-TOKEN = "EAAreviewtoken0123456789abcdef"
+TOKEN = "test-token-for-the-redirect-walk"
 START = "https://lookaside.fbsbx.com/start"
 
 
