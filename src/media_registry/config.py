@@ -23,6 +23,7 @@ from .setting_checks import (
     RANGES,
     TEXT_CHECKS,
     check_phone_number_id,
+    check_repair_codes,
     check_retention,
     check_token,
     check_upload_ttls,
@@ -97,6 +98,18 @@ class Settings(BaseSettings):
     pg_pool_size: int = defaults.PG_POOL_SIZE
     host_id: str = defaults.HOST_ID
     host_retention: timedelta = defaults.HOST_RETENTION
+    # Webhooks: the app secret that signs Meta's deliveries, the token of its handshake (both
+    # blank = unset), where inbound files are kept (a folder, default blob_dir, or
+    # s3://bucket/prefix), the S3 endpoint of a store other than AWS, whether the SHA-256
+    # checksum is sent, the Graph error codes of a failed send that mean a dead media ID, and
+    # how long sent messages are remembered for that.
+    app_secret: SecretStr | None = _env("WHATSAPP_APP_SECRET")
+    webhook_verify_token: SecretStr | None = None
+    archive: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_checksum: str = defaults.S3_CHECKSUM
+    repair_codes: Annotated[tuple[int, ...], NoDecode] = defaults.REPAIR_CODES
+    sent_retention: timedelta = defaults.SENT_RETENTION
 
     @field_validator("db", mode="before")
     @classmethod
@@ -120,6 +133,20 @@ class Settings(BaseSettings):
         if value is not None:
             register_secret(value.get_secret_value(), "service token")
         return value
+
+    @field_validator("app_secret", "webhook_verify_token")
+    @classmethod
+    def _hide_webhook_secret(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        given = value.get_secret_value() if value is not None else ""
+        if not given.strip():  # an HMAC keyed with an empty secret can be forged by anyone
+            return None
+        register_secret(given, str(info.field_name).replace("_", " "))
+        return value
+
+    @field_validator("repair_codes", mode="before")
+    @classmethod
+    def _codes(cls, value: Any) -> Any:
+        return check_repair_codes(value)
 
     @field_validator("phone_number_id")
     @classmethod
