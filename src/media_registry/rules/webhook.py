@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from ..store import Store
-from ..store.inbox import Inbox, NewItem
+from ..store.inbox import STATES, Inbox, InboxItem, NewItem
 from ..webhooks import FailedStatus, OnInvalid, Repair, WebhookReport, count_statuses, failed_statuses, media_in_webhook
 from .context import Context
 from .effects import Blocking, Flow, ask
@@ -92,6 +92,10 @@ class Webhooks:
         if message_id is not None:
             yield from ask(Blocking(functools.partial(
                 inbox(self.ctx.store).record_sent, message_id, media_id, phone, self.ctx.clock())))
+
+    def inbox(self, states: tuple[str, ...] = STATES) -> list[InboxItem]:
+        """The inbound items in these states (pending, failed, archived, lost), oldest first."""
+        return inbox(self.ctx.store).items(states)
 
     def prune_sent(self) -> int:
         """Forget sent messages older than ``sent_retention``; how many."""
