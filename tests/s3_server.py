@@ -1,4 +1,4 @@
-"""A real S3-compatible server on loopback for the archive's tests: moto's
+"""A real S3-compatible server on loopback for the archive's tests (fixtures, loaded by conftest): moto's
 ThreadedMotoServer, in this process, on a fixed port so that it can be stopped and started
 again (it keeps its objects meanwhile)."""
 
@@ -11,9 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test-access-key", "AWS_SECRET_ACCESS_KEY": "test-secret-key-0123456789",
                "AWS_DEFAULT_REGION": "us-east-1"}
@@ -23,10 +21,12 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test-access-key", "AWS_SECRET_ACCESS_KEY": 
 class S3:
     """The running server, its URL and a client of it."""
 
-    server: ThreadedMotoServer
+    server: Any  # moto's ThreadedMotoServer
     url: str
 
     def client(self) -> Any:
+        import boto3
+
         return boto3.session.Session(aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
                                      aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
                                      region_name="us-east-1").client("s3", endpoint_url=self.url)
@@ -42,6 +42,8 @@ class S3:
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3]:
+    from moto.server import ThreadedMotoServer  # imported by the tests that use it only
+
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

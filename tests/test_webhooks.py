@@ -21,9 +21,9 @@ import pytest
 from media_registry import AsyncMediaRegistry, MediaRegistry
 from media_registry.testing import FakeGraphAPI
 from media_registry.webhooks import verify_signature
+from s3_server import S3
 
 from conftest import CLI, wait_for
-from s3_server import S3, s3, s3_server  # noqa: F401  (fixtures)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
