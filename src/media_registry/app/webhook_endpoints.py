@@ -19,11 +19,16 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from ..registry import AsyncMediaRegistry
-from ..webhooks import verify_signature
+from ..webhooks import WebhookReport, verify_signature
+from .answers import error_responses
 from .endpoints import _receive
 from .metrics import Monitor
 
 PATH = "/v1/webhooks/whatsapp"
+WEBHOOK_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+                "parameters": [{"name": "X-Hub-Signature-256", "in": "header", "required": True,
+                                "schema": {"type": "string"}, "description": "sha256= and the hex HMAC-SHA256 "
+                                "of the raw body keyed with WHATSAPP_APP_SECRET"}]}
 MAX_WEBHOOK_BODY = 4 * 1024 * 1024  # Meta's deliveries are a few kilobytes
 
 
@@ -42,8 +47,9 @@ class WebhookEndpoints:
     def routes(self, router: APIRouter) -> None:
         """Add the endpoints to ``router`` (one without the client token)."""
         router.add_api_route(PATH, self.handshake, methods=["GET"], response_class=PlainTextResponse,
-                             summary="Meta's webhook verification handshake")
-        router.add_api_route(PATH, self.deliver, methods=["POST"],
+                             responses=error_responses(400, 403, 503), summary="Meta's webhook verification handshake")
+        router.add_api_route(PATH, self.deliver, methods=["POST"], response_model=WebhookReport,
+                             responses=error_responses(400, 401, 403, 413, 503), openapi_extra=WEBHOOK_BODY,
                              summary="A webhook delivery signed by Meta: inbound media recorded, failed sends repaired")
 
     async def handshake(
