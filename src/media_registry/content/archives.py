@@ -14,12 +14,14 @@ chain and never appear in an error.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
+import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from ..errors import ConfigError, MediaRegistryError, redact, register_secret
+from ..errors import ConfigError, IntegrityError, MediaRegistryError, redact, register_secret
 from . import blobs
 
 CREDENTIALS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
@@ -27,6 +29,35 @@ CREDENTIALS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"
 
 class ArchiveError(MediaRegistryError):
     """The archive could not store a file (the store is down or refused it); retried."""
+
+
+class VerifiedSpool:
+    """A download on its way to the bucket: an unnamed temporary file (gone with the process,
+    whatever happens), hashed as it is written; :meth:`finish` checks size and sha256."""
+
+    def __init__(self, size: int, sha256: str) -> None:
+        self.file = tempfile.TemporaryFile()
+        self._size, self._sha256 = size, sha256
+        self._digest, self._received = hashlib.sha256(), 0
+
+    def write(self, chunk: bytes) -> None:
+        """Append a chunk; more bytes than announced fail at once."""
+        self._received += len(chunk)
+        if self._received > self._size:
+            raise IntegrityError(f"received more than the {self._size:,} bytes announced; not archived")
+        self._digest.update(chunk)
+        self.file.write(chunk)
+
+    def finish(self) -> None:
+        """IntegrityError unless the bytes are whole and their sha256 is the API's."""
+        if self._received != self._size or self._digest.hexdigest() != self._sha256:
+            raise IntegrityError(f"received {self._received:,} of {self._size:,} bytes, or bytes whose sha256 is "
+                                 "not the API's; not archived, retried later")
+        self.file.seek(0)
+
+    def close(self) -> None:
+        """Drop the bytes."""
+        self.file.close()
 
 
 class S3Archive:
@@ -49,8 +80,8 @@ class S3Archive:
         name = blobs.file_name(sha256, mime_type)
         return f"{self.prefix}/{name}" if self.prefix else name
 
-    def put(self, path: Path, sha256: str, mime_type: str, metadata: dict[str, str]) -> str:
-        """Store the verified file at ``path`` under its key, unless an object is there
+    def put(self, body: BinaryIO, sha256: str, mime_type: str, metadata: dict[str, str]) -> str:
+        """Store the verified bytes of ``body`` under their key, unless an object is there
         already; the object's ``s3://`` location. ArchiveError when the store fails."""
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -58,9 +89,8 @@ class S3Archive:
         extra: dict[str, Any] = {"ChecksumSHA256": base64.b64encode(bytes.fromhex(sha256)).decode()} \
             if self.checksum else {}
         try:
-            with open(path, "rb") as body:
-                self.client().put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=mime_type,
-                                         Metadata=metadata, IfNoneMatch="*", **extra)
+            self.client().put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=mime_type,
+                                     Metadata=metadata, IfNoneMatch="*", **extra)
         except ClientError as exc:
             if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 412:
                 raise ArchiveError(redact(f"{self.url}: the store refused {key} "

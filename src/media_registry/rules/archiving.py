@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
-import shutil
-import tempfile
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -17,13 +15,13 @@ from pathlib import Path
 
 import httpx
 
-from ..content.archives import S3Archive, open_archive
+from ..content.archives import S3Archive, VerifiedSpool, open_archive
 from ..errors import IntegrityError, MediaNotFound, MediaRegistryError
 from ..models import DownloadedMedia, LifecycleAction, Report
 from ..store import new_owner
 from ..store.inbox import InboxItem
 from .context import Context
-from .effects import Blocking, Flow, ask
+from .effects import Blocking, DownloadTo, Flow, GetMedia, ask
 from .inbound import Inbound
 from .lifecycle import OnAction, add
 from .webhook import Webhooks, inbox
@@ -108,34 +106,43 @@ class Archiving:
         return action(action="failed", detail=reason)
 
     def _store(self, item: InboxItem) -> Flow[tuple[DownloadedMedia, str]]:
-        """Fetch the item into the archive folder, or through a temporary folder into the
-        bucket; its location."""
+        """Fetch the item into the archive folder, or through a spool into the bucket; its
+        location."""
         if not isinstance(self.archive, S3Archive):
-            result = yield from self._fetch(item, self.archive, record=True)
+            result = yield from self._fetch(item, self.archive)
             return result, str(result.path)
-        folder = yield from ask(Blocking(tempfile.mkdtemp, undo=_remove))
         try:
-            result = yield from self._fetch(item, Path(folder), record=False)
-            metadata = {"media-id": item.media_id, "phone-number-id": item.phone_number_id or "",
-                        "mime-type": result.mime_type, "received-at": _iso(item.received_at)}
+            metadata = yield from ask(GetMedia(item.media_id, item.phone_number_id))
+        except MediaNotFound as exc:
+            raise MediaNotFound(f"media {item.media_id}: the Graph API no longer knows it (code {exc.code}); "
+                                "inbound media IDs live 7 days") from None
+        mime_type = metadata.mime_type.split(";")[0].strip()
+        _check_webhook_sha256(item, metadata.sha256)
+        spool = yield from ask(Blocking(functools.partial(VerifiedSpool, metadata.file_size, metadata.sha256),
+                                        undo=VerifiedSpool.close))
+        try:
+            yield from ask(DownloadTo(metadata.url, spool))
+            yield from ask(Blocking(spool.finish))
+            tags = {"media-id": item.media_id, "phone-number-id": item.phone_number_id or "",
+                    "mime-type": mime_type, "received-at": _iso(item.received_at)}
             location = yield from ask(Blocking(functools.partial(
-                self.archive.put, result.path, result.sha256, result.mime_type, metadata)))
+                self.archive.put, spool.file, metadata.sha256, mime_type, tags)))
         finally:
-            yield from ask(Blocking(functools.partial(_remove, folder)))
-        return result, location
+            yield from ask(Blocking(spool.close))
+        return DownloadedMedia(media_id=item.media_id, sha256=metadata.sha256, mime_type=mime_type,
+                               size_bytes=metadata.file_size, path=Path(location), fetched=True), location
 
-    def _fetch(self, item: InboxItem, folder: Path, record: bool) -> Flow[DownloadedMedia]:
-        """The verified download, checked against the webhook's own sha256 too."""
-        result = yield from self.inbound.download_flow(item.media_id, folder, item.phone_number_id, record)
-        if item.sha256 and item.sha256 != result.sha256:
-            raise IntegrityError(f"media {item.media_id}: the webhook's sha256 differs from the API's; "
-                                 "not archived, check the webhook's source")
+    def _fetch(self, item: InboxItem, folder: Path) -> Flow[DownloadedMedia]:
+        """The verified download into a folder, checked against the webhook's own sha256 too."""
+        result = yield from self.inbound.download_flow(item.media_id, folder, item.phone_number_id)
+        _check_webhook_sha256(item, result.sha256)
         return result
 
 
-def _remove(folder: str | None) -> None:
-    if folder is not None:
-        shutil.rmtree(folder, ignore_errors=True)
+def _check_webhook_sha256(item: InboxItem, sha256: str) -> None:
+    if item.sha256 and item.sha256 != sha256:
+        raise IntegrityError(f"media {item.media_id}: the webhook's sha256 differs from the API's; "
+                             "not archived, check the webhook's source")
 
 
 def _iso(moment: datetime) -> str:

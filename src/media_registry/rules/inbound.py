@@ -25,19 +25,17 @@ class Inbound:
         self.ctx = ctx
 
     def download_flow(
-        self, media_id: str, dest_dir: str | os.PathLike[str] | None, phone_number_id: str | None,
-        record: bool = True,
+        self, media_id: str, dest_dir: str | os.PathLike[str] | None, phone_number_id: str | None
     ) -> Flow[DownloadedMedia]:
         """Download with retries: an expired URL or a bad transfer starts over with fresh
-        metadata after a jittered backoff, up to ``max_retries`` times. ``record=False``
-        leaves the download out of the registry (a file on its way elsewhere)."""
+        metadata after a jittered backoff, up to ``max_retries`` times."""
         settings = self.ctx.settings
         folder = Path(dest_dir) if dest_dir is not None else settings.blob_dir
         attempt = 0
         while True:
             attempt += 1
             try:
-                return (yield from self._download_once(media_id, folder, phone_number_id, record))
+                return (yield from self._download_once(media_id, folder, phone_number_id))
             except (IntegrityError, DownloadURLExpired) as exc:
                 if attempt > settings.max_retries:
                     if isinstance(exc, DownloadURLExpired):
@@ -50,7 +48,7 @@ class Inbound:
             yield from ask(Sleep(random.uniform(0, cap)))  # full jitter, as for API calls
 
     def _download_once(
-        self, media_id: str, folder: Path, phone_number_id: str | None, record: bool
+        self, media_id: str, folder: Path, phone_number_id: str | None
     ) -> Flow[DownloadedMedia]:
         """Fresh metadata, then the bytes into a verified temporary file renamed into place
         (unless the content is already on disk), then the record. Creating, syncing and
@@ -76,11 +74,10 @@ class Inbound:
                 raise
             yield from ask(Blocking(functools.partial(file.__exit__, None, None, None)))
         fetched = file is not None
-        if record:
-            row = yield from ask(Blocking(functools.partial(
-                _inbound_row, media_id, metadata, mime_type, destination, self.ctx.clock())))
-            yield from ask(Blocking(functools.partial(
-                self.ctx.store.record_inbound, row, None if fetched else "already on disk")))
+        row = yield from ask(Blocking(functools.partial(
+            _inbound_row, media_id, metadata, mime_type, destination, self.ctx.clock())))
+        yield from ask(Blocking(functools.partial(
+            self.ctx.store.record_inbound, row, None if fetched else "already on disk")))
         return DownloadedMedia(media_id=media_id, sha256=metadata.sha256, mime_type=mime_type,
                                size_bytes=metadata.file_size, path=destination, fetched=fetched)
 
