@@ -23,7 +23,6 @@ import hmac
 import json
 import os
 import platform
-import re
 import socket
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from service import _json, _wait_for_address
 
 from media_registry import MediaRegistry
 from media_registry.testing import FakeGraphAPI, sample_media
@@ -69,10 +69,9 @@ def serve_with_floor() -> None:
                 if not message.get("more_body"):
                     break
             header = dict(scope["headers"]).get(b"x-hub-signature-256", b"").decode()
-            ok = verify_signature(body, header, SECRET) and isinstance(json.loads(body), dict)
-            await send({"type": "http.response.start", "status": 200 if ok else 403,
-                        "headers": [(b"content-type", b"application/json")]})
-            await send({"type": "http.response.body", "body": b'{"ok": true}'})
+            if not (verify_signature(body, header, SECRET) and isinstance(json.loads(body), dict)):
+                raise ValueError("the floor's delivery is not signed JSON")
+            await _json(send, b'{"ok": true}')
         else:
             await service(scope, receive, send)
 
@@ -190,18 +189,6 @@ def _floor(registry: MediaRegistry, api: FakeGraphAPI, s3: Any, items: int) -> f
         return items / (time.perf_counter() - started)
 
 
-def _wait_for_address(server: subprocess.Popen[bytes], log: Path) -> str:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        found = re.search(r"Uvicorn running on (http://[\d.]+:\d+)", log.read_text())
-        if found:
-            return found.group(1)
-        if server.poll() is not None:
-            sys.exit(f"the benchmark server exited: {log.read_text()}")
-        time.sleep(0.05)
-    sys.exit("the benchmark server did not start")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests and items; seconds")
@@ -210,7 +197,7 @@ def main() -> None:
     if args.serve:
         serve_with_floor()
         return
-    requests, items = (200, 60) if args.quick else (2_000, 1_000)
+    requests, items = (100, 30) if args.quick else (2_000, 1_000)
     with tempfile.TemporaryDirectory(prefix="media-registry-bench-") as tmp, FakeGraphAPI() as api:
         folder = Path(tmp)
         env = {**os.environ, "WHATSAPP_TOKEN": api.token, "WHATSAPP_API_BASE": api.base_url,
