@@ -8,9 +8,11 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -259,3 +261,27 @@ def test_signatures(bad: str) -> None:
     given, header, key, valid = cases[bad]
     assert verify_signature(given, header, key) is valid
     assert not verify_signature(body, good, "")  # an empty secret signs nothing
+
+
+def test_an_item_a_day_from_its_end_fails_the_health_check(make_registry: Callable[..., MediaRegistry],
+                                                           api: FakeGraphAPI) -> None:
+    from media_registry.app.metrics import Monitor
+
+    registry = make_registry()
+    monitor = Monitor(registry)
+    media_id, data = image(api)
+    fresh = message(media_id, data) | {"timestamp": str(int(time.time()) - 5 * 86400)}
+    registry.handle_webhook(payload(api, [fresh]))
+    healthy, body = monitor.health()
+    assert (healthy, body["inbound_pending"]) == (True, 1)  # two days left
+    old_id, old_data = image(api)
+    old = message(old_id, old_data, 2) | {"timestamp": str(int(time.time()) - 6 * 86400 - 60)}
+    registry.handle_webhook(payload(api, [old]))
+    healthy, body = monitor.health()
+    assert (healthy, body["failing"], body["inbound_pending"]) == (False, "archive", 2)
+    exposition = monitor.exposition().decode()
+    assert "media_registry_inbound_pending 2.0" in exposition
+    oldest = re.search(r"(?m)^media_registry_inbound_oldest_pending_seconds (\S+)", exposition)
+    assert oldest is not None and float(oldest[1]) >= 0 and "media_registry_inbound_archived_total 0.0" in exposition
+    monitor.observe_pass("archive", registry.archive_pending())
+    assert monitor.health()[0] and "media_registry_inbound_archived_total 2.0" in monitor.exposition().decode()
