@@ -31,12 +31,16 @@ class ArchiveError(MediaRegistryError):
     """The archive could not store a file (the store is down or refused it); retried."""
 
 
+SPOOL_IN_MEMORY = 8 * 1024 * 1024  # a larger download goes to an unnamed temporary file
+
+
 class VerifiedSpool:
-    """A download on its way to the bucket: an unnamed temporary file (gone with the process,
-    whatever happens), hashed as it is written; :meth:`finish` checks size and sha256."""
+    """A download on its way to the bucket: in memory, or past ``SPOOL_IN_MEMORY`` an unnamed
+    temporary file (gone with the process, whatever happens), hashed as it is written;
+    :meth:`finish` checks size and sha256."""
 
     def __init__(self, size: int, sha256: str) -> None:
-        self.file = tempfile.TemporaryFile()
+        self.file: BinaryIO = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # type: ignore[assignment]
         self._size, self._sha256 = size, sha256
         self._digest, self._received = hashlib.sha256(), 0
 
