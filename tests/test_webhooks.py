@@ -160,7 +160,7 @@ def test_the_checksum_can_be_left_out(make_registry: Callable[..., MediaRegistry
 
 
 def test_s3_stopped_mid_run_then_started_archives_every_item_once(
-    make_registry: Callable[..., MediaRegistry], api: FakeGraphAPI, s3: S3
+    make_registry: Callable[..., MediaRegistry], api: FakeGraphAPI, s3: S3, stored_bytes: Callable[[], bytes]
 ) -> None:
     bucket = s3.bucket()
     registry = make_registry(archive=f"s3://{bucket}", s3_endpoint_url=s3.url, refresh_concurrency=1)
@@ -186,6 +186,7 @@ def test_s3_stopped_mid_run_then_started_archives_every_item_once(
     assert [item.state for item in registry.webhooks.inbox()] == ["archived"] * 4
     events = [e for _, data in items for e in registry.store.events(hashlib.sha256(data).hexdigest())]
     assert [e.action for e in events].count("archive") == 4
+    assert b"test-secret-key" not in stored_bytes()  # the AWS credentials: never in the registry
 
 
 @pytest.mark.sqlite_only
