@@ -38,6 +38,8 @@ from .rows import (
     UrlSource,
 )
 
+_new_tuple = tuple.__new__
+
 
 class Store:
     """The registry's database: the rules of the contract over ``backend``'s primitives."""
@@ -55,13 +57,12 @@ class Store:
     def lookup_path(self, fp: Fingerprint, phone_number_id: str, valid_until: datetime) -> PathHit | None:
         """The content recorded at a path whose fingerprint matches ``fp`` in every field, with its
         current media ID if that expires after ``valid_until``. One indexed read: every cache hit."""
-        # fp is the statement's last parameters (inode, device stored signed); bound callables are
-        # called from locals: an attribute call costs a type lookup, a field read a descriptor call.
+        # fp is the statement's last parameters (inode, device stored signed); the answer is built
+        # without PathHit's __new__ (a Python call).
         if fp[4] | fp[5] >= SIGNED:
             fp = fp._replace(inode=int64(fp.inode), device=int64(fp.device))
-        read_one, when, parse = self._read_one, self._when, self._time
-        row = read_one(self._lookup, (phone_number_id, when(valid_until)) + fp + self._here)
-        return None if row is None else PathHit(row[0], row[1], parse(row[2]))
+        row = self._read_one(self._lookup, (phone_number_id, self._when(valid_until)) + fp + self._here)
+        return None if row is None else _new_tuple(PathHit, (row[0], row[1], self._time(row[2])))
 
     def remember_path(self, fp: Fingerprint, sha256: str, mime_type: str, recorded_at: datetime) -> None:
         """An explicit send: ``fp.path`` holds ``sha256`` (the content row is created if new,
