@@ -43,9 +43,11 @@ EXPORTED = {
 
 
 def upgrade(con: Any, backend: Backend, steps: Sequence[Migration], begin: Callable[[], AbstractContextManager[Any]],
-            applied: Callable[[Any], set[str]]) -> None:
+            applied: Callable[[Any], set[str]], stamp: Callable[[datetime], Any] | None = None) -> None:
     """Apply the steps ``con``'s database lacks, in order, each in its own transaction, rechecked
-    inside it: safe against other openers doing the same at the same moment."""
+    inside it: safe against other openers doing the same at the same moment. Each is recorded
+    at the moment ``stamp`` makes a parameter (the backend's time, by default)."""
+    stamp = stamp or backend.when
     location = backend.location
     record = backend.positional("INSERT INTO migrations (name, applied_at) VALUES (:name, :at) ON CONFLICT DO NOTHING")
     for step in steps:
@@ -64,7 +66,7 @@ def upgrade(con: Any, backend: Backend, steps: Sequence[Migration], begin: Calla
                 step.apply(con)
             # A registry older than the migrations table gets it (PostgreSQL's schema has it).
             con.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
-            con.execute(record, (step.name, backend.when(datetime.now(timezone.utc))))
+            con.execute(record, (step.name, stamp(datetime.now(timezone.utc))))
 
 
 def schema(name: str) -> str:

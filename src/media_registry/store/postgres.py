@@ -127,9 +127,9 @@ class PostgresBackend(Backend):
                 # others wait here (however long it takes) and then find nothing left to do.
                 con.execute("SET lock_timeout = 0")
                 con.execute("SELECT pg_advisory_lock(%s, 0)", (LOCK_SCHEMA,))
-                try:
+                try:  # steps recorded at the microsecond: their times tell their order
                     migrations.upgrade(con, self, migrations.POSTGRES, con.transaction,
-                                       lambda c: self._applied_here(c) or set())
+                                       lambda c: self._applied_here(c) or set(), lambda moment: moment)
                 finally:
                     con.execute("SELECT pg_advisory_unlock(%s, 0)", (LOCK_SCHEMA,))
         except psycopg.Error as exc:
