@@ -31,17 +31,28 @@ HTTP_METHODS = ("get", "post", "put", "patch", "delete")
 log = logging.getLogger("mkdocs.plugins.gen_reference")
 
 
+# The sections of the Python API page, by the module a public name lives in; a name from a
+# module not listed here gets a section of its own, named after the module.
+SECTIONS = {"media_registry.registry": "Registries", "media_registry.rules.sending": "Registries",
+            "media_registry.models": "Records", "media_registry.config": "Settings",
+            "media_registry.graph.refusal": "Refused media IDs", "media_registry.errors": "Errors"}
+
+
 def python_api() -> str:
-    """One mkdocstrings block per public name, in ``__all__``'s order, where the name lives."""
-    lines = ["# Python API", "", "Every public name of `media_registry` (its `__all__`), and the test",
-             "helpers of `media_registry.testing`, with their docstrings.", ""]
+    """One mkdocstrings block per public name (``__all__``), grouped by where the name lives."""
+    sections: dict[str, list[str]] = {title: [] for title in SECTIONS.values()}
     for name in media_registry.__all__:
         if not name.startswith("__"):
-            lines += [f"::: {getattr(media_registry, name).__module__}.{name}", ""]
+            home = getattr(media_registry, name).__module__
+            sections.setdefault(SECTIONS.get(home, f"`{home}`"), []).append(f"::: {home}.{name}")
     from media_registry import testing
 
-    lines += ["## Test helpers", "", *(f"::: media_registry.testing.{name}" for name in testing.__all__),
-              "", "::: media_registry.testing.plugin", ""]
+    sections["Test helpers"] = [f"::: media_registry.testing.{name}" for name in testing.__all__]
+    sections["Test helpers"].append("::: media_registry.testing.plugin")
+    lines = ["# Python API", "", "Every public name of `media_registry` (its `__all__`), and the test",
+             "helpers of `media_registry.testing`, with their docstrings.", ""]
+    for title, blocks in sections.items():
+        lines += [f"## {title}", "", *(line for block in blocks for line in (block, ""))]
     return "\n".join(lines)
 
 
@@ -159,7 +170,7 @@ def http_page() -> str:
 def _operation(method: str, path: str, operation: dict[str, Any]) -> list[str]:
     lines = [f"## `{method.upper()} {path}`", "", f"**{operation.get('summary', '')}**", ""]
     if operation.get("description"):
-        lines += [operation["description"], ""]
+        lines += [markdown(operation["description"]), ""]
     parameters = operation.get("parameters", [])
     if parameters:
         lines += ["| parameter | in | required |", "| --- | --- | --- |"]
