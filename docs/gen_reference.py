@@ -199,7 +199,9 @@ def metrics_page() -> str:
     rows = ["| metric | type | meaning |", "| --- | --- | --- |"]
     for family in families:
         name = f"{family.name}_total" if family.type == "counter" else family.name
-        labels = sorted({label for sample in family.samples for label in sample.labels if label != "le"})
+        # A gauge read from an empty registry has no samples to show its labels: its family has them.
+        labels = list(getattr(family, "_labelnames", ())) or sorted(
+            {label for sample in family.samples for label in sample.labels if label != "le"})
         shown = f"{name}{{{', '.join(labels)}}}" if labels else name
         rows.append(f"| `{shown}` | {family.type} | {family.documentation} |")
     return "\n".join(["# Metrics", "", "What `/metrics` exposes (on `serve`, and on `daemon --metrics-port`).",
