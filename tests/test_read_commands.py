@@ -14,9 +14,9 @@ import pytest
 from media_registry import MediaRegistry
 from media_registry.app.console import print_json
 from media_registry.testing import FakeGraphAPI
+from test_cli_shell import HEAVY, imported_modules
 
 from conftest import PDF, run_cli
-from test_cli_shell import HEAVY, imported_modules
 
 # A lower-case name, which only pydantic-settings reads, makes every command take the full path.
 FULL = {"media_registry_force_full": "1"}
