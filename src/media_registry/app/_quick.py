@@ -12,10 +12,10 @@ path: the hit is never served under settings every other command refuses.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import NamedTuple
 
 from .. import defaults
@@ -50,7 +50,7 @@ PLAIN_API_BASE = re.compile(rf"(https://{_LABEL}(\.{_LABEL})*|http://(127\.0\.0\
 class HitSettings(NamedTuple):
     """What a cache hit reads: where the registry is, for which number, how long an ID must last."""
 
-    db: Path
+    db: str  # a file path (pathlib is not imported: start-up is most of a hit's cost)
     phone_number_id: str
     min_validity: timedelta
     busy_timeout: float
@@ -70,7 +70,7 @@ def hit_settings(environ: Mapping[str, str], db: str | None, phone_number_id: st
     phone = phone_number_id or given.get("WHATSAPP_PHONE_NUMBER_ID") or ""
     if values is None or not PHONE_NUMBER_ID.fullmatch(phone):
         return None
-    return HitSettings(Path(given.get("MEDIA_REGISTRY_DB", defaults.DB)), phone,
+    return HitSettings(given.get("MEDIA_REGISTRY_DB", defaults.DB), phone,
                        duration(values, "min_validity"), busy_timeout(values))
 
 
@@ -208,7 +208,7 @@ class CacheHits:
         """The current media ID of an unchanged, registered file, or None (use the registry)."""
         try:
             if self._store is None:
-                if not self._settings.db.is_file():
+                if not os.path.isfile(self._settings.db):
                     return None  # creating a registry is the full path's job
                 self._store = open_store(self._settings.db, create=False,
                                          busy_timeout=self._settings.busy_timeout)
