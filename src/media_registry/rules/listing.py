@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..store import ContentRow, Cutoffs, Store
+from ..store.inbox import Inbox
 
 HEX = frozenset("0123456789abcdefABCDEF")
 
@@ -53,5 +54,7 @@ def counts(store: Store, now: datetime, expiring_before: Cutoffs) -> dict[str, A
     stats = store.stats(now, expiring_before)
     found: dict[str, Any] = stats._asdict()
     found["by_phone_number"] = {phone: numbers._asdict() for phone, numbers in stats.by_phone_number.items()}
+    inbound = Inbox(store.backend).counts().by_state
+    found.update({f"inbound_{state}": number for state, number in inbound.items()})
     found.update(found.pop("backend"))
     return found
