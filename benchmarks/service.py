@@ -147,7 +147,7 @@ def measure(env: dict[str, str], folder: Path, body: bytes, uploads: int, lookup
         server = subprocess.Popen([sys.executable, __file__, "--serve"], env=env,
                                   stdout=out, stderr=subprocess.STDOUT)
     try:
-        base = _wait_for_address(server, log)
+        base = wait_for_address(server, log)
         sha256 = hashlib.sha256(body).hexdigest()
         ours_rps, floor_rps = interleaved(
             rounds, lambda: asyncio.run(requests_per_second(f"{base}/v1/media", body, uploads)),
@@ -166,7 +166,7 @@ def measure(env: dict[str, str], folder: Path, body: bytes, uploads: int, lookup
     ]
 
 
-def _wait_for_address(server: subprocess.Popen[bytes], log: Path) -> str:
+def wait_for_address(server: subprocess.Popen[bytes], log: Path) -> str:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         found = re.search(r"Uvicorn running on (http://[\d.]+:\d+)", log.read_text())

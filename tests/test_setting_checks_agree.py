@@ -195,7 +195,7 @@ def test_the_first_refusal_in_the_settings_order_is_the_one_told(monkeypatch: py
 def test_the_db_flag_stands_for_the_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     _settings(monkeypatch, "db", "mysql://u:p@h/d")
     hit = hit_settings(os.environ, str(tmp_path / "r.db"), None)
-    assert hit is not None and hit.db == tmp_path / "r.db"
+    assert hit is not None and hit.db == str(tmp_path / "r.db")
     assert load_settings(db=tmp_path / "r.db").db == tmp_path / "r.db"
 
 

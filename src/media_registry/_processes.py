@@ -4,7 +4,6 @@ as abandoned."""
 from __future__ import annotations
 
 import os
-import subprocess
 
 PROC = os.path.isdir("/proc/self")
 
@@ -24,13 +23,22 @@ def alive(pid: int) -> bool:
 def _state(pid: int) -> str:
     """The process state letters (``R``, ``S``, ``Z``...): from ``/proc/PID/stat`` on Linux,
     from ``ps`` elsewhere (macOS, BSD); empty when neither can tell."""
+    if not PROC:
+        return _ps_state(pid)
     try:
-        if PROC:
-            with open(f"/proc/{pid}/stat", "rb") as stat:
-                # "pid (command) S ...": the command may hold spaces and parentheses.
-                return stat.read().rpartition(b")")[2].split()[0].decode()
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # "pid (command) S ...": the command may hold spaces and parentheses.
+            return stat.read().rpartition(b")")[2].split()[0].decode()
+    except (OSError, IndexError):
+        return ""
+
+
+def _ps_state(pid: int) -> str:
+    import subprocess  # only where there is no /proc: every command's start-up is spared it
+
+    try:
         ps = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)],
                             capture_output=True, text=True, timeout=10, check=False)
-        return ps.stdout.strip()
-    except (OSError, IndexError, subprocess.SubprocessError):
+    except (OSError, subprocess.SubprocessError):
         return ""
+    return ps.stdout.strip()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
 
 from .errors import register_secret
 
@@ -49,6 +48,8 @@ class PostgresURL:
         # Whatever echoes it (a driver's message, a traceback) shows <password> instead; a
         # malformed URL's password too, so registered before the checks.
         _register_passwords(url)
+        from urllib.parse import urlsplit  # here, not at the top: a registry file's commands start without it
+
         parts = urlsplit(url)
         try:
             parts.port  # noqa: B018  (parsing the port is the check)
@@ -105,6 +106,8 @@ def _redact(url: str) -> str:
 
 
 def _is_password_key(key: str) -> bool:
+    from urllib.parse import unquote
+
     return unquote(key).strip().lower() == "password"
 
 
@@ -119,6 +122,8 @@ def _passwords(url: str) -> list[str]:
 
 
 def _register_passwords(url: str) -> None:
+    from urllib.parse import unquote
+
     for password in _passwords(url):
         for form in {password, unquote(password)}:
             _register(form)

@@ -12,10 +12,10 @@ path: the hit is never served under settings every other command refuses.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import NamedTuple
 
 from .. import defaults
@@ -51,7 +51,7 @@ PLAIN_API_BASE = re.compile(rf"(https://{_LABEL}(\.{_LABEL})*|http://(127\.0\.0\
 class HitSettings(NamedTuple):
     """What a cache hit reads: where the registry is, for which number, how long an ID must last."""
 
-    db: Path
+    db: str  # a file path (pathlib is not imported: start-up is most of a hit's cost)
     phone_number_id: str
     min_validity: timedelta
     busy_timeout: float
@@ -64,20 +64,34 @@ def hit_settings(environ: Mapping[str, str], db: str | None, phone_number_id: st
     Raises ConfigError, worded as the full settings word it, for the first value (in their
     order) that they refuse.
     """
-    given = {name: text for name, text in environ.items()
-             if name.upper().startswith(PREFIXES) and name not in NOT_SETTINGS}
-    if any(name != name.upper() for name in given):
-        return None  # lower-case names: pydantic-settings reads those
-    if db is not None:  # the flag stands for the variable, as an argument does in the full settings
-        given["MEDIA_REGISTRY_DB"] = db
+    given = given_settings(environ, db)
+    if given is None:
+        return None
     values = read_settings(given)
     phone = phone_number_id or given.get("WHATSAPP_PHONE_NUMBER_ID") or ""
     if values is None or not PHONE_NUMBER_ID.fullmatch(phone):
         return None
-    busy_timeout = values.get("busy_timeout", defaults.BUSY_TIMEOUT)
-    assert isinstance(busy_timeout, float)
-    return HitSettings(Path(given.get("MEDIA_REGISTRY_DB", defaults.DB)), phone,
-                       _duration(values, "min_validity"), busy_timeout)
+    return HitSettings(given.get("MEDIA_REGISTRY_DB", defaults.DB), phone,
+                       duration(values, "min_validity"), busy_timeout(values))
+
+
+def given_settings(environ: Mapping[str, str], db: str | None) -> dict[str, str] | None:
+    """The settings' variables in ``environ``, with ``--db`` over the variable; None when one is
+    named in lower case (pydantic-settings reads those; this module does not)."""
+    given = {name: text for name, text in environ.items()
+             if name.upper().startswith(PREFIXES) and name not in NOT_SETTINGS}
+    if any(name != name.upper() for name in given):
+        return None
+    if db is not None:  # the flag stands for the variable, as an argument does in the full settings
+        given["MEDIA_REGISTRY_DB"] = db
+    return given
+
+
+def busy_timeout(values: Mapping[str, object]) -> float:
+    """How long to wait for another writer: as given, else the default."""
+    value = values.get("busy_timeout", defaults.BUSY_TIMEOUT)
+    assert isinstance(value, float)
+    return value
 
 
 def read_settings(given: Mapping[str, str]) -> dict[str, object] | None:
@@ -103,8 +117,8 @@ def read_settings(given: Mapping[str, str]) -> dict[str, object] | None:
     if refused:
         raise ConfigError(next(iter(refused.values())))
     try:
-        check_windows(_duration(values, "ttl"), _duration(values, "min_validity"),
-                      _duration(values, "refresh_before"))
+        check_windows(duration(values, "ttl"), duration(values, "min_validity"),
+                      duration(values, "refresh_before"))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return values
@@ -115,15 +129,15 @@ def _check_retention(values: Mapping[str, object], refused: dict[str, str]) -> N
     full settings check their defaults too)."""
     if "host_retention" in refused:
         return
-    passes = [_duration(values, field) for field in DAEMON_PASSES
+    passes = [duration(values, field) for field in DAEMON_PASSES
               if field not in refused]
     try:
-        check_retention(_duration(values, "host_retention"), passes)
+        check_retention(duration(values, "host_retention"), passes)
     except ValueError as exc:
         refused["host_retention"] = refusal(variable("host_retention"), str(exc))
 
 
-def _duration(values: Mapping[str, object], field: str) -> timedelta:
+def duration(values: Mapping[str, object], field: str) -> timedelta:
     """A duration's value: as given, else its default."""
     value = values.get(field, getattr(defaults, field.upper()))
     assert isinstance(value, timedelta)
@@ -159,10 +173,10 @@ def _reader(field: str) -> Callable[[str], object]:
     if field in DURATION_CHECKS:
         check = DURATION_CHECKS[field]
 
-        def duration(text: str) -> timedelta | None:
+        def read_duration(text: str) -> timedelta | None:
             value = plain_seconds(text)
             return None if value is None else check(value)
-        return duration
+        return read_duration
     return _TEXT_READERS.get(field, _unread)
 
 
@@ -197,7 +211,7 @@ class CacheHits:
         """The current media ID of an unchanged, registered file, or None (use the registry)."""
         try:
             if self._store is None:
-                if not self._settings.db.is_file():
+                if not os.path.isfile(self._settings.db):
                     return None  # creating a registry is the full path's job
                 self._store = open_store(self._settings.db, create=False,
                                          busy_timeout=self._settings.busy_timeout)

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser().parse_args(argv)  # exits here for --version and --help
+    # httpx imports its own command-line client (click, rich and pygments, a sixth of the
+    # start-up of every command that loads httpx) whenever they are installed; this process
+    # never runs it, and httpx falls back to a stub when the import fails.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     from ..errors import MediaRegistryError, redact
 
     if args.json and not args.json_applies:

@@ -8,12 +8,14 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .console import error, is_url_arg, print_json, print_report, printable, progress, size, when
+from .console import error, is_url_arg, print_json, print_report, printable, progress
+from .reads import ls as _ls
+from .reads import show as _show
+from .reads import stats as _stats
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable
 
-    from ..models import MediaRecord
     from ..registry import MediaRegistry
 
 T = TypeVar("T")
@@ -198,88 +200,6 @@ def _read_json(source: str) -> Any:
 def _read_text(path: str) -> str:
     with open(path, encoding="utf-8") as file:
         return file.read()
-
-
-# The listing streams, so its columns cannot be fitted to all the rows: these widths fit
-# the usual values, and a longer one only shifts the rest of its own row.
-LS_COLUMNS = {"PHONE NUMBER": 15, "SHA256": 12, "MEDIA ID": 16, "STATE": 7, "SIZE": 8,
-              "UPLOADED (UTC)": 16, "EXPIRES (UTC)": 16, "TYPE": 15, "PATHS": 0}
-
-
-def _ls(args: argparse.Namespace) -> int:
-    from datetime import timedelta
-
-    within = timedelta(days=args.expiring) if args.expiring is not None else None
-    listed = 0
-    with open_registry(args, create=False) as reg:
-        for record in reg.records(expiring_within=within):
-            if args.json:
-                print_json(record.model_dump(exclude={"history"}))
-            else:
-                if not listed:
-                    _print_row(tuple(LS_COLUMNS))
-                _print_row((record.phone_number_id or "-", record.sha256[:12], record.media_id or "-",
-                            record.state, size(record.size_bytes), when(record.uploaded_at),
-                            when(record.expires_at), record.mime_type, ", ".join(record.paths) or "-"))
-            listed += 1
-    if not listed:
-        print(f"no media ID expires within {args.expiring:g} days" if within is not None
-              else "the registry is empty; add files with: media-registry upload FILE", file=sys.stderr)
-    return 0
-
-
-def _print_row(cells: Sequence[str]) -> None:
-    print("  ".join(printable(cell).ljust(width) for cell, width in zip(cells, LS_COLUMNS.values())).rstrip())
-
-
-def _show(args: argparse.Namespace) -> int:
-    with open_registry(args, create=False) as reg:
-        record, shown = reg.lookup(args.target), shown_as(reg, args.target)
-    if record is None:
-        error(f"{shown}: not in the registry; upload it first, or check the path, "
-               "media ID or sha256 (see: media-registry ls)")
-        return 1
-    if args.json:
-        print_json(record.model_dump())
-        return 0
-    _print_record(record)
-    return 0
-
-
-def _print_record(record: MediaRecord) -> None:
-    fields = {
-        "sha256": record.sha256,
-        "type": record.mime_type,
-        "size": size(record.size_bytes),
-        "phone number": record.phone_number_id or "-",
-        "media ID": record.media_id or "-",
-        "uploaded": when(record.uploaded_at),
-        "expires": when(record.expires_at),
-        "deleted": when(record.deleted_at),
-        "state": record.state,
-    }
-    for name, value in fields.items():
-        print(f"{name + ':':14}{printable(value)}")
-    for path in record.paths:
-        print(f"{'path:':14}{printable(path)}")
-    print("history:")
-    for event in record.history:
-        parts = [when(event.at), event.action, event.media_id, event.path, event.detail]
-        print("  " + "  ".join(printable(p) for p in parts if p))
-
-
-def _stats(args: argparse.Namespace) -> int:
-    with open_registry(args, create=False) as reg:
-        counts = reg.stats()
-    if args.json:
-        print_json(counts)
-    else:
-        by_phone = counts.pop("by_phone_number")
-        for name, value in counts.items():
-            print(f"{name + ':':18}{value}")
-        for phone, numbers in by_phone.items():
-            print(f"number {phone}: {numbers['live_ids']} live, {numbers['expiring_ids']} expiring")
-    return 0
 
 
 def _init(args: argparse.Namespace) -> int:

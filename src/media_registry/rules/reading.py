@@ -9,7 +9,7 @@ from typing import Any
 
 from ..models import MediaEvent, MediaRecord
 from ..store import ContentRow
-from ..store.inbox import Inbox
+from . import listing
 from .context import Context
 from .sources import Sourcing
 
@@ -30,14 +30,11 @@ class Reading:
         """
         store = self.ctx.store
         sha256 = self.sourcing.resolve(target)
-        if sha256 is None:
+        row = None if sha256 is None else listing.content_row(
+            store, sha256, phone_number_id or self.ctx.settings.phone_number_id)
+        if row is None:
             return None
-        rows = list(store.content_rows(sha256=sha256))
-        if not rows:
-            return None
-        wanted = phone_number_id or self.ctx.settings.phone_number_id
-        row = next((r for r in rows if r.phone_number_id == wanted), rows[0])
-        history = tuple(MediaEvent(**event._asdict()) for event in store.events(sha256))
+        history = tuple(MediaEvent(**event._asdict()) for event in store.events(row.sha256))
         return _record(row, history)
 
     def records(self, *, expiring_within: timedelta | None = None) -> Iterator[MediaRecord]:
@@ -65,13 +62,7 @@ class Reading:
         the store knows of itself (for SQLite: ``db``, ``db_bytes`` with its WAL, and
         ``journal_mode``)."""
         now = self.ctx.clock()
-        stats = self.ctx.store.stats(now, self.ctx.cutoffs(now, "refresh_before"))
-        counts: dict[str, Any] = stats._asdict()
-        counts["by_phone_number"] = {phone: numbers._asdict() for phone, numbers in stats.by_phone_number.items()}
-        inbound = Inbox(self.ctx.store.backend).counts().by_state
-        counts.update({f"inbound_{state}": number for state, number in inbound.items()})
-        counts.update(counts.pop("backend"))
-        return counts
+        return listing.counts(self.ctx.store, now, self.ctx.cutoffs(now, "refresh_before"))
 
 
 def _record(row: ContentRow, history: tuple[MediaEvent, ...] = ()) -> MediaRecord:
@@ -84,7 +75,7 @@ def _record(row: ContentRow, history: tuple[MediaEvent, ...] = ()) -> MediaRecor
         uploaded_at=row.uploaded_at,
         expires_at=row.expires_at,
         deleted_at=row.deleted_at,
-        state="deleted" if row.deleted_at else "current" if row.media_id else "unsent",
+        state=listing.state(row),
         paths=row.paths,
         history=history,
     )

@@ -19,7 +19,6 @@ from ..content import sources
 from ..content.sources import Content, Validators
 from ..errors import (
     ConfigError,
-    InputError,
     MediaRegistryError,
     NotInRegistry,
     SourceNotFound,
@@ -28,6 +27,7 @@ from ..errors import (
 from ..graph.refusal import media_id_refused
 from ..models import graph_id
 from ..store import UrlSource
+from . import listing
 from .context import Context
 from .effects import Blocking, Fetch, Flow, Hashing, Send, Sleep, ask
 from .sending import Outcome, Sending
@@ -218,16 +218,7 @@ class Sourcing:
             sources.refuse_credentials(str(target), key)  # its key leaves them out: another URL's
             known = store.url_source(key)
             return None if known is None else known.sha256
-        text = os.fspath(target)
-        sha256 = store.resolve(text)
-        if sha256 is not None or len(text) < 8 or not all(c in "0123456789abcdefABCDEF" for c in text):
-            return sha256
-        candidates = store.sha256s_starting_with(text.lower(), limit=4)
-        if len(candidates) > 1:
-            listed = ", ".join(candidates[:3]) + (", ..." if len(candidates) > 3 else "")
-            raise InputError(f"{text}: more than one content's sha256 starts with it ({listed}); "
-                             "give more digits")
-        return candidates[0] if candidates else None
+        return listing.stored_name(store, target)
 
     def invalidate_flow(self, media_id: str, reason: str) -> Flow[None]:
         """Mark a media ID dead (never served again), with an event saying why."""

@@ -1,0 +1,79 @@
+"""``ls``, ``show`` and ``stats`` start as lean as a cached upload (the store alone: neither
+pydantic nor httpx) and print exactly what the full registry's records print."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from media_registry import MediaRegistry
+from media_registry.app.console import print_json
+from media_registry.testing import FakeGraphAPI
+from test_cli_shell import HEAVY, imported_modules
+
+from conftest import PDF, run_cli
+
+# A lower-case name, which only pydantic-settings reads, makes every command take the full path.
+FULL = {"media_registry_force_full": "1"}
+
+
+def printed_json(*dumps: dict[str, Any]) -> str:
+    """The JSON lines the command line printed for these model dumps before it read rows itself."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        for dump in dumps:
+            print_json(dump)
+    return out.getvalue()
+
+
+@pytest.fixture
+def filled(make_registry: Callable[..., MediaRegistry], make_file: Callable[..., Path],
+           api: FakeGraphAPI) -> MediaRegistry:
+    """A registry holding a content on two numbers, a deleted one, and paths that need escaping."""
+    api.add_phone_number("42")
+    registry = make_registry()
+    banner = make_file("banner.png")
+    registry.get_or_upload(banner)
+    registry.get_or_upload(banner, phone_number_id="42")
+    registry.get_or_upload(make_file("caf\u00e9\tmenu.png", salt="menu"))
+    gone = make_file("gone.pdf", PDF)
+    registry.get_or_upload(gone)
+    api.fail(method="DELETE", status=500, times=10)  # its remote DELETE owed: listed as deleted
+    registry.delete(str(gone))
+    assert sorted(record.state for record in registry.records()) == ["current"] * 3 + ["deleted"]
+    return registry
+
+
+@pytest.mark.sqlite_only  # a PostgreSQL URL takes the full path (its pool, its host's row)
+def test_read_commands_import_nothing_heavy(cli_env: dict[str, str], filled: MediaRegistry) -> None:
+    sha256 = next(filled.records()).sha256
+    for command in (["ls"], ["ls", "--json"], ["ls", "--expiring", "40"], ["show", sha256[:10]],
+                    ["show", "--json", sha256], ["stats"], ["stats", "--json"]):
+        loaded = imported_modules(*command, env=cli_env)
+        assert "media_registry.store" in loaded and not loaded & HEAVY, (command, loaded & HEAVY)
+    # The probe sees them when the full path loads them.
+    assert {"httpx", "pydantic"} <= imported_modules("ls", env={**cli_env, **FULL})
+
+
+def test_ls_and_show_print_the_records_json(cli_env: dict[str, str], filled: MediaRegistry, tmp_path: Path) -> None:
+    records = list(filled.records())
+    listed = run_cli("ls", "--json", env=cli_env)
+    assert listed.stdout == printed_json(*(record.model_dump(exclude={"history"}) for record in records))
+    for target in (records[-1].sha256, str(tmp_path / "caf\u00e9\tmenu.png")):
+        record = filled.lookup(target)
+        assert record is not None and record.history
+        assert run_cli("show", "--json", target, env=cli_env).stdout == printed_json(record.model_dump())
+
+
+@pytest.mark.sqlite_only  # on PostgreSQL both are the full path
+def test_the_lean_and_the_full_path_print_the_same(cli_env: dict[str, str], filled: MediaRegistry) -> None:
+    prefix = next(filled.records()).sha256[:8]
+    for command in (["ls"], ["ls", "--json"], ["ls", "--expiring", "40"], ["show", prefix],
+                    ["show", "nothing-known"], ["stats"], ["stats", "--json"]):
+        lean, full = run_cli(*command, env=cli_env), run_cli(*command, env={**cli_env, **FULL})
+        assert (lean.returncode, lean.stdout, lean.stderr) == (full.returncode, full.stdout, full.stderr), command
