@@ -47,7 +47,7 @@ BAD = {
 # Bad values in forms only the full settings read (ISO 8601, exponents, JSON, URLs that are
 # not plainly good): the hit leaves them to the full path, which refuses them.
 BAD_UNPLAIN = {
-    "api_base": ["http://example.com", "graph.facebook.com", "http://10.0.0.8:8080/v23.0", "ftp://x"],
+    "api_base": ["http://example.com", "graph.facebook.com", "http://10.0.0.8:8080/v26.0", "ftp://x"],
     "ttl": ["banana", "P100000000D", "1e3x", "0.0000001"],  # zero at a duration's resolution
     "ttl_by_phone_number": ["123=3600", '{"abc": 3600}', '{"1": 59}'],
     "min_validity": ["P40D"],
@@ -65,7 +65,7 @@ ANY_TEXT = {"blob_dir", "service_token", "url_ignore_query"}
 GOOD = {
     "token": ["EAAGtoken", "EAAGtoken\n"],
     "phone_number_id": ["1", "1" * 32],
-    "api_base": ["https://graph.facebook.com/v23.0", "http://127.0.0.1:8080/v23.0/"],
+    "api_base": ["https://graph.facebook.com/v26.0", "http://127.0.0.1:8080/v26.0/"],
     "db": ["registry.db", "./host=x.db"],
     "blob_dir": ["blobs"],
     "ttl": ["345601", "2592000.5"],

@@ -144,7 +144,7 @@ class MediaRegistry(_Registry[httpx.BaseTransport]):
 
     def _connect(self, transport: httpx.BaseTransport | None,
                  source_transport: httpx.BaseTransport | None) -> Callable[[str], str]:
-        self.graph = GraphClient(transport=transport, **graph_options(self.settings))
+        self.graph = GraphClient(transport=transport, clock=self.ctx.clock, **graph_options(self.settings))
         self.sources = SourceFetcher(transport=source_transport, **fetcher_options(self.settings))
         return self.sources.key
 
@@ -274,7 +274,7 @@ class AsyncMediaRegistry(_Registry[httpx.AsyncBaseTransport]):
 
     def _connect(self, transport: httpx.AsyncBaseTransport | None,
                  source_transport: httpx.AsyncBaseTransport | None) -> Callable[[str], str]:
-        self.graph = AsyncGraphClient(transport=transport, **graph_options(self.settings))
+        self.graph = AsyncGraphClient(transport=transport, clock=self.ctx.clock, **graph_options(self.settings))
         self.sources = AsyncSourceFetcher(transport=source_transport, **fetcher_options(self.settings))
         # Hashing threads contend with the event loop for the GIL: one at a time.
         self.hash_slot = asyncio.Semaphore(1)

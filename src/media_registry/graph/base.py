@@ -6,7 +6,7 @@ from __future__ import annotations
 import email.utils
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -33,6 +33,7 @@ from ..models import phone_number_id as phone_number_id_checked
 from ..setting_checks import check_token, check_user_agent
 from .auth import BearerAuth
 from .checks import check_api_base, configured
+from . import versions
 from .redirects import MAX_REDIRECTS, Redirects
 from .urls import parse_url
 
@@ -59,8 +60,10 @@ class GraphBase:
         backoff: float = RETRY_BACKOFF,
         max_wait: float = 30.0,
         media_host_suffixes: Iterable[str] = MEDIA_HOST_SUFFIXES,
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
         self.api_base = configured(check_api_base, api_base, "WHATSAPP_API_BASE")
+        self.clock = clock  # the registry's: a version's end date is judged by it
         self._token = token = configured(check_token, token, "WHATSAPP_TOKEN")
         register_secret(token, "token")
         self._timeout = timeout
@@ -133,6 +136,7 @@ class GraphBase:
     def _retry_policy(self) -> dict[str, Any]:
         if not self._token:
             raise AuthError("no access token: set WHATSAPP_TOKEN (or pass token=...)")
+        versions.check(self.api_base, self.clock())
         return {
             "stop": tenacity.stop_after_attempt(self._max_retries + 1),
             "wait": self._wait,

@@ -41,7 +41,7 @@ class FakeGraphAPI:
         *,
         token: str = "fake-token-for-tests",
         phone_number_id: str = "106540352242922",
-        version: str = "v21.0",
+        version: str = "v26.0",
         ttl: timedelta = timedelta(days=30),
         url_lifetime: timedelta = timedelta(minutes=5),
         sha256_encoding: str = "hex",
@@ -83,7 +83,7 @@ class FakeGraphAPI:
 
     @property
     def base_url(self) -> str:
-        """The API base to configure (``WHATSAPP_API_BASE``), e.g. ``http://127.0.0.1:PORT/v21.0``."""
+        """The API base to configure (``WHATSAPP_API_BASE``), e.g. ``http://127.0.0.1:PORT/v26.0``."""
         return f"{self.origin}/{self.version}"
 
     def start(self) -> FakeGraphAPI:
