@@ -31,9 +31,9 @@ from ..errors import (
 from ..models import MediaMetadata, graph_id
 from ..models import phone_number_id as phone_number_id_checked
 from ..setting_checks import check_token, check_user_agent
+from . import versions
 from .auth import BearerAuth
 from .checks import check_api_base, configured
-from . import versions
 from .redirects import MAX_REDIRECTS, Redirects
 from .urls import parse_url
 
