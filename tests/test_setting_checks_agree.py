@@ -43,6 +43,8 @@ BAD = {
     "pg_pool_size": ["0", "1", "1001"],
     "host_id": ["", " app", "app\t1", "a" * 201],
     "host_retention": ["0", "60", "3600"],  # not longer than a daemon pass (an hour)
+    "app_id": ["abc", "1" * 33, "", "+1"],
+    "handle_ttl": ["0", "-1"],
 }
 # Bad values in forms only the full settings read (ISO 8601, exponents, JSON, URLs that are
 # not plainly good): the hit leaves them to the full path, which refuses them.
@@ -90,6 +92,8 @@ GOOD = {
     "pg_pool_size": ["2", "1000"],
     "host_id": ["app-1", "a" * 200],
     "host_retention": ["3601"],
+    "app_id": ["847021592371350"],
+    "handle_ttl": ["3600", "604800"],
 }
 # Good values in forms only the full settings read: the hit leaves them to the full path.
 GOOD_UNPLAIN = {

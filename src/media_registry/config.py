@@ -22,6 +22,7 @@ from .setting_checks import (
     ENV_NAMES,
     RANGES,
     TEXT_CHECKS,
+    check_app_id,
     check_phone_number_id,
     check_retention,
     check_token,
@@ -97,6 +98,10 @@ class Settings(BaseSettings):
     pg_pool_size: int = defaults.PG_POOL_SIZE
     host_id: str = defaults.HOST_ID
     host_retention: timedelta = defaults.HOST_RETENTION
+    # The Meta app whose upload sessions make template header handles (its App ID).
+    app_id: str | None = _env("WHATSAPP_APP_ID")
+    # How long a header handle is reused: Meta documents no lifetime for one.
+    handle_ttl: timedelta = defaults.HANDLE_TTL
 
     @field_validator("db", mode="before")
     @classmethod
@@ -125,6 +130,11 @@ class Settings(BaseSettings):
     @classmethod
     def _check_phone_number_id(cls, value: str | None) -> str | None:
         return None if value is None else check_phone_number_id(value)
+
+    @field_validator("app_id")
+    @classmethod
+    def _check_app_id(cls, value: str | None) -> str | None:
+        return None if value is None else check_app_id(value)
 
     @field_validator("url_ignore_query", mode="before")
     @classmethod

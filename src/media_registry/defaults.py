@@ -55,3 +55,5 @@ PURGE_INTERVAL = timedelta(hours=1)
 URL_REVALIDATE = timedelta(minutes=5)
 REPAIR_WINDOW = timedelta(minutes=10)
 HOST_RETENTION = timedelta(days=14)
+# Meta documents no lifetime for a template header handle: one is reused for this long.
+HANDLE_TTL = timedelta(days=1)

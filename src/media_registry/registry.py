@@ -1,15 +1,14 @@
 """MediaRegistry and AsyncMediaRegistry: what senders use.
 
 The rules live once, in :mod:`media_registry.rules`, as generator flows that yield typed
-effects; each registry composes them over one shared
-:class:`~media_registry.rules.context.Context`: ``sending`` (the cache hit, single flight),
-``sourcing`` (bytes, file objects, URLs, ``send_with_media``, ``invalidate``), ``lifecycle``
-(refresh, delete, purge), ``inbound`` (downloads) and ``reading`` (records, stats). Each
-registry is only a driver for those flows: :class:`MediaRegistry` performs their effects
-inline with the sync clients (:func:`~media_registry.rules.effects.drive`);
-:class:`AsyncMediaRegistry` awaits the async ones and runs every blocking effect (hashing,
-SQLite writes that may wait for a lock, file creation and renames) in a thread, off the
-event loop (:func:`~media_registry.rules.effects.adrive`).
+effects, composed over one shared :class:`~media_registry.rules.context.Context`: ``sending``
+(the cache hit, single flight), ``sourcing`` (bytes, file objects, URLs, ``send_with_media``,
+``invalidate``), ``lifecycle`` (refresh, delete, purge), ``inbound`` (downloads), ``reading``
+(records, stats) and ``handles`` (template header handles). Each registry only drives those
+flows: :class:`MediaRegistry` performs their effects inline with the sync clients
+(:func:`~media_registry.rules.effects.drive`); :class:`AsyncMediaRegistry` awaits the async
+ones, every blocking effect (hashing, SQLite writes, file work) in a thread
+(:func:`~media_registry.rules.effects.adrive`).
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from .graph.fetch import AsyncSourceFetcher, SourceFetcher
 from .models import DownloadedMedia, LifecycleAction, MediaRecord, Report
 from .rules.context import Context, PathArg, SettingsArgs, fetcher_options, graph_options, open_context
 from .rules.effects import Clock, adrive, drive, utc_now
+from .rules.handles import REFUSED_HANDLE, Handles
 from .rules.inbound import Inbound
 from .rules.lifecycle import Lifecycle, OnAction, add
 from .rules.reading import Reading
@@ -64,14 +64,14 @@ class _Registry(Generic[TransportT]):
     ) -> None:
         given = {"db": db, "token": token, "phone_number_id": phone_number_id, **overrides}
         self.ctx: Context = open_context(settings, given, clock, create)
-        # The URL fetcher is a client of its own, without the token: a URL's host never sees
-        # it. ``source_transport`` swaps its HTTP transport (e.g. the service's guard).
+        # The URL fetcher has no token: a URL's host never sees it (source_transport: the guard).
         key = self._connect(transport, source_transport)
         self.sending = Sending(self.ctx)
         self.sourcing = Sourcing(self.ctx, self.sending, key)
         self.lifecycle = Lifecycle(self.ctx, self.sending, self.sourcing)
         self.inbound = Inbound(self.ctx)
         self.reading = Reading(self.ctx, self.sourcing)
+        self.handles = Handles(self.ctx, self.sourcing)
 
     def _connect(self, transport: TransportT | None, source_transport: TransportT | None) -> Callable[[str], str]:
         """Make the Graph client and the URL fetcher; return the fetcher's key form."""
@@ -134,9 +134,8 @@ class MediaRegistry(_Registry[httpx.BaseTransport]):
     Build it from the environment with :meth:`from_env`, or pass settings as arguments
     (``db``, ``token``, ``phone_number_id``, ``api_base``, ``ttl``, ``min_validity``, ...,
     the names of :class:`~media_registry.config.Settings`). Thread-safe; use one per process.
-    ``transport`` swaps the HTTP transport (an ``httpx.BaseTransport``, for tests); ``clock``
-    swaps the time source; ``create=False`` refuses to create a registry that does not exist
-    yet (for read-only use; an older registry is still upgraded).
+    ``transport`` swaps the HTTP transport (an ``httpx.BaseTransport``, for tests); ``clock`` the
+    time source; ``create=False`` never creates a registry (read-only use; one is upgraded).
     """
 
     graph: GraphClient
@@ -205,6 +204,16 @@ class MediaRegistry(_Registry[httpx.BaseTransport]):
         result: T = drive(self.sourcing.send_with_media_flow(source, send, phone_number_id), self)
         return result
 
+    def get_header_handle(self, source: Source, *, app_id: str | None = None) -> str:
+        """A template header handle for a PDF, JPEG, PNG or MP4 (as any source of :meth:`get_or_upload`),
+        made once per content and app (``app_id`` or ``WHATSAPP_APP_ID``), resumed if it breaks."""
+        app, hit = self.handles.hit(source, app_id)
+        return hit or drive(self.handles.handle_flow(source, app), self)
+
+    def invalidate_handle(self, handle: str, *, reason: str = REFUSED_HANDLE) -> None:
+        """Never serve ``handle`` again (Meta refused it); the next request makes a new one."""
+        drive(self.handles.invalidate_flow(handle, reason), self)
+
     def refresh_expiring(self, *, dry_run: bool = False, on_action: OnAction | None = None) -> Report:
         """Upload again every current ID with less than ``refresh_before`` left whose content
         still sits in a known source file; the new ID is recorded (and served) before the old
@@ -259,12 +268,11 @@ class AsyncMediaRegistry(_Registry[httpx.AsyncBaseTransport]):
     """:class:`MediaRegistry` for asyncio senders, with the same verbs as coroutines.
 
     Cache hits run inline (one stat, one short query; in a thread on PostgreSQL, where the
-    query crosses the network); everything else that may block
-    (hashing, SQLite writes, creating and renaming downloaded files) runs in threads so the
-    event loop never waits on a lock, a disk or a large file; HTTP goes through
-    ``httpx.AsyncClient``. Single flight holds across tasks, threads and processes alike, and
-    a cancelled task leaves no upload lease behind, even one its thread took after the
-    cancellation. Arguments as for :class:`MediaRegistry` (``transport`` is an
+    query crosses the network); everything else that may block (hashing, SQLite writes,
+    file work) runs in threads, so the event loop never waits on a lock, a disk or a large
+    file; HTTP goes through ``httpx.AsyncClient``. Single flight holds across tasks, threads
+    and processes alike; a cancelled task leaves no upload lease behind, even one its thread
+    took after the cancellation. Arguments as for :class:`MediaRegistry` (``transport`` is an
     ``httpx.AsyncBaseTransport``). The reads have awaitable forms that run in a thread
     (:meth:`alookup`, :meth:`arecords`, :meth:`astats`, :meth:`aoverdue`, :meth:`avalid_record`).
     """
@@ -324,6 +332,15 @@ class AsyncMediaRegistry(_Registry[httpx.AsyncBaseTransport]):
         """See :meth:`MediaRegistry.send_with_media`; ``send`` may be a coroutine function."""
         result: T = await adrive(self.sourcing.send_with_media_flow(source, send, phone_number_id), self)
         return result
+
+    async def get_header_handle(self, source: Source, *, app_id: str | None = None) -> str:
+        """See :meth:`MediaRegistry.get_header_handle`."""
+        app, hit = await self._hit(functools.partial(self.handles.hit, source, app_id))
+        return hit if hit is not None else await adrive(self.handles.handle_flow(source, app), self)
+
+    async def invalidate_handle(self, handle: str, *, reason: str = REFUSED_HANDLE) -> None:
+        """See :meth:`MediaRegistry.invalidate_handle`."""
+        await adrive(self.handles.invalidate_flow(handle, reason), self)
 
     async def refresh_expiring(self, *, dry_run: bool = False, on_action: OnAction | None = None) -> Report:
         """See :meth:`MediaRegistry.refresh_expiring`; ``refresh_concurrency`` tasks at a time."""

@@ -28,6 +28,7 @@ from ..setting_checks import (
     PHONE_NUMBER_ID,
     RANGES,
     TEXT_CHECKS,
+    check_app_id,
     check_phone_number_id,
     check_retention,
     check_token,
@@ -168,7 +169,7 @@ def _reader(field: str) -> Callable[[str], object]:
 _TEXT_READERS: dict[str, Callable[[str], object]] = {
     **TEXT_CHECKS, "token": check_token, "phone_number_id": check_phone_number_id,
     "api_base": _plain_api_base, "db": _file_db, "blob_dir": _text, "service_token": _text,
-    "url_ignore_query": _text,
+    "url_ignore_query": _text, "app_id": check_app_id,
 }
 # Every setting, in the order of the full settings' fields: their first refusal is the one told.
 FIELDS = (
@@ -177,7 +178,7 @@ FIELDS = (
     "download_deadline", "max_retries", "retry_backoff", "media_hosts", "refresh_concurrency",
     "refresh_interval", "purge_interval", "busy_timeout", "lease_seconds", "service_token",
     "uploads_per_second", "url_revalidate", "repair_window", "url_ignore_query", "pg_pool_size",
-    "host_id", "host_retention",
+    "host_id", "host_retention", "app_id", "handle_ttl",
 )
 _READERS = {field: _reader(field) for field in FIELDS}
 

@@ -129,9 +129,27 @@ SQLITE: tuple[Migration, ...] = (
     # Who sends an owed DELETE now, and until when: each is claimed before it is sent.
     Migration("0005_delete_claims", "ALTER TABLE media ADD COLUMN claimed_by TEXT;"
               "ALTER TABLE media ADD COLUMN claimed_until TEXT"),
+    # Template header handles, per content and app (store/handles.py).
+    Migration("0006_header_handles", """CREATE TABLE IF NOT EXISTS header_handles (
+        sha256 TEXT NOT NULL, app_id TEXT NOT NULL, handle TEXT, created_at TEXT, expires_at TEXT,
+        claimed_by TEXT, claimed_until TEXT, PRIMARY KEY (sha256, app_id));
+        CREATE INDEX IF NOT EXISTS header_handles_by_handle ON header_handles (handle)"""),
 )
 SCHEMA_VERSION = len(SQLITE)
 MIGRATIONS = SQLITE
+
+# Template header handles, per content and app (store/handles.py); schema_postgres.sql has it too.
+HANDLES_POSTGRES = """CREATE TABLE IF NOT EXISTS header_handles (
+    sha256        text NOT NULL,
+    app_id        text NOT NULL,
+    handle        text,
+    created_at    timestamptz,
+    expires_at    timestamptz,
+    claimed_by    text,
+    claimed_until timestamptz,
+    PRIMARY KEY (sha256, app_id)
+);
+CREATE INDEX IF NOT EXISTS header_handles_by_handle ON header_handles (handle);"""
 
 # PostgreSQL's steps, applied in order by one opener at a time. Append; never edit or reorder.
 POSTGRES: tuple[Migration, ...] = (
@@ -152,4 +170,5 @@ CREATE TABLE url_sources (
     refetchable   boolean NOT NULL
 );
 CREATE INDEX url_sources_by_content ON url_sources (sha256);"""),
+    Migration("header handles", HANDLES_POSTGRES),
 )

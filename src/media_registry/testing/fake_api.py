@@ -1,6 +1,8 @@
 """FakeGraphAPI: a real local HTTP server that behaves like the Graph API's media endpoints.
 
-It serves upload, get, delete and 5-minute download URLs that need the token, answers with
+It serves upload, get, delete and 5-minute download URLs that need the token, the Resumable
+Upload API of template header handles (:mod:`.resumable`), the fields of its phone numbers and
+app, and a ``Date`` header on its own clock; it answers any API version, and answers with
 Graph's error envelopes, lets media IDs expire after 30 days on its own adjustable clock,
 injects faults, and counts what it received. Use it as a context manager::
 
@@ -21,6 +23,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .records import Fault, Received, StoredMedia
+from .resumable import Sessions
 from .server import Server, handler_for
 
 
@@ -34,6 +37,7 @@ class FakeGraphAPI:
     free one. Uploads go only
     to the phone numbers it knows (``phone_number_id``, ``phone_numbers`` and those added with
     :meth:`add_phone_number`); any other is answered as Meta does, with code 100, subcode 33.
+    Upload sessions go only to ``app_id``; :attr:`sessions` counts them and the bytes they took.
     """
 
     def __init__(
@@ -41,6 +45,7 @@ class FakeGraphAPI:
         *,
         token: str = "fake-token-for-tests",
         phone_number_id: str = "106540352242922",
+        app_id: str = "847021592371350",
         version: str = "v26.0",
         ttl: timedelta = timedelta(days=30),
         url_lifetime: timedelta = timedelta(minutes=5),
@@ -54,6 +59,8 @@ class FakeGraphAPI:
         self.token = token
         self.phone_number_id = phone_number_id
         self.phone_numbers = {phone_number_id, *phone_numbers}
+        self.app_id = app_id
+        self.sessions = Sessions()  # the Resumable Upload API's sessions (template header handles)
         self.version = version
         self.ttl = ttl
         self.url_lifetime = url_lifetime
@@ -125,6 +132,7 @@ class FakeGraphAPI:
             self._faults.clear()
             self._offset = timedelta()
             self._uploads = 0
+        self.sessions.clear()
 
     def advance(self, **delta: float) -> None:
         """Move the fake's clock forward, e.g. ``advance(days=28)``."""
