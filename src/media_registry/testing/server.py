@@ -183,10 +183,10 @@ class _GraphHandler(BaseHTTPRequestHandler):
 
     def _authorized(self, path: str) -> bool:
         # An upload session takes the token as Meta documents it there: "OAuth <token>".
-        scheme = "OAuth" if SESSION_PATH.match(path) else "Bearer"
-        if self.headers.get("Authorization") == f"{scheme} {self.fake.token}":
+        session = SESSION_PATH.match(path) is not None
+        if self.headers.get("Authorization") == f"{'OAuth' if session else 'Bearer'} {self.fake.token}":
             return True
-        self.close_connection = True  # a transfer's body is left unread
+        self.close_connection = session  # a transfer's body is left unread
         self._error(401, 190, "Invalid OAuth access token - Cannot parse access token",
                     None, kind="OAuthException")
         return False
