@@ -23,8 +23,8 @@ import tenacity
 
 from ..content._async_io import Batches, FileBody, changed_while_uploaded
 from ..content.blobs import VerifiedFile
-from ..errors import MediaRegistryError
-from ..models import MediaMetadata
+from ..errors import AuthError, MediaRegistryError
+from ..models import MediaMetadata, graph_id
 from .auth import OAUTH
 from .base import Budget, GraphBase
 from .redirects import afollow, follow
@@ -97,6 +97,15 @@ class GraphClient(GraphBase):
             file.seek(offset)
             return self._http.post(session, content=_chunks(file, size - offset),
                                    headers=self._transfer_headers(offset, size))
+
+    def get_object(self, object_id: str, fields: str) -> tuple[dict[str, Any], str | None]:
+        """GET ``/{object_id}?fields=...`` once (a phone number, an app: ``doctor``'s reads):
+        its fields, and the answer's ``Date`` header."""
+        if not self._token:
+            raise AuthError("no access token: set WHATSAPP_TOKEN")
+        response = self._send(lambda: self._http.get(
+            f"{self.api_base}/{graph_id(object_id, 'Graph API ID')}", params={"fields": fields}))
+        return self._parse(response), response.headers.get("Date")
 
     def get_media(self, media_id: str, phone_number_id: str | None = None) -> MediaMetadata:
         """GET ``/{media_id}``: a fresh download URL (valid ~5 minutes) and the media's facts."""
