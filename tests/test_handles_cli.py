@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from file_server import FileServer
 from media_registry.testing import FakeGraphAPI, sample_media
 
 from conftest import PDF, PNG, run_cli
-from file_server import FileServer
 from service_helpers import Server, start_server
 
 pytestmark = pytest.mark.sqlite_only  # the command line and service's own shapes: one backend is enough
