@@ -10,7 +10,6 @@ and app at a time, fleet-wide: the others wait for its handle.
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,7 +19,7 @@ from ..errors import ConfigError, NotInRegistry, UnsupportedMedia
 from ..models import graph_id
 from ..store import new_owner
 from ..store.handles import Claim
-from .context import Context
+from .context import Context, wall_clock
 from .effects import Blocking, Fetch, Flow, Hashing, HeaderHandle, Sleep, ask
 from .sending import LeaseKeeper
 from .sources import Source, Sourcing, closing_after, is_path, read
@@ -79,7 +78,7 @@ class Handles:
     def handle_flow(self, source: Source, app: str) -> Flow[str]:
         """The source's handle for ``app``: from the registry, or made once."""
         if is_path(source):
-            sample = yield from ask(Hashing(functools.partial(_file_sample, Path(source))))
+            sample = yield from ask(Hashing(functools.partial(self._file_sample, Path(source))))
             return (yield from self._served_or_made(sample, app))
         if isinstance(source, Content):
             return (yield from self._content(source, app))
@@ -96,9 +95,10 @@ class Handles:
     def _content(self, content: Content, app: str) -> Flow[str]:
         media_type = yield from ask(Hashing(functools.partial(content.media_type, None)))
         _check_type(content.label, media_type.mime_type)
-        handle = self.ctx.handles.valid(content.sha256, app, self.ctx.clock())
-        if handle is not None:
-            return handle
+        handle = yield from ask(Blocking(functools.partial(self.ctx.handles.valid, content.sha256, app,
+                                                           self.ctx.clock())))
+        if handle is not None:  # no need to spool it to a file
+            return str(handle)
         files = content.file()
         path = yield from ask(Hashing(files.__enter__))
         try:
@@ -112,6 +112,9 @@ class Handles:
         exactly once across threads, tasks and processes."""
         ctx, handles, owner = self.ctx, self.ctx.handles, new_owner()
         delay = 0.02
+        known = yield from ask(Blocking(functools.partial(handles.valid, sample.sha256, app, ctx.clock())))
+        if known is not None:  # a read: the claim below is a write
+            return str(known)
 
         def release_if_taken(outcome: tuple[Claim, str | None]) -> None:
             if outcome[0] is Claim.ACQUIRED:
@@ -143,6 +146,20 @@ class Handles:
         keeper.stop()
         return handle
 
+    def _file_sample(self, path: Path) -> _Sample:
+        """A file's type (checked before any request) and sha256; its fingerprint is recorded,
+        so that the next request for it is answered without reading it (:meth:`fast_path`)."""
+        fp = hashing.fingerprint(path)
+        with hashing.open_source(path) as file:
+            head = file.read(media_types.SNIFF_BYTES)
+            media_type = media_types.check(path, head, fp.size)
+            _check_type(str(path), media_type.mime_type)
+            file.seek(0)
+            sha256 = hashing.sha256_file(file)
+        hashing.ensure_unchanged(fp)
+        self.ctx.store.remember_path(fp, sha256, media_type.mime_type, wall_clock())
+        return _Sample(str(path), sha256, media_type.mime_type, fp.path)
+
     def invalidate_flow(self, handle: str, reason: str) -> Flow[None]:
         """Never serve ``handle`` again (Meta refused it); the next request makes a new one."""
         found = yield from ask(Blocking(functools.partial(self.ctx.handles.invalidate, handle,
@@ -157,13 +174,3 @@ def _check_type(label: str, mime_type: str) -> None:
                                f"(Meta's types), not {mime_type}; convert it first")
 
 
-def _file_sample(path: Path) -> _Sample:
-    """A file's type (checked before any request) and sha256."""
-    size = os.stat(path).st_size
-    with hashing.open_source(path) as file:
-        head = file.read(media_types.SNIFF_BYTES)
-        media_type = media_types.check(path, head, size)
-        _check_type(str(path), media_type.mime_type)
-        file.seek(0)
-        sha256 = hashing.sha256_file(file)
-    return _Sample(str(path), sha256, media_type.mime_type, os.path.abspath(path))
