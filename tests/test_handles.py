@@ -122,7 +122,7 @@ def test_handles_are_per_app(make_registry: Callable[..., MediaRegistry], api: F
     registry = make_registry(app_id=api.app_id)
     data = sample_media(PNG, salt="apps")
     registry.get_header_handle(data)
-    with pytest.raises(Exception, match="Object with ID '999' does not exist"):
+    with pytest.raises(ConfigError, match="app ID 999: the Graph API does not know it for this token"):
         registry.get_header_handle(data, app_id="999")  # another app: its own session, refused here
     assert api.sessions.count() == 1
 

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from ..content import hashing, media_types, sources
 from ..content.sources import Content
-from ..errors import ConfigError, NotInRegistry, UnsupportedMedia
+from ..errors import ConfigError, MediaNotFound, NotInRegistry, UnsupportedMedia
 from ..models import graph_id
 from ..store import new_owner
 from ..store.handles import Claim
@@ -135,7 +135,12 @@ class Handles:
         ctx, handles = self.ctx, self.ctx.handles
         keeper = LeaseKeeper(ctx, functools.partial(handles.renew, sample.sha256, app, owner))
         try:
-            handle = yield from ask(HeaderHandle(sample.path, sample.mime_type, app))
+            try:
+                handle = yield from ask(HeaderHandle(sample.path, sample.mime_type, app))
+            except MediaNotFound as exc:  # code 100/33 opening a session: the app is unknown
+                raise ConfigError(f"app ID {app}: the Graph API does not know it for this token (code "
+                                  f"{exc.code}, subcode {exc.subcode}); check WHATSAPP_APP_ID or pass "
+                                  "app_id=") from None
             now = ctx.clock()
             yield from ask(Blocking(functools.partial(
                 handles.record, sample.sha256, app, handle, now, now + ctx.settings.handle_ttl, sample.label)))
