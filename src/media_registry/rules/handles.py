@@ -10,6 +10,7 @@ and app at a time, fleet-wide: the others wait for its handle.
 from __future__ import annotations
 
 import functools
+from datetime import timedelta
 from pathlib import Path
 from typing import NamedTuple
 
@@ -61,19 +62,19 @@ class Handles:
     def fast_path(self, source: Source, app: str) -> str | None:
         """The cached handle of a known file (unchanged since it was hashed) or of a URL
         checked within ``url_revalidate``: no hashing, no request; else None."""
-        sha256 = None
+        now = self.ctx.valid_until(timedelta(0))  # the end of this second: computed once a second
         if is_path(source):
             fp = hashing.fingerprint(source)
-            hit = self.ctx.store.lookup_path(fp, "", self.ctx.clock())
-            if hit is not None and not hashing.racily_clean(fp, hit.recorded_at):
-                sha256 = hit.sha256
-        elif isinstance(source, str):
+            hit = self.ctx.handles.path_hit(fp, app, now)
+            return None if hit is None or hashing.racily_clean(fp, hit[1]) else hit[0]
+        sha256 = None
+        if isinstance(source, str):
             key = self.sourcing.key(source)
             sources.refuse_credentials(source, key)
             known = self.ctx.store.url_source(key)
             if known is not None and self.ctx.clock() < known.checked_at + self.ctx.settings.url_revalidate:
                 sha256 = known.sha256
-        return None if sha256 is None else self.ctx.handles.valid(sha256, app, self.ctx.clock())
+        return None if sha256 is None else self.ctx.handles.valid(sha256, app, now)
 
     def handle_flow(self, source: Source, app: str) -> Flow[str]:
         """The source's handle for ``app``: from the registry, or made once."""

@@ -9,9 +9,15 @@ import enum
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from .backend import Backend, Tx
+from ..content.hashing import Fingerprint
+from .backend import SIGNED, Backend, Tx, int64
 
 _KEY = "WHERE sha256 = :sha256 AND app_id = :app"
+# The cached handle of a file whose fingerprint matches in every field: one indexed read.
+PATH_HIT = ("SELECT h.handle, p.seen_at FROM paths AS p JOIN header_handles AS h ON h.sha256 = p.sha256 "
+            "WHERE h.app_id = :app AND h.handle IS NOT NULL AND h.expires_at > :now AND p.path = :path "
+            "AND p.size_bytes = :size AND p.mtime_ns = :mtime AND p.ctime_ns = :ctime AND p.inode = :inode "
+            "AND p.device = :device{and_p_here}")
 VALID = f"SELECT handle FROM header_handles {_KEY} AND handle IS NOT NULL AND expires_at > :now"
 # The claim goes in unless a valid handle exists or a live claimer holds the row.
 CLAIM = """INSERT INTO header_handles (sha256, app_id, claimed_by, claimed_until)
@@ -58,6 +64,16 @@ class HandleStore:
         self._backend = backend
         self._when = backend.when
         self._log = LOG.format_map(backend.dialect)
+        self._path_hit = backend.positional(PATH_HIT.format_map(backend.dialect))
+        self._here = (backend.host_id,) if backend.dialect["and_p_here"] else ()
+
+    def path_hit(self, fp: Fingerprint, app_id: str, now: datetime) -> tuple[str, datetime] | None:
+        """The handle of the content recorded at ``fp.path`` (every fingerprint field matching)
+        for ``app_id``, valid after ``now``, and when the fingerprint was recorded; or None."""
+        if fp[4] | fp[5] >= SIGNED:
+            fp = fp._replace(inode=int64(fp.inode), device=int64(fp.device))
+        row = self._backend.read_one(self._path_hit, (app_id, self._when(now)) + fp + self._here)
+        return None if row is None else (str(row[0]), self._backend.time(row[1]))
 
     def valid(self, sha256: str, app_id: str, now: datetime) -> str | None:
         """The handle of (sha256, app) that has not expired at ``now``, or None. One indexed read."""
