@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
+
+from run import per_call, print_table
 
 from media_registry import MediaRegistry
 from media_registry.testing import sample_media
@@ -65,17 +65,6 @@ else:
     assert "h" in answer.json(), answer.text
 print(time.perf_counter() - started, rss("VmHWM") - before)
 """
-
-
-def per_call(function: Callable[[], object], calls: int) -> float:
-    """Best of three runs of ``calls`` calls, in microseconds per call."""
-    best = float("inf")
-    for _ in range(3):
-        started = time.perf_counter()
-        for _ in range(calls):
-            function()
-        best = min(best, (time.perf_counter() - started) / calls * 1e6)
-    return best
 
 
 def start_api() -> tuple[subprocess.Popen[str], dict[str, str]]:
@@ -152,12 +141,7 @@ def main() -> None:
     finally:
         process.terminate()
         process.wait()
-    print(f"media-registry header handle benchmarks on {platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}{' (quick mode)' if quick else ''}\n")
-    print("| measure | media-registry | floor / peer | ratio |")
-    print("| --- | --- | --- | --- |")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print_table(rows, quick)
 
 
 if __name__ == "__main__":

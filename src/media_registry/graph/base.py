@@ -169,6 +169,14 @@ class GraphBase:
         return offset
 
     @staticmethod
+    def _broken(exc: MediaRegistryError, last: bool) -> dict[str, Any]:
+        """A transfer that failed: nothing (resume from the session's offset) if it may be
+        resumed and attempts are left; else ``exc``, raised."""
+        if last or not getattr(exc, "retryable", False):
+            raise exc
+        return {}
+
+    @staticmethod
     def _unfinished(size: int) -> GraphAPIError:
         return GraphAPIError(f"the upload session kept breaking off before its {size:,} bytes all "
                              "arrived; check the network and try again (it resumes where it stopped)")

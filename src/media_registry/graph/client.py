@@ -29,6 +29,7 @@ from .auth import OAUTH
 from .base import Budget, GraphBase
 from .redirects import afollow, follow
 
+SESSION_AUTH = {"Authorization": OAUTH}  # an upload session takes the token as "OAuth <token>"
 CHUNK = 1 << 20  # an upload session's body is read a block at a time: memory stays flat
 
 
@@ -80,16 +81,12 @@ class GraphClient(GraphBase):
         offset = 0
         for attempt in range(self._max_retries + 1):
             try:
-                handle = self._handle(self._parse(self._send(functools.partial(
-                    self._transfer, session, path, offset, size))))
+                answer = self._parse(self._send(functools.partial(self._transfer, session, path, offset, size)))
             except MediaRegistryError as exc:
-                if not getattr(exc, "retryable", False) or attempt == self._max_retries:
-                    raise
-                handle = None
-            if handle is not None:
+                answer = self._broken(exc, last=attempt == self._max_retries)
+            if handle := self._handle(answer):
                 return handle
-            offset = self._resume_at(self._call(lambda: self._http.get(
-                session, headers={"Authorization": OAUTH})), size)
+            offset = self._resume_at(self._call(lambda: self._http.get(session, headers=SESSION_AUTH)), size)
         raise self._unfinished(size)
 
     def _transfer(self, session: str, path: str | os.PathLike[str], offset: int, size: int) -> httpx.Response:
@@ -189,19 +186,17 @@ class AsyncGraphClient(GraphBase):
         url, params = await asyncio.to_thread(self._session_request, path, mime_type, app_id)
         size = int(params["file_length"])
         session = self._session_url(await self._call(lambda: self._http.post(url, params=params)))
-        offset = 0
-        for attempt in range(self._max_retries + 1):
+        offset, attempts = 0, self._max_retries + 1
+        while attempts:
+            attempts -= 1
+            sent = self._send(functools.partial(self._transfer, session, path, offset, size))
             try:
-                handle = self._handle(self._parse(await self._send(functools.partial(
-                    self._transfer, session, path, offset, size))))
+                if handle := self._handle(self._parse(await sent)):
+                    return handle
             except MediaRegistryError as exc:
-                if not getattr(exc, "retryable", False) or attempt == self._max_retries:
-                    raise
-                handle = None
-            if handle is not None:
-                return handle
-            offset = self._resume_at(await self._call(lambda: self._http.get(
-                session, headers={"Authorization": OAUTH})), size)
+                self._broken(exc, last=not attempts)
+            asked = self._call(lambda: self._http.get(session, headers=SESSION_AUTH))
+            offset = self._resume_at(await asked, size)
         raise self._unfinished(size)
 
     async def _transfer(self, session: str, path: str | os.PathLike[str], offset: int,

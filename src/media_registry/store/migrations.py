@@ -138,7 +138,9 @@ SQLITE: tuple[Migration, ...] = (
 SCHEMA_VERSION = len(SQLITE)
 MIGRATIONS = SQLITE
 
-# Template header handles, per content and app (store/handles.py); schema_postgres.sql has it too.
+# Template header handles, per content and app (store/handles.py): served until expires_at
+# (MEDIA_REGISTRY_HANDLE_TTL after it was made) or invalidated (both NULL then);
+# claimed_by/claimed_until: who is making it now.
 HANDLES_POSTGRES = """CREATE TABLE IF NOT EXISTS header_handles (
     sha256        text NOT NULL,
     app_id        text NOT NULL,

@@ -103,22 +103,10 @@ CREATE TABLE inbound (
 );
 CREATE INDEX inbound_by_content ON inbound (sha256);
 
--- Media IDs that are current and not yet expired, with their content.
--- Template header handles (Meta's Resumable Upload API), per content and app: served until
--- expires_at (MEDIA_REGISTRY_HANDLE_TTL after it was made) or invalidated (both NULL then);
--- claimed_by/claimed_until: who is making it now. (Also the migration "header handles".)
-CREATE TABLE IF NOT EXISTS header_handles (
-    sha256        text NOT NULL,
-    app_id        text NOT NULL,
-    handle        text,
-    created_at    timestamptz,
-    expires_at    timestamptz,
-    claimed_by    text,
-    claimed_until timestamptz,
-    PRIMARY KEY (sha256, app_id)
-);
-CREATE INDEX IF NOT EXISTS header_handles_by_handle ON header_handles (handle);
+-- Later tables come with their own named migrations (store/migrations.py), applied to a new
+-- database right after this one: url_sources, header_handles (template header handles).
 
+-- Media IDs that are current and not yet expired, with their content.
 CREATE VIEW live_media AS
 SELECT m.media_id, m.phone_number_id, m.sha256, c.mime_type, c.size_bytes,
        m.uploaded_at, m.expires_at
