@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..dburl import PostgresURL
-from ..errors import RegistryCorrupt, RegistryUnreachable
+from ..errors import ConfigError, RegistryCorrupt, RegistryUnreachable
 from . import migrations
 from .core import Store
 
@@ -57,7 +57,11 @@ def _sqlite(db: Path, timeout: float) -> SchemaFacts:
 
 
 def _postgres(db: PostgresURL, timeout: float) -> SchemaFacts:
-    import psycopg  # the postgres extra, present whenever the settings hold such a URL
+    try:
+        import psycopg
+    except ModuleNotFoundError:
+        raise ConfigError("MEDIA_REGISTRY_DB is a PostgreSQL URL, which needs the postgres extra: "
+                          "pip install 'media-registry[postgres]'") from None
 
     try:
         with psycopg.connect(db.secret(), connect_timeout=max(1, int(timeout))) as con:
