@@ -69,6 +69,13 @@ def test_a_healthy_postgresql_registry_names_its_server(env: dict[str, str], pos
     assert "(PostgreSQL " in lines(result)["registry"] and "schema current" in lines(result)["registry"]
 
 
+def test_invalid_settings_are_the_one_line(env: dict[str, str]) -> None:
+    result = run_cli("doctor", env={**env, "MEDIA_REGISTRY_TTL": "0"})
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == ["✗ settings: invalid MEDIA_REGISTRY_TTL: must be a positive duration "
+                                          "up to 36500 days; fix the variable or argument"]
+
+
 def test_a_bad_token(env: dict[str, str]) -> None:
     result = run_cli("doctor", env={**env, "WHATSAPP_TOKEN": "EAAGwrong-token-value"})
     assert result.returncode == 1

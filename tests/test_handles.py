@@ -72,9 +72,9 @@ def test_a_transfer_broken_at_40_percent_resumes_sending_only_the_rest(
     path.write_bytes(sample_media(PDF, size=3_000_000, salt="resume"))
     size = path.stat().st_size
     broken_at = size * 40 // 100
-    api.fail(method="POST", path="/upload:", break_at=broken_at)
+    api.break_transfer_at(broken_at)
     handle = handles.get_header_handle(path)
-    assert api.sessions.bytes_received == size  # 40% before the break, the other 60% after it
+    assert api.transfer_bytes == size  # 40% before the break, the other 60% after it
     transfers = [r for r in api.received if r.method == "POST" and "/upload:" in r.path]
     assert [r.headers["file_offset"] for r in transfers] == ["0", str(broken_at)]
     assert [r.headers["content-length"] for r in transfers] == [str(size), str(size - broken_at)]
@@ -160,7 +160,11 @@ def test_the_async_registry_makes_and_serves_handles(registry_db_value: str, api
     async def main() -> tuple[str, str]:
         async with AsyncMediaRegistry(db=registry_db_value, token=api.token, api_base=api.base_url,
                                       app_id=api.app_id, retry_backoff=0.01) as registry:
-            return await registry.get_header_handle(data), await registry.get_header_handle(io.BytesIO(data))
+            first = await registry.get_header_handle(data)
+            again = await registry.get_header_handle(io.BytesIO(data))
+            await registry.invalidate_handle(first)
+            return first, again, await registry.get_header_handle(data)
 
-    first, again = asyncio.run(main())
-    assert first == again and api.sessions.count() == 1 and api.sessions.bytes_received == len(data)
+    first, again, anew = asyncio.run(main())
+    assert first == again != anew and api.upload_sessions == 2
+    assert api.transfer_bytes == 2 * len(data)  # the first broke at 80,000 bytes and sent only the rest

@@ -148,6 +148,21 @@ class FakeGraphAPI:
             self._faults.append(scripted)
         return scripted
 
+    def break_transfer_at(self, offset: int, times: int = 1) -> Fault:
+        """Make the next ``times`` upload-session transfers hang up once the session holds
+        ``offset`` bytes of the file (``GET /upload:...`` then says so, and a client resumes)."""
+        return self.fail(method="POST", path="/upload:", break_at=offset, times=times)
+
+    @property
+    def upload_sessions(self) -> int:
+        """How many upload sessions (template header handles) were opened."""
+        return self.sessions.count()
+
+    @property
+    def transfer_bytes(self) -> int:
+        """How many bytes every upload session's transfers carried, resumed ones included."""
+        return self.sessions.bytes_received
+
     def add_phone_number(self, phone_number_id: str) -> None:
         """Make uploads to another phone number succeed (a second number of the account)."""
         with self._lock:
