@@ -111,3 +111,16 @@ def test_both_delete_answers_count(api: FakeGraphAPI, answer: dict[str, bool]) -
     with GraphClient(token="t", api_base="https://graph.facebook.com/v26.0",
                      transport=httpx.MockTransport(reply)) as client:
         client.delete("123")  # no error: deleted
+
+
+def test_a_webhook_media_item_with_the_new_url_field_still_counts() -> None:
+    from media_registry.webhooks import media_in_webhook
+
+    image = {"id": "1234567890", "mime_type": "image/jpeg", "sha256": "ab" * 32,
+             "url": "https://lookaside.fbsbx.com/whatsapp_business/attachments/?mid=1234567890"}
+    payload = {"entry": [{"changes": [{"value": {"metadata": {"phone_number_id": "106540352242922"},
+                                                 "messages": [{"from": "1", "id": "wamid.U", "type": "image",
+                                                               "image": image}]}}]}]}
+    problems: list[str] = []
+    (item,) = media_in_webhook(payload, problems.append)
+    assert (item.media_id, item.mime_type, problems) == ("1234567890", "image/jpeg", [])
