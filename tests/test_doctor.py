@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -18,7 +19,7 @@ from media_registry.app.doctor import FAIL, OK, WARN, Setup, check_clock, check_
 from media_registry.config import load_settings
 from media_registry.testing import FakeGraphAPI
 
-from conftest import CLI, run_cli, unprivileged
+from conftest import CLI, run_cli, unprivileged, wait_for
 
 pytestmark = pytest.mark.sqlite_only  # PostgreSQL's line is checked below by URL
 
@@ -67,6 +68,20 @@ def test_a_healthy_postgresql_registry_names_its_server(env: dict[str, str], pos
     result = run_cli("doctor", env=pg_env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "(PostgreSQL " in lines(result)["registry"] and "schema current" in lines(result)["registry"]
+
+
+def test_a_running_daemon_is_seen_holding_the_lock(env: dict[str, str], tmp_path: Path) -> None:
+    log = tmp_path / "daemon.log"
+    assert run_cli("init", env=env).returncode == 0
+    with open(log, "wb") as out:
+        daemon = subprocess.Popen([str(CLI), "daemon"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "refresh done" in log.read_text(), "the daemon's first pass")
+        result = run_cli("doctor", env=env)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=30)
+    assert lines(result)["daemon"] == "✓ one holds the registry's lock; no ID refreshed yet"
 
 
 def test_invalid_settings_are_the_one_line(env: dict[str, str]) -> None:
