@@ -46,14 +46,14 @@ def _sqlite(db: Path, timeout: float) -> SchemaFacts:
         with closing(sqlite3.connect(db.absolute().as_uri() + "?mode=ro", uri=True, timeout=timeout)) as con:
             version = int(con.execute("PRAGMA user_version").fetchone()[0])
             tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            applied = {step.name for step in migrations.SQLITE[:version]}
+            applied = {step.name for step in migrations.MIGRATIONS[:version]}
             if "migrations" in tables:
                 applied |= {name for (name,) in con.execute("SELECT name FROM migrations")}
     except sqlite3.Error as exc:
         raise RegistryCorrupt(f"registry {db} cannot be read ({exc}); check MEDIA_REGISTRY_DB") from None
     if version < 1 or not migrations.OUR_TABLES <= tables:
         raise RegistryCorrupt(f"{db} is not a media-registry registry; point MEDIA_REGISTRY_DB at one")
-    return SchemaFacts(backend, True, _pending(migrations.SQLITE, applied))
+    return SchemaFacts(backend, True, _pending(migrations.MIGRATIONS, applied))
 
 
 def _postgres(db: PostgresURL, timeout: float) -> SchemaFacts:
