@@ -1,16 +1,9 @@
-"""MediaRegistry and AsyncMediaRegistry: what senders use.
-
-The rules live once, in :mod:`media_registry.rules`, as generator flows that yield typed
-effects, composed over one shared :class:`~media_registry.rules.context.Context`: ``sending``
-(the cache hit, single flight), ``sourcing`` (bytes, file objects, URLs, ``send_with_media``,
-``invalidate``), ``lifecycle`` (refresh, delete, purge), ``inbound`` (downloads), ``reading``
-(records, stats) and ``handles`` (template header handles). Each registry only drives those
-flows: :class:`MediaRegistry` performs their effects inline with the sync clients
-(:func:`~media_registry.rules.effects.drive`); :class:`AsyncMediaRegistry` awaits the async
-ones, every blocking effect (hashing, SQLite writes, file work) in a thread
-(:func:`~media_registry.rules.effects.adrive`).
-"""
-
+"""MediaRegistry and AsyncMediaRegistry: what senders use. The rules live once, in
+:mod:`media_registry.rules`, as flows yielding typed effects, composed over one shared
+:class:`~media_registry.rules.context.Context` (``sending``, ``sourcing``, ``lifecycle``,
+``inbound``, ``webhooks``, ``archiving``, ``reading``, ``handles``); each registry only drives
+them: :class:`MediaRegistry` inline (:func:`~media_registry.rules.effects.drive`),
+:class:`AsyncMediaRegistry` awaiting, blocking effects in threads (``adrive``)."""
 from __future__ import annotations
 
 import asyncio
@@ -28,6 +21,7 @@ from .config import Settings
 from .graph.client import AsyncGraphClient, GraphClient
 from .graph.fetch import AsyncSourceFetcher, SourceFetcher
 from .models import DownloadedMedia, LifecycleAction, MediaRecord, Report
+from .rules.archiving import Archiving
 from .rules.context import Context, PathArg, SettingsArgs, fetcher_options, graph_options, open_context
 from .rules.effects import Clock, adrive, drive, utc_now
 from .rules.handles import REFUSED_HANDLE, Handles
@@ -36,8 +30,9 @@ from .rules.lifecycle import Lifecycle, OnAction, add
 from .rules.reading import Reading
 from .rules.sending import Outcome, Sending
 from .rules.sources import REFUSED, Source, Sourcing
+from .rules.webhook import OnFailedSend, Webhooks
 from .store import MediaRow, Store
-from .webhooks import OnInvalid
+from .webhooks import OnInvalid, WebhookReport
 
 __all__ = ["AsyncMediaRegistry", "MediaRegistry", "Outcome"]
 
@@ -71,6 +66,7 @@ class _Registry(Generic[TransportT]):
         self.lifecycle = Lifecycle(self.ctx, self.sending, self.sourcing)
         self.inbound = Inbound(self.ctx)
         self.reading = Reading(self.ctx, self.sourcing)
+        self.webhooks, self.archiving = Webhooks(self.ctx), Archiving(self.ctx, self.inbound)
         self.handles = Handles(self.ctx, self.sourcing)
 
     def _connect(self, transport: TransportT | None, source_transport: TransportT | None) -> Callable[[str], str]:
@@ -159,9 +155,8 @@ class MediaRegistry(_Registry[httpx.BaseTransport]):
         self.sources.close()
         self.store.close()
 
-    def get_or_upload(
-        self, source: Source, *, phone_number_id: str | None = None, mime_type: str | None = None,
-    ) -> str:
+    def get_or_upload(self, source: Source, *, phone_number_id: str | None = None,
+                      mime_type: str | None = None) -> str:
         """A media ID for the source's content that stays valid for at least ``min_validity``.
 
         ``source`` is a path (str or PathLike), bytes-like content, a binary file object
@@ -175,11 +170,9 @@ class MediaRegistry(_Registry[httpx.BaseTransport]):
         return self.get_or_upload_with_status(
             source, phone_number_id=phone_number_id, mime_type=mime_type).media_id
 
-    def get_or_upload_with_status(
-        self, source: Source, *, phone_number_id: str | None = None, mime_type: str | None = None,
-    ) -> Outcome:
-        """Like :meth:`get_or_upload`, also telling whether this call uploaded the content,
-        with what it learned of it (see :class:`~media_registry.rules.sending.Outcome`)."""
+    def get_or_upload_with_status(self, source: Source, *, phone_number_id: str | None = None,
+                                  mime_type: str | None = None) -> Outcome:
+        """:meth:`get_or_upload`, with whether it uploaded and what it learned (an ``Outcome``)."""
         found = self.sourcing.lookup(source, phone_number_id, mime_type)
         return found if isinstance(found, Outcome) else drive(found, self)
 
@@ -198,15 +191,13 @@ class MediaRegistry(_Registry[httpx.BaseTransport]):
         invalidated, the content uploaded again and ``send`` called once more. An ID uploaded
         moments ago that is refused too (or a content repaired on this number within
         ``repair_window``) means ``send`` posts from another number: ConfigError, and nothing
-        more is invalidated. Any other error reaches the caller untouched. A file object is
-        read once.
+        more is invalidated. Any other error reaches the caller untouched (a file object: read once).
         """
         result: T = drive(self.sourcing.send_with_media_flow(source, send, phone_number_id), self)
         return result
 
     def get_header_handle(self, source: Source, *, app_id: str | None = None) -> str:
-        """A template header handle for a PDF, JPEG, PNG or MP4 (as any source of :meth:`get_or_upload`),
-        made once per content and app (``app_id`` or ``WHATSAPP_APP_ID``), resumed if it breaks."""
+        """A template header handle for a PDF, JPEG, PNG or MP4, made once per content and app."""
         app, hit = self.handles.hit(source, app_id)
         return hit or drive(self.handles.handle_flow(source, app), self)
 
@@ -263,18 +254,24 @@ class MediaRegistry(_Registry[httpx.BaseTransport]):
         webhook's own sha256 must agree with what was fetched."""
         return drive(self.inbound.download_webhook_flow(payload, dest_dir, on_invalid), self)
 
+    def handle_webhook(self, payload: Any, *, on_invalid: OnInvalid | None = None,
+                       on_failed_send: OnFailedSend | None = None) -> WebhookReport:
+        """See :meth:`~media_registry.rules.webhook.Webhooks.handle_flow`; the worker archives later."""
+        return drive(self.webhooks.handle_flow(payload, on_invalid, on_failed_send), self)
+
+    def archive_pending(self, *, on_action: OnAction | None = None) -> Report:
+        """See :meth:`Archiving.run_pass <media_registry.rules.archiving.Archiving.run_pass>`."""
+        return self.archiving.run_pass(functools.partial(drive, env=self), on_action)
+
 
 class AsyncMediaRegistry(_Registry[httpx.AsyncBaseTransport]):
     """:class:`MediaRegistry` for asyncio senders, with the same verbs as coroutines.
 
-    Cache hits run inline (one stat, one short query; in a thread on PostgreSQL, where the
-    query crosses the network); everything else that may block (hashing, SQLite writes,
-    file work) runs in threads, so the event loop never waits on a lock, a disk or a large
-    file; HTTP goes through ``httpx.AsyncClient``. Single flight holds across tasks, threads
-    and processes alike; a cancelled task leaves no upload lease behind, even one its thread
-    took after the cancellation. Arguments as for :class:`MediaRegistry` (``transport`` is an
-    ``httpx.AsyncBaseTransport``). The reads have awaitable forms that run in a thread
-    (:meth:`alookup`, :meth:`arecords`, :meth:`astats`, :meth:`aoverdue`, :meth:`avalid_record`).
+    Cache hits run inline (in a thread on PostgreSQL); everything else that may block runs in
+    threads; HTTP goes through ``httpx.AsyncClient``. Single flight holds across tasks, threads
+    and processes; a cancelled task leaves no upload lease behind. Arguments as for
+    :class:`MediaRegistry` (``transport``: an ``httpx.AsyncBaseTransport``). The reads have
+    awaitable forms in a thread (:meth:`alookup`, :meth:`arecords`, :meth:`astats`, ...).
     """
 
     graph: AsyncGraphClient
@@ -304,18 +301,16 @@ class AsyncMediaRegistry(_Registry[httpx.AsyncBaseTransport]):
         """A cache hit's read: inline on SQLite, in a thread on PostgreSQL (a round trip)."""
         return await asyncio.to_thread(read) if self.ctx.in_postgres else read()
 
-    async def get_or_upload(
-        self, source: Source, *, phone_number_id: str | None = None, mime_type: str | None = None,
-    ) -> str:
+    async def get_or_upload(self, source: Source, *, phone_number_id: str | None = None,
+                            mime_type: str | None = None) -> str:
         """See :meth:`MediaRegistry.get_or_upload`."""
         outcome = await self.get_or_upload_with_status(
             source, phone_number_id=phone_number_id, mime_type=mime_type
         )
         return outcome.media_id
 
-    async def get_or_upload_with_status(
-        self, source: Source, *, phone_number_id: str | None = None, mime_type: str | None = None,
-    ) -> Outcome:
+    async def get_or_upload_with_status(self, source: Source, *, phone_number_id: str | None = None,
+                                        mime_type: str | None = None) -> Outcome:
         """See :meth:`MediaRegistry.get_or_upload_with_status`."""
         if self.ctx.in_postgres:  # a hit is a round trip to a server: it leaves the loop too
             found = await asyncio.to_thread(self.sourcing.lookup, source, phone_number_id, mime_type)
@@ -377,6 +372,11 @@ class AsyncMediaRegistry(_Registry[httpx.AsyncBaseTransport]):
     ) -> list[DownloadedMedia]:
         """See :meth:`MediaRegistry.download_webhook`."""
         return await adrive(self.inbound.download_webhook_flow(payload, dest_dir, on_invalid), self)
+
+    async def handle_webhook(self, payload: Any, *, on_invalid: OnInvalid | None = None,
+                             on_failed_send: OnFailedSend | None = None) -> WebhookReport:
+        """See :meth:`MediaRegistry.handle_webhook`."""
+        return await adrive(self.webhooks.handle_flow(payload, on_invalid, on_failed_send), self)
 
     async def alookup(self, target: str | os.PathLike[str], *,
                       phone_number_id: str | None = None) -> MediaRecord | None:

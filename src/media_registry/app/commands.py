@@ -358,3 +358,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "init": _init, "migrate": _migrate, "demo": _demo, "fake-api": _fake_api, "doctor": _doctor,
     "handle": _handle,
 }
+from .inbox_commands import INBOX_COMMANDS  # noqa: E402  (it imports this module's helpers)
+
+COMMANDS.update(INBOX_COMMANDS)

@@ -121,6 +121,24 @@ def _url_sources_and_invalidated(con: Any) -> None:
         con.execute(statement)
 
 
+def _section(con: Any, name: str, first: str, end: str) -> None:
+    """The statements of the dialect's schema file from the line starting ``first`` to ``end``."""
+    text = schema(name)
+    start = text.index(first)
+    for statement in _statements(text[start:text.index(end, start)]):
+        con.execute(statement)
+
+
+def _inbox(con: Any, name: str) -> None:
+    """The inbox's tables, as the schema file of the dialect writes them."""
+    _section(con, name, "-- Inbound media that webhooks announced", "-- (the end of the inbox's tables)")
+
+
+def _handles(con: Any, name: str) -> None:
+    """The header handles' table, as the schema file of the dialect writes it."""
+    _section(con, name, "-- Template header handles (Meta's", "-- (the end of the header handles' table)")
+
+
 MIGRATIONS: tuple[Migration, ...] = (  # SQLite's steps
     Migration("0001_initial", _initial),
     # Rows recorded before this step get 0, match no real file, and are hashed (and
@@ -139,28 +157,13 @@ MIGRATIONS: tuple[Migration, ...] = (  # SQLite's steps
     # Who sends an owed DELETE now, and until when: each is claimed before it is sent.
     Migration("0005_delete_claims", "ALTER TABLE media ADD COLUMN claimed_by TEXT;"
               "ALTER TABLE media ADD COLUMN claimed_until TEXT"),
+    # Inbound items that webhooks announced (the archive's queue), and messages sent with a
+    # media ID (a failed status names its ID).
+    Migration("0006_inbox", lambda con: _inbox(con, "schema.sql")),
     # Template header handles, per content and app (store/handles.py).
-    Migration("0006_header_handles", """CREATE TABLE IF NOT EXISTS header_handles (
-        sha256 TEXT NOT NULL, app_id TEXT NOT NULL, handle TEXT, created_at TEXT, expires_at TEXT,
-        claimed_by TEXT, claimed_until TEXT, PRIMARY KEY (sha256, app_id));
-        CREATE INDEX IF NOT EXISTS header_handles_by_handle ON header_handles (handle)"""),
+    Migration("0007_header_handles", lambda con: _handles(con, "schema.sql")),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
-
-# Template header handles, per content and app (store/handles.py): served until expires_at
-# (MEDIA_REGISTRY_HANDLE_TTL after it was made) or invalidated (both NULL then);
-# claimed_by/claimed_until: who is making it now.
-HANDLES_POSTGRES = """CREATE TABLE IF NOT EXISTS header_handles (
-    sha256        text NOT NULL,
-    app_id        text NOT NULL,
-    handle        text,
-    created_at    timestamptz,
-    expires_at    timestamptz,
-    claimed_by    text,
-    claimed_until timestamptz,
-    PRIMARY KEY (sha256, app_id)
-);
-CREATE INDEX IF NOT EXISTS header_handles_by_handle ON header_handles (handle);"""
 
 # PostgreSQL's steps, applied in order by one opener at a time. Append; never edit or reorder.
 POSTGRES: tuple[Migration, ...] = (
@@ -181,5 +184,6 @@ CREATE TABLE url_sources (
     refetchable   boolean NOT NULL
 );
 CREATE INDEX url_sources_by_content ON url_sources (sha256);"""),
-    Migration("header handles", HANDLES_POSTGRES),
+    Migration("inbox", lambda con: _inbox(con, "store/schema_postgres.sql")),
+    Migration("header handles", lambda con: _handles(con, "store/schema_postgres.sql")),
 )

@@ -103,8 +103,56 @@ CREATE TABLE inbound (
 );
 CREATE INDEX inbound_by_content ON inbound (sha256);
 
--- Later tables come with their own named migrations (store/migrations.py), applied to a new
--- database right after this one: url_sources, header_handles (template header handles).
+-- Inbound media that webhooks announced, kept until each is archived (or known lost).
+-- state: 'pending' (not tried yet), 'failed' (the last try failed: retried after
+-- next_attempt_at), 'archived' (stored at location), 'lost' (Meta no longer knows the ID:
+-- reason says why). claimed_by/claimed_until: the worker archiving it now.
+CREATE TABLE IF NOT EXISTS inbound_items (
+    media_id        text PRIMARY KEY,
+    phone_number_id text,
+    mime_type       text,
+    sha256          text,
+    url             text,
+    message_id      text,
+    received_at     timestamptz NOT NULL,
+    expires_at      timestamptz NOT NULL,
+    state           text NOT NULL DEFAULT 'pending'
+                    CHECK (state IN ('pending', 'failed', 'archived', 'lost')),
+    attempts        integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL,
+    reason          text,
+    location        text,
+    claimed_by      text,
+    claimed_until   timestamptz,
+    archived_at     timestamptz
+);
+CREATE INDEX IF NOT EXISTS inbound_items_due ON inbound_items (state, next_attempt_at);
+
+-- Messages sent with a media ID (send_with_media), so that a failed status can name the ID.
+CREATE TABLE IF NOT EXISTS sent_messages (
+    message_id      text PRIMARY KEY,
+    media_id        text NOT NULL,
+    phone_number_id text NOT NULL,
+    sent_at         timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sent_messages_by_time ON sent_messages (sent_at);
+-- (the end of the inbox's tables)
+
+-- Template header handles (Meta's Resumable Upload API), per content and app. Meta documents no
+-- lifetime: one is served until expires_at (MEDIA_REGISTRY_HANDLE_TTL after it was made) or
+-- until invalidated (both NULL then). claimed_by/claimed_until: who is making it now.
+CREATE TABLE IF NOT EXISTS header_handles (
+    sha256        text NOT NULL,
+    app_id        text NOT NULL,
+    handle        text,
+    created_at    timestamptz,
+    expires_at    timestamptz,
+    claimed_by    text,
+    claimed_until timestamptz,
+    PRIMARY KEY (sha256, app_id)
+);
+CREATE INDEX IF NOT EXISTS header_handles_by_handle ON header_handles (handle);
+-- (the end of the header handles' table)
 
 -- Media IDs that are current and not yet expired, with their content.
 CREATE VIEW live_media AS
