@@ -143,6 +143,22 @@ CREATE TABLE IF NOT EXISTS sent_messages (
 CREATE INDEX IF NOT EXISTS sent_messages_by_time ON sent_messages (sent_at);
 -- (the end of the inbox's tables)
 
+-- Template header handles (Meta's Resumable Upload API), per content and app. Meta documents no
+-- lifetime: one is served until expires_at (MEDIA_REGISTRY_HANDLE_TTL after it was made) or
+-- until invalidated (both NULL then). claimed_by/claimed_until: who is making it now.
+CREATE TABLE IF NOT EXISTS header_handles (
+    sha256        TEXT NOT NULL,
+    app_id        TEXT NOT NULL,
+    handle        TEXT,
+    created_at    TEXT,
+    expires_at    TEXT,
+    claimed_by    TEXT,
+    claimed_until TEXT,
+    PRIMARY KEY (sha256, app_id)
+);
+CREATE INDEX IF NOT EXISTS header_handles_by_handle ON header_handles (handle);
+-- (the end of the header handles' table)
+
 -- Media IDs that are current and not yet expired, with their content.
 CREATE VIEW IF NOT EXISTS live_media AS
 SELECT m.media_id, m.phone_number_id, m.sha256, c.mime_type, c.size_bytes,

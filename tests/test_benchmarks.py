@@ -63,3 +63,14 @@ def test_the_webhook_benchmarks_run_and_print_both_rows() -> None:
     assert [row.split(" | ")[0].lstrip("| ").split(",")[0] for row in rows[1:]] == [
         "POST /v1/webhooks/whatsapp", "archive"]
     assert all(row.split(" | ")[3].rstrip(" |").endswith("x throughput") for row in rows[1:])
+
+
+def test_the_header_handle_benchmarks_run_and_print_every_row() -> None:
+    script = SCRIPT.with_name("handles.py")
+    result = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [row.split(" | ")[0].lstrip("| ") for row in rows[1:]] == [
+        "header handle upload, 5 MB PDF (time)", "header handle upload, 5 MB PDF (RSS growth)",
+        "cached header handle", "cached header handle vs cached media ID"]
+    assert all(len(row.split(" | ")) == 4 for row in rows)

@@ -79,7 +79,7 @@ def test_the_hit_path_honours_min_validity_and_falls_back_on_unusual_settings(
     ({"MEDIA_REGISTRY_MIN_VALIDITY": "\u00b2"}, "MEDIA_REGISTRY_MIN_VALIDITY"),
     ({"MEDIA_REGISTRY_TTL": "9" * 20, "MEDIA_REGISTRY_MIN_VALIDITY": "9" * 19}, "MEDIA_REGISTRY_TTL"),
     ({"MEDIA_REGISTRY_BUSY_TIMEOUT": "1" + "0" * 400}, "MEDIA_REGISTRY_BUSY_TIMEOUT"),
-    ({"WHATSAPP_API_BASE": "http://graph.example.com/v23.0"}, "WHATSAPP_API_BASE"),
+    ({"WHATSAPP_API_BASE": "http://graph.example.com/v26.0"}, "WHATSAPP_API_BASE"),
     ({"WHATSAPP_TOKEN": ""}, "WHATSAPP_TOKEN"),
 ])
 def test_the_hit_path_refuses_what_the_full_path_refuses(

@@ -111,7 +111,7 @@ def test_each_request_conforms_to_metas_spec(
     CALLS[call](graph, png)
     (request,) = sent
     spec.validate_request(SentRequest(request))  # raises with the spec's complaint
-    assert request.url.path.startswith("/v23.0/")
+    assert request.url.path.startswith("/v26.0/")
 
 
 def test_the_validator_does_catch_a_nonconforming_request(spec: OpenAPI) -> None:
@@ -127,7 +127,7 @@ def test_graph_requests_name_the_project_and_downloads_a_browser(
 ) -> None:
     registry.download(api.add_media(b"hello", "text/plain"), tmp_path / "in")
     agents = {r.path.split("/")[1]: r.headers["user-agent"] for r in api.received}
-    assert agents["v21.0"] == f"media-registry/{media_registry.__version__}" == "media-registry/0.3.0"
+    assert agents["v26.0"] == f"media-registry/{media_registry.__version__}" == "media-registry/0.3.0"
     assert agents["download"].startswith("Mozilla/5.0 ")
 
 
@@ -146,4 +146,4 @@ def test_the_version_is_written_once() -> None:
     (written,) = re.findall(r'__version__ = "([^"]+)"', source)
     assert written == media_registry.__version__ == version("media-registry") == "0.3.0"
     assert load_settings().user_agent == f"media-registry/{written}"
-    assert load_settings().api_base == "https://graph.facebook.com/v23.0"
+    assert load_settings().api_base == "https://graph.facebook.com/v26.0"

@@ -117,7 +117,7 @@ def test_a_url_past_its_five_minutes_is_fetched_again(registry: MediaRegistry, a
     media_id = api.add_media(b"voice", "audio/ogg")
     api.fail(path="/download/", advance=6 * 60)  # the fake's clock moves on before it answers
     assert registry.download(media_id, inbox).path.read_bytes() == b"voice"
-    assert api.count("GET", f"/v21.0/{media_id}") == 2  # metadata fetched again for a fresh URL
+    assert api.count("GET", f"/v26.0/{media_id}") == 2  # metadata fetched again for a fresh URL
 
 
 def test_urls_that_always_expire_end_in_one_clear_error(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from media_registry import AsyncMediaRegistry, DownloadError, MediaRegistry
 from media_registry.graph.base import MAX_MEDIA_BYTES
 from media_registry.graph.client import GraphClient
 
-API = "https://graph.facebook.com/v23.0"
+API = "https://graph.facebook.com/v26.0"
 MEDIA_URL = "https://lookaside.fbsbx.com/whatsapp_business/attachments/?mid=7"
 DATA = b"one byte at a time, " * 2
 

@@ -121,7 +121,7 @@ def test_an_unknown_phone_number_is_named_not_taken_for_an_unknown_media_id(
 
 
 def test_api_unreachable(make_registry: Callable[..., MediaRegistry], make_file: Callable[..., Path]) -> None:
-    registry = make_registry(api_base="http://127.0.0.1:9/v21.0", max_retries=1)
+    registry = make_registry(api_base="http://127.0.0.1:9/v26.0", max_retries=1)
     with pytest.raises(APIUnreachable, match="cannot reach the Graph API.*check the network"):
         registry.get_or_upload(make_file("a.png"))
     assert registry_db.count(registry.settings.db, "media") == 0
@@ -175,8 +175,8 @@ def test_a_missing_db_folder(make_registry: Callable[..., MediaRegistry], tmp_pa
         (HOSTS, '["fbsbx.com"]', f"invalid {HOSTS}: 'fbsbx.com' is not a host suffix"),
         (HOSTS, '[""]', f"invalid {HOSTS}: '' is not a host suffix"),
         (HOSTS, '[".com"]', f"invalid {HOSTS}: '.com' is not a host suffix"),
-        ("WHATSAPP_API_BASE", "http://graph.example.com/v23.0", "invalid WHATSAPP_API_BASE: .*clear text"),
-        ("WHATSAPP_API_BASE", "http://10.0.0.8:8080/v23.0", "invalid WHATSAPP_API_BASE: .*127.0.0.1"),
+        ("WHATSAPP_API_BASE", "http://graph.example.com/v26.0", "invalid WHATSAPP_API_BASE: .*clear text"),
+        ("WHATSAPP_API_BASE", "http://10.0.0.8:8080/v26.0", "invalid WHATSAPP_API_BASE: .*127.0.0.1"),
         (HOSTS, ".example.com",
          r'invalid MEDIA_REGISTRY_MEDIA_HOSTS: not JSON; write a JSON list of strings, e.g. \[".fbsbx.com"'),
         ("MEDIA_REGISTRY_TTL_BY_PHONE_NUMBER", "123=3600",

@@ -105,9 +105,9 @@ def test_a_timeout_is_retried_then_reported(api: FakeGraphAPI, png: Path, sleeps
 
 
 def test_an_unreachable_api_is_one_clear_error(png: Path) -> None:
-    with GraphClient(token="secret-token", api_base="http://127.0.0.1:9/v21.0", max_retries=1,
+    with GraphClient(token="secret-token", api_base="http://127.0.0.1:9/v26.0", max_retries=1,
                      sleep=lambda _: None) as graph:
-        with pytest.raises(APIUnreachable, match="cannot reach the Graph API at http://127.0.0.1:9/v21.0"):
+        with pytest.raises(APIUnreachable, match="cannot reach the Graph API at http://127.0.0.1:9/v26.0"):
             graph.upload(png, "image/png", "123")
 
 
@@ -147,11 +147,11 @@ def test_a_token_echoed_by_an_error_is_redacted(client: GraphClient, api: FakeGr
 
 
 def test_the_token_goes_only_to_the_api_origin_and_meta_media_hosts() -> None:
-    auth = BearerAuth("t", "https://graph.facebook.com/v21.0", [".fbsbx.com", ".whatsapp.net"])
-    allowed = ["https://graph.facebook.com/v21.0/1", "https://lookaside.fbsbx.com/x",
+    auth = BearerAuth("t", "https://graph.facebook.com/v26.0", [".fbsbx.com", ".whatsapp.net"])
+    allowed = ["https://graph.facebook.com/v26.0/1", "https://lookaside.fbsbx.com/x",
                "https://mmg.whatsapp.net/d"]
     refused = ["http://lookaside.fbsbx.com/x", "https://evil.example/fbsbx.com",
-               "https://fbsbx.com.evil.example/", "https://graph.facebook.com:8443/v21.0/1"]
+               "https://fbsbx.com.evil.example/", "https://graph.facebook.com:8443/v26.0/1"]
     assert all(auth.allows(httpx.URL(url)) for url in allowed)
     assert not any(auth.allows(httpx.URL(url)) for url in refused)
     request = httpx.Request("GET", "https://evil.example/")
@@ -165,7 +165,7 @@ def test_mock_transport_plugs_in(png: Path) -> None:
         seen.append(request)
         return httpx.Response(200, json={"id": "42"})
 
-    with GraphClient(token="t", api_base="https://graph.facebook.com/v21.0",
+    with GraphClient(token="t", api_base="https://graph.facebook.com/v26.0",
                      transport=httpx.MockTransport(handler)) as graph:
         assert graph.upload(png, "image/png", "99") == "42"
     body = seen[0].read()

@@ -21,7 +21,7 @@ from media_registry.testing import FakeGraphAPI
 
 from conftest import run_cli
 
-BAD_IDS = ["abc", "../../v21.0/999", "123?fields=owner", "123/media", "١٢٣", ""]
+BAD_IDS = ["abc", "../../v26.0/999", "123?fields=owner", "123/media", "١٢٣", ""]
 
 
 @pytest.mark.parametrize("phone", [*BAD_IDS[:-1], "1" * 33])
@@ -36,7 +36,7 @@ def test_a_phone_number_id_argument_is_checked_before_any_request(
 def test_a_phone_number_id_from_the_environment_is_checked(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("WHATSAPP_PHONE_NUMBER_ID", "../../v21.0/999")
+    monkeypatch.setenv("WHATSAPP_PHONE_NUMBER_ID", "../../v26.0/999")
     with pytest.raises(ConfigError, match="invalid WHATSAPP_PHONE_NUMBER_ID"):
         MediaRegistry.from_env(db=tmp_path / "r.db")
 
@@ -92,10 +92,10 @@ def test_webhook_media_ids_are_checked_before_any_request(
     registry: MediaRegistry, api: FakeGraphAPI, tmp_path: Path
 ) -> None:
     payload = {"entry": [{"changes": [{"value": {"messages": [
-        {"from": "1", "id": "wamid.X", "type": "image", "image": {"id": "../../v21.0/me"}}]}}]}]}
+        {"from": "1", "id": "wamid.X", "type": "image", "image": {"id": "../../v26.0/me"}}]}}]}]}
     problems: list[str] = []
     assert registry.download_webhook(payload, tmp_path / "in", on_invalid=problems.append) == []
-    assert problems == ["webhook entry[0].changes[0].value.messages[0]: '../../v21.0/me' is not a "
+    assert problems == ["webhook entry[0].changes[0].value.messages[0]: '../../v26.0/me' is not a "
                         "webhook media ID (digits only); check the value given; skipped"]
     assert api.received == []
 
@@ -105,7 +105,7 @@ def test_a_media_id_the_api_answers_with_must_be_digits(tmp_path: Path) -> None:
 
     transport = httpx.MockTransport(lambda request: httpx.Response(200, json={"id": "../1"}))
     (tmp_path / "a.png").write_bytes(b"x")
-    with GraphClient(token="secret-token", api_base="https://graph.facebook.com/v23.0",
+    with GraphClient(token="secret-token", api_base="https://graph.facebook.com/v26.0",
                      transport=transport, max_retries=0) as graph:
         with pytest.raises(GraphAPIError, match="sent no media id"):
             graph.upload(tmp_path / "a.png", "image/png", "123")

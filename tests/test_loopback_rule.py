@@ -22,8 +22,8 @@ def test_anything_else_is_not(host: str) -> None:
     assert not is_loopback(host)
 
 
-@pytest.mark.parametrize("base", ["http://localhost.:9/v23.0", "http://localhost..:9/v23.0",
-                                  "http://x.localhost:9/v23.0"])
+@pytest.mark.parametrize("base", ["http://localhost.:9/v26.0", "http://localhost..:9/v26.0",
+                                  "http://x.localhost:9/v26.0"])
 def test_an_http_api_base_must_name_this_machine(base: str) -> None:
     from media_registry.graph.checks import check_api_base
 

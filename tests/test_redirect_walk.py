@@ -32,7 +32,7 @@ def _download(locations: list[str], use_async: bool) -> list[httpx.Request]:
             return httpx.Response(302, headers={"Location": locations[len(seen) - 1]})
         return httpx.Response(200, content=b"media")
 
-    options = {"token": TOKEN, "api_base": "https://graph.facebook.com/v23.0",
+    options = {"token": TOKEN, "api_base": "https://graph.facebook.com/v26.0",
                "transport": httpx.MockTransport(answer)}
     if use_async:
         async def run() -> None:
@@ -67,10 +67,10 @@ def test_a_hop_the_token_may_not_reach_is_never_requested(location: str, use_asy
         return httpx.Response(302, headers={"Location": location})
 
     with pytest.raises(UnsafeDownloadURL), GraphClient(
-            token=TOKEN, api_base="https://graph.facebook.com/v23.0", transport=httpx.MockTransport(answer)) as client:
+            token=TOKEN, api_base="https://graph.facebook.com/v26.0", transport=httpx.MockTransport(answer)) as client:
         if use_async:
             async def run() -> None:
-                aclient = AsyncGraphClient(token=TOKEN, api_base="https://graph.facebook.com/v23.0",
+                aclient = AsyncGraphClient(token=TOKEN, api_base="https://graph.facebook.com/v26.0",
                                            transport=httpx.MockTransport(answer))
                 try:
                     await aclient.download_to(START, _Sink())  # type: ignore[arg-type]

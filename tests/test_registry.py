@@ -77,7 +77,7 @@ def test_the_upload_is_multipart_with_the_sniffed_type(
     assert api.media[media_id].mime_type == PNG
     assert api.media[media_id].data == (Path(registry.lookup(media_id).paths[0])).read_bytes()
     upload = next(r for r in api.received if r.method == "POST")
-    assert upload.path == f"/v21.0/{api.phone_number_id}/media"
+    assert upload.path == f"/v26.0/{api.phone_number_id}/media"
     assert upload.headers["content-type"].startswith("multipart/form-data")
     assert upload.headers["user-agent"].startswith("media-registry/")
 

@@ -57,7 +57,7 @@ def test_no_command_reveals_the_token(secret_api: FakeGraphAPI, cli_env: dict[st
     cli("--debug", "upload", str(tmp_path / "echo.pdf"))
     wrong = TOKEN[::-1]
     cli("--debug", "upload", str(leaflet), extra={"WHATSAPP_TOKEN": wrong})
-    cli("upload", str(leaflet), extra={"WHATSAPP_API_BASE": "http://127.0.0.1:9/v21.0",
+    cli("upload", str(leaflet), extra={"WHATSAPP_API_BASE": "http://127.0.0.1:9/v26.0",
                                          "MEDIA_REGISTRY_MAX_RETRIES": "0"})
 
     log = tmp_path / "daemon.log"

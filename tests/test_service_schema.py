@@ -34,7 +34,7 @@ def running(cli_env: dict[str, str], tmp_path: Path) -> Iterator[Server]:
     root = tmp_path / "media"
     root.mkdir()
     (root / "banner.png").write_bytes(sample_media(PNG, salt="banner"))
-    env = {**cli_env, "MEDIA_REGISTRY_SERVICE_TOKEN": TOKEN}
+    env = {**cli_env, "MEDIA_REGISTRY_SERVICE_TOKEN": TOKEN, "WHATSAPP_APP_ID": "847021592371350"}
     server = start_server(env, tmp_path / "serve.log", "--allow-root", str(root))
     with server.client(TOKEN) as client:  # one known content, so lookups can also hit
         assert client.post("/v1/media", json={"path": str(root / "banner.png")}).status_code == 200
@@ -49,6 +49,7 @@ OPERATIONS = [
     ("POST", "/v1/media", True),
     ("GET", "/v1/media/{sha256}", True),
     ("POST", "/v1/media/{media_id}/invalidate", True),
+    ("POST", "/v1/handles", True),
     ("GET", "/metrics", False),
     ("GET", "/healthz", False),
 ]
@@ -59,7 +60,7 @@ def test_the_document_lists_every_endpoint(running: Server) -> None:
     listed = {(op.method.upper(), op.path) for op in (r.ok() for r in schema.get_all_operations())}
     assert listed == {("POST", "/v1/media"), ("GET", "/v1/media/{sha256}"), ("GET", "/metrics"),
                       ("POST", "/v1/media/{media_id}/invalidate"), ("GET", "/healthz"),
-                      ("GET", WEBHOOKS), ("POST", WEBHOOKS)}
+                      ("GET", WEBHOOKS), ("POST", WEBHOOKS), ("POST", "/v1/handles")}
     webhook_responses = {"GET": {"200", "403", "503"}, "POST": {"200", "401", "403", "503"}}
     for method, path in listed:
         if path == WEBHOOKS:  # Meta's calls, without the client token
@@ -67,8 +68,9 @@ def test_the_document_lists_every_endpoint(running: Server) -> None:
         elif path.startswith("/v1/"):
             responses = schema[path][method].definition.raw["responses"]
             assert {"200", "400", "401", "503"} <= set(responses), (method, path)
-    bodies = schema["/v1/media"]["POST"].definition.raw["requestBody"]["content"]
-    assert set(bodies) == {"application/octet-stream", "application/json"}
+    for path in ("/v1/media", "/v1/handles"):
+        bodies = schema[path]["POST"].definition.raw["requestBody"]["content"]
+        assert set(bodies) == {"application/octet-stream", "application/json"}
 
 
 @pytest.mark.parametrize("mode", list(GenerationMode), ids=lambda mode: mode.value)
@@ -78,7 +80,7 @@ def test_every_operation_keeps_to_its_document(
 ) -> None:
     if mode is GenerationMode.NEGATIVE and not has_inputs:
         pytest.skip("nothing to make invalid")
-    config = UPLOAD_CONFIG if path == "/v1/media" else None
+    config = UPLOAD_CONFIG if path in ("/v1/media", "/v1/handles") else None
     schema = schemathesis.openapi.from_url(f"{running.url}/openapi.json", config=config)
     calls = []
 

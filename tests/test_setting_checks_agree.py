@@ -47,11 +47,13 @@ BAD = {
     "s3_checksum": ["crc32", "SHA256", ""],
     "repair_codes": ["", "131053;100", "abc", "1,-2"],
     "sent_retention": ["0", "-1"],
+    "app_id": ["abc", "1" * 33, "", "+1"],
+    "handle_ttl": ["0", "-1"],
 }
 # Bad values in forms only the full settings read (ISO 8601, exponents, JSON, URLs that are
 # not plainly good): the hit leaves them to the full path, which refuses them.
 BAD_UNPLAIN = {
-    "api_base": ["http://example.com", "graph.facebook.com", "http://10.0.0.8:8080/v23.0", "ftp://x"],
+    "api_base": ["http://example.com", "graph.facebook.com", "http://10.0.0.8:8080/v26.0", "ftp://x"],
     "ttl": ["banana", "P100000000D", "1e3x", "0.0000001"],  # zero at a duration's resolution
     "ttl_by_phone_number": ["123=3600", '{"abc": 3600}', '{"1": 59}'],
     "min_validity": ["P40D"],
@@ -70,7 +72,7 @@ ANY_TEXT = {"blob_dir", "service_token", "url_ignore_query", "app_secret", "webh
 GOOD = {
     "token": ["EAAGtoken", "EAAGtoken\n"],
     "phone_number_id": ["1", "1" * 32],
-    "api_base": ["https://graph.facebook.com/v23.0", "http://127.0.0.1:8080/v23.0/"],
+    "api_base": ["https://graph.facebook.com/v26.0", "http://127.0.0.1:8080/v26.0/"],
     "db": ["registry.db", "./host=x.db"],
     "blob_dir": ["blobs"],
     "ttl": ["345601", "2592000.5"],
@@ -102,6 +104,8 @@ GOOD = {
     "s3_checksum": ["sha256", "off"],
     "repair_codes": ["131053", "131053, 131052"],
     "sent_retention": ["86400"],
+    "app_id": ["847021592371350"],
+    "handle_ttl": ["3600", "604800"],
 }
 # Good values in forms only the full settings read: the hit leaves them to the full path.
 GOOD_UNPLAIN = {

@@ -16,9 +16,9 @@ from media_registry.testing import FakeGraphAPI
 from conftest import run_cli
 
 
-@pytest.mark.parametrize("base", ["http://127.0.0.1:8080/v23.0", "http://127.8.0.1/v23.0",
-                                  "http://[::1]:9/v23.0", "http://localhost:9/v23.0",
-                                  "https://graph.facebook.com/v23.0/"])
+@pytest.mark.parametrize("base", ["http://127.0.0.1:8080/v26.0", "http://127.8.0.1/v26.0",
+                                  "http://[::1]:9/v26.0", "http://localhost:9/v26.0",
+                                  "https://graph.facebook.com/v26.0/"])
 def test_loopback_http_and_any_https_api_base_are_accepted(base: str) -> None:
     assert load_settings(api_base=base).api_base == base.rstrip("/")
 
@@ -34,10 +34,10 @@ def test_the_cli_refuses_a_suffix_without_its_dot_in_one_line(cli_env: dict[str,
 
 def test_a_graph_client_made_directly_refuses_them_too() -> None:
     with pytest.raises(ConfigError, match="MEDIA_REGISTRY_MEDIA_HOSTS"):
-        GraphClient(token="secret-token", api_base="https://graph.facebook.com/v23.0",
+        GraphClient(token="secret-token", api_base="https://graph.facebook.com/v26.0",
                     media_host_suffixes=["fbsbx.com"])
     with pytest.raises(ConfigError, match="WHATSAPP_API_BASE"):
-        GraphClient(token="secret-token", api_base="http://graph.facebook.com/v23.0")
+        GraphClient(token="secret-token", api_base="http://graph.facebook.com/v26.0")
 
 
 @pytest.mark.parametrize("token_suffix", ["\n", " ", "\r\n", "\t"])

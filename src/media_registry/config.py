@@ -22,6 +22,7 @@ from .setting_checks import (
     ENV_NAMES,
     RANGES,
     TEXT_CHECKS,
+    check_app_id,
     check_phone_number_id,
     check_repair_codes,
     check_retention,
@@ -145,6 +146,11 @@ class Settings(BaseSettings):
     sent_retention: timedelta = defaults.SENT_RETENTION
     """How long sent messages are remembered for repairs (at most one repair per content and
     number within it)."""
+    app_id: str | None = _env("WHATSAPP_APP_ID")
+    """Your Meta app's App ID (digits): the app whose upload sessions make template header
+    handles; nothing else needs it."""
+    handle_ttl: timedelta = defaults.HANDLE_TTL
+    """How long a template header handle is reused (Meta documents no lifetime for one)."""
 
     @field_validator("db", mode="before")
     @classmethod
@@ -187,6 +193,11 @@ class Settings(BaseSettings):
     @classmethod
     def _check_phone_number_id(cls, value: str | None) -> str | None:
         return None if value is None else check_phone_number_id(value)
+
+    @field_validator("app_id")
+    @classmethod
+    def _check_app_id(cls, value: str | None) -> str | None:
+        return None if value is None else check_app_id(value)
 
     @field_validator("url_ignore_query", mode="before")
     @classmethod

@@ -15,7 +15,7 @@ from ._version import __version__
 DB = "media-registry.db"
 BLOB_DIR = "media-blobs"
 # Meta retires a Graph API version about two years after its release.
-API_BASE = "https://graph.facebook.com/v23.0"
+API_BASE = "https://graph.facebook.com/v26.0"
 # Graph API requests carry the project's own (Meta's spec constrains it); downloads from the
 # media hosts a browser-like one, as some clients report them refusing any other.
 USER_AGENT = f"media-registry/{__version__}"
@@ -63,3 +63,5 @@ REPAIR_CODES = (131053,)
 S3_CHECKSUM = "sha256"
 # Seconds between two looks at the archive queue when nothing wakes the worker.
 ARCHIVE_POLL = 5.0
+# Meta documents no lifetime for a template header handle: one is reused for this long.
+HANDLE_TTL = timedelta(days=1)

@@ -1,14 +1,9 @@
-"""MediaRegistry and AsyncMediaRegistry: what senders use.
-
-The rules live once, in :mod:`media_registry.rules`, as generator flows yielding typed effects,
-composed over one shared :class:`~media_registry.rules.context.Context`: ``sending`` (the cache
-hit, single flight), ``sourcing`` (bytes, file objects, URLs, ``send_with_media``,
-``invalidate``), ``lifecycle`` (refresh, delete, purge), ``inbound`` (downloads), ``webhooks``
-and ``archiving`` (inbound items, repairs), ``reading`` (records, stats). Each registry only
-drives them: :class:`MediaRegistry` inline with the sync clients
-(:func:`~media_registry.rules.effects.drive`); :class:`AsyncMediaRegistry` awaiting the async
-ones, every blocking effect in a thread (:func:`~media_registry.rules.effects.adrive`).
-"""
+"""MediaRegistry and AsyncMediaRegistry: what senders use. The rules live once, in
+:mod:`media_registry.rules`, as flows yielding typed effects, composed over one shared
+:class:`~media_registry.rules.context.Context` (``sending``, ``sourcing``, ``lifecycle``,
+``inbound``, ``webhooks``, ``archiving``, ``reading``, ``handles``); each registry only drives
+them: :class:`MediaRegistry` inline (:func:`~media_registry.rules.effects.drive`),
+:class:`AsyncMediaRegistry` awaiting, blocking effects in threads (``adrive``)."""
 from __future__ import annotations
 
 import asyncio
@@ -29,6 +24,7 @@ from .models import DownloadedMedia, LifecycleAction, MediaRecord, Report
 from .rules.archiving import Archiving
 from .rules.context import Context, PathArg, SettingsArgs, fetcher_options, graph_options, open_context
 from .rules.effects import Clock, adrive, drive, utc_now
+from .rules.handles import REFUSED_HANDLE, Handles
 from .rules.inbound import Inbound
 from .rules.lifecycle import Lifecycle, OnAction, add
 from .rules.reading import Reading
@@ -63,8 +59,7 @@ class _Registry(Generic[TransportT]):
     ) -> None:
         given = {"db": db, "token": token, "phone_number_id": phone_number_id, **overrides}
         self.ctx: Context = open_context(settings, given, clock, create)
-        # The URL fetcher is a client of its own, without the token: a URL's host never sees
-        # it. ``source_transport`` swaps its HTTP transport (e.g. the service's guard).
+        # The URL fetcher has no token: a URL's host never sees it (source_transport: the guard).
         key = self._connect(transport, source_transport)
         self.sending = Sending(self.ctx)
         self.sourcing = Sourcing(self.ctx, self.sending, key)
@@ -72,6 +67,7 @@ class _Registry(Generic[TransportT]):
         self.inbound = Inbound(self.ctx)
         self.reading = Reading(self.ctx, self.sourcing)
         self.webhooks, self.archiving = Webhooks(self.ctx), Archiving(self.ctx, self.inbound)
+        self.handles = Handles(self.ctx, self.sourcing)
 
     def _connect(self, transport: TransportT | None, source_transport: TransportT | None) -> Callable[[str], str]:
         """Make the Graph client and the URL fetcher; return the fetcher's key form."""
@@ -134,9 +130,8 @@ class MediaRegistry(_Registry[httpx.BaseTransport]):
     Build it from the environment with :meth:`from_env`, or pass settings as arguments
     (``db``, ``token``, ``phone_number_id``, ``api_base``, ``ttl``, ``min_validity``, ...,
     the names of :class:`~media_registry.config.Settings`). Thread-safe; use one per process.
-    ``transport`` swaps the HTTP transport (an ``httpx.BaseTransport``, for tests); ``clock``
-    swaps the time source; ``create=False`` refuses to create a registry that does not exist
-    yet (for read-only use; an older registry is still upgraded).
+    ``transport`` swaps the HTTP transport (an ``httpx.BaseTransport``, for tests); ``clock`` the
+    time source; ``create=False`` never creates a registry (read-only use; one is upgraded).
     """
 
     graph: GraphClient
@@ -144,7 +139,7 @@ class MediaRegistry(_Registry[httpx.BaseTransport]):
 
     def _connect(self, transport: httpx.BaseTransport | None,
                  source_transport: httpx.BaseTransport | None) -> Callable[[str], str]:
-        self.graph = GraphClient(transport=transport, **graph_options(self.settings))
+        self.graph = GraphClient(transport=transport, clock=self.ctx.clock, **graph_options(self.settings))
         self.sources = SourceFetcher(transport=source_transport, **fetcher_options(self.settings))
         return self.sources.key
 
@@ -160,9 +155,8 @@ class MediaRegistry(_Registry[httpx.BaseTransport]):
         self.sources.close()
         self.store.close()
 
-    def get_or_upload(
-        self, source: Source, *, phone_number_id: str | None = None, mime_type: str | None = None,
-    ) -> str:
+    def get_or_upload(self, source: Source, *, phone_number_id: str | None = None,
+                      mime_type: str | None = None) -> str:
         """A media ID for the source's content that stays valid for at least ``min_validity``.
 
         ``source`` is a path (str or PathLike), bytes-like content, a binary file object
@@ -176,11 +170,9 @@ class MediaRegistry(_Registry[httpx.BaseTransport]):
         return self.get_or_upload_with_status(
             source, phone_number_id=phone_number_id, mime_type=mime_type).media_id
 
-    def get_or_upload_with_status(
-        self, source: Source, *, phone_number_id: str | None = None, mime_type: str | None = None,
-    ) -> Outcome:
-        """Like :meth:`get_or_upload`, also telling whether this call uploaded the content,
-        with what it learned of it (see :class:`~media_registry.rules.sending.Outcome`)."""
+    def get_or_upload_with_status(self, source: Source, *, phone_number_id: str | None = None,
+                                  mime_type: str | None = None) -> Outcome:
+        """:meth:`get_or_upload`, with whether it uploaded and what it learned (an ``Outcome``)."""
         found = self.sourcing.lookup(source, phone_number_id, mime_type)
         return found if isinstance(found, Outcome) else drive(found, self)
 
@@ -199,11 +191,19 @@ class MediaRegistry(_Registry[httpx.BaseTransport]):
         invalidated, the content uploaded again and ``send`` called once more. An ID uploaded
         moments ago that is refused too (or a content repaired on this number within
         ``repair_window``) means ``send`` posts from another number: ConfigError, and nothing
-        more is invalidated. Any other error reaches the caller untouched. A file object is
-        read once.
+        more is invalidated. Any other error reaches the caller untouched (a file object: read once).
         """
         result: T = drive(self.sourcing.send_with_media_flow(source, send, phone_number_id), self)
         return result
+
+    def get_header_handle(self, source: Source, *, app_id: str | None = None) -> str:
+        """A template header handle for a PDF, JPEG, PNG or MP4, made once per content and app."""
+        app, hit = self.handles.hit(source, app_id)
+        return hit or drive(self.handles.handle_flow(source, app), self)
+
+    def invalidate_handle(self, handle: str, *, reason: str = REFUSED_HANDLE) -> None:
+        """Never serve ``handle`` again (Meta refused it); the next request makes a new one."""
+        drive(self.handles.invalidate_flow(handle, reason), self)
 
     def refresh_expiring(self, *, dry_run: bool = False, on_action: OnAction | None = None) -> Report:
         """Upload again every current ID with less than ``refresh_before`` left whose content
@@ -267,15 +267,11 @@ class MediaRegistry(_Registry[httpx.BaseTransport]):
 class AsyncMediaRegistry(_Registry[httpx.AsyncBaseTransport]):
     """:class:`MediaRegistry` for asyncio senders, with the same verbs as coroutines.
 
-    Cache hits run inline (one stat, one short query; in a thread on PostgreSQL, where the
-    query crosses the network); everything else that may block
-    (hashing, SQLite writes, creating and renaming downloaded files) runs in threads so the
-    event loop never waits on a lock, a disk or a large file; HTTP goes through
-    ``httpx.AsyncClient``. Single flight holds across tasks, threads and processes alike, and
-    a cancelled task leaves no upload lease behind, even one its thread took after the
-    cancellation. Arguments as for :class:`MediaRegistry` (``transport`` is an
-    ``httpx.AsyncBaseTransport``). The reads have awaitable forms that run in a thread
-    (:meth:`alookup`, :meth:`arecords`, :meth:`astats`, :meth:`aoverdue`, :meth:`avalid_record`).
+    Cache hits run inline (in a thread on PostgreSQL); everything else that may block runs in
+    threads; HTTP goes through ``httpx.AsyncClient``. Single flight holds across tasks, threads
+    and processes; a cancelled task leaves no upload lease behind. Arguments as for
+    :class:`MediaRegistry` (``transport``: an ``httpx.AsyncBaseTransport``). The reads have
+    awaitable forms in a thread (:meth:`alookup`, :meth:`arecords`, :meth:`astats`, ...).
     """
 
     graph: AsyncGraphClient
@@ -283,7 +279,7 @@ class AsyncMediaRegistry(_Registry[httpx.AsyncBaseTransport]):
 
     def _connect(self, transport: httpx.AsyncBaseTransport | None,
                  source_transport: httpx.AsyncBaseTransport | None) -> Callable[[str], str]:
-        self.graph = AsyncGraphClient(transport=transport, **graph_options(self.settings))
+        self.graph = AsyncGraphClient(transport=transport, clock=self.ctx.clock, **graph_options(self.settings))
         self.sources = AsyncSourceFetcher(transport=source_transport, **fetcher_options(self.settings))
         # Hashing threads contend with the event loop for the GIL: one at a time.
         self.hash_slot = asyncio.Semaphore(1)
@@ -305,18 +301,16 @@ class AsyncMediaRegistry(_Registry[httpx.AsyncBaseTransport]):
         """A cache hit's read: inline on SQLite, in a thread on PostgreSQL (a round trip)."""
         return await asyncio.to_thread(read) if self.ctx.in_postgres else read()
 
-    async def get_or_upload(
-        self, source: Source, *, phone_number_id: str | None = None, mime_type: str | None = None,
-    ) -> str:
+    async def get_or_upload(self, source: Source, *, phone_number_id: str | None = None,
+                            mime_type: str | None = None) -> str:
         """See :meth:`MediaRegistry.get_or_upload`."""
         outcome = await self.get_or_upload_with_status(
             source, phone_number_id=phone_number_id, mime_type=mime_type
         )
         return outcome.media_id
 
-    async def get_or_upload_with_status(
-        self, source: Source, *, phone_number_id: str | None = None, mime_type: str | None = None,
-    ) -> Outcome:
+    async def get_or_upload_with_status(self, source: Source, *, phone_number_id: str | None = None,
+                                        mime_type: str | None = None) -> Outcome:
         """See :meth:`MediaRegistry.get_or_upload_with_status`."""
         if self.ctx.in_postgres:  # a hit is a round trip to a server: it leaves the loop too
             found = await asyncio.to_thread(self.sourcing.lookup, source, phone_number_id, mime_type)
@@ -333,6 +327,15 @@ class AsyncMediaRegistry(_Registry[httpx.AsyncBaseTransport]):
         """See :meth:`MediaRegistry.send_with_media`; ``send`` may be a coroutine function."""
         result: T = await adrive(self.sourcing.send_with_media_flow(source, send, phone_number_id), self)
         return result
+
+    async def get_header_handle(self, source: Source, *, app_id: str | None = None) -> str:
+        """See :meth:`MediaRegistry.get_header_handle`."""
+        app, hit = await self._hit(functools.partial(self.handles.hit, source, app_id))
+        return hit if hit is not None else await adrive(self.handles.handle_flow(source, app), self)
+
+    async def invalidate_handle(self, handle: str, *, reason: str = REFUSED_HANDLE) -> None:
+        """See :meth:`MediaRegistry.invalidate_handle`."""
+        await adrive(self.handles.invalidate_flow(handle, reason), self)
 
     async def refresh_expiring(self, *, dry_run: bool = False, on_action: OnAction | None = None) -> Report:
         """See :meth:`MediaRegistry.refresh_expiring`; ``refresh_concurrency`` tasks at a time."""

@@ -38,6 +38,7 @@ ENV_NAMES = {
     "phone_number_id": "WHATSAPP_PHONE_NUMBER_ID",
     "api_base": "WHATSAPP_API_BASE",
     "app_secret": "WHATSAPP_APP_SECRET",
+    "app_id": "WHATSAPP_APP_ID",
 }
 
 
@@ -114,7 +115,7 @@ def check_revalidate(value: timedelta) -> timedelta:
 # (always revalidate).
 DURATION_CHECKS = {name: check_positive_duration for name in (
     "ttl", "min_validity", "refresh_before", "refresh_interval", "purge_interval",
-    "repair_window", "host_retention", "sent_retention")} | {"url_revalidate": check_revalidate}
+    "repair_window", "host_retention", "sent_retention", "handle_ttl")} | {"url_revalidate": check_revalidate}
 
 
 # The daemon's passes, which a host's retention must outlast.
@@ -156,6 +157,13 @@ def check_phone_number_id(value: str) -> str:
     if not PHONE_NUMBER_ID.fullmatch(value):
         raise ValueError("must be the digits of the phone number ID from Meta's app dashboard "
                          "(1 to 32 digits)")
+    return value
+
+
+def check_app_id(value: str) -> str:
+    """``value``, or ValueError unless it is 1 to 32 ASCII digits (an App ID)."""
+    if not PHONE_NUMBER_ID.fullmatch(value):
+        raise ValueError("must be the digits of the App ID from Meta's app dashboard (1 to 32 digits)")
     return value
 
 

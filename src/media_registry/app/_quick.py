@@ -28,6 +28,7 @@ from ..setting_checks import (
     PHONE_NUMBER_ID,
     RANGES,
     TEXT_CHECKS,
+    check_app_id,
     check_phone_number_id,
     check_repair_codes,
     check_retention,
@@ -185,6 +186,7 @@ _TEXT_READERS: dict[str, Callable[[str], object]] = {
     "api_base": _plain_api_base, "db": _file_db, "blob_dir": _text, "service_token": _text,
     "url_ignore_query": _text, "app_secret": _text, "webhook_verify_token": _text,
     "s3_endpoint_url": _text, "repair_codes": check_repair_codes,
+    "app_id": check_app_id,
 }
 # Every setting, in the order of the full settings' fields: their first refusal is the one told.
 FIELDS = (
@@ -194,7 +196,7 @@ FIELDS = (
     "refresh_interval", "purge_interval", "busy_timeout", "lease_seconds", "service_token",
     "uploads_per_second", "url_revalidate", "repair_window", "url_ignore_query", "pg_pool_size",
     "host_id", "host_retention", "app_secret", "webhook_verify_token", "archive", "s3_endpoint_url",
-    "s3_checksum", "repair_codes", "sent_retention",
+    "s3_checksum", "repair_codes", "sent_retention", "app_id", "handle_ttl",
 )
 _READERS = {field: _reader(field) for field in FIELDS}
 

@@ -89,6 +89,12 @@ class Upload(MediaID):
     status: Literal["cached", "uploaded"]
 
 
+class HeaderHandle(BaseModel):
+    """The answer to ``POST /v1/handles``: a template header handle (``example.header_handle``)."""
+
+    handle: str
+
+
 class UrlSource(BaseModel):
     """Fetch the content from this URL (https; private addresses only if the service allows)."""
 

@@ -276,6 +276,13 @@ def _parser() -> argparse.ArgumentParser:
     to.add_argument("--to", metavar="URL", help="postgresql://user:password@host:port/dbname; ps shows it "
                     "with its password to every user: prefer $MEDIA_REGISTRY_MIGRATE_TO or --to-file")
 
+    handle = command("handle", "print a template header handle for a PDF, JPEG, PNG or MP4 "
+                     "(made once per content and app; needs $WHATSAPP_APP_ID)")
+    handle.add_argument("source", metavar="FILE|URL|-")
+    handle.add_argument("--app-id", help="default: $WHATSAPP_APP_ID")
+    command("doctor", "check the settings, registry, token, phone numbers, API version, clock, "
+            "download folder and daemon; exit 1 if anything is broken")
+
     command("demo", "run the main job end to end on a built-in local Graph API",
             json_flag=False)
     fake_api = command("fake-api", "serve the built-in local Graph API until Ctrl-C "

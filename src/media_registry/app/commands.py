@@ -249,20 +249,34 @@ def _fake_api(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     with api:
         settings = {"WHATSAPP_TOKEN": api.token, "WHATSAPP_API_BASE": api.base_url,
-                    "WHATSAPP_PHONE_NUMBER_ID": api.phone_number_id}
+                    "WHATSAPP_PHONE_NUMBER_ID": api.phone_number_id, "WHATSAPP_APP_ID": api.app_id}
         for name, value in settings.items():
             print(f"export {name}={shlex.quote(value)}")
         sys.stdout.flush()
-        print(f"local Graph API serving at {api.origin}; Ctrl-C stops it", file=sys.stderr, flush=True)
+        print(f"local Graph API serving at {api.origin} (Graph API {api.version} by default; any "
+              "version answers); Ctrl-C stops it", file=sys.stderr, flush=True)
         stop.wait()
     return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import doctor_command  # httpx and the checks: only load them here
+
+    return doctor_command(args)
+
+
+def _handle(args: argparse.Namespace) -> int:
+    from .handle_command import handle_command
+
+    return handle_command(args)
 
 
 # Every command but `upload`, by the name the command line gives it.
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "ls": _ls, "show": _show, "invalidate": _invalidate, "refresh": _refresh, "delete": _delete,
     "purge": _purge, "download": _download, "daemon": _daemon, "serve": _serve, "stats": _stats,
-    "init": _init, "migrate": _migrate, "demo": _demo, "fake-api": _fake_api,
+    "init": _init, "migrate": _migrate, "demo": _demo, "fake-api": _fake_api, "doctor": _doctor,
+    "handle": _handle,
 }
 from .inbox_commands import INBOX_COMMANDS  # noqa: E402  (it imports this module's helpers)
 

@@ -34,6 +34,7 @@ from .answers import (
     SHA256_PATTERN,
     UPLOAD_BODY,
     BodyTimeout,
+    HeaderHandle,
     JsonSource,
     MediaID,
     PathSource,
@@ -96,6 +97,11 @@ class Endpoints:
             summary="Meta refused this ID: never serve it again",
         )
         router.add_api_route(
+            "/v1/handles", self.header_handle, methods=["POST"], response_model=HeaderHandle,
+            responses=error_responses(400, 403, 408, 413, 415, 502, 503), openapi_extra=UPLOAD_BODY,
+            summary="A template header handle for these bytes (or this URL or path), made once per app",
+        )
+        router.add_api_route(
             "/metrics", self.metrics, methods=["GET"], response_class=Response,
             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
                              "description": "Prometheus text format"}},
@@ -137,6 +143,24 @@ class Endpoints:
             await asyncio.to_thread(content.close)
         return _known(outcome) or _answer(outcome, await self.registry.avalid_record(
             content.sha256, phone_number_id=phone_number_id))
+
+    async def header_handle(self, request: Request,
+                            app_id: Annotated[str | None, Query(pattern=DIGITS)] = None) -> HeaderHandle:
+        """Raw bytes (PDF, JPEG, PNG or MP4) as the body, or JSON ``{"url": ...}`` or ``{"path": ...}``."""
+        if _is_json(_media_type(request)):
+            source = await self._json_source(request)
+            try:
+                return HeaderHandle(handle=await self.registry.get_header_handle(source, app_id=app_id))
+            finally:
+                if not isinstance(source, str):
+                    source.close()
+        content = await _spool(request, self.options.max_body, self.options.body_timeout)
+        try:
+            if content.size == 0:
+                raise InputError('the body is empty; send the sample\'s bytes, or JSON {"url": ...} or {"path": ...}')
+            return HeaderHandle(handle=await self.registry.get_header_handle(content, app_id=app_id))
+        finally:
+            await asyncio.to_thread(content.close)
 
     async def get(self, sha256: Annotated[str, PathParam(pattern=SHA256_PATTERN)],
                   phone_number_id: Annotated[str | None, Query(pattern=DIGITS)] = None) -> MediaID:

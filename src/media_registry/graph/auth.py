@@ -10,6 +10,9 @@ import httpx
 from .checks import check_media_hosts, configured
 from .urls import origin
 
+# The marker a request carries to get the token as "OAuth <token>" rather than "Bearer <token>".
+OAUTH = "OAuth"
+
 
 class BearerAuth(httpx.Auth):
     """Adds ``Authorization: Bearer`` to requests for the API's own origin and Meta's media
@@ -17,6 +20,7 @@ class BearerAuth(httpx.Auth):
 
     def __init__(self, token: str, api_base: str, media_host_suffixes: Iterable[str]) -> None:
         self._header = f"Bearer {token}"
+        self._oauth = f"OAuth {token}"
         self._api_origin = origin(httpx.URL(api_base))
         self._suffixes = configured(check_media_hosts, media_host_suffixes, "MEDIA_REGISTRY_MEDIA_HOSTS")
 
@@ -30,9 +34,14 @@ class BearerAuth(httpx.Auth):
         )
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        """Attach the header when the destination is allowed."""
+        """Attach the header when the destination is allowed. A request marked
+        ``Authorization: OAuth`` (an upload session's, as Meta documents it) gets the token in
+        that scheme."""
+        oauth = request.headers.get("Authorization") == OAUTH
         if self.allows(request.url):
-            request.headers["Authorization"] = self._header
+            request.headers["Authorization"] = self._oauth if oauth else self._header
+        elif oauth:
+            del request.headers["Authorization"]
         yield request
 
     def __repr__(self) -> str:

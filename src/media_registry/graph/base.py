@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import email.utils
 import os
+import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -31,11 +32,15 @@ from ..errors import (
 from ..models import MediaMetadata, graph_id
 from ..models import phone_number_id as phone_number_id_checked
 from ..setting_checks import check_token, check_user_agent
-from .auth import BearerAuth
+from . import versions
+from .auth import OAUTH, BearerAuth
 from .checks import check_api_base, configured
 from .redirects import MAX_REDIRECTS, Redirects
 from .urls import parse_url
 
+# An upload session's ID as the Resumable Upload API gives it (it goes into a request path).
+# Meta's carry a signature: "upload:MTphdHRh...?sig=ARZ...".
+SESSION = re.compile(r"upload:[A-Za-z0-9_=+:-]{1,512}(\?sig=[A-Za-z0-9_=+-]{1,512})?")
 # The largest media WhatsApp takes (documents): nothing larger is ever downloaded.
 MAX_MEDIA_BYTES = max(MAX_BYTES.values())
 
@@ -59,8 +64,10 @@ class GraphBase:
         backoff: float = RETRY_BACKOFF,
         max_wait: float = 30.0,
         media_host_suffixes: Iterable[str] = MEDIA_HOST_SUFFIXES,
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
         self.api_base = configured(check_api_base, api_base, "WHATSAPP_API_BASE")
+        self.clock = clock  # the registry's: a version's end date is judged by it
         self._token = token = configured(check_token, token, "WHATSAPP_TOKEN")
         register_secret(token, "token")
         self._timeout = timeout
@@ -128,11 +135,58 @@ class GraphBase:
         if not (payload.get("success") or payload.get("deleted")):
             raise GraphAPIError(f"Graph API did not confirm deleting media {media_id}; try again")
 
+    # -- template header handles (the Resumable Upload API) -----------------------------
+
+    def _session_request(self, path: str | os.PathLike[str], mime_type: str,
+                         app_id: str) -> tuple[str, dict[str, str]]:
+        """The URL and query that open an upload session for the file."""
+        params = {"file_name": os.path.basename(path), "file_length": str(os.path.getsize(path)),
+                  "file_type": mime_type}
+        return f"{self.api_base}/{graph_id(app_id, 'app ID (WHATSAPP_APP_ID)')}/uploads", params
+
+    def _session_url(self, payload: dict[str, Any]) -> str:
+        session = payload.get("id")
+        if not isinstance(session, str) or not SESSION.fullmatch(session):
+            raise GraphAPIError("Graph API opened no upload session (no id 'upload:...'); try again, "
+                                "and check WHATSAPP_APP_ID")
+        return f"{self.api_base}/{session}"
+
+    @staticmethod
+    def _transfer_headers(offset: int, size: int) -> dict[str, str]:
+        return {"Authorization": OAUTH, "file_offset": str(offset), "Content-Length": str(size - offset)}
+
+    @staticmethod
+    def _handle(payload: dict[str, Any]) -> str | None:
+        handle = payload.get("h")
+        return handle if isinstance(handle, str) and handle else None
+
+    @staticmethod
+    def _resume_at(payload: dict[str, Any], size: int) -> int:
+        offset = payload.get("file_offset")
+        if not isinstance(offset, int) or not 0 <= offset <= size:
+            raise GraphAPIError(f"Graph API gave no usable file_offset ({str(offset)[:40]!r}) for an "
+                                "upload session; try again")
+        return offset
+
+    @staticmethod
+    def _broken(exc: MediaRegistryError, last: bool) -> dict[str, Any]:
+        """A transfer that failed: nothing (resume from the session's offset) if it may be
+        resumed and attempts are left; else ``exc``, raised."""
+        if last or not getattr(exc, "retryable", False):
+            raise exc
+        return {}
+
+    @staticmethod
+    def _unfinished(size: int) -> GraphAPIError:
+        return GraphAPIError(f"the upload session kept breaking off before its {size:,} bytes all "
+                             "arrived; check the network and try again (it resumes where it stopped)")
+
     # -- retries and errors -------------------------------------------------------------
 
     def _retry_policy(self) -> dict[str, Any]:
         if not self._token:
             raise AuthError("no access token: set WHATSAPP_TOKEN (or pass token=...)")
+        versions.check(self.api_base, self.clock())
         return {
             "stop": tenacity.stop_after_attempt(self._max_retries + 1),
             "wait": self._wait,

@@ -14,7 +14,7 @@ import asyncio
 import functools
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
@@ -23,9 +23,14 @@ import tenacity
 
 from ..content._async_io import Batches, FileBody, changed_while_uploaded
 from ..content.blobs import Sink
-from ..models import MediaMetadata
+from ..errors import AuthError, MediaRegistryError
+from ..models import MediaMetadata, graph_id
+from .auth import OAUTH
 from .base import Budget, GraphBase
 from .redirects import afollow, follow
+
+SESSION_AUTH = {"Authorization": OAUTH}  # an upload session takes the token as "OAuth <token>"
+CHUNK = 1 << 20  # an upload session's body is read a block at a time: memory stays flat
 
 
 class GraphClient(GraphBase):
@@ -65,6 +70,39 @@ class GraphClient(GraphBase):
                 return self._http.post(url, data=data, files={"file": (name, file, part_type)})
 
         return self._media_id(self._call(send))
+
+    def header_handle(self, path: str | os.PathLike[str], mime_type: str, app_id: str) -> str:
+        """A template header handle for the file, through Meta's Resumable Upload API: open an
+        upload session of ``app_id``, stream the bytes to it; when the transfer breaks, ask the
+        session for its offset and send only the rest (up to ``max_retries`` times)."""
+        url, params = self._session_request(path, mime_type, app_id)
+        size = int(params["file_length"])
+        session = self._session_url(self._call(lambda: self._http.post(url, params=params)))
+        offset = 0
+        for attempt in range(self._max_retries + 1):
+            try:
+                answer = self._parse(self._send(functools.partial(self._transfer, session, path, offset, size)))
+            except MediaRegistryError as exc:
+                answer = self._broken(exc, last=attempt == self._max_retries)
+            if handle := self._handle(answer):
+                return handle
+            offset = self._resume_at(self._call(lambda: self._http.get(session, headers=SESSION_AUTH)), size)
+        raise self._unfinished(size)
+
+    def _transfer(self, session: str, path: str | os.PathLike[str], offset: int, size: int) -> httpx.Response:
+        with open(path, "rb") as file:
+            file.seek(offset)
+            return self._http.post(session, content=_chunks(file, size - offset),
+                                   headers=self._transfer_headers(offset, size))
+
+    def get_object(self, object_id: str, fields: str) -> tuple[dict[str, Any], str | None]:
+        """GET ``/{object_id}?fields=...`` once (a phone number, an app: ``doctor``'s reads):
+        its fields, and the answer's ``Date`` header."""
+        if not self._token:
+            raise AuthError("no access token: set WHATSAPP_TOKEN")
+        response = self._send(lambda: self._http.get(
+            f"{self.api_base}/{graph_id(object_id, 'Graph API ID')}", params={"fields": fields}))
+        return self._parse(response), response.headers.get("Date")
 
     def get_media(self, media_id: str, phone_number_id: str | None = None) -> MediaMetadata:
         """GET ``/{media_id}``: a fresh download URL (valid ~5 minutes) and the media's facts."""
@@ -143,6 +181,34 @@ class AsyncGraphClient(GraphBase):
 
         return self._media_id(await self._call(send))
 
+    async def header_handle(self, path: str | os.PathLike[str], mime_type: str, app_id: str) -> str:
+        """See :meth:`GraphClient.header_handle`; the file is read in threads."""
+        url, params = await asyncio.to_thread(self._session_request, path, mime_type, app_id)
+        size = int(params["file_length"])
+        session = self._session_url(await self._call(lambda: self._http.post(url, params=params)))
+        offset, attempts = 0, self._max_retries + 1
+        while attempts:
+            attempts -= 1
+            sent = self._send(functools.partial(self._transfer, session, path, offset, size))
+            try:
+                if handle := self._handle(self._parse(await sent)):
+                    return handle
+            except MediaRegistryError as exc:
+                self._broken(exc, last=not attempts)
+            asked = self._call(lambda: self._http.get(session, headers=SESSION_AUTH))
+            offset = self._resume_at(await asked, size)
+        raise self._unfinished(size)
+
+    async def _transfer(self, session: str, path: str | os.PathLike[str], offset: int,
+                        size: int) -> httpx.Response:
+        file = await asyncio.to_thread(open, path, "rb")
+        try:
+            await asyncio.to_thread(file.seek, offset)
+            return await self._http.post(session, content=_achunks(file, size - offset),
+                                         headers=self._transfer_headers(offset, size))
+        finally:
+            await asyncio.to_thread(file.close)
+
     async def get_media(self, media_id: str, phone_number_id: str | None = None) -> MediaMetadata:
         """GET ``/{media_id}``: a fresh download URL and the media's facts."""
         payload = await self._call(lambda: self._http.get(
@@ -188,6 +254,20 @@ class AsyncGraphClient(GraphBase):
             return await send()
         except (httpx.TransportError, httpx.InvalidURL, ValueError) as exc:
             raise self._failed(exc, budget) from None
+
+
+def _chunks(file: IO[bytes], length: int) -> Iterator[bytes]:
+    """``length`` bytes of ``file`` from where it stands, a block at a time (flat memory)."""
+    while length > 0 and (chunk := file.read(min(CHUNK, length))):
+        length -= len(chunk)
+        yield chunk
+
+
+async def _achunks(file: IO[bytes], length: int) -> AsyncIterator[bytes]:
+    """:func:`_chunks`, each block read in a thread."""
+    while length > 0 and (chunk := await asyncio.to_thread(file.read, min(CHUNK, length))):
+        length -= len(chunk)
+        yield chunk
 
 
 @contextmanager

@@ -16,6 +16,7 @@ from ..dburl import PostgresURL
 from ..errors import ConfigError
 from ..graph.pacing import UploadPacer, shared_pacer
 from ..store import Cutoffs, Store, open_store
+from ..store.handles import HandleStore
 from .effects import Clock
 
 PathArg = str | os.PathLike[str]
@@ -52,6 +53,8 @@ class SettingsArgs(TypedDict, total=False):
     pg_pool_size: int | None
     host_id: str | None
     host_retention: timedelta | float | None
+    app_id: str | None
+    handle_ttl: timedelta | float | None
 
 
 class GraphOptions(TypedDict):
@@ -121,8 +124,16 @@ class Context:
         self.stopping = threading.Event()
         self.pacer: UploadPacer = shared_pacer(settings.uploads_per_second)
         self.in_postgres = isinstance(settings.db, PostgresURL)
+        self._handles: tuple[Store, HandleStore] | None = None
         self._windows_by_phone: dict[str, Windows] = {}
         self._valid_until_cache: dict[timedelta, tuple[int, datetime]] = {}
+
+    @property
+    def handles(self) -> HandleStore:
+        """The template header handles of the store (made again if the store was swapped)."""
+        if self._handles is None or self._handles[0] is not self.store:
+            self._handles = (self.store, HandleStore(self.store.backend))
+        return self._handles[1]
 
     def phone(self, phone_number_id: str | None) -> str:
         """The number to upload for: the one given, else the configured one."""

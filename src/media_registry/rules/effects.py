@@ -98,6 +98,23 @@ class Upload(Effect[str]):
 
 
 @dataclass(frozen=True)
+class HeaderHandle(Effect[str]):
+    """Send a file through an upload session of an app; the flow receives its header handle."""
+
+    path: str
+    mime_type: str
+    app_id: str
+
+    def run(self, env: Env) -> str:
+        """See :meth:`Effect.run`."""
+        return env.graph.header_handle(self.path, self.mime_type, self.app_id)
+
+    async def arun(self, env: AsyncEnv) -> str:
+        """See :meth:`Effect.arun`."""
+        return await env.graph.header_handle(self.path, self.mime_type, self.app_id)
+
+
+@dataclass(frozen=True)
 class GetMedia(Effect["MediaMetadata"]):
     """GET a media ID's metadata."""
 

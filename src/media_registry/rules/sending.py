@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -156,7 +157,7 @@ class Sending:
         DELETE the new ID and raise ContentDeleted; if the claim passed to another uploader
         meanwhile, DELETE it and return None."""
         ctx = self.ctx
-        keeper = _LeaseKeeper(ctx, sha256, phone, owner)
+        keeper = LeaseKeeper(ctx, functools.partial(ctx.store.renew_lease, sha256, phone, owner))
         windows = ctx.windows(phone)
         try:
             wait = ctx.pacer.reserve(phone)
@@ -238,13 +239,14 @@ def source_name(source: UploadSource) -> str:
     return source.label if isinstance(source, Content) else source.path
 
 
-class _LeaseKeeper:
-    """Renews an upload lease from a background thread while the (slow) upload runs, so a
-    live owner keeps it and a killed one loses it within ``lease_seconds``."""
+class LeaseKeeper:
+    """Renews an upload lease (``renew(expires_at)``) from a background thread while the
+    (slow) upload runs, so a live owner keeps it and a killed one loses it within
+    ``lease_seconds``."""
 
-    def __init__(self, ctx: Context, sha256: str, phone: str, owner: str) -> None:
+    def __init__(self, ctx: Context, renew: Callable[[datetime], None]) -> None:
         self._ctx = ctx
-        self._key = (sha256, phone, owner)
+        self._renew = renew
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="media-registry-lease")
         self._thread.start()
@@ -254,7 +256,7 @@ class _LeaseKeeper:
         while not self._stopped.wait(interval):
             expires_at = self._ctx.clock() + self._ctx.lease_for
             try:
-                self._ctx.store.renew_lease(*self._key, expires_at)
+                self._renew(expires_at)
             except MediaRegistryError:
                 pass  # a busy registry: the next beat tries again, well before expiry
 

@@ -121,12 +121,22 @@ def _url_sources_and_invalidated(con: Any) -> None:
         con.execute(statement)
 
 
+def _section(con: Any, name: str, first: str, end: str) -> None:
+    """The statements of the dialect's schema file from the line starting ``first`` to ``end``."""
+    text = schema(name)
+    start = text.index(first)
+    for statement in _statements(text[start:text.index(end, start)]):
+        con.execute(statement)
+
+
 def _inbox(con: Any, name: str) -> None:
     """The inbox's tables, as the schema file of the dialect writes them."""
-    text = schema(name)
-    start = text.index("-- Inbound media that webhooks announced")
-    for statement in _statements(text[start:text.index("-- (the end of the inbox's tables)", start)]):
-        con.execute(statement)
+    _section(con, name, "-- Inbound media that webhooks announced", "-- (the end of the inbox's tables)")
+
+
+def _handles(con: Any, name: str) -> None:
+    """The header handles' table, as the schema file of the dialect writes it."""
+    _section(con, name, "-- Template header handles (Meta's", "-- (the end of the header handles' table)")
 
 
 MIGRATIONS: tuple[Migration, ...] = (  # SQLite's steps
@@ -150,6 +160,8 @@ MIGRATIONS: tuple[Migration, ...] = (  # SQLite's steps
     # Inbound items that webhooks announced (the archive's queue), and messages sent with a
     # media ID (a failed status names its ID).
     Migration("0006_inbox", lambda con: _inbox(con, "schema.sql")),
+    # Template header handles, per content and app (store/handles.py).
+    Migration("0007_header_handles", lambda con: _handles(con, "schema.sql")),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -173,4 +185,5 @@ CREATE TABLE url_sources (
 );
 CREATE INDEX url_sources_by_content ON url_sources (sha256);"""),
     Migration("inbox", lambda con: _inbox(con, "store/schema_postgres.sql")),
+    Migration("header handles", lambda con: _handles(con, "store/schema_postgres.sql")),
 )

@@ -1,6 +1,8 @@
 """FakeGraphAPI: a real local HTTP server that behaves like the Graph API's media endpoints.
 
-It serves upload, get, delete and 5-minute download URLs that need the token, answers with
+It serves upload, get, delete and 5-minute download URLs that need the token, the Resumable
+Upload API of template header handles (:mod:`.resumable`), the fields of its phone numbers and
+app, and a ``Date`` header on its own clock; it answers any API version, and answers with
 Graph's error envelopes, lets media IDs expire after 30 days on its own adjustable clock,
 injects faults, and counts what it received. Use it as a context manager::
 
@@ -21,6 +23,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .records import Fault, Received, StoredMedia
+from .resumable import Sessions
 from .server import Server, handler_for
 
 
@@ -34,6 +37,7 @@ class FakeGraphAPI:
     free one. Uploads go only
     to the phone numbers it knows (``phone_number_id``, ``phone_numbers`` and those added with
     :meth:`add_phone_number`); any other is answered as Meta does, with code 100, subcode 33.
+    Upload sessions go only to ``app_id``; :attr:`sessions` counts them and the bytes they took.
     """
 
     def __init__(
@@ -41,7 +45,8 @@ class FakeGraphAPI:
         *,
         token: str = "fake-token-for-tests",
         phone_number_id: str = "106540352242922",
-        version: str = "v21.0",
+        app_id: str = "847021592371350",
+        version: str = "v26.0",
         ttl: timedelta = timedelta(days=30),
         url_lifetime: timedelta = timedelta(minutes=5),
         sha256_encoding: str = "hex",
@@ -54,6 +59,8 @@ class FakeGraphAPI:
         self.token = token
         self.phone_number_id = phone_number_id
         self.phone_numbers = {phone_number_id, *phone_numbers}
+        self.app_id = app_id
+        self.sessions = Sessions()  # the Resumable Upload API's sessions (template header handles)
         self.version = version
         self.ttl = ttl
         self.url_lifetime = url_lifetime
@@ -83,7 +90,7 @@ class FakeGraphAPI:
 
     @property
     def base_url(self) -> str:
-        """The API base to configure (``WHATSAPP_API_BASE``), e.g. ``http://127.0.0.1:PORT/v21.0``."""
+        """The API base to configure (``WHATSAPP_API_BASE``), e.g. ``http://127.0.0.1:PORT/v26.0``."""
         return f"{self.origin}/{self.version}"
 
     def start(self) -> FakeGraphAPI:
@@ -125,6 +132,7 @@ class FakeGraphAPI:
             self._faults.clear()
             self._offset = timedelta()
             self._uploads = 0
+        self.sessions.clear()
 
     def advance(self, **delta: float) -> None:
         """Move the fake's clock forward, e.g. ``advance(days=28)``."""
@@ -139,6 +147,21 @@ class FakeGraphAPI:
         with self._lock:
             self._faults.append(scripted)
         return scripted
+
+    def break_transfer_at(self, offset: int, times: int = 1) -> Fault:
+        """Make the next ``times`` upload-session transfers hang up once the session holds
+        ``offset`` bytes of the file (``GET /upload:...`` then says so, and a client resumes)."""
+        return self.fail(method="POST", path="/upload:", break_at=offset, times=times)
+
+    @property
+    def upload_sessions(self) -> int:
+        """How many upload sessions (template header handles) were opened."""
+        return self.sessions.count()
+
+    @property
+    def transfer_bytes(self) -> int:
+        """How many bytes every upload session's transfers carried, resumed ones included."""
+        return self.sessions.bytes_received
 
     def add_phone_number(self, phone_number_id: str) -> None:
         """Make uploads to another phone number succeed (a second number of the account)."""

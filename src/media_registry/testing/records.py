@@ -20,7 +20,9 @@ class Fault:
     ``headers`` are added to the answer (e.g. ``Location`` with ``status=302``);
     ``advance`` moves the fake's clock by that many seconds first (e.g. past a URL's life);
     ``truncate`` sends only that many bytes of a download but announces them all, then
-    stalls ``stall`` seconds before hanging up; ``corrupt`` flips a byte of a download.
+    stalls ``stall`` seconds before hanging up; ``corrupt`` flips a byte of a download;
+    ``break_at`` ends an upload session's transfer once the session holds that many bytes of
+    the file (the connection is reset; ``GET /upload:...`` then gives that offset).
     """
 
     status: int | None = None
@@ -38,6 +40,7 @@ class Fault:
     truncate: int | None = None
     stall: float = 0.0
     corrupt: bool = False
+    break_at: int | None = None
     times: int = 1
     method: str | None = None
     path: str | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import email.utils
 import hashlib
 import json
 import re
@@ -16,15 +17,19 @@ import time
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
+from urllib.parse import parse_qs
 
 from ..content.media_types import KIND_BY_MIME
 from .multipart import parse_multipart
 from .records import Fault, Received, StoredMedia
+from .resumable import Sessions, opening, read_into
 
 UPLOAD_PATH = re.compile(r"^/(?P<version>v[\d.]+)/(?P<phone>\d+)/media$")
 MEDIA_PATH = re.compile(r"^/(?P<version>v[\d.]+)/(?P<media_id>[^/]+)$")
 DOWNLOAD_PATH = re.compile(r"^/download/(?P<media_id>\d+)/(?P<nonce>\w+)$")
 MESSAGES_PATH = re.compile(r"^/(?P<version>v[\d.]+)/(?P<phone>\d+)/messages$")
+APP_UPLOADS_PATH = re.compile(r"^/(?P<version>v[\d.]+)/(?P<app>\d+)/uploads$")
+SESSION_PATH = re.compile(r"^/(?P<version>v[\d.]+)/(?P<session>upload:[A-Za-z0-9_=-]+)$")
 MEDIA_MESSAGE_TYPES = ("image", "audio", "video", "document", "sticker")
 
 
@@ -75,6 +80,8 @@ class Fake(Protocol):
     """What the handler asks of the fake Graph API it answers for (its state and clock)."""
 
     token: str
+    app_id: str
+    sessions: Sessions
     delete_answer: str
     download_origin: str | None
     sha256_encoding: str
@@ -114,6 +121,10 @@ class _GraphHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's name
         """Silence the default stderr log."""
 
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The ``Date`` header, on the fake's clock (advanced, it looks like a skewed one)."""
+        return email.utils.format_datetime(self.fake.now(), usegmt=True)
+
     def do_GET(self) -> None:  # noqa: N802 - stdlib's naming
         self._handle("GET")
 
@@ -142,7 +153,9 @@ class _GraphHandler(BaseHTTPRequestHandler):
         if fault is not None and fault.reset:
             self._reset()
             return
-        body = self._read_body()
+        streamed = method == "POST" and SESSION_PATH.match(path) is not None and (
+            fault is None or (fault.body is None and not fault.status))
+        body = b"" if streamed else self._read_body()
         if fault is not None and fault.body is not None:
             self._send(fault.status or 200, fault.body, "application/json")
             return
@@ -151,9 +164,13 @@ class _GraphHandler(BaseHTTPRequestHandler):
             self._error(fault.status, fault.code or 1, fault.message, fault.subcode,
                         transient=fault.transient, headers={**extra, **fault.headers})
             return
-        if not self._authorized():
+        if not self._authorized(path):
             return
-        if method == "POST" and (match := UPLOAD_PATH.match(path)):
+        if match := SESSION_PATH.match(path):
+            self._session(method, match["session"])
+        elif method == "POST" and (match := APP_UPLOADS_PATH.match(path)):
+            self._open_session(match["app"])
+        elif method == "POST" and (match := UPLOAD_PATH.match(path)):
             self._upload(match["phone"], body)
         elif method in ("GET", "DELETE") and (match := MEDIA_PATH.match(path)):
             self._media(method, match["media_id"])
@@ -164,9 +181,12 @@ class _GraphHandler(BaseHTTPRequestHandler):
         else:
             self._error(400, 100, f"Unknown path components: {path}", None)
 
-    def _authorized(self) -> bool:
-        if self.headers.get("Authorization") == f"Bearer {self.fake.token}":
+    def _authorized(self, path: str) -> bool:
+        # An upload session takes the token as Meta documents it there: "OAuth <token>".
+        session = SESSION_PATH.match(path) is not None
+        if self.headers.get("Authorization") == f"{'OAuth' if session else 'Bearer'} {self.fake.token}":
             return True
+        self.close_connection = session  # a transfer's body is left unread
         self._error(401, 190, "Invalid OAuth access token - Cannot parse access token",
                     None, kind="OAuthException")
         return False
@@ -208,7 +228,59 @@ class _GraphHandler(BaseHTTPRequestHandler):
                     "API documentation at https://developers.facebook.com/docs/graph-api", 33,
                     kind="GraphMethodException")
 
+    def _open_session(self, app_id: str) -> None:
+        if app_id != self.fake.app_id:
+            self._unknown_object("POST", app_id)
+            return
+        session, complaint = opening(parse_qs(self.path.partition("?")[2]))
+        if session is None:
+            self._error(400, 100, complaint, None)
+            return
+        session.app_id = app_id
+        self._json(200, {"id": self.fake.sessions.open(session)})
+
+    def _session(self, method: str, session_id: str) -> None:
+        """GET: the offset to resume from; POST: bytes from ``file_offset`` on, read as they
+        arrive (a fault's ``break_at`` hangs up at that offset of the file)."""
+        session = self.fake.sessions.get(session_id)
+        if session is None or method not in ("GET", "POST"):
+            self.close_connection = True
+            self._unknown_object(method, session_id)
+            return
+        if method == "GET":
+            self._json(200, {"id": session_id, "file_offset": session.received})
+            return
+        offset = self.headers.get("file_offset", "")
+        length = int(self.headers.get("Content-Length") or 0)
+        if offset != str(session.received) or session.received + length > session.file_length:
+            self.close_connection = True  # the body is left unread
+            self._error(400, 100, f"Invalid file_offset {offset!r}: this upload session has "
+                        f"{session.received} bytes; resume from there (GET the session)", None)
+            return
+        stop_at = None if self._fault is None else self._fault.break_at
+        if not read_into(self.fake.sessions, session, self.rfile, length, stop_at):
+            self._reset()
+            return
+        if session.received < session.file_length:
+            self._json(200, {"id": session_id, "file_offset": session.received})
+            return
+        self._json(200, {"h": self.fake.sessions.finish(session)})
+
+    def _object(self, object_id: str) -> bool:
+        """GET of a phone number or of the app: its fields, as Meta answers them."""
+        if object_id == self.fake.app_id:
+            self._json(200, {"id": object_id, "name": "media-registry local app"})
+            return True
+        if self.fake._knows_phone_number(object_id):
+            self._json(200, {"verified_name": "Media Registry Local", "display_phone_number": "+1 555-0100",
+                             "quality_rating": "GREEN", "code_verification_status": "VERIFIED",
+                             "platform_type": "CLOUD_API", "id": object_id})
+            return True
+        return False
+
     def _media(self, method: str, media_id: str) -> None:
+        if method == "GET" and self._object(media_id):
+            return
         media = self.fake._take_live(media_id, delete=method == "DELETE")
         if media is None:
             self._unknown_object(method, media_id)
