@@ -97,6 +97,8 @@ class Settings(BaseSettings):
     pg_pool_size: int = defaults.PG_POOL_SIZE
     host_id: str = defaults.HOST_ID
     host_retention: timedelta = defaults.HOST_RETENTION
+    # PostgreSQL only: the hits each process answers from memory, kept true by LISTEN/NOTIFY (0: none).
+    local_cache_size: int = defaults.LOCAL_CACHE_SIZE
 
     @field_validator("db", mode="before")
     @classmethod

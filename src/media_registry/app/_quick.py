@@ -177,7 +177,7 @@ FIELDS = (
     "download_deadline", "max_retries", "retry_backoff", "media_hosts", "refresh_concurrency",
     "refresh_interval", "purge_interval", "busy_timeout", "lease_seconds", "service_token",
     "uploads_per_second", "url_revalidate", "repair_window", "url_ignore_query", "pg_pool_size",
-    "host_id", "host_retention",
+    "host_id", "host_retention", "local_cache_size",
 )
 _READERS = {field: _reader(field) for field in FIELDS}
 

@@ -286,9 +286,8 @@ class Store:
         self._write(work)
 
     def invalidate_media(self, media_id: str, now: datetime, reason: str) -> bool:
-        """Mark a media ID 'invalidated' (Meta refused it at send time): never served or
-        refreshed again, dropped once expired; an ID owing a remote DELETE keeps owing it.
-        Logs why. False if the ID is unknown. Atomic."""
+        """Mark a media ID 'invalidated' (Meta refused it at send time): never served or refreshed again,
+        dropped once expired; one owing a remote DELETE keeps owing it. Logs why; False if unknown. Atomic."""
 
         def work(tx: Tx) -> bool:
             row = tx.execute(q.INVALIDATE, {"media_id": media_id}).fetchone()
@@ -371,6 +370,7 @@ class Store:
                 tx.execute(sql, params)
 
     def _log(self, tx: Tx, at: datetime, action: str, **fields: str | None) -> None:
+        self.backend.changed(f"s:{fields.get('sha256')}")  # what a logged change touched leaves memory
         tx.execute(self._sql(q.LOG), {**q.NO_FIELDS, **fields, "at": self._when(at), "action": action,
                                       "host": self.backend.host_id})
 

@@ -152,4 +152,5 @@ CREATE TABLE url_sources (
     refetchable   boolean NOT NULL
 );
 CREATE INDEX url_sources_by_content ON url_sources (sha256);"""),
+    Migration("local cache and upload pacing", lambda con: con.execute(schema("store/pg_notify.sql"))),
 )
