@@ -26,7 +26,7 @@ from ._pg_pool import CONNECTION_KWARGS
 
 CHANNEL = "media_registry"
 APPLICATION = "media-registry listener"  # its sessions' application_name (pg_stat_activity)
-LONGEST_PAUSE = 2.0  # seconds between attempts while the server is away
+LONGEST_PAUSE = 1.0  # seconds between attempts while the server is away
 
 
 class Listener:
