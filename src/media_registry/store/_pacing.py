@@ -55,8 +55,8 @@ class HostPacer:
     """Spaces upload starts ``1 / per_second`` apart per number across this user's processes
     on this host; within one process where the shared file cannot be used."""
 
-    def __init__(self, per_second: float, path: str | None = None) -> None:
-        self.interval = 1.0 / per_second
+    def __init__(self, per_second: float, path: str | None = None, *, clock: Callable[[], float] = time.time) -> None:
+        self.interval, self._clock = 1.0 / per_second, clock
         self.path = path or os.path.join(tempfile.gettempdir(), f"media-registry-pacing-{os.getuid()}")
         self._fallback = shared_pacer(per_second)
 
@@ -75,7 +75,7 @@ class HostPacer:
             os.close(fd)  # and the lock with it
 
     def _take(self, fd: int, phone: str) -> float:
-        now = time.time()
+        now = self._clock()
         slots: dict[str, float] = {}
         for line in os.pread(fd, 1 << 16, 0).decode("ascii", "replace").splitlines():
             number, _, at = line.partition(" ")
