@@ -146,6 +146,20 @@ def bench_claim(admin_url: str, api: FakeGraphAPI, folder: Path, uploads: int) -
              f"{claim_us / cold_us:.0%} of it")]
 
 
+def fleet_rows(admin_url: str, api: FakeGraphAPI, folder: Path, path: Path, quick: bool) -> list[Row]:
+    """The local cache and fleet-wide pacing (fleet.py), each on a database of its own."""
+    import fleet
+
+    rows = fleet.bench_memory_hit(admin_url, api, folder, fresh_database(admin_url), 1_000 if quick else 10_000)
+    rows += fleet.bench_invalidation_delay(fresh_database(admin_url), 30 if quick else 300)
+    url = fresh_database(admin_url)
+    with registry_on(url, api) as registry:
+        registry.get_or_upload(path)
+    rows += fleet.bench_fleet_hits(url, api.phone_number_id, path, 0.5 if quick else 3.0)
+    shape = (2, 1, 20) if quick else (4, 4, 400)
+    return rows + fleet.bench_pacing(fresh_database(admin_url), api, folder, *shape, rate=20)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes; seconds, not minutes")
@@ -170,6 +184,7 @@ def main() -> None:
         rows += bench_cache_hit(admin_url, api, path, sizes, calls=1_000 if options.quick else 10_000)
         rows += bench_contention(admin_url, api, path, 0.5 if options.quick else 3.0)
         rows += bench_claim(admin_url, api, folder, 50 if options.quick else 500)
+        rows += fleet_rows(admin_url, api, folder, path, options.quick)
         with psycopg.connect(admin_url) as con:
             version = con.execute("SHOW server_version").fetchone()
     print_table(rows, options.quick, f"PostgreSQL {version[0] if version else '?'}")

@@ -1,0 +1,162 @@
+"""A fleet on one PostgreSQL registry: hits from each process's memory, how soon a change on
+one host stops another serving it, and upload pacing across hosts. Run by ``postgres.py``;
+every figure next to its floor, measured in the same run."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import psycopg
+
+from media_registry import MediaRegistry
+from media_registry.store import NewMedia, new_owner, open_store
+from media_registry.testing import FakeGraphAPI, sample_media
+
+sys.path.insert(0, str(Path(__file__).parent))
+from run import Row, per_call  # noqa: E402
+
+PDF = "application/pdf"
+HOST = "bench-host"
+PHONE = "106540352242922"  # the test hosts' number (cache_host.py)
+TESTS = Path(__file__).parent.parent / "tests"
+
+
+def bench_memory_hit(admin_url: str, api: FakeGraphAPI, folder: Path, fresh: str, calls: int) -> list[Row]:
+    """A repeated PostgreSQL hit (from memory) against the SQLite floor: ``os.stat`` and one
+    indexed query on an SQLite registry holding the same file."""
+    path = folder / "memory.pdf"
+    path.write_bytes(sample_media(PDF, salt="memory"))
+    absolute = str(path.resolve())
+    sqlite_db = folder / "floor.db"
+    with MediaRegistry(db=sqlite_db, token=api.token, phone_number_id=api.phone_number_id,
+                       api_base=api.base_url) as registry:
+        registry.get_or_upload(path)
+    con = sqlite3.connect(sqlite_db)
+
+    def floor() -> None:
+        os.stat(absolute)
+        con.execute("SELECT sha256 FROM paths WHERE path = ?", (absolute,)).fetchone()
+
+    with MediaRegistry(db=fresh, token=api.token, phone_number_id=api.phone_number_id, api_base=api.base_url,
+                       host_id=HOST) as registry:
+        registry.get_or_upload(path)
+        for _ in range(50):  # the listener starts with the second fill and proves itself alive
+            registry.get_or_upload(path)
+            time.sleep(0.01)
+        hit_us = floor_us = float("inf")
+        for _ in range(3):
+            hit_us = min(hit_us, per_call(lambda: registry.get_or_upload(path), calls))
+            floor_us = min(floor_us, per_call(floor, calls))
+    con.close()
+    return [("PostgreSQL cache hit from memory (local cache) vs the SQLite floor", f"{hit_us:.1f} µs",
+             f"{floor_us:.1f} µs (stat + 1 SQLite query)", f"{hit_us / floor_us:.2f}x")]
+
+
+def _listen_floor(url: str, rounds: int) -> list[float]:
+    """A bare NOTIFY from one connection to a LISTEN on another: seconds per round."""
+    delays: list[float] = []
+    with psycopg.connect(url, autocommit=True) as listener, psycopg.connect(url, autocommit=True) as sender:
+        listener.execute("LISTEN bench_floor")
+        for i in range(rounds):
+            started = time.monotonic()
+            sender.execute("SELECT pg_notify('bench_floor', %s)", (str(i),))
+            for _ in listener.notifies(timeout=5, stop_after=1):
+                delays.append(time.monotonic() - started)
+    return delays
+
+
+def bench_invalidation_delay(url: str, rounds: int) -> list[Row]:
+    """Process A invalidates an ID that process B serves from memory: how long from A's call
+    until B's listener drops it (``time.monotonic`` is one clock for the machine's processes)."""
+    b = subprocess.Popen([sys.executable, str(TESTS / "cache_host.py"), url, "bench-b", "10"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    assert b.stdin is not None and b.stdout is not None
+
+    def ask(*command: str) -> str:
+        b.stdin.write(" ".join(command) + "\n")  # type: ignore[union-attr]
+        b.stdin.flush()  # type: ignore[union-attr]
+        return b.stdout.readline().strip()  # type: ignore[union-attr]
+
+    a = open_store(url, host_id="bench-a")
+    now, delays = datetime.now(timezone.utc), []
+    for i in range(rounds):
+        sha256, path = f"{i:064x}", f"/srv/delay/{i}.pdf"
+        ask("remember", path, sha256)
+        owner = new_owner()
+        a.take_lease(sha256, PHONE, owner, now, now + timedelta(days=1), timedelta(minutes=1))
+        a.record_upload(NewMedia(f"bench-{i}", sha256, PHONE, PDF, 1, now, now + timedelta(days=30)), owner)
+        while not ask("hit", path).endswith(" memory"):
+            time.sleep(0.005)
+        started = time.monotonic()
+        a.invalidate_media(f"bench-{i}", now, "bench")
+        delays.append(float(ask("wait", f"s:{sha256}")) - started)
+    a.close()
+    b.stdin.close()
+    b.wait()
+    floor = _listen_floor(url, rounds)
+    return [(f"PostgreSQL invalidation delay across two processes, p50 / p99 ({rounds} changes)",
+             f"{_ms(delays, 50)} / {_ms(delays, 99)} ms", f"{_ms(floor, 50)} / {_ms(floor, 99)} ms (bare NOTIFY)",
+             f"{_percentile(delays, 99) / _percentile(floor, 99):.2f}x")]
+
+
+def _percentile(values: list[float], p: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[p - 1] if p < 100 else max(values)
+
+
+def _ms(values: list[float], p: int) -> str:
+    return f"{_percentile(values, p) * 1000:.2f}"
+
+
+def _hits(url: str, phone: str, path: str, seconds: float, local_cache_size: int) -> int:
+    with MediaRegistry(db=url, phone_number_id=phone, host_id=HOST, local_cache_size=local_cache_size) as registry:
+        for _ in range(50):  # past the listener's start
+            registry.get_or_upload(path)
+            time.sleep(0.01)
+        done, deadline = 0, time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            registry.get_or_upload(path)
+            done += 1
+    return done
+
+
+def bench_fleet_hits(url: str, phone: str, path: Path, seconds: float) -> list[Row]:
+    """Hits per second of 8 processes on one registry, with and without the local cache."""
+    rates = {}
+    for size in (100_000, 0):
+        with ProcessPoolExecutor(8) as pool:
+            counts = pool.map(_hits, *zip(*[(url, phone, str(path), seconds, size)] * 8))
+            rates[size] = sum(counts) / seconds
+    return [(f"PostgreSQL cache hits/s, 8 processes, local cache ({os.cpu_count()} cores, server included)",
+             f"{rates[100_000]:,.0f}/s", f"{rates[0]:,.0f}/s (without it)", f"{rates[100_000] / rates[0]:.2f}x")]
+
+
+def bench_pacing(url: str, api: FakeGraphAPI, folder: Path, hosts: int, processes: int, files: int,
+                 rate: float) -> list[Row]:
+    """``hosts`` x ``processes`` upload ``files`` new files in all at ``rate``/s: how long the
+    local API saw them take, against the setting's ``(files - 1) / rate``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WHATSAPP_", "MEDIA_REGISTRY_"))}
+    env.update(WHATSAPP_TOKEN=api.token, WHATSAPP_PHONE_NUMBER_ID=api.phone_number_id,
+               WHATSAPP_API_BASE=api.base_url, MEDIA_REGISTRY_DB=url, MEDIA_REGISTRY_UPLOADS_PER_SECOND=str(rate))
+    count = hosts * processes
+    batches: list[list[str]] = [[] for _ in range(count)]
+    for i in range(files):
+        path = folder / f"paced-{i}.pdf"
+        path.write_bytes(sample_media(PDF, salt=f"paced-{i}"))
+        batches[i % count].append(str(path))
+    before = len(api.received)
+    uploads = [subprocess.Popen([sys.executable, "-m", "media_registry", "upload", *batch], stdout=subprocess.DEVNULL,
+                                env={**env, "MEDIA_REGISTRY_HOST_ID": f"bench-{i % hosts}"})
+               for i, batch in enumerate(batches)]
+    assert [upload.wait() for upload in uploads] == [0] * count
+    arrivals = sorted(r.at for r in api.received[before:] if r.method == "POST" and r.path.endswith("/media"))
+    took, expected = arrivals[-1] - arrivals[0], (files - 1) / rate
+    return [(f"PostgreSQL upload pacing: {hosts} hosts x {processes} processes, {files} new files at {rate:g}/s",
+             f"{took:.2f} s", f"{expected:.2f} s (the setting)", f"{took / expected:.2f}x")]
