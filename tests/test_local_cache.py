@@ -6,17 +6,21 @@ empties its memory and fills it again from the database."""
 from __future__ import annotations
 
 import itertools
+import math
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from media_registry.store._local import LocalCache
 
 from conftest import wait_for
 from pg_server import PostgresServer, create_database, drop_database
@@ -192,3 +196,32 @@ def test_no_host_ever_serves_a_dead_id_once_its_change_is_notified(
             assert all(each("remember", path, sha256) == "ok" for each in hosts)
             deleted = False
         synced(fleet_db, *hosts)
+
+
+def test_memory_keeps_at_most_its_size_and_no_fill_that_raced_a_change() -> None:
+    cache, far = LocalCache(2), datetime.now(timezone.utc) + timedelta(days=30)
+    cache.proven(math.inf)  # the listener's proof of life, for the whole test
+
+    def fill(key: int) -> None:
+        cache.put(key, far, f"answer {key}", (f"s:{key}", "p:shared"), cache.notified)
+
+    for key in range(3):
+        fill(key)
+    assert list(cache.entries) == [1, 2]  # the oldest fill went
+    seen = cache.notified
+    cache.notice("s:9")  # arrives while a fill of 3 is read
+    cache.put(3, far, "answer 3", ("s:3",), seen)
+    assert 3 not in cache.entries
+    cache.changing("s:4")  # this process changes 4: no fill of it until its notification
+    fill(4)
+    assert 4 not in cache.entries
+    cache.notice("s:4")
+    fill(4)
+    assert list(cache.entries) == [2, 4]
+    cache.notice("p:shared")  # a key many entries carry
+    assert not cache.entries and not cache.by_key
+    fill(5)
+    cache.lost()
+    assert not cache.entries and not cache.serving()
+    fill(6)
+    assert not cache.entries  # nothing kept until the listener proves itself again

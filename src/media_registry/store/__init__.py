@@ -23,11 +23,12 @@ from .rows import *  # noqa: F403  (the contract's row types: rows.__all__)
 __all__ = ["BUSY_TIMEOUT_SECONDS", "HOST", "Store", "new_owner", "open_store", "owner_alive", *rows.__all__]
 
 def remembering(store: Store) -> Store:
-    """``store``, its path hits answered from its backend's memory where it keeps one."""
-    if store.backend.memory is not None:
-        from ._local import path_hits
+    """``store``, its hits answered from its backend's memory where it keeps one."""
+    if (memory := store.backend.memory) is not None:
+        from ._local import current_ids, path_hits
 
-        store.lookup_path = path_hits(store, store.backend.memory)  # type: ignore[method-assign,assignment]
+        store.lookup_path = path_hits(store, memory)  # type: ignore[method-assign,assignment]
+        store.current_media_id = current_ids(store, memory)  # type: ignore[method-assign,assignment]
     return store
 
 

@@ -1,5 +1,5 @@
-"""The local cache: the path hits this process served, kept in memory and kept true by the
-database's notifications (on PostgreSQL, LISTEN/NOTIFY: :mod:`._pg_listen`).
+"""The local cache: the hits this process served (a path's content and ID, a content's current
+ID), kept in memory and kept true by the database's notifications (on PostgreSQL, LISTEN/NOTIFY: :mod:`._pg_listen`).
 
 A repeated hit costs a dictionary lookup, not a round trip. The rules that keep it true:
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -40,8 +41,10 @@ FILL = ("SELECT p.sha256, m.media_id, m.expires_at, p.seen_at FROM paths AS p LE
         "ON m.sha256 = p.sha256 AND m.phone_number_id = :phone AND m.state = 'current' "
         "WHERE p.path = :path AND p.size_bytes = :size AND p.mtime_ns = :mtime AND p.ctime_ns = :ctime "
         "AND p.inode = :inode AND p.device = :device{and_p_here}")
+CURRENT_FILL = ("SELECT media_id, expires_at FROM media WHERE sha256 = :sha256 AND phone_number_id = :phone "
+                "AND state = 'current'")
 
-Entry = tuple[datetime, PathHit, tuple[str, ...]]  # expires_at, the answer, its notification keys
+Entry = tuple[datetime, Any, tuple[str, ...]]  # expires_at, the answer, its notification keys
 
 
 class LocalCache:
@@ -51,23 +54,35 @@ class LocalCache:
         self.size = size
         self.start: Callable[[], None] = lambda: None  # starts the listener (set by it)
         self.notified = 0  # notifications (and losses) seen: a fill that saw one is discarded
+        self.fills = 0
+        self.entries: OrderedDict[Hashable, Entry] = OrderedDict()  # oldest fill first
+        self.by_key: dict[str, set[Hashable]] = {}
+        self.pending: dict[str, float] = {}  # own changes not yet notified back -> until when
         self._forget()
         at_fork(self, LocalCache._forget)
 
     def _forget(self) -> None:
+        """A fresh start (a forked child has no listener): emptied in place, since the hit
+        functions hold the maps."""
         self.lock = threading.Lock()
-        self.entries: dict[Hashable, Entry] = {}
-        self.by_key: dict[str, set[Hashable]] = {}
-        self.pending: dict[str, float] = {}  # own changes not yet notified back -> until when
         self.proof = -math.inf  # monotonic time the listener last proved itself alive
-        self.notified += 1
         self.listening = False  # a listener runs for this process (set by its starter)
+        self.pending.clear()
+        self._drop(ALL)
+
+    def filling(self) -> int:
+        """A fill begins: the counter to hand to :meth:`put`. The listener starts with the
+        second fill: a process that looks up once never needs it."""
+        self.fills += 1
+        if self.fills > 1 and not self.listening:
+            self.start()
+        return self.notified
 
     def serving(self) -> bool:
         """Whether memory may answer now (the listener proved itself alive recently)."""
         return time.monotonic() - self.proof < WINDOW
 
-    def put(self, key: Hashable, expires_at: datetime, answer: PathHit, keys: tuple[str, ...], seen: int) -> None:
+    def put(self, key: Hashable, expires_at: datetime, answer: Any, keys: tuple[str, ...], seen: int) -> None:
         """Keep a fill read while the counter stood at ``seen``, if nothing arrived meanwhile."""
         now = time.monotonic()
         with self.lock:
@@ -78,7 +93,7 @@ class LocalCache:
             for k in keys:
                 self.by_key.setdefault(k, set()).add(key)
             while len(self.entries) > self.size:  # the oldest fill goes first
-                self._remove(next(iter(self.entries)))
+                self._untag(*self.entries.popitem(last=False))
 
     def notice(self, key: str) -> None:
         """A notification arrived: drop what ``key`` names."""
@@ -116,34 +131,32 @@ class LocalCache:
     def _remove(self, entry_key: Hashable) -> None:
         entry = self.entries.pop(entry_key, None)
         if entry is not None:
-            for k in entry[2]:
-                if (keys := self.by_key.get(k)) is not None:
-                    keys.discard(entry_key)
-                    if not keys:
-                        del self.by_key[k]
+            self._untag(entry_key, entry)
+
+    def _untag(self, entry_key: Hashable, entry: Entry) -> None:
+        for k in entry[2]:
+            if (keys := self.by_key.get(k)) is not None:
+                keys.discard(entry_key)
+                if not keys:
+                    del self.by_key[k]
 
 
 def path_hits(store: Store, cache: LocalCache) -> Callable[[Fingerprint, str, datetime], PathHit | None]:
-    """``store.lookup_path`` answered from ``cache`` where it may, filled from the database
-    (the listener starts on the second fill: a one-shot process never needs it)."""
+    """``store.lookup_path`` answered from ``cache`` where it may, filled from the database."""
     entries, monotonic, backend = cache.entries, time.monotonic, store.backend
     sql = backend.positional(FILL.format_map(backend.dialect))
     here = (backend.host_id,) if backend.dialect["and_p_here"] else ()
-    fills = 0
 
     def lookup_path(fp: Fingerprint, phone_number_id: str, valid_until: datetime) -> PathHit | None:
         if monotonic() - cache.proof < WINDOW:
             entry = entries.get((phone_number_id, fp))
             if entry is not None and entry[0] > valid_until:
-                return entry[1]
+                hit: PathHit = entry[1]
+                return hit
         return fill(fp, phone_number_id, valid_until)
 
     def fill(fp: Fingerprint, phone_number_id: str, valid_until: datetime) -> PathHit | None:
-        nonlocal fills
-        fills += 1
-        if fills > 1 and not cache.listening:
-            cache.start()
-        seen = cache.notified
+        seen = cache.filling()
         stored = fp._replace(inode=int64(fp.inode), device=int64(fp.device)) if fp[4] | fp[5] >= SIGNED else fp
         row: Any = backend.read_one(sql, (phone_number_id,) + stored + here)
         if row is None:
@@ -158,3 +171,25 @@ def path_hits(store: Store, cache: LocalCache) -> Callable[[Fingerprint, str, da
         return answer if expires_at > valid_until else PathHit(sha256, None, recorded_at)
 
     return lookup_path
+
+
+def current_ids(store: Store, cache: LocalCache) -> Callable[[str, str, datetime], str | None]:
+    """``store.current_media_id`` answered from ``cache`` where it may (the service's lookups,
+    bytes and URL sources), filled from the database."""
+    entries, monotonic, backend = cache.entries, time.monotonic, store.backend
+    sql = backend.positional(CURRENT_FILL)
+
+    def current_media_id(sha256: str, phone_number_id: str, valid_until: datetime) -> str | None:
+        if monotonic() - cache.proof < WINDOW:
+            entry = entries.get((sha256, phone_number_id))
+            if entry is not None and entry[0] > valid_until:
+                return str(entry[1])
+        seen = cache.filling()
+        row: Any = backend.read_one(sql, (sha256, phone_number_id))
+        if row is None:
+            return None
+        expires_at = backend.time(row[1])
+        cache.put((sha256, phone_number_id), expires_at, str(row[0]), ("s:" + sha256,), seen)
+        return str(row[0]) if expires_at > valid_until else None
+
+    return current_media_id
