@@ -20,7 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from media_registry.store import Store, open_store
 from media_registry.store._local import LocalCache
+from media_registry.testing.store import StoreConformance
 
 from conftest import wait_for
 from pg_server import PostgresServer, create_database, drop_database
@@ -225,3 +227,17 @@ def test_memory_keeps_at_most_its_size_and_no_fill_that_raced_a_change() -> None
     assert not cache.entries and not cache.serving()
     fill(6)
     assert not cache.entries  # nothing kept until the listener proves itself again
+
+
+class TestStoreContractWithMemory(StoreConformance):
+    """The Store's contract holds with PostgreSQL's local cache on, its listener up from the start."""
+
+    @pytest.fixture
+    def store(self, postgres_url: str) -> Iterator[Store]:
+        opened = open_store(postgres_url, local_cache=1000)
+        memory = opened.backend.memory
+        assert memory is not None
+        memory.start()
+        wait_for(memory.serving, "the listener's first proof of life")
+        yield opened
+        opened.close()
