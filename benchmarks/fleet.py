@@ -1,5 +1,5 @@
-"""A fleet on one PostgreSQL registry: hits from each process's memory, how soon a change on
-one host stops another serving it, and upload pacing across hosts. Run by ``postgres.py``;
+"""A fleet on one PostgreSQL registry: a hit from a process's memory, how soon a change on one
+host stops another serving it, and upload pacing across hosts. Run by ``postgres.py``;
 every figure next to its floor, measured in the same run."""
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -113,29 +112,6 @@ def _percentile(values: list[float], p: int) -> float:
 
 def _ms(values: list[float], p: int) -> str:
     return f"{_percentile(values, p) * 1000:.2f}"
-
-
-def _hits(url: str, phone: str, path: str, seconds: float, local_cache_size: int) -> int:
-    with MediaRegistry(db=url, phone_number_id=phone, host_id=HOST, local_cache_size=local_cache_size) as registry:
-        for _ in range(50):  # past the listener's start
-            registry.get_or_upload(path)
-            time.sleep(0.01)
-        done, deadline = 0, time.perf_counter() + seconds
-        while time.perf_counter() < deadline:
-            registry.get_or_upload(path)
-            done += 1
-    return done
-
-
-def bench_fleet_hits(url: str, phone: str, path: Path, seconds: float) -> list[Row]:
-    """Hits per second of 8 processes on one registry, with and without the local cache."""
-    rates = {}
-    for size in (100_000, 0):
-        with ProcessPoolExecutor(8) as pool:
-            counts = pool.map(_hits, *zip(*[(url, phone, str(path), seconds, size)] * 8))
-            rates[size] = sum(counts) / seconds
-    return [(f"PostgreSQL cache hits/s, 8 processes, local cache ({os.cpu_count()} cores, server included)",
-             f"{rates[100_000]:,.0f}/s", f"{rates[0]:,.0f}/s (without it)", f"{rates[100_000] / rates[0]:.2f}x")]
 
 
 def bench_pacing(url: str, api: FakeGraphAPI, folder: Path, hosts: int, processes: int, files: int,

@@ -90,9 +90,12 @@ def bench_cache_hit(admin_url: str, api: FakeGraphAPI, path: Path, sizes: list[i
     return rows
 
 
-def _hits_in_process(url: str, phone: str, path: str, seconds: float) -> int:
-    with MediaRegistry(db=url, phone_number_id=phone, host_id=HOST) as registry:
+def _hits_in_process(url: str, phone: str, path: str, seconds: float, local_cache_size: int) -> int:
+    with MediaRegistry(db=url, phone_number_id=phone, host_id=HOST, local_cache_size=local_cache_size) as registry:
         registry.get_or_upload(path)
+        for _ in range(50 if local_cache_size else 0):  # the listener starts with the second hit
+            registry.get_or_upload(path)
+            time.sleep(0.01)
         done, deadline = 0, time.perf_counter() + seconds
         while time.perf_counter() < deadline:
             registry.get_or_upload(path)
@@ -105,13 +108,16 @@ def bench_contention(admin_url: str, api: FakeGraphAPI, path: Path, seconds: flo
     with registry_on(url, api) as registry:
         registry.get_or_upload(path)
     rates = {}
-    for processes in (1, 8):
+    for processes, local_cache in ((1, 0), (8, 0), (8, 100_000)):
         with ProcessPoolExecutor(processes) as pool:
-            counts = list(pool.map(_hits_in_process, [url] * processes, [api.phone_number_id] * processes,
-                                   [str(path)] * processes, [seconds] * processes))
-        rates[processes] = sum(counts) / seconds
-    return [(f"PostgreSQL cache hits/s, 8 processes ({os.cpu_count()} cores, server included)",
-             f"{rates[8]:,.0f}/s", f"{rates[1]:,.0f}/s (1 process)", f"{rates[8] / rates[1]:.2f}x")]
+            counts = list(pool.map(_hits_in_process, *zip(*[(url, api.phone_number_id, str(path), seconds,
+                                                             local_cache)] * processes)))
+        rates[processes, local_cache] = sum(counts) / seconds
+    cores, without, memory = os.cpu_count(), rates[8, 0], rates[8, 100_000]
+    return [(f"PostgreSQL cache hits/s, 8 processes ({cores} cores, server included)",
+             f"{without:,.0f}/s", f"{rates[1, 0]:,.0f}/s (1 process)", f"{without / rates[1, 0]:.2f}x"),
+            (f"PostgreSQL cache hits/s, 8 processes, local cache ({cores} cores, server included)",
+             f"{memory:,.0f}/s", f"{without:,.0f}/s (without it)", f"{memory / without:.2f}x")]
 
 
 def bench_claim(admin_url: str, api: FakeGraphAPI, folder: Path, uploads: int) -> list[Row]:
@@ -152,10 +158,6 @@ def fleet_rows(admin_url: str, api: FakeGraphAPI, folder: Path, path: Path, quic
 
     rows = fleet.bench_memory_hit(admin_url, api, folder, fresh_database(admin_url), 1_000 if quick else 10_000)
     rows += fleet.bench_invalidation_delay(fresh_database(admin_url), 30 if quick else 300)
-    url = fresh_database(admin_url)
-    with registry_on(url, api) as registry:
-        registry.get_or_upload(path)
-    rows += fleet.bench_fleet_hits(url, api.phone_number_id, path, 0.5 if quick else 3.0)
     shape = (2, 1, 20) if quick else (4, 4, 400)
     return rows + fleet.bench_pacing(fresh_database(admin_url), api, folder, *shape, rate=20)
 

@@ -155,7 +155,7 @@ class Sending:
         keeper = _LeaseKeeper(ctx, sha256, phone, owner)
         windows = ctx.windows(phone)
         try:
-            wait = ctx.pacer.reserve(phone)
+            wait = yield from ask(Blocking(functools.partial(ctx.pacer.reserve, phone)))  # shared: may be I/O
             if wait:
                 yield from ask(Sleep(wait))
             # Meta starts the TTL when it receives the file: counting from before sending
