@@ -158,7 +158,7 @@ def fleet_rows(admin_url: str, api: FakeGraphAPI, folder: Path, path: Path, quic
 
     rows = fleet.bench_memory_hit(admin_url, api, folder, fresh_database(admin_url), 1_000 if quick else 10_000)
     rows += fleet.bench_invalidation_delay(fresh_database(admin_url), 30 if quick else 300)
-    shape = (2, 1, 20) if quick else (4, 4, 400)
+    shape = (2, 2, 40) if quick else (4, 4, 400)
     return rows + fleet.bench_pacing(fresh_database(admin_url), api, folder, *shape, rate=20)
 
 
