@@ -98,7 +98,7 @@ def bench_invalidation_delay(url: str, rounds: int) -> list[Row]:
             time.sleep(0.005)
         started = time.monotonic()
         a.invalidate_media(f"bench-{i}", now, "bench")
-        delays.append(float(ask("wait", f"s:{sha256}")) - started)
+        delays.append(float(ask("wait", f"s:{sha256}", "30", repr(started))) - started)
     a.close()
     b.stdin.close()
     b.wait()

@@ -2,8 +2,9 @@
 (``python cache_host.py URL HOST_ID BUSY_TIMEOUT``), answering one command per line on stdin with one line.
 
     hit PATH              "<media ID or None> <memory|db>" (where the answer came from), or "error"
-    wait KEY [SECONDS]    "<monotonic time KEY's notification arrived>" once it has (30 s at
-                          most), or "None"
+    wait KEY [SECONDS [AFTER]]
+                          the monotonic time a notification of KEY arrived (after AFTER) once
+                          one has (within SECONDS, 30 by default), or "None"
     size                  how many answers memory holds
     remember PATH SHA256  the path holds that content
     supersede SHA256 ID   a new current ID for the content (the one before is superseded)
@@ -16,6 +17,7 @@ one clock for every process of the machine.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from datetime import datetime, timedelta, timezone
@@ -36,12 +38,12 @@ def main(url: str, host: str, busy_timeout: str) -> None:
     store = open_store(url, host_id=host, local_cache=1000, busy_timeout=float(busy_timeout))
     memory = store.backend.memory
     assert memory is not None
-    seen: dict[str, float] = {}
+    seen: dict[str, list[float]] = {}
     notice = memory.notice
 
     def noticed(key: str) -> None:
         notice(key)
-        seen.setdefault(key, time.monotonic())
+        seen.setdefault(key, []).append(time.monotonic())
 
     memory.notice = noticed  # type: ignore[method-assign]
     for line in sys.stdin:
@@ -54,7 +56,7 @@ def main(url: str, host: str, busy_timeout: str) -> None:
     store.close()
 
 
-def run(store: Store, seen: dict[str, float], command: str, args: list[str]) -> str:
+def run(store: Store, seen: dict[str, list[float]], command: str, args: list[str]) -> str:
     now = datetime.now(timezone.utc)
     memory = store.backend.memory
     assert memory is not None
@@ -67,9 +69,12 @@ def run(store: Store, seen: dict[str, float], command: str, args: list[str]) -> 
         return f"{hit and hit.media_id} {'memory' if cached else 'db'}"
     if command == "wait":
         deadline = time.monotonic() + (float(args[1]) if args[1:] else 30)
-        while args[0] not in seen and time.monotonic() < deadline:
+        after = float(args[2]) if args[2:] else -math.inf
+        while time.monotonic() < deadline:
+            if arrivals := [at for at in seen.get(args[0], ()) if at > after]:
+                return repr(arrivals[0])
             time.sleep(0.001)
-        return repr(seen.get(args[0]))
+        return "None"
     if command == "size":
         return str(len(memory.entries))
     if command == "remember":

@@ -117,7 +117,7 @@ def test_a_change_on_one_host_stops_the_other_serving_from_memory(
     committed = time.monotonic()
     assert a(*{"delete": ("delete", sha256), "invalidate": ("invalidate", media_id),
                "supersede": ("supersede", sha256, newer)}[change]) in ("ok", "current")
-    arrived = float(b("wait", f"s:{sha256}"))
+    arrived = float(b("wait", f"s:{sha256}", "30", repr(committed)))
     answer = b("hit", path).split()[0]
     assert answer == {"delete": "None", "invalidate": "None", "supersede": newer}[change]
     if change == "supersede":  # memory fills again, with the living answer
