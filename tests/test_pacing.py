@@ -79,6 +79,7 @@ def test_processes_of_a_host_share_the_slots_file(tmp_path: Path) -> None:
     first, second = (HostPacer(20, str(tmp_path / "slots"), clock=clock) for _ in range(2))
     assert [first.reserve("1"), second.reserve("1"), first.reserve("1")] == pytest.approx([0.0, 0.05, 0.10])
     assert second.reserve("2") == 0.0  # numbers are paced apart
+    assert HostPacer(20, str(tmp_path / "slots"), scope="http://127.0.0.1:8080", clock=clock).reserve("1") == 0.0
     clock.now += 1.0  # idle time earns no burst
     assert [second.reserve("1"), first.reserve("1")] == pytest.approx([0.0, 0.05])
     (tmp_path / "slots").write_text("1 torn\n\x00\n")  # a damaged file: that number starts afresh
@@ -88,7 +89,7 @@ def test_processes_of_a_host_share_the_slots_file(tmp_path: Path) -> None:
 def test_the_fleet_shares_one_row_per_number(postgres_url: str) -> None:
     stores = [open_store(postgres_url, host_id=f"app-{i}") for i in (1, 2)]
     try:
-        pacers = [store.backend.pacer(10) for store in stores]
+        pacers = [store.backend.pacer(10, "https://graph.facebook.com/v23.0") for store in stores]
         calls = []
         for k in range(6):
             before = time.monotonic()

@@ -120,7 +120,8 @@ class Context:
         self.clock = clock
         self.lease_for = timedelta(seconds=settings.lease_seconds)
         self.stopping = threading.Event()
-        self.pacer: Pacer = store.backend.pacer(settings.uploads_per_second)  # shared beyond this process
+        # Shared beyond this process: by the host, or by the fleet.
+        self.pacer: Pacer = store.backend.pacer(settings.uploads_per_second, settings.api_base)
         self.in_postgres = isinstance(settings.db, PostgresURL)
         self._windows_by_phone: dict[str, Windows] = {}
         self._valid_until_cache: dict[timedelta, tuple[int, datetime]] = {}

@@ -53,10 +53,12 @@ class FleetPacer:
 
 class HostPacer:
     """Spaces upload starts ``1 / per_second`` apart per number across this user's processes
-    on this host; within one process where the shared file cannot be used."""
+    on this host; within one process where the shared file cannot be used. Numbers of another
+    ``scope`` (the API base: a test's local API is not Meta's) are paced apart."""
 
-    def __init__(self, per_second: float, path: str | None = None, *, clock: Callable[[], float] = time.time) -> None:
-        self.interval, self._clock = 1.0 / per_second, clock
+    def __init__(self, per_second: float, path: str | None = None, *, scope: str = "",
+                 clock: Callable[[], float] = time.time) -> None:
+        self.interval, self._clock, self._scope = 1.0 / per_second, clock, "".join(scope.split())
         self.path = path or os.path.join(tempfile.gettempdir(), f"media-registry-pacing-{os.getuid()}")
         self._fallback = shared_pacer(per_second)
 
@@ -70,24 +72,24 @@ class HostPacer:
             if os.fstat(fd).st_uid != os.getuid():  # another user's file: never trust its slots
                 return self._fallback.reserve(phone_number_id)
             fcntl.flock(fd, fcntl.LOCK_EX)
-            return self._take(fd, phone_number_id)
+            return self._take(fd, f"{phone_number_id}@{self._scope}")
         finally:
             os.close(fd)  # and the lock with it
 
-    def _take(self, fd: int, phone: str) -> float:
+    def _take(self, fd: int, number: str) -> float:
         now = self._clock()
         slots: dict[str, float] = {}
         for line in os.pread(fd, 1 << 16, 0).decode("ascii", "replace").splitlines():
-            number, _, at = line.partition(" ")
+            key, _, at = line.partition(" ")
             try:
-                slots[number] = float(at)
+                slots[key] = float(at)
             except ValueError:
                 continue  # a torn or foreign line: that number starts afresh
-        start = max(now, slots.get(phone, now))
+        start = max(now, slots.get(number, now))
         if start - now > CLOCK_WENT_BACK:
             start = now
-        slots[phone] = start + self.interval
-        kept = "".join(f"{number} {at!r}\n" for number, at in slots.items() if at > now and " " not in number)
+        slots[number] = start + self.interval
+        kept = "".join(f"{key} {at!r}\n" for key, at in slots.items() if at > now and " " not in key)
         os.ftruncate(fd, 0)
         os.pwrite(fd, kept.encode("ascii", "replace"), 0)
         return start - now

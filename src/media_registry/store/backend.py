@@ -133,12 +133,12 @@ class Backend:
         if self.memory is not None:
             self.memory.changing(key)
 
-    def pacer(self, per_second: float) -> Pacer:
-        """Upload slots, ``per_second`` per phone number, shared by every process that shares
-        this registry's limit (here: this user's processes on this host)."""
+    def pacer(self, per_second: float, api_base: str) -> Pacer:
+        """Upload slots, ``per_second`` per phone number of the API at ``api_base``, shared by
+        every process that shares the limit (here: this user's processes on this host)."""
         from ._pacing import HostPacer
 
-        return HostPacer(per_second)
+        return HostPacer(per_second, scope=api_base)
 
     def pass_started(self) -> None:
         """A lifecycle pass (refresh, purge) begins: the backend's bookkeeping."""

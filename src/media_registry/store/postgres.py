@@ -247,8 +247,8 @@ class PostgresBackend(Backend):
         finally:
             self.claim_sessions.checkin(con)
 
-    def pacer(self, per_second: float) -> FleetPacer:
-        """Shared by the whole fleet: a row per number on the server."""
+    def pacer(self, per_second: float, api_base: str) -> FleetPacer:
+        """Shared by the whole fleet: a row per number on the server (a fleet speaks to one API)."""
         return FleetPacer(per_second, self.db.run)
 
     time = when = staticmethod(lambda value: value)  # the session's dumpers send times to the second
