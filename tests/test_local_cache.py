@@ -237,7 +237,7 @@ class TestStoreContractWithMemory(StoreConformance):
         opened = open_store(postgres_url, local_cache=1000)
         memory = opened.backend.memory
         assert memory is not None
-        memory.start()
+        memory.listen()
         wait_for(memory.serving, "the listener's first proof of life")
         yield opened
         opened.close()

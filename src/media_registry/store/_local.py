@@ -75,8 +75,15 @@ class LocalCache:
         second fill: a process that looks up once never needs it."""
         self.fills += 1
         if self.fills > 1 and not self.listening:
-            self.start()
+            self.listen()
         return self.notified
+
+    def listen(self) -> None:
+        """Start the listener, once however many threads ask at once."""
+        with self.lock:
+            start, self.listening = not self.listening, True
+        if start:
+            self.start()
 
     def serving(self) -> bool:
         """Whether memory may answer now (the listener proved itself alive recently)."""

@@ -35,13 +35,12 @@ class Listener:
     def __init__(self, cache: LocalCache, connect: Callable[[], psycopg.Connection[Any]]) -> None:
         self.cache, self.connect = cache, connect
         self._stop = threading.Event()
-        cache.start = self.start
+        cache.start = self.start  # the cache starts it with its second fill
 
     def start(self) -> None:
         """Listen from a daemon thread of this process."""
         if self._stop.is_set():
             return
-        self.cache.listening = True
         threading.Thread(target=self._run, name=APPLICATION, daemon=True).start()
 
     def stop(self) -> None:
@@ -55,7 +54,7 @@ class Listener:
             try:
                 self._listen()
                 pause = PROOF_EVERY
-            except psycopg.Error:
+            except (psycopg.Error, OSError):
                 pause = min(pause * 2, LONGEST_PAUSE)
             self.cache.lost()
             self._stop.wait(pause)
