@@ -30,7 +30,7 @@ PHONE = "106540352242922"  # the test hosts' number (cache_host.py)
 TESTS = Path(__file__).parent.parent / "tests"
 
 
-def bench_memory_hit(admin_url: str, api: FakeGraphAPI, folder: Path, fresh: str, calls: int) -> list[Row]:
+def bench_memory_hit(api: FakeGraphAPI, folder: Path, url: str, calls: int) -> list[Row]:
     """A repeated PostgreSQL hit (from memory) against the SQLite floor: ``os.stat`` and one
     indexed query on an SQLite registry holding the same file."""
     path = folder / "memory.pdf"
@@ -46,12 +46,12 @@ def bench_memory_hit(admin_url: str, api: FakeGraphAPI, folder: Path, fresh: str
         os.stat(absolute)
         con.execute("SELECT sha256 FROM paths WHERE path = ?", (absolute,)).fetchone()
 
-    with MediaRegistry(db=fresh, token=api.token, phone_number_id=api.phone_number_id, api_base=api.base_url,
+    with MediaRegistry(db=url, token=api.token, phone_number_id=api.phone_number_id, api_base=api.base_url,
                        host_id=HOST) as registry:
         registry.get_or_upload(path)
-        for _ in range(50):  # the listener starts with the second fill and proves itself alive
+        for _ in range(20):  # the listener starts with the second fill and proves itself alive
             registry.get_or_upload(path)
-            time.sleep(0.01)
+            time.sleep(0.005)
         hit_us = floor_us = float("inf")
         for _ in range(3):
             hit_us = min(hit_us, per_call(lambda: registry.get_or_upload(path), calls))
