@@ -127,7 +127,7 @@ def test_graph_requests_name_the_project_and_downloads_a_browser(
 ) -> None:
     registry.download(api.add_media(b"hello", "text/plain"), tmp_path / "in")
     agents = {r.path.split("/")[1]: r.headers["user-agent"] for r in api.received}
-    assert agents["v21.0"] == f"media-registry/{media_registry.__version__}" == "media-registry/0.2.0"
+    assert agents["v21.0"] == f"media-registry/{media_registry.__version__}" == "media-registry/0.3.0"
     assert agents["download"].startswith("Mozilla/5.0 ")
 
 
@@ -144,6 +144,6 @@ def test_the_version_is_written_once() -> None:
     (path,) = re.findall(r'(?m)^\[tool.hatch.version\]\npath = "([^"]+)"', pyproject)
     source = (ROOT / path).read_text()
     (written,) = re.findall(r'__version__ = "([^"]+)"', source)
-    assert written == media_registry.__version__ == version("media-registry") == "0.2.0"
+    assert written == media_registry.__version__ == version("media-registry") == "0.3.0"
     assert load_settings().user_agent == f"media-registry/{written}"
     assert load_settings().api_base == "https://graph.facebook.com/v23.0"

@@ -53,52 +53,82 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MEDIA_REGISTRY_", extra="ignore")
 
     token: SecretStr | None = _env("WHATSAPP_TOKEN")
+    """The bearer token (a system user's); needed only when something must be uploaded. A
+    pasted trailing newline or space is stripped, whitespace inside is refused."""
     phone_number_id: str | None = _env("WHATSAPP_PHONE_NUMBER_ID")
+    """The sending number's ID (1 to 32 digits)."""
     api_base: str = _env("WHATSAPP_API_BASE", defaults.API_BASE)
-    # A file path (SQLite) or a postgresql://user:password@host:port/dbname URL (a fleet).
+    """The Graph API base; ``http://`` only on a loopback host, for local test servers."""
     db: Path | PostgresURL = Path(defaults.DB)
+    """The registry: an SQLite file path, or ``postgresql://user:password@host:port/dbname``
+    for a fleet; the password is never printed or logged."""
     blob_dir: Path = Path(defaults.BLOB_DIR)
+    """Where inbound media is stored."""
     ttl: timedelta = defaults.TTL
-    # Numbers in No-Storage mode keep media a shorter time, asked for at upload (ttl_minutes).
+    """How long an uploaded ID lives at Meta."""
     ttl_by_phone_number: dict[str, timedelta] = {}
+    """A JSON object of per-number TTLs for No-Storage numbers (60 to 43200 whole minutes),
+    which keep media a shorter time, asked for at upload as ``ttl_minutes``."""
     min_validity: timedelta = defaults.MIN_VALIDITY
+    """An ID with less left than this is never handed out."""
     refresh_before: timedelta = defaults.REFRESH_BEFORE
-    # Graph API requests carry the project's own (Meta's spec constrains it); downloads from
-    # the media hosts a browser-like one.
+    """Refresh uploads again the IDs with less left than this."""
     user_agent: str = defaults.USER_AGENT
+    """Sent with Graph API requests; must fit the pattern of Meta's OpenAPI spec
+    (``name/X.Y.Z``)."""
     download_user_agent: str = defaults.DOWNLOAD_USER_AGENT
+    """Sent when downloading from Meta's media hosts, which may refuse clients that are not
+    browser-like."""
     timeout: float = defaults.TIMEOUT
-    # A download as a whole, however slowly the server sends it.
+    """Seconds per HTTP request."""
     download_deadline: float = defaults.DOWNLOAD_DEADLINE
+    """Seconds a download (inbound media, or a URL source) may take in all, however slowly the
+    server sends it."""
     max_retries: int = defaults.MAX_RETRIES
+    """Retries on 5xx, 429, rate-limit codes, transient errors, timeouts and connection errors."""
     retry_backoff: float = defaults.RETRY_BACKOFF
-    # Host suffixes that may receive the token over https for downloads, besides the API base.
+    """The first retry's delay in seconds, doubled each time, with full jitter (capped at 30 s;
+    ``Retry-After`` is honoured up to that cap)."""
     media_hosts: tuple[str, ...] = defaults.MEDIA_HOSTS
+    """A JSON list of host suffixes that may receive the token over https for downloads,
+    besides the API base's own origin; each is a dot and a domain."""
     refresh_concurrency: int = defaults.REFRESH_CONCURRENCY
+    """Uploads at a time during refresh."""
     refresh_interval: timedelta = defaults.REFRESH_INTERVAL
+    """How often the daemon (or ``serve``'s schedule) refreshes."""
     purge_interval: timedelta = defaults.PURGE_INTERVAL
-    # How long to wait for another writer before RegistryLocked.
+    """How often the daemon (or ``serve``'s schedule) purges."""
     busy_timeout: float = defaults.BUSY_TIMEOUT
-    # Seconds between lease heartbeats is a third of this; a dead owner frees it after this.
+    """Seconds to wait for another writer before ``RegistryLocked`` (PostgreSQL: for a
+    connection, e.g. while the server restarts)."""
     lease_seconds: float = defaults.LEASE_SECONDS
-    # The bearer token clients of `serve` must send; required when it binds beyond loopback.
+    """An upload lease lives this long unless renewed (every third of it); a dead owner on
+    another host frees it after this."""
     service_token: SecretStr | None = None
-    # Upload starts per second per phone number, across a process's threads and tasks.
+    """The bearer token clients of ``serve`` must send; required when it binds beyond loopback
+    (blank counts as unset). Spaces or a line break around it are refused, not stripped."""
     uploads_per_second: float = defaults.UPLOADS_PER_SECOND
-    # How long a URL source's remembered content is trusted before a conditional GET.
+    """Upload starts per second per phone number, across a process's threads and tasks and every
+    process sharing the limit: a PostgreSQL registry's whole fleet, an SQLite registry's host."""
     url_revalidate: timedelta = defaults.URL_REVALIDATE
-    # send_with_media uploads a content again for a number at most once within this long.
+    """A URL source checked within this long is served with no request; after it, one
+    conditional GET (``0``: always ask)."""
     repair_window: timedelta = defaults.REPAIR_WINDOW
-    # Query parameters left out of a URL source's key, and never printed or stored: a signed
-    # URL's signature changes on every request (comma-separated; "X-Goog-*" matches a prefix).
+    """``send_with_media`` uploads a content again for a number at most once within this long."""
     url_ignore_query: Annotated[tuple[str, ...], NoDecode] = defaults.URL_IGNORE_QUERY
-    # PostgreSQL only: connections per process, this host's name in the fleet (stable across
-    # restarts, unlike a Kubernetes pod's hostname), and how long an unseen host keeps its paths.
+    """Comma-separated query parameters left out of a URL source's key, and never printed or
+    stored: a signed URL's signature changes on every request (``X-Goog-*`` matches a prefix)."""
     pg_pool_size: int = defaults.PG_POOL_SIZE
+    """PostgreSQL: connections per process for queries, and as many again for uploads in
+    flight."""
     host_id: str = defaults.HOST_ID
+    """PostgreSQL: this host's name in the fleet (its paths are its own); set a name that is
+    stable across restarts where the hostname is not (Kubernetes pods)."""
     host_retention: timedelta = defaults.HOST_RETENTION
-    # PostgreSQL only: the hits each process answers from memory, kept true by LISTEN/NOTIFY (0: none).
+    """PostgreSQL: a host not seen for this long is gone; purge drops its paths."""
     local_cache_size: int = defaults.LOCAL_CACHE_SIZE
+    """PostgreSQL: the cache hits each process answers from memory, kept true by
+    ``LISTEN/NOTIFY``; 0 turns it off."""
 
     @field_validator("db", mode="before")
     @classmethod

@@ -173,9 +173,14 @@ class Endpoints:
     async def _timed(self, source: Source, phone_number_id: str | None, mime_type: str | None) -> Outcome:
         """The registry's answer for a source that missed the hash lookup, counted and timed."""
         self.monitor.cache_misses.inc()
-        with self.monitor.upload_seconds.time():
-            outcome = await self.registry.get_or_upload_with_status(
-                source, phone_number_id=phone_number_id, mime_type=mime_type)
+        try:
+            with self.monitor.upload_seconds.time():
+                outcome = await self.registry.get_or_upload_with_status(
+                    source, phone_number_id=phone_number_id, mime_type=mime_type)
+        except Exception as exc:
+            if not isinstance(exc, (InputError, ContentDeleted)):  # the client's to mend, or a race lost
+                self.monitor.upload_failures.inc()
+            raise
         if outcome.uploaded:
             self.monitor.uploads.inc()
         return outcome

@@ -45,6 +45,9 @@ class Monitor:
                                   "already in the registry.", registry=self.metrics)
         self.cache_misses = Counter(f"{PREFIX}_cache_misses", "Requests that found no valid media "
                                     "ID and went on to upload.", registry=self.metrics)
+        self.upload_failures = Counter(f"{PREFIX}_upload_failures", "Requests whose upload failed "
+                                       "(the Graph API or the registry; not the client's input).",
+                                       registry=self.metrics)
         self.refreshes = Counter(f"{PREFIX}_refreshes", "Media IDs renewed by refresh passes.",
                                  registry=self.metrics)
         self.refresh_failures = Counter(f"{PREFIX}_refresh_failures", "Media IDs that a refresh "

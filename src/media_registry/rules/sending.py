@@ -24,6 +24,7 @@ from .effects import Blocking, DeleteMedia, Flow, Hashing, Sleep, Upload, ask
 
 # Where the bytes to upload are: a source file (fingerprinted) or a hashed Content.
 UploadSource = hashing.Fingerprint | Content
+_new_tuple = tuple.__new__
 
 
 class _Answer(NamedTuple):
@@ -37,13 +38,14 @@ class Outcome(_Answer):
     ``sha256``, ``mime_type`` and the ID's ``expires_at`` (None where a cache hit did not
     need to know)."""
 
-    sha256: str | None
-    mime_type: str | None
-    expires_at: datetime | None
+    # Class-level defaults: the cache hit builds its answer with only the sha256 set.
+    sha256: str | None = None
+    mime_type: str | None = None
+    expires_at: datetime | None = None
 
     def __new__(cls, media_id: str, uploaded: bool, sha256: str | None = None,
                 mime_type: str | None = None, expires_at: datetime | None = None) -> Outcome:
-        outcome = super().__new__(cls, media_id, uploaded)
+        outcome = tuple.__new__(cls, (media_id, uploaded))
         outcome.sha256, outcome.mime_type, outcome.expires_at = sha256, mime_type, expires_at
         return outcome
 
@@ -78,8 +80,10 @@ class Sending:
         hit = ctx.store.lookup_path(fp, phone, ctx.min_valid_until(phone))
         if hit is None or hashing.racily_clean(fp, hit.recorded_at):
             return _Miss(fp, None, None, phone)  # new, changed, or not to be trusted: hash it
-        if hit.media_id is not None and mime_type is None:
-            return Outcome(hit.media_id, uploaded=False, sha256=hit.sha256)
+        if hit[1] is not None and mime_type is None:
+            outcome = _new_tuple(Outcome, (hit[1], False))  # Outcome's __new__ costs a call
+            outcome.sha256 = hit[0]
+            return outcome
         return _Miss(fp, hit.sha256, hit.media_id, phone)
 
     def get_or_upload_flow(self, path: str | os.PathLike[str], miss: _Miss,

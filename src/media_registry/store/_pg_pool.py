@@ -7,12 +7,10 @@ import logging
 import re
 import threading
 from collections.abc import Callable
-from datetime import datetime
+from contextlib import nullcontext
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg.abc import Buffer
-from psycopg.types.datetime import DatetimeBinaryDumper, DatetimeDumper
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from ..dburl import PostgresURL
@@ -22,26 +20,11 @@ from .backend import at_fork
 T = TypeVar("T")
 Connection = psycopg.Connection[Any]
 
-# Times go in to the second, as in the SQLite registry, so both backends compare and order
-# them alike (an ID uploaded within the same second as a deadline counts the same way).
-class _SecondsDumper(DatetimeDumper):
-    def dump(self, obj: datetime) -> Buffer | None:
-        return super().dump(obj.replace(microsecond=0))
-
-
-class _SecondsBinaryDumper(DatetimeBinaryDumper):
-    def dump(self, obj: datetime) -> Buffer | None:
-        return super().dump(obj.replace(microsecond=0))
-
-
-ADAPTERS = psycopg.adapt.AdaptersMap(psycopg.adapters)
-ADAPTERS.register_dumper(datetime, _SecondsDumper)
-ADAPTERS.register_dumper(datetime, _SecondsBinaryDumper)
 # Sessions report UTC; keepalives let the server notice a host that vanished from the
 # network (not only a killed process), so its claims free within about 20 s.
 SESSION_OPTIONS = "-c TimeZone=UTC -c tcp_keepalives_idle=10 -c tcp_keepalives_interval=3 -c tcp_keepalives_count=3"
 CONNECTION_KWARGS: dict[str, Any] = {
-    "context": ADAPTERS, "autocommit": True, "options": SESSION_OPTIONS, "connect_timeout": 5,
+    "autocommit": True, "options": SESSION_OPTIONS, "connect_timeout": 5,
     "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 3, "keepalives_count": 3,
 }
 
@@ -74,8 +57,7 @@ class Connections:
     def _forget(self) -> None:
         self._lock = threading.Lock()
         self._pool: ConnectionPool[Connection] | None = None
-        self._lent: dict[int, ConnectionPool[Connection]] = {}  # id of a connection out -> its pool
-        self._slots = threading.BoundedSemaphore(self.size)  # one per connection the pool may lend
+        self._slots = threading.BoundedSemaphore(self.size)  # lets a caller that must not wait ask
 
     def direct(self) -> Connection:
         """One connection outside the pool (schema set-up, locks held for long)."""
@@ -87,39 +69,31 @@ class Connections:
     def checkout(self, wait: bool = True) -> Connection | None:
         """A connection for the caller alone, until :meth:`checkin`; without ``wait``, None
         at once when every connection is lent out."""
-        if not (self._slots.acquire(timeout=self.timeout) if wait else self._slots.acquire(blocking=False)):
+        if not self._slots.acquire(timeout=self.timeout if wait else 0):
             if wait:  # every connection stayed lent out
                 raise self.unreachable()
             return None
         try:
-            for attempt in (1, 2):
-                pool = self._current()
-                try:
-                    con = pool.getconn()
-                except PoolClosed:  # another thread renewed the pool meanwhile
-                    continue
-                except PoolTimeout:
-                    error = self.unreachable()
-                    if attempt == 2 or not isinstance(error, RegistryLocked):
-                        raise error from None
-                    # The server answers and a slot is free, yet no connection came: after an
-                    # outage the pool reconnects with a growing backoff; a fresh pool at once.
-                    with self._lock:
-                        renew, self._pool = self._pool is pool, None if self._pool is pool else self._pool
-                    if renew:
-                        pool.close(timeout=0)
-                    continue
-                with self._lock:
-                    self._lent[id(con)] = pool
-                return con
-            raise self.unreachable()
+            pool = self._current()
+            try:
+                return pool.getconn()
+            except PoolTimeout:
+                if not isinstance(error := self.unreachable(), RegistryLocked):
+                    raise error from None
+            # The server answers, yet no connection came: after an outage the pool reconnects
+            # with a growing backoff; a fresh pool connects at once.
+            with self._lock:
+                self._pool = None if self._pool is pool else self._pool
+            pool.close(timeout=0)
+            try:
+                return self._current().getconn()
+            except (PoolTimeout, PoolClosed):
+                raise self.unreachable() from None
         except BaseException:
             self._slots.release()
             raise
 
     def _current(self) -> ConnectionPool[Connection]:
-        if (pool := self._pool) is not None:
-            return pool
         with self._lock:
             if self._pool is None:
                 self._pool = ConnectionPool(self.url.secret(), min_size=1, max_size=self.size, kwargs=self.kwargs,
@@ -127,14 +101,13 @@ class Connections:
             return self._pool
 
     def checkin(self, con: Connection) -> None:
-        """Give a connection back (its pool discards it if it broke, or if renewed since)."""
-        with self._lock:
-            pool = self._lent.pop(id(con), None)
-        if pool is None:
-            con.close()
-            return
+        """Give a connection back (its pool discards it if it broke; closed if renewed since)."""
         try:
-            pool.putconn(con)
+            lender: object = getattr(con, "_pool", None)  # the pool that lent it (psycopg_pool sets it)
+            if (pool := self._pool) is not None and lender is pool:
+                pool.putconn(con)
+            else:
+                con.close()
         finally:
             self._slots.release()
 
@@ -148,16 +121,12 @@ class Connections:
         a fresh one: the registry's writes are idempotent, so a commit whose answer was lost
         is harmless to repeat."""
         for attempt in (1, 2):
-            con = self.checkout(wait=busy is None)
-            if con is None:
-                assert busy is not None
+            if (con := self.checkout(wait=busy is None)) is None:
+                assert busy is not None  # checkout waits unless told what to answer
                 return busy()
             kept = False
             try:
-                if transaction:
-                    with con.transaction():
-                        result = work(con)
-                else:
+                with con.transaction() if transaction else nullcontext():
                     result = work(con)
                 kept = keep is not None and keep(result)
                 return result

@@ -81,12 +81,13 @@ CLAIM_DELETES = """UPDATE media SET claimed_by = :host, claimed_until = {claim_u
         AND (claimed_until IS NULL OR claimed_until < {db_now} OR claimed_by = :host){skip_locked})
     RETURNING media_id, sha256, phone_number_id, state,
         (SELECT c.mime_type FROM contents AS c WHERE c.sha256 = media.sha256), uploaded_at, expires_at"""
-DROP_MEDIA = "DELETE FROM media WHERE media_id = :media_id RETURNING sha256, phone_number_id"
+DROP_MEDIA = "DELETE FROM media WHERE media_id = :key RETURNING sha256, phone_number_id"
+FORGET_URL = "DELETE FROM url_sources WHERE url = :key RETURNING sha256, NULL"
 # A deleted content goes with its last media row; its events stay as history.
 DROP_DELETED_CONTENT = ("DELETE FROM contents WHERE sha256 = :sha256 AND deleted_at IS NOT NULL "
                         "AND NOT EXISTS (SELECT 1 FROM media WHERE sha256 = :sha256)")
 INVALIDATE = ("UPDATE media SET state = CASE WHEN state = 'deleting' THEN state ELSE 'invalidated' END "
-              "WHERE media_id = :media_id RETURNING sha256, phone_number_id")
+              "WHERE media_id = :key RETURNING sha256, phone_number_id")
 
 
 def _upsert(table: str, key: str, columns: str) -> str:

@@ -38,6 +38,8 @@ from .rows import (
     UrlSource,
 )
 
+_new_tuple = tuple.__new__
+
 
 class Store:
     """The registry's database: the rules of the contract over ``backend``'s primitives."""
@@ -55,13 +57,12 @@ class Store:
     def lookup_path(self, fp: Fingerprint, phone_number_id: str, valid_until: datetime) -> PathHit | None:
         """The content recorded at a path whose fingerprint matches ``fp`` in every field, with its
         current media ID if that expires after ``valid_until``. One indexed read: every cache hit."""
-        # fp is the statement's last parameters (inode, device stored signed); bound callables are
-        # called from locals: an attribute call costs a type lookup, a field read a descriptor call.
+        # fp is the statement's last parameters (inode, device stored signed); the answer is built
+        # without PathHit's __new__ (a Python call).
         if fp[4] | fp[5] >= SIGNED:
             fp = fp._replace(inode=int64(fp.inode), device=int64(fp.device))
-        read_one, when, parse = self._read_one, self._when, self._time
-        row = read_one(self._lookup, (phone_number_id, when(valid_until)) + fp + self._here)
-        return None if row is None else PathHit(row[0], row[1], parse(row[2]))
+        row = self._read_one(self._lookup, (phone_number_id, self._when(valid_until)) + fp + self._here)
+        return None if row is None else _new_tuple(PathHit, (row[0], row[1], self._time(row[2])))
 
     def remember_path(self, fp: Fingerprint, sha256: str, mime_type: str, recorded_at: datetime) -> None:
         """An explicit send: ``fp.path`` holds ``sha256`` (the content row is created if new,
@@ -221,14 +222,7 @@ class Store:
     def forget_media(self, media_id: str, now: datetime, action: str, detail: str | None = None) -> None:
         """Atomically drop a media row (deleted remotely, or expired) and log why; a deleted
         content goes with its last media row (its events stay). Unknown IDs are ignored."""
-
-        def work(tx: Tx) -> None:
-            row = tx.execute(q.DROP_MEDIA, {"media_id": media_id}).fetchone()
-            if row is not None:
-                self._log(tx, now, action, sha256=row[0], media_id=media_id, phone_number_id=row[1], detail=detail)
-                tx.execute(q.DROP_DELETED_CONTENT, {"sha256": row[0]})
-
-        self._write(work)
+        self._change_and_log(q.DROP_MEDIA, media_id, now, action, detail, q.DROP_DELETED_CONTENT)
 
     def expired_media(self, now: datetime) -> list[MediaRow]:
         """Media rows whose ID expired at or before ``now``, whatever their state."""
@@ -277,26 +271,13 @@ class Store:
 
     def forget_url(self, url: str, now: datetime, reason: str) -> None:
         """Drop a URL's mapping and log why; the content and its IDs stay. Atomic."""
-
-        def work(tx: Tx) -> None:
-            row = tx.execute("DELETE FROM url_sources WHERE url = :url RETURNING sha256", {"url": url}).fetchone()
-            if row is not None:
-                self._log(tx, now, "forget url", sha256=row[0], path=url, detail=reason)
-
-        self._write(work)
+        self._change_and_log(q.FORGET_URL, url, now, "forget url", reason)
 
     def invalidate_media(self, media_id: str, now: datetime, reason: str) -> bool:
-        """Mark a media ID 'invalidated' (Meta refused it at send time): never served or refreshed again,
-        dropped once expired; one owing a remote DELETE keeps owing it. Logs why; False if unknown. Atomic."""
-
-        def work(tx: Tx) -> bool:
-            row = tx.execute(q.INVALIDATE, {"media_id": media_id}).fetchone()
-            if row is not None:
-                self._log(tx, now, "invalidate", sha256=row[0], media_id=media_id, phone_number_id=row[1],
-                          detail=reason)
-            return row is not None
-
-        return self._write(work)
+        """Mark a media ID 'invalidated' (Meta refused it at send time): never served or
+        refreshed again, dropped once expired; an ID owing a remote DELETE keeps owing it.
+        Logs why. False if the ID is unknown. Atomic."""
+        return self._change_and_log(q.INVALIDATE, media_id, now, "invalidate", reason)
 
     def record_inbound(self, row: InboundRow, detail: str | None = None) -> None:
         """Record a verified download (replacing an earlier one of the same ID) and log it."""
@@ -368,6 +349,21 @@ class Store:
         for statement in statements:
             if sql := self._sql(statement):
                 tx.execute(sql, params)
+
+    def _change_and_log(self, sql: str, key: str, now: datetime, action: str, detail: str | None,
+                        *then: str) -> bool:
+        """Run ``sql`` (RETURNING the row's sha256 and phone number, or NULL) on ``key``; log the
+        change and run ``then`` (on ``:sha256``) if there was a row: whether there was."""
+
+        def work(tx: Tx) -> bool:
+            row = tx.execute(sql, {"key": key}).fetchone()
+            if row is not None:
+                fields = {"path": key} if row[1] is None else {"media_id": key, "phone_number_id": row[1]}
+                self._log(tx, now, action, sha256=row[0], detail=detail, **fields)
+                self._run(tx, {"sha256": row[0]}, *then)
+            return row is not None
+
+        return self._write(work)
 
     def _log(self, tx: Tx, at: datetime, action: str, **fields: str | None) -> None:
         self.backend.changed(f"s:{fields.get('sha256')}")  # what a logged change touched leaves memory

@@ -1,8 +1,8 @@
 """The registry's named schema steps, per dialect, and the one runner that applies them.
 
 A backend gives the runner its steps, a connection held by one opener at a time, how to begin
-a transaction on it, which steps it has had, and how to record them. Each missing step runs in
-its own transaction and is recorded in the ``migrations`` table (name, applied_at);
+a transaction on it and which steps it has had. Each missing step runs in its own transaction
+and is recorded in the ``migrations`` table (name, applied_at);
 sqlite-utils' ``migrations.py`` is the model. A new SQLite registry is made from ``schema.sql``
 (the schema as the last step leaves it) with every step recorded; ``PRAGMA user_version``
 counts its steps. Nothing here ever writes to a database that is not ours.
@@ -12,9 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, NamedTuple
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import SchemaTooNew
+
+if TYPE_CHECKING:
+    from .backend import Backend
 
 # The tables every SQLite registry has had since version 1: how a registry of ours is recognised.
 OUR_TABLES = frozenset({"contents", "media", "paths", "leases", "events", "inbound"})
@@ -38,11 +42,15 @@ EXPORTED = {
 }
 
 
-def upgrade(con: Any, location: str, steps: Sequence[Migration], begin: Callable[[], AbstractContextManager[Any]],
-            applied: Callable[[Any], set[str]], record: Callable[[Any, Sequence[Migration]], None]) -> None:
+def upgrade(con: Any, backend: Backend, steps: Sequence[Migration], begin: Callable[[], AbstractContextManager[Any]],
+            applied: Callable[[Any], set[str]], stamp: Callable[[datetime], Any] | None = None) -> None:
     """Apply the steps ``con``'s database lacks, in order, each in its own transaction, rechecked
-    inside it: safe against other openers doing the same at the same moment."""
-    for index, step in enumerate(steps, start=1):
+    inside it: safe against other openers doing the same at the same moment. Each is recorded
+    at the moment ``stamp`` makes a parameter (the backend's time, by default)."""
+    stamp = stamp or backend.when
+    location = backend.location
+    record = backend.positional("INSERT INTO migrations (name, applied_at) VALUES (:name, :at) ON CONFLICT DO NOTHING")
+    for step in steps:
         with begin():
             done = applied(con)
             if unknown := done - {known.name for known in steps}:
@@ -56,7 +64,9 @@ def upgrade(con: Any, location: str, steps: Sequence[Migration], begin: Callable
                     con.execute(statement)
             else:
                 step.apply(con)
-            record(con, steps[:index])
+            # A registry older than the migrations table gets it (PostgreSQL's schema has it).
+            con.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+            con.execute(record, (step.name, stamp(datetime.now(timezone.utc))))
 
 
 def schema(name: str) -> str:
@@ -111,7 +121,7 @@ def _url_sources_and_invalidated(con: Any) -> None:
         con.execute(statement)
 
 
-SQLITE: tuple[Migration, ...] = (
+MIGRATIONS: tuple[Migration, ...] = (  # SQLite's steps
     Migration("0001_initial", _initial),
     # Rows recorded before this step get 0, match no real file, and are hashed (and
     # re-recorded) on their next use: every ID is kept.
@@ -130,8 +140,7 @@ SQLITE: tuple[Migration, ...] = (
     Migration("0005_delete_claims", "ALTER TABLE media ADD COLUMN claimed_by TEXT;"
               "ALTER TABLE media ADD COLUMN claimed_until TEXT"),
 )
-SCHEMA_VERSION = len(SQLITE)
-MIGRATIONS = SQLITE
+SCHEMA_VERSION = len(MIGRATIONS)
 
 # PostgreSQL's steps, applied in order by one opener at a time. Append; never edit or reorder.
 POSTGRES: tuple[Migration, ...] = (

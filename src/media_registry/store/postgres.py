@@ -21,7 +21,7 @@ import functools
 import hashlib
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -108,8 +108,8 @@ class PostgresBackend(Backend):
         # a pool of their own, so uploads never starve cache hits of connections.
         self.db, self.claim_sessions = (Connections(self.url, size=pool_size or PG_POOL_SIZE, timeout=busy_timeout,
                                                     setting=setting) for _ in range(2))
-        self._claims: dict[str, Connection] = {}  # lease owner -> the session holding its lock
-        self._claims_lock = threading.Lock()
+        # lease owner -> the session holding its lock (a dict's get, set and pop are atomic)
+        self._claims: dict[str, Connection] = {}
         self._daemon_session: Connection | None = None  # holds this host's daemon lock
         self._daemon_mutex = threading.Lock()
         at_fork(self, PostgresBackend._forget_claims)
@@ -130,9 +130,9 @@ class PostgresBackend(Backend):
                 # others wait here (however long it takes) and then find nothing left to do.
                 con.execute("SET lock_timeout = 0")
                 con.execute("SELECT pg_advisory_lock(%s, 0)", (LOCK_SCHEMA,))
-                try:
-                    migrations.upgrade(con, self.location, migrations.POSTGRES, con.transaction,
-                                       lambda c: self._applied_here(c) or set(), _recorded)
+                try:  # steps recorded at the microsecond: their times tell their order
+                    migrations.upgrade(con, self, migrations.POSTGRES, con.transaction,
+                                       lambda c: self._applied_here(c) or set(), lambda moment: moment)
                 finally:
                     con.execute("SELECT pg_advisory_unlock(%s, 0)", (LOCK_SCHEMA,))
         except psycopg.Error as exc:
@@ -195,8 +195,7 @@ class PostgresBackend(Backend):
             if outcome.status is not LeaseStatus.ACQUIRED:
                 con.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_UPLOAD, key))
                 return outcome
-            with self._claims_lock:
-                self._claims[owner] = con
+            self._claims[owner] = con
             return outcome
 
         # Every claim session busy with an upload: wait a turn as for another's claim, never
@@ -207,7 +206,7 @@ class PostgresBackend(Backend):
     def on_claim(self, owner: str, sha256: str, phone: str, work: Callable[[Tx, bool], T]) -> T:
         """On the claim's own session, pipelined (two round trips); on a fresh connection if
         that session died (a restart); then the lock goes."""
-        con = self._pop_claim(owner)
+        con = self._claims.pop(owner, None)
         try:
             if con is not None and not con.closed:
                 try:
@@ -229,13 +228,9 @@ class PostgresBackend(Backend):
             with contextlib.suppress(RegistryError):
                 drop()
         finally:
-            con = self._pop_claim(owner)
+            con = self._claims.pop(owner, None)
             if con is not None:
                 self._unlock(con, sha256, phone)
-
-    def _pop_claim(self, owner: str) -> Connection | None:
-        with self._claims_lock:
-            return self._claims.pop(owner, None)
 
     def _unlock(self, con: Connection, sha256: str, phone_number_id: str) -> None:
         try:
@@ -251,7 +246,10 @@ class PostgresBackend(Backend):
         """Shared by the whole fleet: a row per number on the server (a fleet speaks to one API)."""
         return FleetPacer(per_second, self.db.run)
 
-    time = when = staticmethod(lambda value: value)  # the session's dumpers send times to the second
+    time = staticmethod(lambda value: value)
+    # Times go in to the second, as in the SQLite registry, so both backends compare and order
+    # them alike (an ID uploaded within the same second as a deadline counts the same way).
+    when = staticmethod(lambda moment: moment.replace(microsecond=0))
 
     def paths(self, value: Any) -> tuple[str, ...]:
         return tuple(value)
@@ -315,19 +313,14 @@ class PostgresBackend(Backend):
         return con
 
     def _forget_claims(self) -> None:
-        self._claims, self._claims_lock = {}, threading.Lock()
+        self._claims = {}
 
     def close(self) -> None:
         """Release held claims and every connection."""
         self._stop_listening()
-        with self._claims_lock:
-            claims, self._claims = list(self._claims.values()), {}
-        for con in claims:
+        claims, self._claims = self._claims, {}
+        for con in claims.values():
             self.claim_sessions.checkin(con)
         self.claim_sessions.close()
         self.db.close()
 
-
-def _recorded(con: Connection, done: Sequence[migrations.Migration]) -> None:
-    con.execute("INSERT INTO migrations (name) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING",
-                ([step.name for step in done],))

@@ -86,14 +86,12 @@ class Cutoffs(NamedTuple):
     """Where a window ahead of now ends, per phone number: ``default`` for most numbers,
     ``by_phone`` for numbers with their own (shorter, so narrower) windows. "Expiring" is a
     current ID whose expiry is at or before its number's cutoff (refresh and stats agree)."""
-
     default: datetime
     by_phone: tuple[tuple[str, datetime], ...] = ()
 
 
 class ContentRef(NamedTuple):
     """A content named by its sha256, with its MIME type."""
-
     sha256: str
     mime_type: str
 

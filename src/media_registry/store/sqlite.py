@@ -16,9 +16,9 @@ import re
 import sqlite3
 import stat
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, closing, contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -88,16 +88,8 @@ class SQLiteBackend(Backend):
             return
         except OSError as exc:
             raise RegistryError(f"registry {self.path}: cannot stat it ({exc.strerror})") from None
-        if stat.S_ISDIR(st.st_mode):
-            raise RegistryCorrupt(f"registry {self.path} is a directory; point MEDIA_REGISTRY_DB (or --db) at a file")
         if not stat.S_ISREG(st.st_mode):  # a FIFO would block the first read forever
-            raise RegistryCorrupt(f"registry {self.path} is not a regular file (left untouched); "
-                                  "point MEDIA_REGISTRY_DB (or --db) at a registry file")
-        if st.st_size == 0:
-            if not self._create:
-                raise RegistryCorrupt(f"registry {self.path} is an empty file, not a media-registry registry "
-                                      "(left untouched); create one with: media-registry init")
-            return
+            raise self._not_ours("is a directory" if stat.S_ISDIR(st.st_mode) else "is not a regular file")
         # Through SQLite, read-only, so that someone else's database stays byte-identical (no
         # schema, no user_version, no switch to WAL). Never a plain open() and close() of the
         # file: closing any descriptor of it drops this process's SQLite locks on it.
@@ -132,14 +124,13 @@ class SQLiteBackend(Backend):
                     raise SchemaTooNew(
                         f"registry {self.path} has schema version {version}, newer than this media-registry "
                         f"knows ({migrations.SCHEMA_VERSION}); upgrade: pip install -U media-registry")
-                con.execute("PRAGMA journal_mode = WAL")
-                # NORMAL is durable against a killed process in WAL mode; only power loss can
-                # undo the last commits, never corrupt the file.
-                con.execute("PRAGMA synchronous = NORMAL")
-                con.execute("PRAGMA foreign_keys = ON")
+                # synchronous NORMAL is durable against a killed process in WAL mode; only power
+                # loss can undo the last commits, never corrupt the file.
+                for pragma in ("journal_mode = WAL", "synchronous = NORMAL", "foreign_keys = ON"):
+                    con.execute(f"PRAGMA {pragma}")
                 if version < migrations.SCHEMA_VERSION:
-                    migrations.upgrade(con, self.location, migrations.SQLITE, lambda: _immediate(con),
-                                       _applied, _recorded)
+                    migrations.upgrade(con, self, migrations.MIGRATIONS, lambda: _immediate(con), _applied)
+                    con.execute(f"PRAGMA user_version = {migrations.SCHEMA_VERSION}")
             except BaseException:
                 con.close()  # a connection is kept only once the schema is known good
                 raise
@@ -151,7 +142,6 @@ class SQLiteBackend(Backend):
         return con
 
     def close(self) -> None:
-        """Close every connection this backend opened."""
         with self._lock:
             for con in self._connections:
                 con.close()
@@ -174,11 +164,7 @@ class SQLiteBackend(Backend):
         return RegistryError(f"registry {self.path}: {text}")
 
     def read(self, sql: str, params: Params) -> list[Any]:
-        """Every row, on this thread's connection."""
-        try:
-            return self._con_here().execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise self._explain(exc) from None
+        return list(self.stream(sql, params))
 
     def read_one(self, sql: str, params: Params) -> Any:
         """The first row, on this thread's connection: the cache hit, kept lean."""
@@ -192,11 +178,10 @@ class SQLiteBackend(Backend):
             raise self._explain(exc) from None
 
     def positional(self, sql: str) -> str:
-        """``?`` for each ``:name``."""
         return re.sub(r"(?<!:):[a-z_][a-z0-9_]*", "?", sql)
 
     def write(self, work: Callable[[Tx], T]) -> T:
-        """``work`` in a short write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error)."""
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error)."""
         try:
             with _immediate(self._con_here()) as con:
                 return work(con)
@@ -204,7 +189,6 @@ class SQLiteBackend(Backend):
             raise self._explain(exc) from None
 
     def stream(self, sql: str, params: Params) -> Iterator[Any]:
-        """The rows as SQLite steps through them."""
         try:
             yield from self._con_here().execute(sql, params)
         except sqlite3.Error as exc:
@@ -228,7 +212,6 @@ class SQLiteBackend(Backend):
     when = staticmethod(utc_text)
 
     def paths(self, value: Any) -> tuple[str, ...]:
-        """From the JSON array."""
         import json  # only listings need it: the cache hit's start-up stays lean
 
         return tuple(json.loads(value))
@@ -352,19 +335,10 @@ def _open_lock(path: Path) -> int:
 
 def _applied(con: sqlite3.Connection) -> set[str]:
     """Steps counted by ``user_version`` (a version-1 registry has no table) and recorded."""
-    names = {step.name for step in migrations.SQLITE[:_user_version(con)]}
+    names = {step.name for step in migrations.MIGRATIONS[:_user_version(con)]}
     if con.execute("SELECT 1 FROM sqlite_master WHERE name = 'migrations'").fetchone():
         names |= {name for (name,) in con.execute("SELECT name FROM migrations")}
     return names
-
-
-def _recorded(con: sqlite3.Connection, done: Sequence[migrations.Migration]) -> None:
-    """Recorded by name, counted in ``user_version``."""
-    version = max(_user_version(con), len(done))
-    con.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
-    con.executemany("INSERT OR IGNORE INTO migrations (name, applied_at) VALUES (?, ?)",
-                    [(step.name, utc_text(datetime.now(timezone.utc))) for step in migrations.SQLITE[:version]])
-    con.execute(f"PRAGMA user_version = {version}")
 
 
 def _user_version(con: sqlite3.Connection) -> int:
