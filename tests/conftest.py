@@ -24,6 +24,8 @@ from media_registry.testing import FakeGraphAPI, sample_media
 
 from pg_server import PostgresServer, create_database, drop_database
 
+pytest_plugins = ["s3_server"]  # the archive's S3 server fixtures
+
 CLI = Path(sys.executable).with_name("media-registry")
 # The PostgreSQL driver's pool keeps time in a thread of its own: a frozen clock must not stall it.
 freezegun.configure(extend_ignore_list=["psycopg", "psycopg_pool"])

@@ -53,3 +53,13 @@ def test_the_postgresql_benchmarks_run_and_print_every_row() -> None:
     for expected in ("PostgreSQL cache hit, 1,000 contents", "PostgreSQL cache hits/s, 8 processes",
                      "PostgreSQL cold upload"):
         assert any(m.startswith(expected) for m in measures), (expected, measures)
+
+
+def test_the_webhook_benchmarks_run_and_print_both_rows() -> None:
+    result = subprocess.run([sys.executable, str(SCRIPT.with_name("webhooks.py")), "--quick"], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [row.split(" | ")[0].lstrip("| ").split(",")[0] for row in rows[1:]] == [
+        "POST /v1/webhooks/whatsapp", "archive"]
+    assert all(row.split(" | ")[3].rstrip(" |").endswith("x throughput") for row in rows[1:])

@@ -13,6 +13,7 @@ import pytest
 from media_registry.testing import sample_media
 
 from conftest import CLI, PDF, run_cli
+from service_helpers import start_server
 
 README = Path(__file__).parent.parent / "README.md"
 SESSION_FOLDER = "/tmp/cli-readme/shop"  # where the README's session ran
@@ -81,3 +82,50 @@ def test_the_readme_pending_delete_example_prints_what_it_shows(cli_env: dict[st
 
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
+
+
+@pytest.mark.sqlite_only  # the session's commands, not the backend, are under test
+def test_the_readme_webhook_session_prints_what_it_shows(cli_env: dict[str, str], tmp_path: Path) -> None:
+    text = README.read_text(encoding="utf-8")
+    start = text.index("the suite runs this session as written")
+    shown = text[text.index("```\n", start) + 4:text.index("```", text.index("```\n", start) + 4)]
+    secrets = dict(re.findall(r"(WHATSAPP_APP_SECRET|MEDIA_REGISTRY_WEBHOOK_VERIFY_TOKEN)=(\S+)", shown))
+    (tmp_path / "photo.jpg").write_bytes(sample_media("image/jpeg", size=20000, salt="photo"))
+    env = {**cli_env, **secrets, "MEDIA_REGISTRY_BLOB_DIR": str(tmp_path / "media-blobs"),
+           "PATH": f"{CLI.parent}{os.pathsep}{os.environ['PATH']}"}
+    server = start_server(env, tmp_path / "serve.log")
+    try:
+        script = "".join(f"echo {_quote('$ ' + command.splitlines()[0])}\n"
+                         f"{{ {_runnable(command, server.url)}\n}} 2>&1\n"
+                         for command in _commands(shown) if not command.startswith("media-registry serve"))
+        ran = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=120)
+    finally:
+        assert server.stop() == 0
+    expected = "".join(line + "\n" for line in shown.splitlines()
+                       if not line.startswith(("$ media-registry serve", "  ", "{\"object\"", "JSON")))
+    assert normalised(ran.stdout, str(tmp_path)) == normalised(expected, str(tmp_path))
+
+
+def _commands(session: str) -> list[str]:
+    """The session's commands: each ``$ `` line, with the lines of its here-document."""
+    commands: list[str] = []
+    lines = iter(session.splitlines())
+    for line in lines:
+        if line.startswith("$ "):
+            command = line[2:]
+            if command.endswith("<<JSON"):
+                body = list(iter(lambda: next(lines), "JSON"))
+                command = "\n".join([command, *body, "JSON"])
+            commands.append(command)
+    return commands
+
+
+def _runnable(command: str, url: str) -> str:
+    """A command of the session against the test's service; ``ls`` and ``stats`` once the
+    archive worker is done (it runs beside the service, woken by the delivery)."""
+    command = command.replace("http://127.0.0.1:8080", url)
+    if command.startswith(("ls ", "media-registry stats")):
+        wait = "for _ in $(seq 600); do media-registry stats | grep -q 'inbound_archived: 1' && break; sleep 0.1; done"
+        return f"{wait}\n{command}"
+    return command

@@ -44,6 +44,10 @@ BAD = {
     "local_cache_size": ["-1", "100000001"],
     "host_id": ["", " app", "app\t1", "a" * 201],
     "host_retention": ["0", "60", "3600"],  # not longer than a daemon pass (an hour)
+    "archive": ["s3://", "s3://Bad_Bucket/x", "s3:/bucket"],
+    "s3_checksum": ["crc32", "SHA256", ""],
+    "repair_codes": ["", "131053;100", "abc", "1,-2"],
+    "sent_retention": ["0", "-1"],
 }
 # Bad values in forms only the full settings read (ISO 8601, exponents, JSON, URLs that are
 # not plainly good): the hit leaves them to the full path, which refuses them.
@@ -61,7 +65,8 @@ BAD_UNPLAIN = {
     "repair_window": ["0.0000001"],
 }
 # Settings that take any text: no bad value (an empty one is left to the full settings).
-ANY_TEXT = {"blob_dir", "service_token", "url_ignore_query"}
+ANY_TEXT = {"blob_dir", "service_token", "url_ignore_query", "app_secret", "webhook_verify_token",
+            "s3_endpoint_url"}
 # Good values in plain text: the hit serves under each.
 GOOD = {
     "token": ["EAAGtoken", "EAAGtoken\n"],
@@ -92,6 +97,13 @@ GOOD = {
     "local_cache_size": ["0", "100000"],
     "host_id": ["app-1", "a" * 200],
     "host_retention": ["3601"],
+    "app_secret": ["0123456789abcdef"],
+    "webhook_verify_token": ["verify-me-please"],
+    "archive": ["archive-folder", "s3://media-bucket/inbound", "s3://media-bucket"],
+    "s3_endpoint_url": ["http://127.0.0.1:9000"],
+    "s3_checksum": ["sha256", "off"],
+    "repair_codes": ["131053", "131053, 131052"],
+    "sent_retention": ["86400"],
 }
 # Good values in forms only the full settings read: the hit leaves them to the full path.
 GOOD_UNPLAIN = {

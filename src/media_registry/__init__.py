@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from .graph.refusal import media_id_refused
     from .models import DownloadedMedia, InboundMedia, LifecycleAction, MediaEvent, MediaRecord, Report
     from .registry import AsyncMediaRegistry, MediaRegistry, Outcome
+    from .webhooks import WebhookReport
 
 
 __all__ = [
@@ -90,13 +91,14 @@ __all__ = [
     "UnsafeDownloadURL",
     "UnsafeSourceURL",
     "UnsupportedMedia",
+    "WebhookReport",
     "__version__",
     "media_id_refused",
 ]
 
 # The modules a public name may live in, lightest first: a name is looked up in them in turn,
 # so __all__ stays the one list of public names.
-_HOMES = ("errors", "graph.refusal", "models", "config", "registry")
+_HOMES = ("errors", "graph.refusal", "models", "config", "registry", "webhooks")
 
 
 def __getattr__(name: str) -> Any:

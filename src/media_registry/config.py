@@ -23,6 +23,7 @@ from .setting_checks import (
     RANGES,
     TEXT_CHECKS,
     check_phone_number_id,
+    check_repair_codes,
     check_retention,
     check_token,
     check_upload_ttls,
@@ -126,6 +127,25 @@ class Settings(BaseSettings):
     stable across restarts where the hostname is not (Kubernetes pods)."""
     host_retention: timedelta = defaults.HOST_RETENTION
     """PostgreSQL: a host not seen for this long is gone; purge drops its paths."""
+    app_secret: SecretStr | None = _env("WHATSAPP_APP_SECRET")
+    """The app secret that signs Meta's webhook deliveries (``X-Hub-Signature-256``); blank
+    counts as unset; never logged."""
+    webhook_verify_token: SecretStr | None = None
+    """The verify token of Meta's webhook handshake; blank counts as unset; never logged."""
+    archive: str | None = None
+    """Where the archive worker keeps inbound files: a folder (default: ``blob_dir``), or
+    ``s3://bucket/prefix`` (the ``s3`` extra)."""
+    s3_endpoint_url: str | None = None
+    """The endpoint of an S3-compatible store other than AWS S3 (MinIO, Ceph, R2, GCS interop)."""
+    s3_checksum: str = defaults.S3_CHECKSUM
+    """``sha256`` sends each object's SHA-256 checksum; ``off`` for stores that refuse the newer
+    checksum headers."""
+    repair_codes: Annotated[tuple[int, ...], NoDecode] = defaults.REPAIR_CODES
+    """Comma-separated Graph error codes of a ``failed`` status that mean the media ID was no
+    good: that ID is invalidated, so the next send uploads anew."""
+    sent_retention: timedelta = defaults.SENT_RETENTION
+    """How long sent messages are remembered for repairs (at most one repair per content and
+    number within it)."""
     local_cache_size: int = defaults.LOCAL_CACHE_SIZE
     """PostgreSQL: the cache hits each process answers from memory, kept true by
     ``LISTEN/NOTIFY``; 0 turns it off."""
@@ -152,6 +172,20 @@ class Settings(BaseSettings):
         if value is not None:
             register_secret(value.get_secret_value(), "service token")
         return value
+
+    @field_validator("app_secret", "webhook_verify_token")
+    @classmethod
+    def _hide_webhook_secret(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        given = value.get_secret_value() if value is not None else ""
+        if not given.strip():  # an HMAC keyed with an empty secret can be forged by anyone
+            return None
+        register_secret(given, str(info.field_name).replace("_", " "))
+        return value
+
+    @field_validator("repair_codes", mode="before")
+    @classmethod
+    def _codes(cls, value: Any) -> Any:
+        return check_repair_codes(value)
 
     @field_validator("phone_number_id")
     @classmethod

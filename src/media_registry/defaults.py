@@ -56,3 +56,11 @@ PURGE_INTERVAL = timedelta(hours=1)
 URL_REVALIDATE = timedelta(minutes=5)
 REPAIR_WINDOW = timedelta(minutes=10)
 HOST_RETENTION = timedelta(days=14)
+# Inbound items and sent messages: Meta keeps a webhook's media 7 days, and retries a webhook
+# that long.
+SENT_RETENTION = timedelta(days=7)
+# Meta's "Media upload error", sent in a failed status: the media ID was no good.
+REPAIR_CODES = (131053,)
+S3_CHECKSUM = "sha256"
+# Seconds between two looks at the archive queue when nothing wakes the worker.
+ARCHIVE_POLL = 5.0

@@ -92,6 +92,8 @@ class InboundMedia(BaseModel):
     sender: str | None = None
     message_id: str | None = None
     phone_number_id: str | None = None
+    timestamp: int | None = None  # when the message was sent (Unix time): its ID lives 7 days from then
+    url: str | None = None  # a download URL, when Meta includes one (it lives minutes)
 
 
 class DownloadedMedia(BaseModel):

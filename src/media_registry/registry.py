@@ -1,17 +1,14 @@
 """MediaRegistry and AsyncMediaRegistry: what senders use.
 
-The rules live once, in :mod:`media_registry.rules`, as generator flows that yield typed
-effects; each registry composes them over one shared
-:class:`~media_registry.rules.context.Context`: ``sending`` (the cache hit, single flight),
-``sourcing`` (bytes, file objects, URLs, ``send_with_media``, ``invalidate``), ``lifecycle``
-(refresh, delete, purge), ``inbound`` (downloads) and ``reading`` (records, stats). Each
-registry is only a driver for those flows: :class:`MediaRegistry` performs their effects
-inline with the sync clients (:func:`~media_registry.rules.effects.drive`);
-:class:`AsyncMediaRegistry` awaits the async ones and runs every blocking effect (hashing,
-SQLite writes that may wait for a lock, file creation and renames) in a thread, off the
-event loop (:func:`~media_registry.rules.effects.adrive`).
+The rules live once, in :mod:`media_registry.rules`, as generator flows yielding typed effects,
+composed over one shared :class:`~media_registry.rules.context.Context`: ``sending`` (the cache
+hit, single flight), ``sourcing`` (bytes, file objects, URLs, ``send_with_media``,
+``invalidate``), ``lifecycle`` (refresh, delete, purge), ``inbound`` (downloads), ``webhooks``
+and ``archiving`` (inbound items, repairs), ``reading`` (records, stats). Each registry only
+drives them: :class:`MediaRegistry` inline with the sync clients
+(:func:`~media_registry.rules.effects.drive`); :class:`AsyncMediaRegistry` awaiting the async
+ones, every blocking effect in a thread (:func:`~media_registry.rules.effects.adrive`).
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -29,6 +26,7 @@ from .config import Settings
 from .graph.client import AsyncGraphClient, GraphClient
 from .graph.fetch import AsyncSourceFetcher, SourceFetcher
 from .models import DownloadedMedia, LifecycleAction, MediaRecord, Report
+from .rules.archiving import Archiving
 from .rules.context import Context, PathArg, SettingsArgs, fetcher_options, graph_options, open_context
 from .rules.effects import Clock, adrive, drive, utc_now
 from .rules.inbound import Inbound
@@ -36,8 +34,9 @@ from .rules.lifecycle import Lifecycle, OnAction, add
 from .rules.reading import Reading
 from .rules.sending import Outcome, Sending
 from .rules.sources import REFUSED, Source, Sourcing
+from .rules.webhook import OnFailedSend, Webhooks
 from .store import MediaRow, Store
-from .webhooks import OnInvalid
+from .webhooks import OnInvalid, WebhookReport
 
 __all__ = ["AsyncMediaRegistry", "MediaRegistry", "Outcome"]
 
@@ -72,6 +71,7 @@ class _Registry(Generic[TransportT]):
         self.lifecycle = Lifecycle(self.ctx, self.sending, self.sourcing)
         self.inbound = Inbound(self.ctx)
         self.reading = Reading(self.ctx, self.sourcing)
+        self.webhooks, self.archiving = Webhooks(self.ctx), Archiving(self.ctx, self.inbound)
 
     def _connect(self, transport: TransportT | None, source_transport: TransportT | None) -> Callable[[str], str]:
         """Make the Graph client and the URL fetcher; return the fetcher's key form."""
@@ -254,6 +254,15 @@ class MediaRegistry(_Registry[httpx.BaseTransport]):
         webhook's own sha256 must agree with what was fetched."""
         return drive(self.inbound.download_webhook_flow(payload, dest_dir, on_invalid), self)
 
+    def handle_webhook(self, payload: Any, *, on_invalid: OnInvalid | None = None,
+                       on_failed_send: OnFailedSend | None = None) -> WebhookReport:
+        """See :meth:`~media_registry.rules.webhook.Webhooks.handle_flow`; the worker archives later."""
+        return drive(self.webhooks.handle_flow(payload, on_invalid, on_failed_send), self)
+
+    def archive_pending(self, *, on_action: OnAction | None = None) -> Report:
+        """See :meth:`Archiving.run_pass <media_registry.rules.archiving.Archiving.run_pass>`."""
+        return self.archiving.run_pass(functools.partial(drive, env=self), on_action)
+
 
 class AsyncMediaRegistry(_Registry[httpx.AsyncBaseTransport]):
     """:class:`MediaRegistry` for asyncio senders, with the same verbs as coroutines.
@@ -360,6 +369,11 @@ class AsyncMediaRegistry(_Registry[httpx.AsyncBaseTransport]):
     ) -> list[DownloadedMedia]:
         """See :meth:`MediaRegistry.download_webhook`."""
         return await adrive(self.inbound.download_webhook_flow(payload, dest_dir, on_invalid), self)
+
+    async def handle_webhook(self, payload: Any, *, on_invalid: OnInvalid | None = None,
+                             on_failed_send: OnFailedSend | None = None) -> WebhookReport:
+        """See :meth:`MediaRegistry.handle_webhook`."""
+        return await adrive(self.webhooks.handle_flow(payload, on_invalid, on_failed_send), self)
 
     async def alookup(self, target: str | os.PathLike[str], *,
                       phone_number_id: str | None = None) -> MediaRecord | None:

@@ -37,6 +37,7 @@ ENV_NAMES = {
     "token": "WHATSAPP_TOKEN",
     "phone_number_id": "WHATSAPP_PHONE_NUMBER_ID",
     "api_base": "WHATSAPP_API_BASE",
+    "app_secret": "WHATSAPP_APP_SECRET",
 }
 
 
@@ -114,7 +115,7 @@ def check_revalidate(value: timedelta) -> timedelta:
 # (always revalidate).
 DURATION_CHECKS = {name: check_positive_duration for name in (
     "ttl", "min_validity", "refresh_before", "refresh_interval", "purge_interval",
-    "repair_window", "host_retention")} | {"url_revalidate": check_revalidate}
+    "repair_window", "host_retention", "sent_retention")} | {"url_revalidate": check_revalidate}
 
 
 # The daemon's passes, which a host's retention must outlast.
@@ -198,9 +199,40 @@ def check_host_id(value: str) -> str:
     return value
 
 
+def check_archive(value: str | None) -> str | None:
+    """``value`` (a folder, or ``s3://bucket/prefix``), or ValueError for an S3 URL without a
+    bucket or with what no bucket name holds; blank means unset (the blob folder)."""
+    if value is None or not value.strip():
+        return None
+    if value.lower().startswith("s3:"):
+        bucket = value[5:].partition("/")[0] if value.startswith("s3://") else ""
+        if not S3_BUCKET.fullmatch(bucket):
+            raise ValueError("must be a folder or s3://bucket/prefix (a bucket name: 3 to 63 lower-case "
+                             "letters, digits, dots and hyphens)")
+    return value
+
+
+def check_s3_checksum(value: str) -> str:
+    """``value``: ``sha256`` or ``off``, else ValueError."""
+    if value not in ("sha256", "off"):
+        raise ValueError("must be sha256 (send the checksum) or off (for stores that refuse it)")
+    return value
+
+
+def check_repair_codes(value: str | tuple[int, ...]) -> tuple[int, ...]:
+    """Comma-separated Graph error codes as a tuple of numbers, else ValueError."""
+    if not isinstance(value, str):
+        return value
+    codes = [code.strip() for code in value.split(",") if code.strip()]
+    if not codes or not all(code.isascii() and code.isdigit() and len(code) <= 9 for code in codes):
+        raise ValueError("must be Graph error codes separated by commas, such as 131053")
+    return tuple(int(code) for code in codes)
+
+
+S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 # The checks of settings given as plain text that take it whole, by field name.
 TEXT_CHECKS = {"user_agent": check_user_agent, "download_user_agent": check_download_user_agent,
-               "host_id": check_host_id}
+               "host_id": check_host_id, "archive": check_archive, "s3_checksum": check_s3_checksum}
 
 
 def seconds_as_number(value: object) -> object:

@@ -1,10 +1,13 @@
-"""The media that WhatsApp webhook payloads carry (``entry[].changes[].value.messages[]``)."""
+"""What WhatsApp webhook payloads carry: media (``entry[].changes[].value.messages[]``) and
+message statuses (``...value.statuses[]``); and the check of their signature."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import pydantic
 
@@ -48,6 +51,89 @@ def media_in_webhook(payload: Any, on_invalid: OnInvalid | None = None) -> Itera
                     continue
                 if item is not None:
                     yield item
+
+
+class FailedStatus(NamedTuple):
+    """A ``failed`` status of a message this business sent, with its first error."""
+    message_id: str
+    phone_number_id: str | None
+    code: int | None
+    error: str
+
+
+class Repair(pydantic.BaseModel):
+    """What a failed send with a media error did: ``invalidated`` (the ID is no longer
+    served: the next send uploads anew), or ``reported`` (the content was repaired on this
+    number lately already, so the failure is about something else, e.g. a type the
+    recipient's client refused)."""
+
+    message_id: str
+    media_id: str
+    phone_number_id: str
+    code: int
+    action: str
+    error: str
+
+
+class WebhookReport(pydantic.BaseModel):
+    """What :meth:`~media_registry.MediaRegistry.handle_webhook` did with one payload."""
+
+    recorded: list[str] = []  # media IDs newly recorded for the archive
+    duplicates: list[str] = []  # media IDs recorded before (a redelivered webhook)
+    invalid: list[str] = []  # one line per malformed item, which was skipped
+    statuses: int = 0  # message statuses read
+    repairs: list[Repair] = []
+
+
+def verify_signature(body: bytes, header: str | None, app_secret: str) -> bool:
+    """Whether ``header`` (``X-Hub-Signature-256``: ``sha256=`` and the hex HMAC-SHA256 of the
+    raw ``body`` keyed with the app secret) signs ``body``; compared in constant time. An
+    empty secret verifies nothing: anyone could make its signatures."""
+    if not app_secret or not header or not header.isascii():
+        return False
+    scheme, _, given = header.strip().partition("=")
+    expected = hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+    return scheme.lower() == "sha256" and hmac.compare_digest(given.lower().encode(), expected.encode())
+
+
+def failed_statuses(payload: Any, on_invalid: OnInvalid | None = None) -> Iterator[FailedStatus]:
+    """Every ``failed`` message status in a webhook payload, with its first error's code;
+    statuses of the wrong shape go to ``on_invalid`` (as for :func:`media_in_webhook`)."""
+    report = on_invalid or log.warning
+    for phone, where, status in _values(payload, "statuses", report):
+        message_id = status.get("id")
+        if status.get("status") != "failed":
+            continue
+        if not isinstance(message_id, str) or not message_id:
+            report(f"{where}: a failed status without a message ID; skipped")
+            continue
+        errors = status.get("errors")
+        first = errors[0] if isinstance(errors, list) and errors and isinstance(errors[0], dict) else {}
+        code = first.get("code")
+        details = first.get("error_data", {}).get("details") if isinstance(first.get("error_data"), dict) else None
+        error = str(details or first.get("message") or first.get("title") or "no error given")[:500]
+        yield FailedStatus(message_id, phone, code if isinstance(code, int) and not isinstance(code, bool)
+                           else None, error)
+
+
+def count_statuses(payload: Any) -> int:
+    """How many message statuses a payload carries (of any shape)."""
+    return sum(1 for _ in _values(payload, "statuses", lambda _line: None))
+
+
+def _values(payload: Any, field: str, report: OnInvalid) -> Iterator[tuple[Any, str, dict[str, Any]]]:
+    """The objects of ``value.<field>`` across a payload, each with its number and place."""
+    if not isinstance(payload, dict):
+        return
+    for in_entry, entry in _objects(payload.get("entry"), "webhook entry", lambda _line: None):
+        for in_change, change in _objects(entry.get("changes"), f"{in_entry}.changes", lambda _line: None):
+            value = change.get("value")
+            if not isinstance(value, dict):
+                continue
+            metadata = value.get("metadata")
+            phone = metadata.get("phone_number_id") if isinstance(metadata, dict) else None
+            for where, child in _objects(value.get(field), f"{in_change}.value.{field}", report):
+                yield phone, where, child
 
 
 def _objects(children: Any, where: str, report: OnInvalid) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -95,6 +181,8 @@ def _media(message: dict[str, Any], phone_number_id: Any) -> InboundMedia | None
             sender=message.get("from"),
             message_id=message.get("id"),
             phone_number_id=phone_number_id,
+            timestamp=message.get("timestamp"),
+            url=media.get("url"),
         )
     except pydantic.ValidationError as exc:
         error = exc.errors()[0]

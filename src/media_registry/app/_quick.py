@@ -29,6 +29,7 @@ from ..setting_checks import (
     RANGES,
     TEXT_CHECKS,
     check_phone_number_id,
+    check_repair_codes,
     check_retention,
     check_token,
     check_windows,
@@ -168,7 +169,8 @@ def _reader(field: str) -> Callable[[str], object]:
 _TEXT_READERS: dict[str, Callable[[str], object]] = {
     **TEXT_CHECKS, "token": check_token, "phone_number_id": check_phone_number_id,
     "api_base": _plain_api_base, "db": _file_db, "blob_dir": _text, "service_token": _text,
-    "url_ignore_query": _text,
+    "url_ignore_query": _text, "app_secret": _text, "webhook_verify_token": _text,
+    "s3_endpoint_url": _text, "repair_codes": check_repair_codes,
 }
 # Every setting, in the order of the full settings' fields: their first refusal is the one told.
 FIELDS = (
@@ -177,7 +179,8 @@ FIELDS = (
     "download_deadline", "max_retries", "retry_backoff", "media_hosts", "refresh_concurrency",
     "refresh_interval", "purge_interval", "busy_timeout", "lease_seconds", "service_token",
     "uploads_per_second", "url_revalidate", "repair_window", "url_ignore_query", "pg_pool_size",
-    "host_id", "host_retention", "local_cache_size",
+    "host_id", "host_retention", "app_secret", "webhook_verify_token", "archive", "s3_endpoint_url",
+    "s3_checksum", "repair_codes", "sent_retention", "local_cache_size",
 )
 _READERS = {field: _reader(field) for field in FIELDS}
 

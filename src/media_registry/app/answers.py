@@ -117,12 +117,14 @@ class ErrorBody(BaseModel):
 
 
 class Health(BaseModel):
-    """``/healthz``: ``ok``, or ``failing`` with what (``registry`` or ``refresh``) and why."""
+    """``/healthz``: ``ok``, or ``failing`` with what (``registry``, ``refresh`` or
+    ``archive``) and why; and the inbound items not archived yet."""
 
     status: Literal["ok", "failing"]
-    failing: Literal["registry", "refresh"] | None = None
+    failing: Literal["registry", "refresh", "archive"] | None = None
     reason: str | None = None
     last_refresh_success: float | None = Field(None, description="Unix time, this process's")
+    inbound_pending: int | None = Field(None, description="Inbound items not archived yet")
 
 
 JsonSource = TypeAdapter(UrlSource | PathSource)

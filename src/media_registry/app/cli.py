@@ -259,6 +259,11 @@ def _parser() -> argparse.ArgumentParser:
                            help=f"seconds or ISO 8601 (default: $MEDIA_REGISTRY_{name}_INTERVAL or PT1H)")
 
     command("stats", "counts and health of the registry")
+    command("inbox", "inbound items from webhooks not archived yet (pending, failed) or lost")
+    webhook = command("webhook", "record a saved webhook payload for the archive and handle its statuses")
+    webhook.add_argument("file", metavar="FILE|-", help="the payload as Meta posts it (- for stdin)")
+    archive = command("archive", "archive the inbound items due now (the daemon's archive worker, for cron)")
+    archive.add_argument("--once", action="store_true", required=True, help="one pass, under the daemon's lock")
     command("init", "create the registry file", json_flag=False)
     migrate = command("migrate", "copy this SQLite registry into PostgreSQL (the file is left untouched); "
                       "the server is $MEDIA_REGISTRY_MIGRATE_TO, --to-file or --to", json_flag=False)

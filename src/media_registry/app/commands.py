@@ -344,3 +344,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "purge": _purge, "download": _download, "daemon": _daemon, "serve": _serve, "stats": _stats,
     "init": _init, "migrate": _migrate, "demo": _demo, "fake-api": _fake_api,
 }
+from .inbox_commands import INBOX_COMMANDS  # noqa: E402  (it imports this module's helpers)
+
+COMMANDS.update(INBOX_COMMANDS)

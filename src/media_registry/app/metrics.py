@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -27,10 +28,13 @@ from prometheus_client.registry import Collector
 from ..errors import MediaRegistryError
 from ..models import Report
 from ..registry import AsyncMediaRegistry, MediaRegistry
+from ..store.inbox import Inbox
+from ..webhooks import WebhookReport
 
 log = logging.getLogger("media_registry.health")
 
 PREFIX = "media_registry"
+ARCHIVE_MARGIN = timedelta(days=1)  # an inbound item this close to its end makes /healthz fail
 
 
 class Monitor:
@@ -59,6 +63,12 @@ class Monitor:
             f"{PREFIX}_upload_duration_seconds", "Time to answer requests that uploaded.",
             buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120), registry=self.metrics,
         )
+        self.inbound_archived = Counter(f"{PREFIX}_inbound_archived", "Inbound media items archived.",
+                                        registry=self.metrics)
+        self.inbound_failures = Counter(f"{PREFIX}_inbound_failures", "Failed tries to archive an "
+                                        "inbound item (retried), and items lost.", registry=self.metrics)
+        self.repairs = Counter(f"{PREFIX}_send_repairs", "Media IDs invalidated because a send with "
+                               "them failed with a media error.", registry=self.metrics)
         self.last_refresh_ok: float | None = None
         self.last_refresh_failures = 0
         self._lock = threading.Lock()
@@ -70,6 +80,10 @@ class Monitor:
         if name == "purge":
             self.deletes.inc(report.count("deleted") if report else 0)
             return
+        if name == "archive":
+            self.inbound_archived.inc(report.count("archived") if report else 0)
+            self.inbound_failures.inc(report.count("failed") + report.count("lost") if report else 1)
+            return
         failures = report.count("failed") if report else 1
         self.refreshes.inc(report.count("refreshed") if report else 0)
         self.refresh_failures.inc(failures)
@@ -78,26 +92,37 @@ class Monitor:
             if not failures:
                 self.last_refresh_ok = time.time()
 
+    def observe_webhook(self, report: WebhookReport) -> None:
+        """Count the repairs one webhook delivery made."""
+        self.repairs.inc(sum(1 for repair in report.repairs if repair.action == "invalidated"))
+
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes (reads the registry: call it off the event loop)."""
         return generate_latest(self.metrics)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """(healthy, body): the registry answers, the last refresh pass had no failures, and no
-        media ID that refresh could renew is within ``min_validity`` of its expiry."""
+        """(healthy, body): the registry answers, the last refresh pass had no failures, no
+        media ID that refresh could renew is within ``min_validity`` of its expiry, and no
+        inbound item waits with less than a day of its 7 left."""
         try:
             overdue = self.registry.overdue()
+            inbox = Inbox(self.registry.store.backend).counts()
         except MediaRegistryError as exc:
             log.warning("health check: %s", exc)
             return False, _health("registry", registry_trouble(exc))
+        pending = inbox.by_state["pending"] + inbox.by_state["failed"]
         if self.last_refresh_failures:
             return False, _health("refresh", f"the last refresh pass had {self.last_refresh_failures} "
-                                  "failure(s); see the log")
+                                  "failure(s); see the log", pending=pending)
+        if inbox.soonest_expiry is not None and inbox.soonest_expiry - datetime.now(timezone.utc) <= ARCHIVE_MARGIN:
+            return False, _health("archive", f"{pending} inbound item(s) not archived yet, one with less "
+                                  "than a day of its 7 left; see `media-registry inbox` and the log",
+                                  pending=pending)
         if overdue:
             return False, _health("refresh", f"{len(overdue)} media ID(s) with a readable source have "
                                   f"less than min_validity left (e.g. {overdue[0]}); refresh is not "
-                                  "keeping up")
-        return True, _health(None, None, self.last_refresh_ok)
+                                  "keeping up", pending=pending)
+        return True, _health(None, None, self.last_refresh_ok, pending)
 
 
 def registry_trouble(exc: MediaRegistryError) -> str:
@@ -108,9 +133,10 @@ def registry_trouble(exc: MediaRegistryError) -> str:
     return f"{type(exc).__name__}: {what}; details in the log"
 
 
-def _health(failing: str | None, reason: str | None, last_refresh: float | None = None) -> dict[str, Any]:
+def _health(failing: str | None, reason: str | None, last_refresh: float | None = None,
+            pending: int | None = None) -> dict[str, Any]:
     return {"status": "failing" if failing else "ok", "failing": failing, "reason": reason,
-            "last_refresh_success": last_refresh}
+            "last_refresh_success": last_refresh, "inbound_pending": pending}
 
 
 class _RegistryGauges(Collector):
@@ -128,6 +154,13 @@ class _RegistryGauges(Collector):
             for state in ("live", "expiring", "expired"):
                 ids.add_metric([phone, state], numbers[f"{state}_ids"])
         yield ids
+        inbox = Inbox(self.monitor.registry.store.backend).counts()
+        yield GaugeMetricFamily(f"{PREFIX}_inbound_pending", "Inbound media items not archived yet.",
+                                value=inbox.by_state["pending"] + inbox.by_state["failed"])
+        oldest = inbox.oldest_waiting
+        yield GaugeMetricFamily(f"{PREFIX}_inbound_oldest_pending_seconds", "Age of the oldest inbound "
+                                "item not archived yet (0: none).",
+                                value=(datetime.now(timezone.utc) - oldest).total_seconds() if oldest else 0)
         yield GaugeMetricFamily(f"{PREFIX}_pending_deletes", "Media IDs owing a remote DELETE.",
                                 value=counts["pending_deletes"])
         yield GaugeMetricFamily(f"{PREFIX}_overdue_ids", "Media IDs that refresh could renew (a "

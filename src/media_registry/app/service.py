@@ -35,6 +35,7 @@ from .answers import Health, answer_errors_as_json, error_responses
 from .endpoints import Endpoints, Options, known_query
 from .metrics import Monitor
 from .scheduler import only_daemon, run_schedule
+from .webhook_endpoints import WebhookEndpoints
 
 log = logging.getLogger("media_registry.service")
 
@@ -43,8 +44,9 @@ Lifespan = Callable[[FastAPI], Any]
 
 
 def create_app(registry: AsyncMediaRegistry, monitor: Monitor, options: Options,
-               lifespan: Lifespan | None = None) -> FastAPI:
-    """The ASGI application over ``registry``."""
+               lifespan: Lifespan | None = None, wake: Callable[[], None] = lambda: None) -> FastAPI:
+    """The ASGI application over ``registry``; ``wake`` tells the archive worker that
+    webhook items arrived."""
     service = Endpoints(registry, monitor, options)
     app = FastAPI(title="media-registry", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None,
@@ -53,6 +55,9 @@ def create_app(registry: AsyncMediaRegistry, monitor: Monitor, options: Options,
                         responses=error_responses(401) if options.token else {})
     service.routes(guarded)
     app.include_router(guarded)
+    webhooks = APIRouter()
+    WebhookEndpoints(registry, monitor, options.body_timeout, wake).routes(webhooks)
+    app.include_router(webhooks)
     app.add_api_route("/healthz", service.healthz, methods=["GET"], response_model=Health,
                       responses={503: {"model": Health, "description": "Not healthy"}},
                       summary="Whether the registry answers and refresh keeps up")
@@ -76,14 +81,14 @@ def run_service(*, host: str, port: int, options: Options, run_schedule_too: boo
                                   allow_roots=tuple(_root(root) for root in options.allow_roots),
                                   limit_concurrency=limit)
     monitor = Monitor(registry)
-    stopping = asyncio.Event()
+    stopping, archive_wake = asyncio.Event(), asyncio.Event()
     tempfile.gettempdir()  # found now: looked for with no file descriptor left, none is usable
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         asyncio.get_running_loop().set_exception_handler(_connections.OUT_OF_FILES)
         anyio.current_time()  # anyio's backend imported now: at the first request, it needs a descriptor
-        passes = [run_schedule(registry, stopping, monitor.observe_pass)] if run_schedule_too else []
+        passes = [run_schedule(registry, stopping, monitor.observe_pass, archive_wake)] if run_schedule_too else []
         schedule = [asyncio.create_task(coroutine) for coroutine in passes]
         # Said once uvicorn's signal handlers are in place: from now on SIGTERM is graceful.
         log.info("serving on http://%s:%d (%s); SIGTERM or Ctrl-C stops it", host if ":" not in host
@@ -95,7 +100,7 @@ def run_service(*, host: str, port: int, options: Options, run_schedule_too: boo
         await asyncio.gather(*schedule)  # a pass running now finishes its uploads first
         await registry.aclose()
 
-    app = create_app(registry, monitor, options, lifespan)
+    app = create_app(registry, monitor, options, lifespan, archive_wake.set)
     config = uvicorn.Config(_connections.answering_when_cut_short(app), host=host, port=port,
                             log_config=None, server_header=False, proxy_headers=False,
                             http=_connections.LimitedH11, limit_concurrency=limit,

@@ -11,6 +11,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
+from typing import Protocol
 
 from ..errors import DownloadError, IntegrityError
 from .hashing import sha256_file
@@ -72,6 +73,15 @@ def _sweep_orphans(folder: Path) -> None:
             pass
         finally:
             os.close(handle)
+
+
+class Sink(Protocol):
+    """Where a download's bytes go as they arrive (a :class:`VerifiedFile`, or the archive's
+    spool), each chunk checked against the announced size."""
+
+    def write(self, chunk: bytes) -> None:
+        """Take the next chunk; IntegrityError past the announced size."""
+        ...
 
 
 class VerifiedFile:

@@ -22,7 +22,7 @@ import httpx
 import tenacity
 
 from ..content._async_io import Batches, FileBody, changed_while_uploaded
-from ..content.blobs import VerifiedFile
+from ..content.blobs import Sink
 from ..models import MediaMetadata
 from .base import Budget, GraphBase
 from .redirects import afollow, follow
@@ -78,7 +78,7 @@ class GraphClient(GraphBase):
             self._media_url(media_id), params=self._params(phone_number_id)))
         self._check_deleted(payload, media_id)
 
-    def download_to(self, url: str, file: VerifiedFile) -> None:
+    def download_to(self, url: str, file: Sink) -> None:
         """Stream a download URL (with the token) into ``file``, following redirects only
         within the allowlist. Raises UnsafeDownloadURL before sending anything elsewhere, and
         DownloadURLExpired once the URL has lived out its few minutes."""
@@ -155,7 +155,7 @@ class AsyncGraphClient(GraphBase):
             self._media_url(media_id), params=self._params(phone_number_id)))
         self._check_deleted(payload, media_id)
 
-    async def download_to(self, url: str, file: VerifiedFile) -> None:
+    async def download_to(self, url: str, file: Sink) -> None:
         """Stream a download URL into ``file``; the same rules as :meth:`GraphClient.download_to`."""
         budget = Budget(self._download_deadline)
         _, response = await afollow(self._download_walk(url), lambda target: self._send(

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
-    from ..content.blobs import VerifiedFile
+    from ..content.blobs import Sink
     from ..content.sources import Content, Validators
     from ..graph.client import AsyncGraphClient, GraphClient
     from ..graph.fetch import AsyncSourceFetcher, SourceFetcher
@@ -131,10 +131,10 @@ class DeleteMedia(Effect[None]):
 
 @dataclass(frozen=True)
 class DownloadTo(Effect[None]):
-    """Stream a download URL into an open :class:`~media_registry.content.blobs.VerifiedFile`."""
+    """Stream a download URL into an open :class:`~media_registry.content.blobs.Sink`."""
 
     url: str
-    file: VerifiedFile
+    file: Sink
 
     def run(self, env: Env) -> None:
         """See :meth:`Effect.run`."""

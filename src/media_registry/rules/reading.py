@@ -9,6 +9,7 @@ from typing import Any
 
 from ..models import MediaEvent, MediaRecord
 from ..store import ContentRow
+from ..store.inbox import Inbox
 from .context import Context
 from .sources import Sourcing
 
@@ -67,6 +68,8 @@ class Reading:
         stats = self.ctx.store.stats(now, self.ctx.cutoffs(now, "refresh_before"))
         counts: dict[str, Any] = stats._asdict()
         counts["by_phone_number"] = {phone: numbers._asdict() for phone, numbers in stats.by_phone_number.items()}
+        inbound = Inbox(self.ctx.store.backend).counts().by_state
+        counts.update({f"inbound_{state}": number for state, number in inbound.items()})
         counts.update(counts.pop("backend"))
         return counts
 

@@ -31,6 +31,7 @@ from ..store import UrlSource
 from .context import Context
 from .effects import Blocking, Fetch, Flow, Hashing, Send, Sleep, ask
 from .sending import Outcome, Sending
+from .webhook import Webhooks
 
 # What get_or_upload takes: a path, bytes, a binary file object, or an https:// URL string;
 # or a Content already read (the service spools a body once, hashing it on the way).
@@ -79,13 +80,16 @@ class Sourcing:
         outcome = yield from self._outcome_flow(held, phone)
         result, refused = yield from _send(send, outcome.media_id)
         if not refused:
+            yield from Webhooks(self.ctx).sent_flow(result, outcome.media_id, phone)
             return result
         if outcome.uploaded or (yield from self._repaired_lately(outcome.media_id, phone)):
             raise _wrong_sender(phone)
         yield from self.invalidate_flow(outcome.media_id, REFUSED)
-        result, refused = yield from _send(send, (yield from self._outcome_flow(held, phone)).media_id)
+        media_id = (yield from self._outcome_flow(held, phone)).media_id
+        result, refused = yield from _send(send, media_id)
         if refused:
             raise _wrong_sender(phone)
+        yield from Webhooks(self.ctx).sent_flow(result, media_id, phone)
         return result
 
     def _repaired_lately(self, media_id: str, phone: str) -> Flow[bool]:

@@ -121,6 +121,14 @@ def _url_sources_and_invalidated(con: Any) -> None:
         con.execute(statement)
 
 
+def _inbox(con: Any, name: str) -> None:
+    """The inbox's tables, as the schema file of the dialect writes them."""
+    text = schema(name)
+    start = text.index("-- Inbound media that webhooks announced")
+    for statement in _statements(text[start:text.index("-- (the end of the inbox's tables)", start)]):
+        con.execute(statement)
+
+
 MIGRATIONS: tuple[Migration, ...] = (  # SQLite's steps
     Migration("0001_initial", _initial),
     # Rows recorded before this step get 0, match no real file, and are hashed (and
@@ -139,6 +147,9 @@ MIGRATIONS: tuple[Migration, ...] = (  # SQLite's steps
     # Who sends an owed DELETE now, and until when: each is claimed before it is sent.
     Migration("0005_delete_claims", "ALTER TABLE media ADD COLUMN claimed_by TEXT;"
               "ALTER TABLE media ADD COLUMN claimed_until TEXT"),
+    # Inbound items that webhooks announced (the archive's queue), and messages sent with a
+    # media ID (a failed status names its ID).
+    Migration("0006_inbox", lambda con: _inbox(con, "schema.sql")),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -161,5 +172,6 @@ CREATE TABLE url_sources (
     refetchable   boolean NOT NULL
 );
 CREATE INDEX url_sources_by_content ON url_sources (sha256);"""),
+    Migration("inbox", lambda con: _inbox(con, "store/schema_postgres.sql")),
     Migration("local cache and upload pacing", lambda con: con.execute(schema("store/pg_notify.sql"))),
 )

@@ -103,6 +103,41 @@ CREATE TABLE inbound (
 );
 CREATE INDEX inbound_by_content ON inbound (sha256);
 
+-- Inbound media that webhooks announced, kept until each is archived (or known lost).
+-- state: 'pending' (not tried yet), 'failed' (the last try failed: retried after
+-- next_attempt_at), 'archived' (stored at location), 'lost' (Meta no longer knows the ID:
+-- reason says why). claimed_by/claimed_until: the worker archiving it now.
+CREATE TABLE IF NOT EXISTS inbound_items (
+    media_id        text PRIMARY KEY,
+    phone_number_id text,
+    mime_type       text,
+    sha256          text,
+    url             text,
+    message_id      text,
+    received_at     timestamptz NOT NULL,
+    expires_at      timestamptz NOT NULL,
+    state           text NOT NULL DEFAULT 'pending'
+                    CHECK (state IN ('pending', 'failed', 'archived', 'lost')),
+    attempts        integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL,
+    reason          text,
+    location        text,
+    claimed_by      text,
+    claimed_until   timestamptz,
+    archived_at     timestamptz
+);
+CREATE INDEX IF NOT EXISTS inbound_items_due ON inbound_items (state, next_attempt_at);
+
+-- Messages sent with a media ID (send_with_media), so that a failed status can name the ID.
+CREATE TABLE IF NOT EXISTS sent_messages (
+    message_id      text PRIMARY KEY,
+    media_id        text NOT NULL,
+    phone_number_id text NOT NULL,
+    sent_at         timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sent_messages_by_time ON sent_messages (sent_at);
+-- (the end of the inbox's tables)
+
 -- Media IDs that are current and not yet expired, with their content.
 CREATE VIEW live_media AS
 SELECT m.media_id, m.phone_number_id, m.sha256, c.mime_type, c.size_bytes,
