@@ -90,9 +90,12 @@ def bench_cache_hit(admin_url: str, api: FakeGraphAPI, path: Path, sizes: list[i
     return rows
 
 
-def _hits_in_process(url: str, phone: str, path: str, seconds: float) -> int:
-    with MediaRegistry(db=url, phone_number_id=phone, host_id=HOST) as registry:
+def _hits_in_process(url: str, phone: str, path: str, seconds: float, local_cache_size: int) -> int:
+    with MediaRegistry(db=url, phone_number_id=phone, host_id=HOST, local_cache_size=local_cache_size) as registry:
         registry.get_or_upload(path)
+        for _ in range(20 if local_cache_size else 0):  # the listener starts with the second hit
+            registry.get_or_upload(path)
+            time.sleep(0.005)
         done, deadline = 0, time.perf_counter() + seconds
         while time.perf_counter() < deadline:
             registry.get_or_upload(path)
@@ -105,13 +108,16 @@ def bench_contention(admin_url: str, api: FakeGraphAPI, path: Path, seconds: flo
     with registry_on(url, api) as registry:
         registry.get_or_upload(path)
     rates = {}
-    for processes in (1, 8):
+    for processes, local_cache in ((1, 0), (8, 0), (8, 100_000)):
         with ProcessPoolExecutor(processes) as pool:
-            counts = list(pool.map(_hits_in_process, [url] * processes, [api.phone_number_id] * processes,
-                                   [str(path)] * processes, [seconds] * processes))
-        rates[processes] = sum(counts) / seconds
-    return [(f"PostgreSQL cache hits/s, 8 processes ({os.cpu_count()} cores, server included)",
-             f"{rates[8]:,.0f}/s", f"{rates[1]:,.0f}/s (1 process)", f"{rates[8] / rates[1]:.2f}x")]
+            counts = list(pool.map(_hits_in_process, *zip(*[(url, api.phone_number_id, str(path), seconds,
+                                                             local_cache)] * processes)))
+        rates[processes, local_cache] = sum(counts) / seconds
+    cores, without, memory = os.cpu_count(), rates[8, 0], rates[8, 100_000]
+    return [(f"PostgreSQL cache hits/s, 8 processes ({cores} cores, server included)",
+             f"{without:,.0f}/s", f"{rates[1, 0]:,.0f}/s (1 process)", f"{without / rates[1, 0]:.2f}x"),
+            (f"PostgreSQL cache hits/s, 8 processes, local cache ({cores} cores, server included)",
+             f"{memory:,.0f}/s", f"{without:,.0f}/s (without it)", f"{memory / without:.2f}x")]
 
 
 def bench_claim(admin_url: str, api: FakeGraphAPI, folder: Path, uploads: int) -> list[Row]:
@@ -146,6 +152,17 @@ def bench_claim(admin_url: str, api: FakeGraphAPI, folder: Path, uploads: int) -
              f"{claim_us / cold_us:.0%} of it")]
 
 
+def fleet_rows(admin_url: str, api: FakeGraphAPI, folder: Path, path: Path, quick: bool) -> list[Row]:
+    """The local cache and fleet-wide pacing (fleet.py), each on a database of its own."""
+    import fleet
+
+    url = fresh_database(admin_url)  # one for the three: their contents and numbers differ
+    rows = fleet.bench_memory_hit(api, folder, url, 1_000 if quick else 10_000)
+    rows += fleet.bench_invalidation_delay(url, 20 if quick else 300)
+    shape = (2, 1, 20) if quick else (4, 4, 400)
+    return rows + fleet.bench_pacing(url, api, folder, *shape, rate=20)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes; seconds, not minutes")
@@ -170,6 +187,7 @@ def main() -> None:
         rows += bench_cache_hit(admin_url, api, path, sizes, calls=1_000 if options.quick else 10_000)
         rows += bench_contention(admin_url, api, path, 0.5 if options.quick else 3.0)
         rows += bench_claim(admin_url, api, folder, 50 if options.quick else 500)
+        rows += fleet_rows(admin_url, api, folder, path, options.quick)
         with psycopg.connect(admin_url) as con:
             version = con.execute("SHOW server_version").fetchone()
     print_table(rows, options.quick, f"PostgreSQL {version[0] if version else '?'}")

@@ -91,8 +91,9 @@ def test_an_upload_flow_asks_for_the_lease_the_upload_and_the_record(
     assert outcome == ("4242", True) and outcome.status == "uploaded"
     assert outcome.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert outcome.mime_type == "image/png" and outcome.expires_at is not None
-    # examine (hash), take the lease, upload, check the file is unchanged, record it
-    assert [name for name in asked if name != "Sleep"] == ["Hashing", "Blocking", "Upload", "Blocking", "Blocking"]
+    # examine (hash), take the lease, take an upload slot, upload, check the file is unchanged, record it
+    assert [name for name in asked if name != "Sleep"] == ["Hashing", "Blocking", "Blocking", "Upload", "Blocking",
+                                                           "Blocking"]
     assert offline.get_or_upload_with_status(path) == ("4242", False)  # served from the record
 
 

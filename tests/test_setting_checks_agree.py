@@ -41,6 +41,7 @@ BAD = {
     "url_revalidate": ["-1", "-0.000001"],
     "repair_window": ["0", "-1"],
     "pg_pool_size": ["0", "1", "1001"],
+    "local_cache_size": ["-1", "100000001"],
     "host_id": ["", " app", "app\t1", "a" * 201],
     "host_retention": ["0", "60", "3600"],  # not longer than a daemon pass (an hour)
     "archive": ["s3://", "s3://Bad_Bucket/x", "s3:/bucket"],
@@ -95,6 +96,7 @@ GOOD = {
     "repair_window": ["0.000001"],
     "url_ignore_query": ["sig, X-Goog-*"],
     "pg_pool_size": ["2", "1000"],
+    "local_cache_size": ["0", "100000"],
     "host_id": ["app-1", "a" * 200],
     "host_retention": ["3601"],
     "app_secret": ["0123456789abcdef"],

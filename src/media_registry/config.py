@@ -110,7 +110,8 @@ class Settings(BaseSettings):
     """The bearer token clients of ``serve`` must send; required when it binds beyond loopback
     (blank counts as unset). Spaces or a line break around it are refused, not stripped."""
     uploads_per_second: float = defaults.UPLOADS_PER_SECOND
-    """Upload starts per second per phone number, across a process's threads and tasks."""
+    """Upload starts per second per phone number, across a process's threads and tasks and every
+    process sharing the limit: a PostgreSQL registry's whole fleet, an SQLite registry's host."""
     url_revalidate: timedelta = defaults.URL_REVALIDATE
     """A URL source checked within this long is served with no request; after it, one
     conditional GET (``0``: always ask)."""
@@ -151,6 +152,9 @@ class Settings(BaseSettings):
     handles; nothing else needs it."""
     handle_ttl: timedelta = defaults.HANDLE_TTL
     """How long a template header handle is reused (Meta documents no lifetime for one)."""
+    local_cache_size: int = defaults.LOCAL_CACHE_SIZE
+    """PostgreSQL: the cache hits each process answers from memory, kept true by
+    ``LISTEN/NOTIFY``; 0 turns it off."""
 
     @field_validator("db", mode="before")
     @classmethod

@@ -93,6 +93,7 @@ RANGES = {
     "lease_seconds": Range(0, MAX_SECONDS, low_open=True),
     "uploads_per_second": Range(0.01, math.inf),  # a tinier rate overflowed the wait
     "pg_pool_size": Range(2, 1000, whole=True),
+    "local_cache_size": Range(0, 100_000_000, whole=True),
 }
 
 

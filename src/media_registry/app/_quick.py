@@ -196,7 +196,7 @@ FIELDS = (
     "refresh_interval", "purge_interval", "busy_timeout", "lease_seconds", "service_token",
     "uploads_per_second", "url_revalidate", "repair_window", "url_ignore_query", "pg_pool_size",
     "host_id", "host_retention", "app_secret", "webhook_verify_token", "archive", "s3_endpoint_url",
-    "s3_checksum", "repair_codes", "sent_retention", "app_id", "handle_ttl",
+    "s3_checksum", "repair_codes", "sent_retention", "app_id", "handle_ttl", "local_cache_size",
 )
 _READERS = {field: _reader(field) for field in FIELDS}
 

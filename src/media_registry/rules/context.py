@@ -14,8 +14,8 @@ from typing_extensions import TypedDict
 from ..config import Settings, Windows, load_settings
 from ..dburl import PostgresURL
 from ..errors import ConfigError
-from ..graph.pacing import UploadPacer, shared_pacer
 from ..store import Cutoffs, Store, open_store
+from ..store._pacing import Pacer
 from ..store.handles import HandleStore
 from .effects import Clock
 
@@ -53,8 +53,16 @@ class SettingsArgs(TypedDict, total=False):
     pg_pool_size: int | None
     host_id: str | None
     host_retention: timedelta | float | None
+    app_secret: SecretStr | str | None
+    webhook_verify_token: SecretStr | str | None
+    archive: str | None
+    s3_endpoint_url: str | None
+    s3_checksum: str | None
+    repair_codes: tuple[int, ...] | None
+    sent_retention: timedelta | float | None
     app_id: str | None
     handle_ttl: timedelta | float | None
+    local_cache_size: int | None
 
 
 class GraphOptions(TypedDict):
@@ -108,7 +116,7 @@ def open_context(settings: Settings | None, given: dict[str, object], clock: Clo
         raise ConfigError(f"pass settings= or individual settings ({named}), not both")
     store = open_store(settings.db, create=create, busy_timeout=settings.busy_timeout,
                        host_id=settings.host_id, pool_size=settings.pg_pool_size,
-                       host_retention=settings.host_retention)
+                       host_retention=settings.host_retention, local_cache=settings.local_cache_size)
     return Context(settings, store, clock)
 
 
@@ -122,7 +130,8 @@ class Context:
         self.clock = clock
         self.lease_for = timedelta(seconds=settings.lease_seconds)
         self.stopping = threading.Event()
-        self.pacer: UploadPacer = shared_pacer(settings.uploads_per_second)
+        # Shared beyond this process: by the host, or by the fleet.
+        self.pacer: Pacer = store.backend.pacer(settings.uploads_per_second, settings.api_base)
         self.in_postgres = isinstance(settings.db, PostgresURL)
         self._handles: tuple[Store, HandleStore] | None = None
         self._windows_by_phone: dict[str, Windows] = {}

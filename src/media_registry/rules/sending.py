@@ -160,7 +160,7 @@ class Sending:
         keeper = LeaseKeeper(ctx, functools.partial(ctx.store.renew_lease, sha256, phone, owner))
         windows = ctx.windows(phone)
         try:
-            wait = ctx.pacer.reserve(phone)
+            wait = yield from ask(Blocking(functools.partial(ctx.pacer.reserve, phone)))  # shared: may be I/O
             if wait:
                 yield from ask(Sleep(wait))
             # Meta starts the TTL when it receives the file: counting from before sending

@@ -22,10 +22,20 @@ from .rows import *  # noqa: F403  (the contract's row types: rows.__all__)
 
 __all__ = ["BUSY_TIMEOUT_SECONDS", "HOST", "Store", "new_owner", "open_store", "owner_alive", *rows.__all__]
 
+def remembering(store: Store) -> Store:
+    """``store``, its hits answered from its backend's memory where it keeps one."""
+    if (memory := store.backend.memory) is not None:
+        from ._local import current_ids, path_hits
+
+        store.lookup_path = path_hits(store, memory)  # type: ignore[method-assign,assignment]
+        store.current_media_id = current_ids(store, memory)  # type: ignore[method-assign,assignment]
+    return store
+
+
 def open_store(
     db: str | os.PathLike[str] | PostgresURL, *, create: bool = True,
     busy_timeout: float = BUSY_TIMEOUT_SECONDS, host_id: str | None = None,
-    pool_size: int | None = None, host_retention: timedelta | None = None,
+    pool_size: int | None = None, host_retention: timedelta | None = None, local_cache: int = 0,
 ) -> Store:
     """The store that ``MEDIA_REGISTRY_DB`` names: a ``postgresql://`` URL means PostgreSQL,
     anything else is an SQLite file path.
@@ -34,7 +44,8 @@ def open_store(
     database that is not a media-registry registry, is refused untouched. Either mode
     upgrades an older registry of ours in place. ``host_id`` names this machine in a fleet
     (PostgreSQL only; default its hostname); ``pool_size`` bounds PostgreSQL's connection
-    pool; ``host_retention`` is how long an unseen host keeps its paths there.
+    pool; ``host_retention`` is how long an unseen host keeps its paths there; ``local_cache``
+    how many hits each process answers from memory (PostgreSQL; 0: none).
     """
     if isinstance(db, PostgresURL) or is_postgres_url(db):
         try:
@@ -44,9 +55,10 @@ def open_store(
                 raise
             raise ConfigError("MEDIA_REGISTRY_DB is a PostgreSQL URL, which needs the postgres extra: "
                               "pip install 'media-registry[postgres]'") from None
-        return Store(PostgresBackend(db if isinstance(db, PostgresURL) else os.fspath(db), create=create,
-                                     busy_timeout=busy_timeout, host_id=host_id or HOST, pool_size=pool_size,
-                                     host_retention=host_retention))
+        store = Store(PostgresBackend(db if isinstance(db, PostgresURL) else os.fspath(db), create=create,
+                                      busy_timeout=busy_timeout, host_id=host_id or HOST, pool_size=pool_size,
+                                      host_retention=host_retention, local_cache=local_cache))
+        return remembering(store)
     from .sqlite import SQLiteBackend
 
     return Store(SQLiteBackend(os.fspath(db), create=create, busy_timeout=busy_timeout))

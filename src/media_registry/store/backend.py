@@ -15,10 +15,14 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timezone
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from ..errors import ConfigError
 from .rows import LeaseOutcome, TableCopy
+
+if TYPE_CHECKING:
+    from ._local import LocalCache
+    from ._pacing import Pacer
 
 T = TypeVar("T")
 Owner = TypeVar("Owner")
@@ -74,6 +78,7 @@ class Backend:
     dialect: ClassVar[dict[str, str]]
     time: Callable[[Any], datetime]  # a stored time back as an aware UTC datetime
     when: Callable[[datetime], Any]  # a time as a parameter
+    memory: LocalCache | None = None  # the hits this process served, where the backend keeps them true
 
     def read(self, sql: str, params: Params) -> list[Any]:
         """Every row of one read, outside any write transaction."""
@@ -120,6 +125,20 @@ class Backend:
     def release(self, owner: str, sha256: str, phone: str, drop: Callable[[], None]) -> None:
         """Drop the lease row (``drop``) and let the upload mutex of ``owner`` go."""
         drop()
+
+    def changed(self, key: str) -> None:
+        """This process is changing, in the transaction at hand, what ``key`` names
+        (``s:<sha256>``: a content's media IDs; ``p:<path>``: a path): its answers leave
+        :attr:`memory` now, without waiting for the database's notification."""
+        if self.memory is not None:
+            self.memory.changing(key)
+
+    def pacer(self, per_second: float, api_base: str) -> Pacer:
+        """Upload slots, ``per_second`` per phone number of the API at ``api_base``, shared by
+        every process that shares the limit (here: this user's processes on this host)."""
+        from ._pacing import HostPacer
+
+        return HostPacer(per_second, scope=api_base)
 
     def pass_started(self) -> None:
         """A lifecycle pass (refresh, purge) begins: the backend's bookkeeping."""

@@ -366,6 +366,7 @@ class Store:
         return self._write(work)
 
     def _log(self, tx: Tx, at: datetime, action: str, **fields: str | None) -> None:
+        self.backend.changed(f"s:{fields.get('sha256')}")  # what a logged change touched leaves memory
         tx.execute(self._sql(q.LOG), {**q.NO_FIELDS, **fields, "at": self._when(at), "action": action,
                                       "host": self.backend.host_id})
 

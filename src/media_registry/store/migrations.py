@@ -186,4 +186,5 @@ CREATE TABLE url_sources (
 CREATE INDEX url_sources_by_content ON url_sources (sha256);"""),
     Migration("inbox", lambda con: _inbox(con, "store/schema_postgres.sql")),
     Migration("header handles", lambda con: _handles(con, "store/schema_postgres.sql")),
+    Migration("local cache and upload pacing", lambda con: con.execute(schema("store/pg_notify.sql"))),
 )

@@ -33,6 +33,8 @@ from ..dburl import PostgresURL
 from ..defaults import BUSY_TIMEOUT, HOST_RETENTION, PG_POOL_SIZE
 from ..errors import RegistryCorrupt, RegistryError, RegistryLocked
 from . import migrations
+from ._pacing import FleetPacer
+from ._pg_listen import keep_true
 from ._pg_pool import Connection, Connections, connection_lost
 from .backend import Backend, Params, Tx, at_fork
 from .rows import LeaseOutcome, LeaseStatus, TableCopy
@@ -96,7 +98,7 @@ class PostgresBackend(Backend):
 
     def __init__(self, url: str | PostgresURL, *, create: bool = True, busy_timeout: float = BUSY_TIMEOUT, host_id: str,
                  pool_size: int | None = None, host_retention: timedelta | None = None,
-                 setting: str = "MEDIA_REGISTRY_DB") -> None:
+                 setting: str = "MEDIA_REGISTRY_DB", local_cache: int = 0) -> None:
         self.url = url if isinstance(url, PostgresURL) else PostgresURL(url)
         self.setting = setting  # where the URL came from, for messages
         self.location = str(self.url)
@@ -112,6 +114,7 @@ class PostgresBackend(Backend):
         self._daemon_session: Connection | None = None  # holds this host's daemon lock
         self._daemon_mutex = threading.Lock()
         at_fork(self, PostgresBackend._forget_claims)
+        self.memory, self._stop_listening = keep_true(self.url, local_cache)
         with self.db.direct() as con:
             self._ensure_schema(con, create)
         if create:  # a read-only open (ls, stats) writes nothing: a read-only role may inspect
@@ -240,6 +243,10 @@ class PostgresBackend(Backend):
         finally:
             self.claim_sessions.checkin(con)
 
+    def pacer(self, per_second: float, api_base: str) -> FleetPacer:
+        """Shared by the whole fleet: a row per number on the server (a fleet speaks to one API)."""
+        return FleetPacer(per_second, self.db.run)
+
     time = staticmethod(lambda value: value)
     # Times go in to the second, as in the SQLite registry, so both backends compare and order
     # them alike (an ID uploaded within the same second as a deadline counts the same way).
@@ -311,6 +318,7 @@ class PostgresBackend(Backend):
 
     def close(self) -> None:
         """Release held claims and every connection."""
+        self._stop_listening()
         claims, self._claims = self._claims, {}
         for con in claims.values():
             self.claim_sessions.checkin(con)
