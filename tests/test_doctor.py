@@ -15,9 +15,20 @@ from pathlib import Path
 
 import pytest
 
-from media_registry.app.doctor import FAIL, OK, WARN, Setup, check_clock, check_version, diagnose
+from media_registry.app.doctor import (
+    FAIL,
+    OK,
+    WARN,
+    Setup,
+    check_archive,
+    check_clock,
+    check_version,
+    check_webhooks,
+    diagnose,
+)
 from media_registry.config import load_settings
 from media_registry.testing import FakeGraphAPI
+from s3_server import CREDENTIALS, S3
 
 from conftest import CLI, run_cli, unprivileged, wait_for
 
@@ -54,6 +65,8 @@ def test_a_healthy_setup_exits_0_with_every_check(env: dict[str, str], api: Fake
     assert found["api version"] == "✓ Graph API v26.0: no end date published yet"
     assert found["clock"].startswith("✓ agrees")
     assert found["download folder"].startswith("✓ ")
+    assert found["archive"] == "✓ in the download folder (MEDIA_REGISTRY_ARCHIVE is not set)"
+    assert found["webhooks"].startswith("! not configured")
     assert found["daemon"].startswith("! none is running")  # a warning: still exit 0
     assert api.token not in result.stdout + result.stderr
     report = json.loads(run_cli("doctor", "--json", env=env).stdout)
@@ -160,3 +173,38 @@ def test_the_version_check_on_a_pinned_clock(api: FakeGraphAPI, tmp_path: Path, 
     day = datetime(2028, 6, 1, tzinfo=timezone.utc)
     (finding,) = diagnose(Setup(settings, clock=lambda: day), [check_version])
     assert (finding.status, finding.message.split(";")[0]) == (status, message)
+
+
+def test_the_archive_folder_and_bucket(tmp_path: Path, s3: S3) -> None:
+    def archive_finding(archive: str, **settings: str) -> tuple[str, str]:
+        loaded = load_settings(db=str(tmp_path / "r.db"), archive=archive, **settings)
+        (finding,) = diagnose(Setup(loaded), [check_archive])
+        return finding.status, finding.message
+
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_bytes(b"x")
+    assert archive_finding(str(not_a_folder)) == (
+        FAIL, f"{not_a_folder} is not a folder; fix its permissions or set MEDIA_REGISTRY_ARCHIVE")
+    assert archive_finding(str(tmp_path / "kept"))[0] == OK
+    bucket = s3.bucket()
+    assert archive_finding(f"s3://{bucket}/inbox", s3_endpoint_url=s3.url) == (OK, f"s3://{bucket}/inbox reachable")
+    status, message = archive_finding("s3://no-such-bucket-here/inbox", s3_endpoint_url=s3.url)
+    assert status == FAIL and "no such bucket" in message
+    assert CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in message
+
+
+@pytest.mark.parametrize(("secrets", "status", "names"), [
+    ({}, WARN, ["WHATSAPP_APP_SECRET", "MEDIA_REGISTRY_WEBHOOK_VERIFY_TOKEN"]),
+    ({"app_secret": "app-secret-value"}, WARN, ["MEDIA_REGISTRY_WEBHOOK_VERIFY_TOKEN"]),
+    ({"webhook_verify_token": "verify-token-value"}, WARN, ["WHATSAPP_APP_SECRET"]),
+    ({"app_secret": "app-secret-value", "webhook_verify_token": "verify-token-value"}, OK, []),
+])
+def test_the_webhook_secrets_are_named_never_shown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   secrets: dict[str, str], status: str, names: list[str]) -> None:
+    for name in ("WHATSAPP_APP_SECRET", "MEDIA_REGISTRY_WEBHOOK_VERIFY_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings(db=str(tmp_path / "r.db"), **secrets)
+    (finding,) = diagnose(Setup(settings), [check_webhooks])
+    assert finding.status == status
+    assert all(name in finding.message for name in names)
+    assert "app-secret-value" not in finding.message and "verify-token-value" not in finding.message

@@ -3,8 +3,7 @@ first failed send says it.
 
 Each check gives ✓ (fine), ! (a warning) or ✗ (broken) with the fix; ``network`` marks the
 checks that ask the Graph API. Nothing here prints a secret, creates a registry or upgrades
-one. The checks run in the order of :data:`CHECKS`; checks of other parts of a setup (an
-archive, webhook secrets) take their place in that list.
+one. The checks run in the order of :data:`CHECKS`.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from typing import Any
 import httpx
 
 from ..config import Settings
+from ..content.archives import open_archive
 from ..errors import AuthError, MediaNotFound, MediaRegistryError, RegistryLocked, one_line, redact
 from ..graph import versions
 from ..graph.client import GraphClient
@@ -186,20 +186,55 @@ def check_clock(setup: Setup) -> Iterator[Finding]:
 
 def check_folder(setup: Setup) -> Iterator[Finding]:
     """The download folder: writable, or creatable."""
-    folder = Path(setup.settings.blob_dir)
-    fix = "fix its permissions or set MEDIA_REGISTRY_BLOB_DIR"
-    if folder.exists() and not folder.is_dir():
-        yield Finding("download folder", FAIL, f"{folder} is not a folder; {fix}")
+    yield _writable("download folder", Path(setup.settings.blob_dir), "MEDIA_REGISTRY_BLOB_DIR")
+
+
+def check_archive(setup: Setup) -> Iterator[Finding]:
+    """Where the archive worker keeps inbound files: the folder writable, or the bucket reachable."""
+    settings = setup.settings
+    if not settings.archive:
+        yield Finding("archive", OK, "in the download folder (MEDIA_REGISTRY_ARCHIVE is not set)")
         return
+    try:
+        archive = open_archive(settings.archive, settings.blob_dir, endpoint_url=settings.s3_endpoint_url,
+                               checksum=settings.s3_checksum, timeout=min(settings.timeout, 15.0))
+        if isinstance(archive, Path):
+            yield _writable("archive", archive, "MEDIA_REGISTRY_ARCHIVE")
+            return
+        archive.reach()
+    except MediaRegistryError as exc:
+        yield Finding("archive", FAIL, str(exc), network=settings.archive.startswith("s3://"))
+        return
+    yield Finding("archive", OK, f"{archive.url} reachable", network=True)
+
+
+def check_webhooks(setup: Setup) -> Iterator[Finding]:
+    """The two secrets the webhook endpoint needs (their values are never shown)."""
+    secrets = {"WHATSAPP_APP_SECRET": setup.settings.app_secret,
+               "MEDIA_REGISTRY_WEBHOOK_VERIFY_TOKEN": setup.settings.webhook_verify_token}
+    unset = [name for name, value in secrets.items() if value is None]
+    if not unset:
+        yield Finding("webhooks", OK, "app secret and verify token set")
+    elif len(unset) == len(secrets):
+        yield Finding("webhooks", WARN, "not configured, so /v1/webhooks/whatsapp answers 503; to receive "
+                      "Meta's webhooks set WHATSAPP_APP_SECRET and MEDIA_REGISTRY_WEBHOOK_VERIFY_TOKEN")
+    else:
+        yield Finding("webhooks", WARN, f"{unset[0]} is not set, so /v1/webhooks/whatsapp answers 503 "
+                      f"{'to deliveries' if unset[0] == 'WHATSAPP_APP_SECRET' else 'to the handshake'}; set it")
+
+
+def _writable(check: str, folder: Path, setting: str) -> Finding:
+    fix = f"fix its permissions or set {setting}"
+    if folder.exists() and not folder.is_dir():
+        return Finding(check, FAIL, f"{folder} is not a folder; {fix}")
     existing = next(parent for parent in (folder, *folder.absolute().parents) if parent.exists())
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
-        yield Finding("download folder", FAIL, f"{existing} is not writable ({exc.strerror}); {fix}")
-        return
+        return Finding(check, FAIL, f"{existing} is not writable ({exc.strerror}); {fix}")
     made = "" if existing == folder else " (created on the first download)"
-    yield Finding("download folder", OK, f"{folder} writable{made}")
+    return Finding(check, OK, f"{folder} writable{made}")
 
 
 def check_daemon(setup: Setup) -> Iterator[Finding]:
@@ -235,10 +270,9 @@ def _read(setup: Setup, object_id: str, fields: str) -> dict[str, Any]:
     return payload
 
 
-# The checks, in order. Checks of other parts of a setup (the inbound archive, webhook
-# secrets) go in this list, each a function of the Setup yielding its findings.
+# The checks, in order, each a function of the Setup yielding its findings.
 CHECKS: list[Check] = [check_registry, check_token, check_app, check_version, check_clock,
-                       check_folder, check_daemon]
+                       check_folder, check_archive, check_webhooks, check_daemon]
 
 
 def diagnose(setup: Setup, checks: list[Check] | None = None) -> list[Finding]:

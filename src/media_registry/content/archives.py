@@ -105,6 +105,21 @@ class S3Archive:
                                       "check MEDIA_REGISTRY_S3_ENDPOINT_URL and the credentials")) from None
         return f"s3://{self.bucket}/{key}"
 
+    def reach(self) -> None:
+        """Ask the store for the bucket; ArchiveError naming the fix when it cannot be reached."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client().head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            why = {403: "access denied: check the credentials' permissions",
+                   404: "no such bucket: create it or fix MEDIA_REGISTRY_ARCHIVE"}.get(status, f"HTTP {status}")
+            raise ArchiveError(redact(f"{self.url}: {why}")) from None
+        except BotoCoreError as exc:
+            raise ArchiveError(redact(f"{self.url}: {type(exc).__name__}: check MEDIA_REGISTRY_S3_ENDPOINT_URL "
+                                      "and the credentials")) from None
+
     def client(self) -> Any:
         """The boto3 client, made once (clients are thread-safe; sessions are not)."""
         with self._lock:
