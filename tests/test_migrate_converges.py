@@ -4,6 +4,7 @@ PostgreSQL, and what the fleet wrote there meanwhile stays."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,8 @@ import pytest
 
 from media_registry import MediaRegistry
 from media_registry.app.migrate import migrate_to_postgres
-from media_registry.testing import FakeGraphAPI
+from media_registry.store.inbox import Inbox, NewItem
+from media_registry.testing import FakeGraphAPI, sample_media
 
 import registry_db
 
@@ -83,4 +85,41 @@ def test_a_second_run_brings_every_change_of_the_file_and_keeps_the_fleets(
     assert second["contents"][2:] == (1, 2, 1)
 
     third = migrate_to_postgres(db, postgres_url, host_id="app-1")
-    assert [copy[2:4] for copy in third] == [(0, 0)] * 6, third
+    assert [copy[2:4] for copy in third] == [(0, 0)] * 9, third
+
+
+def test_the_inbox_and_the_header_handles_come_along_and_a_second_run_keeps_the_fleets(
+    api: FakeGraphAPI, tmp_path: Path, postgres_url: str, open_registry: Callable[..., MediaRegistry],
+) -> None:
+    db, now, hour = str(tmp_path / "registry.db"), datetime.now(timezone.utc), timedelta(hours=1)
+    local = open_registry(db, app_id=api.app_id)
+    inbox = Inbox(local.store.backend)
+    inbox.record([NewItem(media_id, api.phone_number_id, "image/png", None, None, f"wamid.{media_id}",
+                          now, now + 720 * hour) for media_id in ("retried", "fleets")])
+    [retried] = inbox.claim("worker-1", now, now, hour, limit=1)  # claimed in the file, mid-download
+    inbox.record_sent("wamid.out", "4490", api.phone_number_id, now)
+    data = sample_media("image/png", salt="a header")
+    handle = local.get_header_handle(data)
+    first = {copy.table: copy[1:] for copy in migrate_to_postgres(db, postgres_url, host_id="app-1")}
+    assert [first[table] for table in ("inbound_items", "sent_messages", "header_handles")] == [
+        (2, 2, 0, 0), (1, 1, 0, 0), (1, 1, 0, 0)]
+
+    fleet = open_registry(postgres_url, host_id="app-2", app_id=api.app_id)
+    fleet_inbox = Inbox(fleet.store.backend)
+    claimed = fleet_inbox.claim("worker-2", now, now, hour, limit=5)  # the file's claim stayed behind
+    assert sorted((item.media_id, item.state) for item in claimed) == [("fleets", "pending"), ("retried", "pending")]
+    fleet_inbox.archived(claimed[[i.media_id for i in claimed].index("fleets")], "ab" * 32, "/blobs/x.png", now)
+    assert fleet_inbox.sent("wamid.out") == ("4490", api.phone_number_id)
+    assert fleet.get_header_handle(data) == handle and api.sessions.count() == 1  # served, not made again
+    fleet.invalidate_handle(handle)
+    newer = fleet.get_header_handle(data)
+    inbox.failed(retried, "worker-1", "timed out", now, now + hour)  # the file's own news since
+
+    second = {copy.table: copy[2:] for copy in migrate_to_postgres(db, postgres_url, host_id="app-1")}
+    assert [second[table] for table in ("inbound_items", "sent_messages", "header_handles")] == [
+        (0, 1, 1), (0, 0, 1), (0, 0, 1)]
+    assert registry_db.query(postgres_url, "SELECT media_id, state, attempts FROM inbound_items ORDER BY 1") == [
+        ("fleets", "archived", 0), ("retried", "failed", 1)]
+    assert fleet.get_header_handle(data) == newer != handle
+    third = migrate_to_postgres(db, postgres_url, host_id="app-1")
+    assert [copy[2:4] for copy in third] == [(0, 0)] * 9, third

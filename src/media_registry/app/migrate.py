@@ -1,9 +1,10 @@
 """``media-registry migrate``: copy a single-host SQLite registry into PostgreSQL.
 
 The SQLite file is only read. Its contents, media IDs (with their times and states), events,
-inbound media and URL sources join the PostgreSQL registry, and its paths become this host's
-(``MEDIA_REGISTRY_HOST_ID``), so the senders pointed at PostgreSQL afterwards get cache hits
-for every file the SQLite registry knew: no upload.
+inbound media, URL sources, webhook inbox (items and sent messages) and header handles join the
+PostgreSQL registry (without claims: a pending item stays claimable), and its paths become this
+host's (``MEDIA_REGISTRY_HOST_ID``), so the senders pointed at PostgreSQL afterwards get cache
+hits for every file the SQLite registry knew: no upload.
 
 Running it again converges: each row the file holds takes the file's state unless the
 PostgreSQL row is newer (the fleet may have written to it between runs); rows only in

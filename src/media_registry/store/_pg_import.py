@@ -52,24 +52,29 @@ def merge(con: Connection, tables: dict[str, list[tuple[Any, ...]]], host_id: st
 def _type(column: str) -> str:
     if column == "at" or column.endswith("_at"):  # times come as SQLite stores them: UTC ISO-8601 text
         return "timestamptz"
-    return "bigint" if column in ("size_bytes", "mtime_ns", "ctime_ns", "inode", "device", "refetchable") else "text"
+    return "bigint" if column in ("size_bytes", "mtime_ns", "ctime_ns", "inode", "device", "refetchable",
+                                  "attempts") else "text"
 
 
 def _newer(table: str, key: str, when: str, *, host: str = "", values: str = "{columns}") -> Merge:
-    """A table whose rows the file replaces when the file's are newer by ``when``."""
-    columns = [name for name in EXPORTED[table][0].split(", ") if name != key]
+    """A table whose rows the file replaces when the file's are newer by ``when`` (over ``{x}``,
+    the row); ``key``: its key's columns."""
+    keys = key.split(", ")
+    columns = [name for name in EXPORTED[table][0].split(", ") if name not in keys]
     cast = {"refetchable": "s.refetchable <> 0"}
     return Merge(
         update=(f"UPDATE {table} AS t SET " + ", ".join(f"{c} = {cast.get(c, 's.' + c)}" for c in columns)
-                + f" FROM s_{table} AS s WHERE {host}t.{key} = s.{key} AND s.{when} > t.{when}",),
+                + f" FROM s_{table} AS s WHERE {host}" + "".join(f"t.{k} = s.{k} AND " for k in keys)
+                + f"{when.format(x='s')} > {when.format(x='t')}",),
         insert=f"INSERT INTO {table} ({'host_id, ' * bool(host)}{{columns}}) SELECT {values} FROM s_{table} "
                f"ORDER BY n ON CONFLICT DO NOTHING",
-        present=f"SELECT count(*) FROM {table} AS t WHERE {host}{key} IN (SELECT {key} FROM s_{table})")
+        present=f"SELECT count(*) FROM {table} AS t WHERE {host}({key}) IN (SELECT {key} FROM s_{table})")
 
 
 # The column by which the statements below look a loaded table's rows up.
 LOOKED_UP_BY = {"contents": "sha256", "media": "sha256", "paths": "sha256", "events": "media_id",
-                "inbound": "media_id", "url_sources": "url"}
+                "inbound": "media_id", "url_sources": "url", "inbound_items": "media_id",
+                "sent_messages": "message_id", "header_handles": "sha256, app_id"}
 
 # When each side last did something with a content (first seen, deleted, uploaded, a path
 # seen): the later one decides whether it is deleted, the file on a tie.
@@ -131,12 +136,17 @@ MERGE_SQL = {
                                                ORDER BY expires_at DESC) AS rank FROM s_media) AS s
             WHERE media_id NOT IN (SELECT media_id FROM media) ORDER BY n ON CONFLICT (media_id) DO NOTHING""",
         present="SELECT count(*) FROM media WHERE media_id IN (SELECT media_id FROM s_media)"),
-    "paths": _newer("paths", "path", "seen_at", host="t.host_id = %(host)s AND ", values="%(host)s, {columns}"),
+    "paths": _newer("paths", "path", "{x}.seen_at", host="t.host_id = %(host)s AND ", values="%(host)s, {columns}"),
     "events": Merge(
         insert=f"""INSERT INTO events ({{columns}}, host_id) SELECT {{columns}}, %(host)s FROM s_events AS s
                    WHERE NOT EXISTS (SELECT 1 FROM events AS e WHERE {_EVENT_MATCH}) ORDER BY n""",
         present=f"SELECT count(*) FROM s_events AS s WHERE EXISTS (SELECT 1 FROM events AS e WHERE {_EVENT_MATCH})"),
-    "inbound": _newer("inbound", "media_id", "downloaded_at"),
-    "url_sources": _newer("url_sources", "url", "checked_at",
+    "inbound": _newer("inbound", "media_id", "{x}.downloaded_at"),
+    "url_sources": _newer("url_sources", "url", "{x}.checked_at",
                           values="url, sha256, etag, last_modified, checked_at, refetchable <> 0"),
+    # An item only moves forward: waiting (then by its tries), lost, archived.
+    "inbound_items": _newer("inbound_items", "media_id", "(array_position(ARRAY['pending', 'failed', 'lost', "
+                            "'archived'], {x}.state), {x}.attempts)"),
+    "sent_messages": _newer("sent_messages", "message_id", "{x}.sent_at"),
+    "header_handles": _newer("header_handles", "sha256, app_id", "{x}.created_at"),
 }

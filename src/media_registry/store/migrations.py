@@ -39,6 +39,11 @@ EXPORTED = {
     "events": ("at, action, sha256, media_id, phone_number_id, path, detail", "id"),
     "inbound": ("media_id, sha256, mime_type, size_bytes, path, downloaded_at", "media_id"),
     "url_sources": ("url, sha256, etag, last_modified, checked_at, refetchable", "url"),
+    # Without their claims: an item or handle being worked on is free again in PostgreSQL.
+    "inbound_items": ("media_id, phone_number_id, mime_type, sha256, url, message_id, received_at, expires_at, "
+                      "state, attempts, next_attempt_at, reason, location, archived_at", "media_id"),
+    "sent_messages": ("message_id, media_id, phone_number_id, sent_at", "message_id"),
+    "header_handles": ("sha256, app_id, handle, created_at, expires_at", "sha256, app_id"),
 }
 
 
