@@ -77,3 +77,19 @@ def test_the_lean_and_the_full_path_print_the_same(cli_env: dict[str, str], fill
                     ["show", "nothing-known"], ["stats"], ["stats", "--json"]):
         lean, full = run_cli(*command, env=cli_env), run_cli(*command, env={**cli_env, **FULL})
         assert (lean.returncode, lean.stdout, lean.stderr) == (full.returncode, full.stdout, full.stderr), command
+
+
+def test_a_json_line_is_the_line_print_json_writes() -> None:
+    """Times in any zone and with microseconds, no time, and paths needing escapes: the
+    listing's own encoder writes what print_json writes for the same fields."""
+    from datetime import datetime, timedelta, timezone
+
+    from media_registry.app.reads import json_line, record_fields
+    from media_registry.store import ContentRow
+
+    east = timezone(timedelta(hours=5, minutes=30))
+    row = ContentRow("ab" * 32, "image/png", 7, datetime(2026, 1, 2, tzinfo=timezone.utc),
+                     datetime(2026, 3, 4, 1, 2, 3, 999_999, tzinfo=east), "1", "10",
+                     datetime(2026, 1, 1, 23, 59, 59, 500_000, tzinfo=east), None,
+                     ("/srv/caf\u00e9\tmenu.png", "/srv/\"q\".png"))
+    assert json_line(row) == printed_json(record_fields(row))

@@ -11,6 +11,7 @@ store's rows.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -80,12 +81,12 @@ LS_COLUMNS = {"PHONE NUMBER": 15, "SHA256": 12, "MEDIA ID": 16, "STATE": 7, "SIZ
 def ls(args: argparse.Namespace) -> int:
     """``ls``: every content with its current media ID per number, printed as it is read."""
     within = timedelta(days=args.expiring) if args.expiring is not None else None
-    listed = 0
+    listed, write = 0, sys.stdout.write
     with reading(args) as reader:
         before = None if within is None else datetime.now(timezone.utc) + within
         for row in reader.store.content_rows(expiring_before=before):
             if args.json:
-                print_json(record_fields(row))
+                write(json_line(row))
             else:
                 if not listed:
                     _print_row(tuple(LS_COLUMNS))
@@ -109,6 +110,27 @@ def record_fields(row: ContentRow, history: Sequence[EventRow] | None = None) ->
     if history is not None:
         fields["history"] = [event._asdict() for event in history]
     return fields
+
+
+_TIMES = ("uploaded_at", "expires_at", "deleted_at")
+
+
+def json_line(row: ContentRow) -> str:
+    """The line ``print_json(record_fields(row))`` prints, built at listing speed: one
+    encoder for every row, times turned to text here rather than by a callback each."""
+    fields = record_fields(row)
+    for key in _TIMES:
+        moment = fields[key]
+        if moment is not None:
+            fields[key] = moment.astimezone(timezone.utc).isoformat(timespec="seconds")[:-6] + "Z"
+    return _encoder()(fields) + "\n"
+
+
+@functools.cache
+def _encoder() -> Callable[[Any], str]:
+    import json  # only for --json: the table starts without it
+
+    return json.JSONEncoder(ensure_ascii=False).encode
 
 
 def _print_row(cells: Sequence[str]) -> None:
