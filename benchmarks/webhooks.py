@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from service import _json, _wait_for_address
+from service import _json, wait_for_address
 
 from media_registry import MediaRegistry
 from media_registry.testing import FakeGraphAPI, sample_media
@@ -114,7 +114,7 @@ def webhook_row(env: dict[str, str], folder: Path, count: int, phone: str) -> Ro
     with open(log, "wb") as out:
         server = subprocess.Popen([sys.executable, __file__, "--serve"], env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        base = _wait_for_address(server, log)
+        base = wait_for_address(server, log)
         ours = asyncio.run(requests_per_second(f"{base}/v1/webhooks/whatsapp", deliveries(count, phone)))
         floor = asyncio.run(requests_per_second(f"{base}/floor/webhook", deliveries(count, phone)))
     finally:

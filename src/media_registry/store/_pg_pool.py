@@ -77,14 +77,16 @@ class Connections:
             pool = self._current()
             try:
                 return pool.getconn()
+            except PoolClosed:  # another thread renewed the pool meanwhile: ask its successor
+                pass
             except PoolTimeout:
                 if not isinstance(error := self.unreachable(), RegistryLocked):
                     raise error from None
-            # The server answers, yet no connection came: after an outage the pool reconnects
-            # with a growing backoff; a fresh pool connects at once.
-            with self._lock:
-                self._pool = None if self._pool is pool else self._pool
-            pool.close(timeout=0)
+                # The server answers, yet no connection came: after an outage the pool
+                # reconnects with a growing backoff; a fresh pool connects at once.
+                with self._lock:
+                    self._pool = None if self._pool is pool else self._pool
+                pool.close(timeout=0)
             try:
                 return self._current().getconn()
             except (PoolTimeout, PoolClosed):
