@@ -144,6 +144,11 @@ def _handles(con: Any, name: str) -> None:
     _section(con, name, "-- Template header handles (Meta's", "-- (the end of the header handles' table)")
 
 
+def _listing(con: Any, name: str) -> None:
+    """The listing's indexes, as the schema file of the dialect writes them."""
+    _section(con, name, "-- The listing's order", "-- (the end of the listing's indexes)")
+
+
 MIGRATIONS: tuple[Migration, ...] = (  # SQLite's steps
     Migration("0001_initial", _initial),
     # Rows recorded before this step get 0, match no real file, and are hashed (and
@@ -167,6 +172,8 @@ MIGRATIONS: tuple[Migration, ...] = (  # SQLite's steps
     Migration("0006_inbox", lambda con: _inbox(con, "schema.sql")),
     # Template header handles, per content and app (store/handles.py).
     Migration("0007_header_handles", lambda con: _handles(con, "schema.sql")),
+    # Indexes holding what the listing prints, so that ls reads no table row (store/listing.py).
+    Migration("0008_listing_order", lambda con: _listing(con, "schema.sql")),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -192,4 +199,5 @@ CREATE INDEX url_sources_by_content ON url_sources (sha256);"""),
     Migration("inbox", lambda con: _inbox(con, "store/schema_postgres.sql")),
     Migration("header handles", lambda con: _handles(con, "store/schema_postgres.sql")),
     Migration("local cache and upload pacing", lambda con: con.execute(schema("store/pg_notify.sql"))),
+    Migration("listing order", lambda con: _listing(con, "store/schema_postgres.sql")),
 )
