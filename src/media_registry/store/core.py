@@ -42,7 +42,7 @@ class Store:
     """The registry's database: the rules of the contract over ``backend``'s primitives."""
 
     def __init__(self, backend: Backend) -> None:
-        self.backend, self.location = backend, backend.location
+        self.backend = backend
         # Bound once: the cache hits take no attribute hop through the backend.
         self._read_one, self._read, self._write = backend.read_one, backend.read, backend.write
         self._when, self._time = backend.when, backend.time
