@@ -136,18 +136,21 @@ def json_line(row: ListedRow) -> str:
     """The line ``print_json`` prints for the row's record, written out directly: the listing
     is the one output whose size grows with the registry."""
     q = _quote()
-    state = "deleted" if row.deleted_at else "current" if row.media_id else "unsent"  # as listing.state
-    return (f'{{"sha256": {q(row.sha256)}, "mime_type": {q(row.mime_type)}, "size_bytes": {row.size_bytes}, '
-            f'"phone_number_id": {q(row.phone_number_id)}, "media_id": {q(row.media_id)}, '
-            f'"uploaded_at": {q(row.uploaded_at)}, "expires_at": {q(row.expires_at)}, '
-            f'"deleted_at": {q(row.deleted_at)}, "state": "{state}", "paths": {row.paths}}}\n')
+    sha256, mime_type, size_bytes, phone, media_id, uploaded, expires, deleted, paths = row
+    state = "deleted" if deleted else "current" if media_id else "unsent"  # as listing.state
+    return (f'{{"sha256": {q(sha256)}, "mime_type": {q(mime_type)}, "size_bytes": {size_bytes}, '
+            f'"phone_number_id": {"null" if phone is None else q(phone)}, '
+            f'"media_id": {"null" if media_id is None else q(media_id)}, '
+            f'"uploaded_at": {"null" if uploaded is None else q(uploaded)}, '
+            f'"expires_at": {"null" if expires is None else q(expires)}, '
+            f'"deleted_at": {"null" if deleted is None else q(deleted)}, "state": "{state}", "paths": {paths}}}\n')
 
 
 @functools.cache
-def _quote() -> Callable[[str | None], str]:
+def _quote() -> Callable[[str], str]:
     from json.encoder import encode_basestring  # only for --json: the table starts without it
 
-    return lambda text: "null" if text is None else encode_basestring(text)
+    return encode_basestring
 
 
 def _print_row(cells: Sequence[str]) -> None:

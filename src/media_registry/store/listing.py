@@ -38,22 +38,23 @@ def listed_rows(store: Store, *, expiring_before: datetime | None = None) -> Ite
 
     def text(value: Any) -> str | None:
         # SQLite's stored text is already the printed form; PostgreSQL's is a datetime.
-        if value is None or (isinstance(value, str) and len(value) == 20 and value[-1] == "Z"):
+        if value is None or (value.__class__ is str and len(value) == 20 and value[-1] == "Z"):
             return value
         return utc_text(backend.time(value))
 
     for (sha256, mime_type, size_bytes, _, deleted_at, phone_number_id, media_id, uploaded_at, expires_at,
          paths) in backend.stream(store.listing_sql(expiring=expiring_before is not None), params):
+        # SQLite's JSON array with nothing escaped is Python's but for the separators: its
+        # strings are the paths as written, and '","' occurs only between two of them (a
+        # quote inside a path would be escaped).
         yield ListedRow(sha256, mime_type, size_bytes, phone_number_id, media_id, text(uploaded_at),
-                        text(expires_at), text(deleted_at), _json_paths(backend, paths))
+                        text(expires_at), deleted_at and text(deleted_at),
+                        paths.replace('","', '", "') if paths.__class__ is str and "\\" not in paths
+                        else _json_paths(backend, paths))
 
 
 def _json_paths(backend: Backend, value: Any) -> str:
     """The ``{path_list}`` column as Python's ``json`` writes the list."""
-    if isinstance(value, str) and "\\" not in value:
-        # SQLite's JSON array, nothing in it escaped: its strings are the paths as written, and
-        # '","' occurs only between two of them (a quote inside a path would be escaped).
-        return value.replace('","', '", "')
     from json.encoder import encode_basestring  # what json writes for a str with ensure_ascii=False
 
     return "[" + ", ".join(encode_basestring(path) for path in backend.paths(value)) + "]"
