@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import SchemaTooNew
+from .handles import handle_columns
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -167,6 +168,8 @@ MIGRATIONS: tuple[Migration, ...] = (  # SQLite's steps
     Migration("0006_inbox", lambda con: _inbox(con, "schema.sql")),
     # Template header handles, per content and app (store/handles.py).
     Migration("0007_header_handles", lambda con: _handles(con, "schema.sql")),
+    # A header handle's upload session, resumed by a later claimer (store/handles.py).
+    Migration("0008_handle_sessions", lambda con: handle_columns(con)),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -192,4 +195,6 @@ CREATE INDEX url_sources_by_content ON url_sources (sha256);"""),
     Migration("inbox", lambda con: _inbox(con, "store/schema_postgres.sql")),
     Migration("header handles", lambda con: _handles(con, "store/schema_postgres.sql")),
     Migration("local cache and upload pacing", lambda con: con.execute(schema("store/pg_notify.sql"))),
+    Migration("handle sessions", "ALTER TABLE header_handles ADD COLUMN IF NOT EXISTS size_bytes bigint, "
+              "ADD COLUMN IF NOT EXISTS session text"),
 )
