@@ -108,14 +108,17 @@ class GraphClient(GraphBase):
             return self._http.post(url, content=chunks(file, offset, size - offset, digest),
                                    headers=self._transfer_headers(offset, size))
 
-    def get_object(self, object_id: str, fields: str) -> tuple[dict[str, Any], str | None]:
-        """GET ``/{object_id}?fields=...`` once (a phone number, an app: ``doctor``'s reads):
-        its fields, and the answer's ``Date`` header."""
+    def get_object(self, object_id: str, fields: str,
+                   dated: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """GET ``/{object_id}?fields=...`` once (a phone number, an app: ``doctor``'s reads): its
+        fields. ``dated`` is given the answer's ``Date`` header, a refusal's too (a 401 has one)."""
         if not self._token:
             raise AuthError("no access token: set WHATSAPP_TOKEN")
         response = self._send(lambda: self._http.get(
             f"{self.api_base}/{graph_id(object_id, 'Graph API ID')}", params={"fields": fields}))
-        return self._parse(response), response.headers.get("Date")
+        if dated is not None and (date := response.headers.get("Date")):
+            dated(date)
+        return self._parse(response)
 
     def get_media(self, media_id: str, phone_number_id: str | None = None) -> MediaMetadata:
         """GET ``/{media_id}``: a fresh download URL (valid ~5 minutes) and the media's facts."""
