@@ -1,0 +1,76 @@
+"""A header handle's broken upload resumed by a later call against the local Graph API: after
+a process is killed mid-transfer (kill -9), after a call that gave up, and started over when
+Meta no longer knows the session. The local API counts the bytes it received."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from media_registry import APIUnreachable, GraphAPIError, MediaRegistry
+from media_registry.testing import FakeGraphAPI, sample_media
+
+from conftest import CLI, PDF, PNG, wait_for
+
+
+def transfers(api: FakeGraphAPI) -> list[str]:
+    """The ``file_offset`` of each transfer the local API received, in order."""
+    return [r.headers["file_offset"] for r in api.received if r.method == "POST" and "/upload:" in r.path]
+
+
+@pytest.mark.sqlite_only  # one real process killed is enough; the store's rules run on both below
+def test_a_process_killed_mid_transfer_is_resumed_by_the_next_call(
+    cli_env: dict[str, str], make_registry: Callable[..., MediaRegistry], api: FakeGraphAPI, tmp_path: Path
+) -> None:
+    path = tmp_path / "catalogue.pdf"
+    path.write_bytes(sample_media(PDF, size=3_000_000, salt="killed"))
+    size, broken_at = path.stat().st_size, path.stat().st_size * 40 // 100
+    held = threading.Event()
+    api.fail(method="POST", path="/upload:", break_at=broken_at, until=held)
+    first = subprocess.Popen([str(CLI), "handle", str(path)], env={**cli_env, "WHATSAPP_APP_ID": api.app_id},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: api.transfer_bytes == broken_at, "40% of the file at the local API")
+    finally:
+        first.kill()  # SIGKILL: no cleanup runs; its claim and its session stay in the registry
+        first.wait(30)
+        held.set()
+    later = datetime.now(timezone.utc) + timedelta(minutes=2)  # past the dead process's lease
+    registry = make_registry(app_id=api.app_id, clock=lambda: later)
+    handle = registry.get_header_handle(path)
+    assert transfers(api) == ["0", str(broken_at)] and api.transfer_bytes == size  # only the rest
+    assert api.sessions.count() == 1
+    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert api.sessions.handles[handle] == sha256  # hashed as sent, the first 40% read back
+    assert registry.get_header_handle(path.read_bytes()) == handle and api.sessions.count() == 1
+
+
+def test_a_call_that_gave_up_is_resumed_by_the_next(make_registry: Callable[..., MediaRegistry],
+                                                    api: FakeGraphAPI) -> None:
+    registry = make_registry(app_id=api.app_id, max_retries=0)
+    data = sample_media(PNG, size=400_000, salt="gave up")
+    api.break_transfer_at(100_000)
+    with pytest.raises(APIUnreachable):
+        registry.get_header_handle(data)
+    handle = registry.get_header_handle(data)
+    assert transfers(api) == ["0", "100000"] and api.transfer_bytes == len(data)
+    assert api.sessions.count() == 1 and api.sessions.handles[handle] == hashlib.sha256(data).hexdigest()
+
+
+def test_a_session_meta_no_longer_knows_starts_over(make_registry: Callable[..., MediaRegistry],
+                                                    api: FakeGraphAPI) -> None:
+    registry = make_registry(app_id=api.app_id, max_retries=0)
+    data = sample_media(PNG, size=400_000, salt="forgotten")
+    api.break_transfer_at(100_000)
+    with pytest.raises(GraphAPIError):
+        registry.get_header_handle(data)
+    api.sessions.clear()  # Meta forgot the session (and the local API its counts)
+    handle = registry.get_header_handle(data)
+    assert transfers(api) == ["0", "0"] and api.transfer_bytes == len(data)
+    assert api.sessions.count() == 1 and handle in api.sessions.handles
