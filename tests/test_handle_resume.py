@@ -1,9 +1,11 @@
 """A header handle's broken upload resumed by a later call against the local Graph API: after
 a process is killed mid-transfer (kill -9), after a call that gave up, and started over when
-Meta no longer knows the session. The local API counts the bytes it received."""
+Meta no longer knows the session; a new file hashed as it is sent, by the async registry too.
+The local API counts the bytes it received."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import subprocess
 import threading
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from media_registry import APIUnreachable, MediaRegistry
+from media_registry import APIUnreachable, AsyncMediaRegistry, MediaRegistry
 from media_registry.testing import FakeGraphAPI, sample_media
 
 from conftest import CLI, PDF, PNG, wait_for
@@ -65,3 +67,19 @@ def test_a_call_that_gave_up_is_resumed_by_the_next_or_started_over(
     handle = registry.get_header_handle(data)
     assert transfers(api) == ["0", "0" if forgotten else "100000"] and api.transfer_bytes == len(data)
     assert api.sessions.count() == 1 and api.sessions.handles[handle] == hashlib.sha256(data).hexdigest()
+
+
+def test_the_async_registry_hashes_a_new_file_as_it_sends_it(registry_db_value: str, api: FakeGraphAPI,
+                                                            tmp_path: Path) -> None:
+    path = tmp_path / "menu.pdf"
+    path.write_bytes(sample_media(PDF, size=600_000, salt="async file"))
+    api.break_transfer_at(250_000)  # resumed in the same call: the blocks sent again are hashed once
+
+    async def main() -> tuple[str, str]:
+        async with AsyncMediaRegistry(db=registry_db_value, token=api.token, api_base=api.base_url,
+                                      app_id=api.app_id, retry_backoff=0.01) as registry:
+            return await registry.get_header_handle(path), await registry.get_header_handle(path.read_bytes())
+
+    made, by_bytes = asyncio.run(main())
+    assert made == by_bytes and api.sessions.count() == 1 and api.transfer_bytes == path.stat().st_size
+    assert api.sessions.handles[made] == hashlib.sha256(path.read_bytes()).hexdigest()
