@@ -36,7 +36,8 @@ DIALECT = {
                      "for_update", "skip_locked", "touch_host"), ""),
     "db_now": ":now", "claim_until": ":claim_until", "live_path": "TRUE",
     # The paths as a JSON array: a file name may hold any character, a newline included.
-    "path_list": "(SELECT json_group_array(p.path) FROM paths AS p WHERE p.sha256 = c.sha256)",
+    "path_list": "(SELECT json_group_array(p.path) FROM paths AS p INDEXED BY paths_listed WHERE p.sha256 = c.sha256)",
+    "listed": "INDEXED BY contents_listed",  # the planner would read the table's rows
     "cutoff": "(SELECT value FROM json_each(:cutoffs) WHERE key = m.phone_number_id)",
 }
 
