@@ -173,6 +173,16 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _served_number(text: str) -> tuple[str, int | None]:
+    """``ID[:TTL_MINUTES]``: a phone number ID for ``fake-api``, No-Storage with a TTL."""
+    phone, colon, minutes = text.partition(":")
+    if not PHONE_NUMBER_ID.fullmatch(phone):
+        raise argparse.ArgumentTypeError(f"{phone!r} is not a phone number ID (1 to 32 digits)")
+    if colon and not (minutes.isascii() and minutes.isdigit() and 60 <= int(minutes) <= 43200):
+        raise argparse.ArgumentTypeError(f"{minutes!r} is not a TTL in whole minutes from 60 to 43200")
+    return phone, int(minutes) if colon else None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="media-registry",
@@ -288,4 +298,7 @@ def _parser() -> argparse.ArgumentParser:
     fake_api = command("fake-api", "serve the built-in local Graph API until Ctrl-C "
                        "and print the export lines that point this command at it", json_flag=False)
     fake_api.add_argument("--port", type=_port, default=0, help="default: a free port")
+    fake_api.add_argument("--phone-number-id", type=_served_number, action="append", metavar="ID[:TTL_MINUTES]",
+                          help="a number to serve (repeatable; the first is the default); with "
+                          ":TTL_MINUTES a No-Storage number whose media live that long (60 to 43200)")
     return parser
