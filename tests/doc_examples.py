@@ -1,0 +1,212 @@
+"""The examples of README.md and the site's pages, found and run: ``python`` blocks by Sybil,
+and shell sessions (blocks of ``$ `` lines, each followed by what it prints) by the parser
+here, in a terminal of the page's own: a folder holding the files the pages name, the local
+Graph API's export lines, and ``serve`` started in the background where a session starts it.
+
+A block that cannot run here carries a visible ``*not run: reason*`` line right before it; an
+HTML comment ``<!-- before: COMMAND -->`` right before a block runs that command first, unseen
+(what the prose says is there, made so). What a session prints is compared with what it shows,
+after :func:`normalised` (media IDs, ports, times, folders and durations vary from run to run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from media_registry.app.fake_api_command import _listening, export_lines
+from media_registry.testing import FakeGraphAPI, sample_media
+
+from conftest import CLI, PDF
+from service_helpers import Server, start_server
+
+ROOT = Path(__file__).parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+FENCE = re.compile(r"^```(?P<lang>[\w-]*)\n(?P<body>.*?)^```\n", re.S | re.M)
+NOT_RUN = re.compile(r"^\*not run: (?P<reason>[^*]+)\*\n\n?\Z", re.M)
+BEFORE = re.compile(r"<!-- before: (?P<command>.*?) -->\n\n?\Z", re.S)
+PROMPT = re.compile(r"^(?:[\w-]+)?\$ ", re.M)
+SHOWN_API = "http://127.0.0.1:8765"  # the local Graph API's address as the pages show it
+SHOWN_SERVICE = "http://127.0.0.1:8080"  # the service's
+
+
+@dataclass
+class Block:
+    """A fenced block of a page: its language, text, the line it starts on, and its markers."""
+
+    page: Path
+    line: int
+    lang: str
+    body: str
+    not_run: str | None = None
+    before: str | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.page.relative_to(ROOT)}:{self.line}"
+
+    @property
+    def is_session(self) -> bool:
+        return PROMPT.match(self.body) is not None
+
+    @property
+    def is_example(self) -> bool:
+        """Python, or a shell session, or shell commands: what a reader would run."""
+        return self.lang in ("python", "sh") or self.is_session
+
+
+def blocks(page: Path) -> list[Block]:
+    """Every fenced block of ``page``, in order, with the markers written right before it."""
+    text = page.read_text(encoding="utf-8")
+    found = []
+    for match in FENCE.finditer(text):
+        preceding = text[max(0, match.start() - 400):match.start()]
+        not_run, before = NOT_RUN.search(preceding), BEFORE.search(preceding)
+        found.append(Block(page, text.count("\n", 0, match.start()) + 1, match["lang"], match["body"],
+                           not_run["reason"] if not_run else None, before["command"] if before else None))
+    return found
+
+
+def make_files(folder: Path) -> None:
+    """The files the pages' examples name, as their prose describes them."""
+    files = {"brochure.pdf": (PDF, 48_000, "brochure"), "logo.jpg": ("image/png", 5_100, "logo"),
+             "logo.png": ("image/png", 0, "logo.png"), "photo.jpg": ("image/jpeg", 20_000, "photo"),
+             "banner.png": ("image/png", 0, "banner"), "menu.pdf": (PDF, 0, "menu"),
+             "card.png": ("image/png", 0, "card"), "cards/summer.png": ("image/png", 0, "summer"),
+             "invoice.pdf": (PDF, 0, "invoice"), "big-video.mp4": ("video/mp4", 0, "video"),
+             "campaign/2026/voice-note.ogg": ("audio/ogg", 20_000, "voice"),
+             "campaign/2026/opening-hours.txt": ("text/plain", 900, "hours")}
+    for name, (mime_type, size, salt) in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(sample_media(mime_type, size=size, salt=salt))
+    (folder / "campaign" / "banner.gif").write_bytes(b"GIF89a" + bytes(64))
+    (folder / ".venv").symlink_to(Path(sys.executable).parent.parent)
+
+
+def normalised(text: str, folder: Path, origins: dict[str, str]) -> str:
+    """``text`` with what varies between runs put in a fixed form, rows of one second sorted."""
+    for actual, shown in origins.items():
+        text = text.replace(actual, shown)
+    text = text.replace(str(folder), "<folder>")
+    text = re.sub(r"/tmp/[\w./-]*?(?=/(?:brochure|logo|photo|banner|campaign|media-blobs|cards)\b)", "<folder>", text)
+    text = re.sub(r"/tmp/media-registry-demo-\w+", "<demo folder>", text)
+    text = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:<port>", text)
+    text = re.sub(r"\b1\d{15}\b", "<media ID>", text)
+    text = re.sub(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(,\d+|Z)?)?", "<time>", text)
+    text = re.sub(r"\d+ µs per call", "<n> µs per call", text)
+    text = re.sub(r"(db_bytes: +)\d+", r"\1<n>", text)
+    text = re.sub(r'("last_refresh_success":)[\d.]+', r"\1<t>", text)
+    text = re.sub(r"(_seconds_sum|_timestamp_seconds) \S+", r"\1 <n>", text)
+    return re.sub(r"(?m)(^\S+  \S+  .*\n)+", lambda rows: "".join(sorted(rows[0].splitlines(True))), text)
+
+
+@dataclass
+class Terminal:
+    """A page's terminal: its folder, its environment, its local Graph API and services."""
+
+    folder: Path
+    env: dict[str, str] = field(default_factory=dict)
+    api: FakeGraphAPI | None = None
+    servers: list[Server] = field(default_factory=list)
+    origins: dict[str, str] = field(default_factory=dict)
+
+    def start_api(self, command: str = "media-registry fake-api") -> list[str]:
+        """The page's local Graph API (one per page), as ``command`` would start it; the lines
+        it prints."""
+        if self.api is None:
+            numbers = [(phone, int(ttl) if ttl else None) for phone, _, ttl in
+                       (spec.partition(":") for spec in re.findall(r"--phone-number-id (\S+)", command))]
+            self.api = _listening(0, numbers).start()
+            self.origins[self.api.origin] = SHOWN_API
+            for line in export_lines(self.api):
+                if line.startswith("export "):
+                    name, value = line[len("export "):].split("=", 1)
+                    self.env[name] = shlex.split(value)[0]
+        return [*export_lines(self.api), f"local Graph API serving at {self.api.origin} (Graph API "
+                f"{self.api.version} by default; any version answers); kill an ID: curl -X POST "
+                f"{self.api.origin}/_fake/media/ID/kill; Ctrl-C stops it"]
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.stop()
+        if self.api is not None:
+            self.api.stop()
+
+    def run(self, block: Block) -> tuple[str, str]:
+        """Run a session; what it printed and what the page shows, both normalised."""
+        if block.before:
+            self.shell(block.before, check=True)
+        shown, printed = [], []
+        for prompt, command, output in commands(block.body):
+            shown += [f"{prompt}$ {command}\n", output]
+            printed.append(f"{prompt}$ {command}\n")
+            if re.match(r"(\.venv/bin/)?media-registry fake-api\b", command):
+                printed += [line + "\n" for line in self.start_api(command)]
+            elif command.startswith("media-registry serve"):
+                self.start_service(command)
+            else:
+                printed.append(self.shell(command))
+        return (normalised("".join(printed), self.folder, self.origins),
+                normalised("".join(shown), self.folder, self.origins))
+
+    def start_service(self, command: str) -> None:
+        """``serve`` in the background, as the session starts it (its log is not compared)."""
+        flags = [flag.replace("/tmp/shop", str(self.folder)) for flag in shlex.split(command)[2:] if flag != "&"]
+        server = start_server(self.env, self.folder.parent / f"serve-{len(self.servers)}.log", *flags)
+        self.servers.append(server)
+        self.origins[server.url] = SHOWN_SERVICE
+
+    def shell(self, command: str, check: bool = False) -> str:
+        """One command in bash, in the page's folder and environment (exports and ``cd``
+        carried on); ``check``: it must succeed, each line of it."""
+        for actual, shown in self.origins.items():
+            command = command.replace(shown, actual)
+        command = command.replace("/tmp/shop", str(self.folder))
+        state = self.folder.parent / "env.json"
+        dump = f"{sys.executable} -c 'import json, os, sys; json.dump(dict(os.environ), open(sys.argv[1], \"w\"))'"
+        script = ("set -e\n" if check else "") + "{ " + command + "\n} 2>&1\n" + f"{dump} {state}"
+        ran = subprocess.run(["bash", "-c", script], cwd=self.env.get("PWD", self.folder), env=self.env,
+                             capture_output=True, text=True, timeout=120)
+        assert not check or ran.returncode == 0, f"{command}\n{ran.stdout}"
+        if state.exists():
+            self.env = json.loads(state.read_text())
+            state.unlink()
+        return ran.stdout
+
+
+def commands(session: str) -> Iterator[tuple[str, str, str]]:
+    """Each command of a session: its prompt's name (``app-1`` of ``app-1$``), the command (with
+    the lines of its here-document), and the output shown after it."""
+    lines = session.splitlines(keepends=True)
+    index = 0
+    while index < len(lines):
+        prompt, _, command = lines[index].partition("$ ")
+        command = command.rstrip("\n")
+        index += 1
+        if (heredoc := re.search(r"<<(\w+)$", command)) is not None:
+            while lines[index].rstrip("\n") != heredoc[1]:
+                command += "\n" + lines[index].rstrip("\n")
+                index += 1
+            command += "\n" + heredoc[1]
+            index += 1
+        output = ""
+        while index < len(lines) and not PROMPT.match(lines[index]):
+            output += lines[index]
+            index += 1
+        yield prompt, command, output
+
+
+def terminal_env(folder: Path) -> dict[str, str]:
+    """The page's starting environment: no settings of the caller's, the venv's commands first."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WHATSAPP_", "MEDIA_REGISTRY_"))}
+    env["PWD"] = str(folder)
+    env["PATH"] = f"{CLI.parent}{os.pathsep}{env['PATH']}"
+    env["MEDIA_REGISTRY_RETRY_BACKOFF"] = "0.01"
+    return env
