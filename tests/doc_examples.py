@@ -29,9 +29,9 @@ from service_helpers import Server, start_server
 
 ROOT = Path(__file__).parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-FENCE = re.compile(r"^```(?P<lang>[\w-]*)\n(?P<body>.*?)^```\n", re.S | re.M)
-NOT_RUN = re.compile(r"^\*not run: (?P<reason>[^*]+)\*\n\n?\Z", re.M)
-BEFORE = re.compile(r"<!-- before: (?P<command>.*?) -->\n\n?\Z", re.S)
+FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[\w-]*)\n(?P<body>.*?)^(?P=indent)```\n", re.S | re.M)
+NOT_RUN = re.compile(r"^ *\*not run: (?P<reason>[^*]+)\*\n\n?\Z", re.M)
+BEFORE = re.compile(r"<!-- before: (?P<command>.*?) -->\n\n? *\Z", re.S)
 PROMPT = re.compile(r"^(?:[\w-]+)?\$ ", re.M)
 SHOWN_API = "http://127.0.0.1:8765"  # the local Graph API's address as the pages show it
 SHOWN_SERVICE = "http://127.0.0.1:8080"  # the service's
@@ -69,7 +69,8 @@ def blocks(page: Path) -> list[Block]:
     for match in FENCE.finditer(text):
         preceding = text[max(0, match.start() - 400):match.start()]
         not_run, before = NOT_RUN.search(preceding), BEFORE.search(preceding)
-        found.append(Block(page, text.count("\n", 0, match.start()) + 1, match["lang"], match["body"],
+        body = re.sub(f"(?m)^{match['indent']}", "", match["body"])
+        found.append(Block(page, text.count("\n", 0, match.start()) + 1, match["lang"], body,
                            not_run["reason"] if not_run else None, before["command"] if before else None))
     return found
 
@@ -94,13 +95,14 @@ def normalised(text: str, folder: Path, origins: dict[str, str]) -> str:
     """``text`` with what varies between runs put in a fixed form, rows of one second sorted."""
     for actual, shown in origins.items():
         text = text.replace(actual, shown)
-    text = text.replace(str(folder), "<folder>")
+    text = text.replace(str(folder), "<folder>").replace("/srv/app", "<folder>")
     text = re.sub(r"/tmp/[\w./-]*?(?=/(?:brochure|logo|photo|banner|campaign|media-blobs|cards)\b)", "<folder>", text)
     text = re.sub(r"/tmp/media-registry-demo-\w+", "<demo folder>", text)
     text = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:<port>", text)
     text = re.sub(r"\b1\d{15}\b", "<media ID>", text)
     text = re.sub(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(,\d+|Z)?)?", "<time>", text)
     text = re.sub(r"\d+ µs per call", "<n> µs per call", text)
+    text = re.sub(r"SQLite \d+\.\d+\.\d+", "SQLite <version>", text)
     text = re.sub(r"(db_bytes: +)\d+", r"\1<n>", text)
     text = re.sub(r'("last_refresh_success":)[\d.]+', r"\1<t>", text)
     text = re.sub(r"(_seconds_sum|_timestamp_seconds) \S+", r"\1 <n>", text)
@@ -141,6 +143,8 @@ class Terminal:
 
     def run(self, block: Block) -> tuple[str, str]:
         """Run a session; what it printed and what the page shows, both normalised."""
+        if self.api is None and not re.match(r"\S*\$ (\.venv/bin/)?media-registry fake-api", block.body):
+            self.start_api()  # as if started in another terminal, its export lines pasted here
         if block.before:
             self.shell(block.before, check=True)
         shown, printed = [], []

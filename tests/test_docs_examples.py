@@ -42,8 +42,10 @@ def test_every_example_of_the_page_runs_as_written(page: Path, tmp_path: Path,
                 python[block.line].evaluate()
             elif block.is_session:
                 printed, shown = terminal.run(block)
-                assert printed == shown, block.where
+                assert printed == shown, f"{block.where} printed:\n{printed}"
             else:
+                if terminal.api is None:
+                    terminal.start_api()
                 if block.before:
                     terminal.shell(block.before, check=True)
                 terminal.shell(block.body, check=True)
