@@ -3,7 +3,8 @@ and shell sessions (blocks of ``$ `` lines, each followed by what it prints) by 
 here, in a terminal of the page's own: a folder holding the files the pages name, the local
 Graph API's export lines, and ``serve`` started in the background where a session starts it.
 
-A block that cannot run here carries a visible ``*not run: reason*`` line right before it; an
+A block preceded by ``<!-- save as: NAME -->`` is written to that file (a script the next
+session runs). A block that cannot run here carries a visible ``*not run: reason*`` line right before it; an
 HTML comment ``<!-- before: COMMAND -->`` right before a block runs that command first, unseen
 (what the prose says is there, made so). What a session prints is compared with what it shows,
 after :func:`normalised` (media IDs, ports, times, folders and durations vary from run to run).
@@ -31,7 +32,9 @@ ROOT = Path(__file__).parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[\w-]*)\n(?P<body>.*?)^(?P=indent)```\n", re.S | re.M)
 NOT_RUN = re.compile(r"^ *\*not run: (?P<reason>[^*]+)\*\n\n?\Z", re.M)
+SAVE = re.compile(r"<!-- save as: (?P<name>\S+) -->\n\n?\Z")
 BEFORE = re.compile(r"<!-- before: (?P<command>.*?) -->\n\n? *\Z", re.S)
+MEDIA_ID = re.compile(r"\b1\d{15}\b")
 PROMPT = re.compile(r"^(?:[\w-]+)?\$ ", re.M)
 SHOWN_API = "http://127.0.0.1:8765"  # the local Graph API's address as the pages show it
 SHOWN_SERVICE = "http://127.0.0.1:8080"  # the service's
@@ -47,6 +50,7 @@ class Block:
     body: str
     not_run: str | None = None
     before: str | None = None
+    save_as: str | None = None
 
     @property
     def where(self) -> str:
@@ -68,10 +72,11 @@ def blocks(page: Path) -> list[Block]:
     found = []
     for match in FENCE.finditer(text):
         preceding = text[max(0, match.start() - 400):match.start()]
-        not_run, before = NOT_RUN.search(preceding), BEFORE.search(preceding)
+        not_run, before, save = NOT_RUN.search(preceding), BEFORE.search(preceding), SAVE.search(preceding)
         body = re.sub(f"(?m)^{match['indent']}", "", match["body"])
         found.append(Block(page, text.count("\n", 0, match.start()) + 1, match["lang"], body,
-                           not_run["reason"] if not_run else None, before["command"] if before else None))
+                           not_run["reason"] if not_run else None, before["command"] if before else None,
+                           save["name"] if save else None))
     return found
 
 
@@ -99,8 +104,8 @@ def normalised(text: str, folder: Path, origins: dict[str, str]) -> str:
     text = re.sub(r"/tmp/[\w./-]*?(?=/(?:brochure|logo|photo|banner|campaign|media-blobs|cards)\b)", "<folder>", text)
     text = re.sub(r"/tmp/media-registry-demo-\w+", "<demo folder>", text)
     text = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:<port>", text)
-    text = re.sub(r"\b1\d{15}\b", "<media ID>", text)
-    text = re.sub(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(,\d+|Z)?)?", "<time>", text)
+    text = MEDIA_ID.sub("<media ID>", text)
+    text = re.sub(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(,\d+|(\.\d+)?Z)?)?", "<time>", text)
     text = re.sub(r"\d+ µs per call", "<n> µs per call", text)
     text = re.sub(r"SQLite \d+\.\d+\.\d+", "SQLite <version>", text)
     text = re.sub(r"(db_bytes: +)\d+", r"\1<n>", text)
@@ -118,6 +123,7 @@ class Terminal:
     api: FakeGraphAPI | None = None
     servers: list[Server] = field(default_factory=list)
     origins: dict[str, str] = field(default_factory=dict)
+    ids: dict[str, str] = field(default_factory=dict)  # a media ID the page shows -> the run's
 
     def start_api(self, command: str = "media-registry fake-api") -> list[str]:
         """The page's local Graph API (one per page), as ``command`` would start it; the lines
@@ -149,14 +155,19 @@ class Terminal:
             self.shell(block.before, check=True)
         shown, printed = [], []
         for prompt, command, output in commands(block.body):
-            shown += [f"{prompt}$ {command}\n", output]
+            shown.append(f"{prompt}$ {command}\n")
             printed.append(f"{prompt}$ {command}\n")
             if re.match(r"(\.venv/bin/)?media-registry fake-api\b", command):
+                shown.append(output)
                 printed += [line + "\n" for line in self.start_api(command)]
             elif command.startswith("media-registry serve"):
-                self.start_service(command)
+                self.start_service(command)  # its log, with times and pids, is not compared
             else:
+                shown.append(output)
                 printed.append(self.shell(command))
+                self.ids.update((id_shown, id_printed) for id_shown, id_printed in
+                                zip(MEDIA_ID.findall(output), MEDIA_ID.findall(printed[-1]))
+                                if id_shown not in self.ids)
         return (normalised("".join(printed), self.folder, self.origins),
                 normalised("".join(shown), self.folder, self.origins))
 
@@ -167,12 +178,22 @@ class Terminal:
         self.servers.append(server)
         self.origins[server.url] = SHOWN_SERVICE
 
+    def save(self, name: str, text: str) -> None:
+        """A file the page tells the reader to save, with the addresses of this run."""
+        (Path(self.env["PWD"]) / name).write_text(self.actual(text))
+
+    def actual(self, text: str) -> str:
+        """``text`` with the addresses, media IDs and folder the page shows made this run's."""
+        for actual, shown in self.origins.items():
+            text = text.replace(shown, actual)
+        for shown, actual in self.ids.items():
+            text = text.replace(shown, actual)
+        return text.replace("/tmp/shop", str(self.folder))
+
     def shell(self, command: str, check: bool = False) -> str:
         """One command in bash, in the page's folder and environment (exports and ``cd``
         carried on); ``check``: it must succeed, each line of it."""
-        for actual, shown in self.origins.items():
-            command = command.replace(shown, actual)
-        command = command.replace("/tmp/shop", str(self.folder))
+        command = self.actual(command)
         state = self.folder.parent / "env.json"
         dump = f"{sys.executable} -c 'import json, os, sys; json.dump(dict(os.environ), open(sys.argv[1], \"w\"))'"
         script = ("set -e\n" if check else "") + "{ " + command + "\n} 2>&1\n" + f"{dump} {state}"

@@ -31,6 +31,8 @@ def test_every_example_of_the_page_runs_as_written(page: Path, tmp_path: Path,
     monkeypatch.chdir(folder)
     try:
         for block in blocks(page):
+            if block.save_as:
+                terminal.save(block.save_as, block.body)
             if block.not_run or not block.is_example:
                 continue
             if block.lang == "python":
