@@ -12,7 +12,6 @@ after :func:`normalised` (media IDs, ports, times, folders and durations vary fr
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -22,7 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from media_registry.app.fake_api_command import _listening, export_lines
+from file_server import FileServer
+from media_registry.app.fake_api_command import export_lines, local_api
 from media_registry.testing import FakeGraphAPI, sample_media
 
 from conftest import CLI, PDF
@@ -38,6 +38,7 @@ MEDIA_ID = re.compile(r"\b1\d{15}\b")
 PROMPT = re.compile(r"^(?:[\w-]+)?\$ ", re.M)
 SHOWN_API = "http://127.0.0.1:8765"  # the local Graph API's address as the pages show it
 SHOWN_SERVICE = "http://127.0.0.1:8080"  # the service's
+SHOWN_FILES = "http://127.0.0.1:46793"  # a local file server standing in for a CDN or S3
 
 
 @dataclass
@@ -122,6 +123,7 @@ class Terminal:
     env: dict[str, str] = field(default_factory=dict)
     api: FakeGraphAPI | None = None
     servers: list[Server] = field(default_factory=list)
+    files: FileServer | None = None
     origins: dict[str, str] = field(default_factory=dict)
     ids: dict[str, str] = field(default_factory=dict)  # a media ID the page shows -> the run's
 
@@ -131,7 +133,7 @@ class Terminal:
         if self.api is None:
             numbers = [(phone, int(ttl) if ttl else None) for phone, _, ttl in
                        (spec.partition(":") for spec in re.findall(r"--phone-number-id (\S+)", command))]
-            self.api = _listening(0, numbers).start()
+            self.api = local_api(0, numbers).start()
             self.origins[self.api.origin] = SHOWN_API
             for line in export_lines(self.api):
                 if line.startswith("export "):
@@ -142,6 +144,8 @@ class Terminal:
                 f"{self.api.origin}/_fake/media/ID/kill; Ctrl-C stops it"]
 
     def close(self) -> None:
+        if self.files is not None:
+            self.files.stop()
         for server in self.servers:
             server.stop()
         if self.api is not None:
@@ -165,9 +169,7 @@ class Terminal:
             else:
                 shown.append(output)
                 printed.append(self.shell(command))
-                self.ids.update((id_shown, id_printed) for id_shown, id_printed in
-                                zip(MEDIA_ID.findall(output), MEDIA_ID.findall(printed[-1]))
-                                if id_shown not in self.ids)
+                self.ids.update(zip(MEDIA_ID.findall(output), MEDIA_ID.findall(printed[-1])))
         return (normalised("".join(printed), self.folder, self.origins),
                 normalised("".join(shown), self.folder, self.origins))
 
@@ -184,6 +186,12 @@ class Terminal:
 
     def actual(self, text: str) -> str:
         """``text`` with the addresses, media IDs and folder the page shows made this run's."""
+        if SHOWN_FILES in text and self.files is None:
+            self.files = FileServer()
+            for path in self.folder.rglob("*"):
+                if path.is_file():
+                    self.files.add(f"/{path.relative_to(self.folder)}", path.read_bytes())
+            self.origins[self.files.url("")] = SHOWN_FILES
         for actual, shown in self.origins.items():
             text = text.replace(shown, actual)
         for shown, actual in self.ids.items():
@@ -194,14 +202,14 @@ class Terminal:
         """One command in bash, in the page's folder and environment (exports and ``cd``
         carried on); ``check``: it must succeed, each line of it."""
         command = self.actual(command)
-        state = self.folder.parent / "env.json"
-        dump = f"{sys.executable} -c 'import json, os, sys; json.dump(dict(os.environ), open(sys.argv[1], \"w\"))'"
-        script = ("set -e\n" if check else "") + "{ " + command + "\n} 2>&1\n" + f"{dump} {state}"
+        state = self.folder.parent / "env"
+        # set -a: a variable the session sets (ID=...) lives on into its next command
+        script = ("set -e\n" if check else "") + "set -a\n{ " + command + f"\n}} 2>&1\nenv -0 > {state}"
         ran = subprocess.run(["bash", "-c", script], cwd=self.env.get("PWD", self.folder), env=self.env,
                              capture_output=True, text=True, timeout=120)
         assert not check or ran.returncode == 0, f"{command}\n{ran.stdout}"
         if state.exists():
-            self.env = json.loads(state.read_text())
+            self.env = dict(item.split("=", 1) for item in state.read_text().split("\0") if "=" in item)
             state.unlink()
         return ran.stdout
 

@@ -17,7 +17,7 @@ from ..testing import FakeGraphAPI
 
 def fake_api_command(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM; exit 0."""
-    api = _listening(args.port, args.phone_number_id or [])
+    api = local_api(args.port, args.phone_number_id or [])
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -45,7 +45,7 @@ def export_lines(api: FakeGraphAPI) -> list[str]:
     return [*lines, f"# phone numbers: {' '.join(numbers)} (the first is the default)"]
 
 
-def _listening(port: int, numbers: list[tuple[str, int | None]]) -> FakeGraphAPI:
+def local_api(port: int, numbers: list[tuple[str, int | None]]) -> FakeGraphAPI:
     """The local API on ``port`` serving ``numbers`` (the first the default), or InputError."""
     ttls = {phone: timedelta(minutes=minutes) for phone, minutes in numbers if minutes is not None}
     try:
@@ -54,6 +54,6 @@ def _listening(port: int, numbers: list[tuple[str, int | None]]) -> FakeGraphAPI
         raise InputError(f"port {port}: cannot listen on it ({exc.strerror}); "
                          "pick another --port, or leave it out for a free one") from None
     if numbers:  # the first given is the default, in place of the built-in one
-        api.phone_numbers.discard(api.phone_number_id)
+        api.phone_numbers = {phone for phone, _ in numbers}
         api.phone_number_id = numbers[0][0]
     return api
