@@ -251,7 +251,7 @@ def check_daemon(setup: Setup) -> Iterator[Finding]:
         refreshed = last_event(store, "refresh")
         last = f"last refreshed an ID at {refreshed:%Y-%m-%d %H:%M:%S} UTC" if refreshed else "no ID refreshed yet"
         try:
-            with store.daemon_lock():
+            with store.backend.daemon_lock():
                 held = False
         except RegistryLocked:
             held = True
