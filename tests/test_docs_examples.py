@@ -12,7 +12,7 @@ import pytest
 from sybil import Sybil
 from sybil.parsers.markdown import PythonCodeBlockParser
 
-from doc_examples import PAGES, ROOT, Terminal, blocks, make_files, terminal_env
+from doc_examples import PAGES, ROOT, Terminal, blocks, commands, make_files, terminal_env
 
 # Each block that is not run (its page, the start of its first line), and why: the reason is
 # printed above it on its page.
@@ -103,12 +103,24 @@ def test_the_blocks_not_run_are_the_ones_listed_and_say_why() -> None:
     assert found == NOT_RUN
 
 
-def test_every_shell_block_is_a_session_or_says_why_it_is_not_run() -> None:
-    """A block of commands with no output shown still runs (as a script), unless marked."""
+def test_the_parser_reads_markers_prompts_and_here_documents(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("Text.\n\n*not run: needs systemd*\n\n```sh\nsystemctl start x\n```\n\n"
+                    "<!-- before: touch a -->\n\n  ```console\n  $ ls\n  a\n  app-1$ cat > b <<END\n"
+                    "  one\n  END\n  $ echo done\n  done\n  ```\n")
+    first, second = blocks(page)
+    assert (first.not_run, first.is_session, first.before) == ("needs systemd", False, None)
+    assert (second.not_run, second.is_session, second.before) == (None, True, "touch a")
+    assert list(commands(second.body)) == [("", "ls", "a\n"), ("app-1", "cat > b <<END\none\nEND", ""),
+                                           ("", "echo done", "done\n")]
+
+
+def test_every_console_block_is_a_session() -> None:
+    """A ``console`` block shows commands at a prompt, so it is run and its output compared."""
     for page in PAGES:
         for block in blocks(page):
-            if block.lang in ("console", "sh", "shell", "bash"):
-                assert block.is_example, block.where
+            if block.lang == "console":
+                assert block.is_session, block.where
 
 
 def test_the_readme_shows_the_test_command_ci_runs() -> None:
