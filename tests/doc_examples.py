@@ -40,6 +40,7 @@ READS = re.compile(r"(ls|cat) |media-registry (stats|ls|show|inbox)\b")  # read,
 PROMPT = re.compile(r"^(?:[\w-]+)?\$ ", re.M)
 SHOWN_API = "http://127.0.0.1:8765"  # the local Graph API's address as the pages show it
 SHOWN_SERVICE = "http://127.0.0.1:8080"  # the service's
+SHOWN_POSTGRES = "postgresql://media:choose-a-password@127.0.0.1:5432/media"  # Fleets' database
 SHOWN_FILES = "http://127.0.0.1:46793"  # a local file server standing in for a CDN or S3
 
 
@@ -111,6 +112,7 @@ def normalised(text: str, folder: Path, origins: dict[str, str]) -> str:
     text = re.sub(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(,\d+|(\.\d+)?Z)?)?", "<time>", text)
     text = re.sub(r"\d+ µs per call", "<n> µs per call", text)
     text = re.sub(r"SQLite \d+\.\d+\.\d+", "SQLite <version>", text)
+    text = re.sub(r"(server_version: +)\S+", r"\1<version>", text)
     text = re.sub(r"(db_bytes: +)\d+", r"\1<n>", text)
     text = re.sub(r'("last_refresh_success":)[\d.]+', r"\1<t>", text)
     text = re.sub(r"(_seconds_sum|_timestamp_seconds) \S+", r"\1 <n>", text)
@@ -128,6 +130,8 @@ class Terminal:
     files: FileServer | None = None
     origins: dict[str, str] = field(default_factory=dict)
     ids: dict[str, str] = field(default_factory=dict)  # a media ID the page shows -> the run's
+    postgres: str | None = None  # the database standing in for the page's PostgreSQL URL
+    hosts: dict[str, dict[str, str]] = field(default_factory=dict)  # app-1$: its shell's environment
 
     def start_api(self, command: str = "media-registry fake-api") -> list[str]:
         """The page's local Graph API (one per page), as ``command`` would start it; the lines
@@ -170,7 +174,7 @@ class Terminal:
                 self.start_service(command)  # its log, with times and pids, is not compared
             else:
                 shown.append(output)
-                printed.append(self.shell(command))
+                printed.append(self.shell(command, host=prompt))
                 if self.servers and READS.match(command):
                     printed[-1] = self.settled(command, printed[-1], output)
                 self.ids.update(zip(MEDIA_ID.findall(output), MEDIA_ID.findall(printed[-1])))
@@ -187,6 +191,12 @@ class Terminal:
 
     def normal(self, text: str) -> str:
         return normalised(text, self.folder, self.origins)
+
+    def use_postgres(self, url: str) -> None:
+        """Run the page's PostgreSQL URL against ``url``; show it as the page does."""
+        self.postgres = url
+        self.origins[re.sub(r"//([^:@/]+):[^@]*@", r"//\1@", url)] = re.sub(r":[^:@/]*@", "@", SHOWN_POSTGRES)
+        self.origins[str(self.folder.parent / "walk")] = "/tmp/walk"
 
     def start_service(self, command: str) -> None:
         """``serve`` in the background, as the session starts it (its log is not compared)."""
@@ -211,20 +221,35 @@ class Terminal:
             text = text.replace(shown, actual)
         for shown, actual in self.ids.items():
             text = text.replace(shown, actual)
+        if self.postgres is not None:
+            text = text.replace(SHOWN_POSTGRES, self.postgres)
         return text.replace("/tmp/shop", str(self.folder))
 
-    def shell(self, command: str, check: bool = False) -> str:
-        """One command in bash, in the page's folder and environment (exports and ``cd``
-        carried on); ``check``: it must succeed, each line of it."""
+    def host(self, name: str) -> dict[str, str]:
+        """The environment of the shell of host ``name`` (``app-1$``): a folder of its own
+        under ``walk/`` holding ``banner.png``, and its ``MEDIA_REGISTRY_HOST_ID``."""
+        if name not in self.hosts:
+            folder = self.folder.parent / "walk" / name
+            folder.mkdir(parents=True)
+            (folder / "banner.png").write_bytes((self.folder / "banner.png").read_bytes())
+            self.hosts[name] = {**self.env, "PWD": str(folder), "MEDIA_REGISTRY_HOST_ID": name}
+        return self.hosts[name]
+
+    def shell(self, command: str, check: bool = False, host: str = "") -> str:
+        """One command in bash, in the page's folder and environment, or ``host``'s shell
+        (exports and ``cd`` carried on); ``check``: it must succeed, each line of it."""
+        env = self.host(host) if host else self.env
         command = self.actual(command)
         state = self.folder.parent / "env"
         # set -a: a variable the session sets (ID=...) lives on into its next command
         script = ("set -e\n" if check else "") + "set -a\n{ " + command + f"\n}} 2>&1\nenv -0 > {state}"
-        ran = subprocess.run(["bash", "-c", script], cwd=self.env.get("PWD", self.folder), env=self.env,
-                             capture_output=True, text=True, timeout=120)
+        ran = subprocess.run(["bash", "-c", script], cwd=env["PWD"], env=env, capture_output=True, text=True,
+                             timeout=120)
         assert not check or ran.returncode == 0, f"{command}\n{ran.stdout}"
         if state.exists():
-            self.env = dict(item.split("=", 1) for item in state.read_text().split("\0") if "=" in item)
+            env = dict(item.split("=", 1) for item in state.read_text().split("\0") if "=" in item)
+            self.hosts.update({host: env} if host else {})
+            self.env = self.env if host else env
             state.unlink()
         return ran.stdout
 

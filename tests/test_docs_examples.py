@@ -12,7 +12,7 @@ import pytest
 from sybil import Sybil
 from sybil.parsers.markdown import PythonCodeBlockParser
 
-from doc_examples import PAGES, ROOT, Terminal, blocks, commands, make_files, terminal_env
+from doc_examples import PAGES, ROOT, SHOWN_POSTGRES, Terminal, blocks, commands, make_files, terminal_env
 
 # Each block that is not run (its page, the start of its first line), and why: the reason is
 # printed above it on its page.
@@ -25,10 +25,6 @@ NOT_RUN = {
         "needs root and Debian's apt-get",
     ('fleets.md', ".venv/bin/pip install '.[postgres]'        # psycopg 3 and i"):
         'needs the PostgreSQL server and databases of the steps above',
-    ('fleets.md', 'export MEDIA_REGISTRY_DB=postgresql://media:choose-a-passwor'):
-        'needs the PostgreSQL server and databases of the steps above',
-    ('fleets.md', 'app-1$ media-registry upload banner.png'):
-        'needs the PostgreSQL server and databases of the steps above, and two hosts',
     ('fleets.md', '$ export MEDIA_REGISTRY_MIGRATE_TO=postgresql://media:choose'):
         'needs the PostgreSQL server and databases of the steps above',
     ('fleets.md', 'services:'):
@@ -63,12 +59,14 @@ NOT_RUN = {
 @pytest.mark.sqlite_only  # the examples, not the backend, are under test
 @pytest.mark.timeout(600)  # a page runs many commands, each a process
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
-def test_every_example_of_the_page_runs_as_written(page: Path, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_example_of_the_page_runs_as_written(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   request: pytest.FixtureRequest) -> None:
     folder = tmp_path / "work"
     folder.mkdir()
     make_files(folder)
     terminal = Terminal(folder, terminal_env(folder))
+    if SHOWN_POSTGRES in page.read_text():  # a database of the suite's PostgreSQL server stands in
+        terminal.use_postgres(request.getfixturevalue("postgres_url"))
     python = {example.line: example for example in Sybil([PythonCodeBlockParser()]).parse(page)}
     monkeypatch.chdir(folder)
     try:
