@@ -40,7 +40,9 @@ READS = re.compile(r"(ls|cat) |media-registry (stats|ls|show|inbox)\b")  # read,
 PROMPT = re.compile(r"^(?:[\w-]+)?\$ ", re.M)
 SHOWN_API = "http://127.0.0.1:8765"  # the local Graph API's address as the pages show it
 SHOWN_SERVICE = "http://127.0.0.1:8080"  # the service's
-SHOWN_POSTGRES = "postgresql://media:choose-a-password@127.0.0.1:5432/media"  # Fleets' database
+# Fleets' databases: the registry's, and the one `migrate` copies into
+SHOWN_DATABASES = ("postgresql://media:choose-a-password@127.0.0.1:5432/media",
+                   "postgresql://media:choose-a-password@127.0.0.1:5432/fleet")
 SHOWN_FILES = "http://127.0.0.1:46793"  # a local file server standing in for a CDN or S3
 
 
@@ -130,7 +132,7 @@ class Terminal:
     files: FileServer | None = None
     origins: dict[str, str] = field(default_factory=dict)
     ids: dict[str, str] = field(default_factory=dict)  # a media ID the page shows -> the run's
-    postgres: str | None = None  # the database standing in for the page's PostgreSQL URL
+    databases: dict[str, str] = field(default_factory=dict)  # a PostgreSQL URL shown -> the run's
     hosts: dict[str, dict[str, str]] = field(default_factory=dict)  # app-1$: its shell's environment
 
     def start_api(self, command: str = "media-registry fake-api") -> list[str]:
@@ -192,10 +194,10 @@ class Terminal:
     def normal(self, text: str) -> str:
         return normalised(text, self.folder, self.origins)
 
-    def use_postgres(self, url: str) -> None:
-        """Run the page's PostgreSQL URL against ``url``; show it as the page does."""
-        self.postgres = url
-        self.origins[re.sub(r"//([^:@/]+):[^@]*@", r"//\1@", url)] = re.sub(r":[^:@/]*@", "@", SHOWN_POSTGRES)
+    def use_postgres(self, shown: str, url: str) -> None:
+        """Run the page's PostgreSQL URL ``shown`` against ``url``; show it as the page does."""
+        self.databases[shown] = url
+        self.origins[re.sub(r"//([^:@/]+):[^@]*@", r"//\1@", url)] = re.sub(r":[^:@/]*@", "@", shown)
         self.origins[str(self.folder.parent / "walk")] = "/tmp/walk"
 
     def start_service(self, command: str) -> None:
@@ -221,8 +223,8 @@ class Terminal:
             text = text.replace(shown, actual)
         for shown, actual in self.ids.items():
             text = text.replace(shown, actual)
-        if self.postgres is not None:
-            text = text.replace(SHOWN_POSTGRES, self.postgres)
+        for shown, actual in self.databases.items():
+            text = text.replace(shown, actual)
         return text.replace("/tmp/shop", str(self.folder))
 
     def host(self, name: str) -> dict[str, str]:
