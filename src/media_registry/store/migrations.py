@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import SchemaTooNew
+from .handles import handle_columns
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -161,6 +162,8 @@ MIGRATIONS: tuple[Migration, ...] = (  # SQLite's steps
     Migration("0006_inbox", lambda con: _section(con, "schema.sql", *INBOX)),
     # Template header handles, per content and app (store/handles.py).
     Migration("0007_header_handles", lambda con: _section(con, "schema.sql", *HANDLES)),
+    # A header handle's upload session, resumed by a later claimer (store/handles.py).
+    Migration("0008_handle_sessions", lambda con: handle_columns(con)),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -186,4 +189,6 @@ CREATE INDEX url_sources_by_content ON url_sources (sha256);"""),
     Migration("inbox", lambda con: _section(con, "store/schema_postgres.sql", *INBOX)),
     Migration("header handles", lambda con: _section(con, "store/schema_postgres.sql", *HANDLES)),
     Migration("local cache and upload pacing", lambda con: con.execute(schema("store/pg_notify.sql"))),
+    Migration("handle sessions", "ALTER TABLE header_handles ADD COLUMN IF NOT EXISTS size_bytes bigint, "
+              "ADD COLUMN IF NOT EXISTS session text"),
 )
