@@ -6,6 +6,7 @@ hold every setting, command and endpoint, generated from the code."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,3 +82,34 @@ def test_a_broken_link_fails_the_strict_build(tmp_path: Path) -> None:
     config.write_text(yaml.safe_dump({"site_name": "t", "validation": validation}))
     result = mkdocs_build(config, tmp_path / "site")
     assert result.returncode != 0 and "missing-guide.md" in result.stdout + result.stderr
+
+
+def test_the_architecture_tree_names_every_module_of_the_package() -> None:
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    tree = text[text.index("src/media_registry/\n"):text.index("```", text.index("src/media_registry/\n"))]
+    listed, folder = set(), ""
+    for line in tree.splitlines()[1:]:
+        name = line.split()[0] if line.strip() else ""
+        if line.startswith("  ") and not line.startswith("    "):
+            folder = name if name.endswith("/") else ""
+            listed.add(name)
+        elif line.startswith("    "):
+            listed.add(folder + name)
+    package = ROOT / "src" / "media_registry"
+    modules = {str(path.relative_to(package)) for path in package.rglob("*")
+               if path.suffix in (".py", ".sql") and "__pycache__" not in path.parts and path.name != "__init__.py"}
+    assert modules - listed == set()
+
+
+def test_the_error_tree_of_the_python_guide_names_every_error_class() -> None:
+    import media_registry.errors as errors
+
+    guide = (ROOT / "docs" / "python-guide.md").read_text()
+    tree = guide[guide.index("MediaRegistryError\n├──"):]
+    tree = tree[:tree.index("```")]
+
+    def descendants(cls: type) -> set[str]:
+        return {cls.__name__}.union(*(descendants(sub) for sub in cls.__subclasses__()))
+
+    named = set(re.findall(r"\b[A-Z]\w+", tree))
+    assert descendants(errors.MediaRegistryError) - named == set()

@@ -174,6 +174,16 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _served_number(text: str) -> tuple[str, int | None]:
+    """``ID[:TTL_MINUTES]``: a phone number ID for ``fake-api``, No-Storage with a TTL."""
+    phone, colon, minutes = text.partition(":")
+    if not PHONE_NUMBER_ID.fullmatch(phone):
+        raise argparse.ArgumentTypeError(f"{phone!r} is not a phone number ID (1 to 32 digits)")
+    if colon and not (minutes.isascii() and minutes.isdigit() and 60 <= int(minutes) <= 43200):
+        raise argparse.ArgumentTypeError(f"{minutes!r} is not a TTL in whole minutes from 60 to 43200")
+    return phone, int(minutes) if colon else None
+
+
 def _columns() -> int:
     """``shutil.get_terminal_size().columns``, as argparse's help measures it, without importing
     shutil (its archive modules are a tenth of a cached upload's start-up)."""
@@ -286,6 +296,9 @@ def _handle_arguments(handle: argparse.ArgumentParser) -> None:
 
 def _fake_api_arguments(fake_api: argparse.ArgumentParser) -> None:
     fake_api.add_argument("--port", type=_port, default=0, help="default: a free port")
+    fake_api.add_argument("--phone-number-id", type=_served_number, action="append", metavar="ID[:TTL_MINUTES]",
+                          help="a number to serve (repeatable; the first is the default); with "
+                          ":TTL_MINUTES a No-Storage number whose media live that long (60 to 43200)")
 
 
 def _no_arguments(command: argparse.ArgumentParser) -> None:

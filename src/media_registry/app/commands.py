@@ -232,31 +232,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _fake_api(args: argparse.Namespace) -> int:
-    import shlex
-    import signal
-    import threading
+    from .fake_api_command import fake_api_command  # the local server: only load it here
 
-    from ..errors import InputError
-    from ..testing import FakeGraphAPI  # the local server: only load it here
-
-    try:
-        api = FakeGraphAPI(port=args.port)
-    except OSError as exc:
-        raise InputError(f"port {args.port}: cannot listen on it ({exc.strerror}); "
-                         "pick another --port, or leave it out for a free one") from None
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    with api:
-        settings = {"WHATSAPP_TOKEN": api.token, "WHATSAPP_API_BASE": api.base_url,
-                    "WHATSAPP_PHONE_NUMBER_ID": api.phone_number_id, "WHATSAPP_APP_ID": api.app_id}
-        for name, value in settings.items():
-            print(f"export {name}={shlex.quote(value)}")
-        sys.stdout.flush()
-        print(f"local Graph API serving at {api.origin} (Graph API {api.version} by default; any "
-              "version answers); Ctrl-C stops it", file=sys.stderr, flush=True)
-        stop.wait()
-    return 0
+    return fake_api_command(args)
 
 
 def _doctor(args: argparse.Namespace) -> int:

@@ -18,13 +18,14 @@ from __future__ import annotations
 import itertools
 import secrets
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from .connections import Server
 from .records import Fault, Received, StoredMedia
 from .resumable import Sessions
-from .server import Server, handler_for
+from .server import handler_for
 
 
 class FakeGraphAPI:
@@ -37,6 +38,9 @@ class FakeGraphAPI:
     free one. Uploads go only
     to the phone numbers it knows (``phone_number_id``, ``phone_numbers`` and those added with
     :meth:`add_phone_number`); any other is answered as Meta does, with code 100, subcode 33.
+    ``ttl_by_phone_number`` makes numbers No-Storage: their media live that long unless the
+    upload asks for its own ``ttl_minutes``. :meth:`kill_media` (or ``POST
+    /_fake/media/ID/kill`` on :attr:`origin`) makes an ID die as Meta's sometimes do early.
     Upload sessions go only to ``app_id``; :attr:`sessions` counts them and the bytes they took.
     """
 
@@ -54,11 +58,13 @@ class FakeGraphAPI:
         delete_answer: str = "success",
         host: str = "127.0.0.1",
         phone_numbers: Iterable[str] = (),
+        ttl_by_phone_number: Mapping[str, timedelta] | None = None,
         port: int = 0,
     ) -> None:
         self.token = token
         self.phone_number_id = phone_number_id
-        self.phone_numbers = {phone_number_id, *phone_numbers}
+        self.ttl_by_phone_number = dict(ttl_by_phone_number or {})
+        self.phone_numbers = {phone_number_id, *phone_numbers, *self.ttl_by_phone_number}
         self.app_id = app_id
         self.sessions = Sessions()  # the Resumable Upload API's sessions (template header handles)
         self.version = version

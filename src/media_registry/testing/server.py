@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import email.utils
 import hashlib
 import json
@@ -11,15 +10,14 @@ import re
 import secrets
 import socket
 import struct
-import sys
-import threading
 import time
 from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 from ..content.media_types import KIND_BY_MIME
+from .connections import Server
 from .multipart import parse_multipart
 from .records import Fault, Received, StoredMedia
 from .resumable import Sessions, opening, read_into
@@ -30,50 +28,9 @@ DOWNLOAD_PATH = re.compile(r"^/download/(?P<media_id>\d+)/(?P<nonce>\w+)$")
 MESSAGES_PATH = re.compile(r"^/(?P<version>v[\d.]+)/(?P<phone>\d+)/messages$")
 APP_UPLOADS_PATH = re.compile(r"^/(?P<version>v[\d.]+)/(?P<app>\d+)/uploads$")
 SESSION_PATH = re.compile(r"^/(?P<version>v[\d.]+)/(?P<session>upload:[A-Za-z0-9_=-]+)$")
+# The fake's own control endpoint, on the origin outside any API version: kill a media ID.
+KILL_PATH = re.compile(r"^/_fake/media/(?P<media_id>[^/]+)/kill$")
 MEDIA_MESSAGE_TYPES = ("image", "audio", "video", "document", "sticker")
-
-
-class Server(ThreadingHTTPServer):
-    """One daemon thread per connection; :meth:`close_connections` ends them all, and no
-    request is answered once it has run."""
-
-    daemon_threads = True
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.stopped = False
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """Serve a new connection in a thread of its own, unless stopped."""
-        with self._connections_lock:
-            if self.stopped:
-                self.shutdown_request(request)
-                return
-            self._connections.add(request)
-        threading.Thread(target=self.process_request_thread, args=(request, client_address),
-                         daemon=True, name="FakeGraphAPI-connection").start()
-
-    def shutdown_request(self, request: Any) -> None:
-        """Forget and close a connection whose thread has ended."""
-        with self._connections_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        """Stop answering, and hang up every open connection: a thread waiting for the next
-        request of a kept-alive connection sees the end of it and returns."""
-        with self._connections_lock:
-            self.stopped = True
-            for connection in self._connections:
-                with contextlib.suppress(OSError):
-                    connection.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that hung up (timeouts, resets under test, a stop) is not worth a traceback."""
-        if not isinstance(sys.exc_info()[1], OSError):
-            super().handle_error(request, client_address)
 
 
 class Fake(Protocol):
@@ -86,6 +43,7 @@ class Fake(Protocol):
     download_origin: str | None
     sha256_encoding: str
     file_size_as_string: bool
+    ttl_by_phone_number: dict[str, timedelta]
     _server: Server
 
     @property
@@ -94,6 +52,7 @@ class Fake(Protocol):
     def advance(self, **delta: float) -> None: ...
     def _store(self, media: StoredMedia, upload: bool = False) -> str: ...
     def _receive(self, request: Received) -> None: ...
+    def kill_media(self, media_id: str) -> None: ...
     def _usable(self, media_id: str, phone_number_id: str) -> bool: ...
     def _record_message(self, message: dict[str, Any]) -> None: ...
     def _knows_phone_number(self, phone_number_id: str) -> bool: ...
@@ -141,6 +100,9 @@ class _GraphHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         path = self.path.split("?")[0]
+        if method == "POST" and (match := KILL_PATH.match(path)):
+            self._kill(match["media_id"])
+            return
         self.fake._receive(Received(method, path, {k.lower(): v for k, v in self.headers.items()}))
         fault = self.fake._next_fault(method, path)
         self._fault = fault
@@ -210,7 +172,7 @@ class _GraphHandler(BaseHTTPRequestHandler):
             self._error(400, 100, "Param file must be a file with one of the following types: "
                         f"{', '.join(sorted(KIND_BY_MIME))}. Received file of type '{part_type}'.", None)
             return
-        ttl = None
+        ttl = self.fake.ttl_by_phone_number.get(phone)  # a No-Storage number's, unless asked
         if "ttl_minutes" in fields:
             minutes = fields["ttl_minutes"][0].decode()
             if not minutes.isdigit() or not 60 <= int(minutes) <= 43200:
@@ -219,6 +181,16 @@ class _GraphHandler(BaseHTTPRequestHandler):
             ttl = timedelta(minutes=int(minutes))
         media_id = self.fake._store(StoredMedia(data, declared, phone, self.fake.now(), ttl), upload=True)
         self._json(200, {"id": media_id})
+
+    def _kill(self, media_id: str) -> None:
+        """``POST /_fake/media/ID/kill``: the ID dies as Meta's do early (no token needed)."""
+        self._read_body()
+        try:
+            self.fake.kill_media(media_id)
+        except ValueError as exc:
+            self._json(404, {"error": str(exc)})
+            return
+        self._json(200, {"killed": media_id})
 
     def _unknown_object(self, method: str, object_id: str) -> None:
         """Meta's answer for an ID it does not know (a media ID, or a phone number ID)."""
