@@ -6,6 +6,7 @@ import os
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from time import time as _seconds
 from typing import Literal
 
 from pydantic import SecretStr
@@ -17,7 +18,7 @@ from ..errors import ConfigError
 from ..store import Cutoffs, Store, open_store
 from ..store._pacing import Pacer
 from ..store.handles import HandleStore
-from .effects import Clock
+from .effects import Clock, utc_now
 
 PathArg = str | os.PathLike[str]
 
@@ -169,8 +170,8 @@ class Context:
 
     def valid_until(self, validity: timedelta) -> datetime:
         """``now + validity``, computed once per second: this is on every cache hit."""
-        now = self.clock()
-        second = int(now.timestamp())
+        # The default clock's second read without building a datetime.
+        second = int(_seconds()) if self.clock is utc_now else int(self.clock().timestamp())
         cached = self._valid_until_cache.get(validity)
         if cached is not None and cached[0] == second:
             return cached[1]
