@@ -163,6 +163,15 @@ CREATE TABLE IF NOT EXISTS header_handles (
 CREATE INDEX IF NOT EXISTS header_handles_by_handle ON header_handles (handle);
 -- (the end of the header handles' table)
 
+-- The listing's order (ls, records): contents, their current IDs and their paths, each read
+-- from an index that holds every column the listing prints, walked by sha256 so that each
+-- step lands next to the last; only the final order by number and first seen is a sort.
+CREATE INDEX IF NOT EXISTS contents_listed ON contents (sha256, first_seen_at, mime_type, size_bytes, deleted_at);
+CREATE INDEX IF NOT EXISTS media_listed ON media (sha256, state, phone_number_id, media_id, uploaded_at, expires_at)
+    WHERE state = 'current';
+CREATE INDEX IF NOT EXISTS paths_listed ON paths (sha256, path);
+-- (the end of the listing's indexes)
+
 -- Media IDs that are current and not yet expired, with their content.
 CREATE VIEW IF NOT EXISTS live_media AS
 SELECT m.media_id, m.phone_number_id, m.sha256, c.mime_type, c.size_bytes,

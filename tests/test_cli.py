@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from media_registry.testing import FakeGraphAPI
 
@@ -158,3 +161,39 @@ def test_demo_runs_end_to_end_in_its_own_registry(tmp_path: Path) -> None:
     assert "refused" in result.stdout and "image/gif" in result.stdout
     assert "refreshed" in result.stdout and "vanished" in result.stdout
     assert list(tmp_path.iterdir()) == []  # nothing written where it ran
+
+
+@pytest.mark.parametrize("argv", [
+    ["upload", "a.pdf", "-q"], ["--db", "ls", "ls", "--json"], ["--db=x.db", "--debug", "--json", "stats"],
+    ["serve", "--port", "9", "--allow-root", "/srv"], ["--json", "show", "abcdef12"], ["migrate", "--to-file", "f"],
+])
+def test_the_parser_built_for_one_command_parses_as_the_whole_one(argv: list[str]) -> None:
+    from media_registry.app.cli import _command_given, _parser
+
+    only = _command_given(argv)
+    assert only is not None and vars(_parser(only).parse_args(argv)) == vars(_parser().parse_args(argv))
+    help_of = {name: sub.format_help() for name, sub in _subparsers(_parser()).items()}
+    assert {name: sub.format_help() for name, sub in _subparsers(_parser(only)).items()} == {only: help_of[only]}
+
+
+@pytest.mark.parametrize("argv", [[], ["-h", "ls"], ["--he", "ls"], ["--", "ls"], ["--d", "x", "ls"], ["bogus"],
+                                  ["--version"], ["--db"]])
+def test_help_prefixes_and_unknown_commands_build_every_command(argv: list[str]) -> None:
+    from media_registry.app.cli import _command_given
+
+    assert _command_given(argv) is None
+
+
+@pytest.mark.parametrize("columns", [None, "100", "0", "x"])
+def test_help_is_as_wide_as_shutil_measures_the_terminal(monkeypatch: pytest.MonkeyPatch, columns: str | None) -> None:
+    from media_registry.app.cli import _columns
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    assert _columns() == shutil.get_terminal_size().columns
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next(dict(action.choices) for action in parser._actions if isinstance(action, argparse._SubParsersAction))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -79,17 +80,22 @@ def test_the_lean_and_the_full_path_print_the_same(cli_env: dict[str, str], fill
         assert (lean.returncode, lean.stdout, lean.stderr) == (full.returncode, full.stdout, full.stderr), command
 
 
-def test_a_json_line_is_the_line_print_json_writes() -> None:
-    """Times in any zone and with microseconds, no time, and paths needing escapes: the
-    listing's own encoder writes what print_json writes for the same fields."""
-    from datetime import datetime, timedelta, timezone
-
+def test_a_json_line_is_the_line_print_json_writes(filled: MediaRegistry, make_file: Callable[..., Path]) -> None:
+    """Paths needing escapes (a tab, quotes, a backslash, a newline) and not, several paths to
+    a content, no time, on each backend: the listing's own line, written from its text rows,
+    is what print_json writes for the same row's record, in the same order."""
     from media_registry.app.reads import json_line, record_fields
-    from media_registry.store import ContentRow
+    from media_registry.store.listing import listed_rows
 
-    east = timezone(timedelta(hours=5, minutes=30))
-    row = ContentRow("ab" * 32, "image/png", 7, datetime(2026, 1, 2, tzinfo=timezone.utc),
-                     datetime(2026, 3, 4, 1, 2, 3, 999_999, tzinfo=east), "1", "10",
-                     datetime(2026, 1, 1, 23, 59, 59, 500_000, tzinfo=east), None,
-                     ("/srv/caf\u00e9\tmenu.png", "/srv/\"q\".png"))
-    assert json_line(row) == printed_json(record_fields(row))
+    for name in ('"q",.png', "back\\slash.png", "new\nline.png", "plain-copy.png"):
+        filled.get_or_upload(make_file(name, salt="menu"))  # the menu's content, more paths
+    rows = list(filled.store.content_rows())
+    assert max(len(row.paths) for row in rows) == 5
+    # The content without a current ID first on both backends (SQLite sorts NULL first, PostgreSQL last).
+    phones = [row.phone_number_id for row in rows]
+    assert phones[0] is None and phones[1:] == sorted(phone for phone in phones[1:] if phone is not None)
+    assert [json_line(row) for row in listed_rows(filled.store)] == [printed_json(record_fields(row)) for row in rows]
+    soon = min(row.expires_at for row in rows if row.expires_at is not None)
+    expiring = [json_line(row) for row in listed_rows(filled.store, expiring_before=soon + timedelta(seconds=1))]
+    assert expiring and expiring == [printed_json(record_fields(row))
+                                     for row in filled.store.content_rows(expiring_before=soon + timedelta(seconds=1))]

@@ -174,7 +174,12 @@ def test_a_fifo_is_refused_without_waiting(tmp_path: Path) -> None:
         open_store(fifo)
 
 
-def test_the_listing_plan_is_linear(tmp_path: Path) -> None:
+def test_the_listing_plan_reads_its_indexes_alone(tmp_path: Path) -> None:
+    """Contents walked in one covering index, each content's current IDs and paths looked up
+    in covering indexes of the same order: no table row read, media never scanned."""
     open_store(tmp_path / "registry.db").close()
-    plan = registry_db.content_rows_plan(tmp_path / "registry.db")
-    assert "media_one_current" in plan and "media_by_expiry" not in plan and "SCAN m" not in plan
+    plan = registry_db.content_rows_plan(tmp_path / "registry.db").splitlines()
+    assert plan[:2] == ["SCAN c USING COVERING INDEX contents_listed",
+                        "SEARCH m USING COVERING INDEX media_listed (sha256=? AND state=?) LEFT-JOIN"]
+    assert "SEARCH p USING COVERING INDEX paths_listed (sha256=?)" in plan
+    assert not any("SCAN m" in step for step in plan)

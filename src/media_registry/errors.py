@@ -38,9 +38,12 @@ output, logs or tracebacks.
 
 from __future__ import annotations
 
-import logging
 import threading
-from typing import Any
+
+TYPE_CHECKING = False  # without `typing` or `logging`: every command's start-up imports this module
+if TYPE_CHECKING:
+    import logging
+    from typing import Any
 
 # Shorter values would mangle ordinary words if replaced, and are no secret anyway.
 MIN_SECRET_LENGTH = 6
@@ -71,11 +74,14 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-class RedactingFilter(logging.Filter):
-    """A logging filter that redacts registered secrets from messages and tracebacks."""
+class RedactingFilter:
+    """A logging filter (``addFilter`` takes any object with this method) that redacts
+    registered secrets from messages and tracebacks."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Rewrite the record in place; never drops it."""
+        import logging  # loaded already wherever a record is filtered
+
         record.msg, record.args = redact(record.getMessage()), None
         if record.exc_info and not record.exc_text:
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))

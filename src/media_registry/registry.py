@@ -167,8 +167,8 @@ class MediaRegistry(_Registry[httpx.BaseTransport]):
         uploaded once, however many threads and processes ask at the same moment. The same
         bytes named as a file, as bytes or by a URL share one media ID.
         """
-        return self.get_or_upload_with_status(
-            source, phone_number_id=phone_number_id, mime_type=mime_type).media_id
+        found = self.sourcing.media_id(source, phone_number_id, mime_type)
+        return found if isinstance(found, str) else drive(found, self).media_id
 
     def get_or_upload_with_status(self, source: Source, *, phone_number_id: str | None = None,
                                   mime_type: str | None = None) -> Outcome:
@@ -304,10 +304,10 @@ class AsyncMediaRegistry(_Registry[httpx.AsyncBaseTransport]):
     async def get_or_upload(self, source: Source, *, phone_number_id: str | None = None,
                             mime_type: str | None = None) -> str:
         """See :meth:`MediaRegistry.get_or_upload`."""
-        outcome = await self.get_or_upload_with_status(
-            source, phone_number_id=phone_number_id, mime_type=mime_type
-        )
-        return outcome.media_id
+        media_id = self.sourcing.media_id  # on PostgreSQL a hit is a round trip: it leaves the loop too
+        found = (await asyncio.to_thread(media_id, source, phone_number_id, mime_type) if self.ctx.in_postgres
+                 else media_id(source, phone_number_id, mime_type))
+        return found if isinstance(found, str) else (await adrive(found, self)).media_id
 
     async def get_or_upload_with_status(self, source: Source, *, phone_number_id: str | None = None,
                                         mime_type: str | None = None) -> Outcome:

@@ -21,12 +21,13 @@ from .console import error, is_url_arg, print_json, printable, progress
 # without `typing`, which alone costs a fifth of --version.)
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    args = _parser().parse_args(argv)  # exits here for --version and --help
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser(_command_given(argv)).parse_args(argv)  # exits here for --version and --help
     # httpx imports its own command-line client (click, rich and pygments, a sixth of the
     # start-up of every command that loads httpx) whenever they are installed; this process
     # never runs it, and httpx falls back to a stub when the import fails.
@@ -173,31 +174,27 @@ def _port(text: str) -> int:
     return int(text)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="media-registry",
-        description="Media IDs for the WhatsApp Cloud API that are valid now, uploaded once.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--db", help=f"registry file (default: $MEDIA_REGISTRY_DB or ./{DB})")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("--json", action="store_true", help="JSON lines instead of text, where it applies")
-    # The same options after the command; SUPPRESS keeps a value given before it.
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND", dest="command")
+def _columns() -> int:
+    """``shutil.get_terminal_size().columns``, as argparse's help measures it, without importing
+    shutil (its archive modules are a tenth of a cached upload's start-up)."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    stdout = sys.__stdout__  # None without a console
+    if columns > 0 or stdout is None:
+        return columns if columns > 0 else 80
+    try:
+        return os.get_terminal_size(stdout.fileno()).columns or 80
+    except (AttributeError, ValueError, OSError):
+        return 80
 
-    def command(name: str, help_text: str, json_flag: bool = True) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text, parents=[common])
-        sub.set_defaults(json_applies=json_flag)
-        if json_flag:
-            sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                             help="JSON lines instead of text")
-        return sub
 
-    upload = command("upload", "get or upload each file, https:// URL, or - (standard "
-                     "input); print '<media_id> <status> <path>'")
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.HelpFormatter(prog, width=_columns() - 2)
+
+
+def _upload_arguments(upload: argparse.ArgumentParser) -> None:
     upload.add_argument("paths", nargs="+", metavar="PATH|URL|-")
     upload.add_argument("--phone-number-id", help="default: $WHATSAPP_PHONE_NUMBER_ID")
     upload.add_argument("--mime-type", help="assert the type (it must agree with the bytes)")
@@ -205,33 +202,37 @@ def _parser() -> argparse.ArgumentParser:
                         help="upload every file under the folders given (hidden ones left out)")
     upload.add_argument("-q", "--quiet", action="store_true", help="print only the media IDs, one per line")
 
-    ls = command("ls", "list contents with their current media IDs")
+
+def _ls_arguments(ls: argparse.ArgumentParser) -> None:
     ls.add_argument("--expiring", type=_days, metavar="DAYS", help="only IDs expiring within DAYS")
 
-    target_help = "a path, URL, media ID, sha256, or sha256 prefix of 8+ hex digits (as ls prints it)"
-    show = command("show", "one content with its paths and history")
-    show.add_argument("target", metavar="PATH|URL|MEDIA_ID|SHA256", help=target_help)
 
-    invalidate = command("invalidate", "Meta refused this media ID at send time: "
-                         "never serve it again (the next upload of its content uploads anew)")
+TARGET_HELP = "a path, URL, media ID, sha256, or sha256 prefix of 8+ hex digits (as ls prints it)"
+
+
+def _target_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("target", metavar="PATH|URL|MEDIA_ID|SHA256", help=TARGET_HELP)
+
+
+def _invalidate_arguments(invalidate: argparse.ArgumentParser) -> None:
     invalidate.add_argument("media_id", metavar="MEDIA_ID|URL", help="a media ID, or a URL source (its current ID)")
 
-    refresh = command("refresh", "upload again the IDs that expire within refresh_before")
+
+def _refresh_arguments(refresh: argparse.ArgumentParser) -> None:
     refresh.add_argument("--dry-run", action="store_true", help="only say what would be uploaded")
 
-    delete = command("delete", "forget a content and delete its media IDs at the API")
-    delete.add_argument("target", metavar="PATH|URL|MEDIA_ID|SHA256", help=target_help)
 
-    purge = command("purge", "delete vanished and deleted content remotely; drop expired IDs")
+def _purge_arguments(purge: argparse.ArgumentParser) -> None:
     purge.add_argument("--dry-run", action="store_true", help="only say what would be done")
 
-    download = command("download", "fetch inbound media, verified, written atomically")
+
+def _download_arguments(download: argparse.ArgumentParser) -> None:
     download.add_argument("media_ids", nargs="*", metavar="MEDIA_ID")
     download.add_argument("--out", metavar="DIR", help="folder (default: $MEDIA_REGISTRY_BLOB_DIR)")
     download.add_argument("--webhook", metavar="FILE", help="download the media of a webhook payload (- for stdin)")
 
-    daemon = command("daemon", "run refresh and purge on a schedule until SIGTERM/SIGINT",
-                     json_flag=False)
+
+def _daemon_arguments(daemon: argparse.ArgumentParser) -> None:
     daemon.add_argument("--refresh-every", metavar="DURATION",
                         help="seconds or ISO 8601 (default: $MEDIA_REGISTRY_REFRESH_INTERVAL or PT1H)")
     daemon.add_argument("--purge-every", metavar="DURATION",
@@ -239,8 +240,8 @@ def _parser() -> argparse.ArgumentParser:
     daemon.add_argument("--metrics-port", type=int, metavar="N",
                         help="also serve /metrics and /healthz on 127.0.0.1:N (the serve extra)")
 
-    serve = command("serve", "an HTTP service for senders in any language, with the "
-                    "daemon's schedule (the serve extra)", json_flag=False)
+
+def _serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--host", default="127.0.0.1",
                        help="bind address (default 127.0.0.1; beyond loopback needs "
                        "$MEDIA_REGISTRY_SERVICE_TOKEN)")
@@ -262,30 +263,110 @@ def _parser() -> argparse.ArgumentParser:
         serve.add_argument(flag, metavar="DURATION",
                            help=f"seconds or ISO 8601 (default: $MEDIA_REGISTRY_{name}_INTERVAL or PT1H)")
 
-    command("stats", "counts and health of the registry")
-    command("inbox", "inbound items from webhooks not archived yet (pending, failed) or lost")
-    webhook = command("webhook", "record a saved webhook payload for the archive and handle its statuses")
+
+def _webhook_arguments(webhook: argparse.ArgumentParser) -> None:
     webhook.add_argument("file", metavar="FILE|-", help="the payload as Meta posts it (- for stdin)")
-    archive = command("archive", "archive the inbound items due now (the daemon's archive worker, for cron)")
+
+
+def _archive_arguments(archive: argparse.ArgumentParser) -> None:
     archive.add_argument("--once", action="store_true", required=True, help="one pass, under the daemon's lock")
-    command("init", "create the registry file", json_flag=False)
-    migrate = command("migrate", "copy this SQLite registry into PostgreSQL (the file is left untouched); "
-                      "the server is $MEDIA_REGISTRY_MIGRATE_TO, --to-file or --to", json_flag=False)
+
+
+def _migrate_arguments(migrate: argparse.ArgumentParser) -> None:
     to = migrate.add_mutually_exclusive_group()
     to.add_argument("--to-file", metavar="FILE", help="a file holding postgresql://user:password@host:port/dbname")
     to.add_argument("--to", metavar="URL", help="postgresql://user:password@host:port/dbname; ps shows it "
                     "with its password to every user: prefer $MEDIA_REGISTRY_MIGRATE_TO or --to-file")
 
-    handle = command("handle", "print a template header handle for a PDF, JPEG, PNG or MP4 "
-                     "(made once per content and app; needs $WHATSAPP_APP_ID)")
+
+def _handle_arguments(handle: argparse.ArgumentParser) -> None:
     handle.add_argument("source", metavar="FILE|URL|-")
     handle.add_argument("--app-id", help="default: $WHATSAPP_APP_ID")
-    command("doctor", "check the settings, registry, token, phone numbers, API version, clock, "
-            "download folder and daemon; exit 1 if anything is broken")
 
-    command("demo", "run the main job end to end on a built-in local Graph API",
-            json_flag=False)
-    fake_api = command("fake-api", "serve the built-in local Graph API until Ctrl-C "
-                       "and print the export lines that point this command at it", json_flag=False)
+
+def _fake_api_arguments(fake_api: argparse.ArgumentParser) -> None:
     fake_api.add_argument("--port", type=_port, default=0, help="default: a free port")
+
+
+def _no_arguments(command: argparse.ArgumentParser) -> None:
+    """A command that takes only the common options."""
+
+
+# Each command, in the order --help lists them: its help, whether --json applies, its arguments.
+SUBCOMMANDS: dict[str, tuple[str, bool, Callable[[argparse.ArgumentParser], None]]] = {
+    "upload": ("get or upload each file, https:// URL, or - (standard input); print '<media_id> <status> <path>'",
+               True, _upload_arguments),
+    "ls": ("list contents with their current media IDs", True, _ls_arguments),
+    "show": ("one content with its paths and history", True, _target_arguments),
+    "invalidate": ("Meta refused this media ID at send time: never serve it again (the next upload of its "
+                   "content uploads anew)", True, _invalidate_arguments),
+    "refresh": ("upload again the IDs that expire within refresh_before", True, _refresh_arguments),
+    "delete": ("forget a content and delete its media IDs at the API", True, _target_arguments),
+    "purge": ("delete vanished and deleted content remotely; drop expired IDs", True, _purge_arguments),
+    "download": ("fetch inbound media, verified, written atomically", True, _download_arguments),
+    "daemon": ("run refresh and purge on a schedule until SIGTERM/SIGINT", False, _daemon_arguments),
+    "serve": ("an HTTP service for senders in any language, with the daemon's schedule (the serve extra)",
+              False, _serve_arguments),
+    "stats": ("counts and health of the registry", True, _no_arguments),
+    "inbox": ("inbound items from webhooks not archived yet (pending, failed) or lost", True, _no_arguments),
+    "webhook": ("record a saved webhook payload for the archive and handle its statuses", True,
+                _webhook_arguments),
+    "archive": ("archive the inbound items due now (the daemon's archive worker, for cron)", True,
+                _archive_arguments),
+    "init": ("create the registry file", False, _no_arguments),
+    "migrate": ("copy this SQLite registry into PostgreSQL (the file is left untouched); the server is "
+                "$MEDIA_REGISTRY_MIGRATE_TO, --to-file or --to", False, _migrate_arguments),
+    "handle": ("print a template header handle for a PDF, JPEG, PNG or MP4 (made once per content and app; "
+               "needs $WHATSAPP_APP_ID)", True, _handle_arguments),
+    "doctor": ("check the settings, registry, token, phone numbers, API version, clock, download folder and "
+               "daemon; exit 1 if anything is broken", True, _no_arguments),
+    "demo": ("run the main job end to end on a built-in local Graph API", False, _no_arguments),
+    "fake-api": ("serve the built-in local Graph API until Ctrl-C and print the export lines that point this "
+                 "command at it", False, _fake_api_arguments),
+}
+# The options before the command that never change which command argparse runs.
+PLAIN_OPTIONS = ("--debug", "--json")
+
+
+def _command_given(argv: Sequence[str]) -> str | None:
+    """The command argparse will run when only plain options come before it (``--db DB``,
+    ``--debug``, ``--json``); None for anything else (help, a prefix, ``--``, no command)."""
+    given = iter(argv)
+    for arg in given:
+        if arg == "--db":
+            next(given, None)
+        elif arg in SUBCOMMANDS:
+            return arg
+        elif not (arg in PLAIN_OPTIONS or arg.startswith("--db=")):
+            return None
+    return None
+
+
+def _parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; with ``only``, that command's arguments alone: a run parses one
+    command, and building all of them is a tenth of a cached upload. Nothing else differs: the
+    other commands' options show only in their own help and errors."""
+    parser = argparse.ArgumentParser(
+        prog="media-registry", formatter_class=_formatter,
+        description="Media IDs for the WhatsApp Cloud API that are valid now, uploaded once.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--db", help=f"registry file (default: $MEDIA_REGISTRY_DB or ./{DB})")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--json", action="store_true", help="JSON lines instead of text, where it applies")
+    # The same options after the command; SUPPRESS keeps a value given before it.
+    common = argparse.ArgumentParser(add_help=False, formatter_class=_formatter)
+    common.add_argument("--db", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND", dest="command")
+    for name, (help_text, json_flag, add_arguments) in SUBCOMMANDS.items():
+        if only not in (None, name):
+            continue
+        sub = commands.add_parser(name, help=help_text, description=help_text, parents=[common],
+                                  formatter_class=_formatter)
+        sub.set_defaults(json_applies=json_flag)
+        if json_flag:
+            sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                             help="JSON lines instead of text")
+        add_arguments(sub)
     return parser

@@ -17,13 +17,16 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import defaults
 from ..rules import listing
 from ..store import ContentRow, Cutoffs, EventRow, Store, open_store
 from . import _quick
 from .console import error, is_url_arg, print_json, printable, size, when
+
+if TYPE_CHECKING:
+    from ..store.listing import ListedRow
 
 
 class Reader(NamedTuple):
@@ -81,23 +84,40 @@ LS_COLUMNS = {"PHONE NUMBER": 15, "SHA256": 12, "MEDIA ID": 16, "STATE": 7, "SIZ
 def ls(args: argparse.Namespace) -> int:
     """``ls``: every content with its current media ID per number, printed as it is read."""
     within = timedelta(days=args.expiring) if args.expiring is not None else None
-    listed, write = 0, sys.stdout.write
     with reading(args) as reader:
         before = None if within is None else datetime.now(timezone.utc) + within
-        for row in reader.store.content_rows(expiring_before=before):
-            if args.json:
-                write(json_line(row))
-            else:
-                if not listed:
-                    _print_row(tuple(LS_COLUMNS))
-                _print_row((row.phone_number_id or "-", row.sha256[:12], row.media_id or "-",
-                            listing.state(row), size(row.size_bytes), when(row.uploaded_at),
-                            when(row.expires_at), row.mime_type, ", ".join(row.paths) or "-"))
-            listed += 1
+        listed = _json_lines(reader.store, before) if args.json else _table(reader.store, before)
     if not listed:
         print(f"no media ID expires within {args.expiring:g} days" if within is not None
               else "the registry is empty; add files with: media-registry upload FILE", file=sys.stderr)
     return 0
+
+
+def _table(store: Store, before: datetime | None) -> int:
+    """The listing as a table; how many rows it printed."""
+    listed = 0
+    for row in store.content_rows(expiring_before=before):
+        if not listed:
+            _print_row(tuple(LS_COLUMNS))
+        _print_row((row.phone_number_id or "-", row.sha256[:12], row.media_id or "-", listing.state(row),
+                    size(row.size_bytes), when(row.uploaded_at), when(row.expires_at), row.mime_type,
+                    ", ".join(row.paths) or "-"))
+        listed += 1
+    return listed
+
+
+def _json_lines(store: Store, before: datetime | None, chunk: int = 4096) -> int:
+    """The listing as JSON lines, written ``chunk`` lines at a time; how many it wrote."""
+    from ..store.listing import listed_rows  # only for --json: the table starts without it
+
+    listed, lines, write = 0, [], sys.stdout.write
+    for row in listed_rows(store, expiring_before=before):
+        lines.append(json_line(row))
+        if len(lines) == chunk:
+            write("".join(lines))
+            listed, lines = listed + chunk, []
+    write("".join(lines))
+    return listed + len(lines)
 
 
 def record_fields(row: ContentRow, history: Sequence[EventRow] | None = None) -> dict[str, Any]:
@@ -112,25 +132,25 @@ def record_fields(row: ContentRow, history: Sequence[EventRow] | None = None) ->
     return fields
 
 
-_TIMES = ("uploaded_at", "expires_at", "deleted_at")
-
-
-def json_line(row: ContentRow) -> str:
-    """The line ``print_json(record_fields(row))`` prints, built at listing speed: one
-    encoder for every row, times turned to text here rather than by a callback each."""
-    fields = record_fields(row)
-    for key in _TIMES:
-        moment = fields[key]
-        if moment is not None:
-            fields[key] = moment.astimezone(timezone.utc).isoformat(timespec="seconds")[:-6] + "Z"
-    return _encoder()(fields) + "\n"
+def json_line(row: ListedRow) -> str:
+    """The line ``print_json`` prints for the row's record, written out directly: the listing
+    is the one output whose size grows with the registry."""
+    q = _quote()
+    sha256, mime_type, size_bytes, phone, media_id, uploaded, expires, deleted, paths = row
+    state = "deleted" if deleted else "current" if media_id else "unsent"  # as listing.state
+    return (f'{{"sha256": {q(sha256)}, "mime_type": {q(mime_type)}, "size_bytes": {size_bytes}, '
+            f'"phone_number_id": {"null" if phone is None else q(phone)}, '
+            f'"media_id": {"null" if media_id is None else q(media_id)}, '
+            f'"uploaded_at": {"null" if uploaded is None else q(uploaded)}, '
+            f'"expires_at": {"null" if expires is None else q(expires)}, '
+            f'"deleted_at": {"null" if deleted is None else q(deleted)}, "state": "{state}", "paths": {paths}}}\n')
 
 
 @functools.cache
-def _encoder() -> Callable[[Any], str]:
-    import json  # only for --json: the table starts without it
+def _quote() -> Callable[[str], str]:
+    from json.encoder import encode_basestring  # only for --json: the table starts without it
 
-    return json.JSONEncoder(ensure_ascii=False).encode
+    return encode_basestring
 
 
 def _print_row(cells: Sequence[str]) -> None:

@@ -6,8 +6,7 @@ import os
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from time import time as _seconds
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import SecretStr
 from typing_extensions import TypedDict
@@ -18,9 +17,11 @@ from ..errors import ConfigError
 from ..store import Cutoffs, Store, open_store
 from ..store._pacing import Pacer
 from ..store.handles import HandleStore
-from .effects import Clock, utc_now
+from .effects import Clock
 
 PathArg = str | os.PathLike[str]
+K = TypeVar("K")
+ONE_SECOND = timedelta(seconds=1)
 
 
 class SettingsArgs(TypedDict, total=False):
@@ -136,7 +137,9 @@ class Context:
         self.in_postgres = isinstance(settings.db, PostgresURL)
         self._handles: tuple[Store, HandleStore] | None = None
         self._windows_by_phone: dict[str, Windows] = {}
-        self._valid_until_cache: dict[timedelta, tuple[int, datetime]] = {}
+        # Per validity and per number: the second a moment was worked out for, and the moment.
+        self._valid_until_cache: dict[timedelta, tuple[datetime, datetime, datetime]] = {}
+        self._min_valid_cache: dict[str, tuple[datetime, datetime, datetime]] = {}
 
     @property
     def handles(self) -> HandleStore:
@@ -169,20 +172,31 @@ class Context:
         return Cutoffs(now + getattr(self.settings, window), by_phone)
 
     def valid_until(self, validity: timedelta) -> datetime:
-        """``now + validity``, computed once per second: this is on every cache hit."""
-        # The default clock's second read without building a datetime.
-        second = int(_seconds()) if self.clock is utc_now else int(self.clock().timestamp())
+        """``now + validity``, computed once per second: this is on every URL cache hit."""
+        now = self.clock()
         cached = self._valid_until_cache.get(validity)
-        if cached is not None and cached[0] == second:
-            return cached[1]
-        # The end of the current second: never less strict than the exact time would be.
-        moment = datetime.fromtimestamp(second + 1, timezone.utc) + validity
-        self._valid_until_cache[validity] = (second, moment)
-        return moment
+        if cached is not None and cached[0] <= now < cached[1]:
+            return cached[2]
+        return _remember(self._valid_until_cache, validity, now, validity)
 
     def min_valid_until(self, phone: str) -> datetime:
-        """The expiry an ID served now for ``phone`` must be beyond."""
-        return self.valid_until(self.windows(phone).min_validity)
+        """The expiry an ID served now for ``phone`` must be beyond, computed once per second
+        and number: this is on every cache hit."""
+        now = self.clock()
+        cached = self._min_valid_cache.get(phone)
+        if cached is not None and cached[0] <= now < cached[1]:
+            return cached[2]
+        return _remember(self._min_valid_cache, phone, now, self.windows(phone).min_validity)
+
+
+def _remember(cache: dict[K, tuple[datetime, datetime, datetime]], key: K, now: datetime,
+              validity: timedelta) -> datetime:
+    """The end of ``now``'s second plus ``validity`` (never less strict than the exact time
+    would be), kept in ``cache`` for the rest of that second."""
+    second = datetime.fromtimestamp(int(now.timestamp()), timezone.utc)
+    end = second + ONE_SECOND
+    cache[key] = (second, end, end + validity)
+    return end + validity
 
 
 def wall_clock() -> datetime:

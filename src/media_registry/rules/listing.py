@@ -14,7 +14,6 @@ from typing import Any
 
 from ..errors import InputError
 from ..store import ContentRow, Cutoffs, Store
-from ..store.inbox import Inbox
 
 HEX = frozenset("0123456789abcdefABCDEF")
 
@@ -51,6 +50,8 @@ def stored_name(store: Store, target: str | os.PathLike[str]) -> str | None:
 def counts(store: Store, now: datetime, expiring_before: Cutoffs) -> dict[str, Any]:
     """Counts of contents, paths and media IDs by state, per phone number, with what the
     store knows of itself (see :meth:`Reading.stats <media_registry.rules.reading.Reading.stats>`)."""
+    from ..store.inbox import Inbox  # stats alone: ls and show start without it
+
     stats = store.stats(now, expiring_before)
     found: dict[str, Any] = stats._asdict()
     found["by_phone_number"] = {phone: numbers._asdict() for phone, numbers in stats.by_phone_number.items()}

@@ -25,7 +25,6 @@ from .effects import Blocking, DeleteMedia, Flow, Hashing, Sleep, Upload, ask
 
 # Where the bytes to upload are: a source file (fingerprinted) or a hashed Content.
 UploadSource = hashing.Fingerprint | Content
-_new_tuple = tuple.__new__
 
 
 class _Answer(NamedTuple):
@@ -56,7 +55,7 @@ class Outcome(_Answer):
         return "uploaded" if self.uploaded else "cached"
 
 
-class _Miss(NamedTuple):
+class Miss(NamedTuple):
     """What the fast path learned when it could not answer alone."""
 
     fp: hashing.Fingerprint
@@ -73,21 +72,21 @@ class Sending:
 
     def fast_path(
         self, path: str | os.PathLike[str], phone_number_id: str | None, mime_type: str | None
-    ) -> Outcome | _Miss:
-        """The cache hit, done inline by both drivers: one stat and one indexed query."""
+    ) -> tuple[str, str] | Miss:
+        """The cache hit, done inline by both drivers: one stat and one indexed query. A hit is
+        its (sha256, media ID); each caller builds only what it returns."""
         ctx = self.ctx
         phone = ctx.phone(phone_number_id)
         fp = hashing.fingerprint(path)
         hit = ctx.store.lookup_path(fp, phone, ctx.min_valid_until(phone))
-        if hit is None or hashing.racily_clean(fp, hit.recorded_at):
-            return _Miss(fp, None, None, phone)  # new, changed, or not to be trusted: hash it
-        if hit[1] is not None and mime_type is None:
-            outcome = _new_tuple(Outcome, (hit[1], False))  # Outcome's __new__ costs a call
-            outcome.sha256 = hit[0]
-            return outcome
-        return _Miss(fp, hit.sha256, hit.media_id, phone)
+        if hit is None or hashing.racily_clean(fp, hit[2]):
+            return Miss(fp, None, None, phone)  # new, changed, or not to be trusted: hash it
+        media_id = hit[1]
+        if media_id is not None and mime_type is None:
+            return hit[0], media_id
+        return Miss(fp, hit.sha256, hit.media_id, phone)
 
-    def get_or_upload_flow(self, path: str | os.PathLike[str], miss: _Miss,
+    def get_or_upload_flow(self, path: str | os.PathLike[str], miss: Miss,
                             mime_type: str | None) -> Flow[Outcome]:
         """After a cache miss: examine the file (sniff, check, hash if new), then serve the
         ID checked against a declared type, or go through single flight."""
@@ -98,7 +97,7 @@ class Sending:
             return Outcome(miss.media_id, uploaded=False, sha256=sha256, mime_type=media_type.mime_type)
         return (yield from self.single_flight(miss.fp, sha256, miss.phone, media_type.mime_type))
 
-    def _examine(self, path: Path, miss: _Miss, declared: str | None) -> tuple[media_types.MediaType, str]:
+    def _examine(self, path: Path, miss: Miss, declared: str | None) -> tuple[media_types.MediaType, str]:
         """Sniff and check the file against WhatsApp's limits; hash and record it if new."""
         fp = miss.fp
         with hashing.open_source(fp.path) as file:

@@ -106,12 +106,14 @@ RESOLVE = ("SELECT coalesce((SELECT sha256 FROM paths WHERE {here}path = :path),
            " (SELECT sha256 FROM media WHERE media_id = :target LIMIT 1),"
            " (SELECT sha256 FROM contents WHERE sha256 = lower(:target)))")
 PREFIX = "SELECT sha256 FROM contents WHERE sha256 >= :prefix AND sha256 < :end ORDER BY sha256 LIMIT :limit"
-# Contents drive the plan, each looks up its current IDs (the one-current-ID index) and its
-# paths: linear in the registry's size.
+# Contents drive the plan in sha256 order, each looks up its current IDs and its paths in
+# the listing's indexes ({listed} names them where the planner must be told): every lookup
+# lands next to the last, no table row is read, and only the final order is a sort.
+# NULLS FIRST: SQLite's own order for the contents without a current ID, PostgreSQL's too.
 _LISTING = """SELECT c.sha256, c.mime_type, c.size_bytes, c.first_seen_at, c.deleted_at,
        m.phone_number_id, m.media_id, m.uploaded_at, m.expires_at, {path_list}
-    FROM contents AS c {join} media AS m ON m.sha256 = c.sha256 AND m.state = 'current' {until}
-    {one} ORDER BY m.phone_number_id, c.first_seen_at, c.sha256"""
+    FROM contents AS c {listed} {join} media AS m ON m.sha256 = c.sha256 AND m.state = 'current' {until}
+    {one} ORDER BY m.phone_number_id NULLS FIRST, c.first_seen_at, c.sha256"""
 
 
 def listing(*, one: bool, expiring: bool) -> str:

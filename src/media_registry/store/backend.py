@@ -74,7 +74,8 @@ class Backend:
     # to inserted paths, leases and events, `for_update`/`skip_locked` lock rows where two
     # writers could meet, `db_now`/`claim_until` are the clock of claims, `live_path` keeps
     # paths of live hosts, `touch_host` records this host, `path_list` aggregates a content's
-    # paths, `cutoff` reads a number's own cutoff from :cutoffs (JSON).
+    # paths (in path order), `cutoff` reads a number's own cutoff from :cutoffs (JSON), `listed`
+    # hints the listing's index for contents.
     dialect: ClassVar[dict[str, str]]
     time: Callable[[Any], datetime]  # a stored time back as an aware UTC datetime
     when: Callable[[datetime], Any]  # a time as a parameter

@@ -137,6 +137,7 @@ def _section(con: Any, name: str, first: str, end: str) -> None:
 # The sections of each dialect's schema file that a step creates as the file writes them.
 INBOX = ("-- Inbound media that webhooks announced", "-- (the end of the inbox's tables)")
 HANDLES = ("-- Template header handles (Meta's", "-- (the end of the header handles' table)")
+LISTING = ("-- The listing's order", "-- (the end of the listing's indexes)")
 
 
 MIGRATIONS: tuple[Migration, ...] = (  # SQLite's steps
@@ -164,6 +165,8 @@ MIGRATIONS: tuple[Migration, ...] = (  # SQLite's steps
     Migration("0007_header_handles", lambda con: _section(con, "schema.sql", *HANDLES)),
     # A header handle's upload session, resumed by a later claimer (store/handles.py).
     Migration("0008_handle_sessions", lambda con: handle_columns(con)),
+    # Indexes holding what the listing prints, so that ls reads no table row (store/listing.py).
+    Migration("0009_listing_order", lambda con: _section(con, "schema.sql", *LISTING)),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -191,4 +194,5 @@ CREATE INDEX url_sources_by_content ON url_sources (sha256);"""),
     Migration("local cache and upload pacing", lambda con: con.execute(schema("store/pg_notify.sql"))),
     Migration("handle sessions", "ALTER TABLE header_handles ADD COLUMN IF NOT EXISTS size_bytes bigint, "
               "ADD COLUMN IF NOT EXISTS session text"),
+    Migration("listing order", lambda con: _section(con, "store/schema_postgres.sql", *LISTING)),
 )

@@ -72,6 +72,7 @@ DIALECT = {
     "path_list": "ARRAY(SELECT p.path FROM paths AS p WHERE p.sha256 = c.sha256 AND p.host_id = :host "
                  "ORDER BY p.path)",
     "cutoff": "CAST(CAST(:cutoffs AS jsonb) ->> m.phone_number_id AS timestamptz)",
+    "listed": "",
 }
 
 

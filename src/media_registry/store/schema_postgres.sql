@@ -158,6 +158,13 @@ CREATE TABLE IF NOT EXISTS header_handles (
 CREATE INDEX IF NOT EXISTS header_handles_by_handle ON header_handles (handle);
 -- (the end of the header handles' table)
 
+-- The listing's order (ls, records): each content's current IDs and its paths read from
+-- indexes that hold every column the listing prints (index-only scans).
+CREATE INDEX IF NOT EXISTS media_listed ON media (sha256, phone_number_id)
+    INCLUDE (media_id, uploaded_at, expires_at) WHERE state = 'current';
+CREATE INDEX IF NOT EXISTS paths_listed ON paths (sha256, host_id, path);
+-- (the end of the listing's indexes)
+
 -- Media IDs that are current and not yet expired, with their content.
 CREATE VIEW live_media AS
 SELECT m.media_id, m.phone_number_id, m.sha256, c.mime_type, c.size_bytes,

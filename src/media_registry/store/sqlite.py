@@ -19,8 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, closing, contextmanager
 from datetime import datetime
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..defaults import BUSY_TIMEOUT
 from ..errors import RegistryCorrupt, RegistryError, RegistryLocked, SchemaTooNew
@@ -29,6 +28,9 @@ from .backend import Backend, Params, Tx, at_fork, utc_text
 from .owners import HOST, owner_alive
 from .rows import LeaseOutcome, LeaseStatus
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
 T = TypeVar("T")
 
 DIALECT = {
@@ -36,9 +38,26 @@ DIALECT = {
                      "for_update", "skip_locked", "touch_host"), ""),
     "db_now": ":now", "claim_until": ":claim_until", "live_path": "TRUE",
     # The paths as a JSON array: a file name may hold any character, a newline included.
-    "path_list": "(SELECT json_group_array(p.path) FROM paths AS p WHERE p.sha256 = c.sha256)",
+    "path_list": "(SELECT json_group_array(p.path) FROM paths AS p INDEXED BY paths_listed WHERE p.sha256 = c.sha256)",
+    "listed": "INDEXED BY contents_listed",  # the planner would read the table's rows
     "cutoff": "(SELECT value FROM json_each(:cutoffs) WHERE key = m.phone_number_id)",
 }
+
+
+# The bytes a file: URI carries as they are (as pathlib's as_uri leaves them); others are %XX.
+_URI_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/")
+
+
+def _shown(path: str) -> str:
+    """``str(Path(path))``, the name messages give, without pathlib on every command's start-up."""
+    root = "//" if path[:2] == "//" and path[2:3] != "/" else "/" if path[:1] == "/" else ""
+    return root + "/".join(part for part in path.split("/") if part not in ("", ".")) or "."
+
+
+def _uri(path: str) -> str:
+    """``Path(path).absolute().as_uri()``: the file's URI, for SQLite's read-only and no-create modes."""
+    absolute = path if path[:1] == "/" else os.getcwd() if path == "." else os.path.join(os.getcwd(), path)
+    return "file://" + "".join(chr(byte) if byte in _URI_SAFE else f"%{byte:02X}" for byte in os.fsencode(absolute))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -56,8 +75,7 @@ class SQLiteBackend(Backend):
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True,
                  busy_timeout: float = BUSY_TIMEOUT) -> None:
-        self.path = Path(path)
-        self.location = str(self.path)
+        self.path = self.location = _shown(os.fspath(path))
         self.host_id = HOST
         self.scope = {"host": HOST}
         self.busy_timeout = busy_timeout
@@ -78,9 +96,10 @@ class SQLiteBackend(Backend):
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            if not self.path.parent.is_dir():
+            folder = os.path.dirname(self.path) or "."
+            if not os.path.isdir(folder):
                 raise RegistryError(
-                    f"registry {self.path}: folder {self.path.parent} does not exist; create it first"
+                    f"registry {self.path}: folder {folder} does not exist; create it first"
                 ) from None
             if not self._create:
                 raise RegistryError(f"no registry at {self.path}; check MEDIA_REGISTRY_DB (or --db), "
@@ -93,7 +112,7 @@ class SQLiteBackend(Backend):
         # Through SQLite, read-only, so that someone else's database stays byte-identical (no
         # schema, no user_version, no switch to WAL). Never a plain open() and close() of the
         # file: closing any descriptor of it drops this process's SQLite locks on it.
-        uri = self.path.absolute().as_uri() + "?mode=ro"
+        uri = _uri(self.path) + "?mode=ro"
         try:
             with closing(sqlite3.connect(uri, uri=True, timeout=self.busy_timeout)) as con:
                 version = _user_version(con)
@@ -116,7 +135,7 @@ class SQLiteBackend(Backend):
     def _open(self) -> sqlite3.Connection:
         mode = "rwc" if self._create else "rw"
         try:
-            con = sqlite3.connect(self.path.absolute().as_uri() + f"?mode={mode}", uri=True,
+            con = sqlite3.connect(_uri(self.path) + f"?mode={mode}", uri=True,
                                   timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
             try:
                 version = _user_version(con)
@@ -221,7 +240,9 @@ class SQLiteBackend(Backend):
 
     def daemon_lock(self) -> AbstractContextManager[None]:
         """One daemon per registry file, whatever name it is reached by."""
-        return _lock_beside(self.path)
+        from pathlib import Path  # the daemon's alone: every command's start-up is spared it
+
+        return _lock_beside(Path(self.path))
 
     def _forget(self) -> None:
         self._local, self._connections = threading.local(), []
@@ -247,6 +268,8 @@ def export_registry(path: str | os.PathLike[str]) -> dict[str, list[tuple[Any, .
     as :data:`~media_registry.store.migrations.EXPORTED`, times as stored), read without
     changing the file: a read-only connection; an older schema version read as it is (a
     version-1 registry's ctime and device as 0: the first cache hit then hashes it once)."""
+    from pathlib import Path  # migrate's alone: every command's start-up is spared it
+
     location = Path(path)
     if not location.is_file():
         raise RegistryError(f"no registry at {location}; point --db (or MEDIA_REGISTRY_DB) at the SQLite file")
