@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,39 +39,57 @@ Row = tuple[str, str, str, str]
 
 # -- the server process -------------------------------------------------------------------
 
+# A floor endpoint: given the request's scope and receive channel, the JSON body it answers.
+Floor = Callable[[dict[str, Any], Any], Awaitable[bytes]]
 
-def serve_with_floors() -> None:
-    """Run the service (configured from the environment) with the floor endpoints beside it."""
+
+async def read_body(receive: Any, into: Callable[[bytes], object]) -> None:
+    """Hand each chunk of the request's body to ``into`` as it arrives."""
+    while True:
+        message = await receive()
+        into(message.get("body", b""))
+        if not message.get("more_body"):
+            return
+
+
+async def hash_floor(_scope: dict[str, Any], receive: Any) -> bytes:
+    """Read the body and sha256-hash it."""
+    digest = hashlib.sha256()
+    await read_body(receive, digest.update)
+    return b'{"sha256": "%s"}' % digest.hexdigest().encode()
+
+
+async def constant_floor(_scope: dict[str, Any], _receive: Any) -> bytes:
+    """A constant."""
+    return b'{"media_id": "1"}'
+
+
+FLOORS: dict[str, Floor] = {"/floor/hash": hash_floor, "/floor/constant": constant_floor}
+
+
+def serve_with_floors(floors: dict[str, Floor] = FLOORS) -> None:
+    """Run what ``serve`` runs (configured from the environment), with bare ASGI floor endpoints
+    beside it in the same uvicorn process: ``floors`` maps a path to its endpoint."""
     import uvicorn
 
     from media_registry import AsyncMediaRegistry
     from media_registry.app.metrics import Monitor
-    from media_registry.app.service import Options, create_app
+    from media_registry.app.service import Options, serving
 
     registry = AsyncMediaRegistry.from_env()
-    service = create_app(registry, Monitor(registry), Options())
+    service = serving(registry, Monitor(registry), Options())
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == "/floor/hash":
-            digest = hashlib.sha256()
-            while True:
-                message = await receive()
-                digest.update(message.get("body", b""))
-                if not message.get("more_body"):
-                    break
-            await _json(send, b'{"sha256": "%s"}' % digest.hexdigest().encode())
-        elif scope["type"] == "http" and scope["path"] == "/floor/constant":
-            await _json(send, b'{"media_id": "1"}')
-        else:
+        floor = floors.get(scope["path"]) if scope["type"] == "http" else None
+        if floor is None:
             await service(scope, receive, send)
+            return
+        body = await floor(scope, receive)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
 
     uvicorn.run(app, host="127.0.0.1", port=0, log_level="info", access_log=False)
-
-
-async def _json(send: Any, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": body})
 
 
 # -- the client side ----------------------------------------------------------------------

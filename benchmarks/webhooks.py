@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from service import _json, wait_for_address
+from service import read_body, serve_with_floors, wait_for_address
 
 from media_registry import MediaRegistry
 from media_registry.testing import FakeGraphAPI, sample_media
+from media_registry.webhooks import verify_signature
 
 SECRET = "benchmark-app-secret-0123456789"
 ITEMS_PER_DELIVERY = 10
@@ -48,34 +49,14 @@ Row = tuple[str, str, str, str]
 # -- the server process -------------------------------------------------------------------
 
 
-def serve_with_floor() -> None:
-    """The service (from the environment) with the bare signature-and-JSON endpoint beside it."""
-    import uvicorn
-
-    from media_registry import AsyncMediaRegistry
-    from media_registry.app.metrics import Monitor
-    from media_registry.app.service import Options, create_app
-    from media_registry.webhooks import verify_signature
-
-    registry = AsyncMediaRegistry.from_env()
-    service = create_app(registry, Monitor(registry), Options())
-
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == "/floor/webhook":
-            body = b""
-            while True:
-                message = await receive()
-                body += message.get("body", b"")
-                if not message.get("more_body"):
-                    break
-            header = dict(scope["headers"]).get(b"x-hub-signature-256", b"").decode()
-            if not (verify_signature(body, header, SECRET) and isinstance(json.loads(body), dict)):
-                raise ValueError("the floor's delivery is not signed JSON")
-            await _json(send, b'{"ok": true}')
-        else:
-            await service(scope, receive, send)
-
-    uvicorn.run(app, host="127.0.0.1", port=0, log_level="info", access_log=False)
+async def webhook_floor(scope: dict[str, Any], receive: Any) -> bytes:
+    """Check the delivery's signature and parse its JSON."""
+    body = bytearray()
+    await read_body(receive, body.extend)
+    header = dict(scope["headers"]).get(b"x-hub-signature-256", b"").decode()
+    if not (verify_signature(bytes(body), header, SECRET) and isinstance(json.loads(body), dict)):
+        raise ValueError("the floor's delivery is not signed JSON")
+    return b'{"ok": true}'
 
 
 # -- deliveries ---------------------------------------------------------------------------
@@ -195,7 +176,7 @@ def main() -> None:
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve_with_floor()
+        serve_with_floors({"/floor/webhook": webhook_floor})
         return
     requests, items = (100, 30) if args.quick else (2_000, 1_000)
     with tempfile.TemporaryDirectory(prefix="media-registry-bench-") as tmp, FakeGraphAPI() as api:

@@ -253,6 +253,6 @@ def test_no_request_does_store_or_file_work_on_the_event_loop(
     assert api.uploads == 2  # the body was hashed once: its second POST is the hash lookup's hit
     calls, loop = seen["calls"], seen["loop"]
     assert {"take_lease", "record_upload", "invalidate_media", "events"} <= {name for name, _ in calls.calls}
-    assert calls.on(loop) <= {"content_rows"}  # the hash lookup: a cache hit, as documented
+    assert calls.on(loop) <= {"content_rows", "current_media"}  # the hash lookup and GET: cache hits, as documented
     assert {"open", "os.remove"} <= {event for event, _ in seen["files"]}
     assert [event for event, thread in seen["files"] if thread == loop] == []

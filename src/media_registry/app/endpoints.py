@@ -41,6 +41,7 @@ from .answers import (
     Upload,
     error_responses,
 )
+from .lookups import Lookups
 from .metrics import Monitor
 
 
@@ -66,6 +67,7 @@ class Endpoints:
         self.registry = registry
         self.monitor = monitor
         self.options = options
+        self.lookups = Lookups(registry)
 
     async def authorize(self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
                         ) -> None:
@@ -163,14 +165,13 @@ class Endpoints:
             await asyncio.to_thread(content.close)
 
     async def get(self, sha256: Annotated[str, PathParam(pattern=SHA256_PATTERN)],
-                  phone_number_id: Annotated[str | None, Query(pattern=DIGITS)] = None) -> MediaID:
+                  phone_number_id: Annotated[str | None, Query(pattern=DIGITS)] = None) -> Response:
         """Hash locally, ask here, and send the bytes only on a 404."""
-        record = await self.registry.avalid_record(sha256, phone_number_id=phone_number_id)
-        if record is None or record.media_id is None or record.expires_at is None:
+        body = await self.lookups.answer(sha256, phone_number_id)
+        if body is None:
             raise NotInRegistry(f"{sha256.lower()}: no valid media ID for this content on this "
                                 "number; POST the bytes to /v1/media")
-        return MediaID(media_id=record.media_id, sha256=record.sha256, mime_type=record.mime_type,
-                       expires_at=record.expires_at)
+        return Response(body, media_type="application/json")  # MediaID's bytes (see .lookups)
 
     async def invalidate(self, media_id: Annotated[str, PathParam(pattern=DIGITS)]) -> MediaRecord:
         """The record of the content, after its ID was marked dead."""

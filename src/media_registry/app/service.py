@@ -24,6 +24,7 @@ import anyio
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI
 from pydantic import SecretStr
+from starlette.types import ASGIApp
 
 from .. import __version__
 from ..errors import ConfigError
@@ -33,6 +34,7 @@ from ..registry import AsyncMediaRegistry
 from . import _connections
 from .answers import Health, answer_errors_as_json, error_responses
 from .endpoints import Endpoints, Options, known_query
+from .lookups import Lookups, lookups_first
 from .metrics import Monitor
 from .scheduler import only_daemon, run_schedule
 from .webhook_endpoints import WebhookEndpoints
@@ -63,6 +65,14 @@ def create_app(registry: AsyncMediaRegistry, monitor: Monitor, options: Options,
                       summary="Whether the registry answers and refresh keeps up")
     answer_errors_as_json(app)
     return app
+
+
+def serving(registry: AsyncMediaRegistry, monitor: Monitor, options: Options, lifespan: Lifespan | None = None,
+            wake: Callable[[], None] = lambda: None) -> ASGIApp:
+    """What ``serve`` runs: :func:`create_app`'s application with its plain lookups answered
+    first (:mod:`.lookups`), and requests cut short by a stop answered 503."""
+    app = create_app(registry, monitor, options, lifespan, wake)
+    return _connections.answering_when_cut_short(lookups_first(app, Lookups(registry), options.token))
 
 
 def run_service(*, host: str, port: int, options: Options, run_schedule_too: bool,
@@ -100,8 +110,7 @@ def run_service(*, host: str, port: int, options: Options, run_schedule_too: boo
         await asyncio.gather(*schedule)  # a pass running now finishes its uploads first
         await registry.aclose()
 
-    app = create_app(registry, monitor, options, lifespan, archive_wake.set)
-    config = uvicorn.Config(_connections.answering_when_cut_short(app), host=host, port=port,
+    config = uvicorn.Config(serving(registry, monitor, options, lifespan, archive_wake.set), host=host, port=port,
                             log_config=None, server_header=False, proxy_headers=False,
                             http=_connections.LimitedH11, limit_concurrency=limit,
                             timeout_graceful_shutdown=options.graceful_timeout)

@@ -11,6 +11,7 @@ from typing import NamedTuple
 from ..errors import SourceChanged, SourceNotFound, SourceUnreadable
 
 BLOCK_SIZE = 1 << 18
+_new_tuple = tuple.__new__
 
 
 class Fingerprint(NamedTuple):
@@ -33,7 +34,9 @@ def fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
     SourceUnreadable when it exists but cannot be used (permission denied, a directory or
     another kind of file, any other error).
     """
-    absolute = os.path.abspath(path)
+    absolute = os.fspath(path)
+    if not _normal_absolute(absolute):
+        absolute = os.path.abspath(absolute)
     try:
         st = os.stat(absolute)
     except (FileNotFoundError, NotADirectoryError):
@@ -45,7 +48,14 @@ def fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
     if not stat.S_ISREG(st.st_mode):
         what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
         raise SourceUnreadable(f"{path}: is {what}; pass a file")
-    return Fingerprint(absolute, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+    # Built without Fingerprint's __new__ (a Python call): this is every cache hit.
+    return _new_tuple(Fingerprint, (absolute, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev))
+
+
+def _normal_absolute(path: str) -> bool:
+    """Whether ``os.path.abspath`` would hand ``path`` back as it is (absolute, no empty, ``.``
+    or ``..`` part, no trailing slash), told without its Python-level normalisation."""
+    return path[:1] == "/" and "//" not in path and "/." not in path and path[-1:] != "/"
 
 
 def racily_clean(fp: Fingerprint, recorded_at: datetime) -> bool:

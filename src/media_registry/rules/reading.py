@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from ..models import MediaEvent, MediaRecord
@@ -56,6 +56,21 @@ class Reading:
                     and row.expires_at is not None and row.expires_at > valid_until):
                 return _record(row)
         return None
+
+    def current(self, sha256: str, phone_number_id: str | None = None) -> tuple[str, str, datetime] | None:
+        """The media ID that :meth:`valid_record` would name, with the content's MIME type and
+        the ID's expiry (what the service answers a lookup with): one indexed read, or the
+        local cache's memory."""
+        phone = self.ctx.phone(phone_number_id)
+        return self.ctx.store.current_media(sha256.lower(), phone, self.ctx.min_valid_until(phone))
+
+    def remembered(self, sha256: str, phone_number_id: str) -> tuple[str, str, datetime] | None:
+        """:meth:`current` from the local cache's memory alone, never a read: None when it is
+        not there (or the registry keeps no local cache)."""
+        memory = self.ctx.store.backend.memory
+        if memory is None:
+            return None
+        return memory.current(sha256.lower(), phone_number_id, self.ctx.min_valid_until(phone_number_id))
 
     def stats(self) -> dict[str, Any]:
         """Counts of contents, paths and media IDs by state, for health checks, with what

@@ -25,10 +25,10 @@ __all__ = ["BUSY_TIMEOUT_SECONDS", "HOST", "Store", "new_owner", "open_store", "
 def remembering(store: Store) -> Store:
     """``store``, its hits answered from its backend's memory where it keeps one."""
     if (memory := store.backend.memory) is not None:
-        from ._local import current_ids, path_hits
+        from ._local import current_media, path_hits
 
         store.lookup_path = path_hits(store, memory)  # type: ignore[method-assign,assignment]
-        store.current_media_id = current_ids(store, memory)  # type: ignore[method-assign,assignment]
+        store.current_media = current_media(store, memory)  # type: ignore[method-assign,assignment]
     return store
 
 

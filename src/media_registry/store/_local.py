@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ..content.hashing import Fingerprint
+from . import _sql as q
 from .backend import SIGNED, at_fork, int64
 from .rows import PathHit
 
@@ -41,10 +42,10 @@ FILL = ("SELECT p.sha256, m.media_id, m.expires_at, p.seen_at FROM paths AS p LE
         "ON m.sha256 = p.sha256 AND m.phone_number_id = :phone AND m.state = 'current' "
         "WHERE p.path = :path AND p.size_bytes = :size AND p.mtime_ns = :mtime AND p.ctime_ns = :ctime "
         "AND p.inode = :inode AND p.device = :device{and_p_here}")
-CURRENT_FILL = ("SELECT media_id, expires_at FROM media WHERE sha256 = :sha256 AND phone_number_id = :phone "
-                "AND state = 'current'")
+CURRENT_FILL = q.CURRENT.replace(" AND m.expires_at > :until", "")  # its expiry checked on each hit
 
 Entry = tuple[datetime, Any, tuple[str, ...]]  # expires_at, the answer, its notification keys
+Current = tuple[str, str, datetime]  # a content's current ID on a number: media ID, MIME type, expiry
 
 
 class LocalCache:
@@ -88,6 +89,16 @@ class LocalCache:
     def serving(self) -> bool:
         """Whether memory may answer now (the listener proved itself alive recently)."""
         return time.monotonic() - self.proof < WINDOW
+
+    def current(self, sha256: str, phone_number_id: str, valid_until: datetime) -> Current | None:
+        """The content's current ID on that number if memory may serve now and it expires after
+        ``valid_until``, else None; never a read (the service answers such hits on its event loop)."""
+        if time.monotonic() - self.proof < WINDOW:
+            entry = self.entries.get((sha256, phone_number_id))
+            if entry is not None and entry[0] > valid_until:
+                answer: Current = entry[1]
+                return answer
+        return None
 
     def put(self, key: Hashable, expires_at: datetime, answer: Any, keys: tuple[str, ...], seen: int) -> None:
         """Keep a fill read while the counter stood at ``seen``, if nothing arrived meanwhile."""
@@ -180,23 +191,22 @@ def path_hits(store: Store, cache: LocalCache) -> Callable[[Fingerprint, str, da
     return lookup_path
 
 
-def current_ids(store: Store, cache: LocalCache) -> Callable[[str, str, datetime], str | None]:
-    """``store.current_media_id`` answered from ``cache`` where it may (the service's lookups,
-    bytes and URL sources), filled from the database."""
-    entries, monotonic, backend = cache.entries, time.monotonic, store.backend
+def current_media(store: Store, cache: LocalCache) -> Callable[[str, str, datetime], Current | None]:
+    """``store.current_media`` (and so ``current_media_id``: the service's lookups, bytes and URL
+    sources) answered from ``cache`` where it may, filled from the database."""
+    backend = store.backend
     sql = backend.positional(CURRENT_FILL)
 
-    def current_media_id(sha256: str, phone_number_id: str, valid_until: datetime) -> str | None:
-        if monotonic() - cache.proof < WINDOW:
-            entry = entries.get((sha256, phone_number_id))
-            if entry is not None and entry[0] > valid_until:
-                return str(entry[1])
+    def current(sha256: str, phone_number_id: str, valid_until: datetime) -> Current | None:
+        answer = cache.current(sha256, phone_number_id, valid_until)
+        if answer is not None:
+            return answer
         seen = cache.filling()
         row: Any = backend.read_one(sql, (sha256, phone_number_id))
         if row is None:
             return None
-        expires_at = backend.time(row[1])
-        cache.put((sha256, phone_number_id), expires_at, str(row[0]), ("s:" + sha256,), seen)
-        return str(row[0]) if expires_at > valid_until else None
+        answer = (str(row[0]), row[1], backend.time(row[2]))
+        cache.put((sha256, phone_number_id), answer[2], answer, ("s:" + sha256,), seen)
+        return answer if answer[2] > valid_until else None
 
-    return current_media_id
+    return current

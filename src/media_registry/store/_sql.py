@@ -8,7 +8,9 @@ LOOKUP = ("SELECT p.sha256, (" + _CURRENT_ID.replace("{sha}", "p.sha256") + "), 
           "AND p.inode = :inode AND p.device = :device{and_p_here}")
 URL_HIT = ("SELECT m.media_id FROM url_sources AS u JOIN media AS m USING (sha256) WHERE u.url = :url "
            "AND u.checked_at > :after AND m.phone_number_id = :phone AND m.state = 'current' AND m.expires_at > :until")
-CURRENT = _CURRENT_ID.replace("{sha}", ":sha256")
+# A content's current ID on a number, with what a lookup answers: the content's type, the expiry.
+CURRENT = ("SELECT m.media_id, c.mime_type, m.expires_at FROM media AS m JOIN contents AS c ON c.sha256 = m.sha256 "
+           "WHERE m.sha256 = :sha256 AND m.phone_number_id = :phone AND m.state = 'current' AND m.expires_at > :until")
 SERVE = ("SELECT c.deleted_at IS NOT NULL, (" + _CURRENT_ID.replace("{sha}", "c.sha256") + ") "
          "FROM contents AS c WHERE c.sha256 = :sha256")
 

@@ -48,7 +48,7 @@ class Store:
         self._when, self._time = backend.when, backend.time
         self._sql: Callable[[str], str] = functools.cache(lambda template: template.format_map(backend.dialect))
         self._lookup = backend.positional(self._sql(q.LOOKUP))
-        self._url_hit = backend.positional(q.URL_HIT)
+        self._url_hit, self._current = backend.positional(q.URL_HIT), backend.positional(q.CURRENT)
         self._here = (backend.host_id,) if backend.dialect["and_p_here"] else ()
 
     def lookup_path(self, fp: Fingerprint, phone_number_id: str, valid_until: datetime) -> PathHit | None:
@@ -232,8 +232,12 @@ class Store:
 
     def current_media_id(self, sha256: str, phone_number_id: str, valid_until: datetime) -> str | None:
         """The content's current media ID for that number, if it expires after ``valid_until``."""
-        row = self._read_one(q.CURRENT, {"sha256": sha256, "phone": phone_number_id, "until": self._when(valid_until)})
-        return None if row is None else str(row[0])
+        return (self.current_media(sha256, phone_number_id, valid_until) or (None,))[0]
+
+    def current_media(self, sha256: str, phone: str, valid_until: datetime) -> tuple[str, str, datetime] | None:
+        """As :meth:`current_media_id`, with the content's MIME type and the ID's expiry (a lookup's answer)."""
+        row = self._read_one(self._current, (sha256, phone, self._when(valid_until)))
+        return None if row is None else (str(row[0]), row[1], self._time(row[2]))
 
     def url_hit(self, url: str, phone_number_id: str, valid_until: datetime, checked_after: datetime) -> str | None:
         """The current media ID of what ``url`` (key form) served, if the URL was checked
