@@ -4,10 +4,12 @@ media files, and the CLI run as a real subprocess."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import freezegun
 import psycopg
 import pytest
 
+from cli_forkserver import ForkServer
 from file_server import FileServer
 from media_registry import MediaRegistry
 from media_registry.store.postgres import TABLES as PG_TABLES
@@ -202,9 +205,21 @@ def cli_env(registry_db_value: str, api: FakeGraphAPI) -> dict[str, str]:
     return env
 
 
+_fork_server: list[ForkServer] = []
+_fork_server_lock = threading.Lock()
+
+
 def run_cli(*args: str, env: dict[str, str], cwd: Path | None = None,
             stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the installed ``media-registry`` console script as a real process."""
+    """Run the installed ``media-registry`` console script as a real process: forked from a
+    server that has imported it already (cli_forkserver.py), or started afresh when the
+    environment changes how the interpreter starts."""
+    with _fork_server_lock:  # tests run commands from threads of their own too
+        if not _fork_server and hasattr(os, "pidfd_open"):
+            _fork_server.append(ForkServer(CLI))
+            atexit.register(_fork_server[0].close)
+    if _fork_server and _fork_server[0].serves(env):
+        return _fork_server[0].run([str(CLI), *args], env=env, cwd=cwd, stdin=stdin, timeout=60)
     return subprocess.run(
         [str(CLI), *args],
         env=env, cwd=cwd, input=stdin, capture_output=True, text=True, timeout=60,
