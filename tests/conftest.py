@@ -1,6 +1,6 @@
 """Shared fixtures: a FakeGraphAPI (from media-registry's pytest plugin), registries on every
 backend (a real SQLite file in tmp_path, a fresh database on a real PostgreSQL server), sample
-media files, and the CLI run as a real subprocess."""
+media files, and the CLI run as real processes (cli_forkserver.py)."""
 
 from __future__ import annotations
 
@@ -100,14 +100,14 @@ BACKENDS = ["sqlite", "postgres"]
 
 # The modules whose single tests take longest (whole-tree type checks, benchmark scripts,
 # fleets of processes) run first, so that no worker is left with one of them at the end.
-LONGEST_FIRST = ("test_tooling.py", "test_benchmarks.py", "test_fleet.py", "test_pg_pools.py",
-                 "test_service_limits.py")
+LONGEST_FIRST = ("test_tooling.py", "test_benchmarks.py", "test_fleet.py", "test_reliability.py",
+                 "test_readme.py", "test_pg_pools.py", "test_service_limits.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A test marked ``sqlite_only`` checks something only SQLite has (its lock file beside
     the registry): it runs on SQLite alone, and PostgreSQL's counterpart lives elsewhere.
-    The modules of ``LONGEST_FIRST`` are moved to the front."""
+    The modules of ``LONGEST_FIRST`` are moved to the front, in its order."""
     keep, drop = [], []
     for item in items:
         params = getattr(item, "callspec", None)
@@ -115,7 +115,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         (drop if on_postgres and item.get_closest_marker("sqlite_only") else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
-    items[:] = sorted(keep, key=lambda item: item.path.name not in LONGEST_FIRST)
+    rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
+    items[:] = sorted(keep, key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 @pytest.fixture(params=BACKENDS)
