@@ -145,7 +145,9 @@ CREATE INDEX IF NOT EXISTS sent_messages_by_time ON sent_messages (sent_at);
 
 -- Template header handles (Meta's Resumable Upload API), per content and app. Meta documents no
 -- lifetime: one is served until expires_at (MEDIA_REGISTRY_HANDLE_TTL after it was made) or
--- until invalidated (both NULL then). claimed_by/claimed_until: who is making it now.
+-- until invalidated (both NULL then). claimed_by/claimed_until: who is making it now; session:
+-- its upload session, which a later claimer resumes. A file's first upload is claimed under
+-- 'file:' and its fingerprint's digest (its sha256 is computed while it is sent).
 CREATE TABLE IF NOT EXISTS header_handles (
     sha256        TEXT NOT NULL,
     app_id        TEXT NOT NULL,
@@ -154,6 +156,8 @@ CREATE TABLE IF NOT EXISTS header_handles (
     expires_at    TEXT,
     claimed_by    TEXT,
     claimed_until TEXT,
+    size_bytes    INTEGER,
+    session       TEXT,
     PRIMARY KEY (sha256, app_id)
 );
 CREATE INDEX IF NOT EXISTS header_handles_by_handle ON header_handles (handle);

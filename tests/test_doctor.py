@@ -22,6 +22,7 @@ from media_registry.app.doctor import (
     Setup,
     check_archive,
     check_clock,
+    check_token,
     check_version,
     check_webhooks,
     diagnose,
@@ -108,7 +109,17 @@ def test_a_bad_token(env: dict[str, str]) -> None:
     result = run_cli("doctor", env={**env, "WHATSAPP_TOKEN": "EAAGwrong-token-value"})
     assert result.returncode == 1
     assert lines(result)["token"].startswith("✗ Graph API rejected the access token")
+    assert lines(result)["clock"].startswith("✓ agrees with the Graph API's")  # the 401's Date
     assert "EAAGwrong-token-value" not in result.stdout + result.stderr
+
+
+def test_the_clock_is_checked_against_a_refused_tokens_answer(api: FakeGraphAPI, tmp_path: Path) -> None:
+    settings = load_settings(db=str(tmp_path / "r.db"), token="EAAGwrong-token-value",
+                             phone_number_id=api.phone_number_id, api_base=api.base_url)
+    skewed = Setup(settings, clock=lambda: datetime.now(timezone.utc) + timedelta(hours=2))
+    token, clock = diagnose(skewed, [check_token, check_clock])
+    assert (token.check, token.status) == ("token", FAIL)
+    assert clock.status == FAIL and "s ahead of the Graph API's Date" in clock.message
 
 
 def test_an_unknown_phone_number(env: dict[str, str]) -> None:
@@ -156,8 +167,6 @@ def _faketime_env() -> dict[str, str]:
 def test_the_clock_check_on_a_pinned_clock(api: FakeGraphAPI, tmp_path: Path, skew: timedelta, status: str) -> None:
     settings = load_settings(db=str(tmp_path / "r.db"), token=api.token, phone_number_id=api.phone_number_id,
                              api_base=api.base_url)
-    from media_registry.app.doctor import check_token
-
     findings = diagnose(Setup(settings, clock=lambda: datetime.now(timezone.utc) + skew), [check_token, check_clock])
     assert findings[-1].check == "clock" and findings[-1].status == status
 

@@ -79,6 +79,10 @@ class Setup:
             self._graph = GraphClient(transport=self.transport, clock=self.clock, **options)
         return self._graph
 
+    def dated(self, date: str) -> None:
+        """Keep the API's ``Date`` (of any answer: a refused token's too) for the clock check."""
+        self.api_date = date
+
     def close(self) -> None:
         """Close the Graph client, if one was made."""
         if self._graph is not None:
@@ -251,7 +255,7 @@ def check_daemon(setup: Setup) -> Iterator[Finding]:
         refreshed = last_event(store, "refresh")
         last = f"last refreshed an ID at {refreshed:%Y-%m-%d %H:%M:%S} UTC" if refreshed else "no ID refreshed yet"
         try:
-            with store.daemon_lock():
+            with store.backend.daemon_lock():
                 held = False
         except RegistryLocked:
             held = True
@@ -265,9 +269,7 @@ def check_daemon(setup: Setup) -> Iterator[Finding]:
 
 
 def _read(setup: Setup, object_id: str, fields: str) -> dict[str, Any]:
-    payload, date = setup.graph().get_object(object_id, fields)
-    setup.api_date = date or setup.api_date
-    return payload
+    return setup.graph().get_object(object_id, fields, dated=setup.dated)
 
 
 # The checks, in order, each a function of the Setup yielding its findings.

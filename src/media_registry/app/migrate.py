@@ -78,7 +78,7 @@ def migrate_to_postgres(source: str | os.PathLike[str] | PostgresURL, target: st
                           "pip install 'media-registry[postgres]'") from None
     store = Store(PostgresBackend(target, host_id=host_id, setting=setting))
     try:
-        copies = store.import_rows(tables)
+        copies = store.backend.import_rows(tables)
     finally:
         store.close()
     for copy in copies:

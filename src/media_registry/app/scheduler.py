@@ -137,5 +137,5 @@ def _log_action(action: LifecycleAction) -> None:
 def only_daemon(registry: MediaRegistry | AsyncMediaRegistry) -> Iterator[None]:
     """Hold the daemon's lock for as long as the daemon (or the service running its schedule)
     runs: one per SQLite registry; one per host of a PostgreSQL one."""
-    with registry.store.daemon_lock():
+    with registry.store.backend.daemon_lock():
         yield

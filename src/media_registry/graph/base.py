@@ -144,11 +144,17 @@ class GraphBase:
                   "file_type": mime_type}
         return f"{self.api_base}/{graph_id(app_id, 'app ID (WHATSAPP_APP_ID)')}/uploads", params
 
-    def _session_url(self, payload: dict[str, Any]) -> str:
+    @staticmethod
+    def _session_id(payload: dict[str, Any]) -> str:
         session = payload.get("id")
         if not isinstance(session, str) or not SESSION.fullmatch(session):
             raise GraphAPIError("Graph API opened no upload session (no id 'upload:...'); try again, "
                                 "and check WHATSAPP_APP_ID")
+        return session
+
+    def _session_url(self, session: str) -> str:
+        if not SESSION.fullmatch(session):  # a stored one too: it goes into a request path
+            raise GraphAPIError(f"not an upload session ID: {session[:40]!r}")
         return f"{self.api_base}/{session}"
 
     @staticmethod

@@ -14,7 +14,7 @@ import asyncio
 import functools
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
@@ -23,14 +23,14 @@ import tenacity
 
 from ..content._async_io import Batches, FileBody, changed_while_uploaded
 from ..content.blobs import Sink
-from ..errors import AuthError, MediaRegistryError
+from ..errors import AuthError, MediaNotFound, MediaRegistryError
 from ..models import MediaMetadata, graph_id
 from .auth import OAUTH
 from .base import Budget, GraphBase
 from .redirects import afollow, follow
+from .transfer import RunningDigest, achunks, chunks, open_at
 
 SESSION_AUTH = {"Authorization": OAUTH}  # an upload session takes the token as "OAuth <token>"
-CHUNK = 1 << 20  # an upload session's body is read a block at a time: memory stays flat
 
 
 class GraphClient(GraphBase):
@@ -71,38 +71,54 @@ class GraphClient(GraphBase):
 
         return self._media_id(self._call(send))
 
-    def header_handle(self, path: str | os.PathLike[str], mime_type: str, app_id: str) -> str:
-        """A template header handle for the file, through Meta's Resumable Upload API: open an
-        upload session of ``app_id``, stream the bytes to it; when the transfer breaks, ask the
-        session for its offset and send only the rest (up to ``max_retries`` times)."""
+    def open_session(self, path: str | os.PathLike[str], mime_type: str, app_id: str) -> str:
+        """Open an upload session of ``app_id`` for the file (Meta's Resumable Upload API): its
+        ID (``upload:...``)."""
         url, params = self._session_request(path, mime_type, app_id)
-        size = int(params["file_length"])
-        session = self._session_url(self._call(lambda: self._http.post(url, params=params)))
-        offset = 0
+        return self._session_id(self._call(lambda: self._http.post(url, params=params)))
+
+    def session_offset(self, session: str, size: int) -> int | None:
+        """The offset an upload session of a ``size``-byte file resumes from, or None when
+        Meta no longer knows the session (start over)."""
+        try:
+            return self._resume_at(self._call(lambda: self._http.get(
+                self._session_url(session), headers=SESSION_AUTH)), size)
+        except MediaNotFound:
+            return None
+
+    def transfer(self, session: str, path: str | os.PathLike[str], offset: int, size: int,
+                 digest: RunningDigest | None = None) -> str:
+        """Stream the file to an upload session from ``offset``: its header handle. When the
+        transfer breaks, ask the session for its offset and send only the rest (up to
+        ``max_retries`` times). ``digest`` hashes the file's bytes as they go."""
+        url = self._session_url(session)
         for attempt in range(self._max_retries + 1):
             try:
-                answer = self._parse(self._send(functools.partial(self._transfer, session, path, offset, size)))
+                answer = self._parse(self._send(functools.partial(self._transfer, url, path, offset, size, digest)))
             except MediaRegistryError as exc:
                 answer = self._broken(exc, last=attempt == self._max_retries)
             if handle := self._handle(answer):
                 return handle
-            offset = self._resume_at(self._call(lambda: self._http.get(session, headers=SESSION_AUTH)), size)
+            offset = self._resume_at(self._call(lambda: self._http.get(url, headers=SESSION_AUTH)), size)
         raise self._unfinished(size)
 
-    def _transfer(self, session: str, path: str | os.PathLike[str], offset: int, size: int) -> httpx.Response:
-        with open(path, "rb") as file:
-            file.seek(offset)
-            return self._http.post(session, content=_chunks(file, size - offset),
+    def _transfer(self, url: str, path: str | os.PathLike[str], offset: int, size: int,
+                  digest: RunningDigest | None) -> httpx.Response:
+        with open_at(path, offset, digest) as file:
+            return self._http.post(url, content=chunks(file, offset, size - offset, digest),
                                    headers=self._transfer_headers(offset, size))
 
-    def get_object(self, object_id: str, fields: str) -> tuple[dict[str, Any], str | None]:
-        """GET ``/{object_id}?fields=...`` once (a phone number, an app: ``doctor``'s reads):
-        its fields, and the answer's ``Date`` header."""
+    def get_object(self, object_id: str, fields: str,
+                   dated: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """GET ``/{object_id}?fields=...`` once (a phone number, an app: ``doctor``'s reads): its
+        fields. ``dated`` is given the answer's ``Date`` header, a refusal's too (a 401 has one)."""
         if not self._token:
             raise AuthError("no access token: set WHATSAPP_TOKEN")
         response = self._send(lambda: self._http.get(
             f"{self.api_base}/{graph_id(object_id, 'Graph API ID')}", params={"fields": fields}))
-        return self._parse(response), response.headers.get("Date")
+        if dated is not None and (date := response.headers.get("Date")):
+            dated(date)
+        return self._parse(response)
 
     def get_media(self, media_id: str, phone_number_id: str | None = None) -> MediaMetadata:
         """GET ``/{media_id}``: a fresh download URL (valid ~5 minutes) and the media's facts."""
@@ -181,30 +197,40 @@ class AsyncGraphClient(GraphBase):
 
         return self._media_id(await self._call(send))
 
-    async def header_handle(self, path: str | os.PathLike[str], mime_type: str, app_id: str) -> str:
-        """See :meth:`GraphClient.header_handle`; the file is read in threads."""
+    async def open_session(self, path: str | os.PathLike[str], mime_type: str, app_id: str) -> str:
+        """See :meth:`GraphClient.open_session`."""
         url, params = await asyncio.to_thread(self._session_request, path, mime_type, app_id)
-        size = int(params["file_length"])
-        session = self._session_url(await self._call(lambda: self._http.post(url, params=params)))
-        offset, attempts = 0, self._max_retries + 1
+        return self._session_id(await self._call(lambda: self._http.post(url, params=params)))
+
+    async def session_offset(self, session: str, size: int) -> int | None:
+        """See :meth:`GraphClient.session_offset`."""
+        try:
+            return self._resume_at(await self._call(lambda: self._http.get(
+                self._session_url(session), headers=SESSION_AUTH)), size)
+        except MediaNotFound:
+            return None
+
+    async def transfer(self, session: str, path: str | os.PathLike[str], offset: int, size: int,
+                       digest: RunningDigest | None = None) -> str:
+        """See :meth:`GraphClient.transfer`; the file is read (and hashed) in threads."""
+        url, attempts = self._session_url(session), self._max_retries + 1
         while attempts:
             attempts -= 1
-            sent = self._send(functools.partial(self._transfer, session, path, offset, size))
+            sent = self._send(functools.partial(self._transfer, url, path, offset, size, digest))
             try:
                 if handle := self._handle(self._parse(await sent)):
                     return handle
             except MediaRegistryError as exc:
                 self._broken(exc, last=not attempts)
-            asked = self._call(lambda: self._http.get(session, headers=SESSION_AUTH))
+            asked = self._call(lambda: self._http.get(url, headers=SESSION_AUTH))
             offset = self._resume_at(await asked, size)
         raise self._unfinished(size)
 
-    async def _transfer(self, session: str, path: str | os.PathLike[str], offset: int,
-                        size: int) -> httpx.Response:
-        file = await asyncio.to_thread(open, path, "rb")
+    async def _transfer(self, url: str, path: str | os.PathLike[str], offset: int, size: int,
+                        digest: RunningDigest | None) -> httpx.Response:
+        file = await asyncio.to_thread(open_at, path, offset, digest)
         try:
-            await asyncio.to_thread(file.seek, offset)
-            return await self._http.post(session, content=_achunks(file, size - offset),
+            return await self._http.post(url, content=achunks(file, offset, size - offset, digest),
                                          headers=self._transfer_headers(offset, size))
         finally:
             await asyncio.to_thread(file.close)
@@ -254,20 +280,6 @@ class AsyncGraphClient(GraphBase):
             return await send()
         except (httpx.TransportError, httpx.InvalidURL, ValueError) as exc:
             raise self._failed(exc, budget) from None
-
-
-def _chunks(file: IO[bytes], length: int) -> Iterator[bytes]:
-    """``length`` bytes of ``file`` from where it stands, a block at a time (flat memory)."""
-    while length > 0 and (chunk := file.read(min(CHUNK, length))):
-        length -= len(chunk)
-        yield chunk
-
-
-async def _achunks(file: IO[bytes], length: int) -> AsyncIterator[bytes]:
-    """:func:`_chunks`, each block read in a thread."""
-    while length > 0 and (chunk := await asyncio.to_thread(file.read, min(CHUNK, length))):
-        length -= len(chunk)
-        yield chunk
 
 
 @contextmanager

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ..content.sources import Content, Validators
     from ..graph.client import AsyncGraphClient, GraphClient
     from ..graph.fetch import AsyncSourceFetcher, SourceFetcher
+    from ..graph.transfer import RunningDigest
     from ..models import MediaMetadata
 
 T = TypeVar("T")
@@ -98,8 +99,8 @@ class Upload(Effect[str]):
 
 
 @dataclass(frozen=True)
-class HeaderHandle(Effect[str]):
-    """Send a file through an upload session of an app; the flow receives its header handle."""
+class OpenSession(Effect[str]):
+    """Open an upload session of an app for a file; the flow receives its ID."""
 
     path: str
     mime_type: str
@@ -107,11 +108,48 @@ class HeaderHandle(Effect[str]):
 
     def run(self, env: Env) -> str:
         """See :meth:`Effect.run`."""
-        return env.graph.header_handle(self.path, self.mime_type, self.app_id)
+        return env.graph.open_session(self.path, self.mime_type, self.app_id)
 
     async def arun(self, env: AsyncEnv) -> str:
         """See :meth:`Effect.arun`."""
-        return await env.graph.header_handle(self.path, self.mime_type, self.app_id)
+        return await env.graph.open_session(self.path, self.mime_type, self.app_id)
+
+
+@dataclass(frozen=True)
+class SessionOffset(Effect["int | None"]):
+    """Ask an upload session where to resume; the flow receives the offset, or None when
+    Meta no longer knows the session."""
+
+    session: str
+    size: int
+
+    def run(self, env: Env) -> int | None:
+        """See :meth:`Effect.run`."""
+        return env.graph.session_offset(self.session, self.size)
+
+    async def arun(self, env: AsyncEnv) -> int | None:
+        """See :meth:`Effect.arun`."""
+        return await env.graph.session_offset(self.session, self.size)
+
+
+@dataclass(frozen=True)
+class Transfer(Effect[str]):
+    """Send a file to an upload session from an offset (hashed into ``digest`` as it goes, if
+    given); the flow receives the header handle."""
+
+    session: str
+    path: str
+    offset: int
+    size: int
+    digest: RunningDigest | None
+
+    def run(self, env: Env) -> str:
+        """See :meth:`Effect.run`."""
+        return env.graph.transfer(self.session, self.path, self.offset, self.size, self.digest)
+
+    async def arun(self, env: AsyncEnv) -> str:
+        """See :meth:`Effect.arun`."""
+        return await env.graph.transfer(self.session, self.path, self.offset, self.size, self.digest)
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,7 @@ class Lifecycle:
         ctx = self.ctx
         report = Report(dry_run=dry_run)
         contents = yield from ask(Blocking(ctx.store.sourced_contents))
-        for sha256, _mime_type in contents:
+        for sha256 in contents:
             found = yield from ask(Hashing(functools.partial(self._check_sources, sha256)))
             if found.holding is not None:
                 continue

@@ -28,11 +28,12 @@ class Merge(NamedTuple):
 
 def merge(con: Connection, tables: dict[str, list[tuple[Any, ...]]], host_id: str) -> list[TableCopy]:
     """Load the file's rows of each table, bring the registry's rows up to date, count."""
-    for table, rows in tables.items():
-        names = EXPORTED[table][0].split(", ")
-        arrays = ", ".join(f"%s::{_type(name)}[]" for name in names)
-        con.execute(f"CREATE TEMP TABLE s_{table} ON COMMIT DROP AS SELECT * FROM unnest({arrays}) "
-                    f"WITH ORDINALITY AS u({', '.join(names)}, n)", [list(c) for c in zip(*rows)] or [[]] * len(names))
+    for table, rows in tables.items():  # typed as the registry's own columns, numbered in the file's order
+        columns = EXPORTED[table][0]
+        con.execute(f"CREATE TEMP TABLE s_{table} ON COMMIT DROP AS SELECT {columns}, 0 AS n FROM {table} WITH NO DATA")
+        with con.cursor().copy(f"COPY s_{table} ({columns}, n) FROM STDIN") as copy:
+            for n, row in enumerate(rows, 1):
+                copy.write_row((*row, n))
         con.execute(f"CREATE INDEX ON s_{table} ({LOOKED_UP_BY[table]})")
         con.execute(f"ANALYZE s_{table}")
     copies, params = [], {"host": host_id}
@@ -49,21 +50,13 @@ def merge(con: Connection, tables: dict[str, list[tuple[Any, ...]]], host_id: st
     return copies
 
 
-def _type(column: str) -> str:
-    if column == "at" or column.endswith("_at"):  # times come as SQLite stores them: UTC ISO-8601 text
-        return "timestamptz"
-    return "bigint" if column in ("size_bytes", "mtime_ns", "ctime_ns", "inode", "device", "refetchable",
-                                  "attempts") else "text"
-
-
 def _newer(table: str, key: str, when: str, *, host: str = "", values: str = "{columns}") -> Merge:
     """A table whose rows the file replaces when the file's are newer by ``when`` (over ``{x}``,
     the row); ``key``: its key's columns."""
     keys = key.split(", ")
     columns = [name for name in EXPORTED[table][0].split(", ") if name not in keys]
-    cast = {"refetchable": "s.refetchable <> 0"}
     return Merge(
-        update=(f"UPDATE {table} AS t SET " + ", ".join(f"{c} = {cast.get(c, 's.' + c)}" for c in columns)
+        update=(f"UPDATE {table} AS t SET " + ", ".join(f"{c} = s.{c}" for c in columns)
                 + f" FROM s_{table} AS s WHERE {host}" + "".join(f"t.{k} = s.{k} AND " for k in keys)
                 + f"{when.format(x='s')} > {when.format(x='t')}",),
         insert=f"INSERT INTO {table} ({'host_id, ' * bool(host)}{{columns}}) SELECT {values} FROM s_{table} "
@@ -142,8 +135,7 @@ MERGE_SQL = {
                    WHERE NOT EXISTS (SELECT 1 FROM events AS e WHERE {_EVENT_MATCH}) ORDER BY n""",
         present=f"SELECT count(*) FROM s_events AS s WHERE EXISTS (SELECT 1 FROM events AS e WHERE {_EVENT_MATCH})"),
     "inbound": _newer("inbound", "media_id", "{x}.downloaded_at"),
-    "url_sources": _newer("url_sources", "url", "{x}.checked_at",
-                          values="url, sha256, etag, last_modified, checked_at, refetchable <> 0"),
+    "url_sources": _newer("url_sources", "url", "{x}.checked_at"),
     # An item only moves forward: waiting (then by its tries), lost, archived.
     "inbound_items": _newer("inbound_items", "media_id", "(array_position(ARRAY['pending', 'failed', 'lost', "
                             "'archived'], {x}.state), {x}.attempts)"),

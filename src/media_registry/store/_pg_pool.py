@@ -132,11 +132,9 @@ class Connections:
                     result = work(con)
                 kept = keep is not None and keep(result)
                 return result
-            except psycopg.OperationalError as exc:
+            except psycopg.Error as exc:
                 if attempt == 2 or not connection_lost(exc):
                     raise self.explain(exc) from None
-            except psycopg.Error as exc:
-                raise self.explain(exc) from None
             finally:
                 if not kept:
                     self.checkin(con)

@@ -62,7 +62,7 @@ EXPIRING_MEDIA = (MEDIA + _EXPIRING + " AND c.deleted_at IS NULL"
                   " OR NOT EXISTS (SELECT 1 FROM paths AS p WHERE p.sha256 = m.sha256)) ORDER BY m.expires_at")
 SOURCE_PATHS = ("SELECT path, size_bytes, mtime_ns, ctime_ns, inode, device, seen_at FROM paths "
                 "WHERE {here}sha256 = :sha256 ORDER BY seen_at DESC")
-SOURCED = ("SELECT c.sha256, c.mime_type FROM contents AS c WHERE c.deleted_at IS NULL "
+SOURCED = ("SELECT c.sha256 FROM contents AS c WHERE c.deleted_at IS NULL "
            "AND EXISTS (SELECT 1 FROM paths AS p WHERE {p_here}p.sha256 = c.sha256) ORDER BY c.sha256")
 LIVE_CONTENT = "SELECT 1 FROM contents WHERE sha256 = :sha256 AND deleted_at IS NULL{for_update}"
 FORGET_PATH = "DELETE FROM paths WHERE {here}path = :path AND sha256 = :sha256"

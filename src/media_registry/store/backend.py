@@ -82,7 +82,7 @@ class Backend:
 
     def read(self, sql: str, params: Params) -> list[Any]:
         """Every row of one read, outside any write transaction."""
-        raise NotImplementedError
+        return list(self.stream(sql, params))
 
     def read_one(self, sql: str, params: Params) -> Any:
         """The first row of one read, or None (every cache hit: keep it lean)."""

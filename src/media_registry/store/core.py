@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -20,7 +19,6 @@ from ..content.hashing import Fingerprint
 from . import _sql as q
 from .backend import SIGNED, Backend, Tx, int64, uint64, utc_text
 from .rows import (
-    ContentRef,
     ContentRow,
     Cutoffs,
     EventRow,
@@ -34,7 +32,6 @@ from .rows import (
     Recorded,
     SourcePath,
     StoreStats,
-    TableCopy,
     UrlSource,
 )
 
@@ -45,7 +42,7 @@ class Store:
     """The registry's database: the rules of the contract over ``backend``'s primitives."""
 
     def __init__(self, backend: Backend) -> None:
-        self.backend, self.location = backend, backend.location
+        self.backend = backend
         # Bound once: the cache hits take no attribute hop through the backend.
         self._read_one, self._read, self._write = backend.read_one, backend.read, backend.write
         self._when, self._time = backend.when, backend.time
@@ -106,11 +103,8 @@ class Store:
     def release_lease(self, sha256: str, phone_number_id: str, owner: str) -> None:
         """Drop the lease if ``owner`` still holds it (idempotent)."""
         params = {"sha256": sha256, "phone": phone_number_id, "owner": owner}
-
-        def drop() -> None:
-            self._write(lambda tx: tx.execute(q.RELEASE, params))
-
-        self.backend.release(owner, sha256, phone_number_id, drop)
+        self.backend.release(owner, sha256, phone_number_id,
+                             lambda: self._write(lambda tx: tx.execute(q.RELEASE, params)))
 
     def record_upload(self, media: NewMedia, owner: str) -> Recorded:
         """Atomically record a media ID just issued, log it and release ``owner``'s lease.
@@ -169,10 +163,10 @@ class Store:
         return [SourcePath(Fingerprint(path, size, mtime, ctime, uint64(inode), uint64(device)), self._time(seen))
                 for path, size, mtime, ctime, inode, device, seen in rows]
 
-    def sourced_contents(self) -> list[ContentRef]:
-        """Contents not deleted that have at least one recorded source path (this host's)."""
+    def sourced_contents(self) -> list[str]:
+        """The sha256s of contents not deleted that have at least one recorded source path (this host's)."""
         self.backend.pass_started()
-        return [ContentRef(*row) for row in self._read(self._sql(q.SOURCED), self.backend.scope)]
+        return [row[0] for row in self._read(self._sql(q.SOURCED), self.backend.scope)]
 
     def forget_vanished(self, sha256: str, paths: list[str], now: datetime) -> bool:
         """Atomically forget these source paths of a content (this host's: they vanished) and,
@@ -332,14 +326,6 @@ class Store:
         counts = self._read(self._sql(q.COUNTS), params)[0]
         by_phone = {phone: PhoneStats(*numbers) for phone, *numbers in self._read(self._sql(q.BY_PHONE), params)}
         return StoreStats._make((*counts, by_phone, self.backend.facts()))
-
-    def daemon_lock(self) -> AbstractContextManager[None]:
-        """See :meth:`Backend.daemon_lock`."""
-        return self.backend.daemon_lock()
-
-    def import_rows(self, tables: dict[str, list[tuple[Any, ...]]]) -> list[TableCopy]:
-        """See :meth:`Backend.import_rows`."""
-        return self.backend.import_rows(tables)
 
     def close(self) -> None:
         """Release every connection; the store is not used afterwards."""

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import SchemaTooNew
+from .handles import handle_columns
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -53,14 +54,13 @@ def upgrade(con: Any, backend: Backend, steps: Sequence[Migration], begin: Calla
     inside it: safe against other openers doing the same at the same moment. Each is recorded
     at the moment ``stamp`` makes a parameter (the backend's time, by default)."""
     stamp = stamp or backend.when
-    location = backend.location
     record = backend.positional("INSERT INTO migrations (name, applied_at) VALUES (:name, :at) ON CONFLICT DO NOTHING")
     for step in steps:
         with begin():
             done = applied(con)
             if unknown := done - {known.name for known in steps}:
                 raise SchemaTooNew(
-                    f"registry {location} has schema changes this media-registry does not know "
+                    f"registry {backend.location} has schema changes this media-registry does not know "
                     f"({', '.join(sorted(unknown))}); upgrade: pip install -U media-registry")
             if step.name in done:
                 pass
@@ -134,14 +134,9 @@ def _section(con: Any, name: str, first: str, end: str) -> None:
         con.execute(statement)
 
 
-def _inbox(con: Any, name: str) -> None:
-    """The inbox's tables, as the schema file of the dialect writes them."""
-    _section(con, name, "-- Inbound media that webhooks announced", "-- (the end of the inbox's tables)")
-
-
-def _handles(con: Any, name: str) -> None:
-    """The header handles' table, as the schema file of the dialect writes it."""
-    _section(con, name, "-- Template header handles (Meta's", "-- (the end of the header handles' table)")
+# The sections of each dialect's schema file that a step creates as the file writes them.
+INBOX = ("-- Inbound media that webhooks announced", "-- (the end of the inbox's tables)")
+HANDLES = ("-- Template header handles (Meta's", "-- (the end of the header handles' table)")
 
 
 MIGRATIONS: tuple[Migration, ...] = (  # SQLite's steps
@@ -164,9 +159,11 @@ MIGRATIONS: tuple[Migration, ...] = (  # SQLite's steps
               "ALTER TABLE media ADD COLUMN claimed_until TEXT"),
     # Inbound items that webhooks announced (the archive's queue), and messages sent with a
     # media ID (a failed status names its ID).
-    Migration("0006_inbox", lambda con: _inbox(con, "schema.sql")),
+    Migration("0006_inbox", lambda con: _section(con, "schema.sql", *INBOX)),
     # Template header handles, per content and app (store/handles.py).
-    Migration("0007_header_handles", lambda con: _handles(con, "schema.sql")),
+    Migration("0007_header_handles", lambda con: _section(con, "schema.sql", *HANDLES)),
+    # A header handle's upload session, resumed by a later claimer (store/handles.py).
+    Migration("0008_handle_sessions", lambda con: handle_columns(con)),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -189,7 +186,9 @@ CREATE TABLE url_sources (
     refetchable   boolean NOT NULL
 );
 CREATE INDEX url_sources_by_content ON url_sources (sha256);"""),
-    Migration("inbox", lambda con: _inbox(con, "store/schema_postgres.sql")),
-    Migration("header handles", lambda con: _handles(con, "store/schema_postgres.sql")),
+    Migration("inbox", lambda con: _section(con, "store/schema_postgres.sql", *INBOX)),
+    Migration("header handles", lambda con: _section(con, "store/schema_postgres.sql", *HANDLES)),
     Migration("local cache and upload pacing", lambda con: con.execute(schema("store/pg_notify.sql"))),
+    Migration("handle sessions", "ALTER TABLE header_handles ADD COLUMN IF NOT EXISTS size_bytes bigint, "
+              "ADD COLUMN IF NOT EXISTS session text"),
 )

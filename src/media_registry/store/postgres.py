@@ -113,7 +113,7 @@ class PostgresBackend(Backend):
         self._claims: dict[str, Connection] = {}
         self._daemon_session: Connection | None = None  # holds this host's daemon lock
         self._daemon_mutex = threading.Lock()
-        at_fork(self, PostgresBackend._forget_claims)
+        at_fork(self, lambda backend: backend._claims.clear())
         self.memory, self._stop_listening = keep_true(self.url, local_cache)
         with self.db.direct() as con:
             self._ensure_schema(con, create)
@@ -213,11 +213,9 @@ class PostgresBackend(Backend):
                 try:
                     with con.pipeline(), con.transaction():
                         return work(_Tx(con), True)
-                except psycopg.OperationalError as exc:
+                except psycopg.Error as exc:  # a lost session: recorded on a fresh connection
                     if not connection_lost(exc):
                         raise self.db.explain(exc) from None
-                except psycopg.Error as exc:
-                    raise self.db.explain(exc) from None
             return self.write(lambda tx: work(tx, False))
         finally:
             if con is not None:
@@ -236,7 +234,7 @@ class PostgresBackend(Backend):
     def _unlock(self, con: Connection, sha256: str, phone_number_id: str) -> None:
         try:
             con.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_UPLOAD, lock_key(sha256, phone_number_id)))
-        except psycopg.OperationalError as exc:
+        except psycopg.Error as exc:
             if not connection_lost(exc):
                 raise self.db.explain(exc) from None
             # A lost session took its lock with it.
@@ -312,9 +310,6 @@ class PostgresBackend(Backend):
             raise RegistryLocked(f"another media-registry daemon already serves host {self.host_id} on "
                                  f"{self.location}; stop it first, or give this one its own MEDIA_REGISTRY_HOST_ID")
         return con
-
-    def _forget_claims(self) -> None:
-        self._claims = {}
 
     def close(self) -> None:
         """Release held claims and every connection."""

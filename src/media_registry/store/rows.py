@@ -9,7 +9,7 @@ from typing import NamedTuple
 from ..content.hashing import Fingerprint
 
 __all__ = [
-    "ContentRef", "ContentRow", "Cutoffs", "EventRow", "InboundRow", "LeaseOutcome", "LeaseStatus", "MediaRow",
+    "ContentRow", "Cutoffs", "EventRow", "InboundRow", "LeaseOutcome", "LeaseStatus", "MediaRow",
     "NewMedia", "PathHit", "PhoneStats", "Recorded", "SourcePath", "StoreStats", "TableCopy", "UrlSource",
 ]
 
@@ -88,12 +88,6 @@ class Cutoffs(NamedTuple):
     current ID whose expiry is at or before its number's cutoff (refresh and stats agree)."""
     default: datetime
     by_phone: tuple[tuple[str, datetime], ...] = ()
-
-
-class ContentRef(NamedTuple):
-    """A content named by its sha256, with its MIME type."""
-    sha256: str
-    mime_type: str
 
 
 class ContentRow(NamedTuple):

@@ -163,9 +163,6 @@ class SQLiteBackend(Backend):
                                  "nothing was changed, retry")
         return RegistryError(f"registry {self.path}: {text}")
 
-    def read(self, sql: str, params: Params) -> list[Any]:
-        return list(self.stream(sql, params))
-
     def read_one(self, sql: str, params: Params) -> Any:
         """The first row, on this thread's connection: the cache hit, kept lean."""
         try:

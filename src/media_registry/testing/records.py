@@ -22,7 +22,8 @@ class Fault:
     ``truncate`` sends only that many bytes of a download but announces them all, then
     stalls ``stall`` seconds before hanging up; ``corrupt`` flips a byte of a download;
     ``break_at`` ends an upload session's transfer once the session holds that many bytes of
-    the file (the connection is reset; ``GET /upload:...`` then gives that offset).
+    the file (the connection is reset; ``GET /upload:...`` then gives that offset); with
+    ``until``, the transfer is held there until the event is set, then reset.
     """
 
     status: int | None = None

@@ -19,7 +19,7 @@ from typing import Any
 
 # What Meta takes as a template header's sample.
 HANDLE_TYPES = ("application/pdf", "image/jpeg", "image/png", "video/mp4")
-_CHUNK = 1 << 16
+_CHUNK = 1 << 20  # large reads: the fake is not what limits an upload
 
 
 @dataclass

@@ -148,7 +148,7 @@ class _GraphHandler(BaseHTTPRequestHandler):
             self.fake.advance(seconds=fault.advance)
         if fault is not None and fault.delay:
             time.sleep(fault.delay)
-        if fault is not None and fault.until is not None:
+        if fault is not None and fault.until is not None and fault.break_at is None:
             fault.until.wait(60)
         if fault is not None and fault.reset:
             self._reset()
@@ -259,6 +259,8 @@ class _GraphHandler(BaseHTTPRequestHandler):
             return
         stop_at = None if self._fault is None else self._fault.break_at
         if not read_into(self.fake.sessions, session, self.rfile, length, stop_at):
+            if self._fault is not None and self._fault.until is not None:
+                self._fault.until.wait(60)  # held at the break: a test kills its client meanwhile
             self._reset()
             return
         if session.received < session.file_length:
