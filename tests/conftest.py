@@ -1,13 +1,15 @@
 """Shared fixtures: a FakeGraphAPI (from media-registry's pytest plugin), registries on every
 backend (a real SQLite file in tmp_path, a fresh database on a real PostgreSQL server), sample
-media files, and the CLI run as a real subprocess."""
+media files, and the CLI run as real processes (cli_forkserver.py)."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import freezegun
 import psycopg
 import pytest
 
+from cli_forkserver import ForkServer
 from file_server import FileServer
 from media_registry import MediaRegistry
 from media_registry.store.postgres import TABLES as PG_TABLES
@@ -97,14 +100,14 @@ BACKENDS = ["sqlite", "postgres"]
 
 # The modules whose single tests take longest (whole-tree type checks, benchmark scripts,
 # fleets of processes) run first, so that no worker is left with one of them at the end.
-LONGEST_FIRST = ("test_tooling.py", "test_benchmarks.py", "test_fleet.py", "test_pg_pools.py",
-                 "test_service_limits.py")
+LONGEST_FIRST = ("test_tooling.py", "test_benchmarks.py", "test_fleet.py", "test_reliability.py",
+                 "test_readme.py", "test_pg_pools.py", "test_service_limits.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A test marked ``sqlite_only`` checks something only SQLite has (its lock file beside
     the registry): it runs on SQLite alone, and PostgreSQL's counterpart lives elsewhere.
-    The modules of ``LONGEST_FIRST`` are moved to the front."""
+    The modules of ``LONGEST_FIRST`` are moved to the front, in its order."""
     keep, drop = [], []
     for item in items:
         params = getattr(item, "callspec", None)
@@ -112,7 +115,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         (drop if on_postgres and item.get_closest_marker("sqlite_only") else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
-    items[:] = sorted(keep, key=lambda item: item.path.name not in LONGEST_FIRST)
+    rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
+    items[:] = sorted(keep, key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 @pytest.fixture(params=BACKENDS)
@@ -202,9 +206,21 @@ def cli_env(registry_db_value: str, api: FakeGraphAPI) -> dict[str, str]:
     return env
 
 
+_fork_server: list[ForkServer] = []
+_fork_server_lock = threading.Lock()
+
+
 def run_cli(*args: str, env: dict[str, str], cwd: Path | None = None,
             stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the installed ``media-registry`` console script as a real process."""
+    """Run the installed ``media-registry`` console script as a real process: forked from a
+    server that has imported it already (cli_forkserver.py), or started afresh when the
+    environment changes how the interpreter starts."""
+    with _fork_server_lock:  # tests run commands from threads of their own too
+        if not _fork_server and hasattr(os, "pidfd_open"):
+            _fork_server.append(ForkServer(CLI))
+            atexit.register(_fork_server[0].close)
+    if _fork_server and _fork_server[0].serves(env):
+        return _fork_server[0].run([str(CLI), *args], env=env, cwd=cwd, stdin=stdin, timeout=60)
     return subprocess.run(
         [str(CLI), *args],
         env=env, cwd=cwd, input=stdin, capture_output=True, text=True, timeout=60,

@@ -48,7 +48,7 @@ class FileServer:
         self._server = ThreadingHTTPServer((host, 0), _handler(self))
         self._server.daemon_threads = True
         self._host = host
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.005},
                          daemon=True).start()
 
     def url(self, path: str) -> str:

@@ -101,8 +101,9 @@ class FakeGraphAPI:
 
     def start(self) -> FakeGraphAPI:
         """Serve in a background thread."""
+        # stop() waits for the loop's next poll, and a test suite stops one fake per test.
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.005}, daemon=True
         )
         self._thread.start()
         return self
