@@ -100,8 +100,8 @@ BACKENDS = ["sqlite", "postgres"]
 
 # The modules whose single tests take longest (whole-tree type checks, benchmark scripts,
 # fleets of processes) run first, so that no worker is left with one of them at the end.
-LONGEST_FIRST = ("test_tooling.py", "test_benchmarks.py", "test_fleet.py", "test_reliability.py",
-                 "test_readme.py", "test_pg_pools.py", "test_service_limits.py")
+LONGEST_FIRST = ("test_wheel.py", "test_docs_examples.py", "test_tooling.py", "test_benchmarks.py",
+                 "test_fleet.py", "test_reliability.py", "test_pg_pools.py", "test_service_limits.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
