@@ -114,6 +114,7 @@ def normalised(text: str, folder: Path, origins: dict[str, str]) -> str:
     text = re.sub(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d(,\d+|(\.\d+)?Z)?)?", "<time>", text)
     text = re.sub(r"\d+ µs per call", "<n> µs per call", text)
     text = re.sub(r"SQLite \d+\.\d+\.\d+", "SQLite <version>", text)
+    text = re.sub(r"(agrees with the Graph API.s \(within )\d+ s", r"\1<n> s", text)
     text = re.sub(r"(server_version: +)\S+", r"\1<version>", text)
     text = re.sub(r"(db_bytes: +)\d+", r"\1<n>", text)
     text = re.sub(r'("last_refresh_success":)[\d.]+', r"\1<t>", text)
