@@ -84,12 +84,58 @@ class ForkServer:
                 thread.join()
         return subprocess.CompletedProcess(list(args), status, _text(b"".join(out)), _text(b"".join(err)))
 
+    def start(self, args: Sequence[str], env: dict[str, str], output: int) -> Forked:
+        """Start a long-running command (``serve``) in a forked process, its standard output and
+        error on ``output``; as ``subprocess.Popen`` with ``stdin=DEVNULL``."""
+        request = json.dumps({"args": list(args), "env": env, "cwd": None})
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        conn.connect(self.address)
+        with open(os.devnull, "rb") as nothing:
+            socket.send_fds(conn, [request.encode()], [nothing.fileno(), output, output])
+        return Forked(conn, int(conn.recv(64)))
+
     def close(self) -> None:
         """Stop the server."""
         assert self.process.stdin is not None
         self.process.stdin.close()
         self.process.wait(timeout=30)
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class Forked:
+    """A process the server forked, watched as ``subprocess.Popen`` watches its child: the
+    server sends its exit status on the connection when it ends."""
+
+    def __init__(self, conn: socket.socket, pid: int) -> None:
+        self.conn = conn
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        return self._ended(0)
+
+    def wait(self, timeout: float | None = None) -> int:
+        status = self._ended(timeout)
+        if status is None:
+            raise subprocess.TimeoutExpired("serve", timeout or 0)
+        return status
+
+    def _ended(self, timeout: float | None) -> int | None:
+        if self.returncode is None:
+            self.conn.settimeout(timeout)
+            try:
+                self.returncode = int(self.conn.recv(64))
+            except (TimeoutError, BlockingIOError):
+                return None
+            self.conn.close()
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
 
 
 def startup_settings(env: dict[str, str] | os._Environ[str]) -> dict[str, str]:
@@ -176,6 +222,7 @@ def preload() -> None:
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]  # as cli.main does
     import media_registry.app.cli  # noqa: F401
     import media_registry.app.commands  # noqa: F401
+    import media_registry.app.service  # noqa: F401
     import media_registry.registry  # noqa: F401
     import media_registry.store.postgres  # noqa: F401
 

@@ -108,7 +108,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """A test marked ``sqlite_only`` checks something only SQLite has (its lock file beside
     the registry): it runs on SQLite alone, and PostgreSQL's counterpart lives elsewhere.
     The modules of ``LONGEST_FIRST`` are moved to the front, in its order."""
-    keep, drop = [], []
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
     for item in items:
         params = getattr(item, "callspec", None)
         on_postgres = params is not None and params.params.get("backend") == "postgres"
@@ -210,17 +211,23 @@ _fork_server: list[ForkServer] = []
 _fork_server_lock = threading.Lock()
 
 
+def fork_server(env: dict[str, str]) -> ForkServer | None:
+    """The suite's fork server (cli_forkserver.py), when a process with ``env`` can come from it."""
+    with _fork_server_lock:  # tests run commands from threads of their own too
+        if not _fork_server and hasattr(os, "pidfd_open"):
+            _fork_server.append(ForkServer(CLI))
+            atexit.register(_fork_server[0].close)
+    return _fork_server[0] if _fork_server and _fork_server[0].serves(env) else None
+
+
 def run_cli(*args: str, env: dict[str, str], cwd: Path | None = None,
             stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run the installed ``media-registry`` console script as a real process: forked from a
     server that has imported it already (cli_forkserver.py), or started afresh when the
     environment changes how the interpreter starts."""
-    with _fork_server_lock:  # tests run commands from threads of their own too
-        if not _fork_server and hasattr(os, "pidfd_open"):
-            _fork_server.append(ForkServer(CLI))
-            atexit.register(_fork_server[0].close)
-    if _fork_server and _fork_server[0].serves(env):
-        return _fork_server[0].run([str(CLI), *args], env=env, cwd=cwd, stdin=stdin, timeout=60)
+    server = fork_server(env)
+    if server is not None:
+        return server.run([str(CLI), *args], env=env, cwd=cwd, stdin=stdin, timeout=60)
     return subprocess.run(
         [str(CLI), *args],
         env=env, cwd=cwd, input=stdin, capture_output=True, text=True, timeout=60,

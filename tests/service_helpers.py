@@ -11,7 +11,9 @@ from pathlib import Path
 
 import httpx
 
-from conftest import CLI, wait_for
+from cli_forkserver import Forked
+
+from conftest import CLI, fork_server, wait_for
 
 LISTENING = re.compile(r"serving on http://([\d.]+):(\d+)")
 
@@ -20,7 +22,7 @@ LISTENING = re.compile(r"serving on http://([\d.]+):(\d+)")
 class Server:
     """A running service: its process, its log and the URL it answers on."""
 
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | Forked
     log: Path
     url: str = ""
 
@@ -39,9 +41,14 @@ class Server:
 
 def start_server(env: dict[str, str], log: Path, *flags: str, connect_host: str = "127.0.0.1") -> Server:
     """Start ``serve --port 0`` and wait until uvicorn says where it listens."""
+    command = [str(CLI), "serve", "--port", "0", *flags]
+    forks = fork_server(env)
     with open(log, "wb") as out:
-        process = subprocess.Popen([str(CLI), "serve", "--port", "0", *flags], env=env,
-                                   stdout=out, stderr=subprocess.STDOUT)
+        process: subprocess.Popen[bytes] | Forked
+        if forks is not None:  # a real process, forked from one that imported the service once
+            process = forks.start(command, env, out.fileno())
+        else:
+            process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     server = Server(process, log)
 
     def listening() -> bool:
