@@ -55,7 +55,8 @@ class ForkServer:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         in_r, in_w = os.pipe() if stdin is not None else (0, -1)
-        request = json.dumps({"args": list(args), "env": env, "cwd": None if cwd is None else str(cwd)})
+        # Without a folder, the caller's, as subprocess gives it (not the server's).
+        request = json.dumps({"args": list(args), "env": env, "cwd": str(cwd or os.getcwd())})
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
             conn.connect(self.address)
             socket.send_fds(conn, [request.encode()], [in_r, out_w, err_w])
@@ -87,7 +88,7 @@ class ForkServer:
     def start(self, args: Sequence[str], env: dict[str, str], output: int) -> Forked:
         """Start a long-running command (``serve``) in a forked process, its standard output and
         error on ``output``; as ``subprocess.Popen`` with ``stdin=DEVNULL``."""
-        request = json.dumps({"args": list(args), "env": env, "cwd": None})
+        request = json.dumps({"args": list(args), "env": env, "cwd": os.getcwd()})
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         conn.connect(self.address)
         with open(os.devnull, "rb") as nothing:
@@ -235,8 +236,7 @@ if __name__ == "__main__":
     # it alone, so its pages stay shared instead of being copied (a third of a command's cost).
     gc.freeze()
     job = serve(socket.socket(fileno=int(sys.argv[2])))
-    if job["cwd"] is not None:
-        os.chdir(job["cwd"])
+    os.chdir(job["cwd"])
     os.environ.clear()
     os.environ.update(job["env"])
     sys.argv = job["args"]  # the console script first, as the kernel gives it
