@@ -47,8 +47,6 @@ LOCK_UPLOAD = 0x6D72_0002  # one uploader per (content, phone number)
 LOCK_DAEMON = 0x6D72_0003  # one daemon per host
 TOUCH_HOST = ("INSERT INTO hosts (host_id, first_seen_at, last_seen_at) VALUES (%s, now(), now()) "
               "ON CONFLICT (host_id) DO UPDATE SET last_seen_at = now()")
-TABLES = ("contents", "media", "hosts", "paths", "leases", "events", "inbound", "url_sources", "inbound_items",
-          "sent_messages")
 
 
 def lock_key(*parts: str) -> int:
