@@ -55,14 +55,10 @@ class ForkServer:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         in_r, in_w = os.pipe() if stdin is not None else (0, -1)
-        # Without a folder, the caller's, as subprocess gives it (not the server's).
-        request = json.dumps({"args": list(args), "env": env, "cwd": str(cwd or os.getcwd())})
-        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
-            conn.connect(self.address)
-            socket.send_fds(conn, [request.encode()], [in_r, out_w, err_w])
-            for fd in (out_w, err_w, *([in_r] if in_w >= 0 else [])):
-                os.close(fd)
-            pid = int(conn.recv(64))
+        conn, pid = self._fork(args, env, cwd, [in_r, out_w, err_w])
+        for fd in (out_w, err_w, *([in_r] if in_w >= 0 else [])):
+            os.close(fd)
+        with conn:
             out: list[bytes] = []
             err: list[bytes] = []
             threads = [threading.Thread(target=_drain, args=(out_r, out)),
@@ -88,12 +84,19 @@ class ForkServer:
     def start(self, args: Sequence[str], env: dict[str, str], output: int) -> Forked:
         """Start a long-running command (``serve``) in a forked process, its standard output and
         error on ``output``; as ``subprocess.Popen`` with ``stdin=DEVNULL``."""
-        request = json.dumps({"args": list(args), "env": env, "cwd": os.getcwd()})
+        with open(os.devnull, "rb") as nothing:
+            return Forked(*self._fork(args, env, None, [nothing.fileno(), output, output]))
+
+    def _fork(self, args: Sequence[str], env: dict[str, str], cwd: Path | None,
+              fds: list[int]) -> tuple[socket.socket, int]:
+        """Ask the server for a process running ``args`` with ``fds`` as its standard streams:
+        the connection its exit status will come on, and its pid."""
+        # Without a folder, the caller's, as subprocess gives it (not the server's).
+        request = json.dumps({"args": list(args), "env": env, "cwd": str(cwd or os.getcwd())})
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         conn.connect(self.address)
-        with open(os.devnull, "rb") as nothing:
-            socket.send_fds(conn, [request.encode()], [nothing.fileno(), output, output])
-        return Forked(conn, int(conn.recv(64)))
+        socket.send_fds(conn, [request.encode()], fds)
+        return conn, int(conn.recv(64))
 
     def close(self) -> None:
         """Stop the server."""

@@ -54,13 +54,11 @@ class Lookups:
         return None if found is None else media_id_json(sha256, found)
 
     async def answer(self, sha256: str, phone_number_id: str | None) -> bytes | None:
-        """The answer: inline on SQLite (a cache hit); on PostgreSQL from memory, or read in a thread."""
-        reading = self.reading
-        if not self.in_postgres:
-            found = reading.current(sha256, phone_number_id)
-        else:
-            phone = reading.ctx.phone(phone_number_id)
-            found = reading.remembered(sha256, phone) or await asyncio.to_thread(reading.current, sha256, phone)
+        """The answer: :meth:`at_hand`, else on PostgreSQL read in a thread."""
+        phone = self.reading.ctx.phone(phone_number_id)
+        if (body := self.at_hand(sha256, phone)) is not None or not self.in_postgres:
+            return body
+        found = await asyncio.to_thread(self.reading.current, sha256, phone)
         return None if found is None else media_id_json(sha256, found)
 
 

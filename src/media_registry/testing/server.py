@@ -353,6 +353,8 @@ class _GraphHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body) if length is None else length))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
+        if self.close_connection:  # a body left unread: the client must not reuse the connection
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 
