@@ -22,10 +22,12 @@ import pytest
 from cli_forkserver import ForkServer
 from file_server import FileServer
 from media_registry import MediaRegistry
-from media_registry.store.postgres import TABLES as PG_TABLES
 from media_registry.testing import FakeGraphAPI, sample_media
 
 from pg_server import PostgresServer, create_database, drop_database
+
+PG_TABLES = ("contents", "media", "hosts", "paths", "leases", "events", "inbound", "url_sources", "inbound_items",
+             "sent_messages")
 
 pytest_plugins = ["s3_server"]  # the archive's S3 server fixtures
 

@@ -45,10 +45,6 @@ T = TypeVar("T")
 LOCK_SCHEMA = 0x6D72_0001  # migrations, one opener at a time
 LOCK_UPLOAD = 0x6D72_0002  # one uploader per (content, phone number)
 LOCK_DAEMON = 0x6D72_0003  # one daemon per host
-TOUCH_HOST = ("INSERT INTO hosts (host_id, first_seen_at, last_seen_at) VALUES (%s, now(), now()) "
-              "ON CONFLICT (host_id) DO UPDATE SET last_seen_at = now()")
-TABLES = ("contents", "media", "hosts", "paths", "leases", "events", "inbound", "url_sources", "inbound_items",
-          "sent_messages")
 
 
 def lock_key(*parts: str) -> int:
@@ -74,6 +70,7 @@ DIALECT = {
     "cutoff": "CAST(CAST(:cutoffs AS jsonb) ->> m.phone_number_id AS timestamptz)",
     "listed": "",
 }
+TOUCH_HOST = DIALECT["touch_host"].replace(":host", "%s").replace(":at", "now()")  # by the server's clock
 
 
 @functools.lru_cache(maxsize=512)

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, closing, contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from ..defaults import BUSY_TIMEOUT
 from ..errors import RegistryCorrupt, RegistryError, RegistryLocked, SchemaTooNew
@@ -27,9 +27,6 @@ from . import migrations
 from .backend import Backend, Params, Tx, at_fork, utc_text
 from .owners import HOST, owner_alive
 from .rows import LeaseOutcome, LeaseStatus
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 T = TypeVar("T")
 
@@ -240,9 +237,7 @@ class SQLiteBackend(Backend):
 
     def daemon_lock(self) -> AbstractContextManager[None]:
         """One daemon per registry file, whatever name it is reached by."""
-        from pathlib import Path  # the daemon's alone: every command's start-up is spared it
-
-        return _lock_beside(Path(self.path))
+        return _lock_beside(self.path)
 
     def _forget(self) -> None:
         self._local, self._connections = threading.local(), []
@@ -268,13 +263,11 @@ def export_registry(path: str | os.PathLike[str]) -> dict[str, list[tuple[Any, .
     as :data:`~media_registry.store.migrations.EXPORTED`, times as stored), read without
     changing the file: a read-only connection; an older schema version read as it is (a
     version-1 registry's ctime and device as 0: the first cache hit then hashes it once)."""
-    from pathlib import Path  # migrate's alone: every command's start-up is spared it
-
-    location = Path(path)
-    if not location.is_file():
+    location = _shown(os.fspath(path))
+    if not os.path.isfile(location):
         raise RegistryError(f"no registry at {location}; point --db (or MEDIA_REGISTRY_DB) at the SQLite file")
     try:
-        with closing(sqlite3.connect(location.absolute().as_uri() + "?mode=ro", uri=True)) as con:
+        with closing(sqlite3.connect(_uri(location) + "?mode=ro", uri=True)) as con:
             version = _user_version(con)
             columns = {row[1] for row in con.execute("PRAGMA table_info(paths)")}
             if not version or "sha256" not in columns:
@@ -295,7 +288,7 @@ def export_registry(path: str | os.PathLike[str]) -> dict[str, list[tuple[Any, .
 
 
 @contextmanager
-def _lock_beside(db: Path) -> Iterator[None]:
+def _lock_beside(db: str) -> Iterator[None]:
     """Hold the daemon's lock on the SQLite registry: an exclusive flock on the registry file
     itself, so that any name of it (a symlink, a hard link) finds the same lock, and one on a
     file beside it that holds the daemon's PID for the message of the next one.
@@ -303,8 +296,8 @@ def _lock_beside(db: Path) -> Iterator[None]:
     flock is released by the kernel when the process dies, so a killed daemon never blocks
     the next one.
     """
-    registry = db.resolve()
-    handle = _open_lock(registry.with_name(registry.name + ".daemon-lock"))
+    registry = os.path.realpath(db)
+    handle = _open_lock(registry + ".daemon-lock")
     try:
         if not _flock(handle):
             holder = os.pread(handle, 32, 0).decode(errors="replace").strip() or "unknown"
@@ -335,7 +328,7 @@ def _flock(handle: int) -> bool:
     return True
 
 
-def _open_lock(path: Path) -> int:
+def _open_lock(path: str) -> int:
     """Open (or create) the daemon's lock file without following a symlink, and only if it is
     one a daemon wrote: a regular file of one link holding at most a PID. Anything else placed
     there is refused and left exactly as it was."""
