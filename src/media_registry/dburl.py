@@ -4,11 +4,13 @@ password (str, repr, errors, logs, ``stats``)."""
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
 
 from .errors import register_secret
 
-if TYPE_CHECKING:  # the store imports this module on the command line's lean cache hit
+TYPE_CHECKING = False  # without `typing`: the store imports this module on the command line's lean cache hit
+if TYPE_CHECKING:
+    from typing import Any
+
     from pydantic import GetCoreSchemaHandler
 
 SCHEMES = ("postgresql://", "postgres://")

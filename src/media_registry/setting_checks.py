@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import re
 from datetime import timedelta
-from typing import NamedTuple
 
+from ._tuples import NamedTuple
 from .defaults import USER_AGENT
 
 # Bounds that keep every wait and date computable (a huge value overflowed a C int or a date).

@@ -15,18 +15,23 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from ..errors import ConfigError
 from .rows import LeaseOutcome, TableCopy
 
+TYPE_CHECKING = False  # without `typing`: the command line's cache hit and read commands import this module
 if TYPE_CHECKING:
+    from typing import Any, ClassVar, Protocol, TypeAlias, TypeVar
+
     from ._local import LocalCache
     from ._pacing import Pacer
 
-T = TypeVar("T")
-Owner = TypeVar("Owner")
-Params = Mapping[str, Any] | tuple[Any, ...]  # by name, or by position where each name is once
+    T = TypeVar("T")
+    Owner = TypeVar("Owner")
+else:
+    Protocol = object  # a port's shape is for the type checker: nothing checks it at run time
+# By name, or by position where each name is once (a string: Any is the type checker's alone).
+Params: TypeAlias = "Mapping[str, Any] | tuple[Any, ...]"
 
 
 class Tx(Protocol):

@@ -13,12 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .._tuples import NamedTuple
 from ..errors import SchemaTooNew
 from .handles import handle_columns
 
+TYPE_CHECKING = False  # without `typing`: the command line's cache hit and read commands import this module
 if TYPE_CHECKING:
+    from typing import Any
+
     from .backend import Backend
 
 # The tables every SQLite registry has had since version 1: how a registry of ours is recognised.

@@ -19,7 +19,6 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, closing, contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..defaults import BUSY_TIMEOUT
 from ..errors import RegistryCorrupt, RegistryError, RegistryLocked, SchemaTooNew
@@ -28,10 +27,12 @@ from .backend import Backend, Params, Tx, at_fork, utc_text
 from .owners import HOST, owner_alive
 from .rows import LeaseOutcome, LeaseStatus
 
+TYPE_CHECKING = False  # without `typing`: the command line's cache hit and read commands import this module
 if TYPE_CHECKING:
     from pathlib import Path
+    from typing import Any, TypeVar
 
-T = TypeVar("T")
+    T = TypeVar("T")
 
 DIALECT = {
     **dict.fromkeys(("here", "p_here", "and_p_here", "host_col", "host_val", "host_cols", "host_vals", "host_set",
