@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import _thread  # threading's get_ident, without threading: the cache hit imports this module
 import os
-import threading
 
 from .._processes import alive
 from ..defaults import HOST_ID
@@ -13,7 +13,7 @@ HOST = HOST_ID  # this machine, in the lease owners it names
 
 def new_owner() -> str:
     """A lease owner name unique to this host, process, thread and call."""
-    return f"{HOST}:{os.getpid()}:{threading.get_ident()}:{os.urandom(4).hex()}"
+    return f"{HOST}:{os.getpid()}:{_thread.get_ident()}:{os.urandom(4).hex()}"
 
 
 def owner_alive(owner: str) -> bool:

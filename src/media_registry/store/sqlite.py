@@ -8,6 +8,7 @@ reading the file with ``sqlite3`` see dates. One host uses the file: every path 
 
 from __future__ import annotations
 
+import _thread  # threading's Lock and local, without threading: the cache hit imports this module
 import errno
 import fcntl
 import functools
@@ -15,7 +16,6 @@ import os
 import re
 import sqlite3
 import stat
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, closing, contextmanager
 from datetime import datetime
@@ -81,8 +81,8 @@ class SQLiteBackend(Backend):
         self.scope = {"host": HOST}
         self.busy_timeout = busy_timeout
         self._create = create
-        self._local = threading.local()
-        self._lock = threading.Lock()
+        self._local = _thread._local()
+        self._lock = _thread.allocate_lock()
         self._connections: list[sqlite3.Connection] = []
         self._check_file()
         # A connection must not cross a fork: registered here rather than checked per call
@@ -246,7 +246,7 @@ class SQLiteBackend(Backend):
         return _lock_beside(Path(self.path))
 
     def _forget(self) -> None:
-        self._local, self._connections = threading.local(), []
+        self._local, self._connections = _thread._local(), []
 
     def _con_here(self) -> sqlite3.Connection:
         con: sqlite3.Connection | None = getattr(self._local, "con", None)
