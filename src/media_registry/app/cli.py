@@ -13,8 +13,7 @@ import sys
 from .. import __version__
 from ..defaults import BODY_TIMEOUT, DB, GRACEFUL_TIMEOUT
 from ..setting_checks import PHONE_NUMBER_ID
-from ._arg_values import count, days, port, served_number
-from ._argv import plain_args
+from ._argv import count, days, plain_args, port, served_number
 from .console import error, is_url_arg, print_json, printable, progress
 
 # Start-up is most of what a cached upload costs a shell script, so this module imports only

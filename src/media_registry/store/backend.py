@@ -9,9 +9,9 @@ Optional capabilities have a default here, so no caller ever asks which backend 
 
 from __future__ import annotations
 
+import _weakref  # weakref.ref itself, without the weakref module: the cache hit imports this module
 import functools
 import os
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timezone
@@ -51,7 +51,7 @@ def utc_text(moment: datetime) -> str:
 def at_fork(owner: Owner, forget: Callable[[Owner], None]) -> None:
     """In a forked child, ``forget(owner)`` while it lives: the parent's connections, threads
     and locks stay the parent's (closing them from the child would disturb the parent)."""
-    reference = weakref.ref(owner)
+    reference = _weakref.ref(owner)
     os.register_at_fork(after_in_child=lambda: None if (alive := reference()) is None else forget(alive))
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import _thread  # threading's get_ident, without threading: the cache hit imports this module
 import os
 
-from .._processes import alive
 from ..defaults import HOST_ID
 
 HOST = HOST_ID  # this machine, in the lease owners it names
@@ -21,4 +20,6 @@ def owner_alive(owner: str) -> bool:
     host, pid, *_ = owner.split(":")
     if host != HOST or not pid.isdigit():
         return True  # another host: only the lease expiry can tell
+    from .._processes import alive  # here: a cache hit takes no lease
+
     return alive(int(pid))
