@@ -56,6 +56,8 @@ def bench_startup(api: FakeGraphAPI, folder: Path, rounds: int) -> list[Row]:
         "CLI start-up: `--version`": ([CLI, "--version"], env),
         "CLI start-up: `--help`": ([CLI, "--help"], env),
         "CLI start-up: `ls`, empty registry": ([CLI, "ls"], empty),
+        "CLI start-up: `show FILE`": ([CLI, "show", str(brochure)], env),
+        "CLI start-up: `stats`, empty registry": ([CLI, "stats"], empty),
     }
     times: dict[str, list[float]] = {name: [] for name in ["floor", *commands]}
     for _ in range(rounds):

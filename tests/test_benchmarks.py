@@ -29,7 +29,9 @@ def test_the_cli_benchmarks_run_and_print_every_row() -> None:
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line]
     measures = [row.split(" | ")[0].lstrip("| ") for row in rows[1:]]
     for expected in ("CLI start-up: cached `upload FILE`", "CLI start-up: `--version`", "CLI start-up: `--help`",
-                     "CLI start-up: `ls`, empty registry", "`ls --json`, 300 contents", "`ls --json`, 3,000 contents"):
+                     "CLI start-up: `ls`, empty registry", "CLI start-up: `show FILE`",
+                     "CLI start-up: `stats`, empty registry", "`ls --json`, 300 contents",
+                     "`ls --json`, 3,000 contents"):
         assert expected in measures, (expected, measures)
     assert all(len(row.split(" | ")) == 4 for row in rows)
 

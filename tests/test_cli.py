@@ -184,6 +184,35 @@ def test_help_prefixes_and_unknown_commands_build_every_command(argv: list[str])
     assert _command_given(argv) is None
 
 
+# Plain runs that the arguments' fast reader takes, and runs it leaves to argparse (help, an
+# abbreviation, an option it does not read, an error of argparse's: each keeps argparse's message).
+PLAIN_RUNS = [
+    ["upload", "a.pdf"], ["upload", "a.pdf", "-", "b c.png", "-q"], ["--db", "x.db", "--json", "upload", "a"],
+    ["upload", "--db=y", "--quiet", "a", "--debug"], ["ls"], ["--debug", "ls", "--json"], ["show", "abcdef12"],
+    ["show", "--json", "--db", "ls", "upload"], ["stats", "--db="], ["--json", "stats", "--debug", "--db", "z"],
+]
+ARGPARSE_RUNS = [
+    [], ["ls", "-h"], ["upload", "--jso", "a"], ["upload", "a", "--json", "b"], ["upload"], ["show"],
+    ["show", "a", "b"], ["ls", "x"], ["ls", "--expiring", "3"], ["upload", "-r", "dir"],
+    ["upload", "--mime-type", "image/png", "a"],
+    ["stats", "--db"], ["stats", "--db", "-x"], ["stats", "-q"], ["show", "--", "-5"], ["inbox"], ["--version"],
+]
+
+
+@pytest.mark.parametrize("argv", PLAIN_RUNS + ARGPARSE_RUNS)
+def test_plain_runs_are_read_as_argparse_reads_them(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from media_registry.app._argv import plain_args
+    from media_registry.app.cli import _parser
+
+    fast = plain_args(argv)
+    assert (fast is not None) == (argv in PLAIN_RUNS)
+    try:
+        parsed = vars(_parser().parse_args(argv))
+    except SystemExit:
+        parsed = None
+    assert fast is None or vars(fast) == parsed
+
+
 @pytest.mark.parametrize("columns", [None, "100", "0", "x"])
 def test_help_is_as_wide_as_shutil_measures_the_terminal(monkeypatch: pytest.MonkeyPatch, columns: str | None) -> None:
     from media_registry.app.cli import _columns

@@ -22,6 +22,8 @@ import registry_db
 from conftest import CLI, PDF, run_cli, settle
 
 HEAVY = {"httpx", "pydantic", "pydantic_settings", "rich", "apscheduler", "tenacity", "filetype"}
+# What a plain cache hit or read command starts without (its start-up is most of its cost).
+START_UP = {"argparse", "typing", "hashlib", "threading", "media_registry.store.handles"}
 
 
 def imported_modules(*args: str, env: dict[str, str]) -> set[str]:
@@ -49,7 +51,7 @@ def test_a_cache_hit_imports_nothing_heavy(cli_env: dict[str, str], make_file: C
     miss = imported_modules("upload", path, env=cli_env)
     assert {"httpx", "pydantic_settings"} <= miss  # the probe sees them when they are loaded
     hit = imported_modules("upload", path, env=cli_env)
-    assert "media_registry.store" in hit and not hit & HEAVY, hit & HEAVY
+    assert "media_registry.store" in hit and not hit & (HEAVY | START_UP), hit & (HEAVY | START_UP)
     assert not imported_modules("--version", env=cli_env) & HEAVY
     assert not imported_modules("--help", env=cli_env) & HEAVY
     assert not imported_modules("upload", "--help", env=cli_env) & HEAVY

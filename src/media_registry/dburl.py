@@ -4,11 +4,13 @@ password (str, repr, errors, logs, ``stats``)."""
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
 
 from .errors import register_secret
 
-if TYPE_CHECKING:  # the store imports this module on the command line's lean cache hit
+TYPE_CHECKING = False  # without `typing`: the store imports this module on the command line's lean cache hit
+if TYPE_CHECKING:
+    from typing import Any
+
     from pydantic import GetCoreSchemaHandler
 
 SCHEMES = ("postgresql://", "postgres://")
@@ -26,8 +28,8 @@ def refuse_other_url(value: str) -> None:
     password shown."""
     if is_postgres_url(value):
         return
-    if _KEYWORD.search(value):
-        for password in _KEYWORD_PASSWORD.findall(value):
+    if "=" in value and re.search(_KEYWORD, value):
+        for password in re.findall(_KEYWORD_PASSWORD, value):
             _register(password.strip("'"))
         raise ValueError("a libpq keyword string (host=... dbname=...) is neither a file path nor a "
                          "postgresql:// URL; give postgresql://user:password@host:port/dbname "
@@ -87,13 +89,14 @@ class PostgresURL:
         )
 
 
-# A query parameter, ?key=value or &key=value; libpq percent-decodes its key, so
+# Patterns are compiled on first use (re keeps them): a registry file's commands start without
+# them. A query parameter, ?key=value or &key=value; libpq percent-decodes its key, so
 # ?%70assword=... gives the password too.
-_QUERY_PARAMETER = re.compile(r"(?<=[?&])([^&=]*)=([^&]*)&?")
+_QUERY_PARAMETER = r"(?<=[?&])([^&=]*)=([^&]*)&?"
 # A libpq keyword string names its parts as key=value words: "host=db dbname=fleet".
-_KEYWORD = re.compile(r"(?:^|\s)(?:host|hostaddr|port|dbname|user|password|passfile|service|sslmode|"
-                      r"connect_timeout|options|application_name|target_session_attrs)\s*=", re.IGNORECASE)
-_KEYWORD_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S*)", re.IGNORECASE)
+_KEYWORD = (r"(?i)(?:^|\s)(?:host|hostaddr|port|dbname|user|password|passfile|service|sslmode|"
+            r"connect_timeout|options|application_name|target_session_attrs)\s*=")
+_KEYWORD_PASSWORD = r"(?i)(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S*)"
 
 
 def _redact(url: str) -> str:
@@ -112,12 +115,12 @@ def _is_password_key(key: str) -> bool:
 
 
 def _without_query_passwords(url: str) -> str:
-    return _QUERY_PARAMETER.sub(lambda match: "" if _is_password_key(match[1]) else match[0], url)
+    return re.sub(_QUERY_PARAMETER, lambda match: "" if _is_password_key(match[1]) else match[0], url)
 
 
 def _passwords(url: str) -> list[str]:
     userinfo = _without_query_passwords(url).partition("://")[2].rpartition("@")[0]
-    query = [value for key, value in _QUERY_PARAMETER.findall(url) if _is_password_key(key)]
+    query = [value for key, value in re.findall(_QUERY_PARAMETER, url) if _is_password_key(key)]
     return [userinfo.partition(":")[2], *query]
 
 

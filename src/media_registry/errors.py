@@ -38,7 +38,7 @@ output, logs or tracebacks.
 
 from __future__ import annotations
 
-import threading
+import _thread  # threading's lock, without threading: every command's start-up imports this module
 
 TYPE_CHECKING = False  # without `typing` or `logging`: every command's start-up imports this module
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 MIN_SECRET_LENGTH = 6
 
 _secrets: dict[str, str] = {}  # value -> label shown in its place
-_secrets_lock = threading.Lock()
+_secrets_lock = _thread.allocate_lock()
 
 
 def register_secret(value: str | None, label: str = "secret") -> None:

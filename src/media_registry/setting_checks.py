@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import re
 from datetime import timedelta
-from typing import NamedTuple
 
+from ._tuples import NamedTuple
 from .defaults import USER_AGENT
 
 # Bounds that keep every wait and date computable (a huge value overflowed a C int or a date).
@@ -19,12 +19,13 @@ MAX_SECONDS = 86400.0
 MAX_DURATION = timedelta(days=36500)
 # A phone number ID as Meta gives it, and as the service's paths accept it.
 PHONE_NUMBER_ID = re.compile(r"[0-9]{1,32}")
+# The patterns below are compiled on first use (re keeps them): the cache hit reads few settings.
 # A number as plain text (no exponent, sign or separator): read alike by float() and pydantic.
-PLAIN_NUMBER = re.compile(r"-?([0-9]+\.?[0-9]*|\.[0-9]+)")
-_PLAIN_WHOLE = re.compile(r"-?[0-9]+")
+PLAIN_NUMBER = r"-?([0-9]+\.?[0-9]*|\.[0-9]+)"
+_PLAIN_WHOLE = r"-?[0-9]+"
 _PLAIN_LENGTH = 20  # a longer number is a mistake, read by the full settings
 # Meta's OpenAPI spec constrains the User-Agent of Graph API requests to this pattern.
-USER_AGENT_PATTERN = re.compile(
+USER_AGENT_PATTERN = (
     r"^[a-zA-Z0-9\-_]+\/[0-9]+\.[0-9]+\.[0-9]+(;[a-zA-Z0-9\-=\.]+)?(\s+[a-zA-Z0-9\-_]+\/[0-9\-\.]+)?$"
 )
 # The TTL a number may ask for at upload (Meta's ttl_minutes).
@@ -77,7 +78,7 @@ class Range(NamedTuple):
         whole number: the full settings read those)."""
         text = text.strip()
         plain = _PLAIN_WHOLE if self.whole else PLAIN_NUMBER
-        if len(text) > _PLAIN_LENGTH or not plain.fullmatch(text):
+        if len(text) > _PLAIN_LENGTH or not re.fullmatch(plain, text):
             return None
         return self.check(int(text) if self.whole else float(text))
 
@@ -183,7 +184,7 @@ def check_token(token: str | None) -> str | None:
 
 def check_user_agent(user_agent: str) -> str:
     """``user_agent`` if it matches the pattern of Meta's OpenAPI spec, else ValueError."""
-    if not USER_AGENT_PATTERN.match(user_agent):
+    if not re.match(USER_AGENT_PATTERN, user_agent):
         raise ValueError(f"must look like {USER_AGENT!r} (name/X.Y.Z, Meta's spec)")
     return user_agent
 
@@ -214,7 +215,7 @@ def check_archive(value: str | None) -> str | None:
         return None
     if value.lower().startswith("s3:"):
         bucket = value[5:].partition("/")[0] if value.startswith("s3://") else ""
-        if not S3_BUCKET.fullmatch(bucket):
+        if not re.fullmatch(S3_BUCKET, bucket):
             raise ValueError("must be a folder or s3://bucket/prefix (a bucket name: 3 to 63 lower-case "
                              "letters, digits, dots and hyphens)")
     return value
@@ -237,7 +238,7 @@ def check_repair_codes(value: str | tuple[int, ...]) -> tuple[int, ...]:
     return tuple(int(code) for code in codes)
 
 
-S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+S3_BUCKET = r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
 # The checks of settings given as plain text that take it whole, by field name.
 TEXT_CHECKS = {"user_agent": check_user_agent, "download_user_agent": check_download_user_agent,
                "host_id": check_host_id, "archive": check_archive, "s3_checksum": check_s3_checksum}
@@ -249,7 +250,7 @@ def seconds_as_number(value: object) -> object:
     pydantic reads "86400" as a malformed ISO duration rather than as seconds; a negative
     number is read too, so that it gets the range's message rather than a parser's.
     """
-    if isinstance(value, str) and PLAIN_NUMBER.fullmatch(value.strip()):
+    if isinstance(value, str) and re.fullmatch(PLAIN_NUMBER, value.strip()):
         return float(value)
     return value
 
@@ -258,7 +259,7 @@ def plain_seconds(text: str) -> timedelta | None:
     """A duration given as plain seconds, as a timedelta; None for any other form, and for a
     fraction of a microsecond (pydantic and timedelta round those differently)."""
     text = text.strip()
-    if not PLAIN_NUMBER.fullmatch(text) or abs(float(text)) > MAX_DURATION.total_seconds():
+    if not re.fullmatch(PLAIN_NUMBER, text) or abs(float(text)) > MAX_DURATION.total_seconds():
         return None
     if len(text.partition(".")[2]) > 6:
         return None

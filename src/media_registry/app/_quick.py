@@ -16,9 +16,9 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
-from typing import NamedTuple
 
 from .. import defaults
+from .._tuples import NamedTuple
 from ..content import hashing
 from ..dburl import is_postgres_url, refuse_other_url
 from ..errors import ConfigError, MediaRegistryError

@@ -7,13 +7,13 @@ operation failed, 2 bad usage.
 
 from __future__ import annotations
 
-import argparse  # every run parses its arguments
 import os
 import sys
 
 from .. import __version__
 from ..defaults import BODY_TIMEOUT, DB, GRACEFUL_TIMEOUT
 from ..setting_checks import PHONE_NUMBER_ID
+from ._argv import count, days, plain_args, port, served_number
 from .console import error, is_url_arg, print_json, printable, progress
 
 # Start-up is most of what a cached upload costs a shell script, so this module imports only
@@ -21,13 +21,14 @@ from .console import error, is_url_arg, print_json, printable, progress
 # without `typing`, which alone costs a fifth of --version.)
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse  # imported by the parser alone: a plain run is read by plain_args
     from collections.abc import Callable, Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     argv = sys.argv[1:] if argv is None else argv
-    args = _parser(_command_given(argv)).parse_args(argv)  # exits here for --version and --help
+    args = plain_args(argv) or _parser(_command_given(argv)).parse_args(argv)  # exits for --version, --help
     # httpx imports its own command-line client (click, rich and pygments, a sixth of the
     # start-up of every command that loads httpx) whenever they are installed; this process
     # never runs it, and httpx falls back to a stub when the import fails.
@@ -60,6 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """A command other than ``upload``: its module is imported only now."""
+    from .reads import READS  # without the other commands' modules
+
+    if args.command in READS:
+        return READS[args.command](args)
     from .commands import COMMANDS
 
     return COMMANDS[args.command](args)
@@ -149,41 +154,6 @@ def _upload_paths(paths: Sequence[str], recursive: bool) -> list[str] | None:
     return files
 
 
-def _days(text: str) -> float:
-    """A number of days from 0 to a century (``nan``, ``inf`` and ``-1`` are refused)."""
-    try:
-        days = float(text)
-    except ValueError:
-        days = -1
-    if not 0 <= days <= 36500:  # also False for nan
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days from 0 to 36500 (e.g. 3 or 0.5)")
-    return days
-
-
-def _count(text: str) -> int:
-    """A whole number from 1 to 86400 (seconds, or connections)."""
-    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 86400):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to 86400")
-    return int(text)
-
-
-def _port(text: str) -> int:
-    """A TCP port, 0 to 65535 (0: a free one)."""
-    if not (text.isascii() and text.isdigit() and int(text) <= 65535):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port from 0 to 65535")
-    return int(text)
-
-
-def _served_number(text: str) -> tuple[str, int | None]:
-    """``ID[:TTL_MINUTES]``: a phone number ID for ``fake-api``, No-Storage with a TTL."""
-    phone, colon, minutes = text.partition(":")
-    if not PHONE_NUMBER_ID.fullmatch(phone):
-        raise argparse.ArgumentTypeError(f"{phone!r} is not a phone number ID (1 to 32 digits)")
-    if colon and not (minutes.isascii() and minutes.isdigit() and 60 <= int(minutes) <= 43200):
-        raise argparse.ArgumentTypeError(f"{minutes!r} is not a TTL in whole minutes from 60 to 43200")
-    return phone, int(minutes) if colon else None
-
-
 def _columns() -> int:
     """``shutil.get_terminal_size().columns``, as argparse's help measures it, without importing
     shutil (its archive modules are a tenth of a cached upload's start-up)."""
@@ -201,6 +171,8 @@ def _columns() -> int:
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
+    import argparse
+
     return argparse.HelpFormatter(prog, width=_columns() - 2)
 
 
@@ -214,7 +186,7 @@ def _upload_arguments(upload: argparse.ArgumentParser) -> None:
 
 
 def _ls_arguments(ls: argparse.ArgumentParser) -> None:
-    ls.add_argument("--expiring", type=_days, metavar="DAYS", help="only IDs expiring within DAYS")
+    ls.add_argument("--expiring", type=days, metavar="DAYS", help="only IDs expiring within DAYS")
 
 
 TARGET_HELP = "a path, URL, media ID, sha256, or sha256 prefix of 8+ hex digits (as ls prints it)"
@@ -262,11 +234,11 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
                        help="let URL sources reach loopback, private and link-local addresses")
     serve.add_argument("--no-schedule", action="store_true",
                        help="leave refresh and purge to a separate `daemon`")
-    serve.add_argument("--body-timeout", type=_count, default=BODY_TIMEOUT, metavar="SECONDS",
+    serve.add_argument("--body-timeout", type=count, default=BODY_TIMEOUT, metavar="SECONDS",
                        help=f"a request body must arrive whole within this, or 408 (default {BODY_TIMEOUT})")
-    serve.add_argument("--graceful-timeout", type=_count, default=GRACEFUL_TIMEOUT, metavar="SECONDS",
+    serve.add_argument("--graceful-timeout", type=count, default=GRACEFUL_TIMEOUT, metavar="SECONDS",
                        help=f"on SIGTERM, requests still running after this are cancelled (default {GRACEFUL_TIMEOUT})")
-    serve.add_argument("--limit-concurrency", type=_count, metavar="N",
+    serve.add_argument("--limit-concurrency", type=count, metavar="N",
                        help="connections held at once; more are answered 503 (default 256, "
                        "fewer if RLIMIT_NOFILE is low)")
     for flag, name in (("--refresh-every", "REFRESH"), ("--purge-every", "PURGE")):
@@ -295,8 +267,8 @@ def _handle_arguments(handle: argparse.ArgumentParser) -> None:
 
 
 def _fake_api_arguments(fake_api: argparse.ArgumentParser) -> None:
-    fake_api.add_argument("--port", type=_port, default=0, help="default: a free port")
-    fake_api.add_argument("--phone-number-id", type=_served_number, action="append", metavar="ID[:TTL_MINUTES]",
+    fake_api.add_argument("--port", type=port, default=0, help="default: a free port")
+    fake_api.add_argument("--phone-number-id", type=served_number, action="append", metavar="ID[:TTL_MINUTES]",
                           help="a number to serve (repeatable; the first is the default); with "
                           ":TTL_MINUTES a No-Storage number whose media live that long (60 to 43200)")
 
@@ -359,6 +331,8 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command line's parser; with ``only``, that command's arguments alone: a run parses one
     command, and building all of them is a tenth of a cached upload. Nothing else differs: the
     other commands' options show only in their own help and errors."""
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="media-registry", formatter_class=_formatter,
         description="Media IDs for the WhatsApp Cloud API that are valid now, uploaded once.",

@@ -10,22 +10,25 @@ store's rows.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import defaults
+from .._tuples import NamedTuple
 from ..rules import listing
 from ..store import ContentRow, Cutoffs, EventRow, Store, open_store
 from . import _quick
 from .console import error, is_url_arg, print_json, printable, size, when
 
+TYPE_CHECKING = False  # without `typing`: the command line's cache hit and read commands import this module
 if TYPE_CHECKING:
+    import argparse
+    from typing import Any
+
     from ..store.listing import ListedRow
 
 
@@ -210,3 +213,7 @@ def stats(args: argparse.Namespace) -> int:
         for phone, numbers in by_phone.items():
             print(f"number {phone}: {numbers['live_ids']} live, {numbers['expiring_ids']} expiring")
     return 0
+
+
+# The read commands, by the name the command line gives them.
+READS: dict[str, Callable[[argparse.Namespace], int]] = {"ls": ls, "show": show, "stats": stats}

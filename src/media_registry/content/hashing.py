@@ -6,8 +6,8 @@ import io
 import os
 import stat
 from datetime import datetime
-from typing import NamedTuple
 
+from .._tuples import NamedTuple
 from ..errors import SourceChanged, SourceNotFound, SourceUnreadable
 
 BLOCK_SIZE = 1 << 18

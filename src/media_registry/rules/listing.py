@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import os
 from datetime import datetime
-from typing import Any
 
 from ..errors import InputError
 from ..store import ContentRow, Cutoffs, Store
+
+TYPE_CHECKING = False  # without `typing`: the command line's cache hit and read commands import this module
+if TYPE_CHECKING:
+    from typing import Any
 
 HEX = frozenset("0123456789abcdefABCDEF")
 

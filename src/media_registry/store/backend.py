@@ -9,24 +9,29 @@ Optional capabilities have a default here, so no caller ever asks which backend 
 
 from __future__ import annotations
 
+import _weakref  # weakref.ref itself, without the weakref module: the cache hit imports this module
 import functools
 import os
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from ..errors import ConfigError
 from .rows import LeaseOutcome, TableCopy
 
+TYPE_CHECKING = False  # without `typing`: the command line's cache hit and read commands import this module
 if TYPE_CHECKING:
+    from typing import Any, ClassVar, Protocol, TypeAlias, TypeVar
+
     from ._local import LocalCache
     from ._pacing import Pacer
 
-T = TypeVar("T")
-Owner = TypeVar("Owner")
-Params = Mapping[str, Any] | tuple[Any, ...]  # by name, or by position where each name is once
+    T = TypeVar("T")
+    Owner = TypeVar("Owner")
+else:
+    Protocol = object  # a port's shape is for the type checker: nothing checks it at run time
+# By name, or by position where each name is once (a string: Any is the type checker's alone).
+Params: TypeAlias = "Mapping[str, Any] | tuple[Any, ...]"
 
 
 class Tx(Protocol):
@@ -46,7 +51,7 @@ def utc_text(moment: datetime) -> str:
 def at_fork(owner: Owner, forget: Callable[[Owner], None]) -> None:
     """In a forked child, ``forget(owner)`` while it lives: the parent's connections, threads
     and locks stay the parent's (closing them from the child would disturb the parent)."""
-    reference = weakref.ref(owner)
+    reference = _weakref.ref(owner)
     os.register_at_fork(after_in_child=lambda: None if (alive := reference()) is None else forget(alive))
 
 

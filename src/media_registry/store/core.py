@@ -13,7 +13,6 @@ import functools
 import os
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
-from typing import Any
 
 from ..content.hashing import Fingerprint
 from . import _sql as q
@@ -34,6 +33,10 @@ from .rows import (
     StoreStats,
     UrlSource,
 )
+
+TYPE_CHECKING = False  # without `typing`: the command line's cache hit and read commands import this module
+if TYPE_CHECKING:
+    from typing import Any
 
 _new_tuple = tuple.__new__
 

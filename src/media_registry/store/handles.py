@@ -8,12 +8,15 @@ claimed under :func:`file_key` (its sha256 is computed while it is sent). Writte
 from __future__ import annotations
 
 import enum
-import hashlib
 from datetime import datetime
-from typing import Any, NamedTuple
 
+from .._tuples import NamedTuple
 from ..content.hashing import Fingerprint
 from .backend import SIGNED, Backend, Tx, int64
+
+TYPE_CHECKING = False  # without `typing`: the command line's cache hit and read commands import this module
+if TYPE_CHECKING:
+    from typing import Any
 
 _KEY = "WHERE sha256 = :sha256 AND app_id = :app"
 # The cached handle of a file whose fingerprint matches in every field: one indexed read.
@@ -63,6 +66,8 @@ ALL = ("SELECT sha256, app_id, handle, created_at, expires_at FROM header_handle
 def file_key(fp: Fingerprint) -> str:
     """The key a file's first upload is claimed under, before its sha256 is known: unique to
     its fingerprint (a changed file gets another, and never resumes the old one's session)."""
+    import hashlib  # here, not at the top: OpenSSL is slow to load, and a cache hit never hashes
+
     return "file:" + hashlib.sha256(repr(tuple(fp)).encode()).hexdigest()
 
 

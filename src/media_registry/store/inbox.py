@@ -13,10 +13,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
 
+from .._tuples import NamedTuple
 from .backend import Backend, Tx
 from .owners import HOST, owner_alive
+
+TYPE_CHECKING = False  # without `typing`: the command line's cache hit and read commands import this module
+if TYPE_CHECKING:
+    from typing import Any
 
 STATES = ("pending", "failed", "archived", "lost")
 WAITING = ("pending", "failed")  # not archived yet, and still to be tried

@@ -13,12 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .._tuples import NamedTuple
 from ..errors import SchemaTooNew
-from .handles import handle_columns
 
+TYPE_CHECKING = False  # without `typing`: the command line's cache hit and read commands import this module
 if TYPE_CHECKING:
+    from typing import Any
+
     from .backend import Backend
 
 # The tables every SQLite registry has had since version 1: how a registry of ours is recognised.
@@ -126,6 +128,12 @@ def _url_sources_and_invalidated(con: Any) -> None:
         con.execute(statement)
 
 
+def _handle_columns(con: Any) -> None:
+    from .handles import handle_columns  # here: the cache hit opens an up-to-date registry without it
+
+    handle_columns(con)
+
+
 def _section(con: Any, name: str, first: str, end: str) -> None:
     """The statements of the dialect's schema file from the line starting ``first`` to ``end``."""
     text = schema(name)
@@ -164,7 +172,7 @@ MIGRATIONS: tuple[Migration, ...] = (  # SQLite's steps
     # Template header handles, per content and app (store/handles.py).
     Migration("0007_header_handles", lambda con: _section(con, "schema.sql", *HANDLES)),
     # A header handle's upload session, resumed by a later claimer (store/handles.py).
-    Migration("0008_handle_sessions", lambda con: handle_columns(con)),
+    Migration("0008_handle_sessions", _handle_columns),
     # Indexes holding what the listing prints, so that ls reads no table row (store/listing.py).
     Migration("0009_listing_order", lambda con: _section(con, "schema.sql", *LISTING)),
 )

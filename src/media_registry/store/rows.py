@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import NamedTuple
 
+from .._tuples import NamedTuple
 from ..content.hashing import Fingerprint
 
 __all__ = [

@@ -8,6 +8,7 @@ reading the file with ``sqlite3`` see dates. One host uses the file: every path 
 
 from __future__ import annotations
 
+import _thread  # threading's Lock and local, without threading: the cache hit imports this module
 import errno
 import fcntl
 import functools
@@ -15,11 +16,9 @@ import os
 import re
 import sqlite3
 import stat
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, closing, contextmanager
 from datetime import datetime
-from typing import Any, TypeVar
 
 from ..defaults import BUSY_TIMEOUT
 from ..errors import RegistryCorrupt, RegistryError, RegistryLocked, SchemaTooNew
@@ -28,7 +27,11 @@ from .backend import Backend, Params, Tx, at_fork, utc_text
 from .owners import HOST, owner_alive
 from .rows import LeaseOutcome, LeaseStatus
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # without `typing`: the command line's cache hit and read commands import this module
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
 
 DIALECT = {
     **dict.fromkeys(("here", "p_here", "and_p_here", "host_col", "host_val", "host_cols", "host_vals", "host_set",
@@ -77,8 +80,8 @@ class SQLiteBackend(Backend):
         self.scope = {"host": HOST}
         self.busy_timeout = busy_timeout
         self._create = create
-        self._local = threading.local()
-        self._lock = threading.Lock()
+        self._local = _thread._local()
+        self._lock = _thread.allocate_lock()
         self._connections: list[sqlite3.Connection] = []
         self._check_file()
         # A connection must not cross a fork: registered here rather than checked per call
@@ -240,7 +243,7 @@ class SQLiteBackend(Backend):
         return _lock_beside(self.path)
 
     def _forget(self) -> None:
-        self._local, self._connections = threading.local(), []
+        self._local, self._connections = _thread._local(), []
 
     def _con_here(self) -> sqlite3.Connection:
         con: sqlite3.Connection | None = getattr(self._local, "con", None)
