@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 from datetime import datetime, timedelta, timezone
@@ -18,7 +17,7 @@ from ..errors import ConfigError
 from ..store import Cutoffs, Store, open_store
 from ..store._pacing import Pacer
 from ..store.handles import HandleStore
-from .effects import Clock, utc_now
+from .effects import Clock
 
 PathArg = str | os.PathLike[str]
 K = TypeVar("K")
@@ -123,8 +122,6 @@ def open_context(settings: Settings | None, given: dict[str, object], clock: Clo
     return Context(settings, store, clock)
 
 
-_NOW: Clock = functools.partial(datetime.now, timezone.utc)  # utc_now, called from C
-
 
 class Context:
     """The state the rules share, made once per registry. ``store`` may be swapped (tests
@@ -133,7 +130,7 @@ class Context:
     def __init__(self, settings: Settings, store: Store, clock: Clock) -> None:
         self.settings = settings
         self.store = store
-        self.clock = _NOW if clock is utc_now else clock  # the same time, without a Python call per hit
+        self.clock = clock
         self.lease_for = timedelta(seconds=settings.lease_seconds)
         self.stopping = threading.Event()
         # Shared beyond this process: by the host, or by the fleet.
