@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import stat
@@ -35,7 +36,9 @@ def fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
     another kind of file, any other error).
     """
     absolute = os.fspath(path)
-    if not _normal_absolute(absolute):
+    # What os.path.abspath would hand back as it is (absolute, no empty, "." or ".." part, no
+    # trailing slash), told without its Python-level normalisation: this is every cache hit.
+    if not (absolute[:1] == "/" and "//" not in absolute and "/." not in absolute and absolute[-1:] != "/"):
         absolute = os.path.abspath(absolute)
     try:
         st = os.stat(absolute)
@@ -52,19 +55,17 @@ def fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
     return _new_tuple(Fingerprint, (absolute, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev))
 
 
-def _normal_absolute(path: str) -> bool:
-    """Whether ``os.path.abspath`` would hand ``path`` back as it is (absolute, no empty, ``.``
-    or ``..`` part, no trailing slash), told without its Python-level normalisation."""
-    return path[:1] == "/" and "//" not in path and "/." not in path and path[-1:] != "/"
-
-
 def racily_clean(fp: Fingerprint, recorded_at: datetime) -> bool:
     """True when a fingerprint recorded at ``recorded_at`` cannot be trusted (git's "racily
     clean" case): the file's mtime or ctime is not strictly older, at whole-second
     granularity, than the recording, so a same-size rewrite within that second (on a
     filesystem with 1 s timestamps) would leave the fingerprint unchanged. Hash it again."""
-    recorded_second = int(recorded_at.timestamp())
-    return max(fp.mtime_ns, fp.ctime_ns) // 1_000_000_000 >= recorded_second
+    return max(fp[2], fp[3]) // 1_000_000_000 >= _second(recorded_at)
+
+
+@functools.lru_cache(maxsize=4096)  # the cache hits check the same few recordings over and over
+def _second(moment: datetime) -> int:
+    return int(moment.timestamp())
 
 
 def open_source(path: str | os.PathLike[str]) -> io.BufferedReader:

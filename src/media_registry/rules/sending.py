@@ -76,7 +76,7 @@ class Sending:
         """The cache hit, done inline by both drivers: one stat and one indexed query. A hit is
         its (sha256, media ID); each caller builds only what it returns."""
         ctx = self.ctx
-        phone = ctx.phone(phone_number_id)
+        phone = phone_number_id or ctx.settings.phone_number_id or ctx.phone(None)  # ctx.phone, inline
         fp = hashing.fingerprint(path)
         hit = ctx.store.lookup_path(fp, phone, ctx.min_valid_until(phone))
         if hit is None or hashing.racily_clean(fp, hit[2]):

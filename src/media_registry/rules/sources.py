@@ -13,6 +13,7 @@ import functools
 import os
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import IO, Any, TypeGuard, TypeVar
 
 from ..content import sources
@@ -38,6 +39,7 @@ from .webhook import Webhooks
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes] | Content
 REFUSED = "Meta refused it at send time"
 T = TypeVar("T")
+_PATH = type(Path())  # the concrete Path class: a type check, not PathLike's ABC check
 _new_tuple = tuple.__new__
 
 
@@ -69,7 +71,9 @@ class Sourcing:
     def media_id(self, source: Source, phone_number_id: str | None, declared: str | None) -> str | Flow[Outcome]:
         """:meth:`lookup` as ``get_or_upload`` answers: a path's cache hit is its media ID, with
         no Outcome built (the hottest call of all); anything else is :meth:`lookup`'s."""
-        if type(source) is str and not sources.is_url(source):
+        if type(source) is _PATH:
+            source = str(source)  # one Python call where os.fspath would make two, on every hit
+        if type(source) is str and (source[:1] == "/" or not sources.is_url(source)):
             found = self.sending.fast_path(source, phone_number_id, declared)
             if isinstance(found, Miss):
                 return self.sending.get_or_upload_flow(source, found, declared)

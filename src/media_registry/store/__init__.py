@@ -45,7 +45,7 @@ def open_store(
     upgrades an older registry of ours in place. ``host_id`` names this machine in a fleet
     (PostgreSQL only; default its hostname); ``pool_size`` bounds PostgreSQL's connection
     pool; ``host_retention`` is how long an unseen host keeps its paths there; ``local_cache``
-    how many hits each process answers from memory (PostgreSQL; 0: none).
+    how many hits each process answers from memory (0: none).
     """
     if isinstance(db, PostgresURL) or is_postgres_url(db):
         try:
@@ -61,4 +61,9 @@ def open_store(
         return remembering(store)
     from .sqlite import SQLiteBackend
 
-    return Store(SQLiteBackend(os.fspath(db), create=create, busy_timeout=busy_timeout))
+    store = Store(SQLiteBackend(os.fspath(db), create=create, busy_timeout=busy_timeout))
+    if local_cache:
+        from ._local import versioned_path_hits
+
+        store.lookup_path = versioned_path_hits(store, local_cache)  # type: ignore[method-assign,assignment]
+    return store

@@ -18,6 +18,7 @@ A repeated hit costs a dictionary lookup, not a round trip. The rules that keep 
 from __future__ import annotations
 
 import math
+import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -32,6 +33,7 @@ from .rows import PathHit
 
 if TYPE_CHECKING:
     from .core import Store
+    from .sqlite import SQLiteBackend
 
 WINDOW = 0.5  # seconds: memory serves while the listener proved itself alive this recently
 PROOF_EVERY = 0.25  # seconds between the listener's round trips
@@ -161,9 +163,7 @@ class LocalCache:
 
 def path_hits(store: Store, cache: LocalCache) -> Callable[[Fingerprint, str, datetime], PathHit | None]:
     """``store.lookup_path`` answered from ``cache`` where it may, filled from the database."""
-    entries, monotonic, backend = cache.entries, time.monotonic, store.backend
-    sql = backend.positional(FILL.format_map(backend.dialect))
-    here = (backend.host_id,) if backend.dialect["and_p_here"] else ()
+    entries, monotonic, read = cache.entries, time.monotonic, _filler(store)
 
     def lookup_path(fp: Fingerprint, phone_number_id: str, valid_until: datetime) -> PathHit | None:
         if monotonic() - cache.proof < WINDOW:
@@ -171,10 +171,72 @@ def path_hits(store: Store, cache: LocalCache) -> Callable[[Fingerprint, str, da
             if entry is not None and entry[0] > valid_until:
                 hit: PathHit = entry[1]
                 return hit
-        return fill(fp, phone_number_id, valid_until)
-
-    def fill(fp: Fingerprint, phone_number_id: str, valid_until: datetime) -> PathHit | None:
         seen = cache.filling()
+        found = read(fp, phone_number_id)
+        if found is None:
+            return None
+        expires_at, answer = found
+        if expires_at is None:
+            return answer
+        cache.put((phone_number_id, fp), expires_at, answer, ("s:" + answer.sha256, "p:" + fp.path), seen)
+        return answer if expires_at > valid_until else answer._replace(media_id=None)
+
+    return lookup_path
+
+
+def versioned_path_hits(store: Store, size: int) -> Callable[[Fingerprint, str, datetime], PathHit | None]:
+    """``store.lookup_path`` on SQLite, answered from memory while nothing was committed to the
+    file since the answer was read: one ``PRAGMA data_version`` per hit, not the lookup.
+
+    A commit by any other connection (another process, another thread) moves this thread's
+    connection's data_version; this connection's own writes move its ``total_changes``: a
+    thread that sees either move empties the memory, and a fill that raced an emptying is
+    dropped (the generation). At most ``size`` answers (emptied when full); expiry and
+    ``min_validity`` are checked on every hit."""
+    backend: SQLiteBackend = store.backend  # type: ignore[assignment]
+    moved, read = backend.moved, _filler(store)
+    entries: dict[tuple[str, Fingerprint], tuple[datetime, PathHit]] = {}
+    generation = [0]
+
+    def lookup_path(fp: Fingerprint, phone_number_id: str, valid_until: datetime) -> PathHit | None:
+        local = backend._local  # moved(), inline while this thread's mark stands: every hit
+        try:
+            mark = (local.cursor.execute("PRAGMA data_version").fetchone()[0], local.con.total_changes)
+        except (AttributeError, sqlite3.Error):
+            mark = None  # no cursor yet, or an error: moved() says it in its own words
+        if mark is None or getattr(local, "mark", None) != mark:
+            moved()
+            generation[0] += 1  # before emptying: a fill that checks the generation after its put sees it
+            entries.clear()
+        key = (phone_number_id, fp)
+        entry = entries.get(key)
+        if entry is not None and entry[0] > valid_until:
+            return entry[1]
+        seen = generation[0]
+        found = read(fp, phone_number_id)
+        if found is None:
+            return None
+        expires_at, answer = found
+        if expires_at is None:
+            return answer
+        if len(entries) >= size:
+            entries.clear()
+        entries[key] = (expires_at, answer)
+        if generation[0] != seen:  # emptied meanwhile: the read may predate the commit that emptied it
+            entries.pop(key, None)
+        return answer if expires_at > valid_until else answer._replace(media_id=None)
+
+    return lookup_path
+
+
+def _filler(store: Store) -> Callable[[Fingerprint, str], tuple[datetime | None, PathHit] | None]:
+    """The read that fills a path's entry: None for no such path, else its current ID's expiry
+    (None without a current ID) and the answer with that ID whatever its expiry."""
+    backend = store.backend
+    sql = backend.positional(FILL.format_map(backend.dialect))
+    here = (backend.host_id,) if backend.dialect["and_p_here"] else ()
+
+    def read(fp: Fingerprint, phone_number_id: str) -> tuple[datetime | None, PathHit] | None:
         stored = fp._replace(inode=int64(fp.inode), device=int64(fp.device)) if fp[4] | fp[5] >= SIGNED else fp
         row: Any = backend.read_one(sql, (phone_number_id,) + stored + here)
         if row is None:
@@ -182,13 +244,10 @@ def path_hits(store: Store, cache: LocalCache) -> Callable[[Fingerprint, str, da
         sha256, media_id, expires_at, seen_at = row
         recorded_at = backend.time(seen_at)
         if media_id is None:
-            return PathHit(sha256, None, recorded_at)
-        expires_at = backend.time(expires_at)
-        answer = PathHit(sha256, str(media_id), recorded_at)
-        cache.put((phone_number_id, fp), expires_at, answer, ("s:" + sha256, "p:" + fp.path), seen)
-        return answer if expires_at > valid_until else PathHit(sha256, None, recorded_at)
+            return None, PathHit(sha256, None, recorded_at)
+        return backend.time(expires_at), PathHit(sha256, str(media_id), recorded_at)
 
-    return lookup_path
+    return read
 
 
 def current_media(store: Store, cache: LocalCache) -> Callable[[str, str, datetime], Current | None]:

@@ -193,6 +193,25 @@ class SQLiteBackend(Backend):
         except sqlite3.Error as exc:
             raise self._explain(exc) from None
 
+    def moved(self) -> bool:
+        """Whether anyone committed to the file since this thread last asked (a new connection:
+        yes). Another connection's commit moves ``PRAGMA data_version``, this one's own writes
+        its ``total_changes``. One statement: the local cache's check on every hit."""
+        local = self._local
+        try:
+            con, cursor = local.con, local.cursor
+        except AttributeError:
+            con = self._con_here()
+            cursor = local.cursor = con.cursor()  # kept: a hit makes no cursor
+        try:
+            mark = (cursor.execute("PRAGMA data_version").fetchone()[0], con.total_changes)
+        except sqlite3.Error as exc:
+            raise self._explain(exc) from None
+        if getattr(local, "mark", None) == mark:
+            return False
+        local.mark = mark
+        return True
+
     def positional(self, sql: str) -> str:
         return re.sub(r"(?<!:):[a-z_][a-z0-9_]*", "?", sql)
 
