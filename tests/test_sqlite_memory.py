@@ -73,3 +73,18 @@ def test_a_change_by_another_thread_or_this_registry_is_never_answered_from_memo
     registry.store.backend.write(lambda tx: tx.execute(  # on this thread's connection: its own write
         "UPDATE media SET state = 'invalidated' WHERE media_id = ?", (second,)))
     assert registry.get_or_upload(path) not in (first, second)
+
+
+def test_a_hit_read_inside_a_write_that_rolls_back_is_not_kept(
+    make_registry: Callable[..., MediaRegistry], make_file: Callable[..., Path]
+) -> None:
+    registry, path, first = _served(make_registry, make_file)
+
+    def rolled_back(tx: sqlite3.Connection) -> None:
+        tx.execute("UPDATE media SET media_id = 'rolled-back' WHERE media_id = ?", (first,))
+        assert registry.get_or_upload(path) == "rolled-back"  # this connection reads its own write
+        raise LookupError("any error rolls the write back")
+
+    with pytest.raises(LookupError):
+        registry.store.backend.write(rolled_back)  # type: ignore[arg-type]
+    assert registry.get_or_upload(path) == first
