@@ -4,16 +4,21 @@ never answered from memory afterwards."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from media_registry import MediaRegistry
+from media_registry.content.hashing import fingerprint
+from media_registry.store import Store, open_store
+from media_registry.testing.store import StoreConformance
 
-from conftest import settle
+from conftest import run_cli, settle
 
 pytestmark = pytest.mark.sqlite_only
 
@@ -88,3 +93,53 @@ def test_a_hit_read_inside_a_write_that_rolls_back_is_not_kept(
     with pytest.raises(LookupError):
         registry.store.backend.write(rolled_back)  # type: ignore[arg-type]
     assert registry.get_or_upload(path) == first
+
+
+@pytest.mark.parametrize("command", ["invalidate", "delete"])
+def test_a_change_by_another_process_is_never_answered_from_memory(
+    make_registry: Callable[..., MediaRegistry], make_file: Callable[..., Path], cli_env: dict[str, str],
+    command: str,
+) -> None:
+    registry, path, first = _served(make_registry, make_file)
+    result = run_cli(command, first if command == "invalidate" else str(path), env=cli_env)
+    assert result.returncode == 0, result.stderr
+    assert registry.get_or_upload(path) != first
+
+
+def test_a_forked_child_never_answers_from_the_memory_it_inherited(
+    make_registry: Callable[..., MediaRegistry], make_file: Callable[..., Path]
+) -> None:
+    registry, path, first = _served(make_registry, make_file)
+    go, wait = os.pipe()
+    child = os.fork()
+    if child == 0:  # the parent's answer is in the memory this child inherited
+        os.read(go, 1)
+        hit = registry.store.lookup_path(fingerprint(path), registry.settings.phone_number_id or "",
+                                         datetime.now(timezone.utc))
+        os._exit(0 if hit is not None and hit.media_id is None else 1)
+    registry.invalidate(first)
+    os.write(wait, b"x")
+    assert os.waitpid(child, 0)[1] == 0
+
+
+def test_memory_never_serves_an_id_within_min_validity_of_its_expiry(
+    make_registry: Callable[..., MediaRegistry], make_file: Callable[..., Path]
+) -> None:
+    now = [datetime.now(timezone.utc)]
+    registry, path, first = _served(make_registry, make_file, clock=lambda: now[0])
+    expires_at = next(record.expires_at for record in registry.records())
+    assert expires_at is not None
+    now[0] = expires_at - registry.settings.min_validity - timedelta(seconds=1)
+    assert registry.get_or_upload(path) == first
+    now[0] += timedelta(seconds=1)
+    assert registry.get_or_upload(path) != first
+
+
+class TestStoreContractWithMemory(StoreConformance):
+    """The Store's contract holds with SQLite's memory on, one answer kept (each fill empties it)."""
+
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Iterator[Store]:
+        opened = open_store(tmp_path / "registry.db", local_cache=1)
+        yield opened
+        opened.close()
