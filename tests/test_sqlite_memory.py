@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -143,3 +144,52 @@ class TestStoreContractWithMemory(StoreConformance):
         opened = open_store(tmp_path / "registry.db", local_cache=1)
         yield opened
         opened.close()
+
+
+def test_a_fill_read_before_a_commit_another_thread_noticed_is_not_kept(
+    make_registry: Callable[..., MediaRegistry], make_file: Callable[..., Path]
+) -> None:
+    """Thread A reads a path's answer; thread B invalidates it; thread C notices B's commit
+    (memory emptied) before A keeps what it read: C, whose counters are now current, must not
+    be served A's dead answer."""
+    registry, path, first = _served(make_registry, make_file)
+    other = make_file("other.png")
+    registry.get_or_upload(other)
+    settle(other)
+    backend = registry.store.backend
+    with sqlite3.connect(backend.path) as elsewhere:  # type: ignore[attr-defined]  # this thread's next hit reads
+        elsewhere.execute("UPDATE media SET expires_at = expires_at")
+    marked, noticing, noticed, asking = (threading.Event() for _ in range(4))
+    served: list[str] = []
+
+    def thread_c() -> None:
+        registry.get_or_upload(other)  # C's counters, read before B's change
+        marked.set()
+        noticing.wait()
+        registry.get_or_upload(other)  # C notices B's commit
+        noticed.set()
+        asking.wait()
+        served.append(registry.get_or_upload(path))
+
+    read_one, raced = backend.read_one, list[str]()
+
+    def read_then_race(sql: str, params: Any) -> Any:
+        row = read_one(sql, params)
+        if "FROM paths" in sql and not raced:
+            raced.append(sql)
+            thread_b = threading.Thread(target=registry.invalidate, args=(first,))
+            thread_b.start()
+            thread_b.join()
+            noticing.set()
+            noticed.wait()
+        return row
+
+    c = threading.Thread(target=thread_c)
+    c.start()
+    marked.wait()
+    backend.read_one = read_then_race  # type: ignore[method-assign]
+    registry.get_or_upload(path)  # thread A: its read predates B's commit
+    backend.read_one = read_one  # type: ignore[method-assign]
+    asking.set()
+    c.join()
+    assert raced and served and served[0] != first
