@@ -191,8 +191,9 @@ def versioned_path_hits(store: Store, size: int) -> Callable[[Fingerprint, str, 
     A commit by any other connection (another process, another thread) moves this thread's
     connection's data_version; this connection's own writes move its ``total_changes``: a
     thread that sees either move empties the memory, and a fill that raced an emptying is
-    dropped (the generation). At most ``size`` answers (emptied when full); expiry and
-    ``min_validity`` are checked on every hit."""
+    dropped (the generation). A read inside this connection's own transaction is not kept
+    (a rollback moves neither counter). At most ``size`` answers (emptied when full); expiry
+    and ``min_validity`` are checked on every hit."""
     backend: SQLiteBackend = store.backend  # type: ignore[assignment]
     moved, read = backend.moved, _filler(store)
     entries: dict[tuple[str, Fingerprint], tuple[datetime, PathHit]] = {}
@@ -219,11 +220,12 @@ def versioned_path_hits(store: Store, size: int) -> Callable[[Fingerprint, str, 
         expires_at, answer = found
         if expires_at is None:
             return answer
-        if len(entries) >= size:
-            entries.clear()
-        entries[key] = (expires_at, answer)
-        if generation[0] != seen:  # emptied meanwhile: the read may predate the commit that emptied it
-            entries.pop(key, None)
+        if not backend._local.con.in_transaction:  # inside a write: a rollback would leave no mark
+            if len(entries) >= size:
+                entries.clear()
+            entries[key] = (expires_at, answer)
+            if generation[0] != seen:  # emptied meanwhile: the read may predate the commit that emptied it
+                entries.pop(key, None)
         return answer if expires_at > valid_until else answer._replace(media_id=None)
 
     return lookup_path
