@@ -9,7 +9,9 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from media_registry.testing import FakeGraphAPI
 
@@ -190,12 +192,17 @@ PLAIN_RUNS = [
     ["upload", "a.pdf"], ["upload", "a.pdf", "-", "b c.png", "-q"], ["--db", "x.db", "--json", "upload", "a"],
     ["upload", "--db=y", "--quiet", "a", "--debug"], ["ls"], ["--debug", "ls", "--json"], ["show", "abcdef12"],
     ["show", "--json", "--db", "ls", "upload"], ["stats", "--db="], ["--json", "stats", "--debug", "--db", "z"],
+    ["--db", "", "ls"], ["upload", ""], ["upload", "-", "é.png", " -x"], ["--json", "--json", "ls", "--json"],
+    ["show", "--db=-x", "--db", "a=b", "t"], ["upload", "-q", "--quiet", "a", "-q"], ["--db=ls", "show", "stats"],
 ]
 ARGPARSE_RUNS = [
     [], ["ls", "-h"], ["upload", "--jso", "a"], ["upload", "a", "--json", "b"], ["upload"], ["show"],
     ["show", "a", "b"], ["ls", "x"], ["ls", "--expiring", "3"], ["upload", "-r", "dir"],
     ["upload", "--mime-type", "image/png", "a"],
     ["stats", "--db"], ["stats", "--db", "-x"], ["stats", "-q"], ["show", "--", "-5"], ["inbox"], ["--version"],
+    ["--js", "ls"], ["ls", "--"], ["upload", "--", "-q"], ["--db", "-", "ls"], ["show", "-x y"], ["show", "-5"],
+    ["upload", "--debug=1", "a"], ["ls", "--json=1"], ["-", "ls"], ["", "ls"], ["upload", "a", "--db", "x", "b"],
+    ["-q", "upload", "a"], ["--d", "x", "ls"], ["upload", "-qr", "a"], ["--DB", "x", "ls"], ["stats", "--jsonx"],
 ]
 
 
@@ -211,6 +218,22 @@ def test_plain_runs_are_read_as_argparse_reads_them(argv: list[str], capsys: pyt
     except SystemExit:
         parsed = None
     assert fast is None or vars(fast) == parsed
+
+
+ARGUMENTS = ["upload", "ls", "show", "stats", "inbox", "--db", "--db=", "--db=-x", "x", "", "é", "-", "--", "-5",
+             "a b", "-a b", "--json", "--js", "--json=1", "--debug", "--debug=", "-q", "--quiet", "--q", "-qq", "-r",
+             "--d", "-h", "--version", "--expiring", "3", "--mime-type", "---", "--="]
+
+
+@hypothesis.settings(max_examples=500, deadline=None)
+@hypothesis.given(st.lists(st.sampled_from(ARGUMENTS), max_size=7))
+def test_any_run_the_plain_reader_takes_is_read_as_argparse_reads_it(argv: list[str]) -> None:
+    from media_registry.app._argv import plain_args
+    from media_registry.app.cli import _parser
+
+    fast = plain_args(argv)
+    if fast is not None:
+        assert vars(fast) == vars(_parser().parse_args(argv))
 
 
 @pytest.mark.parametrize("columns", [None, "100", "0", "x"])

@@ -153,8 +153,8 @@ class Settings(BaseSettings):
     handle_ttl: timedelta = defaults.HANDLE_TTL
     """How long a template header handle is reused (Meta documents no lifetime for one)."""
     local_cache_size: int = defaults.LOCAL_CACHE_SIZE
-    """PostgreSQL: the cache hits each process answers from memory, kept true by
-    ``LISTEN/NOTIFY``; 0 turns it off."""
+    """The cache hits each process answers from memory, kept true by ``LISTEN/NOTIFY`` on
+    PostgreSQL and by the file's change counter on SQLite; 0 turns it off."""
 
     @field_validator("db", mode="before")
     @classmethod

@@ -41,7 +41,7 @@ BUSY_TIMEOUT = 10.0
 LEASE_SECONDS = 60.0
 UPLOADS_PER_SECOND = 20.0
 PG_POOL_SIZE = 10
-LOCAL_CACHE_SIZE = 100_000  # PostgreSQL: the hits a process keeps in memory
+LOCAL_CACHE_SIZE = 100_000  # the hits a process keeps in memory (SQLite and PostgreSQL)
 
 # The HTTP service's limits (`serve` options), in seconds.
 BODY_TIMEOUT = 60

@@ -163,7 +163,12 @@ class LocalCache:
 
 def path_hits(store: Store, cache: LocalCache) -> Callable[[Fingerprint, str, datetime], PathHit | None]:
     """``store.lookup_path`` answered from ``cache`` where it may, filled from the database."""
-    entries, monotonic, read = cache.entries, time.monotonic, _filler(store)
+    entries, monotonic = cache.entries, time.monotonic
+
+    def keep(key: tuple[str, Fingerprint], expires_at: datetime, answer: PathHit, seen: int) -> None:
+        cache.put(key, expires_at, answer, ("s:" + answer.sha256, "p:" + key[1].path), seen)
+
+    fill = _filler(store, keep)
 
     def lookup_path(fp: Fingerprint, phone_number_id: str, valid_until: datetime) -> PathHit | None:
         if monotonic() - cache.proof < WINDOW:
@@ -171,15 +176,7 @@ def path_hits(store: Store, cache: LocalCache) -> Callable[[Fingerprint, str, da
             if entry is not None and entry[0] > valid_until:
                 hit: PathHit = entry[1]
                 return hit
-        seen = cache.filling()
-        found = read(fp, phone_number_id)
-        if found is None:
-            return None
-        expires_at, answer = found
-        if expires_at is None:
-            return answer
-        cache.put((phone_number_id, fp), expires_at, answer, ("s:" + answer.sha256, "p:" + fp.path), seen)
-        return answer if expires_at > valid_until else answer._replace(media_id=None)
+        return fill(fp, phone_number_id, valid_until, cache.filling())
 
     return lookup_path
 
@@ -191,12 +188,24 @@ def versioned_path_hits(store: Store, size: int) -> Callable[[Fingerprint, str, 
     A commit by any other connection (another process, another thread) moves this thread's
     connection's data_version; this connection's own writes move its ``total_changes``: a
     thread that sees either move empties the memory, and a fill that raced an emptying is
-    dropped (the generation). At most ``size`` answers (emptied when full); expiry and
-    ``min_validity`` are checked on every hit."""
+    dropped (the generation). A read inside this connection's own transaction is not kept
+    (a rollback moves neither counter). At most ``size`` answers (emptied when full); expiry
+    and ``min_validity`` are checked on every hit."""
     backend: SQLiteBackend = store.backend  # type: ignore[assignment]
-    moved, read = backend.moved, _filler(store)
+    moved = backend.moved
     entries: dict[tuple[str, Fingerprint], tuple[datetime, PathHit]] = {}
     generation = [0]
+
+    def keep(key: tuple[str, Fingerprint], expires_at: datetime, answer: PathHit, seen: int) -> None:
+        if backend._local.con.in_transaction:  # inside a write: a rollback would leave no mark
+            return
+        if len(entries) >= size:
+            entries.clear()
+        entries[key] = (expires_at, answer)
+        if generation[0] != seen:  # emptied meanwhile: the read may predate the commit that emptied it
+            entries.pop(key, None)
+
+    fill = _filler(store, keep)
 
     def lookup_path(fp: Fingerprint, phone_number_id: str, valid_until: datetime) -> PathHit | None:
         local = backend._local  # moved(), inline while this thread's mark stands: every hit
@@ -208,35 +217,26 @@ def versioned_path_hits(store: Store, size: int) -> Callable[[Fingerprint, str, 
             moved()
             generation[0] += 1  # before emptying: a fill that checks the generation after its put sees it
             entries.clear()
-        key = (phone_number_id, fp)
-        entry = entries.get(key)
+        entry = entries.get((phone_number_id, fp))
         if entry is not None and entry[0] > valid_until:
             return entry[1]
-        seen = generation[0]
-        found = read(fp, phone_number_id)
-        if found is None:
-            return None
-        expires_at, answer = found
-        if expires_at is None:
-            return answer
-        if len(entries) >= size:
-            entries.clear()
-        entries[key] = (expires_at, answer)
-        if generation[0] != seen:  # emptied meanwhile: the read may predate the commit that emptied it
-            entries.pop(key, None)
-        return answer if expires_at > valid_until else answer._replace(media_id=None)
+        return fill(fp, phone_number_id, valid_until, generation[0])
 
     return lookup_path
 
 
-def _filler(store: Store) -> Callable[[Fingerprint, str], tuple[datetime | None, PathHit] | None]:
-    """The read that fills a path's entry: None for no such path, else its current ID's expiry
-    (None without a current ID) and the answer with that ID whatever its expiry."""
+Keep = Callable[[tuple[str, Fingerprint], datetime, PathHit, int], None]
+
+
+def _filler(store: Store, keep: Keep) -> Callable[[Fingerprint, str, datetime, int], PathHit | None]:
+    """The read that fills a path's entry: ``keep`` is handed each current answer with its
+    expiry and the caller's ``seen`` mark (taken before the read); the answer returned carries
+    its media ID only while that is valid past ``valid_until``, as ``lookup_path``'s does."""
     backend = store.backend
     sql = backend.positional(FILL.format_map(backend.dialect))
     here = (backend.host_id,) if backend.dialect["and_p_here"] else ()
 
-    def read(fp: Fingerprint, phone_number_id: str) -> tuple[datetime | None, PathHit] | None:
+    def fill(fp: Fingerprint, phone_number_id: str, valid_until: datetime, seen: int) -> PathHit | None:
         stored = fp._replace(inode=int64(fp.inode), device=int64(fp.device)) if fp[4] | fp[5] >= SIGNED else fp
         row: Any = backend.read_one(sql, (phone_number_id,) + stored + here)
         if row is None:
@@ -244,10 +244,13 @@ def _filler(store: Store) -> Callable[[Fingerprint, str], tuple[datetime | None,
         sha256, media_id, expires_at, seen_at = row
         recorded_at = backend.time(seen_at)
         if media_id is None:
-            return None, PathHit(sha256, None, recorded_at)
-        return backend.time(expires_at), PathHit(sha256, str(media_id), recorded_at)
+            return PathHit(sha256, None, recorded_at)
+        expires_at = backend.time(expires_at)
+        answer = PathHit(sha256, str(media_id), recorded_at)
+        keep((phone_number_id, fp), expires_at, answer, seen)
+        return answer if expires_at > valid_until else answer._replace(media_id=None)
 
-    return read
+    return fill
 
 
 def current_media(store: Store, cache: LocalCache) -> Callable[[str, str, datetime], Current | None]:
