@@ -1,7 +1,7 @@
 """A header handle's broken upload resumed by a later call against the local Graph API: after
 a process is killed mid-transfer (kill -9), after a call that gave up, and started over when
-Meta no longer knows the session; a new file hashed as it is sent, by the async registry too.
-The local API counts the bytes it received."""
+Meta no longer knows the session; a new file hashed as it is sent, across a break resumed in
+the same call (sync and async registries). The local API counts the bytes it received."""
 
 from __future__ import annotations
 
@@ -82,4 +82,17 @@ def test_the_async_registry_hashes_a_new_file_as_it_sends_it(registry_db_value: 
 
     made, by_bytes = asyncio.run(main())
     assert made == by_bytes and api.sessions.count() == 1 and api.transfer_bytes == path.stat().st_size
+    assert api.sessions.handles[made] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_new_file_is_hashed_once_across_a_break_resumed_in_the_same_call(
+    make_registry: Callable[..., MediaRegistry], api: FakeGraphAPI, tmp_path: Path
+) -> None:
+    path = tmp_path / "brochure.pdf"
+    path.write_bytes(sample_media(PDF, size=1_500_000, salt="sync file"))
+    registry = make_registry(app_id=api.app_id)
+    api.break_transfer_at(700_000)  # inside a block: the block broken off is hashed from the file's bytes
+    made = registry.get_header_handle(path)
+    assert transfers(api) == ["0", "700000"] and api.transfer_bytes == path.stat().st_size
+    assert registry.get_header_handle(path.read_bytes()) == made and api.sessions.count() == 1
     assert api.sessions.handles[made] == hashlib.sha256(path.read_bytes()).hexdigest()

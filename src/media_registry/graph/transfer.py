@@ -1,6 +1,7 @@
 """An upload session's body: a file's bytes from an offset, read a block at a time (memory
 stays flat), and the sha256 of the file computed from those bytes as they go, so that a
-file's first upload reads it once: each block is hashed in a thread while it is sent."""
+file's first upload reads it once: each block is hashed once it was sent, while the API
+reads it (the async transfer hashes it in a thread while it is sent)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import hashlib
 import os
 import threading
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO
 
-# Large blocks: few Python calls per 100 MB; still flat memory.
+# Large blocks: few Python calls (and thread hand-offs) per 100 MB; still flat memory.
 CHUNK = 4 << 20
+# The sync transfer's blocks, each read, sent, then hashed by the one thread while still in
+# the core's cache (the API reads it meanwhile); a hash thread beside the sender measured
+# slower (benchmarks/handles.py): it takes cores from whatever receives the bytes.
+BLOCK = 512 << 10
 
 
 class RunningDigest:
@@ -59,16 +63,12 @@ def open_at(path: str | os.PathLike[str], offset: int, digest: RunningDigest | N
 
 def chunks(file: IO[bytes], offset: int, length: int, digest: RunningDigest | None) -> Iterator[bytes]:
     """``length`` bytes of ``file`` from ``offset`` (where it stands), a block at a time; each
-    is hashed into ``digest`` while it is sent, and all of them once the last was sent."""
-    hashed: Future[None] | None = None
-    with ThreadPoolExecutor(1, thread_name_prefix="media-registry-hash") as hasher:
-        while length > 0 and (chunk := file.read(min(CHUNK, length))):
-            if digest is not None:
-                if hashed is not None:
-                    hashed.result()
-                hashed = hasher.submit(digest.feed, offset, chunk)
-            offset, length = offset + len(chunk), length - len(chunk)
-            yield chunk
+    is hashed into ``digest`` once it was sent (the API reads it meanwhile)."""
+    while length > 0 and (chunk := file.read(min(BLOCK, length))):
+        yield chunk
+        if digest is not None:
+            digest.feed(offset, chunk)
+        offset, length = offset + len(chunk), length - len(chunk)
 
 
 async def achunks(file: IO[bytes], offset: int, length: int,
