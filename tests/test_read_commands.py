@@ -4,9 +4,10 @@ pydantic nor httpx) and print exactly what the full registry's records print."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +103,47 @@ def test_a_json_line_is_the_line_print_json_writes(filled: MediaRegistry, make_f
     expiring = [json_line(row) for row in listed_rows(filled.store, expiring_before=soon + timedelta(seconds=1))]
     assert expiring and expiring == [printed_json(record_fields(row))
                                      for row in filled.store.content_rows(expiring_before=soon + timedelta(seconds=1))]
+
+
+def test_ls_json_writes_awkward_values_as_print_json_does(cli_env: dict[str, str], filled: MediaRegistry,
+                                                          make_file: Callable[..., Path], api: FakeGraphAPI,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Quotes, backslashes, control and non-ASCII characters (a newline, DEL, U+2028) in paths
+    and types, several numbers and paths per content, a deleted content, one without a current
+    ID, times not stored in their printed form: ``ls --json`` prints what print_json prints for
+    each row's record, to a pipe as to a text stream."""
+    from media_registry.app.cli import main
+    from media_registry.app.reads import record_fields
+
+    for name in ('"q",.png', "back\\slash.png", "new\nline.png", "caf\u00e9\u2028\x7f.png", "\x01ctl \u65e5.png"):
+        filled.get_or_upload(make_file(name, salt="menu"))  # the menu's content, more paths
+    api.add_phone_number("9")
+    menu, lonely, skewed = (make_file(name, salt=salt) for name, salt in (
+        ("caf\u00e9\tmenu.png", "menu"), ("lonely.png", "lonely"), ("skewed.png", "skewed")))
+    filled.get_or_upload(menu, phone_number_id="9")
+    for path in (lonely, skewed):
+        filled.get_or_upload(path)
+    edits = [("UPDATE contents SET mime_type = :value WHERE sha256 = :sha256",
+              'image/png; name="caf\u00e9\\\x01\n\x7f\u2028"', menu),
+             ("UPDATE media SET state = 'invalidated' WHERE sha256 = :sha256 AND :value = :value", "", lonely),
+             # An offset and a fraction: read back and printed as UTC to the second.
+             ("UPDATE media SET uploaded_at = :value WHERE sha256 = :sha256", "2026-03-01T10:00:00.75+02:00",
+              skewed)]
+    for sql, value, path in edits:
+        sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+        filled.store.backend.write(lambda tx, sql=sql, value=value, sha256=sha256:
+                                   tx.execute(sql, {"value": value, "sha256": sha256}))
+    rows = list(filled.store.content_rows())
+    assert max(len(row.paths) for row in rows) == 6 and len({row.phone_number_id for row in rows}) == 4
+    assert [row.media_id for row in rows if lonely.name in "".join(row.paths)] == [None]
+    expected = printed_json(*(record_fields(row) for row in rows))
+    assert run_cli("ls", "--json", env=cli_env).stdout == expected
+    within = run_cli("ls", "--json", "--expiring", "40", env=cli_env).stdout
+    listed = filled.store.content_rows(expiring_before=datetime.now(timezone.utc) + timedelta(days=40))
+    assert within == printed_json(*(record_fields(row) for row in listed))
+    for key, value in cli_env.items():
+        monkeypatch.setenv(key, value)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["ls", "--json"]) == 0
+    assert out.getvalue() == expected
