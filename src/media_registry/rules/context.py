@@ -122,7 +122,6 @@ def open_context(settings: Settings | None, given: dict[str, object], clock: Clo
     return Context(settings, store, clock)
 
 
-
 class Context:
     """The state the rules share, made once per registry. ``store`` may be swapped (tests
     record its calls): every rule reads it from here."""
