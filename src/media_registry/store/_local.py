@@ -18,7 +18,6 @@ A repeated hit costs a dictionary lookup, not a round trip. The rules that keep 
 from __future__ import annotations
 
 import math
-import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -192,12 +191,12 @@ def versioned_path_hits(store: Store, size: int) -> Callable[[Fingerprint, str, 
     (a rollback moves neither counter). At most ``size`` answers (emptied when full); expiry
     and ``min_validity`` are checked on every hit."""
     backend: SQLiteBackend = store.backend  # type: ignore[assignment]
-    moved = backend.moved
+    moved, writing = backend.moved, backend.writing
     entries: dict[tuple[str, Fingerprint], tuple[datetime, PathHit]] = {}
     generation = [0]
 
     def keep(key: tuple[str, Fingerprint], expires_at: datetime, answer: PathHit, seen: int) -> None:
-        if backend._local.con.in_transaction:  # inside a write: a rollback would leave no mark
+        if writing():  # inside a write: a rollback would leave no mark
             return
         if len(entries) >= size:
             entries.clear()
@@ -208,13 +207,7 @@ def versioned_path_hits(store: Store, size: int) -> Callable[[Fingerprint, str, 
     fill = _filler(store, keep)
 
     def lookup_path(fp: Fingerprint, phone_number_id: str, valid_until: datetime) -> PathHit | None:
-        local = backend._local  # moved(), inline while this thread's mark stands: every hit
-        try:
-            mark = (local.cursor.execute("PRAGMA data_version").fetchone()[0], local.con.total_changes)
-        except (AttributeError, sqlite3.Error):
-            mark = None  # no cursor yet, or an error: moved() says it in its own words
-        if mark is None or getattr(local, "mark", None) != mark:
-            moved()
+        if moved():
             generation[0] += 1  # before emptying: a fill that checks the generation after its put sees it
             entries.clear()
         entry = entries.get((phone_number_id, fp))

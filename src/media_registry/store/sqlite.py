@@ -199,18 +199,22 @@ class SQLiteBackend(Backend):
         its ``total_changes``. One statement: the local cache's check on every hit."""
         local = self._local
         try:
-            con, cursor = local.con, local.cursor
+            cursor = local.cursor
         except AttributeError:
-            con = self._con_here()
-            cursor = local.cursor = con.cursor()  # kept: a hit makes no cursor
+            cursor = local.cursor = self._con_here().cursor()  # kept: a hit makes no cursor
         try:
-            mark = (cursor.execute("PRAGMA data_version").fetchone()[0], con.total_changes)
+            mark = (cursor.execute("PRAGMA data_version").fetchone()[0], cursor.connection.total_changes)
         except sqlite3.Error as exc:
             raise self._explain(exc) from None
         if getattr(local, "mark", None) == mark:
             return False
         local.mark = mark
         return True
+
+    def writing(self) -> bool:
+        """Whether this thread's connection is inside a transaction (a write of its own)."""
+        con: sqlite3.Connection | None = getattr(self._local, "con", None)
+        return con is not None and con.in_transaction
 
     def positional(self, sql: str) -> str:
         return re.sub(r"(?<!:):[a-z_][a-z0-9_]*", "?", sql)
