@@ -81,10 +81,12 @@ class GraphClient(GraphBase):
         """The offset an upload session of a ``size``-byte file resumes from, or None when
         Meta no longer knows the session (start over)."""
         try:
-            return self._resume_at(self._call(lambda: self._http.get(
-                self._session_url(session), headers=SESSION_AUTH)), size)
+            return self._offset(self._session_url(session), size)
         except MediaNotFound:
             return None
+
+    def _offset(self, url: str, size: int) -> int:
+        return self._resume_at(self._call(lambda: self._http.get(url, headers=SESSION_AUTH)), size)
 
     def transfer(self, session: str, path: str | os.PathLike[str], offset: int, size: int,
                  digest: RunningDigest | None = None) -> str:
@@ -99,7 +101,7 @@ class GraphClient(GraphBase):
                 answer = self._broken(exc, last=attempt == self._max_retries)
             if handle := self._handle(answer):
                 return handle
-            offset = self._resume_at(self._call(lambda: self._http.get(url, headers=SESSION_AUTH)), size)
+            offset = self._offset(url, size)
         raise self._unfinished(size)
 
     def _transfer(self, url: str, path: str | os.PathLike[str], offset: int, size: int,
@@ -205,10 +207,12 @@ class AsyncGraphClient(GraphBase):
     async def session_offset(self, session: str, size: int) -> int | None:
         """See :meth:`GraphClient.session_offset`."""
         try:
-            return self._resume_at(await self._call(lambda: self._http.get(
-                self._session_url(session), headers=SESSION_AUTH)), size)
+            return await self._offset(self._session_url(session), size)
         except MediaNotFound:
             return None
+
+    async def _offset(self, url: str, size: int) -> int:
+        return self._resume_at(await self._call(lambda: self._http.get(url, headers=SESSION_AUTH)), size)
 
     async def transfer(self, session: str, path: str | os.PathLike[str], offset: int, size: int,
                        digest: RunningDigest | None = None) -> str:
@@ -222,8 +226,7 @@ class AsyncGraphClient(GraphBase):
                     return handle
             except MediaRegistryError as exc:
                 self._broken(exc, last=not attempts)
-            asked = self._call(lambda: self._http.get(url, headers=SESSION_AUTH))
-            offset = self._resume_at(await asked, size)
+            offset = await self._offset(url, size)
         raise self._unfinished(size)
 
     async def _transfer(self, url: str, path: str | os.PathLike[str], offset: int, size: int,
