@@ -4,6 +4,7 @@ export lines that point this command (and any sender reading the environment) at
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 import signal
@@ -48,12 +49,10 @@ def export_lines(api: FakeGraphAPI) -> list[str]:
 def local_api(port: int, numbers: list[tuple[str, int | None]]) -> FakeGraphAPI:
     """The local API on ``port`` serving ``numbers`` (the first the default), or InputError."""
     ttls = {phone: timedelta(minutes=minutes) for phone, minutes in numbers if minutes is not None}
-    try:
-        api = FakeGraphAPI(port=port, phone_numbers=[phone for phone, _ in numbers], ttl_by_phone_number=ttls)
+    phones = [phone for phone, _ in numbers]
+    make = functools.partial(FakeGraphAPI, port=port, phone_numbers=phones, ttl_by_phone_number=ttls)
+    try:  # the first number given is the default, in place of the built-in one
+        return make(phone_number_id=phones[0]) if phones else make()
     except OSError as exc:
         raise InputError(f"port {port}: cannot listen on it ({exc.strerror}); "
                          "pick another --port, or leave it out for a free one") from None
-    if numbers:  # the first given is the default, in place of the built-in one
-        api.phone_numbers = {phone for phone, _ in numbers}
-        api.phone_number_id = numbers[0][0]
-    return api
