@@ -146,3 +146,15 @@ def test_a_fifo_as_the_registry_is_a_clear_error(cli_env: dict[str, str], tmp_pa
     for command in (["stats"], ["ls"], ["init"]):
         result = run_cli("--db", str(fifo), *command, env=cli_env)  # would hang before
         assert result.returncode == 1 and "is not a regular file" in result.stderr
+
+
+def test_an_empty_database_file_is_refused_with_init_as_its_fix(cli_env: dict[str, str], tmp_path: Path) -> None:
+    db = tmp_path / "empty.db"
+    db.touch()
+    for command in (["ls"], ["stats"], ["show", "x"]):
+        result = run_cli("--db", str(db), *command, env=cli_env)
+        assert result.returncode == 1 and result.stderr.strip().count("\n") == 0, result.stderr
+        assert "is an empty SQLite database (left untouched)" in result.stderr
+        assert "media-registry init" in result.stderr and db.read_bytes() == b""
+    assert run_cli("--db", str(db), "init", env=cli_env).returncode == 0
+    assert run_cli("--db", str(db), "ls", env=cli_env).returncode == 0

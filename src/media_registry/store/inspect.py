@@ -50,7 +50,7 @@ def _sqlite(db: Path, timeout: float) -> SchemaFacts:
             if "migrations" in tables:
                 applied |= {name for (name,) in con.execute("SELECT name FROM migrations")}
     except sqlite3.Error as exc:
-        raise RegistryCorrupt(f"registry {db} cannot be read ({exc}); check MEDIA_REGISTRY_DB") from None
+        raise RegistryCorrupt(f"registry {db} cannot be read ({exc}); check MEDIA_REGISTRY_DB (or --db)") from None
     if version < 1 or not migrations.OUR_TABLES <= tables:
         raise RegistryCorrupt(f"{db} is not a media-registry registry; point MEDIA_REGISTRY_DB at one")
     return SchemaFacts(backend, True, _pending(migrations.MIGRATIONS, applied))

@@ -123,7 +123,9 @@ class SQLiteBackend(Backend):
             raise self._explain(exc) from None
         if version == 0 and not tables:
             if not self._create:
-                raise self._not_ours("is an empty SQLite database")
+                raise RegistryCorrupt(f"registry {self.path} is an empty SQLite database (left untouched); "
+                                      "make it a registry with: media-registry init, or point "
+                                      "MEDIA_REGISTRY_DB (or --db) at a registry file")
             return
         if version < 1 or not migrations.OUR_TABLES <= tables:
             raise self._not_ours("is an SQLite database but not a media-registry registry")
